@@ -10,3 +10,18 @@ pub mod secret;
 
 pub use error::{CryptoError, DecodeError};
 pub use secret::{KeyShare, SecretScalar};
+pub mod ecies;
+pub mod keyset;
+mod proof;
+
+pub use ecies::{
+    combine, partial_decrypt, verify_partial, wrap, Ciphertext, CombineMode, Combined,
+    EncryptionContext, Label, PartialDecryption,
+};
+pub use keyset::PublicKeySet;
+pub use proof::{DleqProof, SchnorrProof};
+pub mod messages;
+pub mod session;
+
+pub use messages::{Complaint, Deal, Justification, Outgoing, PrivateShare, PublicMessage, SessionId};
+pub use session::{Participant, SessionConfig, SessionKind, SessionOutput};
