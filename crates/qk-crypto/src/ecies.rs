@@ -137,7 +137,11 @@ pub fn wrap<R: CryptoRng + ?Sized>(
     let w = SecretScalar::random(rng);
     let shared = ProjectivePoint::from(*public_key) * r.expose();
     let [r_point, shared, w_point] =
-        <ProjectivePoint as BatchNormalize<[ProjectivePoint; _]>>::batch_normalize(&[r.public(), shared, w.public()]);
+        <ProjectivePoint as BatchNormalize<[ProjectivePoint; _]>>::batch_normalize(&[
+            r.public(),
+            shared,
+            w.public(),
+        ]);
     let label = Label::compute(key_id, version, &r_point, context)?;
     let proof = SchnorrProof::finish("qk/pok", &w, &w_point, &r, &r_point, &label.0);
     let key = derive_key(&shared, &r_point, &label);
@@ -273,20 +277,6 @@ impl PartialDecryption {
             proof,
         })
     }
-
-    #[cfg(test)]
-    pub(crate) fn tampered(mut self, image: AffinePoint, proof: Option<DleqProof>) -> Self {
-        self.image = image;
-        if let Some(p) = proof {
-            self.proof = p;
-        }
-        self
-    }
-
-    #[cfg(test)]
-    pub(crate) fn image(&self) -> AffinePoint {
-        self.image
-    }
 }
 
 fn check_key(ct: &Ciphertext, key_id: KeyId, version: KeyVersion) -> Result<(), CryptoError> {
@@ -374,7 +364,12 @@ pub fn combine(
     partials: &[PartialDecryption],
     mode: CombineMode,
 ) -> Result<Combined, CryptoError> {
-    let label = Label::compute(ciphertext.key_id, ciphertext.version, &ciphertext.r, context)?;
+    let label = Label::compute(
+        ciphertext.key_id,
+        ciphertext.version,
+        &ciphertext.r,
+        context,
+    )?;
     let needed = usize::from(keys.threshold());
     let distinct = distinct_known(keys, partials);
     if mode == CombineMode::Optimistic && distinct.len() >= needed {

@@ -61,12 +61,18 @@ impl PublicKeySet {
         let holder_keys = holders
             .iter()
             .copied()
-            .zip(<ProjectivePoint as BatchNormalize<[ProjectivePoint]>>::batch_normalize(derived.as_slice()))
+            .zip(
+                <ProjectivePoint as BatchNormalize<[ProjectivePoint]>>::batch_normalize(
+                    derived.as_slice(),
+                ),
+            )
             .collect();
         Ok(PublicKeySet {
             threshold,
             holders,
-            commitments: <ProjectivePoint as BatchNormalize<[ProjectivePoint]>>::batch_normalize(commitments.as_slice()),
+            commitments: <ProjectivePoint as BatchNormalize<[ProjectivePoint]>>::batch_normalize(
+                commitments.as_slice(),
+            ),
             holder_keys,
         })
     }
@@ -89,7 +95,10 @@ impl PublicKeySet {
     }
 
     pub(crate) fn commitments_projective(&self) -> Vec<ProjectivePoint> {
-        self.commitments.iter().map(|c| ProjectivePoint::from(*c)).collect()
+        self.commitments
+            .iter()
+            .map(|c| ProjectivePoint::from(*c))
+            .collect()
     }
 
     /// `X_i` of a holder.

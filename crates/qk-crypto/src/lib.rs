@@ -23,5 +23,7 @@ pub use proof::{DleqProof, SchnorrProof};
 pub mod messages;
 pub mod session;
 
-pub use messages::{Complaint, Deal, Justification, Outgoing, PrivateShare, PublicMessage, SessionId};
+pub use messages::{
+    Complaint, Deal, Justification, Outgoing, PrivateShare, PublicMessage, SessionId,
+};
 pub use session::{Participant, SessionConfig, SessionKind, SessionOutput};

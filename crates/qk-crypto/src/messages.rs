@@ -20,7 +20,8 @@ use crate::secret::SecretScalar;
 pub type SessionId = [u8; 32];
 
 /// Largest encoded deal: 64 commitments and a proof.
-pub const MAX_DEAL_LEN: usize = 2 + 32 + 2 + 2 + MAX_HOLDERS as usize * POINT_LEN + 1 + SCHNORR_PROOF_LEN;
+pub const MAX_DEAL_LEN: usize =
+    2 + 32 + 2 + 2 + MAX_HOLDERS as usize * POINT_LEN + 1 + SCHNORR_PROOF_LEN;
 pub const MAX_COMPLAINT_LEN: usize = 2 + 32 + 2 + 2;
 pub const MAX_JUSTIFICATION_LEN: usize = 2 + 32 + 2 + 2 + 32;
 pub const MAX_PRIVATE_SHARE_LEN: usize = 2 + 32 + 2 + 2 + 32;

@@ -56,7 +56,11 @@ pub(crate) fn deal<R: CryptoRng + ?Sized>(
 }
 
 /// Checks `value · G == Σ_k A_k · index^k`.
-pub(crate) fn verify_share(commitments: &[ProjectivePoint], index: ShareIndex, value: &Scalar) -> bool {
+pub(crate) fn verify_share(
+    commitments: &[ProjectivePoint],
+    index: ShareIndex,
+    value: &Scalar,
+) -> bool {
     let mut set: Vec<VsssVerifier> = Vec::with_capacity(commitments.len() + 1);
     set.push(ValueGroup(ProjectivePoint::GENERATOR));
     set.extend(commitments.iter().map(|c| ValueGroup(*c)));
@@ -68,7 +72,10 @@ pub(crate) fn verify_share(commitments: &[ProjectivePoint], index: ShareIndex, v
 }
 
 /// `Σ_k C_k · index^k` (a holder's public share `X_i`), variable time: public data.
-pub(crate) fn eval_commitments(commitments: &[ProjectivePoint], index: ShareIndex) -> ProjectivePoint {
+pub(crate) fn eval_commitments(
+    commitments: &[ProjectivePoint],
+    index: ShareIndex,
+) -> ProjectivePoint {
     let x = Scalar::from(u64::from(index.get()));
     let mut power = Scalar::ONE;
     let mut terms = Vec::with_capacity(commitments.len());
@@ -141,7 +148,11 @@ mod tests {
         assert_eq!(dealing.commitments[0], secret.public());
         for (i, s) in &dealing.shares {
             assert!(verify_share(&dealing.commitments, *i, s.expose()));
-            assert!(!verify_share(&dealing.commitments, *i, &(*s.expose() + Scalar::ONE)));
+            assert!(!verify_share(
+                &dealing.commitments,
+                *i,
+                &(*s.expose() + Scalar::ONE)
+            ));
             assert_eq!(eval_commitments(&dealing.commitments, *i), s.public());
         }
         let subset = [&dealing.shares[1], &dealing.shares[3], &dealing.shares[4]];

@@ -118,7 +118,10 @@ impl DleqProof {
         let image = base_p * secret.expose();
         let a1 = w.public();
         let a2 = base_p * w.expose();
-        let [image, a1, a2] = <ProjectivePoint as BatchNormalize<[ProjectivePoint; _]>>::batch_normalize(&[image, a1, a2]);
+        let [image, a1, a2] =
+            <ProjectivePoint as BatchNormalize<[ProjectivePoint; _]>>::batch_normalize(&[
+                image, a1, a2,
+            ]);
         let statement = DleqStatement {
             holder_key,
             base,
@@ -140,7 +143,8 @@ impl DleqProof {
             (ProjectivePoint::from(*s.base), self.z),
             (ProjectivePoint::from(*s.image), neg_c),
         ]);
-        let [a1, a2] = <ProjectivePoint as BatchNormalize<[ProjectivePoint; _]>>::batch_normalize(&[a1, a2]);
+        let [a1, a2] =
+            <ProjectivePoint as BatchNormalize<[ProjectivePoint; _]>>::batch_normalize(&[a1, a2]);
         bool::from(dleq_challenge(s, &a1, &a2).ct_eq(&self.c))
     }
 
@@ -154,10 +158,5 @@ impl DleqProof {
             c: r.scalar()?,
             z: r.scalar()?,
         })
-    }
-
-    #[cfg(test)]
-    pub(crate) fn forged(c: Scalar, z: Scalar) -> Self {
-        DleqProof { c, z }
     }
 }

@@ -217,7 +217,10 @@ impl Participant {
 
     /// Deals (when a dealer): one broadcast deal and one private share per
     /// other receiver.
-    pub fn start<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) -> Result<Vec<Outgoing>, CryptoError> {
+    pub fn start<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+    ) -> Result<Vec<Outgoing>, CryptoError> {
         if self.phase != Phase::Created {
             return Err(CryptoError::OutOfOrder("start called twice"));
         }
@@ -296,13 +299,22 @@ impl Participant {
     fn on_deal(&mut self, d: &Deal) -> Result<(), CryptoError> {
         self.check_session(&d.session_id)?;
         if self.phase != Phase::Dealing {
-            return Err(reject(format!("deal from {} after dealing closed", d.dealer)));
+            return Err(reject(format!(
+                "deal from {} after dealing closed",
+                d.dealer
+            )));
         }
         if !self.config.dealers.contains(&d.dealer) {
-            return Err(reject(format!("{} is not a dealer of this session", d.dealer)));
+            return Err(reject(format!(
+                "{} is not a dealer of this session",
+                d.dealer
+            )));
         }
         if self.deals.contains_key(&d.dealer) {
-            return Err(reject(format!("second deal from {}; the first one stands", d.dealer)));
+            return Err(reject(format!(
+                "second deal from {}; the first one stands",
+                d.dealer
+            )));
         }
         let full = self.full_commitments(d)?;
         self.deals.insert(d.dealer, full);
@@ -312,24 +324,38 @@ impl Participant {
     /// Checks the deal's shape and proof, and restores the implied `A_0`.
     fn full_commitments(&self, d: &Deal) -> Result<Vec<ProjectivePoint>, CryptoError> {
         let t = usize::from(self.config.threshold);
-        let given: Vec<ProjectivePoint> =
-            d.commitments.iter().map(|c| ProjectivePoint::from(*c)).collect();
+        let given: Vec<ProjectivePoint> = d
+            .commitments
+            .iter()
+            .map(|c| ProjectivePoint::from(*c))
+            .collect();
         match &self.config.kind {
             SessionKind::Generate => {
-                let proof = d.pok.as_ref().ok_or_else(|| reject("deal without proof of knowledge"))?;
+                let proof = d
+                    .pok
+                    .as_ref()
+                    .ok_or_else(|| reject("deal without proof of knowledge"))?;
                 let mut bind = self.config.session_id.to_vec();
                 bind.extend_from_slice(&d.dealer.get().to_be_bytes());
                 if given.len() != t || !proof.verify(POK_DOMAIN, &d.commitments[0], &bind) {
-                    return Err(reject(format!("deal from {} is malformed or its proof fails", d.dealer)));
+                    return Err(reject(format!(
+                        "deal from {} is malformed or its proof fails",
+                        d.dealer
+                    )));
                 }
                 Ok(given)
             }
             SessionKind::Refresh { .. } | SessionKind::Reshare { .. } => {
                 if given.len() != t - 1 || d.pok.is_some() {
-                    return Err(reject(format!("deal from {} has the wrong shape", d.dealer)));
+                    return Err(reject(format!(
+                        "deal from {} has the wrong shape",
+                        d.dealer
+                    )));
                 }
                 let a0 = match &self.config.kind {
-                    SessionKind::Reshare { old } => ProjectivePoint::from(old.holder_key(d.dealer)?),
+                    SessionKind::Reshare { old } => {
+                        ProjectivePoint::from(old.holder_key(d.dealer)?)
+                    }
                     _ => ProjectivePoint::IDENTITY,
                 };
                 let mut full = Vec::with_capacity(t);
@@ -343,13 +369,18 @@ impl Participant {
     /// Stores a share sent to this participant point to point.
     pub fn handle_private(&mut self, share: PrivateShare) -> Result<(), CryptoError> {
         self.check_session(&share.session_id)?;
-        if self.phase != Phase::Dealing {
+        // A share may arrive before this participant started: keep it.
+        if !matches!(self.phase, Phase::Created | Phase::Dealing) {
             return Err(reject("private share after dealing closed"));
         }
         if share.receiver != self.me || !self.config.dealers.contains(&share.dealer) {
-            return Err(reject("private share for another receiver or from a non-dealer"));
+            return Err(reject(
+                "private share for another receiver or from a non-dealer",
+            ));
         }
-        self.received.entry(share.dealer).or_insert(share.value.clone());
+        self.received
+            .entry(share.dealer)
+            .or_insert(share.value.clone());
         Ok(())
     }
 
@@ -363,7 +394,9 @@ impl Participant {
     /// Ends dealing: complains about every dealer whose share is missing or wrong.
     pub fn close_dealing(&mut self) -> Result<Vec<Outgoing>, CryptoError> {
         if self.phase != Phase::Dealing {
-            return Err(CryptoError::OutOfOrder("close_dealing outside the dealing phase"));
+            return Err(CryptoError::OutOfOrder(
+                "close_dealing outside the dealing phase",
+            ));
         }
         self.phase = Phase::Complaints;
         if !self.is_receiver() {
@@ -386,21 +419,28 @@ impl Participant {
     fn on_complaint(&mut self, c: &Complaint) -> Result<Vec<Outgoing>, CryptoError> {
         self.check_session(&c.session_id)?;
         if !self.config.receivers.contains(&c.accuser) || !self.deals.contains_key(&c.accused) {
-            return Err(reject("complaint from a non-receiver or against a dealer without a deal"));
+            return Err(reject(
+                "complaint from a non-receiver or against a dealer without a deal",
+            ));
         }
-        self.open_complaints.entry(c.accused).or_default().insert(c.accuser);
+        self.open_complaints
+            .entry(c.accused)
+            .or_default()
+            .insert(c.accuser);
         if c.accused != self.me {
             return Ok(Vec::new());
         }
         let Some(value) = self.dealt.get(&c.accuser) else {
             return Ok(Vec::new());
         };
-        Ok(vec![Outgoing::Broadcast(PublicMessage::Justification(Justification {
-            session_id: self.config.session_id,
-            dealer: self.me,
-            accuser: c.accuser,
-            value: *value.expose(),
-        }))])
+        Ok(vec![Outgoing::Broadcast(PublicMessage::Justification(
+            Justification {
+                session_id: self.config.session_id,
+                dealer: self.me,
+                accuser: c.accuser,
+                value: *value.expose(),
+            },
+        ))])
     }
 
     fn on_justification(&mut self, j: &Justification) -> Result<(), CryptoError> {
@@ -451,7 +491,11 @@ impl Participant {
         if is_identity(&commitments[0]) {
             return Err(reject("combined public key is the identity"));
         }
-        let keys = PublicKeySet::new(self.config.threshold, self.config.receivers.clone(), commitments)?;
+        let keys = PublicKeySet::new(
+            self.config.threshold,
+            self.config.receivers.clone(),
+            commitments,
+        )?;
         let share = if self.is_receiver() {
             let share = KeyShare::new(self.me, self.combined_share(&qualified, &weights)?);
             keys.verify_share(&share)?;
@@ -463,8 +507,19 @@ impl Participant {
         self.dealt.clear();
         self.received.clear();
         self.old_share = None;
-        let disqualified = self.deals.keys().copied().filter(|d| !qualified.contains(d)).collect();
-        let absent = self.config.dealers.iter().copied().filter(|d| !self.deals.contains_key(d)).collect();
+        let disqualified = self
+            .deals
+            .keys()
+            .copied()
+            .filter(|d| !qualified.contains(d))
+            .collect();
+        let absent = self
+            .config
+            .dealers
+            .iter()
+            .copied()
+            .filter(|d| !self.deals.contains_key(d))
+            .collect();
         Ok(SessionOutput {
             keys,
             share,
@@ -482,7 +537,11 @@ impl Participant {
         }
     }
 
-    fn combined_commitments(&self, qualified: &[ShareIndex], weights: &[Scalar]) -> Vec<ProjectivePoint> {
+    fn combined_commitments(
+        &self,
+        qualified: &[ShareIndex],
+        weights: &[Scalar],
+    ) -> Vec<ProjectivePoint> {
         let t = usize::from(self.config.threshold);
         let mut out = match &self.config.kind {
             SessionKind::Refresh { old } => old.commitments_projective(),
@@ -498,14 +557,20 @@ impl Participant {
         out
     }
 
-    fn combined_share(&self, qualified: &[ShareIndex], weights: &[Scalar]) -> Result<SecretScalar, CryptoError> {
+    fn combined_share(
+        &self,
+        qualified: &[ShareIndex],
+        weights: &[Scalar],
+    ) -> Result<SecretScalar, CryptoError> {
         let mut sum = Zeroizing::new(match (&self.config.kind, &self.old_share) {
             (SessionKind::Refresh { .. }, Some(old)) => *old.value().expose(),
             _ => Scalar::ZERO,
         });
         for (dealer, weight) in qualified.iter().zip(weights) {
             let value = self.received.get(dealer).ok_or_else(|| {
-                reject(format!("no share from qualified dealer {dealer}; this participant missed dealing"))
+                reject(format!(
+                    "no share from qualified dealer {dealer}; this participant missed dealing"
+                ))
             })?;
             *sum += *value.expose() * weight;
         }
