@@ -1,0 +1,129 @@
+//! openraft type configuration and the RPC messages of Quorumkey nodes.
+//!
+//! Raft RPCs and client requests share one framed request/response protocol
+//! over mutual-TLS QUIC (`qk-net`). Bodies are postcard-encoded; decoding is
+//! bounded by the frame limit before parsing.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::io::Cursor;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use qk_state::{AuditRecord, Command, KeyRecord, Response};
+use serde::{Deserialize, Serialize};
+
+pub type NodeId = u64;
+
+/// Where a member listens.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QkNode {
+    /// `host:port` of the node's QUIC endpoint (Raft and cluster RPCs).
+    pub rpc_addr: String,
+}
+
+impl fmt::Display for QkNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.rpc_addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Quorumkey's Raft types: commands in, responses out.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = NodeId,
+        Node = QkNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Requests a client (CLI, tests, benchmarks, other nodes) can send a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Propose a command; answered once it is committed and applied.
+    Write(Command),
+    /// Read one key's record (from this node's applied state).
+    GetKey { name: String },
+    /// Names of all keys, sorted.
+    ListKeys,
+    /// Audit records from `from_seq`, at most `limit` (capped by the node).
+    Audit { from_seq: u64, limit: u32 },
+    /// This node's view: id, leader, term, last applied index, state digest.
+    Status,
+    /// Add a node as a learner, then promote it to voter (leader only).
+    Join { node_id: NodeId, node: QkNode },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: NodeId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_applied: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    /// SHA-256 of the applied state, to compare replicas.
+    pub state_digest: [u8; 32],
+    pub key_count: u64,
+    pub audit_len: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    Written { log_index: u64, response: Response },
+    Key(Option<KeyRecord>),
+    Keys(Vec<String>),
+    Audit(Vec<AuditRecord>),
+    Status(NodeStatus),
+    Joined,
+    /// This node is not the leader; retry at the leader if known.
+    NotLeader { leader: Option<NodeId>, leader_addr: Option<String> },
+    /// The request failed; the message says what to do.
+    Error(String),
+}
+
+/// Every request that travels between nodes or from clients.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    Client(ClientRequest),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    Client(ClientResponse),
+    /// The request was refused before reaching Raft (wrong peer kind, bad frame).
+    Refused(String),
+}
+
+/// Encoding failures of RPC bodies.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    #[error("could not encode an RPC message: {0}")]
+    Encode(String),
+    #[error("could not decode an RPC message (corrupt, truncated or from an incompatible version): {0}")]
+    Decode(String),
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    postcard::to_allocvec(value).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
+    postcard::from_bytes(bytes).map_err(|e| CodecError::Decode(e.to_string()))
+}

@@ -1,0 +1,179 @@
+//! Log entry payloads and responses.
+
+use qk_types::{KeyId, KeyVersion, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// A client-chosen id that makes a retried request apply once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId(pub [u8; 16]);
+
+/// One replicated log entry's payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub request_id: RequestId,
+    /// Wall-clock time stamped by the leader when it proposed the entry.
+    pub time_ms: u64,
+    /// Who asked (a principal name, or `node-N` for protocol steps).
+    pub principal: String,
+    pub op: Operation,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateKey {
+    pub name: String,
+    pub description: String,
+    pub owner: String,
+    pub purpose: String,
+    pub rotation_period_ms: Option<u64>,
+    pub expires_at_ms: Option<u64>,
+    pub threshold: u16,
+    pub holders: Vec<NodeId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operation {
+    CreateKey(CreateKey),
+    /// Sets (or with `None` removes) a metadata tag on a key.
+    SetTag {
+        name: String,
+        tag: String,
+        value: Option<Vec<u8>>,
+    },
+    /// Starts a new version (a new DKG) with the key's current holders.
+    Rotate { name: String, holders: Vec<NodeId> },
+    /// The DKG finished: public key set (encoded) and holders that acked.
+    CompleteGeneration {
+        name: String,
+        version: KeyVersion,
+        public_keys: Vec<u8>,
+    },
+    FailGeneration {
+        name: String,
+        version: KeyVersion,
+        reason: String,
+    },
+    Disable { name: String, version: KeyVersion },
+    Enable { name: String, version: KeyVersion },
+    MarkCompromised {
+        name: String,
+        version: KeyVersion,
+        reason: String,
+    },
+    ScheduleDestruction {
+        name: String,
+        version: KeyVersion,
+        after_ms: u64,
+    },
+    CancelDestruction { name: String, version: KeyVersion },
+    /// Commits destruction of a version whose waiting period has passed.
+    Destroy { name: String, version: KeyVersion },
+    /// A holder confirms it erased its share.
+    EraseReceipt {
+        name: String,
+        version: KeyVersion,
+        node: NodeId,
+    },
+    /// An operation that happened outside the log (an unwrap, a refused
+    /// request) recorded for audit only.
+    Audit {
+        operation: String,
+        key: Option<String>,
+        version: Option<KeyVersion>,
+        outcome: String,
+    },
+}
+
+impl Operation {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operation::CreateKey(_) => "key.create",
+            Operation::SetTag { .. } => "key.set-tag",
+            Operation::Rotate { .. } => "key.rotate",
+            Operation::CompleteGeneration { .. } => "version.generated",
+            Operation::FailGeneration { .. } => "version.failed",
+            Operation::Disable { .. } => "version.disable",
+            Operation::Enable { .. } => "version.enable",
+            Operation::MarkCompromised { .. } => "version.mark-compromised",
+            Operation::ScheduleDestruction { .. } => "version.schedule-destruction",
+            Operation::CancelDestruction { .. } => "version.cancel-destruction",
+            Operation::Destroy { .. } => "version.destroy",
+            Operation::EraseReceipt { .. } => "version.erase-receipt",
+            Operation::Audit { .. } => "audit",
+        }
+    }
+
+    pub(crate) fn key_name(&self) -> Option<&str> {
+        match self {
+            Operation::CreateKey(c) => Some(&c.name),
+            Operation::SetTag { name, .. }
+            | Operation::Rotate { name, .. }
+            | Operation::CompleteGeneration { name, .. }
+            | Operation::FailGeneration { name, .. }
+            | Operation::Disable { name, .. }
+            | Operation::Enable { name, .. }
+            | Operation::MarkCompromised { name, .. }
+            | Operation::ScheduleDestruction { name, .. }
+            | Operation::CancelDestruction { name, .. }
+            | Operation::Destroy { name, .. }
+            | Operation::EraseReceipt { name, .. } => Some(name),
+            Operation::Audit { key, .. } => key.as_deref(),
+        }
+    }
+
+    pub(crate) fn version(&self) -> Option<KeyVersion> {
+        match self {
+            Operation::CompleteGeneration { version, .. }
+            | Operation::FailGeneration { version, .. }
+            | Operation::Disable { version, .. }
+            | Operation::Enable { version, .. }
+            | Operation::MarkCompromised { version, .. }
+            | Operation::ScheduleDestruction { version, .. }
+            | Operation::CancelDestruction { version, .. }
+            | Operation::Destroy { version, .. }
+            | Operation::EraseReceipt { version, .. } => Some(*version),
+            Operation::Audit { version, .. } => *version,
+            _ => None,
+        }
+    }
+}
+
+/// Why a command was refused. Refusals are still applied (and audited).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    #[error("key {0:?} does not exist; list keys to see the inventory")]
+    NoSuchKey(String),
+    #[error("key {0:?} already exists; choose another name or rotate the existing key")]
+    KeyExists(String),
+    #[error("key {name:?} has no version {version}")]
+    NoSuchVersion { name: String, version: u32 },
+    #[error("version {version} of key {name:?} is {state}; {action} is not allowed in that state")]
+    InvalidTransition {
+        name: String,
+        version: u32,
+        state: String,
+        action: String,
+    },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// The result of applying a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub result: Result<Applied, StateError>,
+    /// Sequence number of the audit record this command produced.
+    pub audit_seq: u64,
+    /// True when the request id had been applied before: nothing changed.
+    pub duplicate: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    Done,
+    KeyCreated { id: KeyId, version: KeyVersion },
+    VersionCreated { version: KeyVersion },
+    /// The version reached `Destroyed` with this receipt.
+    VersionDestroyed,
+}
+

@@ -1,0 +1,17 @@
+//! The replicated state machine: a deterministic `apply(entry) -> response`.
+//!
+//! Architecture invariant: no I/O, no clock, no randomness. Time comes from the
+//! leader inside each [`Command`]; ids are derived from request ids. Every
+//! applied command — refused ones included — appends one audit record whose
+//! hash covers the previous record's hash.
+#![forbid(unsafe_code)]
+
+mod audit;
+mod command;
+mod machine;
+mod model;
+
+pub use audit::{verify_chain, AuditRecord, ChainError, GENESIS_HASH};
+pub use command::{Applied, Command, CreateKey, Operation, RequestId, Response, StateError};
+pub use machine::{StateMachine, MAX_REMEMBERED_REQUESTS};
+pub use model::{KeyRecord, KeyVersionRecord, VersionState};
