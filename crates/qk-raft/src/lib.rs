@@ -79,14 +79,20 @@ pub struct NodeStatus {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientResponse {
-    Written { log_index: u64, response: Response },
+    Written {
+        log_index: u64,
+        response: Response,
+    },
     Key(Option<KeyRecord>),
     Keys(Vec<String>),
     Audit(Vec<AuditRecord>),
     Status(NodeStatus),
     Joined,
     /// This node is not the leader; retry at the leader if known.
-    NotLeader { leader: Option<NodeId>, leader_addr: Option<String> },
+    NotLeader {
+        leader: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
     /// The request failed; the message says what to do.
     Error(String),
 }
@@ -104,7 +110,9 @@ pub enum PeerRequest {
 pub enum PeerResponse {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
     Client(ClientResponse),
     /// The request was refused before reaching Raft (wrong peer kind, bad frame).
     Refused(String),
@@ -116,7 +124,9 @@ pub enum PeerResponse {
 pub enum CodecError {
     #[error("could not encode an RPC message: {0}")]
     Encode(String),
-    #[error("could not decode an RPC message (corrupt, truncated or from an incompatible version): {0}")]
+    #[error(
+        "could not decode an RPC message (corrupt, truncated or from an incompatible version): {0}"
+    )]
     Decode(String),
 }
 

@@ -65,7 +65,10 @@ pub fn verify_chain(records: &[AuditRecord], mut prev_hash: [u8; 32]) -> Result<
     for r in records {
         if let Some(p) = prev_seq {
             if r.seq != p + 1 {
-                return Err(ChainError::Gap { prev: p, seq: r.seq });
+                return Err(ChainError::Gap {
+                    prev: p,
+                    seq: r.seq,
+                });
             }
         }
         if r.prev_hash != prev_hash {

@@ -40,7 +40,10 @@ pub enum Operation {
         value: Option<Vec<u8>>,
     },
     /// Starts a new version (a new DKG) with the key's current holders.
-    Rotate { name: String, holders: Vec<NodeId> },
+    Rotate {
+        name: String,
+        holders: Vec<NodeId>,
+    },
     /// The DKG finished: public key set (encoded) and holders that acked.
     CompleteGeneration {
         name: String,
@@ -52,8 +55,14 @@ pub enum Operation {
         version: KeyVersion,
         reason: String,
     },
-    Disable { name: String, version: KeyVersion },
-    Enable { name: String, version: KeyVersion },
+    Disable {
+        name: String,
+        version: KeyVersion,
+    },
+    Enable {
+        name: String,
+        version: KeyVersion,
+    },
     MarkCompromised {
         name: String,
         version: KeyVersion,
@@ -64,9 +73,15 @@ pub enum Operation {
         version: KeyVersion,
         after_ms: u64,
     },
-    CancelDestruction { name: String, version: KeyVersion },
+    CancelDestruction {
+        name: String,
+        version: KeyVersion,
+    },
     /// Commits destruction of a version whose waiting period has passed.
-    Destroy { name: String, version: KeyVersion },
+    Destroy {
+        name: String,
+        version: KeyVersion,
+    },
     /// A holder confirms it erased its share.
     EraseReceipt {
         name: String,
@@ -171,9 +186,13 @@ pub struct Response {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
     Done,
-    KeyCreated { id: KeyId, version: KeyVersion },
-    VersionCreated { version: KeyVersion },
+    KeyCreated {
+        id: KeyId,
+        version: KeyVersion,
+    },
+    VersionCreated {
+        version: KeyVersion,
+    },
     /// The version reached `Destroyed` with this receipt.
     VersionDestroyed,
 }
-

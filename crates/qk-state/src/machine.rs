@@ -278,16 +278,23 @@ impl StateMachine {
         let last = key.versions.last().map(|v| (v.version, v.threshold));
         let (last_version, threshold) = last.unwrap_or((KeyVersion(0), 2));
         if key.versions.len() >= MAX_VERSIONS {
-            return Err(invalid(format!("a key has at most {MAX_VERSIONS} versions")));
+            return Err(invalid(format!(
+                "a key has at most {MAX_VERSIONS} versions"
+            )));
         }
-        if key.versions.iter().any(|v| v.state == VersionState::Generating) {
+        if key
+            .versions
+            .iter()
+            .any(|v| v.state == VersionState::Generating)
+        {
             return Err(invalid(format!(
                 "key {name:?} already has a version being generated; wait for it to finish"
             )));
         }
         check_holders(threshold, holders)?;
         let version = KeyVersion(last_version.0 + 1);
-        key.versions.push(new_version(version, now, threshold, holders));
+        key.versions
+            .push(new_version(version, now, threshold, holders));
         key.last_rotated_ms = now;
         Ok(Applied::VersionCreated { version })
     }
@@ -401,7 +408,12 @@ impl StateMachine {
     }
 }
 
-fn new_version(version: KeyVersion, now: u64, threshold: u16, holders: &[NodeId]) -> KeyVersionRecord {
+fn new_version(
+    version: KeyVersion,
+    now: u64,
+    threshold: u16,
+    holders: &[NodeId],
+) -> KeyVersionRecord {
     KeyVersionRecord {
         version,
         state: VersionState::Generating,

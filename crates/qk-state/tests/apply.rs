@@ -63,27 +63,101 @@ fn full_lifecycle_to_destroyed() {
     assert_eq!(key.version(V1).expect("v1").state, VersionState::Enabled);
     assert_eq!(key.primary_version().expect("primary").version, V1);
 
-    let step = |sm: &mut StateMachine, n: u64, t: u64, op: Operation| sm.apply(&cmd(n, t, op)).result;
+    let step =
+        |sm: &mut StateMachine, n: u64, t: u64, op: Operation| sm.apply(&cmd(n, t, op)).result;
     let name = || "payments".to_string();
-    assert!(step(&mut sm, 10, 30, Operation::Disable { name: name(), version: V1 }).is_ok());
-    assert!(step(&mut sm, 11, 40, Operation::ScheduleDestruction { name: name(), version: V1, after_ms: 1000 }).is_ok());
+    assert!(step(
+        &mut sm,
+        10,
+        30,
+        Operation::Disable {
+            name: name(),
+            version: V1
+        }
+    )
+    .is_ok());
+    assert!(step(
+        &mut sm,
+        11,
+        40,
+        Operation::ScheduleDestruction {
+            name: name(),
+            version: V1,
+            after_ms: 1000
+        }
+    )
+    .is_ok());
     assert_eq!(
         sm.key("payments").expect("k").version(V1).expect("v").state,
         VersionState::PendingDestruction { due_ms: 1040 }
     );
     // Too early: refused, and the refusal is audited.
-    let early = step(&mut sm, 12, 500, Operation::Destroy { name: name(), version: V1 });
+    let early = step(
+        &mut sm,
+        12,
+        500,
+        Operation::Destroy {
+            name: name(),
+            version: V1,
+        },
+    );
     assert!(matches!(early, Err(StateError::InvalidTransition { .. })));
-    assert!(sm.audit_records(1, 100).iter().any(|r| r.outcome.starts_with("refused")));
-    assert!(step(&mut sm, 13, 1040, Operation::Destroy { name: name(), version: V1 }).is_ok());
+    assert!(sm
+        .audit_records(1, 100)
+        .iter()
+        .any(|r| r.outcome.starts_with("refused")));
+    assert!(step(
+        &mut sm,
+        13,
+        1040,
+        Operation::Destroy {
+            name: name(),
+            version: V1
+        }
+    )
+    .is_ok());
     // n - t + 1 = 2 receipts needed; a non-holder's receipt is refused.
-    assert!(step(&mut sm, 14, 1050, Operation::EraseReceipt { name: name(), version: V1, node: NodeId(9) }).is_err());
-    assert_eq!(step(&mut sm, 15, 1060, Operation::EraseReceipt { name: name(), version: V1, node: NodeId(1) }), Ok(Applied::Done));
+    assert!(step(
+        &mut sm,
+        14,
+        1050,
+        Operation::EraseReceipt {
+            name: name(),
+            version: V1,
+            node: NodeId(9)
+        }
+    )
+    .is_err());
     assert_eq!(
-        step(&mut sm, 16, 1070, Operation::EraseReceipt { name: name(), version: V1, node: NodeId(3) }),
+        step(
+            &mut sm,
+            15,
+            1060,
+            Operation::EraseReceipt {
+                name: name(),
+                version: V1,
+                node: NodeId(1)
+            }
+        ),
+        Ok(Applied::Done)
+    );
+    assert_eq!(
+        step(
+            &mut sm,
+            16,
+            1070,
+            Operation::EraseReceipt {
+                name: name(),
+                version: V1,
+                node: NodeId(3)
+            }
+        ),
         Ok(Applied::VersionDestroyed)
     );
-    assert_eq!(sm.key("payments").expect("k").version(V1).expect("v").state, VersionState::Destroyed);
+    assert_eq!(
+        sm.key("payments").expect("k").version(V1).expect("v").state,
+        VersionState::Destroyed
+    );
     verify_chain(sm.audit_records(1, 1000), GENESIS_HASH).expect("chain verifies");
 }
 
@@ -93,17 +167,66 @@ fn cancel_destruction_and_compromise() {
     let mut n = 0;
     generated(&mut sm, "k", &mut n);
     let name = || "k".to_string();
-    sm.apply(&cmd(10, 30, Operation::ScheduleDestruction { name: name(), version: V1, after_ms: 5 }));
-    assert!(sm.apply(&cmd(11, 31, Operation::CancelDestruction { name: name(), version: V1 })).result.is_ok());
-    assert_eq!(sm.key("k").expect("k").version(V1).expect("v").state, VersionState::Disabled);
-    assert!(sm.apply(&cmd(12, 32, Operation::Enable { name: name(), version: V1 })).result.is_ok());
-    let r = sm.apply(&cmd(13, 33, Operation::MarkCompromised { name: name(), version: V1, reason: "leaked laptop".into() }));
+    sm.apply(&cmd(
+        10,
+        30,
+        Operation::ScheduleDestruction {
+            name: name(),
+            version: V1,
+            after_ms: 5,
+        },
+    ));
+    assert!(sm
+        .apply(&cmd(
+            11,
+            31,
+            Operation::CancelDestruction {
+                name: name(),
+                version: V1
+            }
+        ))
+        .result
+        .is_ok());
+    assert_eq!(
+        sm.key("k").expect("k").version(V1).expect("v").state,
+        VersionState::Disabled
+    );
+    assert!(sm
+        .apply(&cmd(
+            12,
+            32,
+            Operation::Enable {
+                name: name(),
+                version: V1
+            }
+        ))
+        .result
+        .is_ok());
+    let r = sm.apply(&cmd(
+        13,
+        33,
+        Operation::MarkCompromised {
+            name: name(),
+            version: V1,
+            reason: "leaked laptop".into(),
+        },
+    ));
     assert!(r.result.is_ok());
     let v = sm.key("k").expect("k").version(V1).expect("v").clone();
     assert_eq!(v.state, VersionState::Disabled);
     assert_eq!(v.compromised.as_deref(), Some("leaked laptop"));
     // A compromised version cannot be silently re-enabled.
-    assert!(sm.apply(&cmd(14, 34, Operation::Enable { name: name(), version: V1 })).result.is_err());
+    assert!(sm
+        .apply(&cmd(
+            14,
+            34,
+            Operation::Enable {
+                name: name(),
+                version: V1
+            }
+        ))
+        .result
+        .is_err());
 }
 
 #[test]
@@ -111,13 +234,57 @@ fn rotation_creates_new_versions_and_primary_follows() {
     let mut sm = StateMachine::new();
     let mut n = 0;
     generated(&mut sm, "k", &mut n);
-    let r = sm.apply(&cmd(10, 40, Operation::Rotate { name: "k".into(), holders: vec![NodeId(1), NodeId(2), NodeId(3)] }));
-    assert_eq!(r.result, Ok(Applied::VersionCreated { version: KeyVersion(2) }));
+    let r = sm.apply(&cmd(
+        10,
+        40,
+        Operation::Rotate {
+            name: "k".into(),
+            holders: vec![NodeId(1), NodeId(2), NodeId(3)],
+        },
+    ));
+    assert_eq!(
+        r.result,
+        Ok(Applied::VersionCreated {
+            version: KeyVersion(2)
+        })
+    );
     // A second rotation while generating is refused.
-    assert!(sm.apply(&cmd(11, 41, Operation::Rotate { name: "k".into(), holders: vec![NodeId(1), NodeId(2)] })).result.is_err());
-    assert_eq!(sm.key("k").expect("k").primary_version().expect("p").version, V1);
-    sm.apply(&cmd(12, 42, Operation::CompleteGeneration { name: "k".into(), version: KeyVersion(2), public_keys: vec![9] }));
-    assert_eq!(sm.key("k").expect("k").primary_version().expect("p").version, KeyVersion(2));
+    assert!(sm
+        .apply(&cmd(
+            11,
+            41,
+            Operation::Rotate {
+                name: "k".into(),
+                holders: vec![NodeId(1), NodeId(2)]
+            }
+        ))
+        .result
+        .is_err());
+    assert_eq!(
+        sm.key("k")
+            .expect("k")
+            .primary_version()
+            .expect("p")
+            .version,
+        V1
+    );
+    sm.apply(&cmd(
+        12,
+        42,
+        Operation::CompleteGeneration {
+            name: "k".into(),
+            version: KeyVersion(2),
+            public_keys: vec![9],
+        },
+    ));
+    assert_eq!(
+        sm.key("k")
+            .expect("k")
+            .primary_version()
+            .expect("p")
+            .version,
+        KeyVersion(2)
+    );
 }
 
 #[test]
@@ -131,11 +298,29 @@ fn invalid_requests_are_refused_with_reasons() {
     };
     c.threshold = 4;
     let r = sm.apply(&cmd(2, 2, Operation::CreateKey(c)));
-    assert!(r.result.expect_err("threshold").to_string().contains("threshold"));
+    assert!(r
+        .result
+        .expect_err("threshold")
+        .to_string()
+        .contains("threshold"));
     sm.apply(&cmd(3, 3, create("dup")));
-    assert_eq!(sm.apply(&cmd(4, 4, create("dup"))).result, Err(StateError::KeyExists("dup".into())));
-    let missing = sm.apply(&cmd(5, 5, Operation::Disable { name: "nope".into(), version: V1 }));
-    assert!(missing.result.expect_err("missing").to_string().contains("does not exist"));
+    assert_eq!(
+        sm.apply(&cmd(4, 4, create("dup"))).result,
+        Err(StateError::KeyExists("dup".into()))
+    );
+    let missing = sm.apply(&cmd(
+        5,
+        5,
+        Operation::Disable {
+            name: "nope".into(),
+            version: V1,
+        },
+    ));
+    assert!(missing
+        .result
+        .expect_err("missing")
+        .to_string()
+        .contains("does not exist"));
 }
 
 #[test]
@@ -160,10 +345,16 @@ fn tampered_audit_record_is_detected() {
     verify_chain(&records, GENESIS_HASH).expect("intact");
     let mut edited = records.clone();
     edited[2].principal = "someone-else".into();
-    assert_eq!(verify_chain(&edited, GENESIS_HASH), Err(ChainError::HashMismatch { seq: 3 }));
+    assert_eq!(
+        verify_chain(&edited, GENESIS_HASH),
+        Err(ChainError::HashMismatch { seq: 3 })
+    );
     let mut rehashed = edited.clone();
     rehashed[2].hash = rehashed[2].compute_hash();
-    assert_eq!(verify_chain(&rehashed, GENESIS_HASH), Err(ChainError::BrokenLink { seq: 4 }));
+    assert_eq!(
+        verify_chain(&rehashed, GENESIS_HASH),
+        Err(ChainError::BrokenLink { seq: 4 })
+    );
     let mut dropped = records.clone();
     dropped.remove(1);
     assert!(verify_chain(&dropped, GENESIS_HASH).is_err());
@@ -185,13 +376,35 @@ fn arb_op() -> impl Strategy<Value = Operation> {
     let version = (1u32..3).prop_map(KeyVersion);
     prop_oneof![
         name.clone().prop_map(|n| create(&n)),
-        (name.clone(), version.clone()).prop_map(|(name, version)| Operation::CompleteGeneration { name, version, public_keys: vec![1] }),
-        (name.clone(), version.clone()).prop_map(|(name, version)| Operation::Disable { name, version }),
-        (name.clone(), version.clone()).prop_map(|(name, version)| Operation::Enable { name, version }),
-        (name.clone(), version.clone(), 0u64..50).prop_map(|(name, version, after_ms)| Operation::ScheduleDestruction { name, version, after_ms }),
-        (name.clone(), version.clone()).prop_map(|(name, version)| Operation::Destroy { name, version }),
-        (name.clone(), version.clone(), 1u64..4).prop_map(|(name, version, node)| Operation::EraseReceipt { name, version, node: NodeId(node) }),
-        name.prop_map(|name| Operation::Rotate { name, holders: vec![NodeId(1), NodeId(2), NodeId(3)] }),
+        (name.clone(), version.clone()).prop_map(|(name, version)| Operation::CompleteGeneration {
+            name,
+            version,
+            public_keys: vec![1]
+        }),
+        (name.clone(), version.clone())
+            .prop_map(|(name, version)| Operation::Disable { name, version }),
+        (name.clone(), version.clone())
+            .prop_map(|(name, version)| Operation::Enable { name, version }),
+        (name.clone(), version.clone(), 0u64..50).prop_map(|(name, version, after_ms)| {
+            Operation::ScheduleDestruction {
+                name,
+                version,
+                after_ms,
+            }
+        }),
+        (name.clone(), version.clone())
+            .prop_map(|(name, version)| Operation::Destroy { name, version }),
+        (name.clone(), version.clone(), 1u64..4).prop_map(|(name, version, node)| {
+            Operation::EraseReceipt {
+                name,
+                version,
+                node: NodeId(node),
+            }
+        }),
+        name.prop_map(|name| Operation::Rotate {
+            name,
+            holders: vec![NodeId(1), NodeId(2), NodeId(3)]
+        }),
     ]
 }
 

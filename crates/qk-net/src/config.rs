@@ -1,0 +1,73 @@
+//! Transport settings shared by [`crate::Server`] and [`crate::Dialer`].
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+/// Timeouts and limits of the transport. Every bound has its reason beside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NetConfig {
+    /// Client side: the whole request (connect if needed, send, wait, read
+    /// the response). Server side: reading a request, handling it and writing
+    /// the answer; a stream still open after this is reset. Bounds the time a
+    /// slow or stalled peer can hold a stream and its buffers.
+    pub request_timeout: Duration,
+    /// Dialing: the QUIC + TLS handshake. A dead address fails after this.
+    pub connect_timeout: Duration,
+    /// A connection with no traffic (keep-alives included) for this long is
+    /// dead. Keep it a few keep-alive intervals long.
+    pub idle_timeout: Duration,
+    /// Keep-alive pings on idle connections, so a dead peer is noticed within
+    /// `idle_timeout` and NAT/firewall state stays open.
+    pub keep_alive_interval: Duration,
+    /// First wait before redialing a peer after a failed dial; doubles per
+    /// consecutive failure up to `backoff_max`.
+    pub backoff_initial: Duration,
+    /// Longest wait between redials, so a restarted peer is found again soon.
+    pub backoff_max: Duration,
+    /// Server: most simultaneous connections; more are refused. A cluster has
+    /// a handful of nodes plus its clients; this bounds memory per endpoint.
+    pub max_connections: usize,
+    /// Most simultaneous request streams per connection (QUIC flow control
+    /// enforces it on the peer). Bounds the work one peer can queue.
+    pub max_concurrent_streams: u32,
+    /// Server: total bytes of request bodies being read or handled at once,
+    /// across all connections. With frames of up to [`crate::MAX_FRAME_LEN`]
+    /// this bounds the memory peers can make the server hold.
+    pub max_inflight_request_bytes: usize,
+    /// Server: in-flight requests get this long to finish on shutdown before
+    /// connections are closed.
+    pub shutdown_grace: Duration,
+    /// Dialer: local address of the client endpoint. `0.0.0.0:0` reaches IPv4
+    /// peers; use `[::]:0` to reach IPv6 peers.
+    pub client_bind_addr: SocketAddr,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            keep_alive_interval: Duration::from_secs(2),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            max_connections: 1024,
+            max_concurrent_streams: 64,
+            max_inflight_request_bytes: 256 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(5),
+            client_bind_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        }
+    }
+}
+
+impl NetConfig {
+    /// The delay before redial number `failures` (1 = after the first
+    /// failure): `backoff_initial * 2^(failures-1)`, capped at `backoff_max`.
+    pub fn backoff_delay(&self, failures: u32) -> Duration {
+        let shift = failures.saturating_sub(1).min(20);
+        self.backoff_initial
+            .saturating_mul(1u32 << shift)
+            .min(self.backoff_max)
+    }
+}

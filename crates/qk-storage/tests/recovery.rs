@@ -1,0 +1,320 @@
+//! Restart recovery, snapshot transfer and the read handle, on real
+//! directories.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine, StorageHelper};
+use openraft::{
+    CommittedLeaderId, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder, Vote,
+};
+use qk_raft::QkNode;
+use qk_state::{Command, CreateKey, Operation, RequestId, Response};
+use qk_storage::{Entry, LogStore, NodeId, StateMachineStore, StoreError};
+
+fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn request_id(i: u64) -> RequestId {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&i.to_be_bytes());
+    RequestId(id)
+}
+
+fn create_key(i: u64) -> Command {
+    Command {
+        request_id: request_id(i),
+        time_ms: 1_700_000_000_000 + i,
+        principal: "admin".to_string(),
+        op: Operation::CreateKey(CreateKey {
+            name: format!("key-{i}"),
+            description: "test key".to_string(),
+            owner: "ops".to_string(),
+            purpose: "signing".to_string(),
+            rotation_period_ms: None,
+            expires_at_ms: None,
+            threshold: 2,
+            holders: vec![
+                qk_types::NodeId(1),
+                qk_types::NodeId(2),
+                qk_types::NodeId(3),
+            ],
+        }),
+    }
+}
+
+fn set_tag(i: u64, key: u64, value: Vec<u8>) -> Command {
+    Command {
+        request_id: request_id(i),
+        time_ms: 1_700_000_000_000 + i,
+        principal: "admin".to_string(),
+        op: Operation::SetTag {
+            name: format!("key-{key}"),
+            tag: format!("tag-{i}"),
+            value: Some(value),
+        },
+    }
+}
+
+fn normal(term: u64, index: u64, cmd: Command) -> Entry {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(cmd),
+    }
+}
+
+fn membership(term: u64, index: u64, voters: &[NodeId]) -> Entry {
+    let nodes: BTreeMap<NodeId, QkNode> = voters
+        .iter()
+        .map(|&id| {
+            (
+                id,
+                QkNode {
+                    rpc_addr: format!("10.0.0.{id}:7000"),
+                },
+            )
+        })
+        .collect();
+    let config: BTreeSet<NodeId> = voters.iter().copied().collect();
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Membership(Membership::new(vec![config], nodes)),
+    }
+}
+
+/// Log indexes `0..=upto` as openraft writes them: index 0 is the initial
+/// membership, 1 a new leader's blank entry, then key creations (odd indexes)
+/// and tag updates (even indexes) alternate.
+fn history(upto: u64) -> Vec<Entry> {
+    (0..=upto)
+        .map(|i| match i {
+            0 => membership(1, 0, &[1, 2, 3]),
+            1 => Entry {
+                log_id: log_id(1, 1),
+                payload: EntryPayload::Blank,
+            },
+            i if i % 2 == 1 => normal(1, i, create_key(i)),
+            i => normal(1, i, set_tag(i, i - 1, vec![i as u8; 8])),
+        })
+        .collect()
+}
+
+fn digest(sm: &StateMachineStore) -> [u8; 32] {
+    sm.reader()
+        .read(|s| s.machine().digest())
+        .expect("read the state")
+}
+
+async fn all_entries(log: &mut LogStore) -> Vec<Entry> {
+    log.try_get_log_entries(..).await.expect("read the log")
+}
+
+#[tokio::test]
+async fn restart_keeps_log_vote_and_pointers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (entries, vote, state) = {
+        let (mut log, _sm) = qk_storage::open(dir.path()).expect("open");
+        log.blocking_append(history(30)).await.expect("append");
+        log.save_vote(&Vote::new_committed(3, 2))
+            .await
+            .expect("vote");
+        log.save_committed(Some(log_id(1, 25)))
+            .await
+            .expect("committed");
+        log.purge(log_id(1, 4)).await.expect("purge");
+        log.truncate(log_id(1, 28)).await.expect("truncate");
+        let state = log.get_log_state().await.expect("log state");
+        (
+            all_entries(&mut log).await,
+            log.read_vote().await.expect("vote"),
+            state,
+        )
+    };
+    assert_eq!(entries.len(), 23, "5..=27 remain");
+    assert_eq!(entries.first().map(|e| e.log_id.index), Some(5));
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 4)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 27)));
+
+    let (mut log, _sm) = qk_storage::open(dir.path()).expect("reopen");
+    assert_eq!(all_entries(&mut log).await, entries);
+    assert_eq!(log.read_vote().await.expect("vote"), vote);
+    assert_eq!(vote, Some(Vote::new_committed(3, 2)));
+    assert_eq!(log.get_log_state().await.expect("log state"), state);
+    assert_eq!(
+        log.read_committed().await.expect("committed"),
+        Some(log_id(1, 25))
+    );
+}
+
+#[tokio::test]
+async fn restart_rebuilds_state_by_reapplying_the_committed_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let entries = history(40);
+    let (before, responses_after_snapshot) = {
+        let (mut log, mut sm) = qk_storage::open(dir.path()).expect("open");
+        log.blocking_append(entries.clone()).await.expect("append");
+        sm.apply(entries[..=20].to_vec())
+            .await
+            .expect("apply 0..=20");
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("snapshot at 20");
+        assert_eq!(snap.meta.last_log_id, Some(log_id(1, 20)));
+        // openraft purges what the snapshot covers.
+        log.purge(log_id(1, 15)).await.expect("purge");
+        let responses = sm
+            .apply(entries[21..].to_vec())
+            .await
+            .expect("apply 21..=40");
+        log.save_committed(Some(log_id(1, 40)))
+            .await
+            .expect("committed");
+        (digest(&sm), responses)
+    };
+
+    // A crash loses the in-memory state: the store comes back at the snapshot.
+    let (mut log, mut sm) = qk_storage::open(dir.path()).expect("reopen");
+    let (applied, mem) = sm.applied_state().await.expect("applied state");
+    assert_eq!(applied, Some(log_id(1, 20)));
+    assert_eq!(mem.log_id(), &Some(log_id(1, 0)));
+    assert_ne!(digest(&sm), before);
+
+    // Re-applying the tail gives the very same responses.
+    let other = tempfile::tempdir().expect("tempdir");
+    let (_l, mut replica) = qk_storage::open(other.path()).expect("open");
+    replica.apply(entries[..=20].to_vec()).await.expect("apply");
+    let again: Vec<Response> = replica
+        .apply(entries[21..].to_vec())
+        .await
+        .expect("re-apply");
+    assert_eq!(again, responses_after_snapshot);
+    assert_eq!(digest(&replica), before);
+
+    // openraft's own startup path re-applies up to the saved committed id.
+    let initial = StorageHelper::new(&mut log, &mut sm)
+        .get_initial_state()
+        .await
+        .expect("initial state");
+    assert_eq!(initial.committed, Some(log_id(1, 40)));
+    assert_eq!(
+        sm.applied_state().await.expect("applied state").0,
+        Some(log_id(1, 40))
+    );
+    assert_eq!(digest(&sm), before, "state rebuilt exactly");
+}
+
+#[tokio::test]
+async fn snapshot_transfer_preserves_the_digest() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let (_ll, mut leader) = qk_storage::open(leader_dir.path()).expect("open leader");
+    leader.apply(history(25)).await.expect("apply");
+    let leader_digest = digest(&leader);
+    let keys = leader
+        .reader()
+        .read(|s| s.machine().keys().count())
+        .expect("read");
+    assert_eq!(keys, 12, "odd indexes 3..=25 create keys");
+
+    let snap = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    let bytes = snap.snapshot.get_ref().clone();
+
+    {
+        let (_fl, mut follower) = qk_storage::open(follower_dir.path()).expect("open follower");
+        let mut incoming = follower.begin_receiving_snapshot().await.expect("begin");
+        incoming.get_mut().extend_from_slice(&bytes);
+        follower
+            .install_snapshot(&snap.meta, incoming)
+            .await
+            .expect("install");
+        assert_eq!(digest(&follower), leader_digest);
+        assert_eq!(
+            follower.applied_state().await.expect("state"),
+            leader.applied_state().await.expect("state")
+        );
+        let current = follower
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("installed snapshot is current");
+        assert_eq!(current.meta, snap.meta);
+        assert_eq!(current.snapshot.get_ref(), &bytes);
+    }
+
+    // The installed state is durable.
+    let (_fl, mut follower) = qk_storage::open(follower_dir.path()).expect("reopen follower");
+    assert_eq!(digest(&follower), leader_digest);
+    assert_eq!(
+        follower.applied_state().await.expect("state").0,
+        Some(log_id(1, 25))
+    );
+    let reader = follower.reader();
+    let (last, key) = reader
+        .read(|s| {
+            (
+                s.last_applied(),
+                s.machine().key("key-25").map(|k| k.name.clone()),
+            )
+        })
+        .expect("read");
+    assert_eq!(last, Some(log_id(1, 25)));
+    assert_eq!(key.as_deref(), Some("key-25"));
+}
+
+#[tokio::test]
+async fn limited_reads_stay_near_the_byte_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _sm) = qk_storage::open(dir.path()).expect("open");
+    // Ten entries of about 1 MiB each.
+    let big: Vec<Entry> = (1..=10)
+        .map(|i| normal(1, i, set_tag(i, 1, vec![0xab; 1024 * 1024])))
+        .collect();
+    log.blocking_append(big).await.expect("append");
+    let first = log.limited_get_log_entries(1, 11).await.expect("read");
+    assert!(!first.is_empty() && first.len() < 10, "{}", first.len());
+    assert_eq!(first.len(), 4, "stops once 4 MiB were read");
+    let one = log.limited_get_log_entries(10, 11).await.expect("read");
+    assert_eq!(one.len(), 1);
+    assert_eq!(
+        log.try_get_log_entries(1..11).await.expect("read").len(),
+        10,
+        "unlimited reads return the whole range"
+    );
+}
+
+#[tokio::test]
+async fn oversized_entry_is_refused_not_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _sm) = qk_storage::open(dir.path()).expect("open");
+    let huge = normal(
+        1,
+        1,
+        set_tag(1, 1, vec![0; qk_storage::MAX_LOG_ENTRY_BYTES]),
+    );
+    let err = log
+        .blocking_append([huge])
+        .await
+        .expect_err("over the limit");
+    assert!(err.to_string().contains("over the limit"), "{err}");
+    assert_eq!(log.get_log_state().await.expect("state").last_log_id, None);
+}
+
+#[tokio::test]
+async fn second_open_of_a_directory_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _first = qk_storage::open(dir.path()).expect("open");
+    let err = qk_storage::open(dir.path()).expect_err("the directory is locked");
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    assert!(
+        err.to_string().contains("no other qk-node process"),
+        "{err}"
+    );
+}
