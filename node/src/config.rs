@@ -1,0 +1,152 @@
+//! The node's TOML configuration. Every field is documented in
+//! `docs/OPERATIONS.md`; `qk-node config-example` prints a commented example.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's id; must match the id in its certificate. Never reuse an id.
+    pub node_id: u64,
+    /// Directory for the Raft log, state and snapshots (created if missing).
+    pub data_dir: PathBuf,
+    /// Address the QUIC endpoint binds (Raft and cluster RPCs).
+    pub listen: SocketAddr,
+    /// Address other nodes dial; defaults to `listen`.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub raft: RaftSettings,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The cluster CA certificate (PEM). Only peers it signed are accepted.
+    pub ca_cert: PathBuf,
+    /// This node's certificate (PEM), issued by the cluster CA for `node_id`.
+    pub cert: PathBuf,
+    /// This node's private key (PEM); must not be readable by group or others.
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot (for slow followers).
+    pub keep_entries_after_snapshot: u64,
+    /// Upper bound on one Raft RPC, after which the peer counts as unreachable.
+    pub rpc_timeout_ms: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_after_entries: 5000,
+            keep_entries_after_snapshot: 1000,
+            rpc_timeout_ms: 2000,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut config: Config = toml::from_str(&text).with_context(|| {
+            format!(
+                "config file {} is not valid; see docs/OPERATIONS.md for the fields",
+                path.display()
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_relative_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_relative_paths(&mut self, base: &Path) {
+        for p in [
+            &mut self.data_dir,
+            &mut self.tls.ca_cert,
+            &mut self.tls.cert,
+            &mut self.tls.key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.node_id == 0 {
+            bail!("node_id must be 1 or more");
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms {
+            bail!(
+                "raft.election_timeout_min_ms must be larger than raft.heartbeat_interval_ms (> 0)"
+            );
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            bail!("raft.election_timeout_max_ms must be larger than raft.election_timeout_min_ms");
+        }
+        if r.snapshot_after_entries == 0 {
+            bail!("raft.snapshot_after_entries must be 1 or more");
+        }
+        Ok(())
+    }
+
+    pub fn advertise_addr(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).context("cannot render config as TOML")
+    }
+}
+
+/// A commented example, printed by `qk-node config-example`.
+pub const EXAMPLE: &str = r#"# Quorumkey node configuration (TOML). Relative paths are relative to this file.
+
+# This node's id. It must match the id in the node certificate and never be reused.
+node_id = 1
+# Raft log, state machine and snapshots live here (created if missing).
+data_dir = "data/node1"
+# QUIC endpoint for Raft and cluster RPCs.
+listen = "127.0.0.1:7101"
+# Address other nodes dial (defaults to `listen`).
+# advertise = "10.0.0.1:7101"
+
+[tls]
+# Cluster CA certificate: only peers it signed are accepted.
+ca_cert = "pki/ca.pem"
+# This node's certificate and key, issued with `qk-node pki issue-node --id 1`.
+cert = "pki/node-1.pem"
+key = "pki/node-1.key"
+
+[raft]
+heartbeat_interval_ms = 100
+election_timeout_min_ms = 400
+election_timeout_max_ms = 800
+# Snapshot after this many applied entries; keep this many entries behind it.
+snapshot_after_entries = 5000
+keep_entries_after_snapshot = 1000
+# A Raft RPC slower than this counts as a lost message.
+rpc_timeout_ms = 2000
+"#;

@@ -1,0 +1,162 @@
+//! `qk-node ctl`: a small client for operators and tests (JSON output).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use qk_net::Dialer;
+use qk_raft::{ClientRequest, ClientResponse, PeerRequest, PeerResponse};
+use qk_state::{verify_chain, Command, CreateKey, Operation, RequestId, GENESIS_HASH};
+use qk_types::NodeId;
+
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// A directory made by `qk-node dev` (finds address and credentials there).
+    #[arg(long, env = "QK_DEV_DIR", default_value = ".qk-dev")]
+    pub dir: PathBuf,
+    /// Node address; defaults to the first node of `--dir`.
+    #[arg(long, env = "QK_ADDR")]
+    pub addr: Option<String>,
+    #[arg(long, env = "QK_CA_CERT")]
+    pub ca: Option<PathBuf>,
+    #[arg(long, env = "QK_CLIENT_CERT")]
+    pub cert: Option<PathBuf>,
+    #[arg(long, env = "QK_CLIENT_KEY")]
+    pub key: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CtlCommand {
+    /// The node's view of the cluster.
+    Status,
+    /// Register a key in the replicated inventory.
+    CreateKey {
+        name: String,
+        #[arg(long, default_value_t = 2)]
+        threshold: u16,
+        /// Holder node ids (default: 1..=3).
+        #[arg(long = "holder", default_values_t = [1u64, 2, 3])]
+        holders: Vec<u64>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Set a metadata tag on a key.
+    SetTag {
+        name: String,
+        tag: String,
+        value: String,
+    },
+    /// Show one key's record.
+    GetKey { name: String },
+    /// List key names.
+    ListKeys,
+    /// Print audit records and verify their hash chain.
+    Audit {
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+pub struct Target {
+    pub dialer: Dialer,
+    pub addr: String,
+}
+
+pub fn connect(args: &CtlArgs) -> Result<Target> {
+    let pki = args.dir.join("pki");
+    let ca = args.ca.clone().unwrap_or_else(|| pki.join("ca.pem"));
+    let cert = args
+        .cert
+        .clone()
+        .unwrap_or_else(|| pki.join("client-admin.pem"));
+    let key = args
+        .key
+        .clone()
+        .unwrap_or_else(|| pki.join("client-admin.key"));
+    let addr = match &args.addr {
+        Some(a) => a.clone(),
+        None => crate::dev::first_addr(&args.dir)?,
+    };
+    let (ca, creds) = crate::node::load_tls(&ca, &cert, &key).context(
+        "cannot load client credentials; pass --ca/--cert/--key or --dir of a dev cluster",
+    )?;
+    let dialer = Dialer::new(
+        &ca,
+        &creds,
+        crate::node::net_config(Duration::from_secs(10)),
+    )?;
+    Ok(Target { dialer, addr })
+}
+
+pub async fn call(target: &Target, req: ClientRequest) -> Result<ClientResponse> {
+    match target
+        .dialer
+        .any_node(&target.addr)
+        .call(&PeerRequest::Client(req))
+        .await
+        .with_context(|| format!("cannot reach {}", target.addr))?
+    {
+        PeerResponse::Client(ClientResponse::Error(e)) => bail!("{e}"),
+        PeerResponse::Client(r) => Ok(r),
+        other => bail!("unexpected answer from {}: {other:?}", target.addr),
+    }
+}
+
+pub fn write_cmd(op: Operation) -> ClientRequest {
+    ClientRequest::Write(Command {
+        request_id: RequestId(rand::random()),
+        time_ms: 0,
+        principal: String::new(),
+        op,
+    })
+}
+
+pub async fn run(args: CtlArgs) -> Result<()> {
+    let target = connect(&args)?;
+    let req = match args.command {
+        CtlCommand::Status => ClientRequest::Status,
+        CtlCommand::CreateKey {
+            name,
+            threshold,
+            holders,
+            description,
+        } => write_cmd(Operation::CreateKey(CreateKey {
+            name,
+            description,
+            owner: String::new(),
+            purpose: "encrypt".into(),
+            rotation_period_ms: None,
+            expires_at_ms: None,
+            threshold,
+            holders: holders.into_iter().map(NodeId).collect(),
+        })),
+        CtlCommand::SetTag { name, tag, value } => write_cmd(Operation::SetTag {
+            name,
+            tag,
+            value: Some(value.into_bytes()),
+        }),
+        CtlCommand::GetKey { name } => ClientRequest::GetKey { name },
+        CtlCommand::ListKeys => ClientRequest::ListKeys,
+        CtlCommand::Audit { from, limit } => ClientRequest::Audit {
+            from_seq: from,
+            limit,
+        },
+    };
+    let resp = call(&target, req).await?;
+    if let ClientResponse::Audit(records) = &resp {
+        let prev = records.first().map(|r| r.prev_hash).unwrap_or(GENESIS_HASH);
+        verify_chain(records, prev).context("audit chain does not verify")?;
+        eprintln!("audit chain verified ({} records)", records.len());
+    }
+    println!("{}", render(&resp));
+    Ok(())
+}
+
+fn render(resp: &ClientResponse) -> String {
+    format!("{resp:#?}")
+}

@@ -1,0 +1,86 @@
+//! `qk-node`: one Quorumkey cluster member, plus PKI and local-cluster helpers.
+#![forbid(unsafe_code)]
+
+mod config;
+mod ctl;
+mod dev;
+mod node;
+mod pki;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "qk-node", version, about = "Quorumkey cluster node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node from its config file.
+    ///
+    /// Examples:
+    ///   qk-node start --config node1.toml --bootstrap
+    ///   qk-node start --config node2.toml --join 127.0.0.1:7101
+    Start {
+        #[arg(long)]
+        config: PathBuf,
+        /// Initialize a new one-node cluster with this node as its first member
+        /// (ignored when the node's data directory already holds a cluster).
+        #[arg(long, conflicts_with = "join")]
+        bootstrap: bool,
+        /// Ask the cluster at this address to add this node as a voter.
+        #[arg(long)]
+        join: Option<String>,
+    },
+    /// Create a cluster CA and certificates.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
+    /// Start a local cluster of real qk-node processes on 127.0.0.1 and keep it
+    /// running until Ctrl-C.
+    ///
+    /// Example: qk-node dev --nodes 3 --dir .qk-dev
+    Dev(dev::DevArgs),
+    /// Talk to a running cluster with a client certificate.
+    Ctl(ctl::CtlArgs),
+    /// Print an example config file.
+    ConfigExample,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Start {
+                config,
+                bootstrap,
+                join,
+            } => node::run(&config, bootstrap, join).await,
+            Command::Pki(cmd) => pki::run(cmd),
+            Command::Dev(args) => dev::run(args).await,
+            Command::Ctl(args) => ctl::run(args).await,
+            Command::ConfigExample => {
+                print!("{}", config::EXAMPLE);
+                Ok(())
+            }
+        }
+    })
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

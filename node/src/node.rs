@@ -1,0 +1,432 @@
+//! Wiring: storage, network, Raft, and the RPC handler.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use qk_net::{CaCert, Credentials, Dialer, NetConfig, NetworkFactory, Peer, RpcHandler, Server};
+use qk_raft::{
+    ClientRequest, ClientResponse, NodeId, NodeStatus, PeerRequest, PeerResponse, QkNode, Raft,
+};
+use qk_state::Command;
+use qk_storage::StateReader;
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+/// Most audit records one request returns.
+const MAX_AUDIT_PAGE: u32 = 1000;
+/// How long a join waits for the new learner to catch up before promotion.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Node {
+    id: NodeId,
+    raft: Raft,
+    state: StateReader,
+    peers: Dialer,
+}
+
+/// Loads the cluster CA and this process's credentials.
+pub fn load_tls(ca: &Path, cert: &Path, key: &Path) -> Result<(CaCert, Credentials)> {
+    let ca =
+        CaCert::load(ca).with_context(|| format!("cannot load the cluster CA {}", ca.display()))?;
+    let creds = Credentials::load(cert, key).with_context(|| {
+        format!(
+            "cannot load certificate {} and key {}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    Ok((ca, creds))
+}
+
+pub fn net_config(request_timeout: Duration) -> NetConfig {
+    let mut cfg = NetConfig::default();
+    cfg.request_timeout = request_timeout;
+    cfg
+}
+
+pub async fn run(config_path: &Path, bootstrap: bool, join: Option<String>) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let (ca, creds) = load_tls(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
+    if creds.peer() != &Peer::Node(config.node_id) {
+        bail!(
+            "certificate {} is for {}, not node {}; issue one with `qk-node pki issue-node --id {}`",
+            config.tls.cert.display(),
+            creds.peer(),
+            config.node_id,
+            config.node_id
+        );
+    }
+    let node = Arc::new(Node::start(&config, &ca, &creds).await?);
+    let handler: Arc<dyn RpcHandler> = node.clone();
+    let server = Server::bind(
+        config.listen,
+        &ca,
+        &creds,
+        net_config(Duration::from_secs(30)),
+        handler,
+    )
+    .await
+    .with_context(|| format!("cannot listen on {}", config.listen))?;
+    info!(node_id = config.node_id, listen = %config.listen, "node started");
+    if bootstrap {
+        node.bootstrap(&config).await?;
+    }
+    if let Some(seed) = join {
+        node.join_cluster(&config, &seed).await?;
+    }
+    shutdown_signal().await;
+    info!("shutting down");
+    server.shutdown().await;
+    if let Err(e) = node.raft.shutdown().await {
+        warn!("raft shutdown: {e}");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn raft_config(config: &Config) -> Result<Arc<openraft::Config>> {
+    let r = &config.raft;
+    let c = openraft::Config {
+        cluster_name: "quorumkey".into(),
+        heartbeat_interval: r.heartbeat_interval_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_after_entries),
+        max_in_snapshot_log_to_keep: r.keep_entries_after_snapshot,
+        ..Default::default()
+    };
+    Ok(Arc::new(c.validate().context("invalid [raft] settings")?))
+}
+
+/// Opens storage, retrying briefly: a previous process may still hold the lock.
+async fn open_storage(
+    path: &Path,
+) -> Result<(qk_storage::LogStore, qk_storage::StateMachineStore)> {
+    let mut attempt = 0;
+    loop {
+        let p = path.to_path_buf();
+        match tokio::task::spawn_blocking(move || qk_storage::open(&p)).await? {
+            Ok(stores) => return Ok(stores),
+            Err(e) if attempt < 20 => {
+                attempt += 1;
+                warn!("storage not ready ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot open storage in {}", path.display()))
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Node {
+    async fn start(config: &Config, ca: &CaCert, creds: &Credentials) -> Result<Node> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
+        let (log_store, sm_store) = open_storage(&config.data_dir.join("raft")).await?;
+        let state = sm_store.reader();
+        let peers = Dialer::new(
+            ca,
+            creds,
+            net_config(Duration::from_millis(config.raft.rpc_timeout_ms)),
+        )
+        .context("cannot create the QUIC client endpoint")?;
+        let network = NetworkFactory::new(peers.clone());
+        let raft = Raft::new(
+            config.node_id,
+            raft_config(config)?,
+            network,
+            log_store,
+            sm_store,
+        )
+        .await
+        .context("cannot start Raft")?;
+        Ok(Node {
+            id: config.node_id,
+            raft,
+            state,
+            peers,
+        })
+    }
+
+    async fn bootstrap(&self, config: &Config) -> Result<()> {
+        if self.raft.is_initialized().await.unwrap_or(false) {
+            info!("cluster already initialized; --bootstrap ignored");
+            return Ok(());
+        }
+        let mut members = BTreeMap::new();
+        members.insert(
+            self.id,
+            QkNode {
+                rpc_addr: config.advertise_addr(),
+            },
+        );
+        self.raft
+            .initialize(members)
+            .await
+            .context("cannot initialize the cluster")?;
+        info!("bootstrapped a new cluster");
+        Ok(())
+    }
+
+    /// Asks the node at `seed` (forwarded to the leader) to add us as a voter.
+    async fn join_cluster(&self, config: &Config, seed: &str) -> Result<()> {
+        if self.is_member().await {
+            info!("already a member; --join ignored");
+            return Ok(());
+        }
+        let request = ClientRequest::Join {
+            node_id: self.id,
+            node: QkNode {
+                rpc_addr: config.advertise_addr(),
+            },
+        };
+        let mut delay = Duration::from_millis(200);
+        let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+        loop {
+            match self
+                .peers
+                .any_node(seed)
+                .call(&PeerRequest::Client(request.clone()))
+                .await
+            {
+                Ok(PeerResponse::Client(ClientResponse::Joined)) => {
+                    info!(seed, "joined the cluster");
+                    return Ok(());
+                }
+                Ok(other) => warn!(seed, "join not accepted yet: {other:?}"),
+                Err(e) => warn!(seed, "join attempt failed: {e}"),
+            }
+            if tokio::time::Instant::now() + delay > deadline {
+                bail!("could not join the cluster through {seed} within {JOIN_TIMEOUT:?}; check that it runs and that this node's certificate is from the cluster CA");
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(3));
+        }
+    }
+
+    async fn is_member(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == self.id)
+    }
+
+    async fn handle_client(&self, peer: &Peer, req: ClientRequest) -> ClientResponse {
+        match req {
+            ClientRequest::Write(cmd) => self.write(peer, cmd).await,
+            ClientRequest::GetKey { name } => {
+                self.read(|s| ClientResponse::Key(s.key(&name).cloned()))
+            }
+            ClientRequest::ListKeys => {
+                self.read(|s| ClientResponse::Keys(s.keys().map(|k| k.name.clone()).collect()))
+            }
+            ClientRequest::Audit { from_seq, limit } => self.read(|s| {
+                ClientResponse::Audit(
+                    s.audit_records(from_seq, limit.min(MAX_AUDIT_PAGE) as usize)
+                        .to_vec(),
+                )
+            }),
+            ClientRequest::Status => ClientResponse::Status(self.status()),
+            ClientRequest::Join { node_id, node } => self.admit(peer, node_id, node).await,
+        }
+    }
+
+    fn read(&self, f: impl FnOnce(&qk_state::StateMachine) -> ClientResponse) -> ClientResponse {
+        match self.state.read(|a| f(a.machine())) {
+            Ok(r) => r,
+            Err(e) => ClientResponse::Error(format!("cannot read the local state: {e}")),
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let (digest, key_count, audit_len) = self
+            .state
+            .read(|a| {
+                let s = a.machine();
+                (s.digest(), s.keys().count() as u64, s.audit_len())
+            })
+            .unwrap_or(([0u8; 32], 0, 0));
+        NodeStatus {
+            node_id: self.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_applied: m.last_applied.map(|l| l.index),
+            last_log_index: m.last_log_index,
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            state_digest: digest,
+            key_count,
+            audit_len,
+        }
+    }
+
+    /// Stamps the leader's time and the authenticated principal, then proposes.
+    /// Followers forward to the leader once.
+    async fn write(&self, peer: &Peer, mut cmd: Command) -> ClientResponse {
+        cmd.principal = match peer {
+            Peer::Client(name) => name.clone(),
+            Peer::Node(id) if *id == self.id => cmd.principal,
+            Peer::Node(id) => {
+                // A forwarded write keeps the principal the first node authenticated.
+                let _ = id;
+                cmd.principal
+            }
+        };
+        cmd.time_ms = now_ms();
+        match self.raft.client_write(cmd.clone()).await {
+            Ok(resp) => ClientResponse::Written {
+                log_index: resp.log_id.index,
+                response: resp.data,
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                match (f.leader_id, f.leader_node) {
+                    (Some(leader), Some(node)) if matches!(peer, Peer::Client(_)) => {
+                        self.forward(leader, &node, ClientRequest::Write(cmd)).await
+                    }
+                    (leader, node) => ClientResponse::NotLeader {
+                        leader,
+                        leader_addr: node.map(|n| n.rpc_addr),
+                    },
+                }
+            }
+            Err(e) => ClientResponse::Error(format!(
+                "write not committed: {e}; retry with the same request id"
+            )),
+        }
+    }
+
+    async fn forward(&self, leader: NodeId, node: &QkNode, req: ClientRequest) -> ClientResponse {
+        match self
+            .peers
+            .node(leader, &node.rpc_addr)
+            .call(&PeerRequest::Client(req))
+            .await
+        {
+            Ok(PeerResponse::Client(r)) => r,
+            Ok(other) => {
+                ClientResponse::Error(format!("leader {leader} answered unexpectedly: {other:?}"))
+            }
+            Err(e) => ClientResponse::Error(format!(
+                "cannot reach leader {leader} at {}: {e}; retry shortly",
+                node.rpc_addr
+            )),
+        }
+    }
+
+    /// Leader side of a join: the caller must be the node itself.
+    async fn admit(&self, peer: &Peer, node_id: NodeId, node: QkNode) -> ClientResponse {
+        if *peer != Peer::Node(node_id) {
+            return ClientResponse::Error(format!(
+                "only node {node_id} itself (with its node certificate) may ask to join as {node_id}"
+            ));
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return match metrics.current_leader {
+                Some(leader) => {
+                    let addr = metrics
+                        .membership_config
+                        .membership()
+                        .get_node(&leader)
+                        .map(|n| n.rpc_addr.clone());
+                    match addr {
+                        Some(a) => {
+                            self.forward(
+                                leader,
+                                &QkNode { rpc_addr: a },
+                                ClientRequest::Join { node_id, node },
+                            )
+                            .await
+                        }
+                        None => ClientResponse::NotLeader {
+                            leader: Some(leader),
+                            leader_addr: None,
+                        },
+                    }
+                }
+                None => ClientResponse::NotLeader {
+                    leader: None,
+                    leader_addr: None,
+                },
+            };
+        }
+        if let Err(e) = self.raft.add_learner(node_id, node, true).await {
+            return ClientResponse::Error(format!("cannot add node {node_id} as learner: {e}"));
+        }
+        let mut voters: BTreeSet<NodeId> =
+            metrics.membership_config.membership().voter_ids().collect();
+        voters.insert(node_id);
+        match self.raft.change_membership(voters, false).await {
+            Ok(_) => ClientResponse::Joined,
+            Err(e) => ClientResponse::Error(format!(
+                "cannot promote node {node_id} to voter: {e}; retry the join"
+            )),
+        }
+    }
+}
+
+impl RpcHandler for Node {
+    fn handle(&self, peer: Peer, req: PeerRequest) -> qk_net::BoxFuture<'_, PeerResponse> {
+        Box::pin(async move {
+            match (req, &peer) {
+                (PeerRequest::AppendEntries(r), Peer::Node(_)) => {
+                    PeerResponse::AppendEntries(self.raft.append_entries(r).await)
+                }
+                (PeerRequest::Vote(r), Peer::Node(_)) => {
+                    PeerResponse::Vote(self.raft.vote(r).await)
+                }
+                (PeerRequest::InstallSnapshot(r), Peer::Node(from)) => {
+                    if r.offset == 0 {
+                        info!(from, snapshot = %r.meta.snapshot_id, "installing snapshot from the leader");
+                    }
+                    PeerResponse::InstallSnapshot(self.raft.install_snapshot(r).await)
+                }
+                (PeerRequest::Client(r), _) => {
+                    PeerResponse::Client(self.handle_client(&peer, r).await)
+                }
+                (_, Peer::Client(name)) => PeerResponse::Refused(format!(
+                    "client {name} may not send Raft messages; only node certificates may"
+                )),
+            }
+        })
+    }
+}

@@ -1,0 +1,213 @@
+//! Real `qk-node` processes on 127.0.0.1: election, replication, leader loss,
+//! restart from disk, snapshot catch-up, and refusal of foreign certificates.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use qk_raft::{ClientRequest, ClientResponse, PeerRequest};
+use support::*;
+
+const WRITES: u64 = 1000;
+const CONCURRENCY: u64 = 16;
+
+async fn agreed_leader(c: &Cluster, live: &[u64]) -> u64 {
+    wait_until("all live nodes to agree on one leader", || {
+        let leaders: BTreeSet<Option<u64>> = live
+            .iter()
+            .map(|id| {
+                tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(c.status(*id))
+                })
+                .and_then(|s| s.leader)
+            })
+            .collect();
+        match leaders.iter().next() {
+            Some(Some(l)) if leaders.len() == 1 && live.contains(l) => Some(*l),
+            _ => None,
+        }
+    })
+}
+
+/// `WRITES` key creations, `CONCURRENCY` at a time, spread over all nodes.
+async fn write_keys(c: &Cluster, nodes: &[u64], prefix: &str, first_request: u64) -> u64 {
+    let mut max_index = 0;
+    for batch in 0..WRITES / CONCURRENCY + 1 {
+        let mut tasks = Vec::new();
+        for k in 0..CONCURRENCY {
+            let i = batch * CONCURRENCY + k;
+            if i >= WRITES {
+                break;
+            }
+            let via = nodes[(i as usize) % nodes.len()];
+            tasks.push(c.write(
+                via,
+                create_key(&format!("{prefix}-{i:04}")),
+                first_request + i,
+            ));
+        }
+        for r in futures::future::join_all(tasks).await {
+            let (index, response) = r.expect("write acknowledged");
+            assert!(response.result.is_ok(), "{response:?}");
+            max_index = max_index.max(index);
+        }
+    }
+    max_index
+}
+
+async fn assert_replicas_identical(c: &Cluster, nodes: &[u64], min_index: u64, prefix: &str) {
+    let statuses: Vec<_> = nodes
+        .iter()
+        .map(|id| c.wait_status(*id, |s| s.last_applied.unwrap_or(0) >= min_index))
+        .collect();
+    let digests: BTreeSet<[u8; 32]> = nodes
+        .iter()
+        .map(|id| {
+            c.wait_status(*id, |s| {
+                s.last_applied == statuses.iter().map(|s| s.last_applied).max().flatten()
+            })
+            .state_digest
+        })
+        .collect();
+    assert_eq!(digests.len(), 1, "replicas differ");
+    for id in nodes {
+        let Ok(ClientResponse::Keys(names)) = c.request(*id, ClientRequest::ListKeys).await else {
+            panic!("list keys on node {id}");
+        };
+        let mine = names.iter().filter(|n| n.starts_with(prefix)).count() as u64;
+        assert_eq!(mine, WRITES, "node {id} has every acknowledged key");
+        let probe = format!("{prefix}-0777");
+        let Ok(ClientResponse::Key(Some(k))) = c
+            .request(
+                *id,
+                ClientRequest::GetKey {
+                    name: probe.clone(),
+                },
+            )
+            .await
+        else {
+            panic!("node {id} lacks {probe}");
+        };
+        assert_eq!(k.name, probe);
+    }
+}
+
+async fn scenario(n: u64) {
+    let mut c = Cluster::start(n, 100_000);
+    let all: Vec<u64> = (1..=n).collect();
+    let leader = agreed_leader(&c, &all).await;
+
+    let index = write_keys(&c, &all, "a", 0).await;
+    assert_replicas_identical(&c, &all, index, "a").await;
+
+    // Kill the leader: a new one is elected and nothing acknowledged is lost.
+    c.kill(leader);
+    let live: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+    let new_leader = agreed_leader(&c, &live).await;
+    assert_ne!(new_leader, leader);
+    let index = write_keys(&c, &live, "b", 10_000).await;
+    assert_replicas_identical(&c, &live, index, "a").await;
+
+    // The old leader restarts from its disk and catches up.
+    c.restart(leader);
+    assert_replicas_identical(&c, &all, index, "b").await;
+
+    // Every node restarts: the state comes back from disk.
+    let before = c.wait_status(1, |_| true).state_digest;
+    for id in &all {
+        c.stop(*id);
+    }
+    for id in &all {
+        c.restart(*id);
+    }
+    agreed_leader(&c, &all).await;
+    for id in &all {
+        let s = c.wait_status(*id, |s| s.state_digest == before);
+        assert!(s.key_count >= 2 * WRITES);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_and_survive_leader_loss() {
+    scenario(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_replicate_and_survive_leader_loss() {
+    scenario(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_node_catches_up_by_snapshot() {
+    let mut c = Cluster::start(3, 100);
+    c.stop(3);
+    let mut last = 0;
+    for i in 0..400u64 {
+        let (index, _) = c.write(1, tag_or_create(i), i).await.expect("write");
+        last = index;
+    }
+    c.restart(3);
+    let digest = c
+        .wait_status(1, |s| s.last_applied >= Some(last))
+        .state_digest;
+    c.wait_status(3, |s| s.state_digest == digest);
+    let log = std::fs::read_to_string(c.log_path(3)).expect("log");
+    assert!(
+        log.contains("installing snapshot"),
+        "node 3 should catch up by snapshot:\n{}",
+        c.log_tail(3)
+    );
+}
+
+fn tag_or_create(i: u64) -> qk_state::Operation {
+    if i == 0 {
+        create_key("snap")
+    } else {
+        tag("snap", i)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_from_another_ca_cannot_join_or_send_raft_messages() {
+    let mut c = Cluster::start(3, 100_000);
+    // A node 4 whose certificate comes from another CA.
+    let evil = c.dir.path().join("evil");
+    let evil_s = path_str(&evil);
+    qk(&["pki", "init", "--dir", &evil_s]);
+    qk(&["pki", "issue-node", "--dir", &evil_s, "--id", "4"]);
+    qk(&["pki", "issue-client", "--dir", &evil_s, "--name", "mallory"]);
+    let port = free_port();
+    std::fs::write(
+        c.dir.path().join("node-4.toml"),
+        format!("node_id = 4\ndata_dir = \"data/node-4\"\nlisten = \"127.0.0.1:{port}\"\n\n[tls]\nca_cert = \"evil/ca.pem\"\ncert = \"evil/node-4.pem\"\nkey = \"evil/node-4.key\"\n"),
+    )
+    .expect("config");
+    c.ports.push(port);
+    c.procs.push(None);
+    c.spawn(4, &["--join".into(), c.addr(1)]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = c.wait_status(1, |_| true);
+    assert!(
+        !s.voters.contains(&4) && !s.learners.contains(&4),
+        "foreign node admitted: {s:?}"
+    );
+
+    // Raft messages signed by the foreign CA are refused at the handshake.
+    let pool = dialer(
+        &evil.join("ca.pem"),
+        &evil.join("node-4.pem"),
+        &evil.join("node-4.key"),
+    );
+    let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(99, 4), None);
+    let r = pool
+        .node(1, &c.addr(1))
+        .call(&PeerRequest::Vote(vote))
+        .await;
+    assert!(
+        r.is_err(),
+        "a foreign node's vote must not be delivered: {r:?}"
+    );
+    let term = c.wait_status(1, |_| true).term;
+    assert!(term < 99, "the foreign vote must not have changed the term");
+}

@@ -1,0 +1,297 @@
+//! Real-process cluster harness: PKI from the qk-node binary, one process per
+//! node on 127.0.0.1, requests over mutual-TLS QUIC with an admin certificate.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qk_net::{CaCert, Credentials, Dialer, NetConfig};
+use qk_raft::{ClientRequest, ClientResponse, NodeStatus, PeerRequest, PeerResponse};
+use qk_state::{Command as SmCommand, CreateKey, Operation, RequestId};
+use qk_types::NodeId;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_qk-node");
+
+pub fn qk(args: &[&str]) {
+    let out = Command::new(BIN).args(args).output().expect("run qk-node");
+    assert!(
+        out.status.success(),
+        "qk-node {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A free UDP port (QUIC), chosen by binding port 0 and releasing it.
+pub fn free_port() -> u16 {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = sock.local_addr().expect("addr").port();
+    // Also make sure the TCP side is free for later API listeners.
+    drop(TcpListener::bind(("127.0.0.1", port)));
+    port
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub ports: Vec<u16>,
+    pub procs: Vec<Option<Child>>,
+    pub pool: Dialer,
+    pub snapshot_after: u64,
+}
+
+impl Cluster {
+    pub fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    pub fn config_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.toml"))
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.log"))
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.ports[(id - 1) as usize])
+    }
+
+    fn write_config(&self, id: u64) {
+        let text = format!(
+            "node_id = {id}\ndata_dir = \"data/node-{id}\"\nlisten = \"{}\"\n\n[tls]\nca_cert = \"pki/ca.pem\"\ncert = \"pki/node-{id}.pem\"\nkey = \"pki/node-{id}.key\"\n\n[raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\nsnapshot_after_entries = {}\nkeep_entries_after_snapshot = 20\nrpc_timeout_ms = 1000\n",
+            self.addr(id),
+            self.snapshot_after
+        );
+        std::fs::write(self.config_path(id), text).expect("config");
+    }
+
+    /// PKI and configs for `n` nodes; nothing started.
+    pub fn prepare(n: u64, snapshot_after: u64) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = dir.path().join("pki");
+        let pki_s = pki.to_str().unwrap().to_string();
+        qk(&["pki", "init", "--dir", &pki_s]);
+        qk(&["pki", "issue-client", "--dir", &pki_s, "--name", "admin"]);
+        for id in 1..=n {
+            qk(&[
+                "pki",
+                "issue-node",
+                "--dir",
+                &pki_s,
+                "--id",
+                &id.to_string(),
+            ]);
+        }
+        let pool = dialer(
+            &pki.join("ca.pem"),
+            &pki.join("client-admin.pem"),
+            &pki.join("client-admin.key"),
+        );
+        let ports = (0..n).map(|_| free_port()).collect();
+        let c = Cluster {
+            dir,
+            ports,
+            procs: (0..n).map(|_| None).collect(),
+            pool,
+            snapshot_after,
+        };
+        for id in 1..=n {
+            c.write_config(id);
+        }
+        c
+    }
+
+    pub fn spawn(&mut self, id: u64, extra: &[String]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("log");
+        let child = Command::new(BIN)
+            .arg("start")
+            .arg("--config")
+            .arg(self.config_path(id))
+            .args(extra)
+            .env("QK_LOG", "info,openraft=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn qk-node");
+        self.procs[(id - 1) as usize] = Some(child);
+    }
+
+    /// Starts `n` nodes: node 1 bootstraps, the others join through it.
+    pub fn start(n: u64, snapshot_after: u64) -> Cluster {
+        let mut c = Cluster::prepare(n, snapshot_after);
+        c.spawn(1, &["--bootstrap".into()]);
+        c.wait_status(1, |s| s.leader == Some(1));
+        for id in 2..=n {
+            c.spawn(id, &["--join".into(), c.addr(1)]);
+            c.wait_status(1, |s| s.voters.contains(&id));
+        }
+        c
+    }
+
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.procs[(id - 1) as usize].take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    /// SIGTERM and wait (graceful shutdown).
+    pub fn stop(&mut self, id: u64) {
+        if let Some(mut child) = self.procs[(id - 1) as usize].take() {
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status()
+                .ok();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        self.spawn(id, &[]);
+    }
+
+    pub async fn request(&self, id: u64, req: ClientRequest) -> Result<ClientResponse, String> {
+        match self
+            .pool
+            .any_node(&self.addr(id))
+            .call(&PeerRequest::Client(req))
+            .await
+        {
+            Ok(PeerResponse::Client(r)) => Ok(r),
+            Ok(other) => Err(format!("{other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    pub async fn status(&self, id: u64) -> Option<NodeStatus> {
+        match self.request(id, ClientRequest::Status).await {
+            Ok(ClientResponse::Status(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Polls node `id` until `pred` holds (60 s limit: a hang, not a timing test).
+    pub fn wait_status(&self, id: u64, pred: impl Fn(&NodeStatus) -> bool) -> NodeStatus {
+        let rt = tokio::runtime::Handle::try_current();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = match &rt {
+                Ok(h) => tokio::task::block_in_place(|| h.block_on(self.status(id))),
+                Err(_) => tokio::runtime::Runtime::new()
+                    .unwrap()
+                    .block_on(self.status(id)),
+            };
+            if let Some(s) = status {
+                if pred(&s) {
+                    return s;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not reach the expected state; log:\n{}",
+                self.log_tail(id)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_tail(&self, id: u64) -> String {
+        let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Writes through any reachable node (followers forward to the leader).
+    pub async fn write(
+        &self,
+        via: u64,
+        op: Operation,
+        request: u64,
+    ) -> Result<(u64, qk_state::Response), String> {
+        let mut id = [0u8; 16];
+        id[8..].copy_from_slice(&request.to_be_bytes());
+        let cmd = SmCommand {
+            request_id: RequestId(id),
+            time_ms: 0,
+            principal: String::new(),
+            op,
+        };
+        match self.request(via, ClientRequest::Write(cmd)).await? {
+            ClientResponse::Written {
+                log_index,
+                response,
+            } => Ok((log_index, response)),
+            other => Err(format!("{other:?}")),
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in self.procs.iter_mut() {
+            if let Some(child) = p.as_mut() {
+                child.kill().ok();
+                child.wait().ok();
+            }
+        }
+    }
+}
+
+/// A client endpoint with the given credentials (needs a tokio runtime).
+pub fn dialer(ca: &Path, cert: &Path, key: &Path) -> Dialer {
+    let ca = CaCert::load(ca).expect("ca");
+    let creds = Credentials::load(cert, key).expect("creds");
+    let mut cfg = NetConfig::default();
+    cfg.request_timeout = Duration::from_secs(5);
+    Dialer::new(&ca, &creds, cfg).expect("dialer")
+}
+
+pub fn create_key(name: &str) -> Operation {
+    Operation::CreateKey(CreateKey {
+        name: name.into(),
+        description: String::new(),
+        owner: "tests".into(),
+        purpose: "encrypt".into(),
+        rotation_period_ms: None,
+        expires_at_ms: None,
+        threshold: 2,
+        holders: vec![NodeId(1), NodeId(2), NodeId(3)],
+    })
+}
+
+pub fn tag(name: &str, i: u64) -> Operation {
+    Operation::SetTag {
+        name: name.into(),
+        tag: format!("t{}", i % 50),
+        value: Some(i.to_be_bytes().to_vec()),
+    }
+}
+
+pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
