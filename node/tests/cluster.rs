@@ -1,13 +1,17 @@
 //! Real `qk-node` processes on 127.0.0.1: election, replication, leader loss,
 //! restart from disk, snapshot catch-up, and refusal of foreign certificates.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use qk_raft::{ClientRequest, ClientResponse, PeerRequest};
-use support::*;
+use qk_testkit::cluster::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_qk-node");
+
+fn bin() -> &'static std::path::Path {
+    std::path::Path::new(BIN)
+}
 
 const WRITES: u64 = 1000;
 const CONCURRENCY: u64 = 16;
@@ -94,7 +98,7 @@ async fn assert_replicas_identical(c: &Cluster, nodes: &[u64], min_index: u64, p
 }
 
 async fn scenario(n: u64) {
-    let mut c = Cluster::start(n, 100_000);
+    let mut c = Cluster::start(bin(), n, 100_000);
     let all: Vec<u64> = (1..=n).collect();
     let leader = agreed_leader(&c, &all).await;
 
@@ -140,7 +144,7 @@ async fn five_nodes_replicate_and_survive_leader_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_node_catches_up_by_snapshot() {
-    let mut c = Cluster::start(3, 100);
+    let mut c = Cluster::start(bin(), 3, 100);
     c.stop(3);
     let mut last = 0;
     for i in 0..400u64 {
@@ -170,13 +174,16 @@ fn tag_or_create(i: u64) -> qk_state::Operation {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_from_another_ca_cannot_join_or_send_raft_messages() {
-    let mut c = Cluster::start(3, 100_000);
+    let mut c = Cluster::start(bin(), 3, 100_000);
     // A node 4 whose certificate comes from another CA.
     let evil = c.dir.path().join("evil");
     let evil_s = path_str(&evil);
-    qk(&["pki", "init", "--dir", &evil_s]);
-    qk(&["pki", "issue-node", "--dir", &evil_s, "--id", "4"]);
-    qk(&["pki", "issue-client", "--dir", &evil_s, "--name", "mallory"]);
+    qk(bin(), &["pki", "init", "--dir", &evil_s]);
+    qk(bin(), &["pki", "issue-node", "--dir", &evil_s, "--id", "4"]);
+    qk(
+        bin(),
+        &["pki", "issue-client", "--dir", &evil_s, "--name", "mallory"],
+    );
     let port = free_port();
     std::fs::write(
         c.dir.path().join("node-4.toml"),

@@ -43,6 +43,18 @@ pub enum Operation {
     Rotate {
         name: String,
         holders: Vec<NodeId>,
+        /// How long (log time) the DKG may take before `FailGeneration` is
+        /// accepted; `None` means [`DEFAULT_GENERATION_TIMEOUT_MS`].
+        generation_timeout_ms: Option<u64>,
+    },
+    /// One step of a version's DKG, posted by holder `from`. The log is the
+    /// DKG's broadcast channel; the command's principal must be `from`
+    /// (`node-N`), so a node can only speak for itself.
+    Dkg {
+        name: String,
+        version: KeyVersion,
+        from: NodeId,
+        step: DkgStep,
     },
     /// The DKG finished: public key set (encoded) and holders that acked.
     CompleteGeneration {
@@ -50,6 +62,9 @@ pub enum Operation {
         version: KeyVersion,
         public_keys: Vec<u8>,
     },
+    /// Gives up a DKG. Accepted only once the version's generation deadline
+    /// has passed (`time_ms >= generation_deadline_ms`); the recorded reason
+    /// names the holders that did not ack, followed by `reason`.
     FailGeneration {
         name: String,
         version: KeyVersion,
@@ -98,12 +113,66 @@ pub enum Operation {
     },
 }
 
+/// Default time a DKG may take, from the leader timestamp of the command
+/// that started it.
+pub const DEFAULT_GENERATION_TIMEOUT_MS: u64 = 30_000;
+/// Accepted range of a caller-chosen generation timeout.
+pub const MIN_GENERATION_TIMEOUT_MS: u64 = 1_000;
+pub const MAX_GENERATION_TIMEOUT_MS: u64 = 3_600_000;
+/// Largest encoded DKG public message (a deal of 64 commitments is 2223 bytes).
+pub const MAX_DKG_MESSAGE_LEN: usize = 4096;
+
+/// A DKG step carried in the log. Payloads are encoded `qk_crypto`
+/// public messages; the state machine bounds their size and the phase they
+/// may appear in, the protocol layer decodes and verifies them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DkgStep {
+    /// The holder's deal (encoded `qk_crypto::Deal`); once, while dealing.
+    Deal(Vec<u8>),
+    /// The holder has every holder's deal and a private share from every
+    /// dealer; once, while dealing, after all deals are in the log. Dealing
+    /// closes early only when every holder is ready, so an honest run never
+    /// complains (a complaint makes the dealer publish that share).
+    Ready,
+    /// The holder's complaints (encoded `qk_crypto::Complaint`s, possibly
+    /// none); once, after dealing closed. An empty list says "I have no
+    /// complaint", so the complaint phase can end without waiting.
+    Complaints(Vec<Vec<u8>>),
+    /// An accused dealer's answer (encoded `qk_crypto::Justification`),
+    /// while complaints are open.
+    Justification(Vec<u8>),
+    /// Ends dealing. The first one moves `Dealing -> Complaints`; later ones
+    /// are refused (and audited as refused).
+    CloseDealing,
+    /// Ends the complaint phase. The first one moves `Complaints -> Finished`.
+    Finish,
+    /// The holder computed its share and this public key set (encoded
+    /// `qk_crypto::PublicKeySet`). When every holder acked byte-identical
+    /// sets the version is enabled; differing sets fail it.
+    Ack { public_keys: Vec<u8> },
+}
+
+impl DkgStep {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DkgStep::Deal(_) => "version.dkg.deal",
+            DkgStep::Ready => "version.dkg.ready",
+            DkgStep::Complaints(_) => "version.dkg.complaints",
+            DkgStep::Justification(_) => "version.dkg.justification",
+            DkgStep::CloseDealing => "version.dkg.close-dealing",
+            DkgStep::Finish => "version.dkg.finish",
+            DkgStep::Ack { .. } => "version.dkg.ack",
+        }
+    }
+}
+
 impl Operation {
     pub fn name(&self) -> &'static str {
         match self {
             Operation::CreateKey(_) => "key.create",
             Operation::SetTag { .. } => "key.set-tag",
             Operation::Rotate { .. } => "key.rotate",
+            Operation::Dkg { step, .. } => step.name(),
             Operation::CompleteGeneration { .. } => "version.generated",
             Operation::FailGeneration { .. } => "version.failed",
             Operation::Disable { .. } => "version.disable",
@@ -122,6 +191,7 @@ impl Operation {
             Operation::CreateKey(c) => Some(&c.name),
             Operation::SetTag { name, .. }
             | Operation::Rotate { name, .. }
+            | Operation::Dkg { name, .. }
             | Operation::CompleteGeneration { name, .. }
             | Operation::FailGeneration { name, .. }
             | Operation::Disable { name, .. }
@@ -138,6 +208,7 @@ impl Operation {
     pub(crate) fn version(&self) -> Option<KeyVersion> {
         match self {
             Operation::CompleteGeneration { version, .. }
+            | Operation::Dkg { version, .. }
             | Operation::FailGeneration { version, .. }
             | Operation::Disable { version, .. }
             | Operation::Enable { version, .. }
@@ -195,4 +266,11 @@ pub enum Applied {
     },
     /// The version reached `Destroyed` with this receipt.
     VersionDestroyed,
+    /// The last ack arrived and every holder acked the same key set: the
+    /// version is `Enabled`.
+    VersionEnabled,
+    /// The version moved to `Failed` (deadline passed, or acks disagree).
+    GenerationFailed {
+        reason: String,
+    },
 }

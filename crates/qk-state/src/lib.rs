@@ -12,6 +12,10 @@ mod machine;
 mod model;
 
 pub use audit::{verify_chain, AuditRecord, ChainError, GENESIS_HASH};
-pub use command::{Applied, Command, CreateKey, Operation, RequestId, Response, StateError};
-pub use machine::{StateMachine, MAX_REMEMBERED_REQUESTS};
-pub use model::{KeyRecord, KeyVersionRecord, VersionState};
+pub use command::{
+    Applied, Command, CreateKey, DkgStep, Operation, RequestId, Response, StateError,
+    DEFAULT_GENERATION_TIMEOUT_MS, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS,
+    MIN_GENERATION_TIMEOUT_MS,
+};
+pub use machine::{StateMachine, MAX_PUBLIC_KEYS_LEN, MAX_REMEMBERED_REQUESTS};
+pub use model::{DkgPhase, DkgRecord, KeyRecord, KeyVersionRecord, VersionState};

@@ -7,8 +7,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::audit::{AuditRecord, GENESIS_HASH};
-use crate::command::{Applied, Command, CreateKey, Operation, RequestId, Response, StateError};
-use crate::model::{KeyRecord, KeyVersionRecord, VersionState};
+use crate::command::{
+    Applied, Command, CreateKey, DkgStep, Operation, RequestId, Response, StateError,
+    DEFAULT_GENERATION_TIMEOUT_MS, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS,
+    MIN_GENERATION_TIMEOUT_MS,
+};
+use crate::model::{DkgPhase, DkgRecord, KeyRecord, KeyVersionRecord, VersionState};
 
 /// How many request ids are remembered for deduplication (oldest forgotten
 /// first). A client retries within seconds; this covers far more than that.
@@ -17,7 +21,10 @@ const MAX_NAME_LEN: usize = 128;
 const MAX_TEXT_LEN: usize = 1024;
 const MAX_TAGS: usize = 64;
 const MAX_TAG_VALUE_LEN: usize = 4096;
-const MAX_PUBLIC_KEYS_LEN: usize = 4096;
+/// Largest encoded public key set a version stores (64 holders: 2246 bytes).
+pub const MAX_PUBLIC_KEYS_LEN: usize = 4096;
+/// Longest operator-supplied note kept in a failure reason.
+const MAX_REASON_LEN: usize = 512;
 const MAX_VERSIONS: usize = 10_000;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,7 +141,17 @@ impl StateMachine {
         match &cmd.op {
             Operation::CreateKey(c) => self.create_key(cmd.request_id, now, c),
             Operation::SetTag { name, tag, value } => self.set_tag(name, tag, value.as_deref()),
-            Operation::Rotate { name, holders } => self.rotate(name, holders, now),
+            Operation::Rotate {
+                name,
+                holders,
+                generation_timeout_ms,
+            } => self.rotate(name, holders, *generation_timeout_ms, now),
+            Operation::Dkg {
+                name,
+                version,
+                from,
+                step,
+            } => self.dkg_step(cmd, name, *version, *from, step),
             Operation::CompleteGeneration {
                 name,
                 version,
@@ -144,13 +161,7 @@ impl StateMachine {
                 name,
                 version,
                 reason,
-            } => self.with_version(name, *version, "fail generation", |v| {
-                (v.state == VersionState::Generating).then(|| {
-                    v.state = VersionState::Failed {
-                        reason: reason.clone(),
-                    };
-                })
-            }),
+            } => self.fail_generation(name, *version, reason, now),
             Operation::Disable { name, version } => {
                 self.with_version(name, *version, "disable", |v| {
                     (v.state == VersionState::Enabled).then(|| v.state = VersionState::Disabled)
@@ -236,7 +247,13 @@ impl StateMachine {
                 rotation_period_ms: c.rotation_period_ms,
                 expires_at_ms: c.expires_at_ms,
                 last_rotated_ms: now,
-                versions: vec![new_version(version, now, c.threshold, &c.holders)],
+                versions: vec![new_version(
+                    version,
+                    now,
+                    DEFAULT_GENERATION_TIMEOUT_MS,
+                    c.threshold,
+                    &c.holders,
+                )],
                 tags: BTreeMap::new(),
             },
         );
@@ -273,7 +290,19 @@ impl StateMachine {
         Ok(Applied::Done)
     }
 
-    fn rotate(&mut self, name: &str, holders: &[NodeId], now: u64) -> Outcome {
+    fn rotate(
+        &mut self,
+        name: &str,
+        holders: &[NodeId],
+        timeout_ms: Option<u64>,
+        now: u64,
+    ) -> Outcome {
+        let timeout_ms = timeout_ms.unwrap_or(DEFAULT_GENERATION_TIMEOUT_MS);
+        if !(MIN_GENERATION_TIMEOUT_MS..=MAX_GENERATION_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(invalid(format!(
+                "generation timeout {timeout_ms} ms is outside {MIN_GENERATION_TIMEOUT_MS}..={MAX_GENERATION_TIMEOUT_MS} ms"
+            )));
+        }
         let key = self.key_mut(name)?;
         let last = key.versions.last().map(|v| (v.version, v.threshold));
         let (last_version, threshold) = last.unwrap_or((KeyVersion(0), 2));
@@ -294,9 +323,92 @@ impl StateMachine {
         check_holders(threshold, holders)?;
         let version = KeyVersion(last_version.0 + 1);
         key.versions
-            .push(new_version(version, now, threshold, holders));
+            .push(new_version(version, now, timeout_ms, threshold, holders));
         key.last_rotated_ms = now;
         Ok(Applied::VersionCreated { version })
+    }
+
+    fn version_of(
+        &mut self,
+        name: &str,
+        version: KeyVersion,
+    ) -> Result<&mut KeyVersionRecord, StateError> {
+        self.key_mut(name)?
+            .version_mut(version)
+            .ok_or_else(|| StateError::NoSuchVersion {
+                name: name.to_string(),
+                version: version.0,
+            })
+    }
+
+    fn dkg_step(
+        &mut self,
+        cmd: &Command,
+        name: &str,
+        version: KeyVersion,
+        from: NodeId,
+        step: &DkgStep,
+    ) -> Outcome {
+        if cmd.principal != from.to_string() {
+            return Err(invalid(format!(
+                "a DKG step for {from} must be proposed by {from} itself, not by {:?}",
+                cmd.principal
+            )));
+        }
+        let v = self.version_of(name, version)?;
+        if v.state != VersionState::Generating {
+            return Err(transition_error(name, v, step.name()));
+        }
+        if !v.holders.contains(&from) {
+            return Err(invalid(format!(
+                "{from} is not a holder of version {version} of key {name:?}"
+            )));
+        }
+        apply_dkg_step(name, v, from, step)
+    }
+
+    fn fail_generation(
+        &mut self,
+        name: &str,
+        version: KeyVersion,
+        note: &str,
+        now: u64,
+    ) -> Outcome {
+        let v = self.version_of(name, version)?;
+        if v.state != VersionState::Generating {
+            return Err(transition_error(name, v, "fail generation"));
+        }
+        if now < v.generation_deadline_ms {
+            return Err(transition_error(
+                name,
+                v,
+                &format!(
+                    "fail generation before its deadline ({} ms log time, now {now} ms)",
+                    v.generation_deadline_ms
+                ),
+            ));
+        }
+        let missing: Vec<NodeId> = v
+            .sorted_holders()
+            .into_iter()
+            .filter(|h| !v.dkg.acks.contains_key(h))
+            .collect();
+        let mut reason = format!(
+            "generation did not complete by its deadline ({} ms log time) in DKG phase {}; no ack from {}",
+            v.generation_deadline_ms,
+            v.dkg.phase.name(),
+            node_list(&missing)
+        );
+        let note = bounded_note(note);
+        if !note.is_empty() {
+            reason.push_str("; reported: ");
+            reason.push_str(note);
+        }
+        v.state = VersionState::Failed {
+            reason: reason.clone(),
+        };
+        v.dkg.acked_keys = None;
+        Ok(Applied::GenerationFailed { reason })
     }
 
     fn complete_generation(
@@ -411,6 +523,7 @@ impl StateMachine {
 fn new_version(
     version: KeyVersion,
     now: u64,
+    timeout_ms: u64,
     threshold: u16,
     holders: &[NodeId],
 ) -> KeyVersionRecord {
@@ -424,7 +537,180 @@ fn new_version(
         public_keys: None,
         erase_receipts: BTreeSet::new(),
         compromised: None,
+        generation_deadline_ms: now.saturating_add(timeout_ms),
+        dkg: DkgRecord::new(),
     }
+}
+
+fn digest_of(bytes: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"qk/ack");
+    h.update(bytes);
+    h.finalize().into()
+}
+
+fn short_hex(digest: &[u8; 32]) -> String {
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn node_list<'a>(nodes: impl IntoIterator<Item = &'a NodeId>) -> String {
+    let names: Vec<String> = nodes.into_iter().map(NodeId::to_string).collect();
+    names.join(", ")
+}
+
+/// Cuts an operator-supplied note to `MAX_REASON_LEN` bytes on a char boundary.
+fn bounded_note(note: &str) -> &str {
+    if note.len() <= MAX_REASON_LEN {
+        return note;
+    }
+    let mut end = MAX_REASON_LEN;
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    &note[..end]
+}
+
+/// Applies one DKG step to a generating version; `Err` names what was wrong.
+fn apply_dkg_step(name: &str, v: &mut KeyVersionRecord, from: NodeId, step: &DkgStep) -> Outcome {
+    let phase = v.dkg.phase;
+    let wrong_phase = |v: &KeyVersionRecord, what: &str| {
+        transition_error(name, v, &format!("{what} in DKG phase {}", phase.name()))
+    };
+    let n = v.holders.len();
+    match step {
+        DkgStep::Deal(bytes) => {
+            check_dkg_len(bytes, "deal")?;
+            if phase != DkgPhase::Dealing {
+                return Err(wrong_phase(v, "a deal"));
+            }
+            if !v.dkg.dealt.insert(from) {
+                return Err(invalid(format!(
+                    "{from} already dealt for this version; the first deal stands"
+                )));
+            }
+        }
+        DkgStep::Ready => {
+            if phase != DkgPhase::Dealing {
+                return Err(wrong_phase(v, "ready"));
+            }
+            if v.dkg.dealt.len() < n {
+                return Err(invalid(format!(
+                    "{from} reported ready with {} of {n} deals in the log; wait for every deal",
+                    v.dkg.dealt.len()
+                )));
+            }
+            if !v.dkg.ready.insert(from) {
+                return Err(invalid(format!("{from} already reported ready")));
+            }
+        }
+        DkgStep::Complaints(list) => {
+            if list.len() > n {
+                return Err(invalid(format!(
+                    "{} complaints from {from}, at most one per holder ({n})",
+                    list.len()
+                )));
+            }
+            for c in list {
+                check_dkg_len(c, "complaint")?;
+            }
+            if phase != DkgPhase::Complaints {
+                return Err(wrong_phase(v, "complaints"));
+            }
+            if !v.dkg.complained.insert(from) {
+                return Err(invalid(format!(
+                    "{from} already posted its complaints for this version"
+                )));
+            }
+        }
+        DkgStep::Justification(bytes) => {
+            check_dkg_len(bytes, "justification")?;
+            if phase != DkgPhase::Complaints {
+                return Err(wrong_phase(v, "a justification"));
+            }
+            let max = u32::try_from(n * n).unwrap_or(u32::MAX);
+            if v.dkg.justifications >= max {
+                return Err(invalid(format!(
+                    "this version already has {max} justifications, the most {n} holders can need"
+                )));
+            }
+            v.dkg.justifications += 1;
+        }
+        DkgStep::CloseDealing => {
+            if phase != DkgPhase::Dealing {
+                return Err(wrong_phase(v, "close dealing (already closed; no-op)"));
+            }
+            v.dkg.phase = DkgPhase::Complaints;
+        }
+        DkgStep::Finish => {
+            if phase != DkgPhase::Complaints {
+                return Err(wrong_phase(v, "finish (not in the complaint phase; no-op)"));
+            }
+            v.dkg.phase = DkgPhase::Finished;
+        }
+        DkgStep::Ack { public_keys } => return apply_ack(name, v, from, public_keys),
+    }
+    Ok(Applied::Done)
+}
+
+fn check_dkg_len(bytes: &[u8], what: &str) -> Result<(), StateError> {
+    if bytes.is_empty() || bytes.len() > MAX_DKG_MESSAGE_LEN {
+        return Err(invalid(format!(
+            "DKG {what} is {} bytes; it must be 1-{MAX_DKG_MESSAGE_LEN} bytes",
+            bytes.len()
+        )));
+    }
+    Ok(())
+}
+
+fn apply_ack(name: &str, v: &mut KeyVersionRecord, from: NodeId, keys: &[u8]) -> Outcome {
+    if keys.is_empty() || keys.len() > MAX_PUBLIC_KEYS_LEN {
+        return Err(invalid(format!(
+            "acked public key set is {} bytes; it must be 1-{MAX_PUBLIC_KEYS_LEN} bytes",
+            keys.len()
+        )));
+    }
+    if v.dkg.phase != DkgPhase::Finished {
+        return Err(transition_error(
+            name,
+            v,
+            &format!("an ack in DKG phase {}", v.dkg.phase.name()),
+        ));
+    }
+    if v.dkg.acks.contains_key(&from) {
+        return Err(invalid(format!(
+            "{from} already acked this version; the first ack stands"
+        )));
+    }
+    let digest = digest_of(keys);
+    v.dkg.acks.insert(from, digest);
+    if v.dkg.acked_keys.is_none() {
+        v.dkg.acked_keys = Some(keys.to_vec());
+    }
+    let distinct: BTreeSet<[u8; 32]> = v.dkg.acks.values().copied().collect();
+    if distinct.len() > 1 {
+        let groups: Vec<String> = distinct
+            .iter()
+            .map(|d| {
+                let who = v.dkg.acks.iter().filter(|(_, a)| *a == d).map(|(n, _)| n);
+                format!("{} acked key set {}", node_list(who), short_hex(d))
+            })
+            .collect();
+        let reason = format!(
+            "holders disagree on the generated public key set ({}); some holder saw a different DKG transcript or is faulty: investigate, then rotate again",
+            groups.join("; ")
+        );
+        v.state = VersionState::Failed {
+            reason: reason.clone(),
+        };
+        v.dkg.acked_keys = None;
+        return Ok(Applied::GenerationFailed { reason });
+    }
+    if v.holders.iter().all(|h| v.dkg.acks.contains_key(h)) {
+        v.state = VersionState::Enabled;
+        v.public_keys = v.dkg.acked_keys.take();
+        return Ok(Applied::VersionEnabled);
+    }
+    Ok(Applied::Done)
 }
 
 fn derive_key_id(request: RequestId) -> KeyId {

@@ -1,6 +1,6 @@
 //! Entities: keys and key versions.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,64 @@ impl VersionState {
     }
 }
 
+/// Where a version's DKG stands (see `docs/ARCHITECTURE.md`, "Generation").
+/// The log is the DKG's broadcast channel; this phase is what every replica
+/// agrees on, so every holder closes dealing and finishes at the same entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DkgPhase {
+    /// Holders publish their deals.
+    Dealing,
+    /// Dealing closed: holders publish complaints, accused dealers justify.
+    Complaints,
+    /// Transcript closed: holders compute their shares and ack the key set.
+    Finished,
+}
+
+impl DkgPhase {
+    pub fn name(self) -> &'static str {
+        match self {
+            DkgPhase::Dealing => "dealing",
+            DkgPhase::Complaints => "complaints",
+            DkgPhase::Finished => "finished",
+        }
+    }
+}
+
+/// What the state machine tracks of a version's DKG. It never checks
+/// cryptography (each node's protocol layer does, deterministically); it
+/// orders the phases, bounds what each holder may post, and collects acks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DkgRecord {
+    pub phase: DkgPhase,
+    /// Holders whose deal entry was accepted (one each).
+    pub dealt: BTreeSet<NodeId>,
+    /// Holders that reported every deal and share received (one each).
+    pub ready: BTreeSet<NodeId>,
+    /// Holders whose complaint list was accepted (one each, possibly empty).
+    pub complained: BTreeSet<NodeId>,
+    /// Justifications accepted so far (bounded by `n * n`).
+    pub justifications: u32,
+    /// SHA-256 of the public key set each holder acked.
+    pub acks: BTreeMap<NodeId, [u8; 32]>,
+    /// The key set of the first ack, kept until the version is enabled or
+    /// failed; later acks are compared to it by digest.
+    pub acked_keys: Option<Vec<u8>>,
+}
+
+impl DkgRecord {
+    pub(crate) fn new() -> Self {
+        DkgRecord {
+            phase: DkgPhase::Dealing,
+            dealt: BTreeSet::new(),
+            ready: BTreeSet::new(),
+            complained: BTreeSet::new(),
+            justifications: 0,
+            acks: BTreeMap::new(),
+            acked_keys: None,
+        }
+    }
+}
+
 /// One key version: one threshold key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyVersionRecord {
@@ -52,6 +110,20 @@ pub struct KeyVersionRecord {
     /// Holders that confirmed erasing their share.
     pub erase_receipts: BTreeSet<NodeId>,
     pub compromised: Option<String>,
+    /// Log time (leader timestamp) after which `FailGeneration` is accepted
+    /// while the version is still generating.
+    pub generation_deadline_ms: u64,
+    pub dkg: DkgRecord,
+}
+
+impl KeyVersionRecord {
+    /// Holders sorted by node id; holder `k` (0-based) of this list has Shamir
+    /// index `k + 1`. Every node derives the same mapping.
+    pub fn sorted_holders(&self) -> Vec<NodeId> {
+        let mut h = self.holders.clone();
+        h.sort();
+        h
+    }
 }
 
 /// A named key and its versions.

@@ -1,6 +1,7 @@
 //! Real-process cluster harness: PKI from the qk-node binary, one process per
 //! node on 127.0.0.1, requests over mutual-TLS QUIC with an admin certificate.
-#![allow(dead_code, clippy::unwrap_used)]
+//! Used by the node's end-to-end tests and by the benchmark binaries.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -12,10 +13,9 @@ use qk_raft::{ClientRequest, ClientResponse, NodeStatus, PeerRequest, PeerRespon
 use qk_state::{Command as SmCommand, CreateKey, Operation, RequestId};
 use qk_types::NodeId;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_qk-node");
-
-pub fn qk(args: &[&str]) {
-    let out = Command::new(BIN).args(args).output().expect("run qk-node");
+/// Runs `qk-node` with `args` and asserts success.
+pub fn qk(bin: &Path, args: &[&str]) {
+    let out = Command::new(bin).args(args).output().expect("run qk-node");
     assert!(
         out.status.success(),
         "qk-node {args:?} failed: {}",
@@ -32,7 +32,9 @@ pub fn free_port() -> u16 {
     port
 }
 
+#[derive(Debug)]
 pub struct Cluster {
+    pub bin: PathBuf,
     pub dir: tempfile::TempDir,
     pub ports: Vec<u16>,
     pub procs: Vec<Option<Child>>,
@@ -67,21 +69,27 @@ impl Cluster {
     }
 
     /// PKI and configs for `n` nodes; nothing started.
-    pub fn prepare(n: u64, snapshot_after: u64) -> Cluster {
+    pub fn prepare(bin: &Path, n: u64, snapshot_after: u64) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = dir.path().join("pki");
         let pki_s = pki.to_str().unwrap().to_string();
-        qk(&["pki", "init", "--dir", &pki_s]);
-        qk(&["pki", "issue-client", "--dir", &pki_s, "--name", "admin"]);
+        qk(bin, &["pki", "init", "--dir", &pki_s]);
+        qk(
+            bin,
+            &["pki", "issue-client", "--dir", &pki_s, "--name", "admin"],
+        );
         for id in 1..=n {
-            qk(&[
-                "pki",
-                "issue-node",
-                "--dir",
-                &pki_s,
-                "--id",
-                &id.to_string(),
-            ]);
+            qk(
+                bin,
+                &[
+                    "pki",
+                    "issue-node",
+                    "--dir",
+                    &pki_s,
+                    "--id",
+                    &id.to_string(),
+                ],
+            );
         }
         let pool = dialer(
             &pki.join("ca.pem"),
@@ -90,6 +98,7 @@ impl Cluster {
         );
         let ports = (0..n).map(|_| free_port()).collect();
         let c = Cluster {
+            bin: bin.to_path_buf(),
             dir,
             ports,
             procs: (0..n).map(|_| None).collect(),
@@ -108,7 +117,7 @@ impl Cluster {
             .append(true)
             .open(self.log_path(id))
             .expect("log");
-        let child = Command::new(BIN)
+        let child = Command::new(&self.bin)
             .arg("start")
             .arg("--config")
             .arg(self.config_path(id))
@@ -122,8 +131,8 @@ impl Cluster {
     }
 
     /// Starts `n` nodes: node 1 bootstraps, the others join through it.
-    pub fn start(n: u64, snapshot_after: u64) -> Cluster {
-        let mut c = Cluster::prepare(n, snapshot_after);
+    pub fn start(bin: &Path, n: u64, snapshot_after: u64) -> Cluster {
+        let mut c = Cluster::prepare(bin, n, snapshot_after);
         c.spawn(1, &["--bootstrap".into()]);
         c.wait_status(1, |s| s.leader == Some(1));
         for id in 2..=n {

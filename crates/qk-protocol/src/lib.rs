@@ -1,0 +1,534 @@
+//! Quorumkey's quorum protocols as a sans-IO state machine, one
+//! [`NodeProtocol`] per node: events in (a log entry applied, a message
+//! received, a tick, an unwrap request), actions out (send, propose, persist
+//! or erase a share, answer a partial request, finish an unwrap).
+//!
+//! Architecture invariants: no I/O, no clock (time arrives in events as
+//! `now_ms`, or as the leader timestamp of a log entry), no randomness of its
+//! own (a `CryptoRng` argument), `BTreeMap` everywhere so the same inputs give
+//! the same outputs. Every wait is bounded by a timeout. The node and the
+//! simulator drive the very same code.
+//!
+//! The driver must execute a `handle` call's actions **in order**, and a
+//! `PersistShare` / `EraseShare` must be durable before any later action of
+//! the same batch runs (a holder acks only a share it stored; it proposes an
+//! erase receipt only after erasing).
+#![forbid(unsafe_code)]
+
+mod generation;
+pub mod message;
+mod unwrap;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use qk_crypto::{KeyShare, PrivateShare};
+use qk_state::{Applied, Command, Operation, Response, StateMachine, VersionState};
+use qk_types::{Epoch, KeyId, KeyVersion, NodeId, MAX_HOLDERS};
+use rand_core::CryptoRng;
+
+pub use generation::session_id;
+pub use message::{MessageError, OpId, PartialRequest, ProtocolMessage, SecretBytes};
+pub use unwrap::{
+    answer_partial, share_index_of, KeyAccess, Plaintext, UnwrapError, UnwrapMode, UnwrapRequest,
+};
+
+use generation::Generation;
+use unwrap::{PendingUnwrap, Progress};
+
+/// Timeouts and bounds. Times are milliseconds; DKG phase timeouts count
+/// from leader timestamps in the log, unwrap timeouts from `now_ms` at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProtocolConfig {
+    /// Dealing closes this long after the version was created, if not all
+    /// deals were in before.
+    pub dealing_timeout_ms: u64,
+    /// The complaint phase ends this long after dealing closed, if not every
+    /// holder posted its complaints and every complaint was answered before.
+    pub complaint_timeout_ms: u64,
+    /// An unwrap that has not gathered `t` partials by then fails.
+    pub unwrap_timeout_ms: u64,
+    /// Minimum gap between repeated proposals of the same timed step.
+    pub retry_interval_ms: u64,
+    /// Non-holders propose `FailGeneration` this long after the deadline
+    /// (holders do at the deadline), so a generation whose holders are all
+    /// down still ends.
+    pub fail_grace_ms: u64,
+    /// Unwraps in flight at this node; more are refused as busy.
+    pub max_pending_unwraps: usize,
+    /// DKG shares held for sessions not started yet (they may arrive before
+    /// this node applied the entry that creates the version).
+    pub max_early_shares: usize,
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> Self {
+        ProtocolConfig {
+            dealing_timeout_ms: 10_000,
+            complaint_timeout_ms: 5_000,
+            unwrap_timeout_ms: 5_000,
+            retry_interval_ms: 2_000,
+            fail_grace_ms: 5_000,
+            max_pending_unwraps: 1_024,
+            // Every dealer of a few concurrent maximal sessions.
+            max_early_shares: 4 * MAX_HOLDERS as usize,
+        }
+    }
+}
+
+/// What the node feeds in.
+#[derive(Debug)]
+pub enum Event {
+    /// A committed entry was applied; `state` (passed to `handle`) must be
+    /// the state right after applying it.
+    Applied {
+        index: u64,
+        command: Command,
+        response: Response,
+    },
+    /// A message from an authenticated peer (self-sends come back as this).
+    Message { from: NodeId, msg: ProtocolMessage },
+    /// The node's clock; drives every timeout.
+    Tick { now_ms: u64 },
+    /// The node's API asks to unwrap (authentication already done).
+    StartUnwrap { now_ms: u64, request: UnwrapRequest },
+}
+
+/// What the node must do, in order.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Action {
+    /// Send to a peer over the mutually authenticated channel; a send to
+    /// this node itself is delivered back as `Event::Message`.
+    Send { to: NodeId, msg: ProtocolMessage },
+    /// Propose through Raft (as principal `node-N`, this node). Losing a
+    /// proposal is safe: timed steps are proposed again.
+    Propose(Operation),
+    /// Seal and store this share durably before running later actions.
+    PersistShare {
+        key: KeyId,
+        name: String,
+        version: KeyVersion,
+        epoch: Epoch,
+        share: KeyShare,
+    },
+    /// Overwrite and delete the share (a no-op if there is none), flushed,
+    /// before running later actions.
+    EraseShare {
+        key: KeyId,
+        name: String,
+        version: KeyVersion,
+        epoch: Epoch,
+    },
+    /// Load the share of `request`'s version from the sealed store, call
+    /// [`answer_partial`] and send its result to `to`.
+    AnswerPartial { to: NodeId, request: PartialRequest },
+    /// An unwrap finished. `faulty` names holders whose partial was invalid
+    /// (for the audit record and metrics), also when the unwrap succeeded.
+    UnwrapDone {
+        op_id: OpId,
+        result: Result<Plaintext, UnwrapError>,
+        faulty: Vec<NodeId>,
+    },
+    /// Something worth logging: a faulty peer, a refused DKG message.
+    Warning(String),
+}
+
+/// A version being generated, watched by every node so it can be failed
+/// when its deadline passes.
+#[derive(Debug)]
+struct Watch {
+    deadline_ms: u64,
+    holder: bool,
+    proposed_ms: Option<u64>,
+}
+
+type VersionKey = (String, KeyVersion);
+
+/// One node's protocol state.
+#[derive(Debug)]
+pub struct NodeProtocol {
+    me: NodeId,
+    config: ProtocolConfig,
+    /// Latest time seen in a tick or request (to skip stale replays).
+    now_ms: u64,
+    generations: BTreeMap<VersionKey, Generation>,
+    watches: BTreeMap<VersionKey, Watch>,
+    early_shares: VecDeque<(NodeId, PrivateShare)>,
+    unwraps: BTreeMap<OpId, PendingUnwrap>,
+}
+
+impl NodeProtocol {
+    pub fn new(me: NodeId, config: ProtocolConfig) -> Self {
+        NodeProtocol {
+            me,
+            config,
+            now_ms: 0,
+            generations: BTreeMap::new(),
+            watches: BTreeMap::new(),
+            early_shares: VecDeque::new(),
+            unwraps: BTreeMap::new(),
+        }
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.me
+    }
+
+    /// DKGs this node takes part in right now.
+    pub fn active_generations(&self) -> usize {
+        self.generations.len()
+    }
+
+    /// Unwraps waiting for partials.
+    pub fn pending_unwraps(&self) -> usize {
+        self.unwraps.len()
+    }
+
+    /// Handles one event against the replicated state and returns the
+    /// actions to run, in order.
+    pub fn handle<R: CryptoRng + ?Sized>(
+        &mut self,
+        state: &StateMachine,
+        event: Event,
+        rng: &mut R,
+    ) -> Vec<Action> {
+        match event {
+            Event::Applied {
+                index: _,
+                command,
+                response,
+            } => self.on_applied(state, &command, &response, rng),
+            Event::Message { from, msg } => self.on_message(from, msg),
+            Event::Tick { now_ms } => {
+                self.now_ms = self.now_ms.max(now_ms);
+                self.on_tick(state, now_ms)
+            }
+            Event::StartUnwrap { now_ms, request } => {
+                self.now_ms = self.now_ms.max(now_ms);
+                self.start_unwrap(state, now_ms, request)
+            }
+        }
+    }
+
+    fn on_applied<R: CryptoRng + ?Sized>(
+        &mut self,
+        state: &StateMachine,
+        cmd: &Command,
+        response: &Response,
+        rng: &mut R,
+    ) -> Vec<Action> {
+        let Ok(applied) = &response.result else {
+            return Vec::new();
+        };
+        if response.duplicate {
+            return Vec::new();
+        }
+        match (&cmd.op, applied) {
+            (Operation::CreateKey(c), Applied::KeyCreated { version, .. }) => {
+                self.on_version_created(state, &c.name, *version, cmd.time_ms, rng)
+            }
+            (Operation::Rotate { name, .. }, Applied::VersionCreated { version }) => {
+                self.on_version_created(state, name, *version, cmd.time_ms, rng)
+            }
+            (
+                Operation::Dkg {
+                    name,
+                    version,
+                    from,
+                    step,
+                },
+                outcome,
+            ) => {
+                let vk = (name.clone(), *version);
+                let mut actions = match self.generations.get_mut(&vk) {
+                    Some(g) => g.on_step(*from, step, cmd.time_ms),
+                    None => Vec::new(),
+                };
+                match outcome {
+                    Applied::VersionEnabled => self.end_generation(&vk, false, state, &mut actions),
+                    Applied::GenerationFailed { .. } => {
+                        self.end_generation(&vk, true, state, &mut actions)
+                    }
+                    _ => {}
+                }
+                actions
+            }
+            (
+                Operation::FailGeneration { name, version, .. }
+                | Operation::CompleteGeneration { name, version, .. },
+                _,
+            ) => {
+                let failed = matches!(applied, Applied::GenerationFailed { .. });
+                let mut actions = Vec::new();
+                self.end_generation(&(name.clone(), *version), failed, state, &mut actions);
+                actions
+            }
+            (Operation::Destroy { name, version }, _) => self.on_destroy(state, name, *version),
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_version_created<R: CryptoRng + ?Sized>(
+        &mut self,
+        state: &StateMachine,
+        name: &str,
+        version: KeyVersion,
+        time_ms: u64,
+        rng: &mut R,
+    ) -> Vec<Action> {
+        let Some(key) = state.key(name) else {
+            return Vec::new();
+        };
+        let Some(record) = key.version(version) else {
+            return Vec::new();
+        };
+        if record.state != VersionState::Generating {
+            return Vec::new();
+        }
+        let vk = (name.to_string(), version);
+        let holder = record.holders.contains(&self.me);
+        self.watches.insert(
+            vk.clone(),
+            Watch {
+                deadline_ms: record.generation_deadline_ms,
+                holder,
+                proposed_ms: None,
+            },
+        );
+        // An entry replayed long after its deadline starts nothing.
+        if !holder || record.generation_deadline_ms <= self.now_ms {
+            return Vec::new();
+        }
+        match Generation::start(self.me, name, key.id, record, time_ms, rng) {
+            Ok((g, mut actions)) => {
+                let session = g.session;
+                self.generations.insert(vk.clone(), g);
+                actions.extend(self.drain_early_shares(&vk, session));
+                actions
+            }
+            Err(e) => vec![Action::Warning(format!(
+                "cannot start the DKG of key {name:?} {version}: {e}; it will fail at its deadline"
+            ))],
+        }
+    }
+
+    fn drain_early_shares(
+        &mut self,
+        vk: &VersionKey,
+        session: qk_crypto::SessionId,
+    ) -> Vec<Action> {
+        let (mine, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.early_shares)
+            .into_iter()
+            .partition(|(_, s)| s.session_id == session);
+        self.early_shares = rest;
+        let mut actions = Vec::new();
+        if let Some(g) = self.generations.get_mut(vk) {
+            for (from, share) in mine {
+                actions.extend(g.on_private(from, share));
+            }
+        }
+        actions
+    }
+
+    /// Drops a finished DKG; on failure every holder erases whatever share
+    /// it may have stored (erasing a missing share is a no-op, which also
+    /// covers a node that restarted mid-DKG).
+    fn end_generation(
+        &mut self,
+        vk: &VersionKey,
+        failed: bool,
+        state: &StateMachine,
+        actions: &mut Vec<Action>,
+    ) {
+        self.generations.remove(vk);
+        self.watches.remove(vk);
+        if !failed {
+            return;
+        }
+        let Some(key) = state.key(&vk.0) else {
+            return;
+        };
+        let Some(record) = key.version(vk.1) else {
+            return;
+        };
+        if record.holders.contains(&self.me) {
+            actions.push(Action::EraseShare {
+                key: key.id,
+                name: vk.0.clone(),
+                version: vk.1,
+                epoch: record.epoch,
+            });
+        }
+    }
+
+    fn on_destroy(&mut self, state: &StateMachine, name: &str, version: KeyVersion) -> Vec<Action> {
+        let Some(key) = state.key(name) else {
+            return Vec::new();
+        };
+        let Some(record) = key.version(version) else {
+            return Vec::new();
+        };
+        if !record.holders.contains(&self.me) {
+            return Vec::new();
+        }
+        vec![
+            Action::EraseShare {
+                key: key.id,
+                name: name.to_string(),
+                version,
+                epoch: record.epoch,
+            },
+            Action::Propose(Operation::EraseReceipt {
+                name: name.to_string(),
+                version,
+                node: self.me,
+            }),
+        ]
+    }
+
+    fn on_message(&mut self, from: NodeId, msg: ProtocolMessage) -> Vec<Action> {
+        match msg {
+            ProtocolMessage::DkgShare(bytes) => self.on_dkg_share(from, &bytes),
+            ProtocolMessage::PartialRequest(request) => {
+                vec![Action::AnswerPartial { to: from, request }]
+            }
+            ProtocolMessage::PartialResponse { op_id, result } => {
+                let Some(pending) = self.unwraps.get_mut(&op_id) else {
+                    return Vec::new(); // finished or unknown: late answers are dropped
+                };
+                match pending.on_response(from, result) {
+                    Progress::Waiting => Vec::new(),
+                    Progress::Done(result, faulty) => {
+                        self.unwraps.remove(&op_id);
+                        vec![Action::UnwrapDone {
+                            op_id,
+                            result,
+                            faulty,
+                        }]
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_dkg_share(&mut self, from: NodeId, bytes: &SecretBytes) -> Vec<Action> {
+        let share = match PrivateShare::from_secret_bytes(bytes.expose()) {
+            Ok(s) => s,
+            Err(e) => {
+                return vec![Action::Warning(format!(
+                    "undecodable DKG share from {from}: {e}"
+                ))]
+            }
+        };
+        if let Some(g) = self
+            .generations
+            .values_mut()
+            .find(|g| g.session == share.session_id)
+        {
+            return g.on_private(from, share);
+        }
+        if self.early_shares.len() >= self.config.max_early_shares {
+            // Dropping is safe: the receiver complains and the dealer
+            // answers with the share in public.
+            return vec![Action::Warning(format!(
+                "DKG share from {from} for a session not started here dropped: {} early shares already held",
+                self.early_shares.len()
+            ))];
+        }
+        self.early_shares.push_back((from, share));
+        Vec::new()
+    }
+
+    fn on_tick(&mut self, state: &StateMachine, now: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        // Versions that left `Generating` without this node seeing the entry
+        // (for example after a snapshot install).
+        let ended: Vec<(VersionKey, bool)> = self
+            .watches
+            .keys()
+            .filter_map(|vk| {
+                let st = state
+                    .key(&vk.0)
+                    .and_then(|k| k.version(vk.1))
+                    .map(|r| &r.state);
+                match st {
+                    Some(VersionState::Generating) => None,
+                    Some(VersionState::Failed { .. }) => Some((vk.clone(), true)),
+                    _ => Some((vk.clone(), false)),
+                }
+            })
+            .collect();
+        for (vk, failed) in ended {
+            self.end_generation(&vk, failed, state, &mut actions);
+        }
+        for g in self.generations.values_mut() {
+            actions.extend(g.on_tick(now, &self.config));
+        }
+        let retry = self.config.retry_interval_ms;
+        for ((name, version), w) in &mut self.watches {
+            let grace = if w.holder {
+                0
+            } else {
+                self.config.fail_grace_ms
+            };
+            let due = now >= w.deadline_ms.saturating_add(grace)
+                && w.proposed_ms.is_none_or(|t| now >= t.saturating_add(retry));
+            if due {
+                w.proposed_ms = Some(now);
+                actions.push(Action::Propose(Operation::FailGeneration {
+                    name: name.clone(),
+                    version: *version,
+                    reason: format!("{} saw the deadline pass", self.me),
+                }));
+            }
+        }
+        let expired: Vec<OpId> = self
+            .unwraps
+            .iter()
+            .filter(|(_, p)| now >= p.deadline_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for op_id in expired {
+            if let Some(p) = self.unwraps.remove(&op_id) {
+                actions.push(Action::UnwrapDone {
+                    op_id,
+                    result: Err(p.shortfall(true)),
+                    faulty: p.faulty(),
+                });
+            }
+        }
+        actions
+    }
+
+    fn start_unwrap(&mut self, state: &StateMachine, now: u64, req: UnwrapRequest) -> Vec<Action> {
+        let op_id = req.op_id;
+        let fail = |e: UnwrapError| {
+            vec![Action::UnwrapDone {
+                op_id,
+                result: Err(e),
+                faulty: Vec::new(),
+            }]
+        };
+        if self.unwraps.contains_key(&op_id) {
+            return fail(UnwrapError::DuplicateOp(op_id));
+        }
+        if self.unwraps.len() >= self.config.max_pending_unwraps {
+            return fail(UnwrapError::Busy(self.unwraps.len()));
+        }
+        let deadline = now.saturating_add(self.config.unwrap_timeout_ms);
+        match PendingUnwrap::start(state, &req, deadline) {
+            Ok((pending, request)) => {
+                let actions = pending
+                    .holders()
+                    .map(|to| Action::Send {
+                        to,
+                        msg: ProtocolMessage::PartialRequest(request.clone()),
+                    })
+                    .collect();
+                self.unwraps.insert(op_id, pending);
+                actions
+            }
+            Err(e) => fail(e),
+        }
+    }
+}

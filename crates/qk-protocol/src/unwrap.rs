@@ -1,0 +1,473 @@
+//! Unwrap with server-side combining: the requesting node asks every holder
+//! of the version for a partial, combines `t` of them, and opens the AEAD.
+//! The holder side is [`answer_partial`], a pure function the node calls with
+//! the share it loaded from its sealed store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use qk_crypto::{
+    combine, partial_decrypt, Ciphertext, CombineMode, CryptoError, EncryptionContext, KeyShare,
+    PartialDecryption, PublicKeySet,
+};
+use qk_state::{KeyRecord, KeyVersionRecord, StateMachine, VersionState};
+use qk_types::{KeyVersion, NodeId, ShareIndex};
+use rand_core::CryptoRng;
+use zeroize::Zeroizing;
+
+use crate::message::{bounded_reason, OpId, PartialRequest, ProtocolMessage};
+
+/// A decrypted plaintext: zeroized on drop, `<redacted>` in `Debug`.
+pub struct Plaintext(Zeroizing<Vec<u8>>);
+
+impl Plaintext {
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> Zeroizing<Vec<u8>> {
+        self.0
+    }
+}
+
+impl fmt::Debug for Plaintext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Plaintext(<redacted {} bytes>)", self.0.len())
+    }
+}
+
+/// Where the partials are combined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnwrapMode {
+    /// This node combines and hands the plaintext to its API layer. (In
+    /// client-side mode the client gathers partials itself and never asks
+    /// a node to combine.)
+    ServerSide,
+}
+
+/// What a node's API asks the protocol to unwrap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnwrapRequest {
+    /// Chosen by the node, unique among its unwraps in flight.
+    pub op_id: OpId,
+    /// The key's name; the version comes from the ciphertext.
+    pub name: String,
+    /// The encoded `qk_crypto::Ciphertext`.
+    pub ciphertext: Vec<u8>,
+    pub context: EncryptionContext,
+    /// The authenticated caller; holders run their authorization on it.
+    pub principal: String,
+    pub mode: UnwrapMode,
+}
+
+/// The operation an authorization hook is asked about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyAccess {
+    /// Produce a partial decryption for an unwrap.
+    Unwrap,
+}
+
+/// Why an unwrap failed. Messages say what failed and what to do; none
+/// carries plaintext or share bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnwrapError {
+    #[error("ciphertext does not decode ({0}); pass the ciphertext exactly as wrap returned it")]
+    BadCiphertext(String),
+    #[error("key {0:?} does not exist; list keys to see the inventory")]
+    NoSuchKey(String),
+    #[error("ciphertext was made under key id {found}, but key {name:?} has id {expected}; decrypt with the key the ciphertext names")]
+    WrongKey {
+        name: String,
+        expected: String,
+        found: String,
+    },
+    #[error("key {name:?} has no version {version}; the ciphertext names a version this cluster does not know")]
+    NoSuchVersion { name: String, version: KeyVersion },
+    #[error("version {version} of key {name:?} is destroyed; its ciphertexts can never be decrypted again")]
+    Destroyed { name: String, version: KeyVersion },
+    #[error("version {version} of key {name:?} is {state}; it cannot decrypt in that state (enable it, or wait for generation to finish)")]
+    NotUsable {
+        name: String,
+        version: KeyVersion,
+        state: String,
+    },
+    #[error("the stored public key set of version {version} of key {name:?} is corrupt ({reason}); the replica's state needs repair")]
+    CorruptKeySet {
+        name: String,
+        version: KeyVersion,
+        reason: String,
+    },
+    #[error("unwrap failed: needed {needed} holders, {answered} of {asked} answered{}{}; {}",
+        refusal_suffix(.refused), invalid_suffix(.invalid),
+        if *.timed_out { "timed out waiting for the rest — retry when enough holders are reachable" }
+        else { "the remaining holders cannot make up the threshold — fix the refusals, then retry" })]
+    NotEnoughHolders {
+        needed: usize,
+        asked: usize,
+        answered: usize,
+        /// Holders that refused, with their reasons.
+        refused: Vec<(NodeId, String)>,
+        /// Holders whose partial was malformed or failed its proof.
+        invalid: Vec<NodeId>,
+        timed_out: bool,
+    },
+    #[error("decryption failed ({0}); the ciphertext was modified or the encryption context differs from the one used to encrypt")]
+    Decrypt(String),
+    #[error("{0} unwraps are already in flight on this node; retry shortly")]
+    Busy(usize),
+    #[error("unwrap operation id {0} is already in use on this node; use a fresh id per request")]
+    DuplicateOp(OpId),
+}
+
+fn refusal_suffix(refused: &[(NodeId, String)]) -> String {
+    if refused.is_empty() {
+        return String::new();
+    }
+    let reasons: Vec<String> = refused.iter().map(|(n, r)| format!("{n}: {r}")).collect();
+    format!(" ({} refused: {})", refused.len(), reasons.join("; "))
+}
+
+fn invalid_suffix(invalid: &[NodeId]) -> String {
+    if invalid.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = invalid.iter().map(NodeId::to_string).collect();
+    format!(
+        " ({} sent invalid partials: {})",
+        invalid.len(),
+        names.join(", ")
+    )
+}
+
+/// Holder `node` of a version has Shamir index `k + 1`, `k` its position
+/// in the holder list sorted by node id.
+pub fn share_index_of(record: &KeyVersionRecord, node: NodeId) -> Option<ShareIndex> {
+    let pos = record.sorted_holders().iter().position(|h| *h == node)?;
+    u16::try_from(pos + 1)
+        .ok()
+        .and_then(|i| ShareIndex::new(i).ok())
+}
+
+/// Why a version cannot serve partials, or `None` when it is enabled.
+pub(crate) fn unusable(
+    name: &str,
+    version: KeyVersion,
+    record: &KeyVersionRecord,
+) -> Option<UnwrapError> {
+    match &record.state {
+        VersionState::Enabled => None,
+        VersionState::Destroyed | VersionState::Destroying => Some(UnwrapError::Destroyed {
+            name: name.to_string(),
+            version,
+        }),
+        other => {
+            let mut state = other.name().to_string();
+            if let Some(reason) = &record.compromised {
+                state.push_str(&format!(" (marked compromised: {reason})"));
+            }
+            Some(UnwrapError::NotUsable {
+                name: name.to_string(),
+                version,
+                state,
+            })
+        }
+    }
+}
+
+/// The holder's side of an unwrap: checks authorization, the key version's
+/// state and the ciphertext proof (inside `partial_decrypt`), then returns
+/// a `PartialResponse` with the partial or the refusal reason.
+pub fn answer_partial<R: CryptoRng + ?Sized>(
+    state: &StateMachine,
+    me: NodeId,
+    share: Option<&KeyShare>,
+    request: &PartialRequest,
+    authorize: impl FnOnce(&str, &KeyRecord, KeyAccess) -> Result<(), String>,
+    rng: &mut R,
+) -> ProtocolMessage {
+    let result = partial_for(state, me, share, request, authorize, rng).map_err(bounded_reason);
+    ProtocolMessage::PartialResponse {
+        op_id: request.op_id,
+        result,
+    }
+}
+
+fn partial_for<R: CryptoRng + ?Sized>(
+    state: &StateMachine,
+    me: NodeId,
+    share: Option<&KeyShare>,
+    req: &PartialRequest,
+    authorize: impl FnOnce(&str, &KeyRecord, KeyAccess) -> Result<(), String>,
+    rng: &mut R,
+) -> Result<Vec<u8>, String> {
+    req.check_bounds().map_err(|e| e.to_string())?;
+    let key = state
+        .key(&req.name)
+        .ok_or_else(|| UnwrapError::NoSuchKey(req.name.clone()).to_string())?;
+    if key.id != req.key {
+        return Err(UnwrapError::WrongKey {
+            name: req.name.clone(),
+            expected: key.id.to_string(),
+            found: req.key.to_string(),
+        }
+        .to_string());
+    }
+    authorize(&req.principal, key, KeyAccess::Unwrap).map_err(|reason| {
+        format!(
+            "principal {:?} is not authorized to unwrap with key {:?}: {reason}",
+            req.principal, req.name
+        )
+    })?;
+    let record = key.version(req.version).ok_or_else(|| {
+        UnwrapError::NoSuchVersion {
+            name: req.name.clone(),
+            version: req.version,
+        }
+        .to_string()
+    })?;
+    if let Some(e) = unusable(&req.name, req.version, record) {
+        return Err(e.to_string());
+    }
+    let index = share_index_of(record, me).ok_or_else(|| {
+        format!(
+            "{me} is not a holder of version {} of key {:?}; ask its holders",
+            req.version, req.name
+        )
+    })?;
+    let share = share.ok_or_else(|| {
+        format!(
+            "{me} has no share of version {} of key {:?} (lost or erased); restore the node's share store or reshare",
+            req.version, req.name
+        )
+    })?;
+    if share.index() != index {
+        return Err(format!(
+            "{me}'s stored share has index {} but this node is {index} of the version; the share store is inconsistent",
+            share.index().get()
+        ));
+    }
+    let keys = version_keys(&req.name, req.version, record).map_err(|e| e.to_string())?;
+    let holder_key = keys.holder_key(index).map_err(|e| e.to_string())?;
+    let ct = Ciphertext::from_bytes(&req.ciphertext)
+        .map_err(|e| UnwrapError::BadCiphertext(e.to_string()).to_string())?;
+    let partial = partial_decrypt(
+        rng,
+        share,
+        &holder_key,
+        key.id,
+        req.version,
+        &ct,
+        &req.context,
+    )
+    .map_err(|e| format!("{me} refuses the partial: {e}"))?;
+    Ok(partial.to_bytes())
+}
+
+/// Decodes a version's stored public key set.
+pub(crate) fn version_keys(
+    name: &str,
+    version: KeyVersion,
+    record: &KeyVersionRecord,
+) -> Result<PublicKeySet, UnwrapError> {
+    let corrupt = |reason: String| UnwrapError::CorruptKeySet {
+        name: name.to_string(),
+        version,
+        reason,
+    };
+    let bytes = record
+        .public_keys
+        .as_deref()
+        .ok_or_else(|| corrupt("no public key set recorded".into()))?;
+    PublicKeySet::from_bytes(bytes).map_err(|e| corrupt(e.to_string()))
+}
+
+/// One unwrap in flight at the combining node.
+#[derive(Debug)]
+pub(crate) struct PendingUnwrap {
+    pub(crate) deadline_ms: u64,
+    keys: PublicKeySet,
+    ciphertext: Ciphertext,
+    context: EncryptionContext,
+    /// Holders asked, with their indices.
+    holders: BTreeMap<NodeId, ShareIndex>,
+    /// Decoded partials not (yet) found invalid.
+    partials: BTreeMap<NodeId, PartialDecryption>,
+    refused: BTreeMap<NodeId, String>,
+    invalid: BTreeSet<NodeId>,
+}
+
+/// What an answer did to a pending unwrap.
+pub(crate) enum Progress {
+    Waiting,
+    Done(Result<Plaintext, UnwrapError>, Vec<NodeId>),
+}
+
+impl PendingUnwrap {
+    /// Checks the request against the replicated state; on success returns
+    /// the pending unwrap and the holders to ask.
+    pub(crate) fn start(
+        state: &StateMachine,
+        req: &UnwrapRequest,
+        deadline_ms: u64,
+    ) -> Result<(Self, PartialRequest), UnwrapError> {
+        let ciphertext = Ciphertext::from_bytes(&req.ciphertext)
+            .map_err(|e| UnwrapError::BadCiphertext(e.to_string()))?;
+        let key = state
+            .key(&req.name)
+            .ok_or_else(|| UnwrapError::NoSuchKey(req.name.clone()))?;
+        if key.id != ciphertext.key_id {
+            return Err(UnwrapError::WrongKey {
+                name: req.name.clone(),
+                expected: key.id.to_string(),
+                found: ciphertext.key_id.to_string(),
+            });
+        }
+        let version = ciphertext.version;
+        let record = key
+            .version(version)
+            .ok_or_else(|| UnwrapError::NoSuchVersion {
+                name: req.name.clone(),
+                version,
+            })?;
+        if let Some(e) = unusable(&req.name, version, record) {
+            return Err(e);
+        }
+        let keys = version_keys(&req.name, version, record)?;
+        let holders = record
+            .sorted_holders()
+            .into_iter()
+            .filter_map(|n| share_index_of(record, n).map(|i| (n, i)))
+            .collect();
+        let request = PartialRequest {
+            op_id: req.op_id,
+            key: key.id,
+            name: req.name.clone(),
+            version,
+            ciphertext: req.ciphertext.clone(),
+            context: req.context.clone(),
+            principal: req.principal.clone(),
+        };
+        request
+            .check_bounds()
+            .map_err(|e| UnwrapError::BadCiphertext(e.to_string()))?;
+        Ok((
+            PendingUnwrap {
+                deadline_ms,
+                keys,
+                ciphertext,
+                context: req.context.clone(),
+                holders,
+                partials: BTreeMap::new(),
+                refused: BTreeMap::new(),
+                invalid: BTreeSet::new(),
+            },
+            request,
+        ))
+    }
+
+    pub(crate) fn holders(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.holders.keys().copied()
+    }
+
+    fn answered(&self, node: NodeId) -> bool {
+        self.partials.contains_key(&node)
+            || self.refused.contains_key(&node)
+            || self.invalid.contains(&node)
+    }
+
+    fn needed(&self) -> usize {
+        usize::from(self.keys.threshold())
+    }
+
+    /// Records one holder's answer; combines once `t` partials are in.
+    pub(crate) fn on_response(
+        &mut self,
+        from: NodeId,
+        result: Result<Vec<u8>, String>,
+    ) -> Progress {
+        let Some(index) = self.holders.get(&from).copied() else {
+            return Progress::Waiting; // not asked: ignored
+        };
+        if self.answered(from) {
+            return Progress::Waiting; // first answer stands
+        }
+        match result {
+            Err(reason) => {
+                self.refused.insert(from, reason);
+            }
+            Ok(bytes) => match PartialDecryption::from_bytes(&bytes) {
+                Ok(p) if p.index == index => {
+                    self.partials.insert(from, p);
+                }
+                _ => {
+                    self.invalid.insert(from);
+                }
+            },
+        }
+        if self.partials.len() >= self.needed() {
+            if let Some(done) = self.try_combine() {
+                return done;
+            }
+        }
+        let outstanding = self.holders.keys().filter(|n| !self.answered(**n)).count();
+        if self.partials.len() + outstanding < self.needed() {
+            return Progress::Done(Err(self.shortfall(false)), self.faulty());
+        }
+        Progress::Waiting
+    }
+
+    fn try_combine(&mut self) -> Option<Progress> {
+        let partials: Vec<PartialDecryption> = self.partials.values().cloned().collect();
+        match combine(
+            &self.keys,
+            &self.ciphertext,
+            &self.context,
+            &partials,
+            CombineMode::Optimistic,
+        ) {
+            Ok(out) => {
+                self.mark_invalid(&out.invalid);
+                Some(Progress::Done(Ok(Plaintext(out.plaintext)), self.faulty()))
+            }
+            Err(CryptoError::NotEnoughPartials { invalid, .. }) => {
+                self.mark_invalid(&invalid);
+                None
+            }
+            Err(e) => Some(Progress::Done(
+                Err(UnwrapError::Decrypt(e.to_string())),
+                self.faulty(),
+            )),
+        }
+    }
+
+    fn mark_invalid(&mut self, indices: &[ShareIndex]) {
+        let nodes: Vec<NodeId> = self
+            .holders
+            .iter()
+            .filter(|(_, i)| indices.contains(i))
+            .map(|(n, _)| *n)
+            .collect();
+        for n in nodes {
+            self.partials.remove(&n);
+            self.invalid.insert(n);
+        }
+    }
+
+    pub(crate) fn faulty(&self) -> Vec<NodeId> {
+        self.invalid.iter().copied().collect()
+    }
+
+    pub(crate) fn shortfall(&self, timed_out: bool) -> UnwrapError {
+        UnwrapError::NotEnoughHolders {
+            needed: self.needed(),
+            asked: self.holders.len(),
+            answered: self.partials.len() + self.refused.len() + self.invalid.len(),
+            refused: self.refused.iter().map(|(n, r)| (*n, r.clone())).collect(),
+            invalid: self.faulty(),
+            timed_out,
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! Whole-protocol runs over the in-process cluster: DKG, unwrap with any `t`
+//! live holders, failure after the deadline, destruction, a Byzantine holder.
+
+mod common;
+
+use common::*;
+use qk_protocol::{answer_partial, KeyAccess, PartialRequest, ProtocolMessage};
+use qk_state::{DkgPhase, KeyRecord, Operation, VersionState};
+use qk_types::{Epoch, NodeId};
+use rand::SeedableRng;
+
+fn assert_enabled_everywhere(c: &Cluster, n: u64) {
+    let first = c.node(1).replica.key(KEY).expect("key").clone();
+    let v1 = first.version(V1).expect("v1");
+    assert_eq!(v1.state, VersionState::Enabled);
+    assert_eq!(v1.dkg.phase, DkgPhase::Finished);
+    let keys = c.public_keys(V1);
+    for i in 1..=n {
+        let node = c.node(i);
+        let replica = node.replica.key(KEY).expect("key").version(V1).expect("v1");
+        assert_eq!(replica.public_keys, v1.public_keys, "replica {i} agrees");
+        assert_eq!(node.replica.digest(), c.node(1).replica.digest());
+        let share = node
+            .store
+            .get(&(first.id, V1, Epoch(0)))
+            .expect("every holder persisted its share");
+        keys.verify_share(share).expect("share matches the key set");
+        assert!(node.erased.is_empty());
+    }
+}
+
+fn assert_no_warnings(c: &Cluster) {
+    for id in c.ids() {
+        let w = &c.nodes[&id].warnings;
+        assert!(w.is_empty(), "{id}: {w:?}");
+    }
+}
+
+fn count_steps(c: &Cluster, name: &str) -> usize {
+    c.log.iter().filter(|cmd| cmd.op.name() == name).count()
+}
+
+/// Counts audit records whose outcome starts with `refused`.
+fn refused_records(c: &Cluster) -> usize {
+    let sm = &c.node(1).replica;
+    sm.audit_records(1, 100_000)
+        .iter()
+        .filter(|r| r.outcome.starts_with("refused"))
+        .count()
+}
+
+fn subsets(n: u64, k: usize) -> Vec<Vec<u64>> {
+    let mut out = Vec::new();
+    for mask in 0u32..(1 << n) {
+        if mask.count_ones() as usize == k {
+            out.push((1..=n).filter(|i| mask & (1 << (i - 1)) != 0).collect());
+        }
+    }
+    out
+}
+
+fn run_unwrap_checks(t: u16, n: u64, seed: u64) {
+    let mut c = Cluster::generated(t, n, seed);
+    // The honest path needs no timeout: every phase ends when its inputs are in.
+    assert_eq!(c.now, 1_000, "DKG completed without waiting for a timeout");
+    assert_enabled_everywhere(&c, n);
+    assert_no_warnings(&c);
+    assert_eq!(refused_records(&c), 0, "no duplicate phase proposals");
+    // No complaint was made, so no share was ever published.
+    assert_eq!(count_steps(&c, "version.dkg.justification"), 0);
+    assert_eq!(count_steps(&c, "version.dkg.ready"), n as usize);
+    let ct = c.wrap(V1, b"data key");
+
+    for live in subsets(n, usize::from(t)) {
+        for i in 1..=n {
+            c.node_mut(i).dead = !live.contains(&i);
+        }
+        let via = live[0];
+        let op = c.start_unwrap(via, ct.clone(), "app");
+        c.run_until_idle();
+        let (result, faulty) = c.outcome(via, op).expect("finished without a timeout");
+        assert_eq!(
+            result
+                .as_ref()
+                .expect("unwrap with t live holders")
+                .as_slice(),
+            b"data key",
+            "live holders {live:?}"
+        );
+        assert!(faulty.is_empty());
+    }
+
+    // t - 1 live holders: no answer until the timeout, then a clear error.
+    let live: Vec<u64> = (1..u64::from(t)).collect();
+    for i in 1..=n {
+        c.node_mut(i).dead = !live.contains(&i);
+    }
+    let op = c.start_unwrap(1, ct.clone(), "app");
+    c.run_until_idle();
+    assert!(c.outcome(1, op).is_none(), "waits for more holders");
+    c.advance(5_000, 500, |c| c.outcome(1, op).is_some());
+    let (result, _) = c.outcome(1, op).expect("timed out");
+    let msg = result
+        .as_ref()
+        .expect_err("t-1 holders cannot unwrap")
+        .to_string();
+    let expected = format!("needed {t} holders, {} of {n} answered", t - 1);
+    assert!(msg.contains(&expected), "{msg}");
+    assert!(msg.contains("timed out"), "{msg}");
+}
+
+#[test]
+fn dkg_2_of_3_then_unwrap_with_any_2_and_not_with_1() {
+    run_unwrap_checks(2, 3, 11);
+}
+
+#[test]
+fn dkg_3_of_5_then_unwrap_with_any_3_and_not_with_2() {
+    run_unwrap_checks(3, 5, 12);
+}
+
+#[test]
+fn shares_overtaking_the_creating_entry_are_buffered() {
+    let mut c = Cluster::new(3, 13);
+    c.interleave = true;
+    c.create_key(2, &[1, 2, 3]);
+    c.advance(60_000, 100, |c| {
+        c.version(V1).state != VersionState::Generating
+    });
+    assert!(c.early_deliveries > 0, "some shares overtook the entry");
+    assert_enabled_everywhere(&c, 3);
+    assert_no_warnings(&c);
+}
+
+#[test]
+fn wrong_and_missing_shares_are_complained_about_and_justified() {
+    let mut c = Cluster::new(5, 21);
+    c.corrupt_shares = vec![(2, 4)];
+    c.drop_shares = vec![(5, 1)];
+    c.create_key(3, &[1, 2, 3, 4, 5]);
+    c.advance(60_000, 100, |c| {
+        c.version(V1).state != VersionState::Generating
+    });
+    // The lost share keeps node-1 from reporting ready, so dealing closes at
+    // the dealing timeout (10 s); the complaint phase then ends as soon as
+    // every complaint is answered, without its own timeout.
+    assert_eq!(c.now, 11_000);
+    assert_eq!(count_steps(&c, "version.dkg.ready"), 4);
+    assert_enabled_everywhere(&c, 5);
+    // Only the two disputed shares were published.
+    assert_eq!(count_steps(&c, "version.dkg.justification"), 2);
+    let ct = c.wrap(V1, b"after complaints");
+    let op = c.start_unwrap(4, ct, "app");
+    c.run_until_idle();
+    let (result, _) = c.outcome(4, op).expect("done");
+    assert_eq!(
+        result.as_ref().expect("unwrap").as_slice(),
+        b"after complaints"
+    );
+}
+
+#[test]
+fn silent_holder_fails_the_version_at_the_deadline_and_everyone_erases() {
+    let mut c = Cluster::new(3, 14);
+    c.node_mut(3).muted = true;
+    c.create_key(2, &[1, 2, 3]);
+    let deadline = {
+        c.run_until_idle();
+        c.version(V1).generation_deadline_ms
+    };
+    c.advance(deadline - c.now - 100, 100, |_| false);
+    assert_eq!(c.version(V1).state, VersionState::Generating);
+    // The live holders got as far as they could: shares stored, acks in.
+    assert_eq!(c.version(V1).dkg.phase, DkgPhase::Finished);
+    assert_eq!(c.version(V1).dkg.acks.len(), 2);
+    c.advance(10_000, 100, |c| {
+        c.version(V1).state != VersionState::Generating
+    });
+    let VersionState::Failed { reason } = c.version(V1).state else {
+        panic!("expected Failed, got {:?}", c.version(V1).state);
+    };
+    assert!(reason.contains("no ack from node-3"), "{reason}");
+    let id = c.key().id;
+    for i in 1..=3 {
+        let node = c.node(i);
+        assert!(node.erased.contains(&(id, V1)), "node {i} erased");
+        assert!(node.store.is_empty(), "node {i} holds no share");
+    }
+    assert!(c.node(1).persisted.contains(&(id, V1)));
+    assert!(
+        c.node(1)
+            .warnings
+            .iter()
+            .any(|w| w.contains("absent: [node-3]")),
+        "{:?}",
+        c.node(1).warnings
+    );
+    // The failure is final; a later unwrap says so.
+    let op = c.start_unwrap(1, vec![1, 2, 3], "app");
+    assert!(c.outcome(1, op).is_some());
+}
+
+#[test]
+fn destroy_erases_every_share_and_later_unwraps_fail() {
+    let mut c = Cluster::generated(2, 3, 15);
+    let ct = c.wrap(V1, b"secret");
+    let id = c.key().id;
+    let kept = c
+        .node(1)
+        .store
+        .get(&(id, V1, Epoch(0)))
+        .expect("share")
+        .clone();
+    c.admin(Operation::ScheduleDestruction {
+        name: KEY.into(),
+        version: V1,
+        after_ms: 1_000,
+    });
+    c.advance(1_000, 100, |_| false);
+    c.admin(Operation::Destroy {
+        name: KEY.into(),
+        version: V1,
+    });
+    c.run_until_idle();
+    let v = c.version(V1);
+    assert_eq!(v.state, VersionState::Destroyed);
+    assert!(v.erase_receipts.len() >= 2, "n - t + 1 receipts");
+    for i in 1..=3 {
+        assert!(c.node(i).erased.contains(&(id, V1)));
+        assert!(c.node(i).store.is_empty());
+    }
+    let op = c.start_unwrap(2, ct.clone(), "app");
+    let (result, _) = c.outcome(2, op).expect("fails at once");
+    let msg = result.as_ref().expect_err("destroyed").to_string();
+    assert!(msg.contains("destroyed"), "{msg}");
+    // A holder that still had its share refuses as well.
+    let req = PartialRequest {
+        op_id: 9,
+        key: id,
+        name: KEY.into(),
+        version: V1,
+        ciphertext: ct,
+        context: ctx(),
+        principal: "app".into(),
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let reply = answer_partial(
+        &c.node(1).replica,
+        NodeId(1),
+        Some(&kept),
+        &req,
+        |_: &str, _: &KeyRecord, _: KeyAccess| Ok(()),
+        &mut rng,
+    );
+    let ProtocolMessage::PartialResponse {
+        result: Err(reason),
+        ..
+    } = reply
+    else {
+        panic!("expected a refusal, got {reply:?}");
+    };
+    assert!(reason.contains("destroyed"), "{reason}");
+}
+
+#[test]
+fn byzantine_holder_is_named_and_the_unwrap_still_succeeds() {
+    let mut c = Cluster::generated(2, 3, 16);
+    let ct = c.wrap(V1, b"payload");
+    let decoy = c.decoy_ciphertext();
+    c.node_mut(1).byzantine = Some(decoy);
+    let op = c.start_unwrap(2, ct, "app");
+    c.run_until_idle();
+    let (result, faulty) = c.outcome(2, op).expect("done");
+    assert_eq!(result.as_ref().expect("unwrap").as_slice(), b"payload");
+    assert_eq!(faulty, &vec![NodeId(1)]);
+}
+
+#[test]
+fn byzantine_holder_with_too_few_honest_ones_is_named_in_the_error() {
+    let mut c = Cluster::generated(2, 3, 17);
+    let ct = c.wrap(V1, b"payload");
+    let decoy = c.decoy_ciphertext();
+    c.node_mut(1).byzantine = Some(decoy);
+    c.node_mut(3).dead = true;
+    let op = c.start_unwrap(2, ct, "app");
+    c.run_until_idle();
+    c.advance(6_000, 500, |c| c.outcome(2, op).is_some());
+    let (result, faulty) = c.outcome(2, op).expect("done");
+    let msg = result.as_ref().expect_err("one honest partial").to_string();
+    assert!(msg.contains("needed 2 holders, 2 of 3 answered"), "{msg}");
+    assert!(msg.contains("invalid partials: node-1"), "{msg}");
+    assert_eq!(faulty, &vec![NodeId(1)]);
+}
+
+#[test]
+fn refusals_end_the_unwrap_early_with_their_reasons() {
+    let mut c = Cluster::generated(2, 3, 18);
+    let ct = c.wrap(V1, b"payload");
+    let op = c.start_unwrap(3, ct, MALLORY);
+    c.run_until_idle();
+    let (result, _) = c.outcome(3, op).expect("no timeout needed");
+    let msg = result.as_ref().expect_err("refused").to_string();
+    assert!(msg.contains("needed 2 holders"), "{msg}");
+    assert!(msg.contains("refused: node-1"), "{msg}");
+    assert!(msg.contains("no unwrap grant"), "{msg}");
+    assert!(!msg.contains("timed out"), "{msg}");
+}
+
+#[test]
+fn disabled_or_missing_versions_fail_at_once() {
+    let mut c = Cluster::generated(2, 3, 19);
+    let ct = c.wrap(V1, b"payload");
+    c.admin(Operation::Disable {
+        name: KEY.into(),
+        version: V1,
+    });
+    c.run_until_idle();
+    let op = c.start_unwrap(1, ct.clone(), "app");
+    let msg = c
+        .outcome(1, op)
+        .expect("at once")
+        .0
+        .as_ref()
+        .expect_err("disabled")
+        .to_string();
+    assert!(msg.contains("disabled"), "{msg}");
+    let op = c.start_unwrap(1, vec![0, 1, 2], "app");
+    let msg = c
+        .outcome(1, op)
+        .expect("at once")
+        .0
+        .as_ref()
+        .expect_err("garbage")
+        .to_string();
+    assert!(msg.contains("does not decode"), "{msg}");
+}
+
+#[test]
+fn runs_are_reproducible_from_the_seed() {
+    let a = Cluster::generated(2, 3, 20);
+    let b = Cluster::generated(2, 3, 20);
+    assert_eq!(a.log, b.log);
+    assert_eq!(a.node(1).replica.digest(), b.node(1).replica.digest());
+}

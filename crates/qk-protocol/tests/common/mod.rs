@@ -1,0 +1,415 @@
+//! In-process cluster: N `NodeProtocol`s over a fake totally ordered log
+//! (each node applies every entry to its own `StateMachine` replica, in the
+//! same order) and a fake FIFO network that carries encoded messages.
+//! Deterministic: one seeded RNG, one clock, `BTreeMap`s only.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+
+use qk_crypto::{wrap, Ciphertext, EncryptionContext, KeyShare, PublicKeySet};
+use qk_protocol::{
+    answer_partial, Action, Event, KeyAccess, NodeProtocol, OpId, ProtocolConfig, ProtocolMessage,
+    SecretBytes, UnwrapError, UnwrapMode, UnwrapRequest,
+};
+use qk_state::{
+    Command, CreateKey, KeyRecord, KeyVersionRecord, Operation, RequestId, StateMachine,
+    VersionState,
+};
+use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use zeroize::Zeroizing;
+
+pub const KEY: &str = "payments";
+pub const V1: KeyVersion = KeyVersion(1);
+/// The principal the authorization hook refuses.
+pub const MALLORY: &str = "mallory";
+
+pub fn ctx() -> EncryptionContext {
+    BTreeMap::from([("tenant".to_string(), "acme".to_string())])
+}
+
+/// Flips the low bit of the share value (it stays a canonical scalar).
+fn corrupt(share: &SecretBytes) -> SecretBytes {
+    let mut bytes = share.expose().to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    SecretBytes::new(Zeroizing::new(bytes))
+}
+
+pub type UnwrapOutcome = (Result<Vec<u8>, UnwrapError>, Vec<NodeId>);
+
+pub struct Node {
+    pub proto: NodeProtocol,
+    pub replica: StateMachine,
+    pub store: BTreeMap<(KeyId, KeyVersion, Epoch), KeyShare>,
+    pub persisted: Vec<(KeyId, KeyVersion)>,
+    pub erased: Vec<(KeyId, KeyVersion)>,
+    pub done: BTreeMap<OpId, UnwrapOutcome>,
+    pub warnings: Vec<String>,
+    /// Receives nothing and does nothing.
+    pub dead: bool,
+    /// Runs, but every proposal and message it emits is lost.
+    pub muted: bool,
+    /// Answers partial requests with a partial for `decoy` instead.
+    pub byzantine: Option<Vec<u8>>,
+}
+
+pub struct Cluster {
+    pub nodes: BTreeMap<NodeId, Node>,
+    pub log: Vec<Command>,
+    pending: VecDeque<Command>,
+    net: VecDeque<(NodeId, NodeId, Vec<u8>)>,
+    pub now: u64,
+    pub rng: StdRng,
+    next_request: u64,
+    next_op: OpId,
+    /// Deliver each node's sends before the next node sees an applied
+    /// entry, so shares can overtake the entry that creates the session.
+    pub interleave: bool,
+    /// DKG shares from `.0` to `.1` arrive with a flipped bit.
+    pub corrupt_shares: Vec<(u64, u64)>,
+    /// DKG shares from `.0` to `.1` are lost.
+    pub drop_shares: Vec<(u64, u64)>,
+    /// DKG shares that reached a node before its session existed.
+    pub early_deliveries: usize,
+}
+
+impl Cluster {
+    pub fn new(n: u64, seed: u64) -> Self {
+        let nodes = (1..=n)
+            .map(|i| {
+                let id = NodeId(i);
+                (
+                    id,
+                    Node {
+                        proto: NodeProtocol::new(id, ProtocolConfig::default()),
+                        replica: StateMachine::new(),
+                        store: BTreeMap::new(),
+                        persisted: Vec::new(),
+                        erased: Vec::new(),
+                        done: BTreeMap::new(),
+                        warnings: Vec::new(),
+                        dead: false,
+                        muted: false,
+                        byzantine: None,
+                    },
+                )
+            })
+            .collect();
+        Cluster {
+            nodes,
+            log: Vec::new(),
+            pending: VecDeque::new(),
+            net: VecDeque::new(),
+            now: 1_000,
+            rng: StdRng::seed_from_u64(seed),
+            next_request: 0,
+            next_op: 0,
+            interleave: false,
+            corrupt_shares: Vec::new(),
+            drop_shares: Vec::new(),
+            early_deliveries: 0,
+        }
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[&NodeId(id)]
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes.get_mut(&NodeId(id)).expect("node exists")
+    }
+
+    /// Proposes as `principal` with the current time as leader timestamp.
+    pub fn propose(&mut self, principal: &str, op: Operation) {
+        self.next_request += 1;
+        let mut id = [0u8; 16];
+        id[8..].copy_from_slice(&self.next_request.to_be_bytes());
+        self.pending.push_back(Command {
+            request_id: RequestId(id),
+            time_ms: self.now,
+            principal: principal.to_string(),
+            op,
+        });
+    }
+
+    pub fn admin(&mut self, op: Operation) {
+        self.propose("admin", op);
+    }
+
+    pub fn create_key(&mut self, threshold: u16, holders: &[u64]) {
+        self.admin(Operation::CreateKey(CreateKey {
+            name: KEY.into(),
+            description: "protocol test".into(),
+            owner: "team".into(),
+            purpose: "encrypt".into(),
+            rotation_period_ms: None,
+            expires_at_ms: None,
+            threshold,
+            holders: holders.iter().map(|h| NodeId(*h)).collect(),
+        }));
+    }
+
+    /// Any live node's replica (they all applied the same log).
+    pub fn state(&self) -> &StateMachine {
+        &self
+            .nodes
+            .values()
+            .find(|n| !n.dead)
+            .expect("a live node")
+            .replica
+    }
+
+    pub fn key(&self) -> KeyRecord {
+        self.state().key(KEY).expect("key exists").clone()
+    }
+
+    pub fn version(&self, v: KeyVersion) -> KeyVersionRecord {
+        self.key().version(v).expect("version exists").clone()
+    }
+
+    /// Runs log entries and messages until nothing is left to do.
+    pub fn run_until_idle(&mut self) {
+        for _ in 0..1_000_000 {
+            if let Some(cmd) = self.pending.pop_front() {
+                self.apply(cmd);
+            } else if let Some((from, to, bytes)) = self.net.pop_front() {
+                self.deliver(from, to, &bytes);
+            } else {
+                return;
+            }
+        }
+        panic!("cluster did not become idle");
+    }
+
+    fn apply(&mut self, cmd: Command) {
+        self.log.push(cmd.clone());
+        let index = self.log.len() as u64;
+        for id in self.ids() {
+            let node = self.nodes.get_mut(&id).expect("node");
+            let response = node.replica.apply(&cmd);
+            if node.dead {
+                continue;
+            }
+            let actions = node.proto.handle(
+                &node.replica,
+                Event::Applied {
+                    index,
+                    command: cmd.clone(),
+                    response,
+                },
+                &mut self.rng,
+            );
+            self.run_actions(id, actions);
+            if self.interleave {
+                while let Some((from, to, bytes)) = self.net.pop_front() {
+                    self.deliver(from, to, &bytes);
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, from: NodeId, to: NodeId, bytes: &[u8]) {
+        let Some(node) = self.nodes.get_mut(&to) else {
+            return;
+        };
+        if node.dead {
+            return;
+        }
+        let msg = ProtocolMessage::decode(bytes).expect("messages decode");
+        if matches!(msg, ProtocolMessage::DkgShare(_)) && node.proto.active_generations() == 0 {
+            self.early_deliveries += 1;
+        }
+        let actions = node
+            .proto
+            .handle(&node.replica, Event::Message { from, msg }, &mut self.rng);
+        self.run_actions(to, actions);
+    }
+
+    fn run_actions(&mut self, id: NodeId, actions: Vec<Action>) {
+        for action in actions {
+            let muted = self.nodes[&id].muted;
+            match action {
+                Action::Send { to, msg } => {
+                    let pair = (id.0, to.0);
+                    let is_share = matches!(msg, ProtocolMessage::DkgShare(_));
+                    if is_share && self.drop_shares.contains(&pair) {
+                        continue;
+                    }
+                    let msg = match msg {
+                        ProtocolMessage::DkgShare(s) if self.corrupt_shares.contains(&pair) => {
+                            ProtocolMessage::DkgShare(corrupt(&s))
+                        }
+                        other => other,
+                    };
+                    if !muted {
+                        let bytes = msg.encode().expect("messages encode");
+                        self.net.push_back((id, to, bytes.to_vec()));
+                    }
+                }
+                Action::Propose(op) => {
+                    if !muted {
+                        self.propose(&id.to_string(), op);
+                    }
+                }
+                Action::PersistShare {
+                    key,
+                    version,
+                    epoch,
+                    share,
+                    ..
+                } => {
+                    let node = self.nodes.get_mut(&id).expect("node");
+                    node.store.insert((key, version, epoch), share);
+                    node.persisted.push((key, version));
+                }
+                Action::EraseShare {
+                    key,
+                    version,
+                    epoch,
+                    ..
+                } => {
+                    let node = self.nodes.get_mut(&id).expect("node");
+                    node.store.remove(&(key, version, epoch));
+                    node.erased.push((key, version));
+                }
+                Action::AnswerPartial { to, request } => {
+                    let node = self.nodes.get_mut(&id).expect("node");
+                    let epoch = node
+                        .replica
+                        .key(&request.name)
+                        .and_then(|k| k.version(request.version))
+                        .map(|v| v.epoch)
+                        .unwrap_or_default();
+                    let share = node.store.get(&(request.key, request.version, epoch));
+                    let mut req = request.clone();
+                    if let Some(decoy) = &node.byzantine {
+                        req.ciphertext = decoy.clone();
+                    }
+                    let mut reply = answer_partial(
+                        &node.replica,
+                        id,
+                        share,
+                        &req,
+                        |principal: &str, _key: &KeyRecord, _op: KeyAccess| {
+                            if principal == MALLORY {
+                                Err("principal has no unwrap grant".to_string())
+                            } else {
+                                Ok(())
+                            }
+                        },
+                        &mut self.rng,
+                    );
+                    if let ProtocolMessage::PartialResponse { op_id, .. } = &mut reply {
+                        *op_id = request.op_id;
+                    }
+                    if !muted {
+                        let bytes = reply.encode().expect("encode");
+                        self.net.push_back((id, to, bytes.to_vec()));
+                    }
+                }
+                Action::UnwrapDone {
+                    op_id,
+                    result,
+                    faulty,
+                } => {
+                    let node = self.nodes.get_mut(&id).expect("node");
+                    let result = result.map(|p| p.expose().to_vec());
+                    node.done.insert(op_id, (result, faulty));
+                }
+                Action::Warning(w) => {
+                    self.nodes.get_mut(&id).expect("node").warnings.push(w);
+                }
+                other => panic!("unexpected action {other:?}"),
+            }
+        }
+    }
+
+    /// Advances the clock in `step_ms` steps up to `total_ms`, ticking every
+    /// live node and running to idle after each step; stops early once
+    /// `until` holds.
+    pub fn advance(&mut self, total_ms: u64, step_ms: u64, until: impl Fn(&Cluster) -> bool) {
+        let end = self.now + total_ms;
+        self.run_until_idle();
+        while self.now < end && !until(self) {
+            self.now += step_ms;
+            for id in self.ids() {
+                let node = self.nodes.get_mut(&id).expect("node");
+                if node.dead {
+                    continue;
+                }
+                let actions = node.proto.handle(
+                    &node.replica,
+                    Event::Tick { now_ms: self.now },
+                    &mut self.rng,
+                );
+                self.run_actions(id, actions);
+            }
+            self.run_until_idle();
+        }
+    }
+
+    pub fn public_keys(&self, v: KeyVersion) -> PublicKeySet {
+        let bytes = self.version(v).public_keys.expect("public keys recorded");
+        PublicKeySet::from_bytes(&bytes).expect("key set decodes")
+    }
+
+    pub fn wrap(&mut self, v: KeyVersion, plaintext: &[u8]) -> Vec<u8> {
+        let keys = self.public_keys(v);
+        let id = self.key().id;
+        wrap(&mut self.rng, &keys.public_key(), id, v, &ctx(), plaintext)
+            .expect("wrap")
+            .to_bytes()
+    }
+
+    /// Starts an unwrap at node `via`; returns its op id.
+    pub fn start_unwrap(&mut self, via: u64, ciphertext: Vec<u8>, principal: &str) -> OpId {
+        self.next_op += 1;
+        let op_id = self.next_op;
+        let id = NodeId(via);
+        let node = self.nodes.get_mut(&id).expect("node");
+        let actions = node.proto.handle(
+            &node.replica,
+            Event::StartUnwrap {
+                now_ms: self.now,
+                request: UnwrapRequest {
+                    op_id,
+                    name: KEY.into(),
+                    ciphertext,
+                    context: ctx(),
+                    principal: principal.into(),
+                    mode: UnwrapMode::ServerSide,
+                },
+            },
+            &mut self.rng,
+        );
+        self.run_actions(id, actions);
+        op_id
+    }
+
+    pub fn outcome(&self, via: u64, op: OpId) -> Option<&UnwrapOutcome> {
+        self.node(via).done.get(&op)
+    }
+
+    /// Runs a DKG for `(t, n)` over nodes `1..=n` to `Enabled`.
+    pub fn generated(t: u16, n: u64, seed: u64) -> Cluster {
+        let mut c = Cluster::new(n, seed);
+        let holders: Vec<u64> = (1..=n).collect();
+        c.create_key(t, &holders);
+        c.advance(60_000, 100, |c| {
+            c.version(V1).state != VersionState::Generating
+        });
+        assert_eq!(c.version(V1).state, VersionState::Enabled);
+        c
+    }
+
+    pub fn decoy_ciphertext(&mut self) -> Vec<u8> {
+        let bytes = self.wrap(V1, b"decoy");
+        Ciphertext::from_bytes(&bytes).expect("decoy").to_bytes()
+    }
+}

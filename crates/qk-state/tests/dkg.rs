@@ -1,0 +1,416 @@
+//! The DKG rules of the state machine: phases, per-holder bounds, acks,
+//! the generation deadline. No cryptography here: payloads are opaque bytes.
+
+use qk_state::{
+    verify_chain, Applied, Command, CreateKey, DkgPhase, DkgStep, KeyVersionRecord, Operation,
+    RequestId, StateError, StateMachine, VersionState, DEFAULT_GENERATION_TIMEOUT_MS, GENESIS_HASH,
+    MAX_DKG_MESSAGE_LEN,
+};
+use qk_types::{KeyVersion, NodeId};
+
+const V1: KeyVersion = KeyVersion(1);
+
+struct Log {
+    sm: StateMachine,
+    next: u64,
+}
+
+impl Log {
+    fn new() -> Self {
+        Log {
+            sm: StateMachine::new(),
+            next: 0,
+        }
+    }
+
+    fn apply(
+        &mut self,
+        principal: &str,
+        time_ms: u64,
+        op: Operation,
+    ) -> Result<Applied, StateError> {
+        self.next += 1;
+        let mut id = [0u8; 16];
+        id[8..].copy_from_slice(&self.next.to_be_bytes());
+        let before = self.sm.audit_len();
+        let r = self.sm.apply(&Command {
+            request_id: RequestId(id),
+            time_ms,
+            principal: principal.into(),
+            op,
+        });
+        assert_eq!(
+            self.sm.audit_len(),
+            before + 1,
+            "one audit record per command"
+        );
+        r.result
+    }
+
+    fn step(&mut self, from: u64, time_ms: u64, step: DkgStep) -> Result<Applied, StateError> {
+        self.apply(
+            &NodeId(from).to_string(),
+            time_ms,
+            Operation::Dkg {
+                name: "k".into(),
+                version: V1,
+                from: NodeId(from),
+                step,
+            },
+        )
+    }
+
+    fn version(&self) -> KeyVersionRecord {
+        self.sm
+            .key("k")
+            .expect("key")
+            .version(V1)
+            .expect("v1")
+            .clone()
+    }
+
+    fn last_outcome(&self) -> String {
+        let n = self.sm.audit_len();
+        self.sm.audit_records(n, 1)[0].outcome.clone()
+    }
+}
+
+fn create(holders: &[u64]) -> Operation {
+    Operation::CreateKey(CreateKey {
+        name: "k".into(),
+        description: String::new(),
+        owner: "team".into(),
+        purpose: "encrypt".into(),
+        rotation_period_ms: None,
+        expires_at_ms: None,
+        threshold: 2,
+        holders: holders.iter().map(|h| NodeId(*h)).collect(),
+    })
+}
+
+fn created() -> Log {
+    let mut log = Log::new();
+    log.apply("admin", 1_000, create(&[3, 1, 2]))
+        .expect("create");
+    log
+}
+
+#[test]
+fn create_sets_the_deadline_and_dealing_phase() {
+    let log = created();
+    let v = log.version();
+    assert_eq!(v.state, VersionState::Generating);
+    assert_eq!(v.dkg.phase, DkgPhase::Dealing);
+    assert_eq!(
+        v.generation_deadline_ms,
+        1_000 + DEFAULT_GENERATION_TIMEOUT_MS
+    );
+    assert_eq!(v.sorted_holders(), vec![NodeId(1), NodeId(2), NodeId(3)]);
+}
+
+#[test]
+fn honest_run_enables_the_version_when_every_holder_acked_the_same_set() {
+    let mut log = created();
+    log.step(1, 1_010, DkgStep::Deal(vec![1; 40]))
+        .expect("deal");
+    // Ready only once every holder's deal is in the log.
+    assert!(log
+        .step(1, 1_010, DkgStep::Ready)
+        .expect_err("early ready")
+        .to_string()
+        .contains("1 of 3 deals"));
+    for h in 2..=3 {
+        log.step(h, 1_010, DkgStep::Deal(vec![h as u8; 40]))
+            .expect("deal");
+    }
+    log.step(1, 1_011, DkgStep::Ready).expect("ready");
+    assert!(
+        log.step(1, 1_011, DkgStep::Ready).is_err(),
+        "once per holder"
+    );
+    assert_eq!(log.version().dkg.ready.len(), 1);
+    // One deal per holder.
+    let again = log.step(2, 1_011, DkgStep::Deal(vec![9; 40]));
+    assert!(again
+        .expect_err("second deal")
+        .to_string()
+        .contains("already dealt"));
+    // Complaints and justifications wait for the complaint phase.
+    assert!(log.step(1, 1_012, DkgStep::Complaints(vec![])).is_err());
+    assert!(log
+        .step(1, 1_012, DkgStep::Justification(vec![1; 70]))
+        .is_err());
+    assert!(log
+        .step(
+            1,
+            1_012,
+            DkgStep::Ack {
+                public_keys: vec![7; 100]
+            }
+        )
+        .is_err());
+    assert!(log.step(1, 1_012, DkgStep::Finish).is_err());
+
+    log.step(1, 1_020, DkgStep::CloseDealing)
+        .expect("first close");
+    assert_eq!(log.version().dkg.phase, DkgPhase::Complaints);
+    // Later closes are refused no-ops, audited as refused.
+    let second = log.step(2, 1_021, DkgStep::CloseDealing);
+    assert!(second.is_err());
+    assert!(
+        log.last_outcome().starts_with("refused"),
+        "{}",
+        log.last_outcome()
+    );
+    assert_eq!(log.version().dkg.phase, DkgPhase::Complaints);
+    // Deals and ready reports after dealing closed are refused.
+    assert!(log.step(3, 1_022, DkgStep::Deal(vec![1; 40])).is_err());
+    assert!(log.step(2, 1_022, DkgStep::Ready).is_err());
+
+    log.step(1, 1_030, DkgStep::Complaints(vec![vec![5; 38]]))
+        .expect("complaints");
+    log.step(2, 1_030, DkgStep::Complaints(vec![]))
+        .expect("none");
+    assert!(log.step(2, 1_031, DkgStep::Complaints(vec![])).is_err());
+    log.step(3, 1_032, DkgStep::Justification(vec![6; 70]))
+        .expect("justification");
+    log.step(3, 1_040, DkgStep::Finish).expect("finish");
+    assert!(log.step(1, 1_041, DkgStep::Finish).is_err());
+    assert_eq!(log.version().dkg.phase, DkgPhase::Finished);
+    assert!(log
+        .step(3, 1_042, DkgStep::Justification(vec![6; 70]))
+        .is_err());
+
+    let keys = vec![0x42; 200];
+    for h in [2, 3] {
+        assert_eq!(
+            log.step(
+                h,
+                1_050,
+                DkgStep::Ack {
+                    public_keys: keys.clone()
+                }
+            ),
+            Ok(Applied::Done)
+        );
+        assert_eq!(log.version().state, VersionState::Generating);
+    }
+    assert!(log
+        .step(
+            2,
+            1_051,
+            DkgStep::Ack {
+                public_keys: keys.clone()
+            }
+        )
+        .expect_err("second ack")
+        .to_string()
+        .contains("already acked"));
+    assert_eq!(
+        log.step(
+            1,
+            1_060,
+            DkgStep::Ack {
+                public_keys: keys.clone()
+            }
+        ),
+        Ok(Applied::VersionEnabled)
+    );
+    let v = log.version();
+    assert_eq!(v.state, VersionState::Enabled);
+    assert_eq!(v.public_keys.as_deref(), Some(keys.as_slice()));
+    assert_eq!(v.dkg.acked_keys, None, "the copy is dropped once stored");
+    // Nothing more is accepted for the finished DKG.
+    assert!(log.step(1, 1_070, DkgStep::CloseDealing).is_err());
+    verify_chain(log.sm.audit_records(1, 1_000), GENESIS_HASH).expect("chain");
+}
+
+fn to_finished(log: &mut Log) {
+    log.step(1, 1_020, DkgStep::CloseDealing).expect("close");
+    log.step(1, 1_030, DkgStep::Finish).expect("finish");
+}
+
+#[test]
+fn disagreeing_acks_fail_the_version_and_name_the_holders() {
+    let mut log = created();
+    to_finished(&mut log);
+    log.step(
+        1,
+        1_040,
+        DkgStep::Ack {
+            public_keys: vec![1; 100],
+        },
+    )
+    .expect("ack");
+    let r = log.step(
+        3,
+        1_041,
+        DkgStep::Ack {
+            public_keys: vec![2; 100],
+        },
+    );
+    let Ok(Applied::GenerationFailed { reason }) = r else {
+        panic!("expected failure, got {r:?}");
+    };
+    assert!(reason.contains("disagree"), "{reason}");
+    assert!(
+        reason.contains("node-1") && reason.contains("node-3"),
+        "{reason}"
+    );
+    assert!(matches!(log.version().state, VersionState::Failed { .. }));
+    assert_eq!(log.version().public_keys, None);
+}
+
+#[test]
+fn fail_generation_only_after_the_deadline_and_names_missing_acks() {
+    let mut log = created();
+    to_finished(&mut log);
+    log.step(
+        2,
+        1_040,
+        DkgStep::Ack {
+            public_keys: vec![1; 100],
+        },
+    )
+    .expect("ack");
+    let deadline = log.version().generation_deadline_ms;
+    let op = || Operation::FailGeneration {
+        name: "k".into(),
+        version: V1,
+        reason: "timed out at node-2".into(),
+    };
+    let early = log.apply("node-2", deadline - 1, op());
+    assert!(early.expect_err("early").to_string().contains("deadline"));
+    assert_eq!(log.version().state, VersionState::Generating);
+    let r = log.apply("node-2", deadline, op()).expect("at deadline");
+    let Applied::GenerationFailed { reason } = r else {
+        panic!("expected GenerationFailed, got {r:?}");
+    };
+    assert!(reason.contains("no ack from node-1, node-3"), "{reason}");
+    assert!(reason.contains("timed out at node-2"), "{reason}");
+    assert_eq!(log.version().state, VersionState::Failed { reason });
+    // Late steps are refused.
+    assert!(log
+        .step(
+            1,
+            deadline + 1,
+            DkgStep::Ack {
+                public_keys: vec![1; 100]
+            }
+        )
+        .is_err());
+}
+
+#[test]
+fn dkg_steps_are_bounded_and_attributed() {
+    let mut log = created();
+    // The principal must be the node the step speaks for.
+    let forged = log.apply(
+        "admin",
+        1_010,
+        Operation::Dkg {
+            name: "k".into(),
+            version: V1,
+            from: NodeId(1),
+            step: DkgStep::Deal(vec![1; 40]),
+        },
+    );
+    assert!(forged.expect_err("forged").to_string().contains("node-1"));
+    // Non-holders cannot post.
+    let outsider = log.step(9, 1_010, DkgStep::Deal(vec![1; 40]));
+    assert!(outsider
+        .expect_err("outsider")
+        .to_string()
+        .contains("not a holder"));
+    // Sizes are bounded.
+    assert!(log
+        .step(1, 1_010, DkgStep::Deal(vec![1; MAX_DKG_MESSAGE_LEN + 1]))
+        .is_err());
+    assert!(log.step(1, 1_010, DkgStep::Deal(Vec::new())).is_err());
+    log.step(1, 1_020, DkgStep::CloseDealing).expect("close");
+    assert!(log
+        .step(1, 1_021, DkgStep::Complaints(vec![vec![1; 38]; 4]))
+        .expect_err("too many")
+        .to_string()
+        .contains("at most one per holder"));
+    // Justifications: at most n * n.
+    for _ in 0..9 {
+        log.step(2, 1_022, DkgStep::Justification(vec![1; 70]))
+            .expect("justification");
+    }
+    assert!(log
+        .step(2, 1_023, DkgStep::Justification(vec![1; 70]))
+        .is_err());
+    // Unknown version or key.
+    let missing = log.apply(
+        "node-1",
+        1_030,
+        Operation::Dkg {
+            name: "k".into(),
+            version: KeyVersion(7),
+            from: NodeId(1),
+            step: DkgStep::Finish,
+        },
+    );
+    assert!(matches!(missing, Err(StateError::NoSuchVersion { .. })));
+}
+
+#[test]
+fn rotate_carries_a_bounded_generation_timeout() {
+    let mut log = created();
+    log.apply(
+        "admin",
+        2_000,
+        Operation::CompleteGeneration {
+            name: "k".into(),
+            version: V1,
+            public_keys: vec![1],
+        },
+    )
+    .expect("complete");
+    let rotate = |t| Operation::Rotate {
+        name: "k".into(),
+        holders: vec![NodeId(1), NodeId(2), NodeId(3)],
+        generation_timeout_ms: Some(t),
+    };
+    assert!(log
+        .apply("admin", 3_000, rotate(10))
+        .expect_err("too short")
+        .to_string()
+        .contains("generation timeout"));
+    log.apply("admin", 3_000, rotate(5_000)).expect("rotate");
+    let v2 = log
+        .sm
+        .key("k")
+        .expect("k")
+        .version(KeyVersion(2))
+        .expect("v2")
+        .clone();
+    assert_eq!(v2.generation_deadline_ms, 8_000);
+    assert_eq!(v2.dkg.phase, DkgPhase::Dealing);
+}
+
+#[test]
+fn replicas_agree_on_dkg_logs() {
+    let mut a = created();
+    let mut b = created();
+    let steps = [
+        (1, DkgStep::Deal(vec![1; 40])),
+        (2, DkgStep::CloseDealing),
+        (3, DkgStep::CloseDealing),
+        (1, DkgStep::Complaints(vec![])),
+        (2, DkgStep::Finish),
+        (
+            1,
+            DkgStep::Ack {
+                public_keys: vec![3; 50],
+            },
+        ),
+    ];
+    for (from, s) in steps {
+        let ra = a.step(from, 1_100, s.clone());
+        let rb = b.step(from, 1_100, s);
+        assert_eq!(ra, rb);
+    }
+    assert_eq!(a.sm.digest(), b.sm.digest());
+}

@@ -1,0 +1,6 @@
+//! Quorumkey test kit: a harness that runs real `qk-node` processes on
+//! 127.0.0.1, shared by end-to-end tests and benchmark binaries.
+#![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod stats;
