@@ -107,7 +107,7 @@ where
 }
 
 async fn bench_quorumkey(bin: &Path) -> Result<Vec<LoadResult>> {
-    let cluster = Cluster::start(bin, 3, 1_000_000);
+    let cluster = Cluster::start(bin, 3, 5000);
     let leader = cluster
         .wait_status(1, |s| s.leader.is_some())
         .leader
@@ -149,12 +149,15 @@ impl Drop for Etcd {
     }
 }
 
-fn start_etcd() -> Result<Etcd> {
+/// `peer_tls`: encrypt member-to-member traffic (auto-generated certificates),
+/// as Quorumkey always does between nodes.
+fn start_etcd(peer_tls: bool) -> Result<Etcd> {
+    let scheme = if peer_tls { "https" } else { "http" };
     let dir = tempfile::tempdir()?;
     let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let peer: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let initial: Vec<String> = (0..3)
-        .map(|i| format!("e{i}=http://127.0.0.1:{}", peer[i]))
+        .map(|i| format!("e{i}={scheme}://127.0.0.1:{}", peer[i]))
         .collect();
     let mut children = Vec::new();
     for i in 0..3 {
@@ -172,12 +175,13 @@ fn start_etcd() -> Result<Etcd> {
             ])
             .args([
                 "--listen-peer-urls",
-                &format!("http://127.0.0.1:{}", peer[i]),
+                &format!("{scheme}://127.0.0.1:{}", peer[i]),
             ])
             .args([
                 "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{}", peer[i]),
+                &format!("{scheme}://127.0.0.1:{}", peer[i]),
             ])
+            .args(if peer_tls { &["--peer-auto-tls"][..] } else { &[][..] })
             .args(["--initial-cluster", &initial.join(",")])
             .args([
                 "--initial-cluster-state",
@@ -187,7 +191,7 @@ fn start_etcd() -> Result<Etcd> {
             ])
             .args(["--logger", "zap", "--log-level", "error"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.path().join(format!("e{i}.log")))?))
             .spawn()
             .context("cannot start etcd; install it with `apt-get install etcd-server`")?;
         children.push(child);
@@ -223,11 +227,13 @@ async fn etcd_leader(http: &reqwest::Client, etcd: &Etcd) -> Result<String> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    bail!("etcd elected no leader within 30 s")
+    let log = std::fs::read_to_string(etcd._dir.path().join("e0.log")).unwrap_or_default();
+    bail!("etcd elected no leader within 30 s; member e0 logged:\n{log}")
 }
 
-async fn bench_etcd() -> Result<Vec<LoadResult>> {
-    let etcd = start_etcd()?;
+async fn bench_etcd(peer_tls: bool) -> Result<Vec<LoadResult>> {
+    eprintln!("starting etcd (peer TLS: {peer_tls})");
+    let etcd = start_etcd(peer_tls)?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(128)
         .build()?;
@@ -268,8 +274,9 @@ fn cpu_model() -> String {
 async fn main() -> Result<()> {
     let bin = sibling_binary("qk-node")?;
     let qk = bench_quorumkey(&bin).await?;
-    let etcd = bench_etcd().await?;
-    let ratio = |i: usize| qk[i].ops_per_second / etcd[i].ops_per_second.max(f64::MIN_POSITIVE);
+    let etcd = bench_etcd(false).await?;
+    let etcd_tls = bench_etcd(true).await?;
+    let ratio = |e: &[LoadResult], i: usize| qk[i].ops_per_second / e[i].ops_per_second.max(f64::MIN_POSITIVE);
     let report = json!({
         "benchmark": "replicated metadata writes, 3 nodes on loopback, fsync on",
         "value_bytes": VALUE_BYTES,
@@ -277,8 +284,10 @@ async fn main() -> Result<()> {
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "quorumkey": { "c1": qk[0], "c64": qk[1] },
         "etcd": { "version": etcd_version(), "api": "v3 JSON gateway over HTTP/1.1", "c1": etcd[0], "c64": etcd[1] },
-        "throughput_ratio_qk_over_etcd": { "c1": ratio(0), "c64": ratio(1) },
-        "target_c64_at_least_etcd": ratio(1) >= 1.0,
+        "etcd_peer_tls": { "api": "v3 JSON gateway over HTTP/1.1, members over TLS", "c1": etcd_tls[0], "c64": etcd_tls[1] },
+        "throughput_ratio_qk_over_etcd": { "c1": ratio(&etcd, 0), "c64": ratio(&etcd, 1) },
+        "throughput_ratio_qk_over_etcd_peer_tls": { "c1": ratio(&etcd_tls, 0), "c64": ratio(&etcd_tls, 1) },
+        "target_c64_at_least_etcd": ratio(&etcd, 1) >= 1.0,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
