@@ -21,7 +21,24 @@ pub struct Config {
     pub advertise: Option<String>,
     pub tls: TlsConfig,
     #[serde(default)]
+    pub seal: SealSettings,
+    #[serde(default)]
     pub raft: RaftSettings,
+}
+
+/// Where the node seal key comes from. With neither field set, the key file
+/// is `<data_dir>/seal.key`, created (mode 0600) when the node first starts
+/// with an empty data directory.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealSettings {
+    /// A 32-byte key file, mode 0600.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// A file holding a passphrase; the key is derived with Argon2id (the salt
+    /// is kept in `<data_dir>/seal.salt`).
+    #[serde(default)]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -79,6 +96,12 @@ impl Config {
     }
 
     fn resolve_relative_paths(&mut self, base: &Path) {
+        let optional = [&mut self.seal.key_file, &mut self.seal.passphrase_file];
+        for p in optional.into_iter().flatten() {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         for p in [
             &mut self.data_dir,
             &mut self.tls.ca_cert,
@@ -103,6 +126,9 @@ impl Config {
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
             bail!("raft.election_timeout_max_ms must be larger than raft.election_timeout_min_ms");
+        }
+        if self.seal.key_file.is_some() && self.seal.passphrase_file.is_some() {
+            bail!("set either seal.key_file or seal.passphrase_file, not both");
         }
         if r.snapshot_after_entries == 0 {
             bail!("raft.snapshot_after_entries must be 1 or more");
@@ -139,6 +165,11 @@ ca_cert = "pki/ca.pem"
 # This node's certificate and key, issued with `qk-node pki issue-node --id 1`.
 cert = "pki/node-1.pem"
 key = "pki/node-1.key"
+
+[seal]
+# The node seal key that seals every share at rest. Default: <data_dir>/seal.key,
+# created with mode 0600 when the node first starts. Or derive it from a passphrase:
+# passphrase_file = "/run/secrets/qk-seal-passphrase"
 
 [raft]
 heartbeat_interval_ms = 100

@@ -53,6 +53,38 @@ pub enum CtlCommand {
     GetKey { name: String },
     /// List key names.
     ListKeys,
+    /// Encrypt TEXT (or stdin) under the key's newest enabled version.
+    Encrypt {
+        name: String,
+        text: Option<String>,
+        #[arg(long = "context", value_parser = parse_kv)]
+        context: Vec<(String, String)>,
+    },
+    /// Decrypt a `qk:v1:` ciphertext (server-side combining by default).
+    Decrypt {
+        ciphertext: String,
+        #[arg(long = "context", value_parser = parse_kv)]
+        context: Vec<(String, String)>,
+        /// Gather partials from the holders and combine here: no node sees
+        /// the plaintext.
+        #[arg(long)]
+        client_side: bool,
+    },
+    /// Start a new version of the key (a new DKG).
+    Rotate {
+        name: String,
+        #[arg(long = "holder", default_values_t = [1u64, 2, 3])]
+        holders: Vec<u64>,
+    },
+    /// Schedule destruction of a version after a waiting period (ms).
+    ScheduleDestroy {
+        name: String,
+        version: u32,
+        #[arg(long, default_value_t = 0)]
+        after_ms: u64,
+    },
+    /// Commit the destruction of a version whose waiting period has passed.
+    Destroy { name: String, version: u32 },
     /// Print audit records and verify their hash chain.
     Audit {
         #[arg(long, default_value_t = 1)]
@@ -141,6 +173,66 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             value: Some(value.into_bytes()),
         }),
         CtlCommand::GetKey { name } => ClientRequest::GetKey { name },
+        CtlCommand::Encrypt {
+            name,
+            text,
+            context,
+        } => {
+            let plaintext = match text {
+                Some(t) => t.into_bytes(),
+                None => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                    buf
+                }
+            };
+            ClientRequest::Encrypt {
+                name,
+                context: context.into_iter().collect(),
+                plaintext: qk_raft::Redacted(plaintext),
+            }
+        }
+        CtlCommand::Decrypt {
+            ciphertext,
+            context,
+            client_side: true,
+        } => {
+            let plain = crate::client::decrypt_client_side(
+                &target,
+                &ciphertext,
+                context.into_iter().collect(),
+            )
+            .await?;
+            std::io::Write::write_all(&mut std::io::stdout(), &plain)?;
+            println!();
+            return Ok(());
+        }
+        CtlCommand::Decrypt {
+            ciphertext,
+            context,
+            ..
+        } => ClientRequest::Decrypt {
+            ciphertext,
+            context: context.into_iter().collect(),
+        },
+        CtlCommand::Rotate { name, holders } => write_cmd(Operation::Rotate {
+            name,
+            holders: holders.into_iter().map(NodeId).collect(),
+            generation_timeout_ms: None,
+        }),
+        CtlCommand::ScheduleDestroy {
+            name,
+            version,
+            after_ms,
+        } => write_cmd(Operation::ScheduleDestruction {
+            name,
+            version: qk_types::KeyVersion(version),
+            after_ms,
+        }),
+        CtlCommand::Destroy { name, version } => write_cmd(Operation::Destroy {
+            name,
+            version: qk_types::KeyVersion(version),
+        }),
         CtlCommand::ListKeys => ClientRequest::ListKeys,
         CtlCommand::Audit { from, limit } => ClientRequest::Audit {
             from_seq: from,
@@ -158,5 +250,15 @@ pub async fn run(args: CtlArgs) -> Result<()> {
 }
 
 fn render(resp: &ClientResponse) -> String {
-    format!("{resp:#?}")
+    match resp {
+        ClientResponse::Ciphertext { text, .. } => text.clone(),
+        ClientResponse::Plaintext(p) => String::from_utf8_lossy(&p.0).into_owned(),
+        other => format!("{other:#?}"),
+    }
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("context entries are KEY=VALUE, got {s:?}"))
 }

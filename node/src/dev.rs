@@ -65,6 +65,7 @@ fn prepare(args: &DevArgs) -> Result<Vec<PathBuf>> {
                 cert: format!("pki/node-{id}.pem").into(),
                 key: format!("pki/node-{id}.key").into(),
             },
+            seal: Default::default(),
             raft: RaftSettings::default(),
         };
         std::fs::write(&path, config.to_toml()?)

@@ -1,11 +1,13 @@
 //! `qk-node`: one Quorumkey cluster member, plus PKI and local-cluster helpers.
 #![forbid(unsafe_code)]
 
+mod client;
 mod config;
 mod ctl;
 mod dev;
 mod node;
 mod pki;
+mod quorum;
 
 use std::path::PathBuf;
 

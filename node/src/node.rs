@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use openraft::error::{ClientWriteError, RaftError};
@@ -12,7 +12,10 @@ use qk_net::{CaCert, Credentials, Dialer, NetConfig, NetworkFactory, Peer, RpcHa
 use qk_raft::{
     ClientRequest, ClientResponse, NodeId, NodeStatus, PeerRequest, PeerResponse, QkNode, Raft,
 };
-use qk_state::Command;
+use qk_state::{Command, Operation, RequestId};
+use qk_types::NodeId as NodeIdT;
+
+use crate::quorum::{now_ms, Quorum, QuorumCore};
 use qk_storage::StateReader;
 use tracing::{info, warn};
 
@@ -28,6 +31,51 @@ pub struct Node {
     raft: Raft,
     state: StateReader,
     peers: Dialer,
+    quorum: Arc<Quorum>,
+}
+
+/// The protocol runtime's view of the node: send to peers, propose.
+struct NodeIo(Arc<Node>);
+
+impl crate::quorum::Io for NodeIo {
+    fn send(&self, to: NodeIdT, bytes: Vec<u8>) -> qk_net::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(addr) = self.0.member_addr(to.0) else {
+                return warn!(%to, "no address for node; protocol message dropped");
+            };
+            match self
+                .0
+                .peers
+                .node(to.0, &addr)
+                .call(&PeerRequest::Protocol(bytes))
+                .await
+            {
+                Ok(PeerResponse::ProtocolAccepted) => {}
+                Ok(other) => warn!(%to, "protocol message not accepted: {other:?}"),
+                Err(e) => warn!(%to, "protocol message not delivered: {e}"),
+            }
+        })
+    }
+
+    fn propose(&self, op: Operation) -> qk_net::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let me = Peer::Node(self.0.id);
+            let cmd = Command {
+                request_id: RequestId(rand::random()),
+                time_ms: 0,
+                principal: NodeIdT(self.0.id).to_string(),
+                op,
+            };
+            let name = cmd.op.name();
+            match self.0.write(&me, cmd).await {
+                ClientResponse::Written { .. } => {}
+                other => warn!(
+                    operation = name,
+                    "protocol proposal not committed: {other:?}"
+                ),
+            }
+        })
+    }
 }
 
 /// Loads the cluster CA and this process's credentials.
@@ -62,7 +110,10 @@ pub async fn run(config_path: &Path, bootstrap: bool, join: Option<String>) -> R
             config.node_id
         );
     }
-    let node = Arc::new(Node::start(&config, &ca, &creds).await?);
+    let (node, actions) = Node::start(&config, &ca, &creds).await?;
+    let node = Arc::new(node);
+    let io: Arc<dyn crate::quorum::Io> = Arc::new(NodeIo(node.clone()));
+    tokio::spawn(node.quorum.clone().run(io.clone(), actions));
     let handler: Arc<dyn RpcHandler> = node.clone();
     let server = Server::bind(
         config.listen,
@@ -79,6 +130,10 @@ pub async fn run(config_path: &Path, bootstrap: bool, join: Option<String>) -> R
     }
     if let Some(seed) = join {
         node.join_cluster(&config, &seed).await?;
+    }
+    {
+        let node = node.clone();
+        tokio::spawn(async move { node.reconcile_shares(io).await });
     }
     shutdown_signal().await;
     info!("shutting down");
@@ -145,20 +200,78 @@ async fn open_storage(
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// Opens the sealed share store with the node seal key.
+fn open_share_store(config: &Config, fresh: bool) -> Result<qk_storage::ShareStore> {
+    use qk_storage::SealKey;
+    let seal = match (&config.seal.passphrase_file, &config.seal.key_file) {
+        (Some(pass), _) => SealKey::from_passphrase_file(pass, &config.data_dir.join("seal.salt"))?,
+        (None, Some(file)) => SealKey::load_key_file(file)?,
+        (None, None) => {
+            let file = config.data_dir.join("seal.key");
+            if !file.exists() && fresh {
+                info!(path = %file.display(), "created the node seal key");
+                SealKey::create_key_file(&file)?
+            } else {
+                SealKey::load_key_file(&file).with_context(|| {
+                    format!(
+                        "cannot load the seal key {}; restore it from backup",
+                        file.display()
+                    )
+                })?
+            }
+        }
+    };
+    Ok(qk_storage::ShareStore::open(
+        &config.data_dir.join("shares"),
+        NodeIdT(config.node_id),
+        seal,
+    )?)
+}
+
+/// Operations only nodes propose (DKG steps, receipts, timeouts): a client
+/// certificate may not; a node may only speak for itself.
+fn authorize_write(peer: &Peer, cmd: &Command) -> std::result::Result<(), String> {
+    let protocol_op = matches!(
+        cmd.op,
+        Operation::Dkg { .. }
+            | Operation::EraseReceipt { .. }
+            | Operation::FailGeneration { .. }
+            | Operation::CompleteGeneration { .. }
+    );
+    match peer {
+        Peer::Client(name) if protocol_op => Err(format!(
+            "client {name} may not propose {}; only cluster nodes do",
+            cmd.op.name()
+        )),
+        Peer::Node(id) if protocol_op && cmd.principal != NodeIdT(*id).to_string() => Err(format!(
+            "node {id} may only propose protocol steps as itself"
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl Node {
-    async fn start(config: &Config, ca: &CaCert, creds: &Credentials) -> Result<Node> {
+    async fn start(
+        config: &Config,
+        ca: &CaCert,
+        creds: &Credentials,
+    ) -> Result<(
+        Node,
+        tokio::sync::mpsc::UnboundedReceiver<Vec<qk_protocol::Action>>,
+    )> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
+        let fresh = !config.data_dir.join("raft").exists();
         let (log_store, sm_store) = open_storage(&config.data_dir.join("raft")).await?;
         let state = sm_store.reader();
+        let shares = open_share_store(config, fresh)?;
+        let (core, actions) = QuorumCore::new(NodeIdT(config.node_id), now_ms());
+        let hook_core = core.clone();
+        sm_store.set_apply_hook(Box::new(move |s, index, cmd, resp| {
+            hook_core.on_applied(s, index, cmd, resp)
+        }));
+        let quorum = Arc::new(Quorum::new(core, state.clone(), shares));
         let peers = Dialer::new(
             ca,
             creds,
@@ -175,12 +288,16 @@ impl Node {
         )
         .await
         .context("cannot start Raft")?;
-        Ok(Node {
-            id: config.node_id,
-            raft,
-            state,
-            peers,
-        })
+        Ok((
+            Node {
+                id: config.node_id,
+                raft,
+                state,
+                peers,
+                quorum,
+            },
+            actions,
+        ))
     }
 
     async fn bootstrap(&self, config: &Config) -> Result<()> {
@@ -265,6 +382,150 @@ impl Node {
             }),
             ClientRequest::Status => ClientResponse::Status(self.status()),
             ClientRequest::Join { node_id, node } => self.admit(peer, node_id, node).await,
+            ClientRequest::Encrypt {
+                name,
+                context,
+                plaintext,
+            } => self.encrypt(&name, &context, &plaintext.0),
+            ClientRequest::Decrypt {
+                ciphertext,
+                context,
+            } => self.decrypt(peer, &ciphertext, context).await,
+            ClientRequest::Partial {
+                ciphertext,
+                context,
+            } => self.partial(peer, &ciphertext, context),
+        }
+    }
+
+    fn member_addr(&self, id: NodeId) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.rpc_addr.clone())
+    }
+
+    /// Wraps under the newest enabled version: needs only its public key.
+    fn encrypt(
+        &self,
+        name: &str,
+        context: &BTreeMap<String, String>,
+        plaintext: &[u8],
+    ) -> ClientResponse {
+        let found = self.state.read(|a| {
+            let key = a.machine().key(name)?;
+            let v = key.primary_version()?;
+            Some((key.id, v.version, v.public_keys.clone()?))
+        });
+        let Ok(Some((id, version, keys))) = found else {
+            return ClientResponse::Error(format!(
+                "key {name:?} does not exist or has no enabled version; create it or wait for its generation to finish"
+            ));
+        };
+        let wrapped = qk_crypto::PublicKeySet::from_bytes(&keys)
+            .map_err(|e| e.to_string())
+            .and_then(|k| {
+                qk_crypto::wrap(
+                    &mut rand::rng(),
+                    &k.public_key(),
+                    id,
+                    version,
+                    context,
+                    plaintext,
+                )
+                .map_err(|e| e.to_string())
+            });
+        match wrapped {
+            Ok(ct) => ClientResponse::Ciphertext {
+                text: ct.to_text(),
+                version: version.0,
+            },
+            Err(e) => ClientResponse::Error(format!("encryption failed: {e}")),
+        }
+    }
+
+    fn key_name_for(&self, ct: &qk_crypto::Ciphertext) -> Option<String> {
+        self.state
+            .read(|a| {
+                a.machine()
+                    .keys()
+                    .find(|k| k.id == ct.key_id)
+                    .map(|k| k.name.clone())
+            })
+            .ok()
+            .flatten()
+    }
+
+    async fn decrypt(
+        &self,
+        peer: &Peer,
+        text: &str,
+        context: BTreeMap<String, String>,
+    ) -> ClientResponse {
+        let ct = match qk_crypto::Ciphertext::from_text(text) {
+            Ok(ct) => ct,
+            Err(e) => return ClientResponse::Error(format!("ciphertext does not decode: {e}")),
+        };
+        let Some(name) = self.key_name_for(&ct) else {
+            return ClientResponse::Error(format!("no key with id {} in this cluster", ct.key_id));
+        };
+        let (outcome, _faulty) = self
+            .quorum
+            .unwrap(name, ct.to_bytes(), context, peer.to_string())
+            .await;
+        match outcome {
+            Ok(plain) => ClientResponse::Plaintext(qk_raft::Redacted(plain.expose().to_vec())),
+            Err(e) => ClientResponse::Error(format!("decryption failed: {e}")),
+        }
+    }
+
+    fn partial(
+        &self,
+        peer: &Peer,
+        text: &str,
+        context: BTreeMap<String, String>,
+    ) -> ClientResponse {
+        let ct = match qk_crypto::Ciphertext::from_text(text) {
+            Ok(ct) => ct,
+            Err(e) => return ClientResponse::Error(format!("ciphertext does not decode: {e}")),
+        };
+        let Some(name) = self.key_name_for(&ct) else {
+            return ClientResponse::Error(format!("no key with id {} in this cluster", ct.key_id));
+        };
+        let request = qk_protocol::PartialRequest {
+            op_id: 0,
+            key: ct.key_id,
+            name,
+            version: ct.version,
+            ciphertext: ct.to_bytes(),
+            context,
+            principal: peer.to_string(),
+        };
+        match self.quorum.own_partial(&request) {
+            Ok(bytes) => ClientResponse::Partial(bytes),
+            Err(reason) => {
+                ClientResponse::Error(format!("node {} refused a partial: {reason}", self.id))
+            }
+        }
+    }
+
+    /// Once this node has caught up with the log, erase shares of versions
+    /// destroyed or failed meanwhile and check every other share.
+    async fn reconcile_shares(&self, io: Arc<dyn crate::quorum::Io>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = self.raft.metrics().borrow().clone();
+            let caught_up =
+                m.current_leader.is_some() && m.last_applied.map(|l| l.index) >= m.last_log_index;
+            if caught_up || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match self.quorum.reconcile(&io).await {
+            Ok(()) => info!("share store checked against the replicated commitments"),
+            Err(e) => warn!("share store check failed: {e}"),
         }
     }
 
@@ -293,6 +554,10 @@ impl Node {
             last_log_index: m.last_log_index,
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
+            addrs: membership
+                .nodes()
+                .map(|(id, n)| (*id, n.rpc_addr.clone()))
+                .collect(),
             state_digest: digest,
             key_count,
             audit_len,
@@ -302,6 +567,9 @@ impl Node {
     /// Stamps the leader's time and the authenticated principal, then proposes.
     /// Followers forward to the leader once.
     async fn write(&self, peer: &Peer, mut cmd: Command) -> ClientResponse {
+        if let Err(e) = authorize_write(peer, &cmd) {
+            return ClientResponse::Error(e);
+        }
         cmd.principal = match peer {
             Peer::Client(name) => name.clone(),
             Peer::Node(id) if *id == self.id => cmd.principal,
@@ -319,7 +587,9 @@ impl Node {
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 match (f.leader_id, f.leader_node) {
-                    (Some(leader), Some(node)) if matches!(peer, Peer::Client(_)) => {
+                    (Some(leader), Some(node))
+                        if matches!(peer, Peer::Client(_)) || *peer == Peer::Node(self.id) =>
+                    {
                         self.forward(leader, &node, ClientRequest::Write(cmd)).await
                     }
                     (leader, node) => ClientResponse::NotLeader {
@@ -422,6 +692,12 @@ impl RpcHandler for Node {
                 }
                 (PeerRequest::Client(r), _) => {
                     PeerResponse::Client(self.handle_client(&peer, r).await)
+                }
+                (PeerRequest::Protocol(bytes), Peer::Node(from)) => {
+                    match self.quorum.on_message(NodeIdT(*from), &bytes) {
+                        Ok(()) => PeerResponse::ProtocolAccepted,
+                        Err(e) => PeerResponse::Refused(format!("protocol message refused: {e}")),
+                    }
                 }
                 (_, Peer::Client(name)) => PeerResponse::Refused(format!(
                     "client {name} may not send Raft messages; only node certificates may"

@@ -86,6 +86,7 @@ fn describe(resp: &PeerResponse) -> String {
         PeerResponse::InstallSnapshot(_) => "an InstallSnapshot response".to_owned(),
         PeerResponse::Client(_) => "a client response".to_owned(),
         PeerResponse::Refused(_) => "a refusal".to_owned(),
+        PeerResponse::ProtocolAccepted => "a protocol acknowledgement".to_owned(),
     }
 }
 

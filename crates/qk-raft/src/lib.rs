@@ -5,6 +5,7 @@
 //! bounded by the frame limit before parsing.
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Cursor;
 
@@ -60,6 +61,40 @@ pub enum ClientRequest {
     Status,
     /// Add a node as a learner, then promote it to voter (leader only).
     Join { node_id: NodeId, node: QkNode },
+    /// Wrap `plaintext` under the key's newest enabled version (no quorum).
+    Encrypt {
+        name: String,
+        context: BTreeMap<String, String>,
+        plaintext: Redacted,
+    },
+    /// Unwrap with server-side combining: the node gathers `t` partials.
+    Decrypt {
+        ciphertext: String,
+        context: BTreeMap<String, String>,
+    },
+    /// This node's own partial decryption, for client-side combining. The
+    /// answer is an encoded `qk_crypto::PartialDecryption`.
+    Partial {
+        ciphertext: String,
+        context: BTreeMap<String, String>,
+    },
+}
+
+/// Secret bytes in a message (plaintext, data keys): zeroized on drop and
+/// never printed by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redacted(pub Vec<u8>);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<redacted {} bytes>", self.0.len())
+    }
+}
+
+impl Drop for Redacted {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +106,8 @@ pub struct NodeStatus {
     pub last_log_index: Option<u64>,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
+    /// Every member's RPC address.
+    pub addrs: BTreeMap<NodeId, String>,
     /// SHA-256 of the applied state, to compare replicas.
     pub state_digest: [u8; 32],
     pub key_count: u64,
@@ -88,6 +125,14 @@ pub enum ClientResponse {
     Audit(Vec<AuditRecord>),
     Status(NodeStatus),
     Joined,
+    /// `qk:v1:` text of the ciphertext, and the version that wrapped it.
+    Ciphertext {
+        text: String,
+        version: u32,
+    },
+    Plaintext(Redacted),
+    /// An encoded partial decryption (client-side combining).
+    Partial(Vec<u8>),
     /// This node is not the leader; retry at the leader if known.
     NotLeader {
         leader: Option<NodeId>,
@@ -104,10 +149,14 @@ pub enum PeerRequest {
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     Client(ClientRequest),
+    /// An encoded `qk_protocol::ProtocolMessage` between nodes.
+    Protocol(Vec<u8>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerResponse {
+    /// A protocol message was accepted for processing.
+    ProtocolAccepted,
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     InstallSnapshot(

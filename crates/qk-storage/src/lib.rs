@@ -65,6 +65,7 @@
 mod codec;
 mod error;
 mod log_store;
+pub mod shares;
 mod state_machine;
 
 #[cfg(test)]
@@ -75,7 +76,8 @@ use std::path::Path;
 pub use codec::{MAX_LOG_ENTRY_BYTES, MAX_META_BYTES, MAX_SNAPSHOT_BYTES};
 pub use error::StoreError;
 pub use log_store::{LogStore, MAX_REPLICATION_BATCH_BYTES};
-pub use state_machine::{AppliedState, SnapshotBuilder, StateMachineStore, StateReader};
+pub use shares::{SealKey, ShareSlot, ShareStore, ShareStoreError};
+pub use state_machine::{AppliedState, ApplyHook, SnapshotBuilder, StateMachineStore, StateReader};
 
 pub type NodeId = qk_raft::NodeId;
 pub type Entry = openraft::Entry<qk_raft::TypeConfig>;

@@ -10,7 +10,7 @@ use openraft::{
     StoredMembership,
 };
 use qk_raft::{QkNode, TypeConfig};
-use qk_state::{Applied, Response, StateMachine};
+use qk_state::{Applied, Command, Response, StateMachine};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, MAX_META_BYTES, MAX_SNAPSHOT_BYTES};
@@ -135,7 +135,14 @@ struct Shared {
     /// Serialises writes of the snapshot + checkpoint pair, so a slow builder
     /// cannot overwrite a newer installed snapshot.
     snapshot_write: Mutex<()>,
+    /// Called after each applied command, with the state as of that entry.
+    hook: Mutex<Option<ApplyHook>>,
 }
+
+/// Observer of applied commands: `(state after the entry, log index, command,
+/// response)`. Runs inside `apply` with the state locked: keep it short and
+/// never block on Raft from it.
+pub type ApplyHook = Box<dyn FnMut(&StateMachine, u64, &Command, &Response) + Send>;
 
 impl Shared {
     fn read(&self) -> Result<RwLockReadGuard<'_, AppliedState>, StoreError> {
@@ -309,7 +316,15 @@ impl StateMachineStore {
                 snapshots,
                 state: RwLock::new(state),
                 snapshot_write: Mutex::new(()),
+                hook: Mutex::new(None),
             }),
+        }
+    }
+
+    /// Installs the observer of applied commands (replacing any previous one).
+    pub fn set_apply_hook(&self, hook: ApplyHook) {
+        if let Ok(mut slot) = self.shared.hook.lock() {
+            *slot = Some(hook);
         }
     }
 
@@ -407,11 +422,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut state = self.shared.write().map_err(error::write_sm)?;
         let entries = entries.into_iter();
         let mut responses = Vec::with_capacity(entries.size_hint().0);
+        let mut hook = self
+            .shared
+            .hook
+            .lock()
+            .map_err(|_| error::write_sm(StoreError::Poisoned))?;
         for entry in entries {
             state.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => no_command_response(),
-                EntryPayload::Normal(cmd) => state.machine.apply(&cmd),
+                EntryPayload::Normal(cmd) => {
+                    let response = state.machine.apply(&cmd);
+                    if let Some(h) = hook.as_mut() {
+                        h(&state.machine, entry.log_id.index, &cmd, &response);
+                    }
+                    response
+                }
                 EntryPayload::Membership(m) => {
                     state.last_membership = StoredMembership::new(Some(entry.log_id), m);
                     no_command_response()

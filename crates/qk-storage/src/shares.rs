@@ -1,0 +1,322 @@
+//! The sealed share store: one AEAD-sealed file per share.
+//!
+//! Each share is sealed with the node seal key (AES-256-GCM, random nonce,
+//! additional data = key id ‖ version ‖ epoch ‖ node id), so a sealed share
+//! copied to another slot or node does not open. Files rather than sled
+//! values: a log-structured store keeps old values in its segments until it
+//! compacts, so a destroyed share could linger on disk; a file can be
+//! overwritten in place, synced and unlinked.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use qk_crypto::KeyShare;
+use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
+use rand::Rng;
+use zeroize::Zeroizing;
+
+const SEAL_MAGIC: &[u8; 4] = b"QKS1";
+const NONCE_LEN: usize = 12;
+/// A sealed share is magic + nonce + sealed 36-byte share + tag; anything far
+/// larger is not ours.
+const MAX_SEALED_LEN: usize = 256;
+const SEAL_KEY_LEN: usize = 32;
+const SALT_LEN: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShareStoreError {
+    #[error("share store I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("seal key file {0} is readable by group or others; run `chmod 600` on it")]
+    KeyFilePermissions(PathBuf),
+    #[error("seal key file {0} is not a 32-byte key; restore it from backup (shares sealed with another key cannot be opened)")]
+    KeyFileInvalid(PathBuf),
+    #[error("seal key file {0} already exists; refusing to overwrite it")]
+    KeyFileExists(PathBuf),
+    #[error("passphrase file {0} is empty; put the passphrase in it")]
+    EmptyPassphrase(PathBuf),
+    #[error("deriving the seal key from the passphrase failed: {0}")]
+    Kdf(String),
+    #[error("sealed share for key {key} {version} epoch {epoch} does not open: it was modified, moved from another slot, or sealed with another seal key")]
+    Unseal {
+        key: KeyId,
+        version: KeyVersion,
+        epoch: u64,
+    },
+    #[error("sealed share file {0} is malformed")]
+    Malformed(PathBuf),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ShareStoreError + '_ {
+    move |source| ShareStoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The node seal key. Never logged, never in the Raft log or config in clear.
+pub struct SealKey(Zeroizing<[u8; SEAL_KEY_LEN]>);
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealKey(<redacted>)")
+    }
+}
+
+impl SealKey {
+    /// Creates a random key file with mode 0600 (fails if it exists).
+    pub fn create_key_file(path: &Path) -> Result<SealKey, ShareStoreError> {
+        let mut key = Zeroizing::new([0u8; SEAL_KEY_LEN]);
+        rand::rng().fill_bytes(key.as_mut());
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => {
+                    ShareStoreError::KeyFileExists(path.to_path_buf())
+                }
+                _ => ShareStoreError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                },
+            })?;
+        file.write_all(key.as_ref()).map_err(io(path))?;
+        file.sync_all().map_err(io(path))?;
+        Ok(SealKey(key))
+    }
+
+    /// Loads a key file, refusing one that group or others can read.
+    pub fn load_key_file(path: &Path) -> Result<SealKey, ShareStoreError> {
+        let meta = fs::metadata(path).map_err(io(path))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(ShareStoreError::KeyFilePermissions(path.to_path_buf()));
+        }
+        let bytes = Zeroizing::new(fs::read(path).map_err(io(path))?);
+        let key: [u8; SEAL_KEY_LEN] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| ShareStoreError::KeyFileInvalid(path.to_path_buf()))?;
+        Ok(SealKey(Zeroizing::new(key)))
+    }
+
+    /// Derives the key with Argon2id from the passphrase in `passphrase_file`
+    /// and a salt kept (created once) at `salt_path`.
+    pub fn from_passphrase_file(
+        passphrase_file: &Path,
+        salt_path: &Path,
+    ) -> Result<SealKey, ShareStoreError> {
+        let text = Zeroizing::new(fs::read(passphrase_file).map_err(io(passphrase_file))?);
+        let passphrase = text.trim_ascii_end();
+        if passphrase.is_empty() {
+            return Err(ShareStoreError::EmptyPassphrase(
+                passphrase_file.to_path_buf(),
+            ));
+        }
+        let salt = match fs::read(salt_path) {
+            Ok(s) if s.len() == SALT_LEN => s,
+            Ok(_) => return Err(ShareStoreError::Malformed(salt_path.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut s = vec![0u8; SALT_LEN];
+                rand::rng().fill_bytes(&mut s);
+                write_synced(salt_path, &s)?;
+                s
+            }
+            Err(e) => return Err(io(salt_path)(e)),
+        };
+        let mut key = Zeroizing::new([0u8; SEAL_KEY_LEN]);
+        argon2::Argon2::default()
+            .hash_password_into(passphrase, &salt, key.as_mut())
+            .map_err(|e| ShareStoreError::Kdf(e.to_string()))?;
+        Ok(SealKey(key))
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ShareStoreError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// Which share: key, version, epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ShareSlot {
+    pub key: KeyId,
+    pub version: KeyVersion,
+    pub epoch: Epoch,
+}
+
+impl ShareSlot {
+    fn file_name(&self) -> String {
+        format!("{}-{}-{}.share", self.key, self.version.0, self.epoch.0)
+    }
+
+    fn parse(name: &str) -> Option<ShareSlot> {
+        let stem = name.strip_suffix(".share")?;
+        let mut parts = stem.split('-');
+        let key_hex = parts.next()?;
+        let version = parts.next()?.parse().ok()?;
+        let epoch = parts.next()?.parse().ok()?;
+        if parts.next().is_some() || key_hex.len() != 32 {
+            return None;
+        }
+        let mut key = [0u8; 16];
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(key_hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(ShareSlot {
+            key: KeyId(key),
+            version: KeyVersion(version),
+            epoch: Epoch(epoch),
+        })
+    }
+
+    fn aad(&self, node: NodeId) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(16 + 4 + 8 + 8);
+        aad.extend_from_slice(&self.key.0);
+        aad.extend_from_slice(&self.version.0.to_be_bytes());
+        aad.extend_from_slice(&self.epoch.0.to_be_bytes());
+        aad.extend_from_slice(&node.0.to_be_bytes());
+        aad
+    }
+}
+
+/// Shares this node holds, sealed at rest.
+#[derive(Debug)]
+pub struct ShareStore {
+    dir: PathBuf,
+    node: NodeId,
+    seal: SealKey,
+}
+
+impl ShareStore {
+    pub fn open(dir: &Path, node: NodeId, seal: SealKey) -> Result<ShareStore, ShareStoreError> {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+        Ok(ShareStore {
+            dir: dir.to_path_buf(),
+            node,
+            seal,
+        })
+    }
+
+    fn cipher(&self) -> Aes256Gcm {
+        Aes256Gcm::new(&(*self.seal.0).into())
+    }
+
+    /// Seals and stores a share, synced to disk before returning.
+    pub fn put(&self, slot: ShareSlot, share: &KeyShare) -> Result<(), ShareStoreError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let plain = share.to_secret_bytes();
+        let aad = slot.aad(self.node);
+        let sealed = self
+            .cipher()
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| ShareStoreError::Kdf("sealing failed".into()))?;
+        let mut file = Vec::with_capacity(4 + NONCE_LEN + sealed.len());
+        file.extend_from_slice(SEAL_MAGIC);
+        file.extend_from_slice(&nonce);
+        file.extend_from_slice(&sealed);
+        let path = self.dir.join(slot.file_name());
+        let tmp = self.dir.join(format!("{}.tmp", slot.file_name()));
+        write_synced(&tmp, &file)?;
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))
+    }
+
+    /// Opens a share; `None` if this node holds none for the slot.
+    pub fn get(&self, slot: ShareSlot) -> Result<Option<KeyShare>, ShareStoreError> {
+        let path = self.dir.join(slot.file_name());
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        if bytes.len() > MAX_SEALED_LEN || bytes.len() < 4 + NONCE_LEN || &bytes[..4] != SEAL_MAGIC
+        {
+            return Err(ShareStoreError::Malformed(path));
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&bytes[4..4 + NONCE_LEN]);
+        let unseal_err = || ShareStoreError::Unseal {
+            key: slot.key,
+            version: slot.version,
+            epoch: slot.epoch.0,
+        };
+        let aad = slot.aad(self.node);
+        let plain = Zeroizing::new(
+            self.cipher()
+                .decrypt(
+                    &Nonce::from(nonce),
+                    Payload {
+                        msg: &bytes[4 + NONCE_LEN..],
+                        aad: &aad,
+                    },
+                )
+                .map_err(|_| unseal_err())?,
+        );
+        KeyShare::from_secret_bytes(&plain)
+            .map(Some)
+            .map_err(|_| unseal_err())
+    }
+
+    /// Overwrites the sealed share with zeros, syncs, and unlinks it.
+    pub fn erase(&self, slot: ShareSlot) -> Result<bool, ShareStoreError> {
+        let path = self.dir.join(slot.file_name());
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len() as usize,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        f.write_all(&vec![0u8; len]).map_err(io(&path))?;
+        f.sync_all().map_err(io(&path))?;
+        drop(f);
+        fs::remove_file(&path).map_err(io(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        Ok(true)
+    }
+
+    /// Every slot this node holds a file for.
+    pub fn slots(&self) -> Result<Vec<ShareSlot>, ShareStoreError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let entry = entry.map_err(io(&self.dir))?;
+            if let Some(slot) = entry.file_name().to_str().and_then(ShareSlot::parse) {
+                out.push(slot);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}

@@ -1,0 +1,411 @@
+//! Runs the sans-IO quorum protocol (`qk-protocol`) inside the node: feeds it
+//! applied log entries, peer messages, ticks and unwrap requests, and executes
+//! its actions (send, propose, persist or erase a share, answer a partial).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use qk_protocol::{
+    answer_partial, Action, Event, NodeProtocol, OpId, PartialRequest, Plaintext, ProtocolConfig,
+    ProtocolMessage, UnwrapError, UnwrapMode, UnwrapRequest,
+};
+use qk_state::{Command, Operation, Response, StateMachine, VersionState};
+use qk_storage::{ShareSlot, ShareStore, StateReader};
+use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+/// How often the protocol's timeouts are driven.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The protocol and what it needs synchronously (called from the apply hook).
+pub struct QuorumCore {
+    me: NodeId,
+    protocol: Mutex<NodeProtocol>,
+    actions: mpsc::UnboundedSender<Vec<Action>>,
+    /// Entries stamped before this process started are replays: the start-up
+    /// reconciliation covers them, the protocol does not react to them.
+    started_ms: u64,
+}
+
+impl QuorumCore {
+    pub fn new(
+        me: NodeId,
+        started_ms: u64,
+    ) -> (Arc<QuorumCore>, mpsc::UnboundedReceiver<Vec<Action>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let core = QuorumCore {
+            me,
+            protocol: Mutex::new(NodeProtocol::new(me, ProtocolConfig::default())),
+            actions: tx,
+            started_ms,
+        };
+        (Arc::new(core), rx)
+    }
+
+    fn handle(&self, state: &StateMachine, event: Event) {
+        let actions = match self.protocol.lock() {
+            Ok(mut p) => p.handle(state, event, &mut rand::rng()),
+            Err(_) => {
+                error!("protocol state poisoned by an earlier panic; restart the node");
+                return;
+            }
+        };
+        if !actions.is_empty() {
+            let _ = self.actions.send(actions);
+        }
+    }
+
+    /// The apply hook: runs with the state as of `index`.
+    pub fn on_applied(
+        &self,
+        state: &StateMachine,
+        index: u64,
+        command: &Command,
+        response: &Response,
+    ) {
+        if command.time_ms < self.started_ms {
+            return;
+        }
+        self.handle(
+            state,
+            Event::Applied {
+                index,
+                command: command.clone(),
+                response: response.clone(),
+            },
+        );
+    }
+}
+
+/// The outcome of a server-side unwrap.
+pub type UnwrapOutcome = Result<Plaintext, UnwrapError>;
+
+/// Where a finished unwrap is delivered: the outcome and any faulty holders.
+type Waiter = oneshot::Sender<(UnwrapOutcome, Vec<NodeId>)>;
+
+/// The node-side runtime of the protocol.
+pub struct Quorum {
+    pub core: Arc<QuorumCore>,
+    state: StateReader,
+    shares: ShareStore,
+    /// Shares that failed their start-up check: never served.
+    refused: Mutex<BTreeSet<ShareSlot>>,
+    pending: Mutex<BTreeMap<OpId, Waiter>>,
+    next_op: AtomicU64,
+}
+
+/// What the runtime needs from the node: sending to peers and proposing.
+pub trait Io: Send + Sync + 'static {
+    fn send(&self, to: NodeId, bytes: Vec<u8>) -> qk_net::BoxFuture<'_, ()>;
+    fn propose(&self, op: Operation) -> qk_net::BoxFuture<'_, ()>;
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn slot(key: KeyId, version: KeyVersion, epoch: Epoch) -> ShareSlot {
+    ShareSlot {
+        key,
+        version,
+        epoch,
+    }
+}
+
+impl Quorum {
+    pub fn new(core: Arc<QuorumCore>, state: StateReader, shares: ShareStore) -> Quorum {
+        Quorum {
+            core,
+            state,
+            shares,
+            refused: Mutex::new(BTreeSet::new()),
+            pending: Mutex::new(BTreeMap::new()),
+            next_op: AtomicU64::new(1),
+        }
+    }
+
+    fn with_state(&self, f: impl FnOnce(&StateMachine)) {
+        if let Err(e) = self.state.read(|a| f(a.machine())) {
+            error!("cannot read the local state: {e}");
+        }
+    }
+
+    pub fn on_message(&self, from: NodeId, bytes: &[u8]) -> Result<(), String> {
+        let msg = ProtocolMessage::decode(bytes).map_err(|e| e.to_string())?;
+        self.with_state(|s| self.core.handle(s, Event::Message { from, msg }));
+        Ok(())
+    }
+
+    fn tick(&self) {
+        let now_ms = now_ms();
+        self.with_state(|s| self.core.handle(s, Event::Tick { now_ms }));
+    }
+
+    /// Server-side unwrap: asks the holders, waits for the combination.
+    pub async fn unwrap(
+        &self,
+        name: String,
+        ciphertext: Vec<u8>,
+        context: BTreeMap<String, String>,
+        principal: String,
+    ) -> (UnwrapOutcome, Vec<NodeId>) {
+        let op_id = self.next_op.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(op_id, tx);
+        }
+        let request = UnwrapRequest {
+            op_id,
+            name,
+            ciphertext,
+            context,
+            principal,
+            mode: UnwrapMode::ServerSide,
+        };
+        let now_ms = now_ms();
+        self.with_state(|s| self.core.handle(s, Event::StartUnwrap { now_ms, request }));
+        // The protocol bounds the wait itself; this is a backstop.
+        match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(outcome)) => outcome,
+            _ => (
+                Err(UnwrapError::BadCiphertext(
+                    "the unwrap was dropped; retry".into(),
+                )),
+                Vec::new(),
+            ),
+        }
+    }
+
+    /// This node's own partial, for client-side combining.
+    pub fn own_partial(&self, request: &PartialRequest) -> Result<Vec<u8>, String> {
+        let mut out = Err("no state".to_string());
+        self.with_state(|s| {
+            let share = self.load_share(s, request.key, request.version);
+            let msg = answer_partial(
+                s,
+                self.core.me,
+                share.as_ref(),
+                request,
+                |_, _, _| Ok(()),
+                &mut rand::rng(),
+            );
+            out = match msg {
+                ProtocolMessage::PartialResponse { result, .. } => result,
+                _ => Err("unexpected protocol answer".into()),
+            };
+        });
+        out
+    }
+
+    fn load_share(
+        &self,
+        s: &StateMachine,
+        key: KeyId,
+        version: KeyVersion,
+    ) -> Option<qk_crypto::KeyShare> {
+        let record = s.keys().find(|k| k.id == key)?;
+        let epoch = record.version(version)?.epoch;
+        let slot = slot(key, version, epoch);
+        if self
+            .refused
+            .lock()
+            .map(|r| r.contains(&slot))
+            .unwrap_or(true)
+        {
+            return None;
+        }
+        match self.shares.get(slot) {
+            Ok(share) => share,
+            Err(e) => {
+                error!("{e}");
+                None
+            }
+        }
+    }
+
+    /// Executes action batches in order: share writes and erasures complete
+    /// before later actions of the same batch; sends and proposals run
+    /// concurrently so one slow peer holds nothing up.
+    pub async fn run(
+        self: Arc<Self>,
+        io: Arc<dyn Io>,
+        mut rx: mpsc::UnboundedReceiver<Vec<Action>>,
+    ) {
+        let ticker = {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(TICK);
+                loop {
+                    interval.tick().await;
+                    me.tick();
+                }
+            })
+        };
+        while let Some(batch) = rx.recv().await {
+            for action in batch {
+                self.execute(action, &io);
+            }
+        }
+        ticker.abort();
+    }
+
+    fn execute(self: &Arc<Self>, action: Action, io: &Arc<dyn Io>) {
+        match action {
+            Action::Send { to, msg } => self.send(io, to, &msg),
+            Action::Propose(op) => {
+                let io = io.clone();
+                tokio::spawn(async move { io.propose(op).await });
+            }
+            Action::PersistShare {
+                key,
+                name,
+                version,
+                epoch,
+                share,
+            } => {
+                if let Err(e) = self.shares.put(slot(key, version, epoch), &share) {
+                    error!(key = %name, %version, "cannot store the new share: {e}");
+                }
+            }
+            Action::EraseShare {
+                key,
+                name,
+                version,
+                epoch,
+            } => match self.shares.erase(slot(key, version, epoch)) {
+                Ok(true) => info!(key = %name, %version, "share erased"),
+                Ok(false) => {}
+                Err(e) => error!(key = %name, %version, "cannot erase the share: {e}"),
+            },
+            Action::AnswerPartial { to, request } => {
+                let answer = match self.own_partial(&request) {
+                    result => ProtocolMessage::PartialResponse {
+                        op_id: request.op_id,
+                        result,
+                    },
+                };
+                self.send(io, to, &answer);
+            }
+            Action::UnwrapDone {
+                op_id,
+                result,
+                faulty,
+            } => {
+                for node in &faulty {
+                    warn!(%node, "holder sent an invalid partial decryption");
+                }
+                if let Some(tx) = self.pending.lock().ok().and_then(|mut p| p.remove(&op_id)) {
+                    let _ = tx.send((result, faulty));
+                }
+            }
+            Action::Warning(w) => warn!("{w}"),
+            other => warn!("unhandled protocol action {other:?}"),
+        }
+    }
+
+    fn send(self: &Arc<Self>, io: &Arc<dyn Io>, to: NodeId, msg: &ProtocolMessage) {
+        let bytes = match msg.encode() {
+            Ok(b) => b.to_vec(),
+            Err(e) => return error!("cannot encode a protocol message: {e}"),
+        };
+        if to == self.core.me {
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.on_message(to, &bytes) {
+                    error!("own protocol message refused: {e}");
+                }
+            });
+            return;
+        }
+        let io = io.clone();
+        tokio::spawn(async move { io.send(to, bytes).await });
+    }
+
+    /// At start: erase shares of versions that were destroyed or failed while
+    /// this node was away, and refuse to serve any share that does not open or
+    /// does not match the replicated commitments.
+    pub async fn reconcile(&self, io: &Arc<dyn Io>) -> Result<()> {
+        let slots = self.shares.slots()?;
+        let mut receipts = Vec::new();
+        for slot in slots {
+            let mut verdict = Verdict::Keep;
+            self.with_state(|s| verdict = self.check_slot(s, slot));
+            match verdict {
+                Verdict::Keep => {}
+                Verdict::Erase { receipt } => {
+                    self.shares.erase(slot)?;
+                    info!(key = %slot.key, version = %slot.version, "erased a share of a destroyed or failed version");
+                    receipts.extend(receipt);
+                }
+                Verdict::Refuse(reason) => {
+                    error!("refusing to serve a share: {reason}");
+                    if let Ok(mut r) = self.refused.lock() {
+                        r.insert(slot);
+                    }
+                }
+            }
+        }
+        for op in receipts {
+            io.propose(op).await;
+        }
+        Ok(())
+    }
+
+    fn check_slot(&self, s: &StateMachine, slot: ShareSlot) -> Verdict {
+        let Some(record) = s.keys().find(|k| k.id == slot.key) else {
+            return Verdict::Keep;
+        };
+        let Some(version) = record.version(slot.version) else {
+            return Verdict::Keep;
+        };
+        match &version.state {
+            VersionState::Destroying | VersionState::Destroyed | VersionState::Failed { .. } => {
+                let receipt = (version.state == VersionState::Destroying
+                    && !version.erase_receipts.contains(&self.core.me))
+                .then(|| Operation::EraseReceipt {
+                    name: record.name.clone(),
+                    version: slot.version,
+                    node: self.core.me,
+                });
+                return Verdict::Erase { receipt };
+            }
+            _ => {}
+        }
+        let Some(bytes) = &version.public_keys else {
+            return Verdict::Keep;
+        };
+        let what = format!(
+            "key {:?} version {} epoch {}",
+            record.name, slot.version.0, slot.epoch.0
+        );
+        let keys = match qk_crypto::PublicKeySet::from_bytes(bytes) {
+            Ok(k) => k,
+            Err(e) => {
+                return Verdict::Refuse(format!("{what}: replicated key set unreadable: {e}"))
+            }
+        };
+        match self.shares.get(slot) {
+            Ok(Some(share)) => match keys.verify_share(&share) {
+                Ok(()) => Verdict::Keep,
+                Err(_) => Verdict::Refuse(format!(
+                    "share of {what} does not match the replicated commitments; restore the node's share store or reshare the key"
+                )),
+            },
+            Ok(None) => Verdict::Keep,
+            Err(e) => Verdict::Refuse(format!("share of {what}: {e}")),
+        }
+    }
+}
+
+enum Verdict {
+    Keep,
+    Erase { receipt: Option<Operation> },
+    Refuse(String),
+}
