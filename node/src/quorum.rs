@@ -285,11 +285,9 @@ impl Quorum {
                 Err(e) => error!(key = %name, %version, "cannot erase the share: {e}"),
             },
             Action::AnswerPartial { to, request } => {
-                let answer = match self.own_partial(&request) {
-                    result => ProtocolMessage::PartialResponse {
-                        op_id: request.op_id,
-                        result,
-                    },
+                let answer = ProtocolMessage::PartialResponse {
+                    op_id: request.op_id,
+                    result: self.own_partial(&request),
                 };
                 self.send(io, to, &answer);
             }
