@@ -40,6 +40,8 @@ pub struct Cluster {
     pub procs: Vec<Option<Child>>,
     pub pool: Dialer,
     pub snapshot_after: u64,
+    /// `QK_LOG` for spawned nodes.
+    pub log_filter: String,
 }
 
 impl Cluster {
@@ -104,6 +106,7 @@ impl Cluster {
             procs: (0..n).map(|_| None).collect(),
             pool,
             snapshot_after,
+            log_filter: "info,openraft=info".into(),
         };
         for id in 1..=n {
             c.write_config(id);
@@ -122,7 +125,7 @@ impl Cluster {
             .arg("--config")
             .arg(self.config_path(id))
             .args(extra)
-            .env("QK_LOG", "info,openraft=info")
+            .env("QK_LOG", &self.log_filter)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -133,13 +136,20 @@ impl Cluster {
     /// Starts `n` nodes: node 1 bootstraps, the others join through it.
     pub fn start(bin: &Path, n: u64, snapshot_after: u64) -> Cluster {
         let mut c = Cluster::prepare(bin, n, snapshot_after);
+        c.boot();
+        c
+    }
+
+    /// Starts every prepared node: node 1 bootstraps, the others join.
+    pub fn boot(&mut self) {
+        let n = self.ports.len() as u64;
+        let c = self;
         c.spawn(1, &["--bootstrap".into()]);
         c.wait_status(1, |s| s.leader == Some(1));
         for id in 2..=n {
             c.spawn(id, &["--join".into(), c.addr(1)]);
             c.wait_status(1, |s| s.voters.contains(&id));
         }
-        c
     }
 
     pub fn kill(&mut self, id: u64) {
@@ -265,7 +275,7 @@ pub fn dialer(ca: &Path, cert: &Path, key: &Path) -> Dialer {
     let ca = CaCert::load(ca).expect("ca");
     let creds = Credentials::load(cert, key).expect("creds");
     let mut cfg = NetConfig::default();
-    cfg.request_timeout = Duration::from_secs(5);
+    cfg.request_timeout = Duration::from_secs(15);
     Dialer::new(&ca, &creds, cfg).expect("dialer")
 }
 
@@ -303,4 +313,181 @@ pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 pub fn path_str(p: &Path) -> String {
     p.to_str().unwrap().to_string()
+}
+
+/// Key operations over the client protocol.
+impl Cluster {
+    pub async fn key(&self, via: u64, name: &str) -> Option<qk_state::KeyRecord> {
+        match self
+            .request(via, ClientRequest::GetKey { name: name.into() })
+            .await
+        {
+            Ok(ClientResponse::Key(k)) => k,
+            _ => None,
+        }
+    }
+
+    /// Waits until `pred` holds for the key as node `via` sees it.
+    pub fn wait_key(
+        &self,
+        via: u64,
+        name: &str,
+        pred: impl Fn(&qk_state::KeyRecord) -> bool,
+    ) -> qk_state::KeyRecord {
+        let h = tokio::runtime::Handle::current();
+        wait_until(&format!("key {name} on node {via}"), || {
+            tokio::task::block_in_place(|| h.block_on(self.key(via, name))).filter(|k| pred(k))
+        })
+    }
+
+    pub async fn create(
+        &self,
+        via: u64,
+        name: &str,
+        threshold: u16,
+        holders: &[u64],
+    ) -> Result<(), String> {
+        let op = Operation::CreateKey(CreateKey {
+            name: name.into(),
+            description: "test key".into(),
+            owner: "tests".into(),
+            purpose: "encrypt".into(),
+            rotation_period_ms: None,
+            expires_at_ms: None,
+            threshold,
+            holders: holders.iter().map(|h| NodeId(*h)).collect(),
+        });
+        let (_, response) = self.write(via, op, rand_request()).await?;
+        response.result.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    pub async fn op(&self, via: u64, op: Operation) -> Result<(), String> {
+        let (_, response) = self.write(via, op, rand_request()).await?;
+        response.result.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    pub async fn encrypt(
+        &self,
+        via: u64,
+        name: &str,
+        context: &[(&str, &str)],
+        plaintext: &[u8],
+    ) -> Result<(String, u32), String> {
+        let req = ClientRequest::Encrypt {
+            name: name.into(),
+            context: ctx(context),
+            plaintext: qk_raft::Redacted(plaintext.to_vec()),
+        };
+        match self.request(via, req).await? {
+            ClientResponse::Ciphertext { text, version } => Ok((text, version)),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    /// Server-side combining at node `via`.
+    pub async fn decrypt(
+        &self,
+        via: u64,
+        ciphertext: &str,
+        context: &[(&str, &str)],
+    ) -> Result<Vec<u8>, String> {
+        let req = ClientRequest::Decrypt {
+            ciphertext: ciphertext.into(),
+            context: ctx(context),
+        };
+        match self.request(via, req).await? {
+            ClientResponse::Plaintext(p) => Ok(p.0.clone()),
+            ClientResponse::Error(e) => Err(e),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    /// Client-side combining: partials from every running node, combined here.
+    pub async fn decrypt_client_side(
+        &self,
+        name: &str,
+        ciphertext: &str,
+        context: &[(&str, &str)],
+    ) -> Result<Vec<u8>, String> {
+        let ct = qk_crypto::Ciphertext::from_text(ciphertext).map_err(|e| e.to_string())?;
+        let mut record = None;
+        for id in 1..=self.ports.len() as u64 {
+            if self.procs[(id - 1) as usize].is_some() {
+                record = self.key(id, name).await;
+                break;
+            }
+        }
+        let record = record.ok_or("no running node knows the key")?;
+        let keys = record
+            .version(ct.version)
+            .and_then(|v| v.public_keys.clone())
+            .ok_or("version has no key set")?;
+        let keys = qk_crypto::PublicKeySet::from_bytes(&keys).map_err(|e| e.to_string())?;
+        let mut partials = Vec::new();
+        for id in 1..=self.ports.len() as u64 {
+            if self.procs[(id - 1) as usize].is_none() {
+                continue;
+            }
+            let req = ClientRequest::Partial {
+                ciphertext: ciphertext.into(),
+                context: ctx(context),
+            };
+            if let Ok(ClientResponse::Partial(bytes)) = self.request(id, req).await {
+                partials.push(
+                    qk_crypto::PartialDecryption::from_bytes(&bytes).map_err(|e| e.to_string())?,
+                );
+            }
+        }
+        qk_crypto::combine(
+            &keys,
+            &ct,
+            &ctx(context),
+            &partials,
+            qk_crypto::CombineMode::Optimistic,
+        )
+        .map(|c| c.plaintext.to_vec())
+        .map_err(|e| e.to_string())
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("data/node-{id}"))
+    }
+}
+
+pub fn ctx(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn rand_request() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1 << 40);
+    let pid = u64::from(std::process::id());
+    (pid << 48) ^ NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Every file under `dir`, recursively, with its bytes.
+pub fn read_tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                out.push((p, bytes));
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -181,7 +181,11 @@ fn start_etcd(peer_tls: bool) -> Result<Etcd> {
                 "--initial-advertise-peer-urls",
                 &format!("{scheme}://127.0.0.1:{}", peer[i]),
             ])
-            .args(if peer_tls { &["--peer-auto-tls"][..] } else { &[][..] })
+            .args(if peer_tls {
+                &["--peer-auto-tls"][..]
+            } else {
+                &[][..]
+            })
             .args(["--initial-cluster", &initial.join(",")])
             .args([
                 "--initial-cluster-state",
@@ -191,7 +195,9 @@ fn start_etcd(peer_tls: bool) -> Result<Etcd> {
             ])
             .args(["--logger", "zap", "--log-level", "error"])
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.path().join(format!("e{i}.log")))?))
+            .stderr(Stdio::from(std::fs::File::create(
+                dir.path().join(format!("e{i}.log")),
+            )?))
             .spawn()
             .context("cannot start etcd; install it with `apt-get install etcd-server`")?;
         children.push(child);
@@ -276,7 +282,9 @@ async fn main() -> Result<()> {
     let qk = bench_quorumkey(&bin).await?;
     let etcd = bench_etcd(false).await?;
     let etcd_tls = bench_etcd(true).await?;
-    let ratio = |e: &[LoadResult], i: usize| qk[i].ops_per_second / e[i].ops_per_second.max(f64::MIN_POSITIVE);
+    let ratio = |e: &[LoadResult], i: usize| {
+        qk[i].ops_per_second / e[i].ops_per_second.max(f64::MIN_POSITIVE)
+    };
     let report = json!({
         "benchmark": "replicated metadata writes, 3 nodes on loopback, fsync on",
         "value_bytes": VALUE_BYTES,

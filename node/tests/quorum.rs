@@ -1,0 +1,360 @@
+//! Quorum operations with real `qk-node` processes: generation, encrypt,
+//! server- and client-side decrypt, node loss, restarts, rotation,
+//! destruction, tampered shares, and no secrets on disk or in logs.
+
+use std::path::Path;
+
+use k256::elliptic_curve::PrimeField;
+use qk_state::{Operation, VersionState};
+use qk_testkit::cluster::*;
+use qk_types::KeyVersion;
+
+const BIN: &str = env!("CARGO_BIN_EXE_qk-node");
+const CTX: &[(&str, &str)] = &[("tenant", "acme"), ("purpose", "tests")];
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+fn enabled(v: u32) -> impl Fn(&qk_state::KeyRecord) -> bool {
+    move |k| {
+        k.version(KeyVersion(v))
+            .is_some_and(|r| r.state == VersionState::Enabled)
+    }
+}
+
+async fn lifecycle(n: u64, t: u16) {
+    let mut c = Cluster::start(bin(), n, 100_000);
+    let holders: Vec<u64> = (1..=n).collect();
+    c.create(1, "orders", t, &holders).await.expect("create");
+    c.wait_key(1, "orders", enabled(1));
+
+    let (ct1, v) = c
+        .encrypt(2, "orders", CTX, b"data key one")
+        .await
+        .expect("encrypt");
+    assert_eq!(v, 1);
+    for id in 1..=n {
+        assert_eq!(
+            c.decrypt(id, &ct1, CTX).await.expect("server-side decrypt"),
+            b"data key one"
+        );
+    }
+    assert_eq!(
+        c.decrypt_client_side("orders", &ct1, CTX)
+            .await
+            .expect("client-side"),
+        b"data key one"
+    );
+    let wrong = c
+        .decrypt(1, &ct1, &[("tenant", "other")])
+        .await
+        .expect_err("wrong context");
+    assert!(wrong.contains("context"), "{wrong}");
+
+    // Stop n - t holders: the remaining t still decrypt.
+    let stop: Vec<u64> = ((u64::from(t) + 1)..=n).collect();
+    for id in &stop {
+        c.kill(*id);
+    }
+    assert_eq!(
+        c.decrypt(1, &ct1, CTX).await.expect("t holders decrypt"),
+        b"data key one"
+    );
+    assert_eq!(
+        c.decrypt_client_side("orders", &ct1, CTX)
+            .await
+            .expect("client-side, t holders"),
+        b"data key one"
+    );
+
+    // One more down: a clear error within the timeout.
+    let extra = u64::from(t);
+    c.kill(extra);
+    let started = std::time::Instant::now();
+    let err = c
+        .decrypt(1, &ct1, CTX)
+        .await
+        .expect_err("t-1 holders cannot decrypt");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert!(
+        err.contains(&format!("needed {t} holders")) && err.contains("answered"),
+        "{err}"
+    );
+
+    // Restart them: decrypt again.
+    for id in stop.iter().chain([&extra]) {
+        c.restart(*id);
+    }
+    let leader_ok = |s: &qk_raft::NodeStatus| s.leader.is_some();
+    c.wait_status(1, leader_ok);
+    let plain = wait_until("decrypt after restart", || {
+        let h = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| h.block_on(c.decrypt(1, &ct1, CTX))).ok()
+    });
+    assert_eq!(plain, b"data key one");
+
+    // Restart every node: shares come back from disk.
+    for id in 1..=n {
+        c.stop(id);
+    }
+    for id in 1..=n {
+        c.restart(id);
+    }
+    c.wait_status(1, leader_ok);
+    let plain = wait_until("decrypt after full restart", || {
+        let h = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| h.block_on(c.decrypt(n, &ct1, CTX))).ok()
+    });
+    assert_eq!(plain, b"data key one");
+
+    // Rotate: new ciphertexts use v2; both versions decrypt.
+    let rotate = Operation::Rotate {
+        name: "orders".into(),
+        holders: holders.iter().map(|h| qk_types::NodeId(*h)).collect(),
+        generation_timeout_ms: None,
+    };
+    c.op(1, rotate).await.expect("rotate");
+    c.wait_key(1, "orders", enabled(2));
+    let (ct2, v) = c
+        .encrypt(1, "orders", CTX, b"data key two")
+        .await
+        .expect("encrypt v2");
+    assert_eq!(v, 2);
+    assert_eq!(c.decrypt(1, &ct1, CTX).await.expect("v1"), b"data key one");
+    assert_eq!(c.decrypt(1, &ct2, CTX).await.expect("v2"), b"data key two");
+
+    // Destroy v1: erased everywhere, and its ciphertexts fail forever.
+    c.op(
+        1,
+        Operation::ScheduleDestruction {
+            name: "orders".into(),
+            version: KeyVersion(1),
+            after_ms: 0,
+        },
+    )
+    .await
+    .expect("schedule");
+    c.op(
+        1,
+        Operation::Destroy {
+            name: "orders".into(),
+            version: KeyVersion(1),
+        },
+    )
+    .await
+    .expect("destroy");
+    let k = c.wait_key(1, "orders", |k| {
+        k.version(KeyVersion(1))
+            .is_some_and(|v| v.state == VersionState::Destroyed)
+    });
+    assert!(
+        k.version(KeyVersion(1)).expect("v1").erase_receipts.len()
+            >= (n as usize) - usize::from(t) + 1
+    );
+    let err = c.decrypt(1, &ct1, CTX).await.expect_err("destroyed");
+    assert!(err.contains("destroyed"), "{err}");
+    assert!(c.decrypt_client_side("orders", &ct1, CTX).await.is_err());
+    assert_eq!(
+        c.decrypt(2, &ct2, CTX).await.expect("v2 still decrypts"),
+        b"data key two"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_threshold_two_lifecycle() {
+    lifecycle(3, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_threshold_three_lifecycle() {
+    lifecycle(5, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_share_file_is_detected_at_start() {
+    let mut c = Cluster::start(bin(), 3, 100_000);
+    c.create(1, "k", 2, &[1, 2, 3]).await.expect("create");
+    c.wait_key(1, "k", enabled(1));
+    let (ct, _) = c.encrypt(1, "k", CTX, b"payload").await.expect("encrypt");
+    c.stop(2);
+    let shares = c.data_dir(2).join("shares");
+    let file = std::fs::read_dir(&shares)
+        .expect("shares")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "share"))
+        .expect("a share file");
+    let mut bytes = std::fs::read(&file).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&file, bytes).expect("tamper");
+    c.restart(2);
+    wait_until("node 2 to report the tampered share", || {
+        let log = std::fs::read_to_string(c.log_path(2)).unwrap_or_default();
+        (log.contains("refusing to serve a share") && log.contains("\"k\"")).then_some(())
+    });
+    // Node 2 refuses to use it, and the other holders still decrypt.
+    let err = c.decrypt_client_side("k", &ct, CTX).await;
+    assert!(err.is_ok(), "holders 1 and 3 suffice: {err:?}");
+    assert_eq!(
+        c.decrypt(2, &ct, CTX)
+            .await
+            .expect("server-side via node 2"),
+        b"payload"
+    );
+}
+
+/// Reads a node's sealed shares with its seal key (test-only inspection).
+fn unseal_all(dir: &Path, node: u64) -> Vec<(qk_storage::ShareSlot, Vec<u8>)> {
+    let seal = qk_storage::SealKey::load_key_file(&dir.join("seal.key")).expect("seal key");
+    let store = qk_storage::ShareStore::open(&dir.join("shares"), qk_types::NodeId(node), seal)
+        .expect("store");
+    store
+        .slots()
+        .expect("slots")
+        .into_iter()
+        .map(|s| {
+            let share = store.get(s).expect("opens").expect("present");
+            (s, share.to_secret_bytes()[4..].to_vec())
+        })
+        .collect()
+}
+
+fn scalar(bytes: &[u8]) -> k256::Scalar {
+    let arr: [u8; 32] = bytes.try_into().expect("32 bytes");
+    Option::from(k256::Scalar::from_repr(arr.into())).expect("canonical")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_on_disk_or_in_logs_and_nothing_left_after_destruction() {
+    let mut c = Cluster::prepare(bin(), 3, 100_000);
+    c.log_filter = "trace".into();
+    c.boot();
+    c.create(1, "vault", 2, &[1, 2, 3]).await.expect("create");
+    c.wait_key(1, "vault", enabled(1));
+    let data_key = b"0123456789abcdef-data-key-bytes!";
+    let (ct, _) = c.encrypt(1, "vault", CTX, data_key).await.expect("encrypt");
+    assert_eq!(c.decrypt(2, &ct, CTX).await.expect("decrypt"), data_key);
+    assert_eq!(
+        c.decrypt_client_side("vault", &ct, CTX)
+            .await
+            .expect("client"),
+        data_key
+    );
+
+    // The checker (and only it) reconstructs the root key from all shares.
+    let mut shares = Vec::new();
+    let mut sealed_files = Vec::new();
+    for id in 1..=3u64 {
+        for (_, x_i) in unseal_all(&c.data_dir(id), id) {
+            shares.push((id, x_i));
+        }
+        for (path, bytes) in read_tree(&c.data_dir(id).join("shares")) {
+            sealed_files.push((path, bytes));
+        }
+    }
+    assert_eq!(shares.len(), 3);
+    let xs: Vec<k256::Scalar> = shares.iter().map(|(_, b)| scalar(b)).collect();
+    let idx: Vec<k256::Scalar> = (1..=3u64).map(k256::Scalar::from).collect();
+    let lambda = |i: usize, set: &[usize]| -> k256::Scalar {
+        set.iter()
+            .filter(|j| **j != i)
+            .fold(k256::Scalar::ONE, |acc, j| {
+                acc * idx[*j]
+                    * Option::<k256::Scalar>::from((idx[*j] - idx[i]).invert()).expect("inv")
+            })
+    };
+    let root = lambda(0, &[0, 1]) * xs[0] + lambda(1, &[0, 1]) * xs[1];
+    assert_eq!(
+        root,
+        lambda(1, &[1, 2]) * xs[1] + lambda(2, &[1, 2]) * xs[2],
+        "shares are consistent"
+    );
+
+    let mut secrets: Vec<(String, Vec<u8>)> = vec![
+        ("root key".into(), root.to_repr().to_vec()),
+        ("data key".into(), data_key.to_vec()),
+    ];
+    for (node, x_i) in &shares {
+        secrets.push((format!("share of node {node}"), x_i.clone()));
+    }
+    let hex = |b: &[u8]| {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+            .into_bytes()
+    };
+    for id in 1..=3u64 {
+        for (path, bytes) in read_tree(&c.data_dir(id))
+            .into_iter()
+            .chain(read_tree(&c.log_path(id)))
+        {
+            for (what, secret) in &secrets {
+                assert!(
+                    !contains(&bytes, secret),
+                    "{what} in clear in {}",
+                    path.display()
+                );
+                assert!(
+                    !contains(&bytes, &hex(secret)),
+                    "{what} as hex in {}",
+                    path.display()
+                );
+            }
+        }
+        let log = std::fs::read(c.log_path(id)).expect("log");
+        assert!(log.len() > 10_000, "trace logging was on");
+        for (what, secret) in &secrets {
+            assert!(
+                !contains(&log, secret) && !contains(&log, &hex(secret)),
+                "{what} in node {id}'s log"
+            );
+        }
+    }
+
+    // Destroy: afterwards not even the sealed shares remain on any disk.
+    c.op(
+        1,
+        Operation::ScheduleDestruction {
+            name: "vault".into(),
+            version: KeyVersion(1),
+            after_ms: 0,
+        },
+    )
+    .await
+    .expect("schedule");
+    c.op(
+        1,
+        Operation::Destroy {
+            name: "vault".into(),
+            version: KeyVersion(1),
+        },
+    )
+    .await
+    .expect("destroy");
+    c.wait_key(1, "vault", |k| {
+        k.version(KeyVersion(1))
+            .is_some_and(|v| v.state == VersionState::Destroyed)
+    });
+    wait_until("every holder to erase", || {
+        (1..=3u64)
+            .all(|id| unseal_all(&c.data_dir(id), id).is_empty())
+            .then_some(())
+    });
+    for id in 1..=3u64 {
+        for (path, bytes) in read_tree(&c.data_dir(id)) {
+            for (file, sealed) in &sealed_files {
+                assert!(
+                    !contains(&bytes, sealed),
+                    "sealed share {} still in {}",
+                    file.display(),
+                    path.display()
+                );
+            }
+            for (what, secret) in &secrets {
+                assert!(!contains(&bytes, secret), "{what} in {}", path.display());
+            }
+        }
+    }
+}
