@@ -1,6 +1,7 @@
 //! `qk-node`: one Quorumkey cluster member, plus PKI and local-cluster helpers.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod client;
 mod config;
 mod ctl;

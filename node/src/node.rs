@@ -13,7 +13,7 @@ use qk_raft::{
     ClientRequest, ClientResponse, NodeId, NodeStatus, PeerRequest, PeerResponse, QkNode, Raft,
 };
 use qk_state::{Command, Operation, RequestId};
-use qk_types::NodeId as NodeIdT;
+use qk_types::{KeyVersion, NodeId as NodeIdT};
 
 use crate::quorum::{now_ms, Quorum, QuorumCore};
 use qk_storage::StateReader;
@@ -32,6 +32,7 @@ pub struct Node {
     state: StateReader,
     peers: Dialer,
     quorum: Arc<Quorum>,
+    audit: crate::audit::AuditQueue,
 }
 
 /// The protocol runtime's view of the node: send to peers, propose.
@@ -110,10 +111,11 @@ pub async fn run(config_path: &Path, bootstrap: bool, join: Option<String>) -> R
             config.node_id
         );
     }
-    let (node, actions) = Node::start(&config, &ca, &creds).await?;
+    let (node, actions, audit_rx) = Node::start(&config, &ca, &creds).await?;
     let node = Arc::new(node);
     let io: Arc<dyn crate::quorum::Io> = Arc::new(NodeIo(node.clone()));
     tokio::spawn(node.quorum.clone().run(io.clone(), actions));
+    tokio::spawn(crate::audit::run(audit_rx, io.clone()));
     let handler: Arc<dyn RpcHandler> = node.clone();
     let server = Server::bind(
         config.listen,
@@ -258,6 +260,7 @@ impl Node {
     ) -> Result<(
         Node,
         tokio::sync::mpsc::UnboundedReceiver<Vec<qk_protocol::Action>>,
+        tokio::sync::mpsc::Receiver<qk_state::AuditEvent>,
     )> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
@@ -272,6 +275,7 @@ impl Node {
             hook_core.on_applied(s, index, cmd, resp)
         }));
         let quorum = Arc::new(Quorum::new(core, state.clone(), shares));
+        let (audit, audit_rx) = crate::audit::AuditQueue::new();
         let peers = Dialer::new(
             ca,
             creds,
@@ -295,8 +299,10 @@ impl Node {
                 state,
                 peers,
                 quorum,
+                audit,
             },
             actions,
+            audit_rx,
         ))
     }
 
@@ -386,7 +392,20 @@ impl Node {
                 name,
                 context,
                 plaintext,
-            } => self.encrypt(&name, &context, &plaintext.0),
+            } => {
+                let resp = self.encrypt(&name, &context, &plaintext.0);
+                let (version, outcome) = match &resp {
+                    ClientResponse::Ciphertext { version, .. } => {
+                        (Some(KeyVersion(*version)), "ok".to_string())
+                    }
+                    ClientResponse::Error(e) => (None, format!("refused: {e}")),
+                    _ => (None, "ok".to_string()),
+                };
+                let principal = peer.to_string();
+                self.audit
+                    .record(&principal, "encrypt", Some(&name), version, outcome);
+                resp
+            }
             ClientRequest::Decrypt {
                 ciphertext,
                 context,
@@ -470,14 +489,34 @@ impl Node {
         let Some(name) = self.key_name_for(&ct) else {
             return ClientResponse::Error(format!("no key with id {} in this cluster", ct.key_id));
         };
-        let (outcome, _faulty) = self
+        let (outcome, faulty) = self
             .quorum
-            .unwrap(name, ct.to_bytes(), context, peer.to_string())
+            .unwrap(name.clone(), ct.to_bytes(), context, peer.to_string())
             .await;
-        match outcome {
-            Ok(plain) => ClientResponse::Plaintext(qk_raft::Redacted(plain.expose().to_vec())),
-            Err(e) => ClientResponse::Error(format!("decryption failed: {e}")),
-        }
+        let blame = if faulty.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = faulty.iter().map(|n| n.to_string()).collect();
+            format!("; invalid partials from {}", names.join(", "))
+        };
+        let (resp, outcome) = match outcome {
+            Ok(plain) => (
+                ClientResponse::Plaintext(qk_raft::Redacted(plain.expose().to_vec())),
+                format!("ok{blame}"),
+            ),
+            Err(e) => (
+                ClientResponse::Error(format!("decryption failed: {e}")),
+                format!("refused: {e}{blame}"),
+            ),
+        };
+        self.audit.record(
+            &peer.to_string(),
+            "decrypt",
+            Some(&name),
+            Some(ct.version),
+            outcome,
+        );
+        resp
     }
 
     fn partial(
@@ -568,6 +607,14 @@ impl Node {
     /// Followers forward to the leader once.
     async fn write(&self, peer: &Peer, mut cmd: Command) -> ClientResponse {
         if let Err(e) = authorize_write(peer, &cmd) {
+            let key = cmd.op.key_name();
+            self.audit.record(
+                &peer.to_string(),
+                cmd.op.name(),
+                key,
+                None,
+                format!("refused: {e}"),
+            );
             return ClientResponse::Error(e);
         }
         cmd.principal = match peer {

@@ -285,11 +285,15 @@ impl Quorum {
                 Err(e) => error!(key = %name, %version, "cannot erase the share: {e}"),
             },
             Action::AnswerPartial { to, request } => {
-                let answer = ProtocolMessage::PartialResponse {
-                    op_id: request.op_id,
-                    result: self.own_partial(&request),
-                };
-                self.send(io, to, &answer);
+                // Off the action loop: partials for many unwraps run in parallel.
+                let (me, io) = (self.clone(), io.clone());
+                tokio::spawn(async move {
+                    let answer = ProtocolMessage::PartialResponse {
+                        op_id: request.op_id,
+                        result: me.own_partial(&request),
+                    };
+                    me.send(&io, to, &answer);
+                });
             }
             Action::UnwrapDone {
                 op_id,

@@ -34,8 +34,42 @@ async fn agreed_leader(c: &Cluster, live: &[u64]) -> u64 {
     })
 }
 
-/// `WRITES` key creations, `CONCURRENCY` at a time, spread over all nodes.
-async fn write_keys(c: &Cluster, nodes: &[u64], prefix: &str, first_request: u64) -> u64 {
+const KEYS_PER_ROUND: u64 = 16;
+
+/// The keys the tag writes land on; created (and generated) up front so the
+/// replicated writes below are pure metadata writes.
+async fn setup_keys(c: &Cluster) {
+    for prefix in ["a", "b"] {
+        for j in 0..KEYS_PER_ROUND {
+            c.create(1, &format!("{prefix}-k{j}"), 2, &[1, 2, 3])
+                .await
+                .expect("create");
+        }
+    }
+    for prefix in ["a", "b"] {
+        for j in 0..KEYS_PER_ROUND {
+            c.wait_key(1, &format!("{prefix}-k{j}"), |k| {
+                k.versions
+                    .iter()
+                    .all(|v| v.state == qk_state::VersionState::Enabled)
+            });
+        }
+    }
+}
+
+fn tag_write(prefix: &str, i: u64) -> (String, String, qk_state::Operation) {
+    let key = format!("{prefix}-k{}", i % KEYS_PER_ROUND);
+    let tag = format!("t{}", i / KEYS_PER_ROUND);
+    let op = qk_state::Operation::SetTag {
+        name: key.clone(),
+        tag: tag.clone(),
+        value: Some(i.to_be_bytes().to_vec()),
+    };
+    (key, tag, op)
+}
+
+/// `WRITES` metadata writes, `CONCURRENCY` at a time, spread over `nodes`.
+async fn write_tags(c: &Cluster, nodes: &[u64], prefix: &str, first_request: u64) -> u64 {
     let mut max_index = 0;
     for batch in 0..WRITES / CONCURRENCY + 1 {
         let mut tasks = Vec::new();
@@ -45,11 +79,7 @@ async fn write_keys(c: &Cluster, nodes: &[u64], prefix: &str, first_request: u64
                 break;
             }
             let via = nodes[(i as usize) % nodes.len()];
-            tasks.push(c.write(
-                via,
-                create_key(&format!("{prefix}-{i:04}")),
-                first_request + i,
-            ));
+            tasks.push(c.write(via, tag_write(prefix, i).2, first_request + i));
         }
         for r in futures::future::join_all(tasks).await {
             let (index, response) = r.expect("write acknowledged");
@@ -75,25 +105,28 @@ async fn assert_replicas_identical(c: &Cluster, nodes: &[u64], min_index: u64, p
         })
         .collect();
     assert_eq!(digests.len(), 1, "replicas differ");
+    // Every acknowledged write reads back from every node.
     for id in nodes {
-        let Ok(ClientResponse::Keys(names)) = c.request(*id, ClientRequest::ListKeys).await else {
-            panic!("list keys on node {id}");
-        };
-        let mine = names.iter().filter(|n| n.starts_with(prefix)).count() as u64;
-        assert_eq!(mine, WRITES, "node {id} has every acknowledged key");
-        let probe = format!("{prefix}-0777");
-        let Ok(ClientResponse::Key(Some(k))) = c
-            .request(
-                *id,
-                ClientRequest::GetKey {
-                    name: probe.clone(),
-                },
-            )
-            .await
-        else {
-            panic!("node {id} lacks {probe}");
-        };
-        assert_eq!(k.name, probe);
+        let mut keys = std::collections::BTreeMap::new();
+        for j in 0..KEYS_PER_ROUND {
+            let name = format!("{prefix}-k{j}");
+            let Ok(ClientResponse::Key(Some(k))) = c
+                .request(*id, ClientRequest::GetKey { name: name.clone() })
+                .await
+            else {
+                panic!("node {id} lacks {name}");
+            };
+            keys.insert(name, k);
+        }
+        for i in 0..WRITES {
+            let (key, tag, _) = tag_write(prefix, i);
+            let got = keys.get(&key).and_then(|k| k.tags.get(&tag));
+            assert_eq!(
+                got.map(|v| v.as_slice()),
+                Some(&i.to_be_bytes()[..]),
+                "node {id}: write {i} ({key}/{tag})"
+            );
+        }
     }
 }
 
@@ -102,7 +135,8 @@ async fn scenario(n: u64) {
     let all: Vec<u64> = (1..=n).collect();
     let leader = agreed_leader(&c, &all).await;
 
-    let index = write_keys(&c, &all, "a", 0).await;
+    setup_keys(&c).await;
+    let index = write_tags(&c, &all, "a", 0).await;
     assert_replicas_identical(&c, &all, index, "a").await;
 
     // Kill the leader: a new one is elected and nothing acknowledged is lost.
@@ -110,7 +144,7 @@ async fn scenario(n: u64) {
     let live: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
     let new_leader = agreed_leader(&c, &live).await;
     assert_ne!(new_leader, leader);
-    let index = write_keys(&c, &live, "b", 10_000).await;
+    let index = write_tags(&c, &live, "b", 10_000).await;
     assert_replicas_identical(&c, &live, index, "a").await;
 
     // The old leader restarts from its disk and catches up.
@@ -128,7 +162,7 @@ async fn scenario(n: u64) {
     agreed_leader(&c, &all).await;
     for id in &all {
         let s = c.wait_status(*id, |s| s.state_digest == before);
-        assert!(s.key_count >= 2 * WRITES);
+        assert_eq!(s.key_count, 2 * KEYS_PER_ROUND);
     }
 }
 

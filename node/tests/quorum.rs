@@ -149,8 +149,7 @@ async fn lifecycle(n: u64, t: u16) {
             .is_some_and(|v| v.state == VersionState::Destroyed)
     });
     assert!(
-        k.version(KeyVersion(1)).expect("v1").erase_receipts.len()
-            > (n as usize) - usize::from(t),
+        k.version(KeyVersion(1)).expect("v1").erase_receipts.len() > (n as usize) - usize::from(t),
         "n - t + 1 erase receipts before Destroyed"
     );
     let err = c.decrypt(1, &ct1, CTX).await.expect_err("destroyed");

@@ -111,6 +111,23 @@ pub enum Operation {
         version: Option<KeyVersion>,
         outcome: String,
     },
+    /// Many audit-only events in one entry (unwraps, encrypts, refusals),
+    /// proposed by a node; each becomes its own chained audit record.
+    AuditBatch(Vec<AuditEvent>),
+}
+
+/// Most events in one [`Operation::AuditBatch`].
+pub const MAX_AUDIT_BATCH: usize = 1024;
+
+/// One event for an audit batch; the node that saw it authenticated the
+/// principal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub principal: String,
+    pub operation: String,
+    pub key: Option<String>,
+    pub version: Option<KeyVersion>,
+    pub outcome: String,
 }
 
 /// Default time a DKG may take, from the leader timestamp of the command
@@ -183,10 +200,12 @@ impl Operation {
             Operation::Destroy { .. } => "version.destroy",
             Operation::EraseReceipt { .. } => "version.erase-receipt",
             Operation::Audit { .. } => "audit",
+            Operation::AuditBatch(_) => "audit.batch",
         }
     }
 
-    pub(crate) fn key_name(&self) -> Option<&str> {
+    /// The key an operation is about, if any.
+    pub fn key_name(&self) -> Option<&str> {
         match self {
             Operation::CreateKey(c) => Some(&c.name),
             Operation::SetTag { name, .. }
@@ -202,10 +221,12 @@ impl Operation {
             | Operation::Destroy { name, .. }
             | Operation::EraseReceipt { name, .. } => Some(name),
             Operation::Audit { key, .. } => key.as_deref(),
+            Operation::AuditBatch(_) => None,
         }
     }
 
-    pub(crate) fn version(&self) -> Option<KeyVersion> {
+    /// The key version an operation is about, if any.
+    pub fn version(&self) -> Option<KeyVersion> {
         match self {
             Operation::CompleteGeneration { version, .. }
             | Operation::Dkg { version, .. }

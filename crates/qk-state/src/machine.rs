@@ -8,8 +8,8 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::{AuditRecord, GENESIS_HASH};
 use crate::command::{
-    Applied, Command, CreateKey, DkgStep, Operation, RequestId, Response, StateError,
-    DEFAULT_GENERATION_TIMEOUT_MS, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS,
+    Applied, AuditEvent, Command, CreateKey, DkgStep, Operation, RequestId, Response, StateError,
+    DEFAULT_GENERATION_TIMEOUT_MS, MAX_AUDIT_BATCH, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS,
     MIN_GENERATION_TIMEOUT_MS,
 };
 use crate::model::{DkgPhase, DkgRecord, KeyRecord, KeyVersionRecord, VersionState};
@@ -86,7 +86,10 @@ impl StateMachine {
             return r;
         }
         let result = self.execute(cmd);
-        let audit_seq = self.append_audit(cmd, &result);
+        let audit_seq = match (&cmd.op, &result) {
+            (Operation::AuditBatch(events), Ok(_)) => self.append_events(cmd, events),
+            _ => self.append_audit(cmd, &result),
+        };
         let response = Response {
             result,
             audit_seq,
@@ -106,18 +109,46 @@ impl StateMachine {
         }
     }
 
-    fn append_audit(&mut self, cmd: &Command, result: &Outcome) -> u64 {
+    fn append_events(&mut self, cmd: &Command, events: &[AuditEvent]) -> u64 {
+        let mut seq = 0;
+        for e in events {
+            seq = self.push_record(AuditRecord {
+                seq: 0,
+                time_ms: cmd.time_ms,
+                request_id: cmd.request_id,
+                principal: e.principal.clone(),
+                operation: e.operation.clone(),
+                key: e.key.clone(),
+                version: e.version,
+                outcome: e.outcome.clone(),
+                prev_hash: GENESIS_HASH,
+                hash: [0u8; 32],
+            });
+        }
+        seq
+    }
+
+    /// Links `record` to the chain (sequence number, previous hash, hash).
+    fn push_record(&mut self, mut record: AuditRecord) -> u64 {
         let (prev_hash, seq) = match self.audit.last() {
             Some(last) => (last.hash, last.seq + 1),
             None => (GENESIS_HASH, 1),
         };
+        record.seq = seq;
+        record.prev_hash = prev_hash;
+        record.hash = record.compute_hash();
+        self.audit.push(record);
+        seq
+    }
+
+    fn append_audit(&mut self, cmd: &Command, result: &Outcome) -> u64 {
         let outcome = match (&cmd.op, result) {
             (Operation::Audit { outcome, .. }, _) => outcome.clone(),
             (_, Ok(_)) => "ok".to_string(),
             (_, Err(e)) => format!("refused: {e}"),
         };
-        let mut record = AuditRecord {
-            seq,
+        let record = AuditRecord {
+            seq: 0,
             time_ms: cmd.time_ms,
             request_id: cmd.request_id,
             principal: cmd.principal.clone(),
@@ -128,12 +159,10 @@ impl StateMachine {
             key: cmd.op.key_name().map(str::to_string),
             version: cmd.op.version(),
             outcome,
-            prev_hash,
+            prev_hash: GENESIS_HASH,
             hash: [0u8; 32],
         };
-        record.hash = record.compute_hash();
-        self.audit.push(record);
-        seq
+        self.push_record(record)
     }
 
     fn execute(&mut self, cmd: &Command) -> Outcome {
@@ -216,6 +245,7 @@ impl StateMachine {
                 node,
             } => self.erase_receipt(name, *version, *node),
             Operation::Audit { .. } => Ok(Applied::Done),
+            Operation::AuditBatch(events) => check_audit_batch(events),
         }
     }
 
@@ -709,6 +739,24 @@ fn apply_ack(name: &str, v: &mut KeyVersionRecord, from: NodeId, keys: &[u8]) ->
         v.state = VersionState::Enabled;
         v.public_keys = v.dkg.acked_keys.take();
         return Ok(Applied::VersionEnabled);
+    }
+    Ok(Applied::Done)
+}
+
+fn check_audit_batch(events: &[AuditEvent]) -> Outcome {
+    if events.is_empty() || events.len() > MAX_AUDIT_BATCH {
+        return Err(invalid(format!(
+            "an audit batch holds 1 to {MAX_AUDIT_BATCH} events"
+        )));
+    }
+    let too_long = events.iter().any(|e| {
+        e.principal.len() > MAX_NAME_LEN
+            || e.operation.len() > MAX_NAME_LEN
+            || e.key.as_ref().is_some_and(|k| k.len() > MAX_NAME_LEN)
+            || e.outcome.len() > MAX_TEXT_LEN
+    });
+    if too_long {
+        return Err(invalid("an audit event field is too long"));
     }
     Ok(Applied::Done)
 }

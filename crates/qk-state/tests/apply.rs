@@ -434,3 +434,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn audit_batch_appends_one_chained_record_per_event() {
+    let mut sm = StateMachine::new();
+    sm.apply(&cmd(1, 1, create("k")));
+    let events: Vec<qk_state::AuditEvent> = (0..3)
+        .map(|i| qk_state::AuditEvent {
+            principal: format!("svc-{i}"),
+            operation: "decrypt".into(),
+            key: Some("k".into()),
+            version: Some(V1),
+            outcome: if i == 1 {
+                "refused: wrong context".into()
+            } else {
+                "ok".into()
+            },
+        })
+        .collect();
+    let r = sm.apply(&cmd(2, 2, Operation::AuditBatch(events)));
+    assert!(r.result.is_ok());
+    assert_eq!(r.audit_seq, 4);
+    let records = sm.audit_records(1, 10);
+    assert_eq!(records.len(), 4);
+    assert_eq!(records[2].principal, "svc-1");
+    assert!(records[2].outcome.starts_with("refused"));
+    verify_chain(records, GENESIS_HASH).expect("chain verifies");
+    let empty = sm.apply(&cmd(3, 3, Operation::AuditBatch(Vec::new())));
+    assert!(
+        empty.result.is_err(),
+        "empty batches are refused (and audited as refused)"
+    );
+}

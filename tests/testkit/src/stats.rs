@@ -1,7 +1,8 @@
 //! Latency statistics for benchmark binaries.
 
 use serde::Serialize;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Serialize)]
 pub struct LoadResult {
@@ -43,4 +44,42 @@ pub fn summarize(
         p99_ms: pick(0.99),
         errors,
     }
+}
+
+/// Runs `ops` operations with `concurrency` workers; `op(n)` returns success.
+pub async fn load<F, Fut>(concurrency: usize, ops: usize, op: F) -> LoadResult
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let op = op.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            let mut n = w;
+            while n < ops {
+                let t = Instant::now();
+                if op(n as u64).await {
+                    latencies.push(t.elapsed());
+                } else {
+                    errors += 1;
+                }
+                n += concurrency;
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::with_capacity(ops);
+    let mut errors = 0;
+    for w in workers {
+        if let Ok((l, e)) = w.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    summarize(all, concurrency, start.elapsed(), errors)
 }

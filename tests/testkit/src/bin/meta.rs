@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -16,7 +15,7 @@ use base64::Engine;
 use qk_raft::{ClientRequest, ClientResponse, PeerRequest, PeerResponse};
 use qk_state::{Command as SmCommand, Operation, RequestId};
 use qk_testkit::cluster::{create_key, free_port, Cluster};
-use qk_testkit::stats::{summarize, LoadResult};
+use qk_testkit::stats::{load, LoadResult};
 use serde_json::json;
 
 const VALUE_BYTES: usize = 256;
@@ -66,44 +65,6 @@ async fn qk_write(client: &qk_net::PeerClient, n: u64) -> bool {
             .await,
         Ok(PeerResponse::Client(ClientResponse::Written { .. }))
     )
-}
-
-/// Runs `ops` operations with `concurrency` workers; `op(n)` returns success.
-async fn load<F, Fut>(concurrency: usize, ops: usize, op: F) -> LoadResult
-where
-    F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let op = Arc::new(op);
-    let start = Instant::now();
-    let mut workers = Vec::new();
-    for w in 0..concurrency {
-        let op = op.clone();
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0;
-            let mut n = w;
-            while n < ops {
-                let t = Instant::now();
-                if op(n as u64).await {
-                    latencies.push(t.elapsed());
-                } else {
-                    errors += 1;
-                }
-                n += concurrency;
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut all = Vec::with_capacity(ops);
-    let mut errors = 0;
-    for w in workers {
-        if let Ok((l, e)) = w.await {
-            all.extend(l);
-            errors += e;
-        }
-    }
-    summarize(all, concurrency, start.elapsed(), errors)
 }
 
 async fn bench_quorumkey(bin: &Path) -> Result<Vec<LoadResult>> {
