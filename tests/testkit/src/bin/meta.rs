@@ -20,6 +20,8 @@ use serde_json::json;
 
 const VALUE_BYTES: usize = 256;
 const TAGS: u64 = 64;
+/// Client connections to the leader.
+const CONNECTIONS: usize = 8;
 
 fn ops_for(concurrency: usize) -> usize {
     if concurrency == 1 {
@@ -68,7 +70,10 @@ async fn qk_write(client: &qk_net::PeerClient, n: u64) -> bool {
 }
 
 async fn bench_quorumkey(bin: &Path) -> Result<Vec<LoadResult>> {
-    let cluster = Cluster::start(bin, 3, 5000);
+    // The production log level (the test harness default is chattier).
+    let mut cluster = Cluster::prepare(bin, 3, 5000);
+    cluster.log_filter = "info,openraft=warn".into();
+    cluster.boot();
     let leader = cluster
         .wait_status(1, |s| s.leader.is_some())
         .leader
@@ -77,16 +82,20 @@ async fn bench_quorumkey(bin: &Path) -> Result<Vec<LoadResult>> {
         .write(leader, create_key("bench"), u64::MAX)
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the bench key: {e}"))?;
-    let client = cluster.pool.node(leader, &cluster.addr(leader));
+    // Like etcd's HTTP client pool: several connections, not one.
+    let clients: Vec<qk_net::PeerClient> = (0..CONNECTIONS)
+        .map(|_| cluster.pool.any_node(&cluster.addr(leader)))
+        .collect();
+    let clients = std::sync::Arc::new(clients);
     let mut out = Vec::new();
     let mut base = 0u64;
     for concurrency in [1usize, 64] {
-        let c = client.clone();
+        let c = clients.clone();
         let offset = base;
         out.push(
             load(concurrency, ops_for(concurrency), move |n| {
                 let c = c.clone();
-                async move { qk_write(&c, offset + n).await }
+                async move { qk_write(&c[(n as usize) % c.len()], offset + n).await }
             })
             .await,
         );
