@@ -464,6 +464,19 @@ impl Node {
         }
     }
 
+    /// Decodes a `qk:v1:` ciphertext and names the key it was made under.
+    fn resolve_ciphertext(
+        &self,
+        text: &str,
+    ) -> std::result::Result<(qk_crypto::Ciphertext, String), String> {
+        let ct = qk_crypto::Ciphertext::from_text(text)
+            .map_err(|e| format!("ciphertext does not decode: {e}"))?;
+        let name = self
+            .key_name_for(&ct)
+            .ok_or_else(|| format!("no key with id {} in this cluster", ct.key_id))?;
+        Ok((ct, name))
+    }
+
     fn key_name_for(&self, ct: &qk_crypto::Ciphertext) -> Option<String> {
         self.state
             .read(|a| {
@@ -482,12 +495,9 @@ impl Node {
         text: &str,
         context: BTreeMap<String, String>,
     ) -> ClientResponse {
-        let ct = match qk_crypto::Ciphertext::from_text(text) {
-            Ok(ct) => ct,
-            Err(e) => return ClientResponse::Error(format!("ciphertext does not decode: {e}")),
-        };
-        let Some(name) = self.key_name_for(&ct) else {
-            return ClientResponse::Error(format!("no key with id {} in this cluster", ct.key_id));
+        let (ct, name) = match self.resolve_ciphertext(text) {
+            Ok(found) => found,
+            Err(e) => return ClientResponse::Error(e),
         };
         let (outcome, faulty) = self
             .quorum
@@ -525,12 +535,9 @@ impl Node {
         text: &str,
         context: BTreeMap<String, String>,
     ) -> ClientResponse {
-        let ct = match qk_crypto::Ciphertext::from_text(text) {
-            Ok(ct) => ct,
-            Err(e) => return ClientResponse::Error(format!("ciphertext does not decode: {e}")),
-        };
-        let Some(name) = self.key_name_for(&ct) else {
-            return ClientResponse::Error(format!("no key with id {} in this cluster", ct.key_id));
+        let (ct, name) = match self.resolve_ciphertext(text) {
+            Ok(found) => found,
+            Err(e) => return ClientResponse::Error(e),
         };
         let request = qk_protocol::PartialRequest {
             op_id: 0,

@@ -23,6 +23,31 @@ fn enabled(v: u32) -> impl Fn(&qk_state::KeyRecord) -> bool {
     }
 }
 
+/// Schedules (no waiting period) and commits destruction of version 1, and
+/// waits until it is `Destroyed`.
+async fn destroy_v1(c: &Cluster, name: &str) -> qk_state::KeyRecord {
+    let v1 = KeyVersion(1);
+    let schedule = Operation::ScheduleDestruction {
+        name: name.into(),
+        version: v1,
+        after_ms: 0,
+    };
+    c.op(1, schedule).await.expect("schedule");
+    c.op(
+        1,
+        Operation::Destroy {
+            name: name.into(),
+            version: v1,
+        },
+    )
+    .await
+    .expect("destroy");
+    c.wait_key(1, name, |k| {
+        k.version(v1)
+            .is_some_and(|v| v.state == VersionState::Destroyed)
+    })
+}
+
 async fn lifecycle(n: u64, t: u16) {
     let mut c = Cluster::start(bin(), n, 100_000);
     let holders: Vec<u64> = (1..=n).collect();
@@ -125,29 +150,7 @@ async fn lifecycle(n: u64, t: u16) {
     assert_eq!(c.decrypt(1, &ct2, CTX).await.expect("v2"), b"data key two");
 
     // Destroy v1: erased everywhere, and its ciphertexts fail forever.
-    c.op(
-        1,
-        Operation::ScheduleDestruction {
-            name: "orders".into(),
-            version: KeyVersion(1),
-            after_ms: 0,
-        },
-    )
-    .await
-    .expect("schedule");
-    c.op(
-        1,
-        Operation::Destroy {
-            name: "orders".into(),
-            version: KeyVersion(1),
-        },
-    )
-    .await
-    .expect("destroy");
-    let k = c.wait_key(1, "orders", |k| {
-        k.version(KeyVersion(1))
-            .is_some_and(|v| v.state == VersionState::Destroyed)
-    });
+    let k = destroy_v1(&c, "orders").await;
     assert!(
         k.version(KeyVersion(1)).expect("v1").erase_receipts.len() > (n as usize) - usize::from(t),
         "n - t + 1 erase receipts before Destroyed"
@@ -314,29 +317,7 @@ async fn no_secret_on_disk_or_in_logs_and_nothing_left_after_destruction() {
     }
 
     // Destroy: afterwards not even the sealed shares remain on any disk.
-    c.op(
-        1,
-        Operation::ScheduleDestruction {
-            name: "vault".into(),
-            version: KeyVersion(1),
-            after_ms: 0,
-        },
-    )
-    .await
-    .expect("schedule");
-    c.op(
-        1,
-        Operation::Destroy {
-            name: "vault".into(),
-            version: KeyVersion(1),
-        },
-    )
-    .await
-    .expect("destroy");
-    c.wait_key(1, "vault", |k| {
-        k.version(KeyVersion(1))
-            .is_some_and(|v| v.state == VersionState::Destroyed)
-    });
+    destroy_v1(&c, "vault").await;
     wait_until("every holder to erase", || {
         (1..=3u64)
             .all(|id| unseal_all(&c.data_dir(id), id).is_empty())

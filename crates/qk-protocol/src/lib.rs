@@ -47,6 +47,12 @@ pub struct ProtocolConfig {
     pub complaint_timeout_ms: u64,
     /// An unwrap that has not gathered `t` partials by then fails.
     pub unwrap_timeout_ms: u64,
+    /// An unwrap first asks only `t` holders (each partial costs a holder
+    /// real CPU); if `t` valid partials are not in this long after the
+    /// start, it asks every other holder too. A refusal, an invalid partial
+    /// or a failed combination makes it ask the rest at once. Set it to 0
+    /// to always ask every holder.
+    pub hedge_ms: u64,
     /// Minimum gap between repeated proposals of the same timed step.
     pub retry_interval_ms: u64,
     /// Non-holders propose `FailGeneration` this long after the deadline
@@ -66,6 +72,7 @@ impl Default for ProtocolConfig {
             dealing_timeout_ms: 10_000,
             complaint_timeout_ms: 5_000,
             unwrap_timeout_ms: 5_000,
+            hedge_ms: 100,
             retry_interval_ms: 2_000,
             fail_grace_ms: 5_000,
             max_pending_unwraps: 1_024,
@@ -397,7 +404,7 @@ impl NodeProtocol {
                     return Vec::new(); // finished or unknown: late answers are dropped
                 };
                 match pending.on_response(from, result) {
-                    Progress::Waiting => Vec::new(),
+                    Progress::Waiting(ask) => partial_requests(pending.request(), ask),
                     Progress::Done(result, faulty) => {
                         self.unwraps.remove(&op_id);
                         vec![Action::UnwrapDone {
@@ -497,6 +504,10 @@ impl NodeProtocol {
                 });
             }
         }
+        for p in self.unwraps.values_mut() {
+            let ask = p.on_tick(now);
+            actions.extend(partial_requests(p.request(), ask));
+        }
         actions
     }
 
@@ -516,19 +527,27 @@ impl NodeProtocol {
             return fail(UnwrapError::Busy(self.unwraps.len()));
         }
         let deadline = now.saturating_add(self.config.unwrap_timeout_ms);
-        match PendingUnwrap::start(state, &req, deadline) {
-            Ok((pending, request)) => {
-                let actions = pending
-                    .holders()
-                    .map(|to| Action::Send {
-                        to,
-                        msg: ProtocolMessage::PartialRequest(request.clone()),
-                    })
-                    .collect();
+        let hedge_at = now.saturating_add(self.config.hedge_ms);
+        match PendingUnwrap::start(state, self.me, &req, hedge_at, deadline) {
+            Ok((mut pending, mut ask)) => {
+                if self.config.hedge_ms == 0 {
+                    ask.extend(pending.on_tick(now));
+                }
+                let actions = partial_requests(pending.request(), ask);
                 self.unwraps.insert(op_id, pending);
                 actions
             }
             Err(e) => fail(e),
         }
     }
+}
+
+/// One `Send` of `request` to each of `to`, in order.
+fn partial_requests(request: &PartialRequest, to: Vec<NodeId>) -> Vec<Action> {
+    to.into_iter()
+        .map(|to| Action::Send {
+            to,
+            msg: ProtocolMessage::PartialRequest(request.clone()),
+        })
+        .collect()
 }

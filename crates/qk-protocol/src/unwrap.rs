@@ -1,7 +1,12 @@
-//! Unwrap with server-side combining: the requesting node asks every holder
-//! of the version for a partial, combines `t` of them, and opens the AEAD.
-//! The holder side is [`answer_partial`], a pure function the node calls with
-//! the share it loaded from its sealed store.
+//! Unwrap with server-side combining: the requesting node asks `t` holders
+//! of the version for a partial (itself first when it is a holder, the rest
+//! spread over the holders by operation id), combines their partials, and
+//! opens the AEAD. It asks the remaining holders as well (hedges) when the
+//! first `t` have not all answered validly after
+//! [`ProtocolConfig::hedge_ms`](crate::ProtocolConfig::hedge_ms), or at once
+//! when an asked holder refuses, sends an invalid partial, or the combination
+//! fails. The holder side is [`answer_partial`], a pure function the node
+//! calls with the share it loaded from its sealed store.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -288,11 +293,22 @@ pub(crate) fn version_keys(
 #[derive(Debug)]
 pub(crate) struct PendingUnwrap {
     pub(crate) deadline_ms: u64,
+    /// When the holders not asked yet are asked too, if `t` valid partials
+    /// are not in by then.
+    hedge_at_ms: u64,
     keys: PublicKeySet,
     ciphertext: Ciphertext,
     context: EncryptionContext,
-    /// Holders asked, with their indices.
+    /// The request sent to every holder asked.
+    request: PartialRequest,
+    /// Every holder of the version, with its index.
     holders: BTreeMap<NodeId, ShareIndex>,
+    /// The order holders are asked in: this node first if it is a holder,
+    /// then the others rotated by operation id so concurrent unwraps spread
+    /// over different holders.
+    order: Vec<NodeId>,
+    /// Holders sent a request so far (a prefix of `order`).
+    asked: BTreeSet<NodeId>,
     /// Decoded partials not (yet) found invalid.
     partials: BTreeMap<NodeId, PartialDecryption>,
     refused: BTreeMap<NodeId, String>,
@@ -301,18 +317,41 @@ pub(crate) struct PendingUnwrap {
 
 /// What an answer did to a pending unwrap.
 pub(crate) enum Progress {
-    Waiting,
+    /// Still waiting; send the request to these holders (often none).
+    Waiting(Vec<NodeId>),
     Done(Result<Plaintext, UnwrapError>, Vec<NodeId>),
+}
+
+/// The order in which `me` asks the holders for operation `op_id`: itself
+/// first if it is a holder (its partial costs no round trip), then the other
+/// holders in sorted order rotated by `op_id + me`, so one node's successive
+/// unwraps, and different nodes' unwraps, start at different holders.
+fn ask_order(me: NodeId, op_id: OpId, sorted: &[NodeId]) -> Vec<NodeId> {
+    let mut others: Vec<NodeId> = sorted.iter().copied().filter(|n| *n != me).collect();
+    if !others.is_empty() {
+        let len = others.len() as u64;
+        let shift = (op_id % len + me.0 % len) % len;
+        others.rotate_left(usize::try_from(shift).unwrap_or(0));
+    }
+    let mut order = Vec::with_capacity(sorted.len());
+    if sorted.contains(&me) {
+        order.push(me);
+    }
+    order.extend(others);
+    order
 }
 
 impl PendingUnwrap {
     /// Checks the request against the replicated state; on success returns
-    /// the pending unwrap and the holders to ask.
+    /// the pending unwrap and the first `t` holders to ask. `me` is the node
+    /// combining.
     pub(crate) fn start(
         state: &StateMachine,
+        me: NodeId,
         req: &UnwrapRequest,
+        hedge_at_ms: u64,
         deadline_ms: u64,
-    ) -> Result<(Self, PartialRequest), UnwrapError> {
+    ) -> Result<(Self, Vec<NodeId>), UnwrapError> {
         let ciphertext = Ciphertext::from_bytes(&req.ciphertext)
             .map_err(|e| UnwrapError::BadCiphertext(e.to_string()))?;
         let key = state
@@ -336,11 +375,13 @@ impl PendingUnwrap {
             return Err(e);
         }
         let keys = version_keys(&req.name, version, record)?;
-        let holders = record
+        let holders: BTreeMap<NodeId, ShareIndex> = record
             .sorted_holders()
             .into_iter()
             .filter_map(|n| share_index_of(record, n).map(|i| (n, i)))
             .collect();
+        let sorted: Vec<NodeId> = holders.keys().copied().collect();
+        let order = ask_order(me, req.op_id, &sorted);
         let request = PartialRequest {
             op_id: req.op_id,
             key: key.id,
@@ -353,23 +394,56 @@ impl PendingUnwrap {
         request
             .check_bounds()
             .map_err(|e| UnwrapError::BadCiphertext(e.to_string()))?;
-        Ok((
-            PendingUnwrap {
-                deadline_ms,
-                keys,
-                ciphertext,
-                context: req.context.clone(),
-                holders,
-                partials: BTreeMap::new(),
-                refused: BTreeMap::new(),
-                invalid: BTreeSet::new(),
-            },
+        let mut pending = PendingUnwrap {
+            deadline_ms,
+            hedge_at_ms,
+            keys,
+            ciphertext,
+            context: req.context.clone(),
             request,
-        ))
+            holders,
+            order,
+            asked: BTreeSet::new(),
+            partials: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            invalid: BTreeSet::new(),
+        };
+        let first = pending.ask_more(pending.needed());
+        Ok((pending, first))
     }
 
-    pub(crate) fn holders(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.holders.keys().copied()
+    /// The request to send to each holder returned by `start`,
+    /// `on_response` or `on_tick`.
+    pub(crate) fn request(&self) -> &PartialRequest {
+        &self.request
+    }
+
+    /// Marks up to `count` more holders as asked, in `order`; returns them.
+    fn ask_more(&mut self, count: usize) -> Vec<NodeId> {
+        let next: Vec<NodeId> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|n| !self.asked.contains(n))
+            .take(count)
+            .collect();
+        self.asked.extend(next.iter().copied());
+        next
+    }
+
+    /// Asks every holder not asked yet.
+    fn ask_rest(&mut self) -> Vec<NodeId> {
+        self.ask_more(usize::MAX)
+    }
+
+    /// Hedges: once `hedge_at_ms` has passed without `t` valid partials,
+    /// returns the holders not asked yet (marking them asked).
+    pub(crate) fn on_tick(&mut self, now_ms: u64) -> Vec<NodeId> {
+        if now_ms >= self.hedge_at_ms && self.partials.len() < self.needed() {
+            self.ask_rest()
+        } else {
+            Vec::new()
+        }
     }
 
     fn answered(&self, node: NodeId) -> bool {
@@ -388,35 +462,47 @@ impl PendingUnwrap {
         from: NodeId,
         result: Result<Vec<u8>, String>,
     ) -> Progress {
+        if !self.asked.contains(&from) {
+            return Progress::Waiting(Vec::new()); // not asked: ignored
+        }
         let Some(index) = self.holders.get(&from).copied() else {
-            return Progress::Waiting; // not asked: ignored
+            return Progress::Waiting(Vec::new()); // unreachable: only holders are asked
         };
         if self.answered(from) {
-            return Progress::Waiting; // first answer stands
+            return Progress::Waiting(Vec::new()); // first answer stands
         }
-        match result {
+        // Any refusal or bad partial means the holders asked so far may not
+        // make up `t`: ask the rest at once, so the fallback (and the blame)
+        // does not wait for the hedge delay.
+        let mut setback = match result {
             Err(reason) => {
                 self.refused.insert(from, reason);
+                true
             }
             Ok(bytes) => match PartialDecryption::from_bytes(&bytes) {
                 Ok(p) if p.index == index => {
                     self.partials.insert(from, p);
+                    false
                 }
                 _ => {
                     self.invalid.insert(from);
+                    true
                 }
             },
-        }
+        };
         if self.partials.len() >= self.needed() {
             if let Some(done) = self.try_combine() {
                 return done;
             }
+            setback = true; // the combination found invalid partials
         }
-        let outstanding = self.holders.keys().filter(|n| !self.answered(**n)).count();
-        if self.partials.len() + outstanding < self.needed() {
+        let ask = if setback { self.ask_rest() } else { Vec::new() };
+        let not_asked = self.holders.len() - self.asked.len();
+        let outstanding = self.asked.iter().filter(|n| !self.answered(**n)).count();
+        if self.partials.len() + outstanding + not_asked < self.needed() {
             return Progress::Done(Err(self.shortfall(false)), self.faulty());
         }
-        Progress::Waiting
+        Progress::Waiting(ask)
     }
 
     fn try_combine(&mut self) -> Option<Progress> {
@@ -463,7 +549,7 @@ impl PendingUnwrap {
     pub(crate) fn shortfall(&self, timed_out: bool) -> UnwrapError {
         UnwrapError::NotEnoughHolders {
             needed: self.needed(),
-            asked: self.holders.len(),
+            asked: self.asked.len(),
             answered: self.partials.len() + self.refused.len() + self.invalid.len(),
             refused: self.refused.iter().map(|(n, r)| (*n, r.clone())).collect(),
             invalid: self.faulty(),

@@ -1,10 +1,11 @@
 //! Whole-protocol runs over the in-process cluster: DKG, unwrap with any `t`
-//! live holders, failure after the deadline, destruction, a Byzantine holder.
+//! live holders (asking only `t` of them unless one fails to deliver),
+//! failure after the deadline, destruction, a Byzantine holder.
 
 mod common;
 
 use common::*;
-use qk_protocol::{answer_partial, KeyAccess, PartialRequest, ProtocolMessage};
+use qk_protocol::{answer_partial, KeyAccess, PartialRequest, ProtocolConfig, ProtocolMessage};
 use qk_state::{DkgPhase, KeyRecord, Operation, VersionState};
 use qk_types::{Epoch, NodeId};
 use rand::SeedableRng;
@@ -70,14 +71,21 @@ fn run_unwrap_checks(t: u16, n: u64, seed: u64) {
     assert_eq!(count_steps(&c, "version.dkg.justification"), 0);
     assert_eq!(count_steps(&c, "version.dkg.ready"), n as usize);
     let ct = c.wrap(V1, b"data key");
+    let hedge = ProtocolConfig::default().hedge_ms;
+    let step = 10;
 
     for live in subsets(n, usize::from(t)) {
         for i in 1..=n {
             c.node_mut(i).dead = !live.contains(&i);
         }
         let via = live[0];
+        let start = c.now;
         let op = c.start_unwrap(via, ct.clone(), "app");
-        c.run_until_idle();
+        let first = c.asked(via, op);
+        assert_eq!(first.len(), usize::from(t), "asks only t holders first");
+        assert_eq!(first[0], NodeId(via), "asks itself first");
+        let first_live = first.iter().all(|h| live.contains(&h.0));
+        c.advance(5_000, step, |c| c.outcome(via, op).is_some());
         let (result, faulty) = c.outcome(via, op).expect("finished without a timeout");
         assert_eq!(
             result
@@ -88,6 +96,17 @@ fn run_unwrap_checks(t: u16, n: u64, seed: u64) {
             "live holders {live:?}"
         );
         assert!(faulty.is_empty());
+        if first_live {
+            assert_eq!(c.now, start, "no hedge needed, live {live:?}");
+            assert_eq!(c.asked(via, op), first);
+        } else {
+            let waited = c.now - start;
+            assert!(
+                (hedge..=hedge + step).contains(&waited),
+                "hedged after {waited} ms, live {live:?}"
+            );
+            assert_eq!(c.asked(via, op).len(), n as usize, "asked the rest");
+        }
     }
 
     // t - 1 live holders: no answer until the timeout, then a clear error.
@@ -263,16 +282,130 @@ fn destroy_erases_every_share_and_later_unwraps_fail() {
 }
 
 #[test]
-fn byzantine_holder_is_named_and_the_unwrap_still_succeeds() {
-    let mut c = Cluster::generated(2, 3, 16);
-    let ct = c.wrap(V1, b"payload");
-    let decoy = c.decoy_ciphertext();
-    c.node_mut(1).byzantine = Some(decoy);
-    let op = c.start_unwrap(2, ct, "app");
+fn healthy_cluster_asks_exactly_t_holders_spread_evenly() {
+    let (t, n, per_node) = (3usize, 5u64, 8u64);
+    let mut c = Cluster::generated(t as u16, n, 30);
+    let ct = c.wrap(V1, b"spread");
+    let start = c.now;
+    let before = c.partial_requests.len();
+    // Concurrent unwraps: all started before any message is delivered.
+    let mut ops = Vec::new();
+    for via in 1..=n {
+        for _ in 0..per_node {
+            ops.push((via, c.start_unwrap(via, ct.clone(), "app")));
+        }
+    }
     c.run_until_idle();
-    let (result, faulty) = c.outcome(2, op).expect("done");
-    assert_eq!(result.as_ref().expect("unwrap").as_slice(), b"payload");
-    assert_eq!(faulty, &vec![NodeId(1)]);
+    assert_eq!(c.now, start, "no hedge or timeout needed");
+    for (via, op) in &ops {
+        let (result, faulty) = c.outcome(*via, *op).expect("done");
+        assert_eq!(result.as_ref().expect("unwrap").as_slice(), b"spread");
+        assert!(faulty.is_empty());
+        let asked = c.asked(*via, *op);
+        assert_eq!(asked.len(), t, "exactly t partial requests for op {op}");
+        assert_eq!(asked[0], NodeId(*via), "itself first");
+    }
+    let sent = &c.partial_requests[before..];
+    assert_eq!(sent.len(), t * ops.len(), "no request beyond the first t");
+    // Each node asks itself every time and spreads the other t - 1 requests
+    // round-robin over the other holders, so every holder does equal work.
+    let mut load = std::collections::BTreeMap::new();
+    for r in sent {
+        *load.entry(r.to).or_insert(0usize) += 1;
+    }
+    let even = t * ops.len() / n as usize;
+    assert_eq!(load.len(), n as usize, "{load:?}");
+    assert!(load.values().all(|l| *l == even), "{load:?}");
+}
+
+#[test]
+fn non_holder_asks_t_holders_only() {
+    let mut c = Cluster::new(4, 31);
+    c.create_key(2, &[1, 2, 3]);
+    c.advance(60_000, 100, |c| {
+        c.version(V1).state != VersionState::Generating
+    });
+    assert_eq!(c.version(V1).state, VersionState::Enabled);
+    let ct = c.wrap(V1, b"from outside");
+    let mut targets = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let op = c.start_unwrap(4, ct.clone(), "app");
+        c.run_until_idle();
+        let (result, _) = c.outcome(4, op).expect("done");
+        assert_eq!(result.as_ref().expect("unwrap").as_slice(), b"from outside");
+        let asked = c.asked(4, op);
+        assert_eq!(asked.len(), 2, "{asked:?}");
+        assert!(!asked.contains(&NodeId(4)), "{asked:?}");
+        targets.extend(asked);
+    }
+    assert_eq!(
+        targets.len(),
+        3,
+        "successive unwraps start at different holders"
+    );
+}
+
+#[test]
+fn silent_holder_among_the_first_t_is_hedged_around() {
+    let mut c = Cluster::generated(3, 5, 32);
+    let ct = c.wrap(V1, b"hedged");
+    let hedge = ProtocolConfig::default().hedge_ms;
+    for via in 1..=5u64 {
+        for i in 1..=5 {
+            c.node_mut(i).dead = false;
+        }
+        let start = c.now;
+        let op = c.start_unwrap(via, ct.clone(), "app");
+        let first = c.asked(via, op);
+        assert_eq!(first.len(), 3);
+        // The request is queued; the holder dies before it arrives.
+        let silent = first[1];
+        c.node_mut(silent.0).dead = true;
+        c.run_until_idle();
+        assert!(c.outcome(via, op).is_none(), "waits for the hedge");
+        c.advance(hedge - 10, 10, |_| false);
+        assert!(c.outcome(via, op).is_none(), "no hedge before {hedge} ms");
+        assert_eq!(c.asked(via, op), first, "nobody else asked yet");
+        c.advance(1_000, 10, |c| c.outcome(via, op).is_some());
+        assert_eq!(c.now - start, hedge, "hedged at {hedge} ms");
+        let (result, faulty) = c.outcome(via, op).expect("done");
+        assert_eq!(result.as_ref().expect("unwrap").as_slice(), b"hedged");
+        assert!(faulty.is_empty());
+        assert_eq!(c.asked(via, op).len(), 5, "asked the rest");
+    }
+}
+
+#[test]
+fn byzantine_holder_is_named_and_the_unwrap_still_succeeds() {
+    for (t, n, seed) in [(2u16, 3u64, 16u64), (3, 5, 33)] {
+        let mut c = Cluster::generated(t, n, seed);
+        let ct = c.wrap(V1, b"payload");
+        let decoy = c.decoy_ciphertext();
+        for via in 1..=n {
+            // A Byzantine peer among the first t, and the combining node
+            // itself being Byzantine.
+            for bad_pos in [1, 0] {
+                for i in 1..=n {
+                    c.node_mut(i).byzantine = None;
+                }
+                let start = c.now;
+                let op = c.start_unwrap(via, ct.clone(), "app");
+                let first = c.asked(via, op);
+                assert_eq!(first.len(), usize::from(t));
+                let bad = first[bad_pos];
+                c.node_mut(bad.0).byzantine = Some(decoy.clone());
+                c.run_until_idle();
+                let (result, faulty) = c.outcome(via, op).expect("done without waiting");
+                assert_eq!(
+                    c.now, start,
+                    "the rest were asked at once, not after the hedge"
+                );
+                assert_eq!(result.as_ref().expect("unwrap").as_slice(), b"payload");
+                assert_eq!(faulty, &vec![bad], "via {via}");
+                assert_eq!(c.asked(via, op).len(), n as usize);
+            }
+        }
+    }
 }
 
 #[test]
@@ -304,6 +437,7 @@ fn refusals_end_the_unwrap_early_with_their_reasons() {
     assert!(msg.contains("refused: node-1"), "{msg}");
     assert!(msg.contains("no unwrap grant"), "{msg}");
     assert!(!msg.contains("timed out"), "{msg}");
+    assert_eq!(c.asked(3, op).len(), 3, "a refusal makes it ask the rest");
 }
 
 #[test]
@@ -341,4 +475,21 @@ fn runs_are_reproducible_from_the_seed() {
     let b = Cluster::generated(2, 3, 20);
     assert_eq!(a.log, b.log);
     assert_eq!(a.node(1).replica.digest(), b.node(1).replica.digest());
+}
+
+#[test]
+fn zero_hedge_asks_every_holder_at_once() {
+    let mut c = Cluster::generated(2, 3, 34);
+    let ct = c.wrap(V1, b"all at once");
+    // No DKG or unwrap is in flight, so a fresh protocol instance loses nothing.
+    let config = ProtocolConfig {
+        hedge_ms: 0,
+        ..ProtocolConfig::default()
+    };
+    c.node_mut(1).proto = qk_protocol::NodeProtocol::new(NodeId(1), config);
+    let op = c.start_unwrap(1, ct, "app");
+    assert_eq!(c.asked(1, op).len(), 3);
+    c.run_until_idle();
+    let (result, _) = c.outcome(1, op).expect("done");
+    assert_eq!(result.as_ref().expect("unwrap").as_slice(), b"all at once");
 }

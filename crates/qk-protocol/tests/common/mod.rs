@@ -73,6 +73,17 @@ pub struct Cluster {
     pub drop_shares: Vec<(u64, u64)>,
     /// DKG shares that reached a node before its session existed.
     pub early_deliveries: usize,
+    /// Every partial request a node emitted (muted or not), in order.
+    pub partial_requests: Vec<SentRequest>,
+}
+
+/// One `Send` of a `PartialRequest` the protocol emitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SentRequest {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub op_id: OpId,
+    pub at_ms: u64,
 }
 
 impl Cluster {
@@ -110,6 +121,7 @@ impl Cluster {
             corrupt_shares: Vec::new(),
             drop_shares: Vec::new(),
             early_deliveries: 0,
+            partial_requests: Vec::new(),
         }
     }
 
@@ -236,6 +248,14 @@ impl Cluster {
             let muted = self.nodes[&id].muted;
             match action {
                 Action::Send { to, msg } => {
+                    if let ProtocolMessage::PartialRequest(r) = &msg {
+                        self.partial_requests.push(SentRequest {
+                            from: id,
+                            to,
+                            op_id: r.op_id,
+                            at_ms: self.now,
+                        });
+                    }
                     let pair = (id.0, to.0);
                     let is_share = matches!(msg, ProtocolMessage::DkgShare(_));
                     if is_share && self.drop_shares.contains(&pair) {
@@ -394,6 +414,15 @@ impl Cluster {
 
     pub fn outcome(&self, via: u64, op: OpId) -> Option<&UnwrapOutcome> {
         self.node(via).done.get(&op)
+    }
+
+    /// The holders node `via` sent a partial request for `op`, in order.
+    pub fn asked(&self, via: u64, op: OpId) -> Vec<NodeId> {
+        self.partial_requests
+            .iter()
+            .filter(|r| r.from == NodeId(via) && r.op_id == op)
+            .map(|r| r.to)
+            .collect()
     }
 
     /// Runs a DKG for `(t, n)` over nodes `1..=n` to `Enabled`.
