@@ -60,8 +60,15 @@ impl Dialer {
     pub fn new(ca: &CaCert, creds: &Credentials, cfg: NetConfig) -> Result<Self, NetError> {
         let client_config = quic_client_config(ca, creds, &cfg)?;
         let addr = cfg.client_bind_addr;
-        let mut endpoint =
-            Endpoint::client(addr).map_err(|source| NetError::Bind { addr, source })?;
+        let socket =
+            crate::config::bind_udp(addr).map_err(|source| NetError::Bind { addr, source })?;
+        let mut endpoint = Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            std::sync::Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| NetError::Bind { addr, source })?;
         endpoint.set_default_client_config(client_config);
         Ok(Self {
             inner: Arc::new(DialerInner {

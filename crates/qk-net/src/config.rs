@@ -71,3 +71,19 @@ impl NetConfig {
             .min(self.backoff_max)
     }
 }
+
+/// Socket buffer size asked for each QUIC endpoint. The kernel default
+/// (about 208 KiB) overflows under bursts of many small requests, and every
+/// dropped datagram costs a QUIC loss-recovery timeout; the kernel caps the
+/// request at `net.core.rmem_max` / `wmem_max`.
+pub const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+/// Binds a UDP socket for a QUIC endpoint with enlarged buffers.
+pub fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let sock = socket2::SockRef::from(&socket);
+    // Best effort: a smaller buffer still works, only with more drops.
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER_BYTES);
+    Ok(socket)
+}

@@ -165,7 +165,7 @@ impl Server {
             })
         });
         let socket =
-            std::net::UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
+            crate::config::bind_udp(addr).map_err(|source| NetError::Bind { addr, source })?;
         let endpoint = Endpoint::new(
             endpoint_config,
             Some(server_config),
