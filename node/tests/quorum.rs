@@ -339,3 +339,58 @@ async fn no_secret_on_disk_or_in_logs_and_nothing_left_after_destruction() {
         }
     }
 }
+
+fn share_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("shares"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".share"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_holder_fails_generation_and_no_holder_keeps_a_share() {
+    let mut c = Cluster::start(bin(), 3, 100_000);
+    c.create(1, "k", 2, &[1, 2, 3]).await.expect("create");
+    c.wait_key(1, "k", enabled(1));
+    c.kill(3);
+    let rotate = Operation::Rotate {
+        name: "k".into(),
+        holders: [1, 2, 3].map(qk_types::NodeId).to_vec(),
+        generation_timeout_ms: Some(2000),
+    };
+    c.op(1, rotate).await.expect("rotate");
+    let k = c.wait_key(1, "k", |k| {
+        k.version(KeyVersion(2))
+            .is_some_and(|v| matches!(v.state, VersionState::Failed { .. }))
+    });
+    let VersionState::Failed { reason } = &k.version(KeyVersion(2)).expect("v2").state else {
+        unreachable!("waited for Failed");
+    };
+    assert!(
+        reason.contains("node-3"),
+        "the reason names the silent holder: {reason}"
+    );
+    // Holders 1 and 2 erased whatever they had of v2; v1 still works.
+    wait_until("v2 shares erased on nodes 1 and 2", || {
+        (1..=2u64)
+            .all(|id| {
+                share_files(&c.data_dir(id))
+                    .iter()
+                    .all(|f| f.contains("-1-"))
+            })
+            .then_some(())
+    });
+    let (ct, v) = c.encrypt(1, "k", CTX, b"still v1").await.expect("encrypt");
+    assert_eq!(v, 1, "a failed version is never used to encrypt");
+    assert_eq!(c.decrypt(2, &ct, CTX).await.expect("decrypt"), b"still v1");
+    // The holder that was away comes back and holds nothing of v2 either.
+    c.restart(3);
+    c.wait_status(3, |s| s.leader.is_some());
+    assert!(share_files(&c.data_dir(3))
+        .iter()
+        .all(|f| f.contains("-1-")));
+}
