@@ -85,6 +85,24 @@ pub enum CtlCommand {
     },
     /// Commit the destruction of a version whose waiting period has passed.
     Destroy { name: String, version: u32 },
+    /// Cancel a scheduled destruction (the version stays disabled).
+    CancelDestroy { name: String, version: u32 },
+    /// Stop a version from encrypting and decrypting.
+    Disable { name: String, version: u32 },
+    /// Re-enable a disabled version (not a compromised one).
+    Enable { name: String, version: u32 },
+    /// Disable a version at once and record why.
+    MarkCompromised {
+        name: String,
+        version: u32,
+        #[arg(long)]
+        reason: String,
+        /// Keep decryption possible (to re-encrypt data under a new version).
+        #[arg(long)]
+        allow_decrypt: bool,
+    },
+    /// Refuse decryption with versions below VERSION.
+    MinDecryptVersion { name: String, version: u32 },
     /// Print audit records and verify their hash chain.
     Audit {
         #[arg(long, default_value_t = 1)]
@@ -233,6 +251,35 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             name,
             version: qk_types::KeyVersion(version),
         }),
+        CtlCommand::CancelDestroy { name, version } => write_cmd(Operation::CancelDestruction {
+            name,
+            version: qk_types::KeyVersion(version),
+        }),
+        CtlCommand::Disable { name, version } => write_cmd(Operation::Disable {
+            name,
+            version: qk_types::KeyVersion(version),
+        }),
+        CtlCommand::Enable { name, version } => write_cmd(Operation::Enable {
+            name,
+            version: qk_types::KeyVersion(version),
+        }),
+        CtlCommand::MarkCompromised {
+            name,
+            version,
+            reason,
+            allow_decrypt,
+        } => write_cmd(Operation::MarkCompromised {
+            name,
+            version: qk_types::KeyVersion(version),
+            reason,
+            allow_decrypt,
+        }),
+        CtlCommand::MinDecryptVersion { name, version } => {
+            write_cmd(Operation::SetMinDecryptVersion {
+                name,
+                version: qk_types::KeyVersion(version),
+            })
+        }
         CtlCommand::ListKeys => ClientRequest::ListKeys,
         CtlCommand::Audit { from, limit } => ClientRequest::Audit {
             from_seq: from,

@@ -394,3 +394,79 @@ async fn unreachable_holder_fails_generation_and_no_holder_keeps_a_share() {
         .iter()
         .all(|f| f.contains("-1-")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compromised_versions_and_minimum_decryption_version() {
+    let c = Cluster::start(bin(), 3, 100_000);
+    c.create(1, "k", 2, &[1, 2, 3]).await.expect("create");
+    c.wait_key(1, "k", enabled(1));
+    let (ct1, _) = c.encrypt(1, "k", CTX, b"one").await.expect("encrypt v1");
+    let rotate = Operation::Rotate {
+        name: "k".into(),
+        holders: [1, 2, 3].map(qk_types::NodeId).to_vec(),
+        generation_timeout_ms: None,
+    };
+    c.op(1, rotate).await.expect("rotate");
+    c.wait_key(1, "k", enabled(2));
+    let (ct2, _) = c.encrypt(1, "k", CTX, b"two").await.expect("encrypt v2");
+    let compromise = |allow_decrypt| Operation::MarkCompromised {
+        name: "k".into(),
+        version: KeyVersion(2),
+        reason: "key material seen in a crash dump".into(),
+        allow_decrypt,
+    };
+    // Compromised: no encryption with it at once, and no decryption either...
+    c.op(1, compromise(false)).await.expect("mark compromised");
+    let (_, v) = c.encrypt(1, "k", CTX, b"x").await.expect("encrypt");
+    assert_eq!(v, 1, "encryption falls back to the newest usable version");
+    let err = c.decrypt(1, &ct2, CTX).await.expect_err("compromised");
+    assert!(
+        err.contains("compromised") && err.contains("crash dump"),
+        "{err}"
+    );
+    // ...unless explicitly allowed, to re-encrypt its data.
+    c.op(1, compromise(true)).await.expect("allow decrypt");
+    assert_eq!(c.decrypt(2, &ct2, CTX).await.expect("allowed"), b"two");
+    let enable = Operation::Enable {
+        name: "k".into(),
+        version: KeyVersion(2),
+    };
+    assert!(
+        c.op(1, enable).await.is_err(),
+        "a compromised version is never re-enabled"
+    );
+    // A minimum decryption version retires older ciphertexts.
+    let min = Operation::SetMinDecryptVersion {
+        name: "k".into(),
+        version: KeyVersion(2),
+    };
+    assert!(
+        c.op(1, min).await.is_err(),
+        "above the newest enabled version (v1)"
+    );
+    let min = Operation::SetMinDecryptVersion {
+        name: "k".into(),
+        version: KeyVersion(1),
+    };
+    c.op(1, min).await.expect("min 1");
+    assert_eq!(c.decrypt(1, &ct1, CTX).await.expect("v1"), b"one");
+    let rotate = Operation::Rotate {
+        name: "k".into(),
+        holders: [1, 2, 3].map(qk_types::NodeId).to_vec(),
+        generation_timeout_ms: None,
+    };
+    c.op(1, rotate).await.expect("rotate to v3");
+    c.wait_key(1, "k", enabled(3));
+    let (ct3, v) = c.encrypt(1, "k", CTX, b"three").await.expect("encrypt v3");
+    assert_eq!(v, 3);
+    let min = Operation::SetMinDecryptVersion {
+        name: "k".into(),
+        version: KeyVersion(3),
+    };
+    c.op(1, min).await.expect("min 3");
+    for old in [&ct1, &ct2] {
+        let err = c.decrypt(1, old, CTX).await.expect_err("below the minimum");
+        assert!(err.contains("minimum decryption version 3"), "{err}");
+    }
+    assert_eq!(c.decrypt(1, &ct3, CTX).await.expect("v3"), b"three");
+}

@@ -156,14 +156,32 @@ pub fn share_index_of(record: &KeyVersionRecord, node: NodeId) -> Option<ShareIn
         .and_then(|i| ShareIndex::new(i).ok())
 }
 
-/// Why a version cannot serve partials, or `None` when it is enabled.
+/// Why a version cannot serve partials, or `None` when it can decrypt:
+/// enabled, or compromised with decryption explicitly allowed, and not below
+/// the key's minimum decryption version.
 pub(crate) fn unusable(
-    name: &str,
+    key: &KeyRecord,
     version: KeyVersion,
     record: &KeyVersionRecord,
 ) -> Option<UnwrapError> {
+    let name = key.name.as_str();
+    let destroyed = matches!(
+        record.state,
+        VersionState::Destroyed | VersionState::Destroying
+    );
+    if !destroyed && version < key.min_decrypt_version {
+        return Some(UnwrapError::NotUsable {
+            name: name.to_string(),
+            version,
+            state: format!(
+                "below the key's minimum decryption version {}",
+                key.min_decrypt_version.0
+            ),
+        });
+    }
     match &record.state {
         VersionState::Enabled => None,
+        VersionState::Disabled if record.compromised_decrypt_allowed => None,
         VersionState::Destroyed | VersionState::Destroying => Some(UnwrapError::Destroyed {
             name: name.to_string(),
             version,
@@ -233,7 +251,7 @@ fn partial_for<R: CryptoRng + ?Sized>(
         }
         .to_string()
     })?;
-    if let Some(e) = unusable(&req.name, req.version, record) {
+    if let Some(e) = unusable(key, req.version, record) {
         return Err(e.to_string());
     }
     let index = share_index_of(record, me).ok_or_else(|| {
@@ -371,7 +389,7 @@ impl PendingUnwrap {
                 name: req.name.clone(),
                 version,
             })?;
-        if let Some(e) = unusable(&req.name, version, record) {
+        if let Some(e) = unusable(key, version, record) {
             return Err(e);
         }
         let keys = version_keys(&req.name, version, record)?;

@@ -78,10 +78,20 @@ pub enum Operation {
         name: String,
         version: KeyVersion,
     },
+    /// Disables the version at once and records why. With `allow_decrypt`
+    /// it still decrypts (to re-encrypt data under a new version); it never
+    /// encrypts again and cannot be re-enabled.
     MarkCompromised {
         name: String,
         version: KeyVersion,
         reason: String,
+        #[serde(default)]
+        allow_decrypt: bool,
+    },
+    /// Versions below this one may no longer decrypt (0 or 1: all may).
+    SetMinDecryptVersion {
+        name: String,
+        version: KeyVersion,
     },
     ScheduleDestruction {
         name: String,
@@ -195,6 +205,7 @@ impl Operation {
             Operation::Disable { .. } => "version.disable",
             Operation::Enable { .. } => "version.enable",
             Operation::MarkCompromised { .. } => "version.mark-compromised",
+            Operation::SetMinDecryptVersion { .. } => "key.set-min-decrypt-version",
             Operation::ScheduleDestruction { .. } => "version.schedule-destruction",
             Operation::CancelDestruction { .. } => "version.cancel-destruction",
             Operation::Destroy { .. } => "version.destroy",
@@ -216,6 +227,7 @@ impl Operation {
             | Operation::Disable { name, .. }
             | Operation::Enable { name, .. }
             | Operation::MarkCompromised { name, .. }
+            | Operation::SetMinDecryptVersion { name, .. }
             | Operation::ScheduleDestruction { name, .. }
             | Operation::CancelDestruction { name, .. }
             | Operation::Destroy { name, .. }
@@ -234,6 +246,7 @@ impl Operation {
             | Operation::Disable { version, .. }
             | Operation::Enable { version, .. }
             | Operation::MarkCompromised { version, .. }
+            | Operation::SetMinDecryptVersion { version, .. }
             | Operation::ScheduleDestruction { version, .. }
             | Operation::CancelDestruction { version, .. }
             | Operation::Destroy { version, .. }

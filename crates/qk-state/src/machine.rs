@@ -206,12 +206,17 @@ impl StateMachine {
                 name,
                 version,
                 reason,
+                allow_decrypt,
             } => self.with_version(name, *version, "mark compromised", |v| {
                 matches!(v.state, VersionState::Enabled | VersionState::Disabled).then(|| {
                     v.state = VersionState::Disabled;
                     v.compromised = Some(reason.clone());
+                    v.compromised_decrypt_allowed = *allow_decrypt;
                 })
             }),
+            Operation::SetMinDecryptVersion { name, version } => {
+                self.set_min_decrypt_version(name, *version)
+            }
             Operation::ScheduleDestruction {
                 name,
                 version,
@@ -285,6 +290,7 @@ impl StateMachine {
                     &c.holders,
                 )],
                 tags: BTreeMap::new(),
+                min_decrypt_version: KeyVersion(0),
             },
         );
         Ok(Applied::KeyCreated { id, version })
@@ -490,6 +496,19 @@ impl StateMachine {
         }
     }
 
+    fn set_min_decrypt_version(&mut self, name: &str, version: KeyVersion) -> Outcome {
+        let key = self.key_mut(name)?;
+        let primary = key.primary_version().map(|v| v.version);
+        if primary.is_some_and(|p| version > p) {
+            return Err(invalid(format!(
+                "minimum decryption version {} is above the newest enabled version; rotate first",
+                version.0
+            )));
+        }
+        key.min_decrypt_version = version;
+        Ok(Applied::Done)
+    }
+
     fn erase_receipt(&mut self, name: &str, version: KeyVersion, node: NodeId) -> Outcome {
         let key = self.key_mut(name)?;
         let v = key
@@ -567,6 +586,7 @@ fn new_version(
         public_keys: None,
         erase_receipts: BTreeSet::new(),
         compromised: None,
+        compromised_decrypt_allowed: false,
         generation_deadline_ms: now.saturating_add(timeout_ms),
         dkg: DkgRecord::new(),
     }

@@ -110,6 +110,9 @@ pub struct KeyVersionRecord {
     /// Holders that confirmed erasing their share.
     pub erase_receipts: BTreeSet<NodeId>,
     pub compromised: Option<String>,
+    /// A compromised version may still decrypt (never encrypt).
+    #[serde(default)]
+    pub compromised_decrypt_allowed: bool,
     /// Log time (leader timestamp) after which `FailGeneration` is accepted
     /// while the version is still generating.
     pub generation_deadline_ms: u64,
@@ -141,6 +144,9 @@ pub struct KeyRecord {
     pub versions: Vec<KeyVersionRecord>,
     /// Free-form metadata tags (bounded in count and size).
     pub tags: std::collections::BTreeMap<String, Vec<u8>>,
+    /// Versions below this one may not decrypt.
+    #[serde(default)]
+    pub min_decrypt_version: KeyVersion,
 }
 
 impl KeyRecord {

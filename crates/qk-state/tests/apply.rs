@@ -209,6 +209,7 @@ fn cancel_destruction_and_compromise() {
             name: name(),
             version: V1,
             reason: "leaked laptop".into(),
+            allow_decrypt: false,
         },
     ));
     assert!(r.result.is_ok());

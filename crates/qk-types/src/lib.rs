@@ -34,8 +34,10 @@ impl fmt::Display for KeyId {
     }
 }
 
-/// A key version number; version 1 is the first one generated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A key version number; version 1 is the first one generated (0: none).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct KeyVersion(pub u32);
 
 impl fmt::Display for KeyVersion {
