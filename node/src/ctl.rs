@@ -1,12 +1,11 @@
-//! `qk-node ctl`: a small client for operators and tests (JSON output).
+//! `qk-node ctl`: a small client for operators and scripts.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use qk_net::Dialer;
-use qk_raft::{ClientRequest, ClientResponse, PeerRequest, PeerResponse};
+use qk_raft::{ClientRequest, ClientResponse};
 use qk_state::{verify_chain, Command, CreateKey, Operation, RequestId, GENESIS_HASH};
 use qk_types::NodeId;
 
@@ -112,10 +111,7 @@ pub enum CtlCommand {
     },
 }
 
-pub struct Target {
-    pub dialer: Dialer,
-    pub addr: String,
-}
+pub type Target = qk_client::Client;
 
 pub fn connect(args: &CtlArgs) -> Result<Target> {
     let pki = args.dir.join("pki");
@@ -132,29 +128,12 @@ pub fn connect(args: &CtlArgs) -> Result<Target> {
         Some(a) => a.clone(),
         None => crate::dev::first_addr(&args.dir)?,
     };
-    let (ca, creds) = crate::node::load_tls(&ca, &cert, &key).context(
-        "cannot load client credentials; pass --ca/--cert/--key or --dir of a dev cluster",
-    )?;
-    let dialer = Dialer::new(
-        &ca,
-        &creds,
-        crate::node::net_config(Duration::from_secs(10)),
-    )?;
-    Ok(Target { dialer, addr })
+    qk_client::Client::connect(&ca, &cert, &key, &addr, Duration::from_secs(10))
+        .context("pass --ca/--cert/--key, or --dir of a dev cluster")
 }
 
 pub async fn call(target: &Target, req: ClientRequest) -> Result<ClientResponse> {
-    match target
-        .dialer
-        .any_node(&target.addr)
-        .call(&PeerRequest::Client(req))
-        .await
-        .with_context(|| format!("cannot reach {}", target.addr))?
-    {
-        PeerResponse::Client(ClientResponse::Error(e)) => bail!("{e}"),
-        PeerResponse::Client(r) => Ok(r),
-        other => bail!("unexpected answer from {}: {other:?}", target.addr),
-    }
+    Ok(target.call(req).await?)
 }
 
 pub fn write_cmd(op: Operation) -> ClientRequest {
@@ -215,12 +194,9 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             context,
             client_side: true,
         } => {
-            let plain = crate::client::decrypt_client_side(
-                &target,
-                &ciphertext,
-                context.into_iter().collect(),
-            )
-            .await?;
+            let plain = target
+                .decrypt_client_side(&ciphertext, context.into_iter().collect())
+                .await?;
             std::io::Write::write_all(&mut std::io::stdout(), &plain)?;
             println!();
             return Ok(());

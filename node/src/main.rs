@@ -2,7 +2,6 @@
 #![forbid(unsafe_code)]
 
 mod audit;
-mod client;
 mod config;
 mod ctl;
 mod dev;

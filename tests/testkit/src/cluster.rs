@@ -402,51 +402,17 @@ impl Cluster {
         }
     }
 
-    /// Client-side combining: partials from every running node, combined here.
-    pub async fn decrypt_client_side(
-        &self,
-        name: &str,
-        ciphertext: &str,
-        context: &[(&str, &str)],
-    ) -> Result<Vec<u8>, String> {
-        let ct = qk_crypto::Ciphertext::from_text(ciphertext).map_err(|e| e.to_string())?;
-        let mut record = None;
-        for id in 1..=self.ports.len() as u64 {
-            if self.procs[(id - 1) as usize].is_some() {
-                record = self.key(id, name).await;
-                break;
-            }
-        }
-        let record = record.ok_or("no running node knows the key")?;
-        let keys = record
-            .version(ct.version)
-            .and_then(|v| v.public_keys.clone())
-            .ok_or("version has no key set")?;
-        let keys = qk_crypto::PublicKeySet::from_bytes(&keys).map_err(|e| e.to_string())?;
-        let mut partials = Vec::new();
-        for id in 1..=self.ports.len() as u64 {
-            if self.procs[(id - 1) as usize].is_none() {
-                continue;
-            }
-            let req = ClientRequest::Partial {
-                ciphertext: ciphertext.into(),
-                context: ctx(context),
-            };
-            if let Ok(ClientResponse::Partial(bytes)) = self.request(id, req).await {
-                partials.push(
-                    qk_crypto::PartialDecryption::from_bytes(&bytes).map_err(|e| e.to_string())?,
-                );
-            }
-        }
-        qk_crypto::combine(
-            &keys,
-            &ct,
-            &ctx(context),
-            &partials,
-            qk_crypto::CombineMode::Optimistic,
-        )
-        .map(|c| c.plaintext.to_vec())
-        .map_err(|e| e.to_string())
+    /// Client-side combining through `qk-client`, via the first running node.
+    pub async fn decrypt_client_side(&self, _name: &str, ciphertext: &str, context: &[(&str, &str)]) -> Result<Vec<u8>, String> {
+        let via = (1..=self.ports.len() as u64)
+            .find(|id| self.procs[(*id - 1) as usize].is_some())
+            .ok_or("no node is running")?;
+        let client = qk_client::Client::from_dialer(self.pool.clone(), &self.addr(via));
+        client
+            .decrypt_client_side(ciphertext, ctx(context))
+            .await
+            .map(|p| p.to_vec())
+            .map_err(|e| e.to_string())
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
