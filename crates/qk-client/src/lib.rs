@@ -44,12 +44,20 @@ pub struct Client {
 impl Client {
     /// Loads the CA and the client's certificate and key (PEM). Must run in a
     /// tokio runtime.
-    pub fn connect(ca: &Path, cert: &Path, key: &Path, addr: &str, timeout: Duration) -> Result<Client> {
+    pub fn connect(
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Client> {
         let ca = CaCert::load(ca).map_err(|e| ClientError::Credentials(e.to_string()))?;
-        let creds = Credentials::load(cert, key).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        let creds =
+            Credentials::load(cert, key).map_err(|e| ClientError::Credentials(e.to_string()))?;
         let mut cfg = NetConfig::default();
         cfg.request_timeout = timeout;
-        let dialer = Dialer::new(&ca, &creds, cfg).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        let dialer =
+            Dialer::new(&ca, &creds, cfg).map_err(|e| ClientError::Credentials(e.to_string()))?;
         Ok(Client::from_dialer(dialer, addr))
     }
 
@@ -67,7 +75,12 @@ impl Client {
 
     /// Sends one request; a node's `Error` answer becomes `ClientError::Refused`.
     pub async fn call(&self, req: ClientRequest) -> Result<ClientResponse> {
-        call_at(&self.dialer.any_node(&self.addr), &self.addr, &PeerRequest::Client(req)).await
+        call_at(
+            &self.dialer.any_node(&self.addr),
+            &self.addr,
+            &PeerRequest::Client(req),
+        )
+        .await
     }
 
     pub async fn status(&self) -> Result<NodeStatus> {
@@ -87,24 +100,33 @@ impl Client {
     /// The key set of the ciphertext's key version, found by key id.
     async fn key_set_for(&self, ct: &Ciphertext) -> Result<PublicKeySet> {
         let ClientResponse::Keys(names) = self.call(ClientRequest::ListKeys).await? else {
-            return Err(ClientError::Refused("the node did not list its keys".into()));
+            return Err(ClientError::Refused(
+                "the node did not list its keys".into(),
+            ));
         };
         for name in names {
             if let ClientResponse::Key(Some(k)) = self.call(ClientRequest::GetKey { name }).await? {
                 if k.id != ct.key_id {
                     continue;
                 }
-                let bytes = k.version(ct.version).and_then(|v| v.public_keys.clone()).ok_or_else(|| {
-                    ClientError::Refused(format!(
-                        "key {:?} has no usable version {}",
-                        k.name, ct.version.0
-                    ))
-                })?;
-                return PublicKeySet::from_bytes(&bytes)
-                    .map_err(|e| ClientError::Refused(format!("the replicated key set does not decode: {e}")));
+                let bytes = k
+                    .version(ct.version)
+                    .and_then(|v| v.public_keys.clone())
+                    .ok_or_else(|| {
+                        ClientError::Refused(format!(
+                            "key {:?} has no usable version {}",
+                            k.name, ct.version.0
+                        ))
+                    })?;
+                return PublicKeySet::from_bytes(&bytes).map_err(|e| {
+                    ClientError::Refused(format!("the replicated key set does not decode: {e}"))
+                });
             }
         }
-        Err(ClientError::Refused(format!("no key with id {} in this cluster", ct.key_id)))
+        Err(ClientError::Refused(format!(
+            "no key with id {} in this cluster",
+            ct.key_id
+        )))
     }
 
     /// Client-side combining: asks every member for its partial, verifies
@@ -149,7 +171,11 @@ impl Client {
     }
 }
 
-async fn call_at(client: &qk_net::PeerClient, addr: &str, req: &PeerRequest) -> Result<ClientResponse> {
+async fn call_at(
+    client: &qk_net::PeerClient,
+    addr: &str,
+    req: &PeerRequest,
+) -> Result<ClientResponse> {
     match client.call(req).await {
         Ok(PeerResponse::Client(ClientResponse::Error(e))) => Err(ClientError::Refused(e)),
         Ok(PeerResponse::Client(r)) => Ok(r),

@@ -403,7 +403,12 @@ impl Cluster {
     }
 
     /// Client-side combining through `qk-client`, via the first running node.
-    pub async fn decrypt_client_side(&self, _name: &str, ciphertext: &str, context: &[(&str, &str)]) -> Result<Vec<u8>, String> {
+    pub async fn decrypt_client_side(
+        &self,
+        _name: &str,
+        ciphertext: &str,
+        context: &[(&str, &str)],
+    ) -> Result<Vec<u8>, String> {
         let via = (1..=self.ports.len() as u64)
             .find(|id| self.procs[(*id - 1) as usize].is_some())
             .ok_or("no node is running")?;
