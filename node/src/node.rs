@@ -269,7 +269,16 @@ impl Node {
         let (log_store, sm_store) = open_storage(&config.data_dir.join("raft")).await?;
         let state = sm_store.reader();
         let shares = open_share_store(config, fresh)?;
-        let (core, actions) = QuorumCore::new(NodeIdT(config.node_id), now_ms());
+        let replay_upto = {
+            use openraft::storage::RaftLogStorage;
+            let mut reader = log_store.clone();
+            let state = reader
+                .get_log_state()
+                .await
+                .context("cannot read the local Raft log")?;
+            state.last_log_id.map(|l| l.index).unwrap_or(0)
+        };
+        let (core, actions) = QuorumCore::new(NodeIdT(config.node_id), replay_upto);
         let hook_core = core.clone();
         sm_store.set_apply_hook(Box::new(move |s, index, cmd, resp| {
             hook_core.on_applied(s, index, cmd, resp)

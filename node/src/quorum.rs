@@ -26,22 +26,23 @@ pub struct QuorumCore {
     me: NodeId,
     protocol: Mutex<NodeProtocol>,
     actions: mpsc::UnboundedSender<Vec<Action>>,
-    /// Entries stamped before this process started are replays: the start-up
-    /// reconciliation covers them, the protocol does not react to them.
-    started_ms: u64,
+    /// Entries at or below this index were in the local log when the process
+    /// started: replays. The start-up reconciliation covers them; the protocol
+    /// does not react to them (it would, say, deal again for an old key).
+    replay_upto: u64,
 }
 
 impl QuorumCore {
     pub fn new(
         me: NodeId,
-        started_ms: u64,
+        replay_upto: u64,
     ) -> (Arc<QuorumCore>, mpsc::UnboundedReceiver<Vec<Action>>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let core = QuorumCore {
             me,
             protocol: Mutex::new(NodeProtocol::new(me, ProtocolConfig::default())),
             actions: tx,
-            started_ms,
+            replay_upto,
         };
         (Arc::new(core), rx)
     }
@@ -67,7 +68,7 @@ impl QuorumCore {
         command: &Command,
         response: &Response,
     ) {
-        if command.time_ms < self.started_ms {
+        if index <= self.replay_upto {
             return;
         }
         self.handle(
