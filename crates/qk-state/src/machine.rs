@@ -296,6 +296,19 @@ impl StateMachine {
         Ok(Applied::KeyCreated { id, version })
     }
 
+    fn version_mut(
+        &mut self,
+        name: &str,
+        version: KeyVersion,
+    ) -> Result<&mut KeyVersionRecord, StateError> {
+        self.key_mut(name)?
+            .version_mut(version)
+            .ok_or_else(|| StateError::NoSuchVersion {
+                name: name.to_string(),
+                version: version.0,
+            })
+    }
+
     fn key_mut(&mut self, name: &str) -> Result<&mut KeyRecord, StateError> {
         self.keys
             .get_mut(name)
@@ -457,19 +470,14 @@ impl StateMachine {
         if public_keys.is_empty() || public_keys.len() > MAX_PUBLIC_KEYS_LEN {
             return Err(invalid("public key set is empty or too large"));
         }
-        let key = self.key_mut(name)?;
-        key.last_rotated_ms = now;
-        let v = key
-            .version_mut(version)
-            .ok_or_else(|| StateError::NoSuchVersion {
-                name: name.to_string(),
-                version: version.0,
-            })?;
+        let v = self.version_mut(name, version)?;
         if v.state != VersionState::Generating {
             return Err(transition_error(name, v, "complete generation"));
         }
         v.state = VersionState::Enabled;
         v.public_keys = Some(public_keys.to_vec());
+        // Only once the transition is certain: a refused command changes nothing.
+        self.key_mut(name)?.last_rotated_ms = now;
         Ok(Applied::Done)
     }
 
@@ -482,13 +490,7 @@ impl StateMachine {
         action: &str,
         change: impl FnOnce(&mut KeyVersionRecord) -> Option<()>,
     ) -> Outcome {
-        let key = self.key_mut(name)?;
-        let v = key
-            .version_mut(version)
-            .ok_or_else(|| StateError::NoSuchVersion {
-                name: name.to_string(),
-                version: version.0,
-            })?;
+        let v = self.version_mut(name, version)?;
         let before = v.clone();
         match change(v) {
             Some(()) => Ok(Applied::Done),
@@ -510,13 +512,7 @@ impl StateMachine {
     }
 
     fn erase_receipt(&mut self, name: &str, version: KeyVersion, node: NodeId) -> Outcome {
-        let key = self.key_mut(name)?;
-        let v = key
-            .version_mut(version)
-            .ok_or_else(|| StateError::NoSuchVersion {
-                name: name.to_string(),
-                version: version.0,
-            })?;
+        let v = self.version_mut(name, version)?;
         if !matches!(v.state, VersionState::Destroying | VersionState::Destroyed) {
             return Err(transition_error(name, v, "erase receipt"));
         }

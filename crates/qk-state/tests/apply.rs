@@ -420,7 +420,16 @@ proptest! {
             .collect();
         let mut a = StateMachine::new();
         let mut b = StateMachine::new();
-        let ra: Vec<_> = log.iter().map(|c| a.apply(c)).collect();
+        let mut ra = Vec::new();
+        for c in &log {
+            let before: Vec<qk_state::KeyRecord> = a.keys().cloned().collect();
+            let r = a.apply(c);
+            if r.result.is_err() {
+                let after: Vec<qk_state::KeyRecord> = a.keys().cloned().collect();
+                prop_assert_eq!(before, after, "a refused command changed the keys");
+            }
+            ra.push(r);
+        }
         let rb: Vec<_> = log.iter().map(|c| b.apply(c)).collect();
         prop_assert_eq!(ra, rb);
         prop_assert_eq!(a.digest(), b.digest());
