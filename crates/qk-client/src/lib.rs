@@ -39,6 +39,9 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 pub struct Client {
     dialer: Dialer,
     addr: String,
+    /// One connection to `addr`, reused by every call (a handshake per call
+    /// would cost more than most requests).
+    conn: qk_net::PeerClient,
 }
 
 impl Client {
@@ -63,9 +66,11 @@ impl Client {
 
     /// Uses an existing endpoint (tests and tools that already hold one).
     pub fn from_dialer(dialer: Dialer, addr: &str) -> Client {
+        let conn = dialer.any_node(addr);
         Client {
             dialer,
             addr: addr.to_string(),
+            conn,
         }
     }
 
@@ -75,12 +80,7 @@ impl Client {
 
     /// Sends one request; a node's `Error` answer becomes `ClientError::Refused`.
     pub async fn call(&self, req: ClientRequest) -> Result<ClientResponse> {
-        call_at(
-            &self.dialer.any_node(&self.addr),
-            &self.addr,
-            &PeerRequest::Client(req),
-        )
-        .await
+        call_at(&self.conn, &self.addr, &PeerRequest::Client(req)).await
     }
 
     pub async fn status(&self) -> Result<NodeStatus> {

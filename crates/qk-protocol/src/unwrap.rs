@@ -304,7 +304,33 @@ pub(crate) fn version_keys(
         .public_keys
         .as_deref()
         .ok_or_else(|| corrupt("no public key set recorded".into()))?;
-    PublicKeySet::from_bytes(bytes).map_err(|e| corrupt(e.to_string()))
+    decode_key_set(bytes).map_err(|e| corrupt(e.to_string()))
+}
+
+/// Most decoded key sets remembered per thread.
+const KEY_SET_MEMO_LEN: usize = 256;
+
+thread_local! {
+    /// Memo of `PublicKeySet::from_bytes`, a pure function: decoding checks
+    /// every point and derives each holder's key (a multi-scalar
+    /// multiplication per holder), which would otherwise dominate a partial.
+    static KEY_SETS: std::cell::RefCell<BTreeMap<Vec<u8>, PublicKeySet>> =
+        const { std::cell::RefCell::new(BTreeMap::new()) };
+}
+
+fn decode_key_set(bytes: &[u8]) -> Result<PublicKeySet, qk_crypto::CryptoError> {
+    if let Some(hit) = KEY_SETS.with(|m| m.borrow().get(bytes).cloned()) {
+        return Ok(hit);
+    }
+    let keys = PublicKeySet::from_bytes(bytes)?;
+    KEY_SETS.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= KEY_SET_MEMO_LEN {
+            m.clear();
+        }
+        m.insert(bytes.to_vec(), keys.clone());
+    });
+    Ok(keys)
 }
 
 /// One unwrap in flight at the combining node.

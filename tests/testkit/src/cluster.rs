@@ -186,7 +186,7 @@ impl Cluster {
     pub async fn request(&self, id: u64, req: ClientRequest) -> Result<ClientResponse, String> {
         match self
             .pool
-            .any_node(&self.addr(id))
+            .node(id, &self.addr(id))
             .call(&PeerRequest::Client(req))
             .await
         {
