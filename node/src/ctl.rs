@@ -36,8 +36,8 @@ pub enum CtlCommand {
         name: String,
         #[arg(long, default_value_t = 2)]
         threshold: u16,
-        /// Holder node ids (default: 1..=3).
-        #[arg(long = "holder", default_values_t = [1u64, 2, 3])]
+        /// Holder node ids (repeatable; default: every voter).
+        #[arg(long = "holder")]
         holders: Vec<u64>,
         #[arg(long, default_value = "")]
         description: String,
@@ -72,7 +72,8 @@ pub enum CtlCommand {
     /// Start a new version of the key (a new DKG).
     Rotate {
         name: String,
-        #[arg(long = "holder", default_values_t = [1u64, 2, 3])]
+        /// Holder node ids (repeatable; default: every voter).
+        #[arg(long = "holder")]
         holders: Vec<u64>,
     },
     /// Schedule destruction of a version after a waiting period (ms).

@@ -426,6 +426,24 @@ impl Node {
         }
     }
 
+    /// A key or version with no holders listed is held by every voter.
+    fn default_holders(&self, op: &mut Operation) {
+        let holders = match op {
+            Operation::CreateKey(c) => &mut c.holders,
+            Operation::Rotate { holders, .. } => holders,
+            _ => return,
+        };
+        if holders.is_empty() {
+            let m = self.raft.metrics().borrow().clone();
+            *holders = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .map(NodeIdT)
+                .collect();
+        }
+    }
+
     fn member_addr(&self, id: NodeId) -> Option<String> {
         let m = self.raft.metrics().borrow().clone();
         m.membership_config
@@ -643,6 +661,7 @@ impl Node {
             }
         };
         cmd.time_ms = now_ms();
+        self.default_holders(&mut cmd.op);
         match self.raft.client_write(cmd.clone()).await {
             Ok(resp) => ClientResponse::Written {
                 log_index: resp.log_id.index,

@@ -134,13 +134,22 @@ async fn lifecycle(n: u64, t: u16) {
     assert_eq!(plain, b"data key one");
 
     // Rotate: new ciphertexts use v2; both versions decrypt.
+    // No holders listed: every voter holds a share of the new version.
     let rotate = Operation::Rotate {
         name: "orders".into(),
-        holders: holders.iter().map(|h| qk_types::NodeId(*h)).collect(),
+        holders: Vec::new(),
         generation_timeout_ms: None,
     };
     c.op(1, rotate).await.expect("rotate");
-    c.wait_key(1, "orders", enabled(2));
+    let k = c.wait_key(1, "orders", enabled(2));
+    let v2_holders: Vec<u64> = k
+        .version(KeyVersion(2))
+        .expect("v2")
+        .holders
+        .iter()
+        .map(|h| h.0)
+        .collect();
+    assert_eq!(v2_holders, holders, "default holders: all voters");
     let (ct2, v) = c
         .encrypt(1, "orders", CTX, b"data key two")
         .await
