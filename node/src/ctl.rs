@@ -101,6 +101,8 @@ pub enum CtlCommand {
         #[arg(long)]
         allow_decrypt: bool,
     },
+    /// Proactive refresh: every holder's share changes, the key does not.
+    Refresh { name: String, version: u32 },
     /// Refuse decryption with versions below VERSION.
     MinDecryptVersion { name: String, version: u32 },
     /// Print audit records and verify their hash chain.
@@ -250,6 +252,11 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             version: qk_types::KeyVersion(version),
             reason,
             allow_decrypt,
+        }),
+        CtlCommand::Refresh { name, version } => write_cmd(Operation::Refresh {
+            name,
+            version: qk_types::KeyVersion(version),
+            timeout_ms: None,
         }),
         CtlCommand::MinDecryptVersion { name, version } => {
             write_cmd(Operation::SetMinDecryptVersion {

@@ -237,6 +237,7 @@ fn authorize_write(peer: &Peer, cmd: &Command) -> std::result::Result<(), String
         cmd.op,
         Operation::Dkg { .. }
             | Operation::EraseReceipt { .. }
+            | Operation::AbandonRefresh { .. }
             | Operation::FailGeneration { .. }
             | Operation::CompleteGeneration { .. }
     );

@@ -308,6 +308,34 @@ impl Quorum {
                     let _ = tx.send((result, faulty));
                 }
             }
+            Action::NeedShare {
+                key,
+                name,
+                version,
+                epoch,
+            } => {
+                let slot = slot(key, version, epoch);
+                let refused = self
+                    .refused
+                    .lock()
+                    .map(|r| r.contains(&slot))
+                    .unwrap_or(true);
+                let share = match self.shares.get(slot) {
+                    Ok(share) if !refused => share,
+                    Ok(_) => None,
+                    Err(e) => {
+                        error!(key = %name, %version, "cannot load the share for a refresh: {e}");
+                        None
+                    }
+                };
+                let event = Event::ShareLoaded {
+                    key,
+                    version,
+                    epoch,
+                    share,
+                };
+                self.with_state(|s| self.core.handle(s, event));
+            }
             Action::Warning(w) => warn!("{w}"),
             other => warn!("unhandled protocol action {other:?}"),
         }

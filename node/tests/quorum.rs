@@ -479,3 +479,57 @@ async fn compromised_versions_and_minimum_decryption_version() {
     }
     assert_eq!(c.decrypt(1, &ct3, CTX).await.expect("v3"), b"three");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_changes_every_share_but_not_the_key() {
+    let c = Cluster::start(bin(), 3, 100_000);
+    c.create(1, "k", 2, &[1, 2, 3]).await.expect("create");
+    let before = c.wait_key(1, "k", enabled(1));
+    let (ct, _) = c
+        .encrypt(1, "k", CTX, b"survives refresh")
+        .await
+        .expect("encrypt");
+    let old_files: Vec<Vec<String>> = (1..=3).map(|id| share_files(&c.data_dir(id))).collect();
+    let refresh = Operation::Refresh {
+        name: "k".into(),
+        version: KeyVersion(1),
+        timeout_ms: None,
+    };
+    c.op(1, refresh).await.expect("refresh");
+    let after = c.wait_key(1, "k", |k| {
+        k.version(KeyVersion(1)).is_some_and(|v| v.epoch.0 == 1)
+    });
+    let keys = |k: &qk_state::KeyRecord| {
+        let bytes = k
+            .version(KeyVersion(1))
+            .and_then(|v| v.public_keys.clone())
+            .expect("key set");
+        qk_crypto::PublicKeySet::from_bytes(&bytes).expect("decodes")
+    };
+    assert_eq!(
+        keys(&before).public_key(),
+        keys(&after).public_key(),
+        "same key"
+    );
+    assert_ne!(keys(&before), keys(&after), "new commitments");
+    wait_until("old-epoch shares erased", || {
+        (1..=3u64)
+            .all(|id| {
+                let now = share_files(&c.data_dir(id));
+                now.len() == 1
+                    && now[0].ends_with("-1-1.share")
+                    && !old_files[(id - 1) as usize].contains(&now[0])
+            })
+            .then_some(())
+    });
+    assert_eq!(
+        c.decrypt(2, &ct, CTX).await.expect("server-side"),
+        b"survives refresh"
+    );
+    assert_eq!(
+        c.decrypt_client_side("k", &ct, CTX)
+            .await
+            .expect("client-side"),
+        b"survives refresh"
+    );
+}

@@ -6,9 +6,10 @@
 use std::collections::BTreeSet;
 
 use qk_crypto::{
-    Outgoing, Participant, PrivateShare, PublicMessage, SessionConfig, SessionId, SessionKind,
+    KeyShare, Outgoing, Participant, PrivateShare, PublicKeySet, PublicMessage, SessionConfig,
+    SessionId, SessionKind,
 };
-use qk_state::{DkgStep, KeyVersionRecord, Operation};
+use qk_state::{DkgSession, DkgStep, KeyVersionRecord, Operation};
 use qk_types::{Epoch, KeyId, KeyVersion, NodeId, ShareIndex};
 use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
@@ -28,6 +29,32 @@ pub fn session_id(key: KeyId, version: KeyVersion, epoch: Epoch) -> SessionId {
     h.finalize().into()
 }
 
+/// `SHA-256("qk/refresh" ‖ key id ‖ version ‖ new epoch ‖ attempt)`: the
+/// session of refresh `attempt` of a version; a retried refresh to the same
+/// epoch is a different session.
+pub fn refresh_session_id(
+    key: KeyId,
+    version: KeyVersion,
+    epoch: Epoch,
+    attempt: u32,
+) -> SessionId {
+    let mut h = Sha256::new();
+    h.update(b"qk/refresh");
+    h.update(key.0);
+    h.update(version.0.to_be_bytes());
+    h.update(epoch.0.to_be_bytes());
+    h.update(attempt.to_be_bytes());
+    h.finalize().into()
+}
+
+/// The session ids of a version's DKGs.
+pub(crate) fn session_of(key: KeyId, version: KeyVersion, session: DkgSession) -> SessionId {
+    match session {
+        DkgSession::Generation => session_id(key, version, Epoch(0)),
+        DkgSession::Refresh { epoch, attempt } => refresh_session_id(key, version, epoch, attempt),
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Dealing,
@@ -43,8 +70,14 @@ pub(crate) struct Generation {
     pub(crate) name: String,
     pub(crate) key: KeyId,
     pub(crate) version: KeyVersion,
+    /// The epoch of the share this DKG produces.
     pub(crate) epoch: Epoch,
     pub(crate) session: SessionId,
+    /// Generation or refresh: carried in every step this node proposes.
+    pub(crate) dkg: DkgSession,
+    /// For a refresh: the version's current key set (the result must keep
+    /// its public key).
+    old_keys: Option<PublicKeySet>,
     me: NodeId,
     /// Sorted; holder `k` has index `k + 1`.
     holders: Vec<NodeId>,
@@ -70,12 +103,17 @@ fn retry_due(last: Option<u64>, now: u64, interval: u64) -> bool {
 
 impl Generation {
     /// Starts this node's participant and deals. `started_ms` is the leader
-    /// timestamp of the command that created the version.
+    /// timestamp of the command that created the version (or started the
+    /// refresh). `refresh` is `Some((current key set, this holder's current
+    /// share))` for a refresh DKG.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start<R: CryptoRng + ?Sized>(
         me: NodeId,
         name: &str,
         key: KeyId,
         record: &KeyVersionRecord,
+        dkg: DkgSession,
+        refresh: Option<(PublicKeySet, KeyShare)>,
         started_ms: u64,
         rng: &mut R,
     ) -> Result<(Self, Vec<Action>), String> {
@@ -86,23 +124,37 @@ impl Generation {
             .iter()
             .filter_map(|h| share_index_of(record, *h))
             .collect();
-        let session = session_id(key, record.version, record.epoch);
+        let session = session_of(key, record.version, dkg);
+        let (epoch, kind, old_keys, old_share) = match (dkg, refresh) {
+            (DkgSession::Generation, _) => (record.epoch, SessionKind::Generate, None, None),
+            (DkgSession::Refresh { epoch, .. }, Some((old, share))) => (
+                epoch,
+                SessionKind::Refresh { old: old.clone() },
+                Some(old),
+                Some(share),
+            ),
+            (DkgSession::Refresh { .. }, None) => {
+                return Err("a refresh needs the current key set and share".into())
+            }
+        };
         let config = SessionConfig {
             session_id: session,
-            kind: SessionKind::Generate,
+            kind,
             dealers: indices.clone(),
             receivers: indices,
             threshold: record.threshold,
         };
         let mut participant =
-            Participant::new(config, my_index, None).map_err(|e| e.to_string())?;
+            Participant::new(config, my_index, old_share).map_err(|e| e.to_string())?;
         let out = participant.start(rng).map_err(|e| e.to_string())?;
         let mut g = Generation {
             name: name.to_string(),
             key,
             version: record.version,
-            epoch: record.epoch,
+            epoch,
             session,
+            dkg,
+            old_keys,
             me,
             holders,
             participant,
@@ -142,12 +194,17 @@ impl Generation {
             version: self.version,
             from: self.me,
             step,
+            session: self.dkg,
         })
     }
 
     fn warn(&self, what: impl std::fmt::Display) -> Action {
+        let what_dkg = match self.dkg {
+            DkgSession::Generation => "DKG".to_string(),
+            DkgSession::Refresh { epoch, .. } => format!("refresh to epoch {}", epoch.0),
+        };
         Action::Warning(format!(
-            "DKG of key {:?} {}: {what}",
+            "{what_dkg} of key {:?} {}: {what}",
             self.name, self.version
         ))
     }
@@ -374,6 +431,14 @@ impl Generation {
                     actions.push(self.warn("finished without a share for this holder"));
                     return actions;
                 };
+                if let Some(old) = &self.old_keys {
+                    if old.public_key() != out.keys.public_key() {
+                        actions.push(self.warn(
+                            "the refreshed key set has another public key; not acking (the refresh will be abandoned)",
+                        ));
+                        return actions;
+                    }
+                }
                 actions.push(Action::PersistShare {
                     key: self.key,
                     name: self.name.clone(),

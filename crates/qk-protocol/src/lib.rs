@@ -22,11 +22,11 @@ mod unwrap;
 use std::collections::{BTreeMap, VecDeque};
 
 use qk_crypto::{KeyShare, PrivateShare};
-use qk_state::{Applied, Command, Operation, Response, StateMachine, VersionState};
+use qk_state::{Applied, Command, DkgSession, Operation, Response, StateMachine, VersionState};
 use qk_types::{Epoch, KeyId, KeyVersion, NodeId, MAX_HOLDERS};
 use rand_core::CryptoRng;
 
-pub use generation::session_id;
+pub use generation::{refresh_session_id, session_id};
 pub use message::{MessageError, OpId, PartialRequest, ProtocolMessage, SecretBytes};
 pub use unwrap::{
     answer_partial, share_index_of, KeyAccess, Plaintext, UnwrapError, UnwrapMode, UnwrapRequest,
@@ -98,6 +98,14 @@ pub enum Event {
     Tick { now_ms: u64 },
     /// The node's API asks to unwrap (authentication already done).
     StartUnwrap { now_ms: u64, request: UnwrapRequest },
+    /// The answer to [`Action::NeedShare`]: this holder's stored share of
+    /// `(key, version, epoch)`, or `None` when it has none.
+    ShareLoaded {
+        key: KeyId,
+        version: KeyVersion,
+        epoch: Epoch,
+        share: Option<KeyShare>,
+    },
 }
 
 /// What the node must do, in order.
@@ -138,6 +146,15 @@ pub enum Action {
     },
     /// Something worth logging: a faulty peer, a refused DKG message.
     Warning(String),
+    /// Load this holder's share of `(key, version, epoch)` from the sealed
+    /// store and hand it back as [`Event::ShareLoaded`] (with `None` if
+    /// there is none). A refresh needs it to take part.
+    NeedShare {
+        key: KeyId,
+        name: String,
+        version: KeyVersion,
+        epoch: Epoch,
+    },
 }
 
 /// A version being generated, watched by every node so it can be failed
@@ -151,6 +168,28 @@ struct Watch {
 
 type VersionKey = (String, KeyVersion);
 
+/// A refresh of a version, watched by every node so it can be abandoned
+/// when its deadline passes.
+#[derive(Debug)]
+struct RefreshWatch {
+    attempt: u32,
+    /// The epoch the refresh produces.
+    epoch: Epoch,
+    deadline_ms: u64,
+    holder: bool,
+    proposed_ms: Option<u64>,
+}
+
+/// A refresh this node holds a share for, waiting for `Event::ShareLoaded`.
+#[derive(Debug)]
+struct AwaitingShare {
+    key: KeyId,
+    session: DkgSession,
+    /// The epoch of the share asked for (the version's current one).
+    epoch: Epoch,
+    started_ms: u64,
+}
+
 /// One node's protocol state.
 #[derive(Debug)]
 pub struct NodeProtocol {
@@ -160,6 +199,10 @@ pub struct NodeProtocol {
     now_ms: u64,
     generations: BTreeMap<VersionKey, Generation>,
     watches: BTreeMap<VersionKey, Watch>,
+    /// Refresh DKGs this node takes part in.
+    refreshes: BTreeMap<VersionKey, Generation>,
+    refresh_watches: BTreeMap<VersionKey, RefreshWatch>,
+    awaiting_share: BTreeMap<VersionKey, AwaitingShare>,
     early_shares: VecDeque<(NodeId, PrivateShare)>,
     unwraps: BTreeMap<OpId, PendingUnwrap>,
 }
@@ -172,6 +215,9 @@ impl NodeProtocol {
             now_ms: 0,
             generations: BTreeMap::new(),
             watches: BTreeMap::new(),
+            refreshes: BTreeMap::new(),
+            refresh_watches: BTreeMap::new(),
+            awaiting_share: BTreeMap::new(),
             early_shares: VecDeque::new(),
             unwraps: BTreeMap::new(),
         }
@@ -183,7 +229,12 @@ impl NodeProtocol {
 
     /// DKGs this node takes part in right now.
     pub fn active_generations(&self) -> usize {
-        self.generations.len()
+        self.generations.len() + self.refreshes.len()
+    }
+
+    /// Refresh DKGs this node takes part in right now.
+    pub fn active_refreshes(&self) -> usize {
+        self.refreshes.len()
     }
 
     /// Unwraps waiting for partials.
@@ -214,6 +265,12 @@ impl NodeProtocol {
                 self.now_ms = self.now_ms.max(now_ms);
                 self.start_unwrap(state, now_ms, request)
             }
+            Event::ShareLoaded {
+                key,
+                version,
+                epoch,
+                share,
+            } => self.on_share_loaded(state, key, version, epoch, share, rng),
         }
     }
 
@@ -238,11 +295,56 @@ impl NodeProtocol {
                 self.on_version_created(state, name, *version, cmd.time_ms, rng)
             }
             (
+                Operation::Refresh { name, version, .. },
+                Applied::RefreshStarted { epoch, attempt },
+            ) => self.on_refresh_started(state, name, *version, *epoch, *attempt, cmd.time_ms),
+            (
                 Operation::Dkg {
                     name,
                     version,
                     from,
                     step,
+                    session: session @ DkgSession::Refresh { epoch, .. },
+                },
+                outcome,
+            ) => {
+                let vk = (name.clone(), *version);
+                let mut actions = match self.refreshes.get_mut(&vk) {
+                    Some(g) if g.dkg == *session => g.on_step(*from, step, cmd.time_ms),
+                    _ => Vec::new(),
+                };
+                match outcome {
+                    Applied::RefreshCompleted { .. } => {
+                        self.end_refresh(&vk, *epoch, true, state, &mut actions)
+                    }
+                    Applied::RefreshAbandoned { .. } => {
+                        self.end_refresh(&vk, *epoch, false, state, &mut actions)
+                    }
+                    _ => {}
+                }
+                actions
+            }
+            (
+                Operation::AbandonRefresh { name, version, .. },
+                Applied::RefreshAbandoned { epoch, .. },
+            ) => {
+                let mut actions = Vec::new();
+                self.end_refresh(
+                    &(name.clone(), *version),
+                    *epoch,
+                    false,
+                    state,
+                    &mut actions,
+                );
+                actions
+            }
+            (
+                Operation::Dkg {
+                    name,
+                    version,
+                    from,
+                    step,
+                    session: DkgSession::Generation,
                 },
                 outcome,
             ) => {
@@ -306,7 +408,16 @@ impl NodeProtocol {
         if !holder || record.generation_deadline_ms <= self.now_ms {
             return Vec::new();
         }
-        match Generation::start(self.me, name, key.id, record, time_ms, rng) {
+        match Generation::start(
+            self.me,
+            name,
+            key.id,
+            record,
+            DkgSession::Generation,
+            None,
+            time_ms,
+            rng,
+        ) {
             Ok((g, mut actions)) => {
                 let session = g.session;
                 self.generations.insert(vk.clone(), g);
@@ -329,7 +440,11 @@ impl NodeProtocol {
             .partition(|(_, s)| s.session_id == session);
         self.early_shares = rest;
         let mut actions = Vec::new();
-        if let Some(g) = self.generations.get_mut(vk) {
+        let g = match self.generations.get_mut(vk) {
+            Some(g) if g.session == session => Some(g),
+            _ => self.refreshes.get_mut(vk).filter(|g| g.session == session),
+        };
+        if let Some(g) = g {
             for (from, share) in mine {
                 actions.extend(g.on_private(from, share));
             }
@@ -366,6 +481,159 @@ impl NodeProtocol {
                 epoch: record.epoch,
             });
         }
+    }
+
+    /// A refresh started: every node watches its deadline; a holder asks
+    /// the node for its current share to take part.
+    fn on_refresh_started(
+        &mut self,
+        state: &StateMachine,
+        name: &str,
+        version: KeyVersion,
+        epoch: Epoch,
+        attempt: u32,
+        time_ms: u64,
+    ) -> Vec<Action> {
+        let Some(key) = state.key(name) else {
+            return Vec::new();
+        };
+        let Some(record) = key.version(version) else {
+            return Vec::new();
+        };
+        let Some(refresh) = record.refresh.as_ref().filter(|r| r.attempt == attempt) else {
+            return Vec::new();
+        };
+        let vk = (name.to_string(), version);
+        let holder = record.holders.contains(&self.me);
+        self.refreshes.remove(&vk);
+        self.refresh_watches.insert(
+            vk.clone(),
+            RefreshWatch {
+                attempt,
+                epoch,
+                deadline_ms: refresh.deadline_ms,
+                holder,
+                proposed_ms: None,
+            },
+        );
+        if !holder || refresh.deadline_ms <= self.now_ms {
+            return Vec::new();
+        }
+        self.awaiting_share.insert(
+            vk,
+            AwaitingShare {
+                key: key.id,
+                session: refresh.session(),
+                epoch: record.epoch,
+                started_ms: time_ms,
+            },
+        );
+        vec![Action::NeedShare {
+            key: key.id,
+            name: name.to_string(),
+            version,
+            epoch: record.epoch,
+        }]
+    }
+
+    /// The node loaded the share a refresh needs: start its DKG.
+    fn on_share_loaded<R: CryptoRng + ?Sized>(
+        &mut self,
+        state: &StateMachine,
+        key_id: KeyId,
+        version: KeyVersion,
+        epoch: Epoch,
+        share: Option<KeyShare>,
+        rng: &mut R,
+    ) -> Vec<Action> {
+        let Some(vk) = self
+            .awaiting_share
+            .iter()
+            .find(|((_, v), a)| *v == version && a.key == key_id && a.epoch == epoch)
+            .map(|(vk, _)| vk.clone())
+        else {
+            return Vec::new(); // not asked for, or the refresh ended meanwhile
+        };
+        let Some(waiting) = self.awaiting_share.remove(&vk) else {
+            return Vec::new();
+        };
+        let name = vk.0.as_str();
+        let Some(key) = state.key(name) else {
+            return Vec::new();
+        };
+        let Some(record) = key.version(version) else {
+            return Vec::new();
+        };
+        let current = record.refresh.as_ref().map(|r| r.session());
+        if current != Some(waiting.session) || record.epoch != epoch {
+            return Vec::new();
+        }
+        let Some(share) = share else {
+            return vec![Action::Warning(format!(
+                "cannot refresh key {name:?} {version}: this holder has no share of epoch {}; the refresh will be abandoned at its deadline",
+                epoch.0
+            ))];
+        };
+        let old = match unwrap::version_keys(name, version, record) {
+            Ok(k) => k,
+            Err(e) => return vec![Action::Warning(format!("cannot refresh: {e}"))],
+        };
+        match Generation::start(
+            self.me,
+            name,
+            key.id,
+            record,
+            waiting.session,
+            Some((old, share)),
+            waiting.started_ms,
+            rng,
+        ) {
+            Ok((g, mut actions)) => {
+                let session = g.session;
+                self.refreshes.insert(vk.clone(), g);
+                actions.extend(self.drain_early_shares(&vk, session));
+                actions
+            }
+            Err(e) => vec![Action::Warning(format!(
+                "cannot start the refresh of key {name:?} {version}: {e}; it will be abandoned at its deadline"
+            ))],
+        }
+    }
+
+    /// Drops a finished refresh producing `epoch`. Completed: holders erase
+    /// the share of the epoch before; abandoned: the new share (erasing a
+    /// missing share is a no-op).
+    fn end_refresh(
+        &mut self,
+        vk: &VersionKey,
+        epoch: Epoch,
+        completed: bool,
+        state: &StateMachine,
+        actions: &mut Vec<Action>,
+    ) {
+        self.refreshes.remove(vk);
+        self.refresh_watches.remove(vk);
+        self.awaiting_share.remove(vk);
+        let Some(key) = state.key(&vk.0) else {
+            return;
+        };
+        let Some(record) = key.version(vk.1) else {
+            return;
+        };
+        if !record.holders.contains(&self.me) {
+            return;
+        }
+        let erase = if completed {
+            Epoch(epoch.0.saturating_sub(1))
+        } else {
+            epoch
+        };
+        actions.push(Action::EraseShare {
+            key: key.id,
+            name: vk.0.clone(),
+            version: vk.1,
+            epoch: erase,
+        });
     }
 
     fn on_destroy(&mut self, state: &StateMachine, name: &str, version: KeyVersion) -> Vec<Action> {
@@ -430,6 +698,7 @@ impl NodeProtocol {
         if let Some(g) = self
             .generations
             .values_mut()
+            .chain(self.refreshes.values_mut())
             .find(|g| g.session == share.session_id)
         {
             return g.on_private(from, share);
@@ -471,6 +740,7 @@ impl NodeProtocol {
         for g in self.generations.values_mut() {
             actions.extend(g.on_tick(now, &self.config));
         }
+        actions.extend(self.tick_refreshes(state, now));
         let retry = self.config.retry_interval_ms;
         for ((name, version), w) in &mut self.watches {
             let grace = if w.holder {
@@ -507,6 +777,49 @@ impl NodeProtocol {
         for p in self.unwraps.values_mut() {
             let ask = p.on_tick(now);
             actions.extend(partial_requests(p.request(), ask));
+        }
+        actions
+    }
+
+    fn tick_refreshes(&mut self, state: &StateMachine, now: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        // Refreshes that ended without this node seeing the entry.
+        let ended: Vec<(VersionKey, Epoch, bool)> = self
+            .refresh_watches
+            .iter()
+            .filter_map(|(vk, w)| {
+                let record = state.key(&vk.0).and_then(|k| k.version(vk.1));
+                let running = record
+                    .and_then(|r| r.refresh.as_ref())
+                    .is_some_and(|r| r.attempt == w.attempt);
+                let completed = record.is_some_and(|r| r.epoch >= w.epoch);
+                (!running).then(|| (vk.clone(), w.epoch, completed))
+            })
+            .collect();
+        for (vk, epoch, completed) in ended {
+            self.end_refresh(&vk, epoch, completed, state, &mut actions);
+        }
+        for g in self.refreshes.values_mut() {
+            actions.extend(g.on_tick(now, &self.config));
+        }
+        let retry = self.config.retry_interval_ms;
+        for ((name, version), w) in &mut self.refresh_watches {
+            let grace = if w.holder {
+                0
+            } else {
+                self.config.fail_grace_ms
+            };
+            let due = now >= w.deadline_ms.saturating_add(grace)
+                && w.proposed_ms.is_none_or(|t| now >= t.saturating_add(retry));
+            if due {
+                w.proposed_ms = Some(now);
+                actions.push(Action::Propose(Operation::AbandonRefresh {
+                    name: name.clone(),
+                    version: *version,
+                    attempt: w.attempt,
+                    reason: format!("{} saw the deadline pass", self.me),
+                }));
+            }
         }
         actions
     }

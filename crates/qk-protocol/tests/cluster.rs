@@ -493,3 +493,136 @@ fn zero_hedge_asks_every_holder_at_once() {
     let (result, _) = c.outcome(1, op).expect("done");
     assert_eq!(result.as_ref().expect("unwrap").as_slice(), b"all at once");
 }
+
+fn refresh(c: &mut Cluster) {
+    c.admin(Operation::Refresh {
+        name: KEY.into(),
+        version: V1,
+        timeout_ms: None,
+    });
+}
+
+fn run_refresh(t: u16, n: u64, seed: u64) {
+    let mut c = Cluster::generated(t, n, seed);
+    let before = c.version(V1);
+    let ct = c.wrap(V1, b"before refresh");
+    let id = c.key().id;
+    refresh(&mut c);
+    c.advance(60_000, 100, |c| c.version(V1).refresh.is_none());
+    let v = c.version(V1);
+    assert_eq!(v.state, VersionState::Enabled);
+    assert_eq!(v.epoch, Epoch(1), "{:?}", v.last_refresh_failure);
+    assert!(v.refresh.is_none());
+    assert_ne!(v.public_keys, before.public_keys, "new commitments");
+    let keys = c.public_keys(V1);
+    let old = qk_crypto::PublicKeySet::from_bytes(before.public_keys.as_ref().expect("keys"))
+        .expect("decodes");
+    assert_eq!(keys.public_key(), old.public_key(), "same public key");
+    for i in 1..=n {
+        let node = c.node(i);
+        assert_eq!(node.replica.digest(), c.node(1).replica.digest());
+        let keys_in_store: Vec<_> = node.store.keys().copied().collect();
+        assert_eq!(keys_in_store, vec![(id, V1, Epoch(1))], "node {i}");
+        let share = &node.store[&(id, V1, Epoch(1))];
+        keys.verify_share(share).expect("new share matches");
+        assert_eq!(node.proto.active_refreshes(), 0);
+    }
+    assert_no_warnings(&c);
+    assert_eq!(refused_records(&c), 0);
+    // Old ciphertexts unwrap with the new shares, through any node.
+    for via in 1..=n {
+        let op = c.start_unwrap(via, ct.clone(), "app");
+        c.run_until_idle();
+        let (result, faulty) = c.outcome(via, op).expect("done");
+        assert_eq!(
+            result.as_ref().expect("unwrap").as_slice(),
+            b"before refresh"
+        );
+        assert!(faulty.is_empty());
+    }
+    // A second refresh moves on to epoch 2.
+    refresh(&mut c);
+    c.advance(60_000, 100, |c| c.version(V1).refresh.is_none());
+    assert_eq!(c.version(V1).epoch, Epoch(2));
+    for i in 1..=n {
+        let keys_in_store: Vec<_> = c.node(i).store.keys().copied().collect();
+        assert_eq!(keys_in_store, vec![(id, V1, Epoch(2))], "node {i}");
+    }
+    let op = c.start_unwrap(1, ct, "app");
+    c.run_until_idle();
+    let (result, _) = c.outcome(1, op).expect("done");
+    assert_eq!(
+        result.as_ref().expect("unwrap").as_slice(),
+        b"before refresh"
+    );
+}
+
+#[test]
+fn refresh_2_of_3_keeps_the_key_and_replaces_every_share() {
+    run_refresh(2, 3, 40);
+}
+
+#[test]
+fn refresh_3_of_5_keeps_the_key_and_replaces_every_share() {
+    run_refresh(3, 5, 41);
+}
+
+#[test]
+fn silent_holder_during_refresh_abandons_it_and_the_version_keeps_working() {
+    for (t, n, seed) in [(2u16, 3u64, 42u64), (3, 5, 43)] {
+        let mut c = Cluster::generated(t, n, seed);
+        let ct = c.wrap(V1, b"still here");
+        let id = c.key().id;
+        let before = c.version(V1);
+        c.node_mut(n).muted = true;
+        refresh(&mut c);
+        c.run_until_idle();
+        let deadline = c.version(V1).refresh.expect("refresh running").deadline_ms;
+        c.advance(deadline - c.now - 100, 100, |_| false);
+        assert!(c.version(V1).refresh.is_some(), "waits for the deadline");
+        c.advance(10_000, 100, |c| c.version(V1).refresh.is_none());
+        let v = c.version(V1);
+        assert_eq!(v.state, VersionState::Enabled);
+        assert_eq!(v.epoch, Epoch(0));
+        assert_eq!(v.public_keys, before.public_keys);
+        let reason = v.last_refresh_failure.expect("reason kept");
+        assert!(
+            reason.contains(&format!("no ack from node-{n}")),
+            "{reason}"
+        );
+        let audited = c
+            .node(1)
+            .replica
+            .audit_records(1, 100_000)
+            .iter()
+            .any(|r| r.outcome.contains("refresh to epoch 1 abandoned"));
+        assert!(audited, "abandon reason in the audit chain");
+        c.node_mut(n).muted = false;
+        for i in 1..=n {
+            let node = c.node(i);
+            assert!(
+                !node.store.contains_key(&(id, V1, Epoch(1))),
+                "node {i} erased its epoch-1 share"
+            );
+            assert!(node.store.contains_key(&(id, V1, Epoch(0))), "node {i}");
+            assert_eq!(node.proto.active_refreshes(), 0);
+        }
+        let op = c.start_unwrap(1, ct.clone(), "app");
+        c.run_until_idle();
+        let (result, _) = c.outcome(1, op).expect("done");
+        assert_eq!(result.as_ref().expect("unwrap").as_slice(), b"still here");
+        // A retry with every holder back succeeds (a new session).
+        refresh(&mut c);
+        c.advance(60_000, 100, |c| c.version(V1).refresh.is_none());
+        assert_eq!(c.version(V1).epoch, Epoch(1));
+        assert_eq!(c.version(V1).refresh_attempts, 2);
+        for i in 1..=n {
+            let keys_in_store: Vec<_> = c.node(i).store.keys().copied().collect();
+            assert_eq!(keys_in_store, vec![(id, V1, Epoch(1))], "node {i}");
+        }
+        let op = c.start_unwrap(2, ct, "app");
+        c.run_until_idle();
+        let (result, _) = c.outcome(2, op).expect("done");
+        assert_eq!(result.as_ref().expect("unwrap").as_slice(), b"still here");
+    }
+}

@@ -1,6 +1,8 @@
 //! Log entry payloads and responses.
 
-use qk_types::{KeyId, KeyVersion, NodeId};
+use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
+
+use crate::model::DkgSession;
 use serde::{Deserialize, Serialize};
 
 /// A client-chosen id that makes a retried request apply once.
@@ -55,6 +57,9 @@ pub enum Operation {
         version: KeyVersion,
         from: NodeId,
         step: DkgStep,
+        /// Which DKG of the version: its generation, or a refresh.
+        #[serde(default)]
+        session: DkgSession,
     },
     /// The DKG finished: public key set (encoded) and holders that acked.
     CompleteGeneration {
@@ -120,6 +125,26 @@ pub enum Operation {
         key: Option<String>,
         version: Option<KeyVersion>,
         outcome: String,
+    },
+    /// Starts a proactive refresh of an enabled version: every holder gets
+    /// a new share of the same key for epoch `epoch + 1`. The version keeps
+    /// serving at its current epoch until every holder acked the refreshed
+    /// key set (steps are `Dkg` with `session: DkgSession::Refresh`).
+    Refresh {
+        name: String,
+        version: KeyVersion,
+        /// Log time the refresh may take before `AbandonRefresh` is
+        /// accepted; `None` means [`DEFAULT_GENERATION_TIMEOUT_MS`].
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    /// Gives up refresh number `attempt` of a version. Accepted only once
+    /// its deadline passed; the version stays at its current epoch.
+    AbandonRefresh {
+        name: String,
+        version: KeyVersion,
+        attempt: u32,
+        reason: String,
     },
     /// Many audit-only events in one entry (unwraps, encrypts, refusals),
     /// proposed by a node; each becomes its own chained audit record.
@@ -210,6 +235,8 @@ impl Operation {
             Operation::CancelDestruction { .. } => "version.cancel-destruction",
             Operation::Destroy { .. } => "version.destroy",
             Operation::EraseReceipt { .. } => "version.erase-receipt",
+            Operation::Refresh { .. } => "version.refresh",
+            Operation::AbandonRefresh { .. } => "version.refresh-abandoned",
             Operation::Audit { .. } => "audit",
             Operation::AuditBatch(_) => "audit.batch",
         }
@@ -231,7 +258,9 @@ impl Operation {
             | Operation::ScheduleDestruction { name, .. }
             | Operation::CancelDestruction { name, .. }
             | Operation::Destroy { name, .. }
-            | Operation::EraseReceipt { name, .. } => Some(name),
+            | Operation::EraseReceipt { name, .. }
+            | Operation::Refresh { name, .. }
+            | Operation::AbandonRefresh { name, .. } => Some(name),
             Operation::Audit { key, .. } => key.as_deref(),
             Operation::AuditBatch(_) => None,
         }
@@ -250,7 +279,9 @@ impl Operation {
             | Operation::ScheduleDestruction { version, .. }
             | Operation::CancelDestruction { version, .. }
             | Operation::Destroy { version, .. }
-            | Operation::EraseReceipt { version, .. } => Some(*version),
+            | Operation::EraseReceipt { version, .. }
+            | Operation::Refresh { version, .. }
+            | Operation::AbandonRefresh { version, .. } => Some(*version),
             Operation::Audit { version, .. } => *version,
             _ => None,
         }
@@ -305,6 +336,22 @@ pub enum Applied {
     VersionEnabled,
     /// The version moved to `Failed` (deadline passed, or acks disagree).
     GenerationFailed {
+        reason: String,
+    },
+    /// A refresh started; its new shares are for `epoch`.
+    RefreshStarted {
+        epoch: Epoch,
+        attempt: u32,
+    },
+    /// Every holder acked the refreshed key set: the version now serves at
+    /// `epoch` (holders erase the shares of the epoch before).
+    RefreshCompleted {
+        epoch: Epoch,
+    },
+    /// The refresh was given up (deadline, disagreement, or a changed public
+    /// key); the version stays at its epoch, holders erase the new shares.
+    RefreshAbandoned {
+        epoch: Epoch,
         reason: String,
     },
 }

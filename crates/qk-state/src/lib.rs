@@ -18,4 +18,6 @@ pub use command::{
     MIN_GENERATION_TIMEOUT_MS,
 };
 pub use machine::{StateMachine, MAX_PUBLIC_KEYS_LEN, MAX_REMEMBERED_REQUESTS};
-pub use model::{DkgPhase, DkgRecord, KeyRecord, KeyVersionRecord, VersionState};
+pub use model::{
+    DkgPhase, DkgRecord, DkgSession, KeyRecord, KeyVersionRecord, RefreshRecord, VersionState,
+};

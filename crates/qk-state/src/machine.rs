@@ -12,7 +12,9 @@ use crate::command::{
     DEFAULT_GENERATION_TIMEOUT_MS, MAX_AUDIT_BATCH, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS,
     MIN_GENERATION_TIMEOUT_MS,
 };
-use crate::model::{DkgPhase, DkgRecord, KeyRecord, KeyVersionRecord, VersionState};
+use crate::model::{
+    DkgPhase, DkgRecord, DkgSession, KeyRecord, KeyVersionRecord, RefreshRecord, VersionState,
+};
 
 /// How many request ids are remembered for deduplication (oldest forgotten
 /// first). A client retries within seconds; this covers far more than that.
@@ -42,10 +44,14 @@ fn invalid(msg: impl Into<String>) -> StateError {
 }
 
 fn transition_error(name: &str, v: &KeyVersionRecord, action: &str) -> StateError {
+    transition_error_at(name, v.version, v.state.name(), action)
+}
+
+fn transition_error_at(name: &str, version: KeyVersion, state: &str, action: &str) -> StateError {
     StateError::InvalidTransition {
         name: name.to_string(),
-        version: v.version.0,
-        state: v.state.name().to_string(),
+        version: version.0,
+        state: state.to_string(),
         action: action.to_string(),
     }
 }
@@ -144,6 +150,9 @@ impl StateMachine {
     fn append_audit(&mut self, cmd: &Command, result: &Outcome) -> u64 {
         let outcome = match (&cmd.op, result) {
             (Operation::Audit { outcome, .. }, _) => outcome.clone(),
+            (_, Ok(Applied::RefreshAbandoned { epoch, reason })) => {
+                format!("ok; refresh to epoch {} abandoned: {reason}", epoch.0)
+            }
             (_, Ok(_)) => "ok".to_string(),
             (_, Err(e)) => format!("refused: {e}"),
         };
@@ -180,7 +189,19 @@ impl StateMachine {
                 version,
                 from,
                 step,
-            } => self.dkg_step(cmd, name, *version, *from, step),
+                session,
+            } => self.dkg_step(cmd, name, *version, *from, step, *session),
+            Operation::Refresh {
+                name,
+                version,
+                timeout_ms,
+            } => self.start_refresh(name, *version, *timeout_ms, now),
+            Operation::AbandonRefresh {
+                name,
+                version,
+                attempt,
+                reason,
+            } => self.abandon_refresh(name, *version, *attempt, reason, now),
             Operation::CompleteGeneration {
                 name,
                 version,
@@ -339,6 +360,88 @@ impl StateMachine {
         Ok(Applied::Done)
     }
 
+    fn start_refresh(
+        &mut self,
+        name: &str,
+        version: KeyVersion,
+        timeout_ms: Option<u64>,
+        now: u64,
+    ) -> Outcome {
+        let timeout_ms = check_timeout(timeout_ms)?;
+        let v = self.version_of(name, version)?;
+        if v.state != VersionState::Enabled || v.public_keys.is_none() {
+            return Err(transition_error(name, v, "refresh"));
+        }
+        if let Some(r) = &v.refresh {
+            return Err(invalid(format!(
+                "version {version} of key {name:?} is already being refreshed to epoch {} (attempt {}); wait for it to finish",
+                r.epoch.0, r.attempt
+            )));
+        }
+        let epoch = Epoch(
+            v.epoch
+                .0
+                .checked_add(1)
+                .ok_or_else(|| invalid("epoch overflow"))?,
+        );
+        let attempt = v
+            .refresh_attempts
+            .checked_add(1)
+            .ok_or_else(|| invalid("too many refresh attempts"))?;
+        v.refresh_attempts = attempt;
+        v.refresh = Some(RefreshRecord {
+            epoch,
+            attempt,
+            started_ms: now,
+            deadline_ms: now.saturating_add(timeout_ms),
+            dkg: DkgRecord::new(),
+        });
+        Ok(Applied::RefreshStarted { epoch, attempt })
+    }
+
+    fn abandon_refresh(
+        &mut self,
+        name: &str,
+        version: KeyVersion,
+        attempt: u32,
+        note: &str,
+        now: u64,
+    ) -> Outcome {
+        let v = self.version_of(name, version)?;
+        let Some(r) = v.refresh.as_ref().filter(|r| r.attempt == attempt) else {
+            return Err(invalid(format!(
+                "version {version} of key {name:?} has no refresh attempt {attempt} in progress"
+            )));
+        };
+        if now < r.deadline_ms {
+            return Err(transition_error(
+                name,
+                v,
+                &format!(
+                    "abandon refresh before its deadline ({} ms log time, now {now} ms)",
+                    r.deadline_ms
+                ),
+            ));
+        }
+        let missing: Vec<NodeId> = v
+            .sorted_holders()
+            .into_iter()
+            .filter(|h| !r.dkg.acks.contains_key(h))
+            .collect();
+        let mut reason = format!(
+            "refresh did not complete by its deadline ({} ms log time) in DKG phase {}; no ack from {}",
+            r.deadline_ms,
+            r.dkg.phase.name(),
+            node_list(&missing)
+        );
+        let note = bounded_note(note);
+        if !note.is_empty() {
+            reason.push_str("; reported: ");
+            reason.push_str(note);
+        }
+        Ok(abandon(v, reason))
+    }
+
     fn rotate(
         &mut self,
         name: &str,
@@ -346,12 +449,7 @@ impl StateMachine {
         timeout_ms: Option<u64>,
         now: u64,
     ) -> Outcome {
-        let timeout_ms = timeout_ms.unwrap_or(DEFAULT_GENERATION_TIMEOUT_MS);
-        if !(MIN_GENERATION_TIMEOUT_MS..=MAX_GENERATION_TIMEOUT_MS).contains(&timeout_ms) {
-            return Err(invalid(format!(
-                "generation timeout {timeout_ms} ms is outside {MIN_GENERATION_TIMEOUT_MS}..={MAX_GENERATION_TIMEOUT_MS} ms"
-            )));
-        }
+        let timeout_ms = check_timeout(timeout_ms)?;
         let key = self.key_mut(name)?;
         let last = key.versions.last().map(|v| (v.version, v.threshold));
         let (last_version, threshold) = last.unwrap_or((KeyVersion(0), 2));
@@ -397,6 +495,7 @@ impl StateMachine {
         version: KeyVersion,
         from: NodeId,
         step: &DkgStep,
+        session: DkgSession,
     ) -> Outcome {
         if cmd.principal != from.to_string() {
             return Err(invalid(format!(
@@ -405,15 +504,29 @@ impl StateMachine {
             )));
         }
         let v = self.version_of(name, version)?;
-        if v.state != VersionState::Generating {
-            return Err(transition_error(name, v, step.name()));
-        }
         if !v.holders.contains(&from) {
             return Err(invalid(format!(
                 "{from} is not a holder of version {version} of key {name:?}"
             )));
         }
-        apply_dkg_step(name, v, from, step)
+        match session {
+            DkgSession::Generation => {
+                if v.state != VersionState::Generating {
+                    return Err(transition_error(name, v, step.name()));
+                }
+                apply_dkg_step(name, v, from, step)
+            }
+            DkgSession::Refresh { epoch, attempt } => {
+                if v.refresh.as_ref().map(RefreshRecord::session) != Some(session) {
+                    return Err(invalid(format!(
+                        "{} for refresh attempt {attempt} (epoch {}) of version {version} of key {name:?}, which is not in progress",
+                        step.name(),
+                        epoch.0
+                    )));
+                }
+                apply_refresh_step(name, v, from, step)
+            }
+        }
     }
 
     fn fail_generation(
@@ -585,7 +698,130 @@ fn new_version(
         compromised_decrypt_allowed: false,
         generation_deadline_ms: now.saturating_add(timeout_ms),
         dkg: DkgRecord::new(),
+        refresh: None,
+        refresh_attempts: 0,
+        last_refresh_failure: None,
     }
+}
+
+fn check_timeout(timeout_ms: Option<u64>) -> Result<u64, StateError> {
+    let timeout_ms = timeout_ms.unwrap_or(DEFAULT_GENERATION_TIMEOUT_MS);
+    if !(MIN_GENERATION_TIMEOUT_MS..=MAX_GENERATION_TIMEOUT_MS).contains(&timeout_ms) {
+        return Err(invalid(format!(
+            "generation timeout {timeout_ms} ms is outside {MIN_GENERATION_TIMEOUT_MS}..={MAX_GENERATION_TIMEOUT_MS} ms"
+        )));
+    }
+    Ok(timeout_ms)
+}
+
+/// Ends the version's refresh without switching epochs.
+fn abandon(v: &mut KeyVersionRecord, reason: String) -> Applied {
+    let epoch = v.refresh.take().map(|r| r.epoch).unwrap_or(v.epoch);
+    v.last_refresh_failure = Some(reason.clone());
+    Applied::RefreshAbandoned { epoch, reason }
+}
+
+/// The bytes of an encoded `qk_crypto::PublicKeySet` up to and including
+/// the public key: format version and tag (2), threshold (2), holder count
+/// (2), one u16 index per holder, then the first commitment (a 33-byte
+/// compressed point). Two sets with equal prefixes have the same threshold,
+/// holders and public key.
+fn public_key_prefix(bytes: &[u8], holders: usize) -> Option<&[u8]> {
+    bytes.get(..6 + 2 * holders + 33)
+}
+
+/// Applies one step of a version's refresh DKG.
+fn apply_refresh_step(
+    name: &str,
+    v: &mut KeyVersionRecord,
+    from: NodeId,
+    step: &DkgStep,
+) -> Outcome {
+    let n = v.holders.len();
+    let (version, state) = (v.version, v.state.name());
+    let Some(r) = v.refresh.as_mut() else {
+        return Err(invalid("no refresh in progress"));
+    };
+    let DkgStep::Ack { public_keys } = step else {
+        let ctx = format!("refresh to epoch {}", r.epoch.0);
+        dkg_record_step(name, version, state, &ctx, n, &mut r.dkg, from, step)?;
+        return Ok(Applied::Done);
+    };
+    check_ack(public_keys)?;
+    if r.dkg.phase != DkgPhase::Finished {
+        return Err(transition_error_at(
+            name,
+            version,
+            state,
+            &format!("a refresh ack in DKG phase {}", r.dkg.phase.name()),
+        ));
+    }
+    if r.dkg.acks.contains_key(&from) {
+        return Err(invalid(format!(
+            "{from} already acked this refresh; the first ack stands"
+        )));
+    }
+    r.dkg.acks.insert(from, digest_of(public_keys));
+    if r.dkg.acked_keys.is_none() {
+        r.dkg.acked_keys = Some(public_keys.to_vec());
+    }
+    if let Some(groups) = disagreement(&r.dkg) {
+        let reason = format!(
+            "holders disagree on the refreshed public key set ({groups}); some holder saw a different DKG transcript or is faulty"
+        );
+        return Ok(abandon(v, reason));
+    }
+    let current = v.public_keys.as_deref().unwrap_or_default();
+    let same_key =
+        public_key_prefix(public_keys, n).is_some_and(|p| public_key_prefix(current, n) == Some(p));
+    if !same_key {
+        let reason = format!(
+            "{from} acked a refreshed key set whose public key, threshold or holders differ from the version's; a refresh must keep the key"
+        );
+        return Ok(abandon(v, reason));
+    }
+    if !v.holders.iter().all(|h| r.dkg.acks.contains_key(h)) {
+        return Ok(Applied::Done);
+    }
+    if !matches!(v.state, VersionState::Enabled | VersionState::Disabled) {
+        let reason = format!(
+            "every holder acked, but the version is now {}; the refresh is not applied",
+            v.state.name()
+        );
+        return Ok(abandon(v, reason));
+    }
+    let epoch = r.epoch;
+    v.public_keys = r.dkg.acked_keys.take();
+    v.epoch = epoch;
+    v.refresh = None;
+    v.last_refresh_failure = None;
+    Ok(Applied::RefreshCompleted { epoch })
+}
+
+/// `Some(description)` when the acks name more than one key set.
+fn disagreement(dkg: &DkgRecord) -> Option<String> {
+    let distinct: BTreeSet<[u8; 32]> = dkg.acks.values().copied().collect();
+    if distinct.len() <= 1 {
+        return None;
+    }
+    let groups: Vec<String> = distinct
+        .iter()
+        .map(|d| {
+            let who = dkg.acks.iter().filter(|(_, a)| *a == d).map(|(n, _)| n);
+            format!("{} acked key set {}", node_list(who), short_hex(d))
+        })
+        .collect();
+    Some(groups.join("; "))
+}
+
+fn check_ack(keys: &[u8]) -> Result<(), StateError> {
+    if keys.is_empty() || keys.len() > MAX_PUBLIC_KEYS_LEN {
+        return Err(invalid(format!(
+            "acked public key set is {} bytes; it must be 1-{MAX_PUBLIC_KEYS_LEN} bytes",
+            keys.len()
+        )));
+    }
+    Ok(())
 }
 
 fn digest_of(bytes: &[u8]) -> [u8; 32] {
@@ -618,34 +854,60 @@ fn bounded_note(note: &str) -> &str {
 
 /// Applies one DKG step to a generating version; `Err` names what was wrong.
 fn apply_dkg_step(name: &str, v: &mut KeyVersionRecord, from: NodeId, step: &DkgStep) -> Outcome {
-    let phase = v.dkg.phase;
-    let wrong_phase = |v: &KeyVersionRecord, what: &str| {
-        transition_error(name, v, &format!("{what} in DKG phase {}", phase.name()))
-    };
+    if let DkgStep::Ack { public_keys } = step {
+        return apply_ack(name, v, from, public_keys);
+    }
     let n = v.holders.len();
+    let (version, state) = (v.version, v.state.name());
+    dkg_record_step(name, version, state, "version", n, &mut v.dkg, from, step)?;
+    Ok(Applied::Done)
+}
+
+/// Orders a non-ack DKG step into `dkg` (a generation's or a refresh's);
+/// `what` names the DKG ("version", "refresh to epoch 2") in messages.
+#[allow(clippy::too_many_arguments)]
+fn dkg_record_step(
+    name: &str,
+    version: KeyVersion,
+    state: &str,
+    what: &str,
+    n: usize,
+    dkg: &mut DkgRecord,
+    from: NodeId,
+    step: &DkgStep,
+) -> Result<(), StateError> {
+    let phase = dkg.phase;
+    let wrong_phase = |step: &str| {
+        transition_error_at(
+            name,
+            version,
+            state,
+            &format!("{step} in DKG phase {}", phase.name()),
+        )
+    };
     match step {
         DkgStep::Deal(bytes) => {
             check_dkg_len(bytes, "deal")?;
             if phase != DkgPhase::Dealing {
-                return Err(wrong_phase(v, "a deal"));
+                return Err(wrong_phase("a deal"));
             }
-            if !v.dkg.dealt.insert(from) {
+            if !dkg.dealt.insert(from) {
                 return Err(invalid(format!(
-                    "{from} already dealt for this version; the first deal stands"
+                    "{from} already dealt for this {what}; the first deal stands"
                 )));
             }
         }
         DkgStep::Ready => {
             if phase != DkgPhase::Dealing {
-                return Err(wrong_phase(v, "ready"));
+                return Err(wrong_phase("ready"));
             }
-            if v.dkg.dealt.len() < n {
+            if dkg.dealt.len() < n {
                 return Err(invalid(format!(
                     "{from} reported ready with {} of {n} deals in the log; wait for every deal",
-                    v.dkg.dealt.len()
+                    dkg.dealt.len()
                 )));
             }
-            if !v.dkg.ready.insert(from) {
+            if !dkg.ready.insert(from) {
                 return Err(invalid(format!("{from} already reported ready")));
             }
         }
@@ -660,42 +922,42 @@ fn apply_dkg_step(name: &str, v: &mut KeyVersionRecord, from: NodeId, step: &Dkg
                 check_dkg_len(c, "complaint")?;
             }
             if phase != DkgPhase::Complaints {
-                return Err(wrong_phase(v, "complaints"));
+                return Err(wrong_phase("complaints"));
             }
-            if !v.dkg.complained.insert(from) {
+            if !dkg.complained.insert(from) {
                 return Err(invalid(format!(
-                    "{from} already posted its complaints for this version"
+                    "{from} already posted its complaints for this {what}"
                 )));
             }
         }
         DkgStep::Justification(bytes) => {
             check_dkg_len(bytes, "justification")?;
             if phase != DkgPhase::Complaints {
-                return Err(wrong_phase(v, "a justification"));
+                return Err(wrong_phase("a justification"));
             }
             let max = u32::try_from(n * n).unwrap_or(u32::MAX);
-            if v.dkg.justifications >= max {
+            if dkg.justifications >= max {
                 return Err(invalid(format!(
-                    "this version already has {max} justifications, the most {n} holders can need"
+                    "this {what} already has {max} justifications, the most {n} holders can need"
                 )));
             }
-            v.dkg.justifications += 1;
+            dkg.justifications += 1;
         }
         DkgStep::CloseDealing => {
             if phase != DkgPhase::Dealing {
-                return Err(wrong_phase(v, "close dealing (already closed; no-op)"));
+                return Err(wrong_phase("close dealing (already closed; no-op)"));
             }
-            v.dkg.phase = DkgPhase::Complaints;
+            dkg.phase = DkgPhase::Complaints;
         }
         DkgStep::Finish => {
             if phase != DkgPhase::Complaints {
-                return Err(wrong_phase(v, "finish (not in the complaint phase; no-op)"));
+                return Err(wrong_phase("finish (not in the complaint phase; no-op)"));
             }
-            v.dkg.phase = DkgPhase::Finished;
+            dkg.phase = DkgPhase::Finished;
         }
-        DkgStep::Ack { public_keys } => return apply_ack(name, v, from, public_keys),
+        DkgStep::Ack { .. } => return Err(invalid("an ack is applied by its DKG's own rule")),
     }
-    Ok(Applied::Done)
+    Ok(())
 }
 
 fn check_dkg_len(bytes: &[u8], what: &str) -> Result<(), StateError> {
@@ -709,12 +971,7 @@ fn check_dkg_len(bytes: &[u8], what: &str) -> Result<(), StateError> {
 }
 
 fn apply_ack(name: &str, v: &mut KeyVersionRecord, from: NodeId, keys: &[u8]) -> Outcome {
-    if keys.is_empty() || keys.len() > MAX_PUBLIC_KEYS_LEN {
-        return Err(invalid(format!(
-            "acked public key set is {} bytes; it must be 1-{MAX_PUBLIC_KEYS_LEN} bytes",
-            keys.len()
-        )));
-    }
+    check_ack(keys)?;
     if v.dkg.phase != DkgPhase::Finished {
         return Err(transition_error(
             name,
@@ -732,18 +989,9 @@ fn apply_ack(name: &str, v: &mut KeyVersionRecord, from: NodeId, keys: &[u8]) ->
     if v.dkg.acked_keys.is_none() {
         v.dkg.acked_keys = Some(keys.to_vec());
     }
-    let distinct: BTreeSet<[u8; 32]> = v.dkg.acks.values().copied().collect();
-    if distinct.len() > 1 {
-        let groups: Vec<String> = distinct
-            .iter()
-            .map(|d| {
-                let who = v.dkg.acks.iter().filter(|(_, a)| *a == d).map(|(n, _)| n);
-                format!("{} acked key set {}", node_list(who), short_hex(d))
-            })
-            .collect();
+    if let Some(groups) = disagreement(&v.dkg) {
         let reason = format!(
-            "holders disagree on the generated public key set ({}); some holder saw a different DKG transcript or is faulty: investigate, then rotate again",
-            groups.join("; ")
+            "holders disagree on the generated public key set ({groups}); some holder saw a different DKG transcript or is faulty: investigate, then rotate again"
         );
         v.state = VersionState::Failed {
             reason: reason.clone(),

@@ -96,6 +96,43 @@ impl DkgRecord {
     }
 }
 
+/// Which DKG of a version a [`crate::Operation::Dkg`] step belongs to.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum DkgSession {
+    /// The version's generation (epoch 0).
+    #[default]
+    Generation,
+    /// Refresh number `attempt` (1-based) of the version, producing shares
+    /// for `epoch`.
+    Refresh { epoch: Epoch, attempt: u32 },
+}
+
+/// A refresh in progress: the DKG that re-randomizes the shares of an
+/// enabled version without changing its public key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshRecord {
+    /// The epoch the new shares are for (the version's epoch + 1).
+    pub epoch: Epoch,
+    /// Which refresh of this version (1-based); part of the session id.
+    pub attempt: u32,
+    /// Leader timestamp of the `Refresh` command.
+    pub started_ms: u64,
+    /// Log time after which `AbandonRefresh` is accepted.
+    pub deadline_ms: u64,
+    pub dkg: DkgRecord,
+}
+
+impl RefreshRecord {
+    pub fn session(&self) -> DkgSession {
+        DkgSession::Refresh {
+            epoch: self.epoch,
+            attempt: self.attempt,
+        }
+    }
+}
+
 /// One key version: one threshold key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyVersionRecord {
@@ -117,6 +154,17 @@ pub struct KeyVersionRecord {
     /// while the version is still generating.
     pub generation_deadline_ms: u64,
     pub dkg: DkgRecord,
+    /// A proactive refresh in progress (new shares of the same key for
+    /// epoch `epoch + 1`); the version keeps serving at `epoch` until every
+    /// holder acked the refreshed key set.
+    #[serde(default)]
+    pub refresh: Option<RefreshRecord>,
+    /// Refreshes started so far (each gets its own DKG session).
+    #[serde(default)]
+    pub refresh_attempts: u32,
+    /// Why the last refresh was abandoned, if it was.
+    #[serde(default)]
+    pub last_refresh_failure: Option<String>,
 }
 
 impl KeyVersionRecord {

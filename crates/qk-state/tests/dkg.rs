@@ -56,6 +56,7 @@ impl Log {
                 version: V1,
                 from: NodeId(from),
                 step,
+                session: Default::default(),
             },
         )
     }
@@ -313,6 +314,7 @@ fn dkg_steps_are_bounded_and_attributed() {
             version: V1,
             from: NodeId(1),
             step: DkgStep::Deal(vec![1; 40]),
+            session: Default::default(),
         },
     );
     assert!(forged.expect_err("forged").to_string().contains("node-1"));
@@ -350,6 +352,7 @@ fn dkg_steps_are_bounded_and_attributed() {
             version: KeyVersion(7),
             from: NodeId(1),
             step: DkgStep::Finish,
+            session: Default::default(),
         },
     );
     assert!(matches!(missing, Err(StateError::NoSuchVersion { .. })));

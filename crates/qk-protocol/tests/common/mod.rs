@@ -345,6 +345,26 @@ impl Cluster {
                 Action::Warning(w) => {
                     self.nodes.get_mut(&id).expect("node").warnings.push(w);
                 }
+                Action::NeedShare {
+                    key,
+                    version,
+                    epoch,
+                    ..
+                } => {
+                    let node = self.nodes.get_mut(&id).expect("node");
+                    let share = node.store.get(&(key, version, epoch)).cloned();
+                    let actions = node.proto.handle(
+                        &node.replica,
+                        Event::ShareLoaded {
+                            key,
+                            version,
+                            epoch,
+                            share,
+                        },
+                        &mut self.rng,
+                    );
+                    self.run_actions(id, actions);
+                }
                 other => panic!("unexpected action {other:?}"),
             }
         }
