@@ -173,7 +173,12 @@ impl Quorum {
         let now_ms = now_ms();
         self.with_state(|s| self.core.handle(s, Event::StartUnwrap { now_ms, request }));
         // The protocol bounds the wait itself; this is a backstop.
-        match tokio::time::timeout(Duration::from_secs(30), rx).await {
+        let waited = tokio::time::timeout(Duration::from_secs(30), rx).await;
+        // Whatever happened, this unwrap's waiter must not outlive the call.
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&op_id);
+        }
+        match waited {
             Ok(Ok(outcome)) => outcome,
             _ => (
                 Err(UnwrapError::BadCiphertext(

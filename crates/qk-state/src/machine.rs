@@ -423,22 +423,7 @@ impl StateMachine {
                 ),
             ));
         }
-        let missing: Vec<NodeId> = v
-            .sorted_holders()
-            .into_iter()
-            .filter(|h| !r.dkg.acks.contains_key(h))
-            .collect();
-        let mut reason = format!(
-            "refresh did not complete by its deadline ({} ms log time) in DKG phase {}; no ack from {}",
-            r.deadline_ms,
-            r.dkg.phase.name(),
-            node_list(&missing)
-        );
-        let note = bounded_note(note);
-        if !note.is_empty() {
-            reason.push_str("; reported: ");
-            reason.push_str(note);
-        }
+        let reason = missed_deadline("refresh", r.deadline_ms, &r.dkg, v.sorted_holders(), note);
         Ok(abandon(v, reason))
     }
 
@@ -550,22 +535,13 @@ impl StateMachine {
                 ),
             ));
         }
-        let missing: Vec<NodeId> = v
-            .sorted_holders()
-            .into_iter()
-            .filter(|h| !v.dkg.acks.contains_key(h))
-            .collect();
-        let mut reason = format!(
-            "generation did not complete by its deadline ({} ms log time) in DKG phase {}; no ack from {}",
+        let reason = missed_deadline(
+            "generation",
             v.generation_deadline_ms,
-            v.dkg.phase.name(),
-            node_list(&missing)
+            &v.dkg,
+            v.sorted_holders(),
+            note,
         );
-        let note = bounded_note(note);
-        if !note.is_empty() {
-            reason.push_str("; reported: ");
-            reason.push_str(note);
-        }
         v.state = VersionState::Failed {
             reason: reason.clone(),
         };
@@ -1005,6 +981,32 @@ fn apply_ack(name: &str, v: &mut KeyVersionRecord, from: NodeId, keys: &[u8]) ->
         return Ok(Applied::VersionEnabled);
     }
     Ok(Applied::Done)
+}
+
+/// Why a DKG-style session missed its deadline: its phase, the holders that
+/// did not ack, and the proposer's (bounded) note.
+fn missed_deadline(
+    what: &str,
+    deadline_ms: u64,
+    dkg: &DkgRecord,
+    holders: Vec<NodeId>,
+    note: &str,
+) -> String {
+    let missing: Vec<NodeId> = holders
+        .into_iter()
+        .filter(|h| !dkg.acks.contains_key(h))
+        .collect();
+    let mut reason = format!(
+        "{what} did not complete by its deadline ({deadline_ms} ms log time) in DKG phase {}; no ack from {}",
+        dkg.phase.name(),
+        node_list(&missing)
+    );
+    let note = bounded_note(note);
+    if !note.is_empty() {
+        reason.push_str("; reported: ");
+        reason.push_str(note);
+    }
+    reason
 }
 
 fn check_audit_batch(events: &[AuditEvent]) -> Outcome {
