@@ -209,6 +209,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             context,
             ..
         } => ClientRequest::Decrypt {
+            approval: None,
             ciphertext,
             context: context.into_iter().collect(),
         },

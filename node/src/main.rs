@@ -1,15 +1,9 @@
 //! `qk-node`: one Quorumkey cluster member, plus PKI and local-cluster helpers.
 #![forbid(unsafe_code)]
 
-mod audit;
-mod config;
-mod ctl;
-mod dev;
-mod node;
-mod pki;
-mod quorum;
-
 use std::path::PathBuf;
+
+use qk_node::{config, ctl, dev, node, pki};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -55,7 +49,7 @@ enum Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_tracing();
+    qk_node::init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -75,14 +69,4 @@ fn main() -> Result<()> {
             }
         }
     })
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("QK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }

@@ -326,6 +326,7 @@ impl Node {
             self.id,
             QkNode {
                 rpc_addr: config.advertise_addr(),
+                api_url: String::new(),
             },
         );
         self.raft
@@ -346,6 +347,7 @@ impl Node {
             node_id: self.id,
             node: QkNode {
                 rpc_addr: config.advertise_addr(),
+                api_url: String::new(),
             },
         };
         let mut delay = Duration::from_millis(200);
@@ -419,11 +421,14 @@ impl Node {
             ClientRequest::Decrypt {
                 ciphertext,
                 context,
+                ..
             } => self.decrypt(peer, &ciphertext, context).await,
             ClientRequest::Partial {
                 ciphertext,
                 context,
+                ..
             } => self.partial(peer, &ciphertext, context),
+            other => ClientResponse::Error(format!("{other:?} is not served yet")),
         }
     }
 
@@ -725,7 +730,10 @@ impl Node {
                         Some(a) => {
                             self.forward(
                                 leader,
-                                &QkNode { rpc_addr: a },
+                                &QkNode {
+                                    rpc_addr: a,
+                                    api_url: String::new(),
+                                },
                                 ClientRequest::Join { node_id, node },
                             )
                             .await

@@ -143,6 +143,7 @@ impl Client {
         let request = PeerRequest::Client(ClientRequest::Partial {
             ciphertext: text.to_string(),
             context: context.clone(),
+            approval: None,
         });
         let answers = futures::future::join_all(members.iter().map(|(id, addr)| {
             let client = self.dialer.node(*id, addr);

@@ -14,7 +14,9 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use qk_state::{AuditRecord, Command, KeyRecord, Response};
+use qk_state::{
+    ApprovalRecord, AuditRecord, Command, KeyRecord, PrincipalRecord, Response, TokenRecord,
+};
 use serde::{Deserialize, Serialize};
 
 pub type NodeId = u64;
@@ -24,6 +26,9 @@ pub type NodeId = u64;
 pub struct QkNode {
     /// `host:port` of the node's QUIC endpoint (Raft and cluster RPCs).
     pub rpc_addr: String,
+    /// `https://host:port` of the node's HTTPS API (empty if it has none).
+    #[serde(default)]
+    pub api_url: String,
 }
 
 impl fmt::Display for QkNode {
@@ -68,16 +73,54 @@ pub enum ClientRequest {
         plaintext: Redacted,
     },
     /// Unwrap with server-side combining: the node gathers `t` partials.
+    /// For a break-glass key, `approval` names the approved request.
     Decrypt {
         ciphertext: String,
         context: BTreeMap<String, String>,
+        approval: Option<String>,
     },
     /// This node's own partial decryption, for client-side combining. The
     /// answer is an encoded `qk_crypto::PartialDecryption`.
     Partial {
         ciphertext: String,
         context: BTreeMap<String, String>,
+        approval: Option<String>,
     },
+    /// Full records of every key (the inventory), sorted by name.
+    KeyInventory,
+    /// A fresh random data key of `bytes` bytes (16..=64), returned in the
+    /// clear and wrapped under the key's newest enabled version.
+    DataKey {
+        name: String,
+        bytes: u16,
+        context: BTreeMap<String, String>,
+    },
+    /// Decrypts (quorum) and wraps again under the key's newest version,
+    /// without the plaintext leaving the node. `to_key` defaults to the
+    /// ciphertext's own key.
+    Rewrap {
+        ciphertext: String,
+        context: BTreeMap<String, String>,
+        to_key: Option<String>,
+    },
+    /// Makes a bearer token for `principal`; the secret is returned once.
+    IssueToken {
+        principal: String,
+        ttl_ms: u64,
+        description: String,
+    },
+    /// Checks a bearer token; answers the principal it belongs to.
+    Authenticate { token: Redacted },
+    ListPrincipals,
+    ListTokens,
+    ListApprovals,
+    /// The caller's own principal record (and token, when `token_id` is set).
+    WhoAmI { token_id: Option<String> },
+    /// Verifies this node's audit chain from the first record.
+    AuditVerify,
+    /// Members with their reachability, and per key version how many
+    /// holders answer.
+    ClusterHealth,
 }
 
 /// Secret bytes in a message (plaintext, data keys): zeroized on drop and
@@ -114,6 +157,37 @@ pub struct NodeStatus {
     pub audit_len: u64,
 }
 
+/// One member as seen from the answering node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberHealth {
+    pub node_id: NodeId,
+    pub rpc_addr: String,
+    pub api_url: String,
+    pub voter: bool,
+    /// Answered a status request within the timeout.
+    pub reachable: bool,
+    pub last_applied: Option<u64>,
+    pub term: Option<u64>,
+}
+
+/// Per key version: how many of its holders answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionHealth {
+    pub key: String,
+    pub version: u32,
+    pub state: String,
+    pub threshold: u16,
+    pub holders: Vec<NodeId>,
+    pub live_holders: Vec<NodeId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterHealth {
+    pub status: NodeStatus,
+    pub members: Vec<MemberHealth>,
+    pub versions: Vec<VersionHealth>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientResponse {
     Written {
@@ -133,6 +207,38 @@ pub enum ClientResponse {
     Plaintext(Redacted),
     /// An encoded partial decryption (client-side combining).
     Partial(Vec<u8>),
+    KeyRecords(Vec<KeyRecord>),
+    DataKey {
+        plaintext: Redacted,
+        ciphertext: String,
+        version: u32,
+    },
+    /// A new token: `token` is the only copy of its text.
+    Token {
+        token: Redacted,
+        record: TokenRecord,
+    },
+    Principal(PrincipalRecord),
+    Principals(Vec<PrincipalRecord>),
+    Tokens(Vec<TokenRecord>),
+    Approvals(Vec<ApprovalRecord>),
+    Identity {
+        principal: PrincipalRecord,
+        token: Option<TokenRecord>,
+    },
+    /// The chain verified: `records` records, the last one's hash.
+    AuditVerified {
+        records: u64,
+        head_hash: [u8; 32],
+    },
+    ClusterHealth(ClusterHealth),
+    /// The request waits for approval `approval.id`; it runs (or, for a
+    /// decrypt, may be retried with the id) once approved.
+    ApprovalPending(ApprovalRecord),
+    /// Authentication or authorization refused the request (audited).
+    Denied(String),
+    /// What the request names does not exist.
+    NotFound(String),
     /// This node is not the leader; retry at the leader if known.
     NotLeader {
         leader: Option<NodeId>,

@@ -2,7 +2,9 @@
 
 use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
 
+use crate::access::{KeyPolicy, PendingAction, Role};
 use crate::model::DkgSession;
+use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 /// A client-chosen id that makes a retried request apply once.
@@ -149,6 +151,75 @@ pub enum Operation {
     /// Many audit-only events in one entry (unwraps, encrypts, refusals),
     /// proposed by a node; each becomes its own chained audit record.
     AuditBatch(Vec<AuditEvent>),
+    /// Adds a principal. A node may add the first one (the initial admin)
+    /// while none exists; after that it takes `principal-manage`.
+    CreatePrincipal {
+        name: String,
+        roles: BTreeSet<Role>,
+    },
+    UpdatePrincipal {
+        name: String,
+        roles: BTreeSet<Role>,
+        disabled: bool,
+    },
+    /// Removes a principal and revokes its tokens.
+    DeletePrincipal {
+        name: String,
+    },
+    /// Records a token by the SHA-256 of its secret (the node that made the
+    /// secret hands it to the caller once; it is never in the log).
+    IssueToken {
+        id: String,
+        principal: String,
+        description: String,
+        secret_sha256: [u8; 32],
+        expires_at_ms: u64,
+    },
+    RevokeToken {
+        id: String,
+    },
+    /// Sets (or with `None` removes) a key's access policy.
+    SetPolicy {
+        name: String,
+        policy: Option<KeyPolicy>,
+    },
+    /// Changes a key's rotation schedule and expiry.
+    SetSchedule {
+        name: String,
+        rotation_period_ms: Option<u64>,
+        expires_at_ms: Option<u64>,
+    },
+    /// Asks for approval of an action that is not itself a log operation
+    /// (a break-glass decrypt).
+    RequestApproval {
+        action: PendingAction,
+    },
+    Approve {
+        id: String,
+    },
+    Deny {
+        id: String,
+        reason: String,
+    },
+    /// The requester uses an approved break-glass decrypt, once.
+    ConsumeApproval {
+        id: String,
+        ciphertext_sha256: [u8; 32],
+    },
+    /// Rotation driven by the key's schedule (a node proposes it; accepted
+    /// only when due by log time).
+    ScheduledRotate {
+        name: String,
+        holders: Vec<NodeId>,
+    },
+    /// The key's expiry passed (log time): it no longer encrypts.
+    Expire {
+        name: String,
+    },
+    /// A pending approval ran out of time.
+    ExpireApproval {
+        id: String,
+    },
 }
 
 /// Most events in one [`Operation::AuditBatch`].
@@ -239,6 +310,20 @@ impl Operation {
             Operation::AbandonRefresh { .. } => "version.refresh-abandoned",
             Operation::Audit { .. } => "audit",
             Operation::AuditBatch(_) => "audit.batch",
+            Operation::CreatePrincipal { .. } => "principal.create",
+            Operation::UpdatePrincipal { .. } => "principal.update",
+            Operation::DeletePrincipal { .. } => "principal.delete",
+            Operation::IssueToken { .. } => "token.issue",
+            Operation::RevokeToken { .. } => "token.revoke",
+            Operation::SetPolicy { .. } => "key.set-policy",
+            Operation::SetSchedule { .. } => "key.set-schedule",
+            Operation::RequestApproval { .. } => "approval.request",
+            Operation::Approve { .. } => "approval.approve",
+            Operation::Deny { .. } => "approval.deny",
+            Operation::ConsumeApproval { .. } => "approval.consume",
+            Operation::ScheduledRotate { .. } => "key.scheduled-rotate",
+            Operation::Expire { .. } => "key.expire",
+            Operation::ExpireApproval { .. } => "approval.expire",
         }
     }
 
@@ -260,9 +345,19 @@ impl Operation {
             | Operation::Destroy { name, .. }
             | Operation::EraseReceipt { name, .. }
             | Operation::Refresh { name, .. }
-            | Operation::AbandonRefresh { name, .. } => Some(name),
+            | Operation::AbandonRefresh { name, .. }
+            | Operation::SetPolicy { name, .. }
+            | Operation::SetSchedule { name, .. }
+            | Operation::ScheduledRotate { name, .. }
+            | Operation::Expire { name } => Some(name),
             Operation::Audit { key, .. } => key.as_deref(),
-            Operation::AuditBatch(_) => None,
+            Operation::RequestApproval {
+                action: PendingAction::Decrypt { key, .. },
+            } => Some(key),
+            Operation::RequestApproval {
+                action: PendingAction::Operation(op),
+            } => op.key_name(),
+            _ => None,
         }
     }
 
@@ -307,6 +402,11 @@ pub enum StateError {
     },
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// Authorization refused the request (it is audited as refused).
+    #[error("permission denied: {0}")]
+    Denied(String),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// The result of applying a command.
@@ -353,5 +453,16 @@ pub enum Applied {
     RefreshAbandoned {
         epoch: Epoch,
         reason: String,
+    },
+    /// The request waits for approval (nothing else changed yet).
+    ApprovalRequested {
+        id: String,
+        required: u16,
+    },
+    /// An approval was recorded; `outcome` is set when it was the last one
+    /// needed and the approved operation ran.
+    Approved {
+        remaining: u16,
+        outcome: Option<String>,
     },
 }

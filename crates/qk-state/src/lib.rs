@@ -6,11 +6,20 @@
 //! hash covers the previous record's hash.
 #![forbid(unsafe_code)]
 
+mod access;
+mod access_ops;
 mod audit;
 mod command;
 mod machine;
 mod model;
 
+pub use access::{
+    default_approval_ttl_ms, ApprovalRecord, ApprovalRule, ApprovalStatus, Decision, KeyPolicy,
+    Permission, PendingAction, PolicyRule, PrincipalRecord, Role, TokenRecord,
+};
+pub use access_ops::{
+    parse_token, token_text, MAX_TOKEN_TTL_MS, MIN_ROTATION_PERIOD_MS, TOKEN_PREFIX,
+};
 pub use audit::{verify_chain, AuditRecord, ChainError, GENESIS_HASH};
 pub use command::{
     Applied, AuditEvent, Command, CreateKey, DkgStep, Operation, RequestId, Response, StateError,

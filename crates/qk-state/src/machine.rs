@@ -35,11 +35,14 @@ pub struct StateMachine {
     requests: BTreeMap<RequestId, Response>,
     request_order: VecDeque<RequestId>,
     audit: Vec<AuditRecord>,
+    pub(crate) principals: BTreeMap<String, crate::access::PrincipalRecord>,
+    pub(crate) tokens: BTreeMap<String, crate::access::TokenRecord>,
+    pub(crate) approvals: BTreeMap<String, crate::access::ApprovalRecord>,
 }
 
 type Outcome = Result<Applied, StateError>;
 
-fn invalid(msg: impl Into<String>) -> StateError {
+pub(crate) fn invalid(msg: impl Into<String>) -> StateError {
     StateError::Invalid(msg.into())
 }
 
@@ -56,7 +59,7 @@ fn transition_error_at(name: &str, version: KeyVersion, state: &str, action: &st
     }
 }
 
-fn check_name(name: &str) -> Result<(), StateError> {
+pub(crate) fn check_name(name: &str) -> Result<(), StateError> {
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
@@ -175,6 +178,16 @@ impl StateMachine {
     }
 
     fn execute(&mut self, cmd: &Command) -> Outcome {
+        match self.authorize_command(cmd)? {
+            crate::access::Decision::Allow => self.execute_op(cmd),
+            crate::access::Decision::NeedsApproval { required, ttl_ms } => {
+                self.request_approval(cmd, required, ttl_ms)
+            }
+            crate::access::Decision::Deny(reason) => Err(StateError::Denied(reason)),
+        }
+    }
+
+    pub(crate) fn execute_op(&mut self, cmd: &Command) -> Outcome {
         let now = cmd.time_ms;
         match &cmd.op {
             Operation::CreateKey(c) => self.create_key(cmd.request_id, now, c),
@@ -272,6 +285,7 @@ impl StateMachine {
             } => self.erase_receipt(name, *version, *node),
             Operation::Audit { .. } => Ok(Applied::Done),
             Operation::AuditBatch(events) => check_audit_batch(events),
+            _ => self.execute_access_op(cmd),
         }
     }
 
@@ -286,6 +300,7 @@ impl StateMachine {
             )));
         }
         check_holders(c.threshold, &c.holders)?;
+        crate::access_ops::check_rotation_period(c.rotation_period_ms)?;
         if self.keys.contains_key(&c.name) {
             return Err(StateError::KeyExists(c.name.clone()));
         }
@@ -312,6 +327,8 @@ impl StateMachine {
                 )],
                 tags: BTreeMap::new(),
                 min_decrypt_version: KeyVersion(0),
+                policy: None,
+                expired: false,
             },
         );
         Ok(Applied::KeyCreated { id, version })
@@ -330,7 +347,7 @@ impl StateMachine {
             })
     }
 
-    fn key_mut(&mut self, name: &str) -> Result<&mut KeyRecord, StateError> {
+    pub(crate) fn key_mut(&mut self, name: &str) -> Result<&mut KeyRecord, StateError> {
         self.keys
             .get_mut(name)
             .ok_or_else(|| StateError::NoSuchKey(name.to_string()))
@@ -427,7 +444,7 @@ impl StateMachine {
         Ok(abandon(v, reason))
     }
 
-    fn rotate(
+    pub(crate) fn rotate(
         &mut self,
         name: &str,
         holders: &[NodeId],

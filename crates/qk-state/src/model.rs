@@ -195,9 +195,22 @@ pub struct KeyRecord {
     /// Versions below this one may not decrypt.
     #[serde(default)]
     pub min_decrypt_version: KeyVersion,
+    /// Who may do what with this key (roles alone when `None`).
+    #[serde(default)]
+    pub policy: Option<crate::access::KeyPolicy>,
+    /// The expiry passed: the key no longer encrypts or rotates (it still
+    /// decrypts, so data can be moved to another key).
+    #[serde(default)]
+    pub expired: bool,
 }
 
 impl KeyRecord {
+    /// Log time of the next scheduled rotation, if the key has a schedule.
+    pub fn next_rotation_ms(&self) -> Option<u64> {
+        let period = self.rotation_period_ms?;
+        (!self.expired).then(|| self.last_rotated_ms.saturating_add(period))
+    }
+
     pub fn version(&self, v: KeyVersion) -> Option<&KeyVersionRecord> {
         self.versions.iter().find(|r| r.version == v)
     }
@@ -208,6 +221,9 @@ impl KeyRecord {
 
     /// The newest enabled version: the one encryption uses.
     pub fn primary_version(&self) -> Option<&KeyVersionRecord> {
+        if self.expired {
+            return None;
+        }
         self.versions
             .iter()
             .rev()

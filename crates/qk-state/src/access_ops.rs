@@ -1,0 +1,671 @@
+//! Applying access-control operations, authorizing commands, approvals,
+//! token authentication, and the schedule (rotation, expiry, destruction).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::access::{
+    check_access, matches_principal, ApprovalRecord, ApprovalStatus, Decision, KeyPolicy,
+    PendingAction, Permission, PrincipalRecord, Role, TokenRecord,
+};
+use crate::command::{Applied, Command, Operation, StateError};
+use crate::machine::{invalid, StateMachine};
+use crate::model::VersionState;
+
+type Outcome = Result<Applied, StateError>;
+
+/// Token text: `qkt.<id>.<secret>`; id 16 hex digits, secret 64.
+pub const TOKEN_PREFIX: &str = "qkt.";
+const TOKEN_ID_LEN: usize = 16;
+const TOKEN_SECRET_LEN: usize = 64;
+const MAX_PRINCIPALS: usize = 10_000;
+const MAX_TOKENS: usize = 100_000;
+const MAX_APPROVALS: usize = 100_000;
+const MAX_POLICY_RULES: usize = 64;
+const MAX_RULE_PRINCIPALS: usize = 64;
+const MAX_CONTEXT_CONDITIONS: usize = 16;
+const MAX_REASON_LEN: usize = 512;
+/// Longest token lifetime: one year.
+pub const MAX_TOKEN_TTL_MS: u64 = 366 * 24 * 3600 * 1000;
+
+/// The text a caller presents for token `id` with `secret_hex`.
+pub fn token_text(id: &str, secret_hex: &str) -> String {
+    format!("{TOKEN_PREFIX}{id}.{secret_hex}")
+}
+
+/// Splits a token into its id and secret; `None` when it is malformed.
+pub fn parse_token(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix(TOKEN_PREFIX)?;
+    let (id, secret) = rest.split_once('.')?;
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(id, TOKEN_ID_LEN) && hex(secret, TOKEN_SECRET_LEN)).then_some((id, secret))
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// `node-N`: a cluster node speaking for itself (authenticated by the node
+/// layer; client principals may not carry such a name).
+pub(crate) fn is_node_principal(principal: &str) -> bool {
+    principal
+        .strip_prefix("node-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn check_principal_name(name: &str) -> Result<(), StateError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if !ok {
+        return Err(invalid(format!(
+            "principal name {name:?} must be 1-128 characters of A-Z a-z 0-9 - _ . @"
+        )));
+    }
+    if name.starts_with("node-") || name == "*" || name.starts_with("role:") {
+        return Err(invalid(format!(
+            "principal name {name:?} is reserved (node-*, role:*, *); choose another"
+        )));
+    }
+    Ok(())
+}
+
+/// The permission a client command needs, and the key it is about.
+fn permission_of(op: &Operation) -> Option<Permission> {
+    use Operation as O;
+    use Permission as P;
+    Some(match op {
+        O::CreateKey(_) => P::KeyCreate,
+        O::SetTag { .. } | O::SetMinDecryptVersion { .. } | O::Refresh { .. } => P::KeyConfigure,
+        O::SetSchedule { .. } => P::KeyConfigure,
+        O::Rotate { .. } => P::KeyRotate,
+        O::Disable { .. } => P::KeyDisable,
+        O::Enable { .. } => P::KeyEnable,
+        O::MarkCompromised { .. } => P::KeyMarkCompromised,
+        O::ScheduleDestruction { .. } | O::Destroy { .. } => P::KeyDestroy,
+        O::CancelDestruction { .. } => P::KeyCancelDestroy,
+        O::SetPolicy { .. } => P::KeySetPolicy,
+        O::CreatePrincipal { .. } | O::UpdatePrincipal { .. } | O::DeletePrincipal { .. } => {
+            P::PrincipalManage
+        }
+        O::IssueToken { .. } | O::RevokeToken { .. } => P::TokenManage,
+        O::Approve { .. } | O::Deny { .. } => P::Approve,
+        O::RequestApproval { .. } => P::Decrypt,
+        _ => return None,
+    })
+}
+
+/// Operations only a node proposes.
+fn is_node_only(op: &Operation) -> bool {
+    matches!(
+        op,
+        Operation::Dkg { .. }
+            | Operation::EraseReceipt { .. }
+            | Operation::AbandonRefresh { .. }
+            | Operation::FailGeneration { .. }
+            | Operation::CompleteGeneration { .. }
+            | Operation::Audit { .. }
+            | Operation::AuditBatch(_)
+            | Operation::ScheduledRotate { .. }
+            | Operation::Expire { .. }
+            | Operation::ExpireApproval { .. }
+    )
+}
+
+impl StateMachine {
+    pub fn principal(&self, name: &str) -> Option<&PrincipalRecord> {
+        self.principals.get(name)
+    }
+
+    pub fn principals(&self) -> impl Iterator<Item = &PrincipalRecord> {
+        self.principals.values()
+    }
+
+    pub fn tokens(&self) -> impl Iterator<Item = &TokenRecord> {
+        self.tokens.values()
+    }
+
+    pub fn approvals(&self) -> impl Iterator<Item = &ApprovalRecord> {
+        self.approvals.values()
+    }
+
+    pub fn approval(&self, id: &str) -> Option<&ApprovalRecord> {
+        self.approvals.get(id)
+    }
+
+    /// Checks a bearer token at `now_ms` and names its principal.
+    pub fn authenticate_token(
+        &self,
+        token: &str,
+        now_ms: u64,
+    ) -> Result<(&PrincipalRecord, &TokenRecord), String> {
+        let refused = "token not accepted; ask an administrator for a valid token (`qk token create`)";
+        let (id, secret) = parse_token(token).ok_or(refused)?;
+        let record = self.tokens.get(id).ok_or(refused)?;
+        let matches: bool = sha256(secret.as_bytes())
+            .ct_eq(&record.secret_sha256)
+            .into();
+        if !matches {
+            return Err(refused.into());
+        }
+        if record.revoked_ms.is_some() {
+            return Err(format!("token {id} was revoked; ask for a new one"));
+        }
+        if record.expires_at_ms <= now_ms {
+            return Err(format!("token {id} expired; ask for a new one"));
+        }
+        let principal = self
+            .principals
+            .get(&record.principal)
+            .ok_or_else(|| format!("the principal of token {id} no longer exists"))?;
+        Ok((principal, record))
+    }
+
+    /// The verdict for a request that is not a log operation (encrypt,
+    /// decrypt, reads) or before proposing one.
+    pub fn authorize(
+        &self,
+        principal: &str,
+        permission: Permission,
+        key: Option<&str>,
+        context: &BTreeMap<String, String>,
+    ) -> Decision {
+        let Some(p) = self.principals.get(principal) else {
+            return Decision::Deny(format!(
+                "principal {principal} is not known to the cluster; an administrator adds it with `qk principal create`"
+            ));
+        };
+        let policy = key.map(|k| (k, self.key(k).and_then(|r| r.policy.as_ref())));
+        if let Err(reason) = check_access(p, permission, policy, context) {
+            return Decision::Deny(reason);
+        }
+        match key.and_then(|k| self.key(k)).and_then(|r| r.policy.as_ref()) {
+            Some(KeyPolicy {
+                approval: Some(rule),
+                ..
+            }) if rule.permissions.contains(&permission) => Decision::NeedsApproval {
+                required: rule.required,
+                ttl_ms: rule.ttl_ms,
+            },
+            _ => Decision::Allow,
+        }
+    }
+
+    pub(crate) fn authorize_command(&self, cmd: &Command) -> Result<Decision, StateError> {
+        if is_node_principal(&cmd.principal) {
+            return Ok(self.authorize_node(cmd));
+        }
+        if is_node_only(&cmd.op) {
+            return Ok(Decision::Deny(format!(
+                "{} is proposed by cluster nodes only",
+                cmd.op.name()
+            )));
+        }
+        if let Some(d) = self.self_service(cmd) {
+            return Ok(d);
+        }
+        let Some(permission) = permission_of(&cmd.op) else {
+            return Ok(Decision::Deny(format!("{} is not a client operation", cmd.op.name())));
+        };
+        let key = match &cmd.op {
+            Operation::CreateKey(_) => None,
+            op if permission.is_key_scoped() => op.key_name(),
+            _ => None,
+        };
+        let decision = self.authorize(&cmd.principal, permission, key, &BTreeMap::new());
+        Ok(match (decision, &cmd.op) {
+            // A break-glass request is itself the ask for approval.
+            (Decision::NeedsApproval { .. }, Operation::RequestApproval { .. }) => Decision::Allow,
+            (Decision::Allow, Operation::RequestApproval { .. }) => Decision::Deny(
+                "this key's policy does not ask for approval of decrypt; decrypt directly".into(),
+            ),
+            (d, _) => d,
+        })
+    }
+
+    /// Requests any principal may make about itself: revoking its own token,
+    /// using its own approved break-glass decrypt.
+    fn self_service(&self, cmd: &Command) -> Option<Decision> {
+        match &cmd.op {
+            Operation::RevokeToken { id } => {
+                let own = self.tokens.get(id)?.principal == cmd.principal;
+                own.then_some(Decision::Allow)
+            }
+            Operation::ConsumeApproval { .. } => Some(Decision::Allow),
+            _ => None,
+        }
+    }
+
+    fn authorize_node(&self, cmd: &Command) -> Decision {
+        match &cmd.op {
+            op if is_node_only(op) => Decision::Allow,
+            Operation::CreatePrincipal { .. } if self.principals.is_empty() => Decision::Allow,
+            Operation::Destroy { .. } => Decision::Allow,
+            op => Decision::Deny(format!(
+                "{} comes from clients; a node may not propose it",
+                op.name()
+            )),
+        }
+    }
+
+    pub(crate) fn request_approval(&mut self, cmd: &Command, required: u16, ttl_ms: u64) -> Outcome {
+        if self.approvals.len() >= MAX_APPROVALS {
+            return Err(invalid("too many approval requests are stored"));
+        }
+        let (key, permission, action) = match &cmd.op {
+            Operation::RequestApproval { action } => {
+                let PendingAction::Decrypt { key, .. } = action else {
+                    return Err(invalid("only a decrypt is requested for approval directly"));
+                };
+                (key.clone(), Permission::Decrypt, action.clone())
+            }
+            op => (
+                op.key_name().unwrap_or_default().to_string(),
+                permission_of(op).unwrap_or(Permission::KeyConfigure),
+                PendingAction::Operation(Box::new(op.clone())),
+            ),
+        };
+        let id = approval_id(cmd);
+        self.approvals.insert(
+            id.clone(),
+            ApprovalRecord {
+                id: id.clone(),
+                requester: cmd.principal.clone(),
+                key,
+                permission,
+                action,
+                required,
+                approvers: BTreeSet::new(),
+                created_ms: cmd.time_ms,
+                expires_at_ms: cmd.time_ms.saturating_add(ttl_ms),
+                status: ApprovalStatus::Pending,
+            },
+        );
+        Ok(Applied::ApprovalRequested { id, required })
+    }
+
+    pub(crate) fn execute_access_op(&mut self, cmd: &Command) -> Outcome {
+        let now = cmd.time_ms;
+        match &cmd.op {
+            Operation::CreatePrincipal { name, roles } => self.create_principal(name, roles, now),
+            Operation::UpdatePrincipal {
+                name,
+                roles,
+                disabled,
+            } => {
+                let p = self.principals.get_mut(name).ok_or_else(|| no_principal(name))?;
+                p.roles = roles.clone();
+                p.disabled = *disabled;
+                Ok(Applied::Done)
+            }
+            Operation::DeletePrincipal { name } => {
+                self.principals.remove(name).ok_or_else(|| no_principal(name))?;
+                for t in self.tokens.values_mut().filter(|t| &t.principal == name) {
+                    t.revoked_ms.get_or_insert(now);
+                }
+                Ok(Applied::Done)
+            }
+            Operation::IssueToken {
+                id,
+                principal,
+                description,
+                secret_sha256,
+                expires_at_ms,
+            } => self.issue_token(id, principal, description, *secret_sha256, *expires_at_ms, now),
+            Operation::RevokeToken { id } => {
+                let t = self.tokens.get_mut(id).ok_or_else(|| {
+                    StateError::NotFound(format!("no token {id}; list tokens with `qk token list`"))
+                })?;
+                t.revoked_ms.get_or_insert(now);
+                Ok(Applied::Done)
+            }
+            Operation::SetPolicy { name, policy } => self.set_policy(name, policy.as_ref()),
+            Operation::SetSchedule {
+                name,
+                rotation_period_ms,
+                expires_at_ms,
+            } => {
+                check_rotation_period(*rotation_period_ms)?;
+                let key = self.key_mut(name)?;
+                key.rotation_period_ms = *rotation_period_ms;
+                key.expires_at_ms = *expires_at_ms;
+                if expires_at_ms.is_none_or(|e| e > now) {
+                    key.expired = false;
+                }
+                Ok(Applied::Done)
+            }
+            Operation::Approve { id } => self.approve(cmd, id),
+            Operation::Deny { id, reason } => {
+                let by = cmd.principal.clone();
+                let reason = reason.chars().take(MAX_REASON_LEN).collect();
+                let a = self.pending_approval(id, &by, now)?;
+                a.status = ApprovalStatus::Denied { by, reason };
+                Ok(Applied::Done)
+            }
+            Operation::ConsumeApproval {
+                id,
+                ciphertext_sha256,
+            } => self.consume_approval(cmd, id, ciphertext_sha256),
+            Operation::ScheduledRotate { name, holders } => {
+                let due = self.key(name).and_then(|k| k.next_rotation_ms());
+                if due.is_none_or(|d| d > now) {
+                    return Err(invalid(format!("key {name:?} is not due for rotation")));
+                }
+                self.rotate(name, holders, None, now)
+            }
+            Operation::Expire { name } => {
+                let key = self.key_mut(name)?;
+                if key.expires_at_ms.is_none_or(|e| e > now) {
+                    return Err(invalid(format!("key {name:?} has not expired")));
+                }
+                key.expired = true;
+                Ok(Applied::Done)
+            }
+            Operation::ExpireApproval { id } => {
+                let a = self.approvals.get_mut(id).ok_or_else(|| no_approval(id))?;
+                if a.status != ApprovalStatus::Pending || a.expires_at_ms > now {
+                    return Err(invalid(format!("approval {id} is not pending past its expiry")));
+                }
+                a.status = ApprovalStatus::Expired;
+                Ok(Applied::Done)
+            }
+            Operation::RequestApproval { .. } => {
+                Err(invalid("a decrypt approval is only requested for a break-glass key"))
+            }
+            op => Err(invalid(format!("{} is not an access operation", op.name()))),
+        }
+    }
+
+    fn create_principal(&mut self, name: &str, roles: &BTreeSet<Role>, now: u64) -> Outcome {
+        check_principal_name(name)?;
+        if self.principals.contains_key(name) {
+            return Err(invalid(format!("principal {name} already exists; update it instead")));
+        }
+        if self.principals.len() >= MAX_PRINCIPALS {
+            return Err(invalid(format!("at most {MAX_PRINCIPALS} principals")));
+        }
+        self.principals.insert(
+            name.to_string(),
+            PrincipalRecord {
+                name: name.to_string(),
+                roles: roles.clone(),
+                created_ms: now,
+                disabled: false,
+            },
+        );
+        Ok(Applied::Done)
+    }
+
+    fn issue_token(
+        &mut self,
+        id: &str,
+        principal: &str,
+        description: &str,
+        secret_sha256: [u8; 32],
+        expires_at_ms: u64,
+        now: u64,
+    ) -> Outcome {
+        if !self.principals.contains_key(principal) {
+            return Err(no_principal(principal));
+        }
+        let id_ok = id.len() == TOKEN_ID_LEN && id.bytes().all(|b| b.is_ascii_hexdigit());
+        if !id_ok || self.tokens.contains_key(id) {
+            return Err(invalid("token id must be 16 new hex digits"));
+        }
+        if expires_at_ms <= now || expires_at_ms - now > MAX_TOKEN_TTL_MS {
+            return Err(invalid("a token must expire between now and one year from now"));
+        }
+        if self.tokens.len() >= MAX_TOKENS || description.len() > MAX_REASON_LEN {
+            return Err(invalid("too many tokens, or the description is too long"));
+        }
+        self.tokens.insert(
+            id.to_string(),
+            TokenRecord {
+                id: id.to_string(),
+                principal: principal.to_string(),
+                description: description.to_string(),
+                secret_sha256,
+                created_ms: now,
+                expires_at_ms,
+                revoked_ms: None,
+            },
+        );
+        Ok(Applied::Done)
+    }
+
+    fn set_policy(&mut self, name: &str, policy: Option<&KeyPolicy>) -> Outcome {
+        if let Some(p) = policy {
+            self.check_policy(p)?;
+        }
+        self.key_mut(name)?.policy = policy.cloned();
+        Ok(Applied::Done)
+    }
+
+    fn check_policy(&self, p: &KeyPolicy) -> Result<(), StateError> {
+        if p.rules.len() > MAX_POLICY_RULES {
+            return Err(invalid(format!("a policy has at most {MAX_POLICY_RULES} rules")));
+        }
+        for r in &p.rules {
+            if r.principals.is_empty() || r.principals.len() > MAX_RULE_PRINCIPALS {
+                return Err(invalid("each rule names 1 to 64 principals"));
+            }
+            if r.context.len() > MAX_CONTEXT_CONDITIONS {
+                return Err(invalid("a rule has at most 16 context conditions"));
+            }
+            if let Some(bad) = r.permissions.iter().find(|p| !p.is_key_scoped()) {
+                return Err(invalid(format!("{bad} is cluster-wide; a key policy cannot grant it")));
+            }
+        }
+        let Some(a) = &p.approval else { return Ok(()) };
+        if a.required == 0 {
+            return Err(invalid(
+                "an approval rule needs at least 1 approver (required = 0 would approve nothing)",
+            ));
+        }
+        if a.permissions.is_empty() {
+            return Err(invalid("an approval rule must name what it covers"));
+        }
+        if let Some(bad) = a.permissions.iter().find(|p| !p.may_need_approval()) {
+            return Err(invalid(format!(
+                "{bad} cannot require approval (only key-destroy, key-disable, key-set-policy, decrypt)"
+            )));
+        }
+        let eligible = self.eligible_approvers(&a.approvers).len();
+        if eligible < usize::from(a.required) {
+            return Err(invalid(format!(
+                "the approval rule needs {} approvers but only {eligible} principals match its approvers and hold the approver role; add approvers first",
+                a.required
+            )));
+        }
+        Ok(())
+    }
+
+    fn eligible_approvers(&self, patterns: &[String]) -> Vec<&str> {
+        self.principals
+            .values()
+            .filter(|p| !p.disabled && p.roles.contains(&Role::Approver))
+            .filter(|p| patterns.iter().any(|pat| matches_principal(pat, p)))
+            .map(|p| p.name.as_str())
+            .collect()
+    }
+
+    fn pending_approval(
+        &mut self,
+        id: &str,
+        by: &str,
+        now: u64,
+    ) -> Result<&mut ApprovalRecord, StateError> {
+        let eligible = {
+            let a = self.approvals.get(id).ok_or_else(|| no_approval(id))?;
+            let patterns = self
+                .key(&a.key)
+                .and_then(|k| k.policy.as_ref())
+                .and_then(|p| p.approval.as_ref())
+                .map(|r| r.approvers.clone())
+                .unwrap_or_default();
+            self.eligible_approvers(&patterns).contains(&by)
+        };
+        let a = self.approvals.get_mut(id).ok_or_else(|| no_approval(id))?;
+        if a.status != ApprovalStatus::Pending {
+            return Err(invalid(format!("approval {id} is no longer pending ({:?})", a.status)));
+        }
+        if a.expires_at_ms <= now {
+            a.status = ApprovalStatus::Expired;
+            return Err(invalid(format!("approval {id} expired; ask again")));
+        }
+        if a.requester == by {
+            return Err(StateError::Denied(format!(
+                "{by} requested approval {id} and cannot approve or deny it"
+            )));
+        }
+        if !eligible {
+            return Err(StateError::Denied(format!(
+                "{by} is not an eligible approver for key {:?}",
+                a.key
+            )));
+        }
+        Ok(a)
+    }
+
+    fn approve(&mut self, cmd: &Command, id: &str) -> Outcome {
+        let by = cmd.principal.clone();
+        let a = self.pending_approval(id, &by, cmd.time_ms)?;
+        if !a.approvers.insert(by.clone()) {
+            return Err(invalid(format!("{by} already approved {id}")));
+        }
+        let remaining = a.required.saturating_sub(a.approvers.len() as u16);
+        if remaining > 0 {
+            return Ok(Applied::Approved {
+                remaining,
+                outcome: None,
+            });
+        }
+        let requester = a.requester.clone();
+        let PendingAction::Operation(op) = a.action.clone() else {
+            a.status = ApprovalStatus::Approved;
+            return Ok(Applied::Approved {
+                remaining: 0,
+                outcome: Some("approved; the requester may now decrypt once".into()),
+            });
+        };
+        let approved = Command {
+            request_id: cmd.request_id,
+            time_ms: cmd.time_ms,
+            principal: requester,
+            op: *op,
+        };
+        // The requester's roles are checked again: they may have changed.
+        let outcome = match self.authorize_command(&approved)? {
+            Decision::Deny(reason) => format!("refused: permission denied: {reason}"),
+            _ => match self.execute_op(&approved) {
+                Ok(applied) => format!("ok: {applied:?}"),
+                Err(e) => format!("refused: {e}"),
+            },
+        };
+        if let Some(a) = self.approvals.get_mut(id) {
+            a.status = ApprovalStatus::Executed(outcome.clone());
+        }
+        Ok(Applied::Approved {
+            remaining: 0,
+            outcome: Some(outcome),
+        })
+    }
+
+    fn consume_approval(&mut self, cmd: &Command, id: &str, digest: &[u8; 32]) -> Outcome {
+        let a = self.approvals.get_mut(id).ok_or_else(|| no_approval(id))?;
+        let matches = match &a.action {
+            PendingAction::Decrypt {
+                ciphertext_sha256, ..
+            } => ciphertext_sha256 == digest,
+            PendingAction::Operation(_) => false,
+        };
+        if a.requester != cmd.principal || !matches {
+            return Err(StateError::Denied(format!(
+                "approval {id} is for another requester or another ciphertext"
+            )));
+        }
+        if a.status != ApprovalStatus::Approved {
+            return Err(StateError::Denied(format!(
+                "approval {id} is not approved or was already used ({:?})",
+                a.status
+            )));
+        }
+        if a.expires_at_ms <= cmd.time_ms {
+            a.status = ApprovalStatus::Expired;
+            return Err(StateError::Denied(format!("approval {id} expired; ask again")));
+        }
+        a.status = ApprovalStatus::Consumed;
+        Ok(Applied::Done)
+    }
+
+    /// Operations the schedule calls for at `now_ms`: due rotations, passed
+    /// expiries, destructions whose waiting period is over, approvals that
+    /// ran out. The leader proposes them; apply checks each again.
+    pub fn maintenance_due(&self, now_ms: u64) -> Vec<Operation> {
+        let mut ops = Vec::new();
+        for key in self.keys() {
+            let generating = key.versions.iter().any(|v| v.state == VersionState::Generating);
+            if key.expires_at_ms.is_some_and(|e| e <= now_ms) && !key.expired {
+                ops.push(Operation::Expire {
+                    name: key.name.clone(),
+                });
+            } else if key.next_rotation_ms().is_some_and(|d| d <= now_ms) && !generating {
+                let holders = key.versions.last().map(|v| v.holders.clone());
+                ops.push(Operation::ScheduledRotate {
+                    name: key.name.clone(),
+                    holders: holders.unwrap_or_default(),
+                });
+            }
+            for v in &key.versions {
+                if matches!(v.state, VersionState::PendingDestruction { due_ms } if due_ms <= now_ms)
+                {
+                    ops.push(Operation::Destroy {
+                        name: key.name.clone(),
+                        version: v.version,
+                    });
+                }
+            }
+        }
+        for a in self.approvals.values() {
+            if a.status == ApprovalStatus::Pending && a.expires_at_ms <= now_ms {
+                ops.push(Operation::ExpireApproval { id: a.id.clone() });
+            }
+        }
+        ops
+    }
+}
+
+fn approval_id(cmd: &Command) -> String {
+    cmd.request_id.0[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Shortest rotation period: each rotation is a DKG across the holders.
+pub const MIN_ROTATION_PERIOD_MS: u64 = 5_000;
+
+pub(crate) fn check_rotation_period(period: Option<u64>) -> Result<(), StateError> {
+    match period {
+        Some(p) if p < MIN_ROTATION_PERIOD_MS => Err(invalid(format!(
+            "a rotation period must be at least {MIN_ROTATION_PERIOD_MS} ms"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn no_principal(name: &str) -> StateError {
+    StateError::NotFound(format!(
+        "no principal {name}; list principals with `qk principal list`"
+    ))
+}
+
+fn no_approval(id: &str) -> StateError {
+    StateError::NotFound(format!(
+        "no approval {id}; list approvals with `qk approval list`"
+    ))
+}
