@@ -19,11 +19,38 @@ pub struct Config {
     /// Address other nodes dial; defaults to `listen`.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// Address the HTTPS API binds (native API, Vault Transit, metrics);
+    /// none: no HTTPS API on this node.
+    #[serde(default)]
+    pub api_listen: Option<SocketAddr>,
+    /// URL clients and other nodes use for the HTTPS API; defaults to
+    /// `https://<api_listen>`.
+    #[serde(default)]
+    pub api_advertise: Option<String>,
     pub tls: TlsConfig,
     #[serde(default)]
     pub seal: SealSettings,
     #[serde(default)]
     pub raft: RaftSettings,
+    #[serde(default)]
+    pub auth: AuthSettings,
+}
+
+/// Access control bootstrap.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// The principal the bootstrapping node creates with the admin role
+    /// (authenticate as it with a client certificate of this name).
+    pub initial_admin: String,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            initial_admin: "admin".into(),
+        }
+    }
 }
 
 /// Where the node seal key comes from. With neither field set, the key file
@@ -142,6 +169,14 @@ impl Config {
             .unwrap_or_else(|| self.listen.to_string())
     }
 
+    pub fn api_url(&self) -> String {
+        match (&self.api_advertise, self.api_listen) {
+            (Some(url), _) => url.clone(),
+            (None, Some(addr)) => format!("https://{addr}"),
+            (None, None) => String::new(),
+        }
+    }
+
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).context("cannot render config as TOML")
     }
@@ -158,6 +193,10 @@ data_dir = "data/node1"
 listen = "127.0.0.1:7101"
 # Address other nodes dial (defaults to `listen`).
 # advertise = "10.0.0.1:7101"
+# HTTPS API (native JSON API, Vault Transit, /metrics); omit to serve none.
+api_listen = "127.0.0.1:7201"
+# URL others use for it (defaults to https://<api_listen>).
+# api_advertise = "https://kms1.example.com:7201"
 
 [tls]
 # Cluster CA certificate: only peers it signed are accepted.
@@ -180,4 +219,9 @@ snapshot_after_entries = 5000
 keep_entries_after_snapshot = 1000
 # A Raft RPC slower than this counts as a lost message.
 rpc_timeout_ms = 2000
+
+[auth]
+# Created with the admin role when the cluster is bootstrapped; authenticate as
+# it with a client certificate of this name (`qk pki issue --client admin`).
+initial_admin = "admin"
 "#;

@@ -60,6 +60,8 @@ fn prepare(args: &DevArgs) -> Result<Vec<PathBuf>> {
             data_dir: PathBuf::from(format!("data/node-{id}")),
             listen: format!("127.0.0.1:{port}").parse()?,
             advertise: None,
+            api_listen: None,
+            api_advertise: None,
             tls: TlsConfig {
                 ca_cert: "pki/ca.pem".into(),
                 cert: format!("pki/node-{id}.pem").into(),
@@ -67,6 +69,7 @@ fn prepare(args: &DevArgs) -> Result<Vec<PathBuf>> {
             },
             seal: Default::default(),
             raft: RaftSettings::default(),
+            auth: Default::default(),
         };
         std::fs::write(&path, config.to_toml()?)
             .with_context(|| format!("cannot write {}", path.display()))?;

@@ -7,6 +7,7 @@ mod audit;
 pub mod config;
 pub mod ctl;
 pub mod dev;
+mod maintenance;
 pub mod node;
 pub mod pki;
 mod quorum;

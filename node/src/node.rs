@@ -12,8 +12,8 @@ use qk_net::{CaCert, Credentials, Dialer, NetConfig, NetworkFactory, Peer, RpcHa
 use qk_raft::{
     ClientRequest, ClientResponse, NodeId, NodeStatus, PeerRequest, PeerResponse, QkNode, Raft,
 };
-use qk_state::{Command, Operation, RequestId};
-use qk_types::{KeyVersion, NodeId as NodeIdT};
+use qk_state::{Command, Operation, Permission, RequestId};
+use qk_types::NodeId as NodeIdT;
 
 use crate::quorum::{now_ms, Quorum, QuorumCore};
 use qk_storage::StateReader;
@@ -21,10 +21,20 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 
+mod requests;
+
 /// Most audit records one request returns.
 const MAX_AUDIT_PAGE: u32 = 1000;
 /// How long a join waits for the new learner to catch up before promotion.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
 
 pub struct Node {
     id: NodeId,
@@ -116,6 +126,9 @@ pub async fn run(config_path: &Path, bootstrap: bool, join: Option<String>) -> R
     let io: Arc<dyn crate::quorum::Io> = Arc::new(NodeIo(node.clone()));
     tokio::spawn(node.quorum.clone().run(io.clone(), actions));
     tokio::spawn(crate::audit::run(audit_rx, io.clone()));
+    if bootstrap {
+        node.bootstrap(&config).await?;
+    }
     let handler: Arc<dyn RpcHandler> = node.clone();
     let server = Server::bind(
         config.listen,
@@ -127,12 +140,10 @@ pub async fn run(config_path: &Path, bootstrap: bool, join: Option<String>) -> R
     .await
     .with_context(|| format!("cannot listen on {}", config.listen))?;
     info!(node_id = config.node_id, listen = %config.listen, "node started");
-    if bootstrap {
-        node.bootstrap(&config).await?;
-    }
     if let Some(seed) = join {
         node.join_cluster(&config, &seed).await?;
     }
+    tokio::spawn(crate::maintenance::run(node.clone(), io.clone()));
     {
         let node = node.clone();
         tokio::spawn(async move { node.reconcile_shares(io).await });
@@ -316,24 +327,55 @@ impl Node {
         ))
     }
 
+    /// Initializes a one-node cluster and creates the initial admin, before
+    /// the node accepts any client (so no request can race the admin).
     async fn bootstrap(&self, config: &Config) -> Result<()> {
         if self.raft.is_initialized().await.unwrap_or(false) {
             info!("cluster already initialized; --bootstrap ignored");
-            return Ok(());
+        } else {
+            let mut members = BTreeMap::new();
+            members.insert(
+                self.id,
+                QkNode {
+                    rpc_addr: config.advertise_addr(),
+                    api_url: config.api_url(),
+                },
+            );
+            self.raft
+                .initialize(members)
+                .await
+                .context("cannot initialize the cluster")?;
+            info!("bootstrapped a new cluster");
         }
-        let mut members = BTreeMap::new();
-        members.insert(
-            self.id,
-            QkNode {
-                rpc_addr: config.advertise_addr(),
-                api_url: String::new(),
-            },
-        );
-        self.raft
-            .initialize(members)
-            .await
-            .context("cannot initialize the cluster")?;
-        info!("bootstrapped a new cluster");
+        self.ensure_initial_admin(&config.auth.initial_admin).await
+    }
+
+    async fn ensure_initial_admin(&self, name: &str) -> Result<()> {
+        let has_principals = |node: &Node| {
+            node.state
+                .read(|a| a.machine().principals().next().is_some())
+                .unwrap_or(false)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !has_principals(self) {
+            let op = Operation::CreatePrincipal {
+                name: name.to_string(),
+                roles: [qk_state::Role::Admin].into(),
+            };
+            let me = Peer::Node(self.id);
+            match self.write_as(&me, op).await {
+                ClientResponse::Written { response, .. } => match response.result {
+                    Ok(_) => info!(principal = name, "created the initial admin"),
+                    Err(e) => bail!(
+                        "cannot create the initial admin {name:?}: {e}; fix [auth] initial_admin"
+                    ),
+                },
+                other if tokio::time::Instant::now() > deadline => {
+                    bail!("cannot create the initial admin {name:?}: {other:?}; check the node log")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
         Ok(())
     }
 
@@ -347,7 +389,7 @@ impl Node {
             node_id: self.id,
             node: QkNode {
                 rpc_addr: config.advertise_addr(),
-                api_url: String::new(),
+                api_url: config.api_url(),
             },
         };
         let mut delay = Duration::from_millis(200);
@@ -384,51 +426,74 @@ impl Node {
     }
 
     async fn handle_client(&self, peer: &Peer, req: ClientRequest) -> ClientResponse {
+        if let Some(name) = requests::client_name(peer) {
+            if name.starts_with("node-") {
+                return self.denied(
+                    peer,
+                    "request",
+                    None,
+                    format!("client name {name} is reserved for cluster nodes; issue the client another name"),
+                );
+            }
+        }
         match req {
             ClientRequest::Write(cmd) => self.write(peer, cmd).await,
-            ClientRequest::GetKey { name } => {
-                self.read(|s| ClientResponse::Key(s.key(&name).cloned()))
+            ClientRequest::GetKey { name } => self.get_key(peer, &name),
+            ClientRequest::ListKeys => self.list_keys(peer, false),
+            ClientRequest::KeyInventory => self.list_keys(peer, true),
+            ClientRequest::Audit { from_seq, limit } => {
+                if let Err(denied) = self.require(peer, Permission::AuditRead, None, "audit.read") {
+                    return denied;
+                }
+                self.read(|s| {
+                    ClientResponse::Audit(
+                        s.audit_records(from_seq, limit.min(MAX_AUDIT_PAGE) as usize)
+                            .to_vec(),
+                    )
+                })
             }
-            ClientRequest::ListKeys => {
-                self.read(|s| ClientResponse::Keys(s.keys().map(|k| k.name.clone()).collect()))
-            }
-            ClientRequest::Audit { from_seq, limit } => self.read(|s| {
-                ClientResponse::Audit(
-                    s.audit_records(from_seq, limit.min(MAX_AUDIT_PAGE) as usize)
-                        .to_vec(),
-                )
-            }),
+            ClientRequest::AuditVerify => self.audit_verify(peer),
             ClientRequest::Status => ClientResponse::Status(self.status()),
+            ClientRequest::ClusterHealth => self.cluster_health(peer).await,
             ClientRequest::Join { node_id, node } => self.admit(peer, node_id, node).await,
             ClientRequest::Encrypt {
                 name,
                 context,
                 plaintext,
-            } => {
-                let resp = self.encrypt(&name, &context, &plaintext.0);
-                let (version, outcome) = match &resp {
-                    ClientResponse::Ciphertext { version, .. } => {
-                        (Some(KeyVersion(*version)), "ok".to_string())
-                    }
-                    ClientResponse::Error(e) => (None, format!("refused: {e}")),
-                    _ => (None, "ok".to_string()),
-                };
-                let principal = peer.to_string();
-                self.audit
-                    .record(&principal, "encrypt", Some(&name), version, outcome);
-                resp
-            }
+            } => self.encrypt_as(peer, "encrypt", &name, &context, &plaintext.0),
+            ClientRequest::DataKey {
+                name,
+                bytes,
+                context,
+            } => self.data_key(peer, &name, bytes, &context),
             ClientRequest::Decrypt {
                 ciphertext,
                 context,
-                ..
-            } => self.decrypt(peer, &ciphertext, context).await,
+                approval,
+            } => {
+                self.decrypt_authorized(peer, &ciphertext, context, approval)
+                    .await
+            }
             ClientRequest::Partial {
                 ciphertext,
                 context,
                 ..
-            } => self.partial(peer, &ciphertext, context),
-            other => ClientResponse::Error(format!("{other:?} is not served yet")),
+            } => self.partial_authorized(peer, &ciphertext, context),
+            ClientRequest::Rewrap {
+                ciphertext,
+                context,
+                to_key,
+            } => self.rewrap(peer, &ciphertext, context, to_key).await,
+            ClientRequest::IssueToken {
+                principal,
+                ttl_ms,
+                description,
+            } => self.issue_token(peer, principal, ttl_ms, description).await,
+            ClientRequest::Authenticate { token } => self.authenticate(&token.0),
+            ClientRequest::WhoAmI { token_id } => self.who_am_i(peer, token_id),
+            req @ (ClientRequest::ListPrincipals
+            | ClientRequest::ListTokens
+            | ClientRequest::ListApprovals) => self.list_access(peer, &req),
         }
     }
 
@@ -448,6 +513,25 @@ impl Node {
                 .map(NodeIdT)
                 .collect();
         }
+    }
+
+    pub(crate) fn server_state(&self) -> ServerState {
+        self.raft.metrics().borrow().state
+    }
+
+    pub(crate) fn maintenance_due(&self, now_ms: u64) -> Vec<Operation> {
+        self.state
+            .read(|a| a.machine().maintenance_due(now_ms))
+            .unwrap_or_default()
+    }
+
+    fn member_api_urls(&self) -> BTreeMap<NodeId, String> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.api_url.clone()))
+            .collect()
     }
 
     fn member_addr(&self, id: NodeId) -> Option<String> {
@@ -719,33 +803,21 @@ impl Node {
         }
         let metrics = self.raft.metrics().borrow().clone();
         if metrics.state != ServerState::Leader {
-            return match metrics.current_leader {
-                Some(leader) => {
-                    let addr = metrics
-                        .membership_config
-                        .membership()
-                        .get_node(&leader)
-                        .map(|n| n.rpc_addr.clone());
-                    match addr {
-                        Some(a) => {
-                            self.forward(
-                                leader,
-                                &QkNode {
-                                    rpc_addr: a,
-                                    api_url: String::new(),
-                                },
-                                ClientRequest::Join { node_id, node },
-                            )
-                            .await
-                        }
-                        None => ClientResponse::NotLeader {
-                            leader: Some(leader),
-                            leader_addr: None,
-                        },
-                    }
+            let leader = metrics.current_leader.and_then(|id| {
+                let node = metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .cloned();
+                node.map(|n| (id, n))
+            });
+            return match leader {
+                Some((id, leader_node)) => {
+                    self.forward(id, &leader_node, ClientRequest::Join { node_id, node })
+                        .await
                 }
                 None => ClientResponse::NotLeader {
-                    leader: None,
+                    leader: metrics.current_leader,
                     leader_addr: None,
                 },
             };

@@ -199,7 +199,7 @@ impl Quorum {
                 self.core.me,
                 share.as_ref(),
                 request,
-                |_, _, _| Ok(()),
+                |_, _, _| holder_authorizes(s, request),
                 &mut rand::rng(),
             );
             out = match msg {
@@ -444,4 +444,43 @@ enum Verdict {
     Keep,
     Erase { receipt: Option<Operation> },
     Refuse(String),
+}
+
+/// A holder's own authorization check before it computes a partial: the
+/// requester must be allowed to decrypt with this key and context, and for
+/// a break-glass key hold an approval for exactly this ciphertext.
+fn holder_authorizes(s: &StateMachine, request: &PartialRequest) -> Result<(), String> {
+    use qk_state::{ApprovalStatus, Decision, PendingAction, Permission};
+    let decision = s.authorize(
+        &request.principal,
+        Permission::Decrypt,
+        Some(&request.name),
+        &request.context,
+    );
+    match decision {
+        Decision::Allow => Ok(()),
+        Decision::Deny(reason) => Err(reason),
+        Decision::NeedsApproval { .. } => {
+            let digest: [u8; 32] = sha2::Digest::finalize(
+                <sha2::Sha256 as sha2::Digest>::new_with_prefix(&request.ciphertext),
+            )
+            .into();
+            let now = now_ms();
+            let approved = s.approvals().any(|a| {
+                a.requester == request.principal
+                    && matches!(
+                        a.status,
+                        ApprovalStatus::Approved | ApprovalStatus::Consumed
+                    )
+                    && a.expires_at_ms > now
+                    && matches!(&a.action, PendingAction::Decrypt { key, ciphertext_sha256 }
+                        if *key == request.name && *ciphertext_sha256 == digest)
+            });
+            if approved {
+                Ok(())
+            } else {
+                Err("the key is break-glass and this decrypt has no approval".into())
+            }
+        }
+    }
 }

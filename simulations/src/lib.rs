@@ -363,6 +363,12 @@ impl Sim {
             sim.loss_per_mille = 20;
             sim.dup_per_mille = 20;
         }
+        // As a bootstrapping node does: the first entry creates the admin.
+        let admin = Operation::CreatePrincipal {
+            name: "admin".into(),
+            roles: [qk_state::Role::Admin].into(),
+        };
+        sim.propose("node-1".into(), admin, None);
         sim.schedule(50, Ev::Tick);
         sim.schedule(10, Ev::Workload);
         if sim.cfg.faults {

@@ -291,9 +291,10 @@ impl NodeProtocol {
             (Operation::CreateKey(c), Applied::KeyCreated { version, .. }) => {
                 self.on_version_created(state, &c.name, *version, cmd.time_ms, rng)
             }
-            (Operation::Rotate { name, .. }, Applied::VersionCreated { version }) => {
-                self.on_version_created(state, name, *version, cmd.time_ms, rng)
-            }
+            (
+                Operation::Rotate { name, .. } | Operation::ScheduledRotate { name, .. },
+                Applied::VersionCreated { version },
+            ) => self.on_version_created(state, name, *version, cmd.time_ms, rng),
             (
                 Operation::Refresh { name, version, .. },
                 Applied::RefreshStarted { epoch, attempt },

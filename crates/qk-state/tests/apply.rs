@@ -14,13 +14,40 @@ fn rid(n: u64) -> RequestId {
     RequestId(id)
 }
 
+/// Protocol steps come from nodes; everything else from the admin.
 fn cmd(n: u64, time_ms: u64, op: Operation) -> Command {
+    let from_node = matches!(
+        op,
+        Operation::CompleteGeneration { .. }
+            | Operation::FailGeneration { .. }
+            | Operation::EraseReceipt { .. }
+            | Operation::AuditBatch(_)
+            | Operation::Audit { .. }
+            | Operation::Dkg { .. }
+    );
     Command {
         request_id: rid(n),
         time_ms,
-        principal: "admin".into(),
+        principal: if from_node { "node-1" } else { "admin" }.into(),
         op,
     }
+}
+
+/// A state machine whose first entry created the `admin` principal, as a
+/// bootstrapping node does.
+fn machine() -> StateMachine {
+    let mut sm = StateMachine::new();
+    let r = sm.apply(&Command {
+        request_id: rid(u64::MAX),
+        time_ms: 0,
+        principal: "node-1".into(),
+        op: Operation::CreatePrincipal {
+            name: "admin".into(),
+            roles: [qk_state::Role::Admin].into(),
+        },
+    });
+    assert!(r.result.is_ok(), "{r:?}");
+    sm
 }
 
 fn create(name: &str) -> Operation {
@@ -56,7 +83,7 @@ fn generated(sm: &mut StateMachine, name: &str, n: &mut u64) {
 
 #[test]
 fn full_lifecycle_to_destroyed() {
-    let mut sm = StateMachine::new();
+    let mut sm = machine();
     let mut n = 0;
     generated(&mut sm, "payments", &mut n);
     let key = sm.key("payments").expect("key");
@@ -163,7 +190,7 @@ fn full_lifecycle_to_destroyed() {
 
 #[test]
 fn cancel_destruction_and_compromise() {
-    let mut sm = StateMachine::new();
+    let mut sm = machine();
     let mut n = 0;
     generated(&mut sm, "k", &mut n);
     let name = || "k".to_string();
@@ -232,7 +259,7 @@ fn cancel_destruction_and_compromise() {
 
 #[test]
 fn rotation_creates_new_versions_and_primary_follows() {
-    let mut sm = StateMachine::new();
+    let mut sm = machine();
     let mut n = 0;
     generated(&mut sm, "k", &mut n);
     let r = sm.apply(&cmd(
@@ -292,7 +319,7 @@ fn rotation_creates_new_versions_and_primary_follows() {
 
 #[test]
 fn invalid_requests_are_refused_with_reasons() {
-    let mut sm = StateMachine::new();
+    let mut sm = machine();
     let bad_name = sm.apply(&cmd(1, 1, create("no spaces allowed")));
     assert!(matches!(bad_name.result, Err(StateError::Invalid(_))));
     let mut c = match create("ok") {
@@ -328,7 +355,7 @@ fn invalid_requests_are_refused_with_reasons() {
 
 #[test]
 fn retried_request_applies_once() {
-    let mut sm = StateMachine::new();
+    let mut sm = machine();
     let first = sm.apply(&cmd(1, 1, create("once")));
     let audit_len = sm.audit_len();
     let again = sm.apply(&cmd(1, 2, create("once")));
@@ -340,7 +367,7 @@ fn retried_request_applies_once() {
 
 #[test]
 fn tampered_audit_record_is_detected() {
-    let mut sm = StateMachine::new();
+    let mut sm = machine();
     for i in 0..5 {
         sm.apply(&cmd(i, i, create(&format!("k{i}"))));
     }
@@ -365,7 +392,7 @@ fn tampered_audit_record_is_detected() {
 
 #[test]
 fn snapshot_round_trips() {
-    let mut sm = StateMachine::new();
+    let mut sm = machine();
     let mut n = 0;
     generated(&mut sm, "snap", &mut n);
     let back = StateMachine::from_bytes(&sm.to_bytes()).expect("decode");
@@ -418,8 +445,8 @@ proptest! {
         let log: Vec<Command> = ops.into_iter().enumerate()
             .map(|(i, (op, retry))| cmd(if retry == 0 { 0 } else { i as u64 }, i as u64 * 10, op))
             .collect();
-        let mut a = StateMachine::new();
-        let mut b = StateMachine::new();
+        let mut a = machine();
+        let mut b = machine();
         let mut ra = Vec::new();
         for c in &log {
             let before: Vec<qk_state::KeyRecord> = a.keys().cloned().collect();
@@ -447,7 +474,7 @@ proptest! {
 
 #[test]
 fn audit_batch_appends_one_chained_record_per_event() {
-    let mut sm = StateMachine::new();
+    let mut sm = machine();
     sm.apply(&cmd(1, 1, create("k")));
     let events: Vec<qk_state::AuditEvent> = (0..3)
         .map(|i| qk_state::AuditEvent {
@@ -464,11 +491,12 @@ fn audit_batch_appends_one_chained_record_per_event() {
         .collect();
     let r = sm.apply(&cmd(2, 2, Operation::AuditBatch(events)));
     assert!(r.result.is_ok());
-    assert_eq!(r.audit_seq, 4);
+    // Records: the initial admin, the key, then one per event.
+    assert_eq!(r.audit_seq, 5);
     let records = sm.audit_records(1, 10);
-    assert_eq!(records.len(), 4);
-    assert_eq!(records[2].principal, "svc-1");
-    assert!(records[2].outcome.starts_with("refused"));
+    assert_eq!(records.len(), 5);
+    assert_eq!(records[3].principal, "svc-1");
+    assert!(records[3].outcome.starts_with("refused"));
     verify_chain(records, GENESIS_HASH).expect("chain verifies");
     let empty = sm.apply(&cmd(3, 3, Operation::AuditBatch(Vec::new())));
     assert!(

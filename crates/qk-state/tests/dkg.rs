@@ -16,11 +16,18 @@ struct Log {
 }
 
 impl Log {
+    /// Starts as a bootstrapped cluster: node 1 created the `admin` principal.
     fn new() -> Self {
-        Log {
+        let mut log = Log {
             sm: StateMachine::new(),
             next: 0,
-        }
+        };
+        let admin = Operation::CreatePrincipal {
+            name: "admin".into(),
+            roles: [qk_state::Role::Admin].into(),
+        };
+        log.apply("node-1", 0, admin).expect("initial admin");
+        log
     }
 
     fn apply(
@@ -317,7 +324,24 @@ fn dkg_steps_are_bounded_and_attributed() {
             session: Default::default(),
         },
     );
-    assert!(forged.expect_err("forged").to_string().contains("node-1"));
+    let forged = forged.expect_err("forged").to_string();
+    assert!(forged.contains("nodes only"), "{forged}");
+    // A node cannot speak for another node either.
+    let impostor = log.apply(
+        "node-2",
+        1_010,
+        Operation::Dkg {
+            name: "k".into(),
+            version: V1,
+            from: NodeId(1),
+            step: DkgStep::Deal(vec![1; 40]),
+            session: Default::default(),
+        },
+    );
+    assert!(impostor
+        .expect_err("impostor")
+        .to_string()
+        .contains("node-1"));
     // Non-holders cannot post.
     let outsider = log.step(9, 1_010, DkgStep::Deal(vec![1; 40]));
     assert!(outsider
@@ -362,7 +386,7 @@ fn dkg_steps_are_bounded_and_attributed() {
 fn rotate_carries_a_bounded_generation_timeout() {
     let mut log = created();
     log.apply(
-        "admin",
+        "node-1",
         2_000,
         Operation::CompleteGeneration {
             name: "k".into(),

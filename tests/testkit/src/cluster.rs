@@ -392,6 +392,7 @@ impl Cluster {
         context: &[(&str, &str)],
     ) -> Result<Vec<u8>, String> {
         let req = ClientRequest::Decrypt {
+            approval: None,
             ciphertext: ciphertext.into(),
             context: ctx(context),
         };

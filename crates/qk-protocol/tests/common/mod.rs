@@ -108,7 +108,7 @@ impl Cluster {
                 )
             })
             .collect();
-        Cluster {
+        let mut cluster = Cluster {
             nodes,
             log: Vec::new(),
             pending: VecDeque::new(),
@@ -122,7 +122,16 @@ impl Cluster {
             drop_shares: Vec::new(),
             early_deliveries: 0,
             partial_requests: Vec::new(),
-        }
+        };
+        // As a bootstrapping node does: the first entry creates the admin.
+        cluster.propose(
+            "node-1",
+            Operation::CreatePrincipal {
+                name: "admin".into(),
+                roles: [qk_state::Role::Admin].into(),
+            },
+        );
+        cluster
     }
 
     pub fn ids(&self) -> Vec<NodeId> {

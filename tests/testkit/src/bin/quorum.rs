@@ -139,6 +139,7 @@ async fn client_side_unwrap(
     ct: &Ciphertext,
 ) -> bool {
     let req = PeerRequest::Client(ClientRequest::Partial {
+        approval: None,
         ciphertext: text.to_string(),
         context: ctx(CTX),
     });

@@ -1,0 +1,565 @@
+//! Client requests beyond reads and writes: authorization of every request,
+//! data keys, rewrap, tokens, identities, approvals, audit verification and
+//! cluster health.
+// Refusals travel as the `ClientResponse` the caller gets back; they are
+// built once per refused request, so their size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use qk_net::Peer;
+use qk_raft::{
+    ClientRequest, ClientResponse, ClusterHealth, MemberHealth, PeerRequest, PeerResponse,
+    Redacted, VersionHealth,
+};
+use qk_state::{
+    Applied, Command, Decision, Operation, PendingAction, Permission, RequestId, StateMachine,
+    VersionState,
+};
+use qk_types::KeyVersion;
+use sha2::{Digest, Sha256};
+
+use super::Node;
+use crate::quorum::now_ms;
+
+/// How long a member may take to answer a health probe.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+const MIN_DATA_KEY_BYTES: u16 = 16;
+const MAX_DATA_KEY_BYTES: u16 = 64;
+
+/// The principal name a client certificate or token authenticated.
+pub(super) fn client_name(peer: &Peer) -> Option<&str> {
+    match peer {
+        Peer::Client(name) => Some(name),
+        Peer::Node(_) => None,
+    }
+}
+
+pub(super) fn ciphertext_digest(ct: &qk_crypto::Ciphertext) -> [u8; 32] {
+    Sha256::digest(ct.to_bytes()).into()
+}
+
+impl Node {
+    /// The verdict for a request; nodes are trusted (they are authenticated
+    /// by their certificate and only relay or run protocol steps).
+    pub(super) fn decide(
+        &self,
+        peer: &Peer,
+        permission: Permission,
+        key: Option<&str>,
+        context: &BTreeMap<String, String>,
+    ) -> Decision {
+        let Some(name) = client_name(peer) else {
+            return Decision::Allow;
+        };
+        self.state
+            .read(|a| a.machine().authorize(name, permission, key, context))
+            .unwrap_or_else(|e| Decision::Deny(format!("cannot read the local state: {e}")))
+    }
+
+    /// Records a refusal in the audit trail and answers it.
+    pub(super) fn denied(
+        &self,
+        peer: &Peer,
+        operation: &str,
+        key: Option<&str>,
+        reason: String,
+    ) -> ClientResponse {
+        self.audit.record(
+            &peer.to_string(),
+            operation,
+            key,
+            None,
+            format!("refused: permission denied: {reason}"),
+        );
+        ClientResponse::Denied(reason)
+    }
+
+    /// Allows or answers with an audited refusal. Approval-gated requests are
+    /// refused here; callers that support approvals use [`Node::decide`].
+    pub(super) fn require(
+        &self,
+        peer: &Peer,
+        permission: Permission,
+        key: Option<&str>,
+        operation: &str,
+    ) -> Result<(), ClientResponse> {
+        match self.decide(peer, permission, key, &BTreeMap::new()) {
+            Decision::Allow => Ok(()),
+            Decision::Deny(reason) => Err(self.denied(peer, operation, key, reason)),
+            Decision::NeedsApproval { .. } => Err(self.denied(
+                peer,
+                operation,
+                key,
+                format!("{permission} on this key needs approval"),
+            )),
+        }
+    }
+
+    /// Allowed if any of `permissions` is.
+    fn require_any(
+        &self,
+        peer: &Peer,
+        permissions: &[Permission],
+        operation: &str,
+    ) -> Result<(), ClientResponse> {
+        let mut last = None;
+        for p in permissions {
+            match self.decide(peer, *p, None, &BTreeMap::new()) {
+                Decision::Allow => return Ok(()),
+                Decision::Deny(r) => last = Some(r),
+                Decision::NeedsApproval { .. } => {}
+            }
+        }
+        let reason = last.unwrap_or_else(|| "not allowed".into());
+        Err(self.denied(peer, operation, None, reason))
+    }
+
+    /// Key names the caller may read.
+    fn readable(&self, peer: &Peer, s: &StateMachine) -> Vec<String> {
+        let names: Vec<String> = s.keys().map(|k| k.name.clone()).collect();
+        match client_name(peer) {
+            None => names,
+            Some(p) => names
+                .into_iter()
+                .filter(|k| {
+                    s.authorize(p, Permission::KeyRead, Some(k), &BTreeMap::new())
+                        == Decision::Allow
+                })
+                .collect(),
+        }
+    }
+
+    pub(super) fn list_keys(&self, peer: &Peer, full: bool) -> ClientResponse {
+        if let Err(denied) = self.require(peer, Permission::KeyRead, None, "key.list") {
+            return denied;
+        }
+        self.read(|s| {
+            let names = self.readable(peer, s);
+            if full {
+                let records = names.iter().filter_map(|n| s.key(n).cloned()).collect();
+                ClientResponse::KeyRecords(records)
+            } else {
+                ClientResponse::Keys(names)
+            }
+        })
+    }
+
+    pub(super) fn get_key(&self, peer: &Peer, name: &str) -> ClientResponse {
+        if let Err(denied) = self.require(peer, Permission::KeyRead, Some(name), "key.read") {
+            return denied;
+        }
+        self.read(|s| match s.key(name) {
+            Some(k) => ClientResponse::Key(Some(k.clone())),
+            None => ClientResponse::NotFound(format!(
+                "key {name:?} does not exist; list keys to see the inventory"
+            )),
+        })
+    }
+
+    pub(super) fn data_key(
+        &self,
+        peer: &Peer,
+        name: &str,
+        bytes: u16,
+        context: &BTreeMap<String, String>,
+    ) -> ClientResponse {
+        if !(MIN_DATA_KEY_BYTES..=MAX_DATA_KEY_BYTES).contains(&bytes) {
+            return ClientResponse::Error(format!(
+                "a data key is {MIN_DATA_KEY_BYTES} to {MAX_DATA_KEY_BYTES} bytes, not {bytes}"
+            ));
+        }
+        let mut plaintext = Redacted(vec![0u8; usize::from(bytes)]);
+        rand::fill(&mut plaintext.0[..]);
+        match self.encrypt_as(peer, "datakey", name, context, &plaintext.0) {
+            ClientResponse::Ciphertext { text, version } => ClientResponse::DataKey {
+                plaintext,
+                ciphertext: text,
+                version,
+            },
+            other => other,
+        }
+    }
+
+    /// Authorizes, wraps, audits.
+    pub(super) fn encrypt_as(
+        &self,
+        peer: &Peer,
+        operation: &str,
+        name: &str,
+        context: &BTreeMap<String, String>,
+        plaintext: &[u8],
+    ) -> ClientResponse {
+        match self.decide(peer, Permission::Encrypt, Some(name), context) {
+            Decision::Allow => {}
+            Decision::Deny(reason) => return self.denied(peer, operation, Some(name), reason),
+            Decision::NeedsApproval { .. } => {
+                return self.denied(
+                    peer,
+                    operation,
+                    Some(name),
+                    "encrypt never needs approval; the key's policy is inconsistent".into(),
+                )
+            }
+        }
+        let resp = self.encrypt(name, context, plaintext);
+        let (version, outcome) = match &resp {
+            ClientResponse::Ciphertext { version, .. } => {
+                (Some(KeyVersion(*version)), "ok".to_string())
+            }
+            ClientResponse::Error(e) => (None, format!("refused: {e}")),
+            _ => (None, "ok".to_string()),
+        };
+        self.audit
+            .record(&peer.to_string(), operation, Some(name), version, outcome);
+        resp
+    }
+
+    /// Server-side decrypt with authorization and, for break-glass keys,
+    /// approval: without an approval id it asks for one; with one it uses it.
+    pub(super) async fn decrypt_authorized(
+        &self,
+        peer: &Peer,
+        text: &str,
+        context: BTreeMap<String, String>,
+        approval: Option<String>,
+    ) -> ClientResponse {
+        let (ct, name) = match self.resolve_ciphertext(text) {
+            Ok(found) => found,
+            Err(e) => return ClientResponse::Error(e),
+        };
+        match self.decide(peer, Permission::Decrypt, Some(&name), &context) {
+            Decision::Allow => {}
+            Decision::Deny(reason) => return self.denied(peer, "decrypt", Some(&name), reason),
+            Decision::NeedsApproval { .. } => {
+                if let Err(resp) = self.break_glass(peer, &ct, &name, approval).await {
+                    return resp;
+                }
+            }
+        }
+        self.decrypt(peer, text, context).await
+    }
+
+    /// Asks for approval of this decrypt, or uses the approval named.
+    async fn break_glass(
+        &self,
+        peer: &Peer,
+        ct: &qk_crypto::Ciphertext,
+        name: &str,
+        approval: Option<String>,
+    ) -> Result<(), ClientResponse> {
+        let ciphertext_sha256 = ciphertext_digest(ct);
+        let op = match approval {
+            Some(id) => Operation::ConsumeApproval {
+                id,
+                ciphertext_sha256,
+            },
+            None => Operation::RequestApproval {
+                action: PendingAction::Decrypt {
+                    key: name.to_string(),
+                    ciphertext_sha256,
+                },
+            },
+        };
+        match self.write_as(peer, op).await {
+            ClientResponse::Written { response, .. } => match response.result {
+                Ok(Applied::ApprovalRequested { id, .. }) => Err(self.approval_pending(&id)),
+                Ok(_) => Ok(()),
+                Err(e) => Err(ClientResponse::Denied(e.to_string())),
+            },
+            other => Err(other),
+        }
+    }
+
+    pub(super) fn approval_pending(&self, id: &str) -> ClientResponse {
+        self.read(|s| match s.approval(id) {
+            Some(a) => ClientResponse::ApprovalPending(a.clone()),
+            None => ClientResponse::Error(format!(
+                "approval {id} was requested but is not visible yet; list approvals"
+            )),
+        })
+    }
+
+    /// Proposes `op` as the caller.
+    pub(super) async fn write_as(&self, peer: &Peer, op: Operation) -> ClientResponse {
+        let cmd = Command {
+            request_id: RequestId(rand::random()),
+            time_ms: 0,
+            principal: String::new(),
+            op,
+        };
+        self.write(peer, cmd).await
+    }
+
+    pub(super) fn partial_authorized(
+        &self,
+        peer: &Peer,
+        text: &str,
+        context: BTreeMap<String, String>,
+    ) -> ClientResponse {
+        let name = match self.resolve_ciphertext(text) {
+            Ok((_, name)) => name,
+            Err(e) => return ClientResponse::Error(e),
+        };
+        match self.decide(peer, Permission::Decrypt, Some(&name), &context) {
+            Decision::Allow => self.partial(peer, text, context),
+            Decision::Deny(reason) => self.denied(peer, "partial", Some(&name), reason),
+            Decision::NeedsApproval { .. } => self.denied(
+                peer,
+                "partial",
+                Some(&name),
+                format!("key {name:?} is break-glass: each decrypt is approved and runs server-side (`qk decrypt --server-side --approval ID`)"),
+            ),
+        }
+    }
+
+    /// Decrypts with the quorum and wraps again under the newest version
+    /// of `to_key` (default: the same key); the plaintext stays here.
+    pub(super) async fn rewrap(
+        &self,
+        peer: &Peer,
+        text: &str,
+        context: BTreeMap<String, String>,
+        to_key: Option<String>,
+    ) -> ClientResponse {
+        let (ct, name) = match self.resolve_ciphertext(text) {
+            Ok(found) => found,
+            Err(e) => return ClientResponse::Error(e),
+        };
+        let target = to_key.unwrap_or_else(|| name.clone());
+        match self.decide(peer, Permission::Decrypt, Some(&name), &context) {
+            Decision::Allow => {}
+            Decision::Deny(reason) => return self.denied(peer, "rewrap", Some(&name), reason),
+            Decision::NeedsApproval { .. } => {
+                let reason = "the key is break-glass: decrypt with an approval, then encrypt";
+                return self.denied(peer, "rewrap", Some(&name), reason.into());
+            }
+        }
+        let plain = match self.decrypt(peer, &ct.to_text(), context.clone()).await {
+            ClientResponse::Plaintext(p) => p,
+            other => return other,
+        };
+        self.encrypt_as(peer, "rewrap", &target, &context, &plain.0)
+    }
+
+    pub(super) async fn issue_token(
+        &self,
+        peer: &Peer,
+        principal: String,
+        ttl_ms: u64,
+        description: String,
+    ) -> ClientResponse {
+        let id: String = hex(&rand::random::<[u8; 8]>());
+        let secret = zeroize::Zeroizing::new(hex(&rand::random::<[u8; 32]>()));
+        let op = Operation::IssueToken {
+            id: id.clone(),
+            principal,
+            description,
+            secret_sha256: Sha256::digest(secret.as_bytes()).into(),
+            expires_at_ms: now_ms().saturating_add(ttl_ms),
+        };
+        match self.write_as(peer, op).await {
+            ClientResponse::Written { response, .. } => match response.result {
+                Ok(_) => self.read(|s| match s.tokens().find(|t| t.id == id) {
+                    Some(record) => ClientResponse::Token {
+                        token: Redacted(qk_state::token_text(&id, &secret).into_bytes()),
+                        record: record.clone(),
+                    },
+                    None => ClientResponse::Error(
+                        "the token was issued but is not visible on this node yet; list tokens"
+                            .into(),
+                    ),
+                }),
+                Err(e) => written_error(e),
+            },
+            other => other,
+        }
+    }
+
+    /// Checks a bearer token against this node's state and clock.
+    pub fn authenticate_token(&self, token: &str) -> Result<(String, String), String> {
+        self.state
+            .read(|a| {
+                a.machine()
+                    .authenticate_token(token, now_ms())
+                    .map(|(p, t)| (p.name.clone(), t.id.clone()))
+            })
+            .map_err(|e| format!("cannot read the local state: {e}"))?
+    }
+
+    pub(super) fn authenticate(&self, token: &[u8]) -> ClientResponse {
+        let Ok(token) = std::str::from_utf8(token) else {
+            return ClientResponse::Denied("token not accepted".into());
+        };
+        self.read(|s| match s.authenticate_token(token, now_ms()) {
+            Ok((p, t)) => ClientResponse::Identity {
+                principal: p.clone(),
+                token: Some(t.clone()),
+            },
+            Err(e) => ClientResponse::Denied(e),
+        })
+    }
+
+    pub(super) fn who_am_i(&self, peer: &Peer, token_id: Option<String>) -> ClientResponse {
+        let Some(name) = client_name(peer) else {
+            return ClientResponse::Error("nodes have no principal record".into());
+        };
+        self.read(|s| match s.principal(name) {
+            Some(p) => ClientResponse::Identity {
+                principal: p.clone(),
+                token: token_id
+                    .and_then(|id| s.tokens().find(|t| t.id == id && t.principal == name).cloned()),
+            },
+            None => ClientResponse::Denied(format!(
+                "principal {name} is not known to the cluster; an administrator adds it with `qk principal create`"
+            )),
+        })
+    }
+
+    pub(super) fn list_access(&self, peer: &Peer, req: &ClientRequest) -> ClientResponse {
+        use Permission as P;
+        let (needed, operation): (&[Permission], &str) = match req {
+            ClientRequest::ListPrincipals => {
+                (&[P::PrincipalManage, P::AuditRead], "principal.list")
+            }
+            ClientRequest::ListTokens => (&[P::TokenManage, P::AuditRead], "token.list"),
+            _ => (
+                &[P::Approve, P::AuditRead, P::PrincipalManage],
+                "approval.list",
+            ),
+        };
+        let everything = self.require_any(peer, needed, operation);
+        match (req, everything) {
+            (ClientRequest::ListApprovals, Err(_)) => self.own_approvals(peer),
+            (_, Err(denied)) => denied,
+            (ClientRequest::ListPrincipals, Ok(())) => {
+                self.read(|s| ClientResponse::Principals(s.principals().cloned().collect()))
+            }
+            (ClientRequest::ListTokens, Ok(())) => {
+                self.read(|s| ClientResponse::Tokens(s.tokens().cloned().collect()))
+            }
+            (_, Ok(())) => {
+                self.read(|s| ClientResponse::Approvals(s.approvals().cloned().collect()))
+            }
+        }
+    }
+
+    /// A requester always sees its own approval requests.
+    fn own_approvals(&self, peer: &Peer) -> ClientResponse {
+        let name = client_name(peer).unwrap_or_default();
+        self.read(|s| {
+            ClientResponse::Approvals(
+                s.approvals()
+                    .filter(|a| a.requester == name)
+                    .cloned()
+                    .collect(),
+            )
+        })
+    }
+
+    pub(super) fn audit_verify(&self, peer: &Peer) -> ClientResponse {
+        if let Err(denied) = self.require(peer, Permission::AuditRead, None, "audit.verify") {
+            return denied;
+        }
+        self.read(|s| {
+            let records = s.audit_records(1, usize::MAX);
+            match qk_state::verify_chain(records, qk_state::GENESIS_HASH) {
+                Ok(()) => ClientResponse::AuditVerified {
+                    records: records.len() as u64,
+                    head_hash: records.last().map(|r| r.hash).unwrap_or(qk_state::GENESIS_HASH),
+                },
+                Err(e) => ClientResponse::Error(format!(
+                    "the audit chain of node {} does not verify: {e}; compare with other nodes and restore this node from a healthy one",
+                    self.id
+                )),
+            }
+        })
+    }
+
+    /// Members and their reachability; per key version, its live holders.
+    pub(super) async fn cluster_health(&self, peer: &Peer) -> ClientResponse {
+        let status = self.status();
+        let probes = status.addrs.iter().map(|(id, addr)| self.probe(*id, addr));
+        let answers = futures::future::join_all(probes).await;
+        let api_urls = self.member_api_urls();
+        let members: Vec<MemberHealth> = status
+            .addrs
+            .iter()
+            .zip(answers)
+            .map(|((id, addr), answer)| MemberHealth {
+                node_id: *id,
+                rpc_addr: addr.clone(),
+                api_url: api_urls.get(id).cloned().unwrap_or_default(),
+                voter: status.voters.contains(id),
+                reachable: answer.is_some(),
+                last_applied: answer.as_ref().and_then(|s| s.last_applied),
+                term: answer.map(|s| s.term),
+            })
+            .collect();
+        let live: Vec<u64> = members
+            .iter()
+            .filter(|m| m.reachable)
+            .map(|m| m.node_id)
+            .collect();
+        let versions = self
+            .state
+            .read(|a| {
+                let s = a.machine();
+                self.readable(peer, s)
+                    .iter()
+                    .filter_map(|n| s.key(n))
+                    .flat_map(|k| k.versions.iter().map(move |v| (k, v)))
+                    .filter(|(_, v)| {
+                        !matches!(
+                            v.state,
+                            VersionState::Destroyed | VersionState::Failed { .. }
+                        )
+                    })
+                    .map(|(k, v)| VersionHealth {
+                        key: k.name.clone(),
+                        version: v.version.0,
+                        state: v.state.name().to_string(),
+                        threshold: v.threshold,
+                        holders: v.holders.iter().map(|h| h.0).collect(),
+                        live_holders: v
+                            .holders
+                            .iter()
+                            .map(|h| h.0)
+                            .filter(|h| live.contains(h))
+                            .collect(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ClientResponse::ClusterHealth(ClusterHealth {
+            status,
+            members,
+            versions,
+        })
+    }
+
+    async fn probe(&self, id: u64, addr: &str) -> Option<qk_raft::NodeStatus> {
+        if id == self.id {
+            return Some(self.status());
+        }
+        let client = self.peers.node(id, addr);
+        let request = PeerRequest::Client(ClientRequest::Status);
+        match tokio::time::timeout(PROBE_TIMEOUT, client.call(&request)).await {
+            Ok(Ok(PeerResponse::Client(ClientResponse::Status(s)))) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+fn written_error(e: qk_state::StateError) -> ClientResponse {
+    match e {
+        qk_state::StateError::Denied(r) => ClientResponse::Denied(r),
+        qk_state::StateError::NotFound(r) => ClientResponse::NotFound(r),
+        other => ClientResponse::Error(other.to_string()),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
