@@ -1,0 +1,431 @@
+//! Access control in the state machine: the role matrix, key policies with
+//! context conditions, approvals, tokens, and the schedule.
+
+use std::collections::BTreeMap;
+
+use qk_state::{
+    Applied, ApprovalRule, ApprovalStatus, Command, CreateKey, Decision, KeyPolicy, Operation,
+    PendingAction, Permission, PolicyRule, RequestId, Role, StateError, StateMachine,
+    VersionState,
+};
+use qk_types::{KeyVersion, NodeId};
+use sha2::{Digest, Sha256};
+
+struct Log {
+    sm: StateMachine,
+    next: u64,
+    now: u64,
+}
+
+impl Log {
+    fn new() -> Log {
+        let mut log = Log {
+            sm: StateMachine::new(),
+            next: 0,
+            now: 1_000,
+        };
+        let admin = Operation::CreatePrincipal {
+            name: "admin".into(),
+            roles: [Role::Admin].into(),
+        };
+        log.run("node-1", admin).expect("initial admin");
+        log
+    }
+
+    fn run(&mut self, principal: &str, op: Operation) -> Result<Applied, StateError> {
+        self.next += 1;
+        let mut id = [0u8; 16];
+        id[8..].copy_from_slice(&self.next.to_be_bytes());
+        let r = self.sm.apply(&Command {
+            request_id: RequestId(id),
+            time_ms: self.now,
+            principal: principal.into(),
+            op,
+        });
+        r.result
+    }
+
+    fn principal(&mut self, name: &str, roles: &[Role]) {
+        let op = Operation::CreatePrincipal {
+            name: name.into(),
+            roles: roles.iter().copied().collect(),
+        };
+        self.run("admin", op).expect("principal created");
+    }
+
+    /// A key with one enabled version.
+    fn key(&mut self, name: &str) {
+        let op = Operation::CreateKey(CreateKey {
+            name: name.into(),
+            description: String::new(),
+            owner: "team".into(),
+            purpose: "encrypt".into(),
+            rotation_period_ms: None,
+            expires_at_ms: None,
+            threshold: 2,
+            holders: vec![NodeId(1), NodeId(2), NodeId(3)],
+        });
+        self.run("admin", op).expect("key created");
+        let done = Operation::CompleteGeneration {
+            name: name.into(),
+            version: KeyVersion(1),
+            public_keys: vec![1],
+        };
+        self.run("node-1", done).expect("generated");
+    }
+
+    fn last_outcome(&self) -> String {
+        let n = self.sm.audit_len();
+        self.sm.audit_records(n, 1)[0].outcome.clone()
+    }
+}
+
+fn no_context() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}
+
+#[test]
+fn every_role_gets_exactly_its_permissions() {
+    let mut log = Log::new();
+    for role in Role::ALL {
+        log.principal(&format!("p-{role}"), &[role]);
+    }
+    log.key("k");
+    for role in Role::ALL {
+        for perm in Permission::ALL {
+            let decision = log
+                .sm
+                .authorize(&format!("p-{role}"), perm, Some("k"), &no_context());
+            let expected = role.grants(perm);
+            assert_eq!(
+                decision == Decision::Allow,
+                expected,
+                "{role} × {perm}: {decision:?}"
+            );
+        }
+    }
+    // Spot checks of the table in docs/API.md.
+    assert!(!Role::Admin.grants(Permission::Approve));
+    assert!(!Role::Operator.grants(Permission::Decrypt));
+    assert!(!Role::KeyUser.grants(Permission::KeyDestroy));
+    assert!(Role::Auditor.grants(Permission::AuditRead));
+}
+
+#[test]
+fn unknown_and_disabled_principals_are_denied_and_audited() {
+    let mut log = Log::new();
+    log.key("k");
+    let refused = log.run("stranger", Operation::Rotate {
+        name: "k".into(),
+        holders: vec![NodeId(1), NodeId(2), NodeId(3)],
+        generation_timeout_ms: None,
+    });
+    assert!(matches!(refused, Err(StateError::Denied(_))), "{refused:?}");
+    assert!(log.last_outcome().contains("not known"), "{}", log.last_outcome());
+    log.principal("ops", &[Role::Operator]);
+    let disable = Operation::UpdatePrincipal {
+        name: "ops".into(),
+        roles: [Role::Operator].into(),
+        disabled: true,
+    };
+    log.run("admin", disable).expect("disabled");
+    let d = log.sm.authorize("ops", Permission::KeyRead, Some("k"), &no_context());
+    assert!(matches!(d, Decision::Deny(ref r) if r.contains("disabled")), "{d:?}");
+}
+
+#[test]
+fn clients_cannot_propose_protocol_steps_or_take_node_names() {
+    let mut log = Log::new();
+    log.key("k");
+    let receipt = Operation::EraseReceipt {
+        name: "k".into(),
+        version: KeyVersion(1),
+        node: NodeId(1),
+    };
+    assert!(matches!(log.run("admin", receipt), Err(StateError::Denied(_))));
+    let audit = Operation::Audit {
+        operation: "decrypt".into(),
+        key: None,
+        version: None,
+        outcome: "ok".into(),
+    };
+    assert!(matches!(log.run("admin", audit), Err(StateError::Denied(_))));
+    let impostor = Operation::CreatePrincipal {
+        name: "node-7".into(),
+        roles: [Role::Admin].into(),
+    };
+    assert!(matches!(log.run("admin", impostor), Err(StateError::Invalid(_))));
+    // A node may create only the first principal.
+    let second = Operation::CreatePrincipal {
+        name: "eve".into(),
+        roles: [Role::Admin].into(),
+    };
+    assert!(matches!(log.run("node-2", second), Err(StateError::Denied(_))));
+}
+
+#[test]
+fn a_key_policy_narrows_access_with_context_conditions() {
+    let mut log = Log::new();
+    log.principal("app", &[Role::KeyUser]);
+    log.principal("other", &[Role::KeyUser]);
+    log.key("k");
+    let policy = KeyPolicy {
+        rules: vec![PolicyRule {
+            principals: vec!["app".into()],
+            permissions: vec![Permission::Decrypt],
+            context: [("tenant".to_string(), "blue".to_string())].into(),
+        }],
+        approval: None,
+    };
+    let set = Operation::SetPolicy {
+        name: "k".into(),
+        policy: Some(policy),
+    };
+    log.run("admin", set).expect("policy set");
+    let blue: BTreeMap<String, String> = [("tenant".to_string(), "blue".to_string())].into();
+    let red: BTreeMap<String, String> = [("tenant".to_string(), "red".to_string())].into();
+    assert_eq!(log.sm.authorize("app", Permission::Decrypt, Some("k"), &blue), Decision::Allow);
+    assert!(matches!(
+        log.sm.authorize("app", Permission::Decrypt, Some("k"), &red),
+        Decision::Deny(r) if r.contains("context")
+    ));
+    assert!(matches!(
+        log.sm.authorize("other", Permission::Decrypt, Some("k"), &blue),
+        Decision::Deny(_)
+    ));
+    // Encrypt is not governed by the policy: the role decides.
+    assert_eq!(log.sm.authorize("other", Permission::Encrypt, Some("k"), &red), Decision::Allow);
+    // A policy cannot grant what no role grants.
+    let op = log.sm.authorize("app", Permission::KeyDestroy, Some("k"), &blue);
+    assert!(matches!(op, Decision::Deny(_)));
+}
+
+fn approval_policy(required: u16, permissions: Vec<Permission>) -> Operation {
+    Operation::SetPolicy {
+        name: "k".into(),
+        policy: Some(KeyPolicy {
+            rules: Vec::new(),
+            approval: Some(ApprovalRule {
+                required,
+                approvers: vec!["role:approver".into()],
+                permissions,
+                ttl_ms: 60_000,
+            }),
+        }),
+    }
+}
+
+#[test]
+fn approval_policies_are_checked_when_saved() {
+    let mut log = Log::new();
+    log.key("k");
+    let zero = log.run("admin", approval_policy(0, vec![Permission::KeyDestroy]));
+    assert!(matches!(zero, Err(StateError::Invalid(ref r)) if r.contains("at least 1")), "{zero:?}");
+    log.principal("ann", &[Role::Approver]);
+    let two = log.run("admin", approval_policy(2, vec![Permission::KeyDestroy]));
+    assert!(matches!(two, Err(StateError::Invalid(ref r)) if r.contains("only 1")), "{two:?}");
+    let encrypt = log.run("admin", approval_policy(1, vec![Permission::Encrypt]));
+    assert!(matches!(encrypt, Err(StateError::Invalid(_))));
+    log.principal("bob", &[Role::Approver]);
+    log.run("admin", approval_policy(2, vec![Permission::KeyDestroy]))
+        .expect("two eligible approvers");
+}
+
+#[test]
+fn destroy_waits_for_m_distinct_approvers_never_the_requester() {
+    let mut log = Log::new();
+    log.principal("ops", &[Role::Operator, Role::Approver]);
+    log.principal("ann", &[Role::Approver]);
+    log.principal("bob", &[Role::Approver]);
+    log.principal("carl", &[Role::Auditor]);
+    log.key("k");
+    log.run("admin", approval_policy(2, vec![Permission::KeyDestroy]))
+        .expect("policy");
+    let destroy = Operation::ScheduleDestruction {
+        name: "k".into(),
+        version: KeyVersion(1),
+        after_ms: 0,
+    };
+    let Ok(Applied::ApprovalRequested { id, required }) = log.run("ops", destroy) else {
+        panic!("destroy should wait for approval");
+    };
+    assert_eq!(required, 2);
+    let state = |log: &Log| log.sm.key("k").expect("k").versions[0].state.clone();
+    assert_eq!(state(&log), VersionState::Enabled, "nothing happens before approval");
+    let own = log.run("ops", Operation::Approve { id: id.clone() });
+    assert!(matches!(own, Err(StateError::Denied(ref r)) if r.contains("cannot approve")), "{own:?}");
+    let auditor = log.run("carl", Operation::Approve { id: id.clone() });
+    assert!(matches!(auditor, Err(StateError::Denied(_))));
+    let first = log.run("ann", Operation::Approve { id: id.clone() });
+    assert!(matches!(first, Ok(Applied::Approved { remaining: 1, outcome: None })), "{first:?}");
+    let again = log.run("ann", Operation::Approve { id: id.clone() });
+    assert!(again.is_err(), "one approver counts once");
+    let second = log.run("bob", Operation::Approve { id: id.clone() });
+    assert!(matches!(second, Ok(Applied::Approved { remaining: 0, outcome: Some(_) })), "{second:?}");
+    assert!(matches!(state(&log), VersionState::PendingDestruction { .. }));
+    let record = log.sm.approval(&id).expect("approval");
+    assert!(matches!(record.status, ApprovalStatus::Executed(ref o) if o.starts_with("ok")));
+    let audit = log.sm.audit_records(1, 1000);
+    assert!(audit.iter().any(|r| r.principal == "ann" && r.operation == "approval.approve"));
+}
+
+#[test]
+fn denied_and_expired_approvals_never_run() {
+    let mut log = Log::new();
+    log.principal("ops", &[Role::Operator]);
+    log.principal("ann", &[Role::Approver]);
+    log.key("k");
+    log.run("admin", approval_policy(1, vec![Permission::KeyDisable]))
+        .expect("policy");
+    let disable = || Operation::Disable {
+        name: "k".into(),
+        version: KeyVersion(1),
+    };
+    let Ok(Applied::ApprovalRequested { id, .. }) = log.run("ops", disable()) else {
+        panic!("disable waits");
+    };
+    log.run("ann", Operation::Deny { id: id.clone(), reason: "not today".into() })
+        .expect("denied");
+    assert!(log.run("ann", Operation::Approve { id: id.clone() }).is_err());
+    let Ok(Applied::ApprovalRequested { id: late, .. }) = log.run("ops", disable()) else {
+        panic!("disable waits");
+    };
+    log.now += 60_001;
+    let due = log.sm.maintenance_due(log.now);
+    assert!(due.contains(&Operation::ExpireApproval { id: late.clone() }), "{due:?}");
+    assert!(log.run("ann", Operation::Approve { id: late.clone() }).is_err());
+    assert_eq!(log.sm.approval(&late).expect("a").status, ApprovalStatus::Expired);
+    assert_eq!(log.sm.key("k").expect("k").versions[0].state, VersionState::Enabled);
+}
+
+#[test]
+fn break_glass_decrypt_is_approved_per_ciphertext_and_used_once() {
+    let mut log = Log::new();
+    log.principal("app", &[Role::KeyUser]);
+    log.principal("ann", &[Role::Approver]);
+    log.key("k");
+    log.run("admin", approval_policy(1, vec![Permission::Decrypt]))
+        .expect("policy");
+    assert!(matches!(
+        log.sm.authorize("app", Permission::Decrypt, Some("k"), &no_context()),
+        Decision::NeedsApproval { required: 1, .. }
+    ));
+    let digest: [u8; 32] = Sha256::digest(b"ciphertext").into();
+    let ask = Operation::RequestApproval {
+        action: PendingAction::Decrypt {
+            key: "k".into(),
+            ciphertext_sha256: digest,
+        },
+    };
+    let Ok(Applied::ApprovalRequested { id, .. }) = log.run("app", ask) else {
+        panic!("request recorded");
+    };
+    let use_it = |id: &str, d: [u8; 32]| Operation::ConsumeApproval {
+        id: id.into(),
+        ciphertext_sha256: d,
+    };
+    assert!(log.run("app", use_it(&id, digest)).is_err(), "not approved yet");
+    log.run("ann", Operation::Approve { id: id.clone() }).expect("approved");
+    let other: [u8; 32] = Sha256::digest(b"another").into();
+    assert!(log.run("app", use_it(&id, other)).is_err(), "another ciphertext");
+    assert!(log.run("ann", use_it(&id, digest)).is_err(), "another requester");
+    log.run("app", use_it(&id, digest)).expect("used once");
+    assert!(log.run("app", use_it(&id, digest)).is_err(), "not twice");
+}
+
+#[test]
+fn tokens_are_stored_hashed_expire_and_revoke() {
+    let mut log = Log::new();
+    log.principal("svc", &[Role::KeyUser]);
+    let secret = "ab".repeat(32);
+    let token = qk_state::token_text("0123456789abcdef", &secret);
+    let issue = Operation::IssueToken {
+        id: "0123456789abcdef".into(),
+        principal: "svc".into(),
+        description: "ci".into(),
+        secret_sha256: Sha256::digest(secret.as_bytes()).into(),
+        expires_at_ms: log.now + 10_000,
+    };
+    log.run("admin", issue).expect("issued");
+    let snapshot = log.sm.to_bytes();
+    assert!(
+        !snapshot.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the secret is not in the state"
+    );
+    let (p, _) = log.sm.authenticate_token(&token, log.now).expect("valid");
+    assert_eq!(p.name, "svc");
+    let wrong = qk_state::token_text("0123456789abcdef", &"cd".repeat(32));
+    assert!(log.sm.authenticate_token(&wrong, log.now).is_err());
+    assert!(log.sm.authenticate_token("qkt.garbage", log.now).is_err());
+    assert!(log.sm.authenticate_token(&token, log.now + 10_000).is_err(), "expired");
+    let revoke = Operation::RevokeToken {
+        id: "0123456789abcdef".into(),
+    };
+    log.run("svc", revoke).expect("a principal may revoke its own token");
+    let e = log.sm.authenticate_token(&token, log.now).expect_err("revoked");
+    assert!(e.contains("revoked"));
+    let Some(t) = log.sm.tokens().next() else {
+        panic!("token kept")
+    };
+    assert!(!format!("{t:?}").contains("secret_sha256"));
+}
+
+#[test]
+fn rotation_and_expiry_follow_the_log_time() {
+    let mut log = Log::new();
+    let op = Operation::CreateKey(CreateKey {
+        name: "k".into(),
+        description: String::new(),
+        owner: String::new(),
+        purpose: String::new(),
+        rotation_period_ms: Some(10_000),
+        expires_at_ms: Some(log.now + 100_000),
+        threshold: 2,
+        holders: vec![NodeId(1), NodeId(2)],
+    });
+    log.run("admin", op).expect("created");
+    log.run("node-1", Operation::CompleteGeneration {
+        name: "k".into(),
+        version: KeyVersion(1),
+        public_keys: vec![1],
+    })
+    .expect("generated");
+    assert!(log.sm.maintenance_due(log.now + 9_999).is_empty());
+    let rotate = Operation::ScheduledRotate {
+        name: "k".into(),
+        holders: vec![NodeId(1), NodeId(2)],
+    };
+    assert!(log.run("node-1", rotate.clone()).is_err(), "not due yet");
+    log.now += 10_000;
+    assert_eq!(log.sm.maintenance_due(log.now), vec![rotate.clone()]);
+    assert!(matches!(log.run("node-1", rotate.clone()), Ok(Applied::VersionCreated { .. })));
+    assert!(log.run("admin", rotate).is_err(), "clients cannot propose schedule steps");
+    log.now += 100_000;
+    let due = log.sm.maintenance_due(log.now);
+    assert!(due.contains(&Operation::Expire { name: "k".into() }), "{due:?}");
+    log.run("node-1", Operation::Expire { name: "k".into() }).expect("expired");
+    let key = log.sm.key("k").expect("k");
+    assert!(key.expired && key.primary_version().is_none(), "no encryption after expiry");
+    assert!(key.next_rotation_ms().is_none(), "no rotation after expiry");
+}
+
+#[test]
+fn destruction_is_committed_by_the_schedule_when_due() {
+    let mut log = Log::new();
+    log.key("k");
+    log.run("admin", Operation::ScheduleDestruction {
+        name: "k".into(),
+        version: KeyVersion(1),
+        after_ms: 5_000,
+    })
+    .expect("scheduled");
+    assert!(log.sm.maintenance_due(log.now + 4_999).is_empty());
+    let destroy = Operation::Destroy {
+        name: "k".into(),
+        version: KeyVersion(1),
+    };
+    assert_eq!(log.sm.maintenance_due(log.now + 5_000), vec![destroy.clone()]);
+    log.now += 5_000;
+    log.run("node-1", destroy).expect("committed");
+    assert_eq!(log.sm.key("k").expect("k").versions[0].state, VersionState::Destroying);
+}

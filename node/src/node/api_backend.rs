@@ -1,0 +1,62 @@
+//! The node behind its HTTPS API: every API request becomes the same
+//! `ClientRequest` the QUIC clients send, run as the authenticated principal.
+
+use std::sync::Arc;
+
+use qk_api::{Backend, BoxFuture, Caller, Gauges};
+use qk_net::Peer;
+use qk_raft::{ClientRequest, ClientResponse};
+
+use super::Node;
+
+#[derive(Debug)]
+pub struct ApiBackend(pub Arc<Node>);
+
+impl Backend for ApiBackend {
+    fn call(&self, caller: Caller, req: ClientRequest) -> BoxFuture<'_, ClientResponse> {
+        Box::pin(async move {
+            let req = match req {
+                ClientRequest::WhoAmI { .. } => ClientRequest::WhoAmI {
+                    token_id: caller.token_id,
+                },
+                req => req,
+            };
+            let peer = Peer::Client(caller.principal);
+            self.0.handle_client(&peer, req).await
+        })
+    }
+
+    fn authenticate_token(&self, token: &str) -> Result<(String, String), String> {
+        self.0.authenticate_token(token)
+    }
+
+    fn node_id(&self) -> u64 {
+        self.0.id
+    }
+
+    fn readiness(&self) -> Result<u64, String> {
+        let m = self.0.raft.metrics().borrow().clone();
+        let leader = m
+            .current_leader
+            .ok_or("no leader is known; the cluster may be electing or lack a majority")?;
+        let applied = m.last_applied.map(|l| l.index);
+        if applied < m.last_log_index {
+            return Err(format!(
+                "catching up: applied {applied:?} of {:?} log entries",
+                m.last_log_index
+            ));
+        }
+        Ok(leader)
+    }
+
+    fn gauges(&self) -> Gauges {
+        let s = self.0.status();
+        Gauges {
+            term: s.term,
+            last_applied: s.last_applied.unwrap_or(0),
+            key_count: s.key_count,
+            audit_len: s.audit_len,
+            is_leader: s.leader == Some(s.node_id),
+        }
+    }
+}
