@@ -330,7 +330,11 @@ fn header_token(headers: &HeaderMap) -> Result<Option<&str>, String> {
     let bearer = headers.get(axum::http::header::AUTHORIZATION).map(|v| {
         v.to_str()
             .ok()
-            .and_then(|s| s.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| &s[7..]))
+            .and_then(|s| {
+                s.get(..7)
+                    .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                    .map(|_| &s[7..])
+            })
             .ok_or("the Authorization header must be `Bearer <token>`".to_owned())
     });
     let vault = headers.get("x-vault-token").map(|v| {
@@ -342,7 +346,9 @@ fn header_token(headers: &HeaderMap) -> Result<Option<&str>, String> {
     };
     let token = token.trim();
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-        return Err("the token is empty or too long; use the text `qk token create` printed".into());
+        return Err(
+            "the token is empty or too long; use the text `qk token create` printed".into(),
+        );
     }
     Ok(Some(token))
 }
@@ -371,7 +377,10 @@ pub(crate) fn body_failure(r: BytesRejection) -> Failure {
             format!("the request body is over {MAX_BODY_BYTES} bytes; send less per request"),
         )
     } else {
-        Failure::invalid(format!("could not read the request body: {}", r.body_text()))
+        Failure::invalid(format!(
+            "could not read the request body: {}",
+            r.body_text()
+        ))
     }
 }
 
@@ -390,7 +399,7 @@ impl AppState {
         req: ClientRequest,
     ) -> Result<ClientResponse, Refusal> {
         match classify(self.backend.call(caller.clone(), req).await) {
-            Answer::Reply(r) => Ok(r),
+            Answer::Reply(r) => Ok(*r),
             Answer::Applied(_) => Err(Failure::new(
                 ErrorCode::Internal,
                 "the node answered a read with a write result; see the node log",

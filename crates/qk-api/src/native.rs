@@ -21,9 +21,7 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use crate::errors::{ErrorCode, Failure, Refusal};
-use crate::views::{
-    hex, ApprovalView, AuditRecordView, KeyView, PrincipalView, TokenView,
-};
+use crate::views::{hex, ApprovalView, AuditRecordView, KeyView, PrincipalView, TokenView};
 use crate::{authenticate, body_failure, parse_json, AppState, Caller, ConnPeer};
 
 /// How often key creation and rotation poll for the end of generation.
@@ -48,7 +46,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/keys/{name}/rotate", post(rotate))
         .route("/api/v1/keys/{name}/{action}", post(lifecycle))
         .route("/api/v1/keys/{name}/config", post(config))
-        .route("/api/v1/keys/{name}/policy", get(get_policy).put(set_policy))
+        .route(
+            "/api/v1/keys/{name}/policy",
+            get(get_policy).put(set_policy),
+        )
         .route("/api/v1/keys/{name}/encrypt", post(encrypt))
         .route("/api/v1/keys/{name}/datakey", post(datakey))
         .route("/api/v1/decrypt", post(decrypt))
@@ -124,8 +125,9 @@ async fn live(State(state): State<AppState>) -> Response {
 async fn ready(State(state): State<AppState>) -> Response {
     let node_id = state.backend.node_id();
     match state.backend.readiness() {
-        Ok(leader) => Json(json!({"status": "ready", "node_id": node_id, "leader": leader}))
-            .into_response(),
+        Ok(leader) => {
+            Json(json!({"status": "ready", "node_id": node_id, "leader": leader})).into_response()
+        }
         Err(reason) => Failure::new(
             ErrorCode::Unavailable,
             format!("node {node_id} is not ready: {reason}"),
@@ -221,11 +223,7 @@ struct CreateKeyBody {
     expires_at_ms: Option<u64>,
 }
 
-async fn create_key(
-    State(state): State<AppState>,
-    Authed(caller): Authed,
-    body: Body,
-) -> Reply {
+async fn create_key(State(state): State<AppState>, Authed(caller): Authed, body: Body) -> Reply {
     let b: CreateKeyBody = parse_json(body)?;
     let op = Operation::CreateKey(CreateKey {
         name: b.name.clone(),
@@ -258,9 +256,7 @@ pub(crate) async fn rotate_and_wait(
         generation_timeout_ms: None,
     };
     match state.write(caller, op).await? {
-        Applied::VersionCreated { version } => {
-            wait_generated(state, caller, name, version).await
-        }
+        Applied::VersionCreated { version } => wait_generated(state, caller, name, version).await,
         _ => fetch_key(state, caller, name).await,
     }
 }
@@ -272,7 +268,9 @@ async fn rotate(
     body: Body,
 ) -> Reply {
     let _: Value = parse_json(body)?;
-    ok(KeyView::from(&rotate_and_wait(&state, &caller, &name).await?))
+    ok(KeyView::from(
+        &rotate_and_wait(&state, &caller, &name).await?,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -783,11 +781,7 @@ struct CreateTokenBody {
     description: String,
 }
 
-async fn create_token(
-    State(state): State<AppState>,
-    Authed(caller): Authed,
-    body: Body,
-) -> Reply {
+async fn create_token(State(state): State<AppState>, Authed(caller): Authed, body: Body) -> Reply {
     let b: CreateTokenBody = parse_json(body)?;
     let req = ClientRequest::IssueToken {
         principal: b.principal,

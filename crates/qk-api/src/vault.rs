@@ -220,10 +220,12 @@ fn deletion_allowed(key: &KeyRecord) -> bool {
 
 /// Vault's key read shape.
 fn key_data(key: &KeyRecord) -> Value {
-    let live = key
-        .versions
-        .iter()
-        .filter(|v| !matches!(v.state, VersionState::Destroyed | VersionState::Failed { .. }));
+    let live = key.versions.iter().filter(|v| {
+        !matches!(
+            v.state,
+            VersionState::Destroyed | VersionState::Failed { .. }
+        )
+    });
     let keys: Map<String, Value> = live
         .map(|v| (v.version.0.to_string(), json!(v.created_ms / 1000)))
         .collect();
@@ -311,7 +313,8 @@ async fn create_key(
 
 /// A Vault duration: seconds as a number, or text like `90s`, `30m`, `24h`, `7d`.
 fn parse_period_ms(value: &Value) -> Result<Option<u64>, VaultError> {
-    let bad = || VaultError::bad_request("auto_rotate_period must be seconds or a duration like 24h");
+    let bad =
+        || VaultError::bad_request("auto_rotate_period must be seconds or a duration like 24h");
     let seconds = match value {
         Value::Number(n) => n.as_u64().ok_or_else(bad)?,
         Value::String(s) => {
@@ -338,7 +341,9 @@ async fn read_key(
     VaultCaller(caller): VaultCaller,
     Path(name): Path<String>,
 ) -> Reply {
-    Ok(envelope(key_data(&fetch_key(&state, &caller, &name).await?)))
+    Ok(envelope(key_data(
+        &fetch_key(&state, &caller, &name).await?,
+    )))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -379,7 +384,9 @@ async fn config(
         };
         state.write(&caller, op).await?;
     }
-    Ok(envelope(key_data(&fetch_key(&state, &caller, &name).await?)))
+    Ok(envelope(key_data(
+        &fetch_key(&state, &caller, &name).await?,
+    )))
 }
 
 async fn rotate(
@@ -463,7 +470,10 @@ fn to_vault_ciphertext(qk_text: &str, version: u32) -> Result<String, Failure> {
             format!("the node returned an unreadable ciphertext: {e}"),
         )
     })?;
-    Ok(format!("{VAULT_PREFIX}{version}:{}", B64.encode(ct.to_bytes())))
+    Ok(format!(
+        "{VAULT_PREFIX}{version}:{}",
+        B64.encode(ct.to_bytes())
+    ))
 }
 
 /// `qk:v1:` text from a Vault (or qk) ciphertext.
@@ -486,7 +496,9 @@ fn from_vault_ciphertext(text: &str) -> Result<String, Failure> {
         .map_err(|_| bad("the payload is not base64".into()))?;
     let ct = qk_crypto::Ciphertext::from_bytes(&bytes).map_err(|e| bad(e.to_string()))?;
     if ct.version.0 != version {
-        return Err(bad("the version prefix does not match the ciphertext".into()));
+        return Err(bad(
+            "the version prefix does not match the ciphertext".into()
+        ));
     }
     Ok(ct.to_text())
 }
@@ -603,7 +615,11 @@ async fn datakey(
     let with_plaintext = match kind.as_str() {
         "plaintext" => true,
         "wrapped" => false,
-        _ => return Err(VaultError::bad_request("datakey type must be plaintext or wrapped")),
+        _ => {
+            return Err(VaultError::bad_request(
+                "datakey type must be plaintext or wrapped",
+            ))
+        }
     };
     let b: DataKeyBody = parse_json(body)?;
     let bytes = match b.bits.unwrap_or(256) {
@@ -744,7 +760,14 @@ mod tests {
 
     #[test]
     fn bad_vault_ciphertexts_are_invalid() {
-        for text in ["", "vault:", "vault:vx:AAAA", "vault:v1:!!", "vault:v1:AAAA", "x"] {
+        for text in [
+            "",
+            "vault:",
+            "vault:vx:AAAA",
+            "vault:v1:!!",
+            "vault:v1:AAAA",
+            "x",
+        ] {
             assert!(from_vault_ciphertext(text).is_err(), "{text}");
         }
     }

@@ -26,7 +26,10 @@ async fn no_credential_is_401_with_error_shape() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unauthenticated");
-    assert!(body["error"]["message"].as_str().unwrap().contains("Bearer"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Bearer"));
     // Nothing reached the backend.
     assert!(h.backend.calls().is_empty());
     h.server.shutdown().await;
@@ -103,7 +106,10 @@ async fn key_lifecycle_and_error_codes() {
     let key: Value = r.json().await.unwrap();
     assert_eq!(key["name"], "k1");
     assert_eq!(key["owner"], "alice");
-    assert_eq!(key["versions"][0]["state"], "enabled", "waited for generation");
+    assert_eq!(
+        key["versions"][0]["state"], "enabled",
+        "waited for generation"
+    );
     assert_eq!(key["id"].as_str().unwrap().len(), 32);
 
     // Exists -> 409.
@@ -121,7 +127,10 @@ async fn key_lifecycle_and_error_codes() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "not-found");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "not-found"
+    );
 
     // Rotate waits for the new version.
     let r = c
@@ -302,9 +311,17 @@ async fn oversized_and_garbage_bodies() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "too-large");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "too-large"
+    );
 
-    for garbage in [&b"{not json"[..], b"\xff\xfe\x00", b"[1,2,3]", b"{\"name\": 5}"] {
+    for garbage in [
+        &b"{not json"[..],
+        b"\xff\xfe\x00",
+        b"[1,2,3]",
+        b"{\"name\": 5}",
+    ] {
         let r = c
             .post(h.url("/api/v1/keys"))
             .bearer_auth(ALICE_TOKEN)
@@ -340,7 +357,9 @@ async fn health_metrics_and_unknown_paths() {
         .await
         .unwrap();
     assert!(
-        text.contains(r#"qk_api_requests_total{route="/api/v1/health/ready",method="GET",status="2xx"} 1"#),
+        text.contains(
+            r#"qk_api_requests_total{route="/api/v1/health/ready",method="GET",status="2xx"} 1"#
+        ),
         "{text}"
     );
     assert!(text.contains("qk_api_request_duration_seconds"), "{text}");

@@ -19,7 +19,13 @@ fn vault(h: &Harness, method: Method, path: &str) -> reqwest::RequestBuilder {
 }
 
 fn assert_envelope(body: &Value) {
-    for field in ["request_id", "lease_id", "renewable", "lease_duration", "data"] {
+    for field in [
+        "request_id",
+        "lease_id",
+        "renewable",
+        "lease_duration",
+        "data",
+    ] {
         assert!(body.get(field).is_some(), "missing {field}: {body}");
     }
     assert_eq!(body["lease_id"], "");
@@ -65,12 +71,18 @@ async fn create_read_list_and_errors() {
     let list = Method::from_bytes(b"LIST").unwrap();
     let r = vault(&h, list, "/v1/transit/keys").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.json::<Value>().await.unwrap()["data"]["keys"], json!(["orders"]));
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["data"]["keys"],
+        json!(["orders"])
+    );
     let r = vault(&h, Method::GET, "/v1/transit/keys?list=true")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.json::<Value>().await.unwrap()["data"]["keys"], json!(["orders"]));
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["data"]["keys"],
+        json!(["orders"])
+    );
 
     // Errors: Vault's shape and statuses.
     let r = vault(&h, Method::GET, "/v1/transit/keys/missing")
@@ -122,7 +134,10 @@ async fn create_read_list_and_errors() {
 #[tokio::test]
 async fn config_allows_delete() {
     let h = Harness::start().await;
-    vault(&h, Method::POST, "/v1/transit/keys/k").send().await.unwrap();
+    vault(&h, Method::POST, "/v1/transit/keys/k")
+        .send()
+        .await
+        .unwrap();
     let r = vault(&h, Method::POST, "/v1/transit/keys/k/config")
         .json(&json!({"deletion_allowed": true, "auto_rotate_period": "24h"}))
         .send()
@@ -142,7 +157,10 @@ async fn config_allows_delete() {
 #[tokio::test]
 async fn encrypt_decrypt_single_and_batch() {
     let h = Harness::start().await;
-    vault(&h, Method::POST, "/v1/transit/keys/k").send().await.unwrap();
+    vault(&h, Method::POST, "/v1/transit/keys/k")
+        .send()
+        .await
+        .unwrap();
     let ctx = B64.encode(b"tenant-1");
     let r = vault(&h, Method::POST, "/v1/transit/encrypt/k")
         .json(&json!({"plaintext": B64.encode(b"secret"), "context": ctx}))
@@ -207,7 +225,10 @@ async fn encrypt_decrypt_single_and_batch() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
-    assert!(body["data"]["ciphertext"].as_str().unwrap().starts_with("vault:v1:"));
+    assert!(body["data"]["ciphertext"]
+        .as_str()
+        .unwrap()
+        .starts_with("vault:v1:"));
 
     // Garbage single ciphertext: 400 with Vault's errors.
     let r = vault(&h, Method::POST, "/v1/transit/decrypt/k")
@@ -223,7 +244,10 @@ async fn encrypt_decrypt_single_and_batch() {
 #[tokio::test]
 async fn datakeys_lookup_self_and_health() {
     let h = Harness::start().await;
-    vault(&h, Method::POST, "/v1/transit/keys/k").send().await.unwrap();
+    vault(&h, Method::POST, "/v1/transit/keys/k")
+        .send()
+        .await
+        .unwrap();
     let r = vault(&h, Method::POST, "/v1/transit/datakey/plaintext/k")
         .json(&json!({"bits": 512}))
         .send()
@@ -233,7 +257,10 @@ async fn datakeys_lookup_self_and_health() {
     let data = r.json::<Value>().await.unwrap()["data"].clone();
     let plain = B64.decode(data["plaintext"].as_str().unwrap()).unwrap();
     assert_eq!(plain.len(), 64);
-    assert!(data["ciphertext"].as_str().unwrap().starts_with("vault:v1:"));
+    assert!(data["ciphertext"]
+        .as_str()
+        .unwrap()
+        .starts_with("vault:v1:"));
 
     let r = vault(&h, Method::POST, "/v1/transit/datakey/wrapped/k")
         .send()
@@ -260,7 +287,12 @@ async fn datakeys_lookup_self_and_health() {
     assert_eq!(body["data"]["display_name"], "alice");
     assert_eq!(body["data"]["policies"], json!(["admin"]));
 
-    let r = h.client().get(h.url("/v1/sys/health")).send().await.unwrap();
+    let r = h
+        .client()
+        .get(h.url("/v1/sys/health"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["initialized"], true);

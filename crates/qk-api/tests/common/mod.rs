@@ -208,14 +208,12 @@ impl Store {
         next: impl FnOnce(&VersionState) -> Option<VersionState>,
     ) -> ClientResponse {
         self.with_key(name, |k| {
-            let v = k
-                .versions
-                .iter_mut()
-                .find(|v| v.version == version)
-                .ok_or(StateError::NoSuchVersion {
+            let v = k.versions.iter_mut().find(|v| v.version == version).ok_or(
+                StateError::NoSuchVersion {
                     name: name.into(),
                     version: version.0,
-                })?;
+                },
+            )?;
             let state = next(&v.state).ok_or_else(|| StateError::InvalidTransition {
                 name: name.into(),
                 version: version.0,
