@@ -1,0 +1,460 @@
+//! Quorumkey's HTTPS API, served by every node (see `docs/API.md`).
+//!
+//! - the native API under `/api/v1` ([`native`]);
+//! - a Vault Transit-compatible API under `/v1` ([`vault`]);
+//! - `GET /metrics` ([`metrics`]).
+//!
+//! The crate does no Raft and no cryptography: every request becomes one or
+//! more [`qk_raft::ClientRequest`]s run by a [`Backend`] as the authenticated
+//! [`Caller`]; the backend authorizes and audits.
+//!
+//! TLS is rustls with the ring provider. Client certificates are optional;
+//! when one is presented it must chain to the cluster CA, and a client
+//! certificate (`qk://client/NAME`) authenticates as principal `NAME`. A
+//! bearer token (`Authorization: Bearer` or `X-Vault-Token`) wins over it.
+#![forbid(unsafe_code)]
+
+pub mod errors;
+mod metrics;
+mod native;
+mod vault;
+pub mod views;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use qk_net::identity::peer_from_cert_der;
+use qk_net::{CaCert, Credentials, Peer};
+use qk_raft::{ClientRequest, ClientResponse};
+use qk_state::{Applied, Command, Operation, RequestId};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use serde::de::DeserializeOwned;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+pub use futures::future::BoxFuture;
+
+use crate::errors::{classify, Answer, ErrorCode, Failure, Refusal};
+use crate::metrics::Metrics;
+
+/// Largest request body accepted (413 above it).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Most connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Time a client has to finish the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send an HTTP/1 request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a request may run (key generation waits up to a minute).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
+/// Time open connections get to finish on shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Longest bearer token text looked at.
+const MAX_TOKEN_LEN: usize = 512;
+
+/// Who a request runs as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub principal: String,
+    /// The bearer token's public id, when the caller used a token.
+    pub token_id: Option<String>,
+}
+
+/// Numbers `GET /metrics` reports about the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub term: u64,
+    pub last_applied: u64,
+    pub key_count: u64,
+    pub audit_len: u64,
+    pub is_leader: bool,
+}
+
+/// The node behind the API.
+pub trait Backend: Send + Sync + 'static {
+    /// Runs one request as `caller` (the backend authorizes and audits).
+    fn call(&self, caller: Caller, req: ClientRequest) -> BoxFuture<'_, ClientResponse>;
+    /// Checks a bearer token; Ok((principal, token_id)) or Err(message).
+    fn authenticate_token(&self, token: &str) -> Result<(String, String), String>;
+    fn node_id(&self) -> u64;
+    /// Ok(leader id) when the node knows a leader and has caught up; Err(reason) otherwise.
+    fn readiness(&self) -> Result<u64, String>;
+    /// Gauges for /metrics: term, last_applied, key count, audit length, is_leader.
+    fn gauges(&self) -> Gauges;
+}
+
+/// Why the API server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    #[error(
+        "could not build the HTTPS API's TLS configuration: {0}; check the node certificate, \
+         its key and the cluster CA certificate"
+    )]
+    Tls(String),
+    #[error("could not listen on {addr} for the HTTPS API: {source}; free the port or change api_listen")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub backend: Arc<dyn Backend>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for AppState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppState")
+            .field("node_id", &self.backend.node_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The client name of a connection's verified client certificate, if any.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ConnPeer(pub Option<String>);
+
+/// A running HTTPS API listener.
+#[derive(Debug)]
+pub struct ApiServer {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ApiServer {
+    /// Binds `addr` and serves the API until [`ApiServer::shutdown`].
+    pub async fn bind(
+        addr: SocketAddr,
+        creds: &Credentials,
+        ca: &CaCert,
+        backend: Arc<dyn Backend>,
+    ) -> Result<ApiServer, ApiError> {
+        let acceptor = TlsAcceptor::from(Arc::new(tls_config(creds, ca)?));
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ApiError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ApiError::Bind { addr, source })?;
+        let state = AppState {
+            backend,
+            metrics: Arc::new(Metrics::new()),
+        };
+        let (shutdown, rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, acceptor, router(state), rx));
+        tracing::info!(%local_addr, "HTTPS API listening");
+        Ok(ApiServer {
+            local_addr,
+            shutdown,
+            task,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, lets open requests finish (up to [`SHUTDOWN_GRACE`]).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.task.await {
+            tracing::warn!(error = %e, "the HTTPS API task ended abnormally");
+        }
+    }
+}
+
+fn tls_config(creds: &Credentials, ca: &CaCert) -> Result<rustls::ServerConfig, ApiError> {
+    let tls = |e: &dyn fmt::Display| ApiError::Tls(e.to_string());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.der().clone()).map_err(|e| tls(&e))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| tls(&e))?;
+    let chain = CertificateDer::pem_slice_iter(creds.cert_pem().as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(creds.key_pem().as_bytes()).map_err(|e| tls(&e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| tls(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.max_early_data_size = 0;
+    Ok(config)
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(native::routes())
+        .merge(vault::routes())
+        .route("/metrics", axum::routing::get(metrics::serve))
+        .fallback(native::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.changed() => break,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTPS API accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "HTTPS API at {MAX_CONNECTIONS} connections; closing a new one");
+            continue;
+        };
+        let (acceptor, router, watcher) = (acceptor.clone(), router.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            serve_connection(tcp, acceptor, router, watcher).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTPS API connections still open after the shutdown grace period");
+    }
+}
+
+async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, router: Router, watcher: Watcher) {
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "HTTPS API TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let peer = ConnPeer(client_name(tls.get_ref().1.peer_certificates()));
+    let service = tower::ServiceExt::map_request(router, move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        req
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "HTTPS API connection ended with an error");
+    }
+}
+
+/// A verified client certificate's name; node certificates are not clients.
+fn client_name(certs: Option<&[CertificateDer<'static>]>) -> Option<String> {
+    let leaf = certs?.first()?;
+    match peer_from_cert_der(leaf) {
+        Ok(Peer::Client(name)) => Some(name),
+        _ => None,
+    }
+}
+
+/// The caller of a request: header token first, then the client certificate.
+pub(crate) fn authenticate(
+    backend: &dyn Backend,
+    headers: &HeaderMap,
+    peer: Option<&ConnPeer>,
+) -> Result<Caller, Failure> {
+    let unauthenticated = |m: String| Failure::new(ErrorCode::Unauthenticated, m);
+    if let Some(token) = header_token(headers).map_err(unauthenticated)? {
+        let (principal, token_id) = backend
+            .authenticate_token(token)
+            .map_err(|m| unauthenticated(format!("the token was refused: {m}")))?;
+        return Ok(Caller {
+            principal,
+            token_id: Some(token_id),
+        });
+    }
+    match peer.and_then(|p| p.0.clone()) {
+        Some(principal) => Ok(Caller {
+            principal,
+            token_id: None,
+        }),
+        None => Err(unauthenticated(
+            "no credential: send `Authorization: Bearer qkt.<id>.<secret>` or `X-Vault-Token`, \
+             or connect with a client certificate issued by the cluster CA"
+                .to_owned(),
+        )),
+    }
+}
+
+fn header_token(headers: &HeaderMap) -> Result<Option<&str>, String> {
+    let bearer = headers.get(axum::http::header::AUTHORIZATION).map(|v| {
+        v.to_str()
+            .ok()
+            .and_then(|s| {
+                s.get(..7)
+                    .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                    .map(|_| &s[7..])
+            })
+            .ok_or("the Authorization header must be `Bearer <token>`".to_owned())
+    });
+    let vault = headers.get("x-vault-token").map(|v| {
+        v.to_str()
+            .map_err(|_| "the X-Vault-Token header is not text".to_owned())
+    });
+    let Some(token) = bearer.or(vault).transpose()? else {
+        return Ok(None);
+    };
+    let token = token.trim();
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(
+            "the token is empty or too long; use the text `qk token create` printed".into(),
+        );
+    }
+    Ok(Some(token))
+}
+
+/// Parses a JSON body; an empty body reads as `{}`.
+pub(crate) fn parse_json<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, Failure> {
+    let body = body.map_err(body_failure)?;
+    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &body
+    };
+    serde_json::from_slice(text).map_err(|e| {
+        Failure::invalid(format!(
+            "the request body is not valid JSON for this endpoint ({e}); see docs/API.md"
+        ))
+    })
+}
+
+pub(crate) fn body_failure(r: BytesRejection) -> Failure {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Failure::new(
+            ErrorCode::TooLarge,
+            format!("the request body is over {MAX_BODY_BYTES} bytes; send less per request"),
+        )
+    } else {
+        Failure::invalid(format!(
+            "could not read the request body: {}",
+            r.body_text()
+        ))
+    }
+}
+
+fn new_request_id() -> RequestId {
+    use rand::Rng as _;
+    let mut id = [0u8; 16];
+    rand::rng().fill_bytes(&mut id);
+    RequestId(id)
+}
+
+impl AppState {
+    /// Runs a read (or unwrap) request: anything but a write.
+    pub(crate) async fn read(
+        &self,
+        caller: &Caller,
+        req: ClientRequest,
+    ) -> Result<ClientResponse, Refusal> {
+        match classify(self.backend.call(caller.clone(), req).await) {
+            Answer::Reply(r) => Ok(*r),
+            Answer::Applied(_) => Err(Failure::new(
+                ErrorCode::Internal,
+                "the node answered a read with a write result; see the node log",
+            )
+            .into()),
+            Answer::Refused(r) => Err(self.resolve_pending(caller, r).await),
+        }
+    }
+
+    /// Proposes one operation; the backend stamps time and principal.
+    pub(crate) async fn write(&self, caller: &Caller, op: Operation) -> Result<Applied, Refusal> {
+        let command = Command {
+            request_id: new_request_id(),
+            time_ms: 0,
+            principal: String::new(),
+            op,
+        };
+        let resp = self
+            .backend
+            .call(caller.clone(), ClientRequest::Write(command))
+            .await;
+        match classify(resp) {
+            Answer::Applied(a) => Ok(a),
+            Answer::Reply(r) => Err(Failure::unexpected("a write", &r).into()),
+            Answer::Refused(r) => Err(self.resolve_pending(caller, r).await),
+        }
+    }
+
+    /// Turns "approval `id` was requested" into the approval record.
+    async fn resolve_pending(&self, caller: &Caller, refusal: Refusal) -> Refusal {
+        let Refusal::PendingId(id) = refusal else {
+            return refusal;
+        };
+        match self.find_approval(caller, &id).await {
+            Some(record) => Refusal::Pending(Box::new(record)),
+            None => Failure::new(
+                ErrorCode::Internal,
+                format!("approval {id} was requested but could not be read back; list approvals"),
+            )
+            .into(),
+        }
+    }
+
+    pub(crate) async fn find_approval(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Option<qk_state::ApprovalRecord> {
+        let resp = self
+            .backend
+            .call(caller.clone(), ClientRequest::ListApprovals)
+            .await;
+        match resp {
+            ClientResponse::Approvals(list) => list.into_iter().find(|a| a.id == id),
+            _ => None,
+        }
+    }
+}
