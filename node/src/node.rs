@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 
+mod api_backend;
 mod requests;
 
 /// Most audit records one request returns.
@@ -140,6 +141,17 @@ pub async fn run(config_path: &Path, bootstrap: bool, join: Option<String>) -> R
     .await
     .with_context(|| format!("cannot listen on {}", config.listen))?;
     info!(node_id = config.node_id, listen = %config.listen, "node started");
+    let api = match config.api_listen {
+        Some(addr) => {
+            let backend = Arc::new(api_backend::ApiBackend(node.clone()));
+            let api = qk_api::ApiServer::bind(addr, &creds, &ca, backend)
+                .await
+                .with_context(|| format!("cannot serve the HTTPS API on {addr}"))?;
+            info!(api = %config.api_url(), "HTTPS API listening");
+            Some(api)
+        }
+        None => None,
+    };
     if let Some(seed) = join {
         node.join_cluster(&config, &seed).await?;
     }
@@ -150,6 +162,9 @@ pub async fn run(config_path: &Path, bootstrap: bool, join: Option<String>) -> R
     }
     shutdown_signal().await;
     info!("shutting down");
+    if let Some(api) = api {
+        api.shutdown().await;
+    }
     server.shutdown().await;
     if let Err(e) = node.raft.shutdown().await {
         warn!("raft shutdown: {e}");
