@@ -19,11 +19,33 @@ pub struct Config {
     /// Address other nodes dial; defaults to `listen`.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// Address the HTTPS API binds (`https://<api_listen>/api/v1/...`).
+    #[serde(default)]
+    pub api_listen: Option<SocketAddr>,
     pub tls: TlsConfig,
     #[serde(default)]
     pub seal: SealSettings,
     #[serde(default)]
     pub raft: RaftSettings,
+    #[serde(default)]
+    pub auth: AuthSettings,
+}
+
+/// Access control bootstrap.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Principal created with the admin role when the cluster is bootstrapped
+    /// (the client certificate `qk://client/<name>` authenticates as it).
+    pub initial_admin: String,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            initial_admin: "admin".to_string(),
+        }
+    }
 }
 
 /// Where the node seal key comes from. With neither field set, the key file
@@ -158,6 +180,8 @@ data_dir = "data/node1"
 listen = "127.0.0.1:7101"
 # Address other nodes dial (defaults to `listen`).
 # advertise = "10.0.0.1:7101"
+# HTTPS API (docs/API.md) for the qk CLI and applications.
+api_listen = "127.0.0.1:7201"
 
 [tls]
 # Cluster CA certificate: only peers it signed are accepted.
@@ -170,6 +194,11 @@ key = "pki/node-1.key"
 # The node seal key that seals every share at rest. Default: <data_dir>/seal.key,
 # created with mode 0600 when the node first starts. Or derive it from a passphrase:
 # passphrase_file = "/run/secrets/qk-seal-passphrase"
+
+[auth]
+# Principal given the admin role when the cluster is bootstrapped; the client
+# certificate issued with `qk pki issue --client admin` authenticates as it.
+initial_admin = "admin"
 
 [raft]
 heartbeat_interval_ms = 100

@@ -67,6 +67,8 @@ fn prepare(args: &DevArgs) -> Result<Vec<PathBuf>> {
             },
             seal: Default::default(),
             raft: RaftSettings::default(),
+            api_listen: None,
+            auth: Default::default(),
         };
         std::fs::write(&path, config.to_toml()?)
             .with_context(|| format!("cannot write {}", path.display()))?;

@@ -57,15 +57,23 @@ pub enum ClientRequest {
     /// Propose a command; answered once it is committed and applied.
     Write(Command),
     /// Read one key's record (from this node's applied state).
-    GetKey { name: String },
+    GetKey {
+        name: String,
+    },
     /// Names of all keys, sorted.
     ListKeys,
     /// Audit records from `from_seq`, at most `limit` (capped by the node).
-    Audit { from_seq: u64, limit: u32 },
+    Audit {
+        from_seq: u64,
+        limit: u32,
+    },
     /// This node's view: id, leader, term, last applied index, state digest.
     Status,
     /// Add a node as a learner, then promote it to voter (leader only).
-    Join { node_id: NodeId, node: QkNode },
+    Join {
+        node_id: NodeId,
+        node: QkNode,
+    },
     /// Wrap `plaintext` under the key's newest enabled version (no quorum).
     Encrypt {
         name: String,
@@ -110,12 +118,16 @@ pub enum ClientRequest {
         description: String,
     },
     /// Checks a bearer token; answers the principal it belongs to.
-    Authenticate { token: Redacted },
+    Authenticate {
+        token: Redacted,
+    },
     ListPrincipals,
     ListTokens,
     ListApprovals,
     /// The caller's own principal record (and token, when `token_id` is set).
-    WhoAmI { token_id: Option<String> },
+    WhoAmI {
+        token_id: Option<String>,
+    },
     /// Verifies this node's audit chain from the first record.
     AuditVerify,
     /// Members with their reachability, and per key version how many

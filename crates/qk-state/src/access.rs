@@ -13,9 +13,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// What a request needs. Names are the ones policies and the CLI use.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Permission {
     KeyCreate,
@@ -116,9 +114,7 @@ impl fmt::Display for Permission {
     }
 }
 
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Everything except approving: principals, tokens, keys, policies, data.
@@ -285,7 +281,10 @@ pub enum ApprovalStatus {
     Executed(String),
     /// A break-glass decrypt approval was used.
     Consumed,
-    Denied { by: String, reason: String },
+    Denied {
+        by: String,
+        reason: String,
+    },
     Expired,
 }
 
@@ -309,7 +308,10 @@ pub enum Decision {
     Allow,
     Deny(String),
     /// Allowed once `required` approvers agree.
-    NeedsApproval { required: u16, ttl_ms: u64 },
+    NeedsApproval {
+        required: u16,
+        ttl_ms: u64,
+    },
 }
 
 pub(crate) fn matches_principal(pattern: &str, p: &PrincipalRecord) -> bool {

@@ -143,7 +143,8 @@ impl StateMachine {
         token: &str,
         now_ms: u64,
     ) -> Result<(&PrincipalRecord, &TokenRecord), String> {
-        let refused = "token not accepted; ask an administrator for a valid token (`qk token create`)";
+        let refused =
+            "token not accepted; ask an administrator for a valid token (`qk token create`)";
         let (id, secret) = parse_token(token).ok_or(refused)?;
         let record = self.tokens.get(id).ok_or(refused)?;
         let matches: bool = sha256(secret.as_bytes())
@@ -183,7 +184,10 @@ impl StateMachine {
         if let Err(reason) = check_access(p, permission, policy, context) {
             return Decision::Deny(reason);
         }
-        match key.and_then(|k| self.key(k)).and_then(|r| r.policy.as_ref()) {
+        match key
+            .and_then(|k| self.key(k))
+            .and_then(|r| r.policy.as_ref())
+        {
             Some(KeyPolicy {
                 approval: Some(rule),
                 ..
@@ -209,7 +213,10 @@ impl StateMachine {
             return Ok(d);
         }
         let Some(permission) = permission_of(&cmd.op) else {
-            return Ok(Decision::Deny(format!("{} is not a client operation", cmd.op.name())));
+            return Ok(Decision::Deny(format!(
+                "{} is not a client operation",
+                cmd.op.name()
+            )));
         };
         let key = match &cmd.op {
             Operation::CreateKey(_) => None,
@@ -252,7 +259,12 @@ impl StateMachine {
         }
     }
 
-    pub(crate) fn request_approval(&mut self, cmd: &Command, required: u16, ttl_ms: u64) -> Outcome {
+    pub(crate) fn request_approval(
+        &mut self,
+        cmd: &Command,
+        required: u16,
+        ttl_ms: u64,
+    ) -> Outcome {
         if self.approvals.len() >= MAX_APPROVALS {
             return Err(invalid("too many approval requests are stored"));
         }
@@ -297,13 +309,18 @@ impl StateMachine {
                 roles,
                 disabled,
             } => {
-                let p = self.principals.get_mut(name).ok_or_else(|| no_principal(name))?;
+                let p = self
+                    .principals
+                    .get_mut(name)
+                    .ok_or_else(|| no_principal(name))?;
                 p.roles = roles.clone();
                 p.disabled = *disabled;
                 Ok(Applied::Done)
             }
             Operation::DeletePrincipal { name } => {
-                self.principals.remove(name).ok_or_else(|| no_principal(name))?;
+                self.principals
+                    .remove(name)
+                    .ok_or_else(|| no_principal(name))?;
                 for t in self.tokens.values_mut().filter(|t| &t.principal == name) {
                     t.revoked_ms.get_or_insert(now);
                 }
@@ -315,7 +332,14 @@ impl StateMachine {
                 description,
                 secret_sha256,
                 expires_at_ms,
-            } => self.issue_token(id, principal, description, *secret_sha256, *expires_at_ms, now),
+            } => self.issue_token(
+                id,
+                principal,
+                description,
+                *secret_sha256,
+                *expires_at_ms,
+                now,
+            ),
             Operation::RevokeToken { id } => {
                 let t = self.tokens.get_mut(id).ok_or_else(|| {
                     StateError::NotFound(format!("no token {id}; list tokens with `qk token list`"))
@@ -368,14 +392,16 @@ impl StateMachine {
             Operation::ExpireApproval { id } => {
                 let a = self.approvals.get_mut(id).ok_or_else(|| no_approval(id))?;
                 if a.status != ApprovalStatus::Pending || a.expires_at_ms > now {
-                    return Err(invalid(format!("approval {id} is not pending past its expiry")));
+                    return Err(invalid(format!(
+                        "approval {id} is not pending past its expiry"
+                    )));
                 }
                 a.status = ApprovalStatus::Expired;
                 Ok(Applied::Done)
             }
-            Operation::RequestApproval { .. } => {
-                Err(invalid("a decrypt approval is only requested for a break-glass key"))
-            }
+            Operation::RequestApproval { .. } => Err(invalid(
+                "a decrypt approval is only requested for a break-glass key",
+            )),
             op => Err(invalid(format!("{} is not an access operation", op.name()))),
         }
     }
@@ -383,7 +409,9 @@ impl StateMachine {
     fn create_principal(&mut self, name: &str, roles: &BTreeSet<Role>, now: u64) -> Outcome {
         check_principal_name(name)?;
         if self.principals.contains_key(name) {
-            return Err(invalid(format!("principal {name} already exists; update it instead")));
+            return Err(invalid(format!(
+                "principal {name} already exists; update it instead"
+            )));
         }
         if self.principals.len() >= MAX_PRINCIPALS {
             return Err(invalid(format!("at most {MAX_PRINCIPALS} principals")));
@@ -417,7 +445,9 @@ impl StateMachine {
             return Err(invalid("token id must be 16 new hex digits"));
         }
         if expires_at_ms <= now || expires_at_ms - now > MAX_TOKEN_TTL_MS {
-            return Err(invalid("a token must expire between now and one year from now"));
+            return Err(invalid(
+                "a token must expire between now and one year from now",
+            ));
         }
         if self.tokens.len() >= MAX_TOKENS || description.len() > MAX_REASON_LEN {
             return Err(invalid("too many tokens, or the description is too long"));
@@ -447,7 +477,9 @@ impl StateMachine {
 
     fn check_policy(&self, p: &KeyPolicy) -> Result<(), StateError> {
         if p.rules.len() > MAX_POLICY_RULES {
-            return Err(invalid(format!("a policy has at most {MAX_POLICY_RULES} rules")));
+            return Err(invalid(format!(
+                "a policy has at most {MAX_POLICY_RULES} rules"
+            )));
         }
         for r in &p.rules {
             if r.principals.is_empty() || r.principals.len() > MAX_RULE_PRINCIPALS {
@@ -457,7 +489,9 @@ impl StateMachine {
                 return Err(invalid("a rule has at most 16 context conditions"));
             }
             if let Some(bad) = r.permissions.iter().find(|p| !p.is_key_scoped()) {
-                return Err(invalid(format!("{bad} is cluster-wide; a key policy cannot grant it")));
+                return Err(invalid(format!(
+                    "{bad} is cluster-wide; a key policy cannot grant it"
+                )));
             }
         }
         let Some(a) = &p.approval else { return Ok(()) };
@@ -511,7 +545,10 @@ impl StateMachine {
         };
         let a = self.approvals.get_mut(id).ok_or_else(|| no_approval(id))?;
         if a.status != ApprovalStatus::Pending {
-            return Err(invalid(format!("approval {id} is no longer pending ({:?})", a.status)));
+            return Err(invalid(format!(
+                "approval {id} is no longer pending ({:?})",
+                a.status
+            )));
         }
         if a.expires_at_ms <= now {
             a.status = ApprovalStatus::Expired;
@@ -596,7 +633,9 @@ impl StateMachine {
         }
         if a.expires_at_ms <= cmd.time_ms {
             a.status = ApprovalStatus::Expired;
-            return Err(StateError::Denied(format!("approval {id} expired; ask again")));
+            return Err(StateError::Denied(format!(
+                "approval {id} expired; ask again"
+            )));
         }
         a.status = ApprovalStatus::Consumed;
         Ok(Applied::Done)
@@ -608,7 +647,10 @@ impl StateMachine {
     pub fn maintenance_due(&self, now_ms: u64) -> Vec<Operation> {
         let mut ops = Vec::new();
         for key in self.keys() {
-            let generating = key.versions.iter().any(|v| v.state == VersionState::Generating);
+            let generating = key
+                .versions
+                .iter()
+                .any(|v| v.state == VersionState::Generating);
             if key.expires_at_ms.is_some_and(|e| e <= now_ms) && !key.expired {
                 ops.push(Operation::Expire {
                     name: key.name.clone(),

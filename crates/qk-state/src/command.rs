@@ -4,8 +4,8 @@ use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
 
 use crate::access::{KeyPolicy, PendingAction, Role};
 use crate::model::DkgSession;
-use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 /// A client-chosen id that makes a retried request apply once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

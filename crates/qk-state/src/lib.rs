@@ -15,7 +15,7 @@ mod model;
 
 pub use access::{
     default_approval_ttl_ms, ApprovalRecord, ApprovalRule, ApprovalStatus, Decision, KeyPolicy,
-    Permission, PendingAction, PolicyRule, PrincipalRecord, Role, TokenRecord,
+    PendingAction, Permission, PolicyRule, PrincipalRecord, Role, TokenRecord,
 };
 pub use access_ops::{
     parse_token, token_text, MAX_TOKEN_TTL_MS, MIN_ROTATION_PERIOD_MS, TOKEN_PREFIX,
