@@ -131,6 +131,12 @@ fn build_http(config: &ApiConfig) -> Result<reqwest::Client> {
             config.ca_cert.display()
         ))
     })?;
+    if roots.is_empty() {
+        return Err(HttpError::Config(format!(
+            "{} holds no PEM certificate; pass the cluster CA (pki/ca.pem)",
+            config.ca_cert.display()
+        )));
+    }
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
