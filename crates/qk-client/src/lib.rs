@@ -1,7 +1,13 @@
 //! A typed client for Quorumkey nodes over mutual-TLS QUIC, with client-side
 //! combining: the client gathers partial decryptions from the holders and
 //! combines them itself, so no node sees the plaintext.
+//!
+//! [`http`] is the HTTPS client for the native API (docs/API.md) that the
+//! `qk` CLI uses; [`views`] holds its JSON views.
 #![forbid(unsafe_code)]
+
+pub mod http;
+pub mod views;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,0 +1,495 @@
+//! The commands that talk to a cluster's HTTPS API.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use qk_client::http::ApiClient;
+use qk_client::views::*;
+use zeroize::Zeroizing;
+
+use crate::args::*;
+use crate::output::{self, emit, fields, OutputFormat};
+use crate::spinner::with_spinner;
+use crate::util::{context_map, format_time_ms, now_ms, parse_duration_ms, parse_expiry_ms};
+
+/// A connected client, the output format and profile defaults.
+#[derive(Debug)]
+pub struct Ctx {
+    pub api: ApiClient,
+    pub format: OutputFormat,
+    pub default_threshold: Option<u16>,
+}
+
+fn key_out(ctx: &Ctx, key: &KeyView) -> Result<()> {
+    emit(ctx.format, key, output::key_detail)
+}
+
+pub async fn cluster(ctx: &Ctx, _cmd: ClusterCommand) -> Result<()> {
+    let health = ctx.api.cluster().await?;
+    emit(ctx.format, &health, output::cluster_text)
+}
+
+pub async fn key(ctx: &Ctx, cmd: KeyCommand) -> Result<()> {
+    let api = &ctx.api;
+    let key = match cmd {
+        KeyCommand::Create(args) => create_key(ctx, args).await?,
+        KeyCommand::List => {
+            let keys = api.list_keys().await?;
+            return emit(ctx.format, &keys, |k| output::keys_table(k));
+        }
+        KeyCommand::Show { name } => api.key(&name).await?,
+        KeyCommand::Rotate { name } => {
+            with_spinner(
+                "generating a new version with the quorum",
+                api.rotate_key(&name),
+            )
+            .await?
+        }
+        KeyCommand::Disable { name, version } => api.disable_key(&name, version.version).await?,
+        KeyCommand::Enable { name, version } => api.enable_key(&name, version.version).await?,
+        KeyCommand::MarkCompromised {
+            name,
+            reason,
+            allow_decrypt,
+            version,
+        } => {
+            api.mark_compromised(&name, version.version, &reason, allow_decrypt)
+                .await?
+        }
+        KeyCommand::Destroy {
+            name,
+            after,
+            version,
+        } => {
+            let after_ms = parse_duration_ms(&after)?;
+            let fut = api.destroy_key(&name, version.version, after_ms);
+            with_spinner("scheduling destruction with the quorum", fut).await?
+        }
+        KeyCommand::CancelDestroy { name, version } => {
+            api.cancel_destroy(&name, version.version).await?
+        }
+        KeyCommand::Config {
+            name,
+            rotate_every,
+            expires,
+            min_decrypt_version,
+        } => {
+            let req = KeyConfigRequest {
+                rotation_period_ms: rotate_every.as_deref().map(parse_duration_ms).transpose()?,
+                expires_at_ms: expires
+                    .as_deref()
+                    .map(|e| parse_expiry_ms(e, now_ms()))
+                    .transpose()?,
+                min_decrypt_version,
+            };
+            if req == KeyConfigRequest::default() {
+                bail!("nothing to change; pass --rotate-every, --expires or --min-decrypt-version");
+            }
+            api.configure_key(&name, &req).await?
+        }
+    };
+    key_out(ctx, &key)
+}
+
+async fn create_key(ctx: &Ctx, args: KeyCreateArgs) -> Result<KeyView> {
+    let req = CreateKeyRequest {
+        name: args.name,
+        description: args.description,
+        owner: args.owner,
+        purpose: args.purpose,
+        threshold: args.threshold.or(ctx.default_threshold),
+        holders: args.holders,
+        rotation_period_ms: args
+            .rotate_every
+            .as_deref()
+            .map(parse_duration_ms)
+            .transpose()?,
+        expires_at_ms: args
+            .expires
+            .as_deref()
+            .map(|e| parse_expiry_ms(e, now_ms()))
+            .transpose()?,
+    };
+    let key = with_spinner(
+        "generating the key with the quorum",
+        ctx.api.create_key(&req),
+    )
+    .await?;
+    if key.state == "failed" {
+        let why = key
+            .versions
+            .last()
+            .and_then(|v| v.failure.clone())
+            .unwrap_or_default();
+        bail!("key {:?} was created but its generation failed: {why}; check `qk cluster status` and retry with `qk key rotate {}`", key.name, key.name);
+    }
+    Ok(key)
+}
+
+/// Reads `--in FILE` or stdin.
+fn read_input(io: &IoArgs) -> Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::new());
+    match &io.input {
+        Some(p) => {
+            let mut f =
+                std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+            f.read_to_end(&mut buf)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+        }
+        None => {
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read stdin")?;
+        }
+    }
+    Ok(buf)
+}
+
+fn read_text_input(io: &IoArgs) -> Result<String> {
+    let bytes = read_input(io)?;
+    let text = std::str::from_utf8(&bytes)
+        .context("the ciphertext is not text; pass the qk:v1:... line encrypt printed")?;
+    let text = text.trim();
+    if text.is_empty() {
+        bail!("no ciphertext on stdin; pipe one in or pass --in FILE");
+    }
+    Ok(text.to_string())
+}
+
+/// Writes to `--out FILE` (mode 0600 on Unix) or stdout.
+fn write_output(path: Option<&Path>, bytes: &[u8]) -> Result<()> {
+    match path {
+        Some(p) => {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts
+                .open(p)
+                .with_context(|| format!("cannot create {}", p.display()))?;
+            f.write_all(bytes)
+                .with_context(|| format!("cannot write {}", p.display()))
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes)
+                .and_then(|_| out.flush())
+                .context("cannot write to stdout")
+        }
+    }
+}
+
+pub async fn encrypt(ctx: &Ctx, args: EncryptArgs) -> Result<()> {
+    let plaintext = read_input(&args.io)?;
+    let context = context_map(&args.context.context);
+    let out = ctx.api.encrypt(&args.key, &plaintext, &context).await?;
+    let text = match ctx.format {
+        OutputFormat::Json => output::to_json(&out)?,
+        OutputFormat::Table => format!("{}\n", out.ciphertext),
+    };
+    write_output(args.io.output_file.as_deref(), text.as_bytes())
+}
+
+pub async fn decrypt(ctx: &Ctx, args: DecryptArgs) -> Result<()> {
+    let ciphertext = read_text_input(&args.io)?;
+    let context = context_map(&args.context.context);
+    let approval = args.approval.as_deref();
+    let (plaintext, key, version) = if args.server_side {
+        let fut = ctx.api.decrypt(&ciphertext, &context, approval);
+        let out = with_spinner("decrypting with the quorum", fut).await?;
+        let bytes = Zeroizing::new(
+            B64.decode(&out.plaintext)
+                .context("the node sent a plaintext that is not base64")?,
+        );
+        (bytes, out.key.clone(), out.version)
+    } else {
+        let fut = ctx.api.decrypt_client_side(&ciphertext, &context, approval);
+        let out = with_spinner("gathering partial decryptions from the holders", fut).await?;
+        (out.plaintext, out.key, out.version)
+    };
+    match ctx.format {
+        OutputFormat::Table => write_output(args.io.output_file.as_deref(), &plaintext),
+        OutputFormat::Json => {
+            let view = Decrypted {
+                plaintext: B64.encode(&*plaintext),
+                key,
+                version,
+            };
+            let text = Zeroizing::new(output::to_json(&view)?);
+            write_output(args.io.output_file.as_deref(), text.as_bytes())
+        }
+    }
+}
+
+pub async fn datakey(ctx: &Ctx, args: DatakeyArgs) -> Result<()> {
+    let context = context_map(&args.context.context);
+    let key = ctx.api.datakey(&args.key, args.bytes, &context).await?;
+    let text = Zeroizing::new(match ctx.format {
+        OutputFormat::Json => output::to_json(&key)?,
+        OutputFormat::Table => fields(&[
+            ("plaintext", key.plaintext.clone()),
+            ("ciphertext", key.ciphertext.clone()),
+            ("version", format!("v{}", key.version)),
+        ]),
+    });
+    write_output(None, text.as_bytes())
+}
+
+pub async fn rewrap(ctx: &Ctx, args: RewrapArgs) -> Result<()> {
+    let ciphertext = read_text_input(&args.io)?;
+    let context = context_map(&args.context.context);
+    let fut = ctx
+        .api
+        .rewrap(&ciphertext, &context, args.to_key.as_deref());
+    let out = with_spinner("re-encrypting with the quorum", fut).await?;
+    let text = match ctx.format {
+        OutputFormat::Json => output::to_json(&out)?,
+        OutputFormat::Table => format!("{}\n", out.ciphertext),
+    };
+    write_output(args.io.output_file.as_deref(), text.as_bytes())
+}
+
+pub async fn principal(ctx: &Ctx, cmd: PrincipalCommand) -> Result<()> {
+    let api = &ctx.api;
+    let one = match cmd {
+        PrincipalCommand::List => {
+            let all = api.principals().await?;
+            return emit(ctx.format, &all, |p| output::principals_table(p));
+        }
+        PrincipalCommand::Create { name, roles } => api.create_principal(&name, &roles).await?,
+        PrincipalCommand::Update {
+            name,
+            roles,
+            disable,
+            enable,
+        } => {
+            let roles = if roles.is_empty() {
+                current_roles(api, &name).await?
+            } else {
+                roles
+            };
+            let disabled = (disable || enable).then_some(disable);
+            api.update_principal(&name, &roles, disabled).await?
+        }
+        PrincipalCommand::Delete { name } => {
+            api.delete_principal(&name).await?;
+            return done(
+                ctx,
+                &format!("principal {name} deleted; its tokens are revoked"),
+            );
+        }
+    };
+    emit(ctx.format, &one, |p| {
+        output::principals_table(std::slice::from_ref(p))
+    })
+}
+
+async fn current_roles(api: &ApiClient, name: &str) -> Result<Vec<String>> {
+    let all = api.principals().await?;
+    all.into_iter()
+        .find(|p| p.name == name)
+        .map(|p| p.roles)
+        .with_context(|| format!("no principal {name:?}; see `qk principal list`"))
+}
+
+/// A confirmation: a line in table mode, `{"ok": true, "message"}` in JSON.
+fn done(ctx: &Ctx, message: &str) -> Result<()> {
+    #[derive(serde::Serialize)]
+    struct Done<'a> {
+        ok: bool,
+        message: &'a str,
+    }
+    emit(ctx.format, &Done { ok: true, message }, |d| {
+        format!("{}\n", d.message)
+    })
+}
+
+pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> Result<()> {
+    let api = &ctx.api;
+    match cmd {
+        TokenCommand::Create {
+            principal,
+            ttl,
+            description,
+        } => {
+            let ttl_ms = parse_duration_ms(&ttl)?;
+            let created = api
+                .create_token(&principal, ttl_ms, description.as_deref())
+                .await?;
+            let text = Zeroizing::new(match ctx.format {
+                OutputFormat::Json => output::to_json(&created)?,
+                OutputFormat::Table => format!("{}\n", created.token),
+            });
+            write_output(None, text.as_bytes())?;
+            if ctx.format == OutputFormat::Table {
+                eprintln!(
+                    "token {} for {} expires {}; the secret above is shown only once",
+                    created.record.id,
+                    created.record.principal,
+                    format_time_ms(created.record.expires_at_ms)
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::List => {
+            let all = api.tokens().await?;
+            emit(ctx.format, &all, |t| output::tokens_table(t))
+        }
+        TokenCommand::Revoke { id } => {
+            api.revoke_token(&id).await?;
+            done(ctx, &format!("token {id} revoked"))
+        }
+        TokenCommand::Whoami => {
+            let me = api.whoami().await?;
+            emit(ctx.format, &me, |m| {
+                let via = m
+                    .token
+                    .as_ref()
+                    .map(|t| format!("token {}", t.id))
+                    .unwrap_or_else(|| "client certificate".into());
+                fields(&[
+                    ("principal", m.principal.name.clone()),
+                    ("roles", m.principal.roles.join(",")),
+                    ("via", via),
+                ])
+            })
+        }
+    }
+}
+
+pub async fn policy(ctx: &Ctx, cmd: PolicyCommand) -> Result<()> {
+    let api = &ctx.api;
+    match cmd {
+        PolicyCommand::Show { key } => {
+            let policy = api.policy(&key).await?;
+            // A policy is JSON in both formats: it is what `policy set` reads.
+            write_output(None, output::to_json(&policy)?.as_bytes())
+        }
+        PolicyCommand::Set { key, file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let policy: KeyPolicy = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a key policy; see `qk policy set --help` for the format",
+                    file.display()
+                )
+            })?;
+            let view = api.set_policy(&key, Some(&policy)).await?;
+            key_out(ctx, &view)
+        }
+        PolicyCommand::Clear { key } => {
+            let view = api.set_policy(&key, None).await?;
+            key_out(ctx, &view)
+        }
+    }
+}
+
+pub async fn approval(ctx: &Ctx, cmd: ApprovalCommand) -> Result<()> {
+    let api = &ctx.api;
+    let one = match cmd {
+        ApprovalCommand::List => {
+            let all = api.approvals().await?;
+            return emit(ctx.format, &all, |a| output::approvals_table(a));
+        }
+        ApprovalCommand::Approve { id } => api.approve(&id).await?,
+        ApprovalCommand::Deny { id, reason } => api.deny(&id, reason.as_deref()).await?,
+    };
+    emit(ctx.format, &one, |a| {
+        output::approvals_table(std::slice::from_ref(a))
+    })
+}
+
+pub async fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<()> {
+    match cmd {
+        AuditCommand::Tail {
+            from,
+            limit,
+            follow,
+        } => audit_tail(ctx, from, limit, follow).await,
+        AuditCommand::Verify { file: Some(file) } => {
+            let views = crate::audit_file::read_jsonl(&file)?;
+            let result = crate::audit_file::verify_views(&views)?;
+            emit(ctx.format, &result, |r| {
+                format!(
+                    "ok: {} records from seq {} verify; head hash {}\n",
+                    r.records,
+                    r.first_seq.unwrap_or(0),
+                    r.head_hash.clone().unwrap_or_else(|| "-".into())
+                )
+            })
+        }
+        AuditCommand::Verify { file: None } => {
+            let result = ctx.api.audit_verify().await?;
+            emit(ctx.format, &result, |r| {
+                format!(
+                    "ok: {} records verify; head hash {}\n",
+                    r.records, r.head_hash
+                )
+            })
+        }
+        AuditCommand::Export { out } => audit_export(ctx, out.as_deref()).await,
+    }
+}
+
+async fn audit_tail(ctx: &Ctx, from: u64, limit: u32, follow: bool) -> Result<()> {
+    let mut next = from;
+    let mut first = true;
+    loop {
+        let records = ctx.api.audit(next, limit.clamp(1, 1000)).await?;
+        if let Some(last) = records.last() {
+            next = last.seq + 1;
+        }
+        match ctx.format {
+            OutputFormat::Json if follow => {
+                for r in &records {
+                    write_output(None, format!("{}\n", serde_json::to_string(r)?).as_bytes())?;
+                }
+            }
+            OutputFormat::Json => emit(ctx.format, &records, |_| String::new())?,
+            OutputFormat::Table if first || !records.is_empty() => {
+                let mut text = output::audit_table(&records);
+                if !first {
+                    text = text
+                        .split_once('\n')
+                        .map(|(_, rows)| rows.to_string())
+                        .unwrap_or_default();
+                }
+                write_output(None, text.as_bytes())?;
+            }
+            OutputFormat::Table => {}
+        }
+        first = false;
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+async fn audit_export(ctx: &Ctx, out: Option<&Path>) -> Result<()> {
+    let mut lines = String::new();
+    let mut next = 1;
+    let mut count = 0u64;
+    loop {
+        let page = ctx.api.audit(next, 1000).await?;
+        let Some(last) = page.last() else { break };
+        next = last.seq + 1;
+        for r in &page {
+            lines.push_str(&serde_json::to_string(r)?);
+            lines.push('\n');
+            count += 1;
+        }
+    }
+    write_output(out, lines.as_bytes())?;
+    if let Some(p) = out {
+        eprintln!(
+            "{count} audit records written to {}; check them with `qk audit verify --file {}`",
+            p.display(),
+            p.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! `qk`: the Quorumkey administrators' CLI, on the nodes' HTTPS API.
+#![forbid(unsafe_code)]
+
+mod args;
+mod audit_file;
+mod commands;
+mod dev;
+mod output;
+mod settings;
+mod spinner;
+mod util;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{CommandFactory, Parser};
+use qk_client::http::{ApiClient, HttpError};
+
+use args::*;
+use commands::Ctx;
+use output::OutputFormat;
+
+/// Exit code when the request waits for approvers.
+const EXIT_APPROVAL_PENDING: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+fn report(e: &anyhow::Error) -> ExitCode {
+    if let Some(HttpError::ApprovalPending(a)) = e.downcast_ref::<HttpError>() {
+        eprintln!(
+            "waiting for approval {}: {} approver(s) must approve {} on key {}.\n  qk approval approve {}\nthen run this command again (decrypt: add --approval {}).",
+            a.id, a.required, a.permission, a.key, a.id, a.id
+        );
+        return ExitCode::from(EXIT_APPROVAL_PENDING);
+    }
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn connect(global: &GlobalArgs) -> Result<Ctx> {
+    let flags = settings::ConnFlags {
+        addr: global.addr.clone(),
+        token: global.token.clone(),
+        ca_cert: global.ca_cert.clone(),
+        client_cert: global.client_cert.clone(),
+        client_key: global.client_key.clone(),
+        profile: global.profile.clone(),
+    };
+    let home = std::env::var_os("HOME").map(Into::into);
+    let s = settings::resolve(flags, &|name| std::env::var(name).ok(), home)?;
+    let timeout_ms = util::parse_duration_ms(&global.timeout)?;
+    let api = ApiClient::new(&s.api_config(timeout_ms)?)?;
+    Ok(Ctx {
+        api,
+        format: global.output,
+        default_threshold: s.threshold,
+    })
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let format = cli.global.output;
+    match cli.command {
+        Command::Dev(cmd) => run_dev(cmd, format).await,
+        Command::Node(NodeCommand::Start {
+            config,
+            bootstrap,
+            join,
+        }) => {
+            qk_node::init_tracing();
+            qk_node::run(&config, bootstrap, join).await
+        }
+        Command::Pki(cmd) => run_pki(cmd, format),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "qk", &mut std::io::stdout());
+            Ok(())
+        }
+        other => {
+            let ctx = connect(&cli.global)?;
+            run_api(&ctx, other).await
+        }
+    }
+}
+
+async fn run_api(ctx: &Ctx, command: Command) -> Result<()> {
+    match command {
+        Command::Cluster(cmd) => commands::cluster(ctx, cmd).await,
+        Command::Key(cmd) => commands::key(ctx, cmd).await,
+        Command::Encrypt(args) => commands::encrypt(ctx, args).await,
+        Command::Decrypt(args) => commands::decrypt(ctx, args).await,
+        Command::Datakey(args) => commands::datakey(ctx, args).await,
+        Command::Rewrap(args) => commands::rewrap(ctx, args).await,
+        Command::Principal(cmd) => commands::principal(ctx, cmd).await,
+        Command::Token(cmd) => commands::token(ctx, cmd).await,
+        Command::Policy(cmd) => commands::policy(ctx, cmd).await,
+        Command::Approval(cmd) => commands::approval(ctx, cmd).await,
+        Command::Audit(cmd) => commands::audit(ctx, cmd).await,
+        Command::Dev(_) | Command::Node(_) | Command::Pki(_) | Command::Completions { .. } => {
+            anyhow::bail!("internal: local command routed to the API")
+        }
+    }
+}
+
+async fn run_dev(cmd: DevCommand, format: OutputFormat) -> Result<()> {
+    match cmd {
+        DevCommand::Up(args) => dev::up(args, format).await,
+        DevCommand::Status(dir) => dev::status(dir, format).await,
+        DevCommand::Down(dir) => dev::down(dir, format).await,
+        DevCommand::Node(DevNodeCommand::Stop { id, dir }) => dev::node_stop(id, dir, format).await,
+        DevCommand::Node(DevNodeCommand::Start { id, dir }) => {
+            dev::node_start(id, dir, format).await
+        }
+    }
+}
+
+fn run_pki(cmd: PkiCommand, format: OutputFormat) -> Result<()> {
+    #[derive(serde::Serialize)]
+    struct Issued {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    }
+    let issued = match cmd {
+        PkiCommand::Init { dir } => {
+            qk_node::pki::init(&dir)?;
+            Issued {
+                cert: dir.join("ca.pem"),
+                key: dir.join("ca.key"),
+            }
+        }
+        PkiCommand::Issue {
+            dir,
+            node: Some(id),
+            hosts,
+            ..
+        } => {
+            let (cert, key) = qk_node::pki::issue_node(&dir, id, &hosts)?;
+            Issued { cert, key }
+        }
+        PkiCommand::Issue {
+            dir,
+            client: Some(name),
+            ..
+        } => {
+            let (cert, key) = qk_node::pki::issue_client(&dir, &name)?;
+            Issued { cert, key }
+        }
+        PkiCommand::Issue { .. } => anyhow::bail!("pass --node ID or --client NAME"),
+    };
+    output::emit(format, &issued, |i| {
+        format!(
+            "certificate: {}\nkey:         {} (keep it private)\n",
+            i.cert.display(),
+            i.key.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn context_without_equals_is_a_usage_error() {
+        let err = Cli::try_parse_from(["qk", "decrypt", "--context", "tenant"]).err();
+        assert_eq!(err.map(|e| e.exit_code()), Some(2));
+        let ok =
+            Cli::try_parse_from(["qk", "encrypt", "k", "--context", "a=b", "--context", "c=d"]);
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn output_json_is_accepted_on_every_command() {
+        for argv in [
+            &["qk", "key", "list", "--output", "json"][..],
+            &["qk", "-o", "json", "cluster", "status"],
+            &["qk", "audit", "verify", "--file", "x", "-o", "table"],
+            &["qk", "dev", "status", "--output", "json"],
+        ] {
+            let cli = Cli::try_parse_from(argv);
+            assert!(cli.is_ok(), "{argv:?}: {:?}", cli.err());
+        }
+    }
+}
