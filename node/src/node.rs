@@ -633,7 +633,12 @@ impl Node {
         };
         let (outcome, faulty) = self
             .quorum
-            .unwrap(name.clone(), ct.to_bytes(), context, peer.to_string())
+            .unwrap(
+                name.clone(),
+                ct.to_bytes(),
+                context,
+                requests::principal_name(peer),
+            )
             .await;
         let blame = if faulty.is_empty() {
             String::new()
@@ -652,7 +657,7 @@ impl Node {
             ),
         };
         self.audit.record(
-            &peer.to_string(),
+            &requests::principal_name(peer),
             "decrypt",
             Some(&name),
             Some(ct.version),
@@ -678,7 +683,7 @@ impl Node {
             version: ct.version,
             ciphertext: ct.to_bytes(),
             context,
-            principal: peer.to_string(),
+            principal: requests::principal_name(peer),
         };
         match self.quorum.own_partial(&request) {
             Ok(bytes) => ClientResponse::Partial(bytes),
@@ -748,7 +753,7 @@ impl Node {
         if let Err(e) = authorize_write(peer, &cmd) {
             let key = cmd.op.key_name();
             self.audit.record(
-                &peer.to_string(),
+                &requests::principal_name(peer),
                 cmd.op.name(),
                 key,
                 None,
@@ -758,12 +763,11 @@ impl Node {
         }
         cmd.principal = match peer {
             Peer::Client(name) => name.clone(),
-            Peer::Node(id) if *id == self.id => cmd.principal,
-            Peer::Node(id) => {
-                // A forwarded write keeps the principal the first node authenticated.
-                let _ = id;
-                cmd.principal
+            Peer::Node(id) if *id == self.id && cmd.principal.is_empty() => {
+                NodeIdT(*id).to_string()
             }
+            // A forwarded write keeps the principal the first node authenticated.
+            Peer::Node(_) => cmd.principal,
         };
         cmd.time_ms = now_ms();
         self.default_holders(&mut cmd.op);

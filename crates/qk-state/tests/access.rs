@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 
 use qk_state::{
     Applied, ApprovalRule, ApprovalStatus, Command, CreateKey, Decision, KeyPolicy, Operation,
-    PendingAction, Permission, PolicyRule, RequestId, Role, StateError, StateMachine,
-    VersionState,
+    PendingAction, Permission, PolicyRule, RequestId, Role, StateError, StateMachine, VersionState,
 };
 use qk_types::{KeyVersion, NodeId};
 use sha2::{Digest, Sha256};
@@ -115,13 +114,20 @@ fn every_role_gets_exactly_its_permissions() {
 fn unknown_and_disabled_principals_are_denied_and_audited() {
     let mut log = Log::new();
     log.key("k");
-    let refused = log.run("stranger", Operation::Rotate {
-        name: "k".into(),
-        holders: vec![NodeId(1), NodeId(2), NodeId(3)],
-        generation_timeout_ms: None,
-    });
+    let refused = log.run(
+        "stranger",
+        Operation::Rotate {
+            name: "k".into(),
+            holders: vec![NodeId(1), NodeId(2), NodeId(3)],
+            generation_timeout_ms: None,
+        },
+    );
     assert!(matches!(refused, Err(StateError::Denied(_))), "{refused:?}");
-    assert!(log.last_outcome().contains("not known"), "{}", log.last_outcome());
+    assert!(
+        log.last_outcome().contains("not known"),
+        "{}",
+        log.last_outcome()
+    );
     log.principal("ops", &[Role::Operator]);
     let disable = Operation::UpdatePrincipal {
         name: "ops".into(),
@@ -129,8 +135,13 @@ fn unknown_and_disabled_principals_are_denied_and_audited() {
         disabled: true,
     };
     log.run("admin", disable).expect("disabled");
-    let d = log.sm.authorize("ops", Permission::KeyRead, Some("k"), &no_context());
-    assert!(matches!(d, Decision::Deny(ref r) if r.contains("disabled")), "{d:?}");
+    let d = log
+        .sm
+        .authorize("ops", Permission::KeyRead, Some("k"), &no_context());
+    assert!(
+        matches!(d, Decision::Deny(ref r) if r.contains("disabled")),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -142,25 +153,37 @@ fn clients_cannot_propose_protocol_steps_or_take_node_names() {
         version: KeyVersion(1),
         node: NodeId(1),
     };
-    assert!(matches!(log.run("admin", receipt), Err(StateError::Denied(_))));
+    assert!(matches!(
+        log.run("admin", receipt),
+        Err(StateError::Denied(_))
+    ));
     let audit = Operation::Audit {
         operation: "decrypt".into(),
         key: None,
         version: None,
         outcome: "ok".into(),
     };
-    assert!(matches!(log.run("admin", audit), Err(StateError::Denied(_))));
+    assert!(matches!(
+        log.run("admin", audit),
+        Err(StateError::Denied(_))
+    ));
     let impostor = Operation::CreatePrincipal {
         name: "node-7".into(),
         roles: [Role::Admin].into(),
     };
-    assert!(matches!(log.run("admin", impostor), Err(StateError::Invalid(_))));
+    assert!(matches!(
+        log.run("admin", impostor),
+        Err(StateError::Invalid(_))
+    ));
     // A node may create only the first principal.
     let second = Operation::CreatePrincipal {
         name: "eve".into(),
         roles: [Role::Admin].into(),
     };
-    assert!(matches!(log.run("node-2", second), Err(StateError::Denied(_))));
+    assert!(matches!(
+        log.run("node-2", second),
+        Err(StateError::Denied(_))
+    ));
 }
 
 #[test]
@@ -184,19 +207,30 @@ fn a_key_policy_narrows_access_with_context_conditions() {
     log.run("admin", set).expect("policy set");
     let blue: BTreeMap<String, String> = [("tenant".to_string(), "blue".to_string())].into();
     let red: BTreeMap<String, String> = [("tenant".to_string(), "red".to_string())].into();
-    assert_eq!(log.sm.authorize("app", Permission::Decrypt, Some("k"), &blue), Decision::Allow);
+    assert_eq!(
+        log.sm
+            .authorize("app", Permission::Decrypt, Some("k"), &blue),
+        Decision::Allow
+    );
     assert!(matches!(
         log.sm.authorize("app", Permission::Decrypt, Some("k"), &red),
         Decision::Deny(r) if r.contains("context")
     ));
     assert!(matches!(
-        log.sm.authorize("other", Permission::Decrypt, Some("k"), &blue),
+        log.sm
+            .authorize("other", Permission::Decrypt, Some("k"), &blue),
         Decision::Deny(_)
     ));
     // Encrypt is not governed by the policy: the role decides.
-    assert_eq!(log.sm.authorize("other", Permission::Encrypt, Some("k"), &red), Decision::Allow);
+    assert_eq!(
+        log.sm
+            .authorize("other", Permission::Encrypt, Some("k"), &red),
+        Decision::Allow
+    );
     // A policy cannot grant what no role grants.
-    let op = log.sm.authorize("app", Permission::KeyDestroy, Some("k"), &blue);
+    let op = log
+        .sm
+        .authorize("app", Permission::KeyDestroy, Some("k"), &blue);
     assert!(matches!(op, Decision::Deny(_)));
 }
 
@@ -220,10 +254,16 @@ fn approval_policies_are_checked_when_saved() {
     let mut log = Log::new();
     log.key("k");
     let zero = log.run("admin", approval_policy(0, vec![Permission::KeyDestroy]));
-    assert!(matches!(zero, Err(StateError::Invalid(ref r)) if r.contains("at least 1")), "{zero:?}");
+    assert!(
+        matches!(zero, Err(StateError::Invalid(ref r)) if r.contains("at least 1")),
+        "{zero:?}"
+    );
     log.principal("ann", &[Role::Approver]);
     let two = log.run("admin", approval_policy(2, vec![Permission::KeyDestroy]));
-    assert!(matches!(two, Err(StateError::Invalid(ref r)) if r.contains("only 1")), "{two:?}");
+    assert!(
+        matches!(two, Err(StateError::Invalid(ref r)) if r.contains("only 1")),
+        "{two:?}"
+    );
     let encrypt = log.run("admin", approval_policy(1, vec![Permission::Encrypt]));
     assert!(matches!(encrypt, Err(StateError::Invalid(_))));
     log.principal("bob", &[Role::Approver]);
@@ -251,22 +291,52 @@ fn destroy_waits_for_m_distinct_approvers_never_the_requester() {
     };
     assert_eq!(required, 2);
     let state = |log: &Log| log.sm.key("k").expect("k").versions[0].state.clone();
-    assert_eq!(state(&log), VersionState::Enabled, "nothing happens before approval");
+    assert_eq!(
+        state(&log),
+        VersionState::Enabled,
+        "nothing happens before approval"
+    );
     let own = log.run("ops", Operation::Approve { id: id.clone() });
-    assert!(matches!(own, Err(StateError::Denied(ref r)) if r.contains("cannot approve")), "{own:?}");
+    assert!(
+        matches!(own, Err(StateError::Denied(ref r)) if r.contains("cannot approve")),
+        "{own:?}"
+    );
     let auditor = log.run("carl", Operation::Approve { id: id.clone() });
     assert!(matches!(auditor, Err(StateError::Denied(_))));
     let first = log.run("ann", Operation::Approve { id: id.clone() });
-    assert!(matches!(first, Ok(Applied::Approved { remaining: 1, outcome: None })), "{first:?}");
+    assert!(
+        matches!(
+            first,
+            Ok(Applied::Approved {
+                remaining: 1,
+                outcome: None
+            })
+        ),
+        "{first:?}"
+    );
     let again = log.run("ann", Operation::Approve { id: id.clone() });
     assert!(again.is_err(), "one approver counts once");
     let second = log.run("bob", Operation::Approve { id: id.clone() });
-    assert!(matches!(second, Ok(Applied::Approved { remaining: 0, outcome: Some(_) })), "{second:?}");
-    assert!(matches!(state(&log), VersionState::PendingDestruction { .. }));
+    assert!(
+        matches!(
+            second,
+            Ok(Applied::Approved {
+                remaining: 0,
+                outcome: Some(_)
+            })
+        ),
+        "{second:?}"
+    );
+    assert!(matches!(
+        state(&log),
+        VersionState::PendingDestruction { .. }
+    ));
     let record = log.sm.approval(&id).expect("approval");
     assert!(matches!(record.status, ApprovalStatus::Executed(ref o) if o.starts_with("ok")));
     let audit = log.sm.audit_records(1, 1000);
-    assert!(audit.iter().any(|r| r.principal == "ann" && r.operation == "approval.approve"));
+    assert!(audit
+        .iter()
+        .any(|r| r.principal == "ann" && r.operation == "approval.approve"));
 }
 
 #[test]
@@ -284,18 +354,37 @@ fn denied_and_expired_approvals_never_run() {
     let Ok(Applied::ApprovalRequested { id, .. }) = log.run("ops", disable()) else {
         panic!("disable waits");
     };
-    log.run("ann", Operation::Deny { id: id.clone(), reason: "not today".into() })
-        .expect("denied");
-    assert!(log.run("ann", Operation::Approve { id: id.clone() }).is_err());
+    log.run(
+        "ann",
+        Operation::Deny {
+            id: id.clone(),
+            reason: "not today".into(),
+        },
+    )
+    .expect("denied");
+    assert!(log
+        .run("ann", Operation::Approve { id: id.clone() })
+        .is_err());
     let Ok(Applied::ApprovalRequested { id: late, .. }) = log.run("ops", disable()) else {
         panic!("disable waits");
     };
     log.now += 60_001;
     let due = log.sm.maintenance_due(log.now);
-    assert!(due.contains(&Operation::ExpireApproval { id: late.clone() }), "{due:?}");
-    assert!(log.run("ann", Operation::Approve { id: late.clone() }).is_err());
-    assert_eq!(log.sm.approval(&late).expect("a").status, ApprovalStatus::Expired);
-    assert_eq!(log.sm.key("k").expect("k").versions[0].state, VersionState::Enabled);
+    assert!(
+        due.contains(&Operation::ExpireApproval { id: late.clone() }),
+        "{due:?}"
+    );
+    assert!(log
+        .run("ann", Operation::Approve { id: late.clone() })
+        .is_err());
+    assert_eq!(
+        log.sm.approval(&late).expect("a").status,
+        ApprovalStatus::Expired
+    );
+    assert_eq!(
+        log.sm.key("k").expect("k").versions[0].state,
+        VersionState::Enabled
+    );
 }
 
 #[test]
@@ -307,7 +396,8 @@ fn break_glass_decrypt_is_approved_per_ciphertext_and_used_once() {
     log.run("admin", approval_policy(1, vec![Permission::Decrypt]))
         .expect("policy");
     assert!(matches!(
-        log.sm.authorize("app", Permission::Decrypt, Some("k"), &no_context()),
+        log.sm
+            .authorize("app", Permission::Decrypt, Some("k"), &no_context()),
         Decision::NeedsApproval { required: 1, .. }
     ));
     let digest: [u8; 32] = Sha256::digest(b"ciphertext").into();
@@ -324,11 +414,21 @@ fn break_glass_decrypt_is_approved_per_ciphertext_and_used_once() {
         id: id.into(),
         ciphertext_sha256: d,
     };
-    assert!(log.run("app", use_it(&id, digest)).is_err(), "not approved yet");
-    log.run("ann", Operation::Approve { id: id.clone() }).expect("approved");
+    assert!(
+        log.run("app", use_it(&id, digest)).is_err(),
+        "not approved yet"
+    );
+    log.run("ann", Operation::Approve { id: id.clone() })
+        .expect("approved");
     let other: [u8; 32] = Sha256::digest(b"another").into();
-    assert!(log.run("app", use_it(&id, other)).is_err(), "another ciphertext");
-    assert!(log.run("ann", use_it(&id, digest)).is_err(), "another requester");
+    assert!(
+        log.run("app", use_it(&id, other)).is_err(),
+        "another ciphertext"
+    );
+    assert!(
+        log.run("ann", use_it(&id, digest)).is_err(),
+        "another requester"
+    );
     log.run("app", use_it(&id, digest)).expect("used once");
     assert!(log.run("app", use_it(&id, digest)).is_err(), "not twice");
 }
@@ -349,7 +449,9 @@ fn tokens_are_stored_hashed_expire_and_revoke() {
     log.run("admin", issue).expect("issued");
     let snapshot = log.sm.to_bytes();
     assert!(
-        !snapshot.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        !snapshot
+            .windows(secret.len())
+            .any(|w| w == secret.as_bytes()),
         "the secret is not in the state"
     );
     let (p, _) = log.sm.authenticate_token(&token, log.now).expect("valid");
@@ -357,12 +459,19 @@ fn tokens_are_stored_hashed_expire_and_revoke() {
     let wrong = qk_state::token_text("0123456789abcdef", &"cd".repeat(32));
     assert!(log.sm.authenticate_token(&wrong, log.now).is_err());
     assert!(log.sm.authenticate_token("qkt.garbage", log.now).is_err());
-    assert!(log.sm.authenticate_token(&token, log.now + 10_000).is_err(), "expired");
+    assert!(
+        log.sm.authenticate_token(&token, log.now + 10_000).is_err(),
+        "expired"
+    );
     let revoke = Operation::RevokeToken {
         id: "0123456789abcdef".into(),
     };
-    log.run("svc", revoke).expect("a principal may revoke its own token");
-    let e = log.sm.authenticate_token(&token, log.now).expect_err("revoked");
+    log.run("svc", revoke)
+        .expect("a principal may revoke its own token");
+    let e = log
+        .sm
+        .authenticate_token(&token, log.now)
+        .expect_err("revoked");
     assert!(e.contains("revoked"));
     let Some(t) = log.sm.tokens().next() else {
         panic!("token kept")
@@ -384,11 +493,14 @@ fn rotation_and_expiry_follow_the_log_time() {
         holders: vec![NodeId(1), NodeId(2)],
     });
     log.run("admin", op).expect("created");
-    log.run("node-1", Operation::CompleteGeneration {
-        name: "k".into(),
-        version: KeyVersion(1),
-        public_keys: vec![1],
-    })
+    log.run(
+        "node-1",
+        Operation::CompleteGeneration {
+            name: "k".into(),
+            version: KeyVersion(1),
+            public_keys: vec![1],
+        },
+    )
     .expect("generated");
     assert!(log.sm.maintenance_due(log.now + 9_999).is_empty());
     let rotate = Operation::ScheduledRotate {
@@ -398,14 +510,27 @@ fn rotation_and_expiry_follow_the_log_time() {
     assert!(log.run("node-1", rotate.clone()).is_err(), "not due yet");
     log.now += 10_000;
     assert_eq!(log.sm.maintenance_due(log.now), vec![rotate.clone()]);
-    assert!(matches!(log.run("node-1", rotate.clone()), Ok(Applied::VersionCreated { .. })));
-    assert!(log.run("admin", rotate).is_err(), "clients cannot propose schedule steps");
+    assert!(matches!(
+        log.run("node-1", rotate.clone()),
+        Ok(Applied::VersionCreated { .. })
+    ));
+    assert!(
+        log.run("admin", rotate).is_err(),
+        "clients cannot propose schedule steps"
+    );
     log.now += 100_000;
     let due = log.sm.maintenance_due(log.now);
-    assert!(due.contains(&Operation::Expire { name: "k".into() }), "{due:?}");
-    log.run("node-1", Operation::Expire { name: "k".into() }).expect("expired");
+    assert!(
+        due.contains(&Operation::Expire { name: "k".into() }),
+        "{due:?}"
+    );
+    log.run("node-1", Operation::Expire { name: "k".into() })
+        .expect("expired");
     let key = log.sm.key("k").expect("k");
-    assert!(key.expired && key.primary_version().is_none(), "no encryption after expiry");
+    assert!(
+        key.expired && key.primary_version().is_none(),
+        "no encryption after expiry"
+    );
     assert!(key.next_rotation_ms().is_none(), "no rotation after expiry");
 }
 
@@ -413,19 +538,28 @@ fn rotation_and_expiry_follow_the_log_time() {
 fn destruction_is_committed_by_the_schedule_when_due() {
     let mut log = Log::new();
     log.key("k");
-    log.run("admin", Operation::ScheduleDestruction {
-        name: "k".into(),
-        version: KeyVersion(1),
-        after_ms: 5_000,
-    })
+    log.run(
+        "admin",
+        Operation::ScheduleDestruction {
+            name: "k".into(),
+            version: KeyVersion(1),
+            after_ms: 5_000,
+        },
+    )
     .expect("scheduled");
     assert!(log.sm.maintenance_due(log.now + 4_999).is_empty());
     let destroy = Operation::Destroy {
         name: "k".into(),
         version: KeyVersion(1),
     };
-    assert_eq!(log.sm.maintenance_due(log.now + 5_000), vec![destroy.clone()]);
+    assert_eq!(
+        log.sm.maintenance_due(log.now + 5_000),
+        vec![destroy.clone()]
+    );
     log.now += 5_000;
     log.run("node-1", destroy).expect("committed");
-    assert_eq!(log.sm.key("k").expect("k").versions[0].state, VersionState::Destroying);
+    assert_eq!(
+        log.sm.key("k").expect("k").versions[0].state,
+        VersionState::Destroying
+    );
 }

@@ -36,6 +36,14 @@ pub(super) fn client_name(peer: &Peer) -> Option<&str> {
     }
 }
 
+/// The name a request runs as: the client's principal, or `node-N`.
+pub(super) fn principal_name(peer: &Peer) -> String {
+    match peer {
+        Peer::Client(name) => name.clone(),
+        Peer::Node(id) => qk_types::NodeId(*id).to_string(),
+    }
+}
+
 pub(super) fn ciphertext_digest(ct: &qk_crypto::Ciphertext) -> [u8; 32] {
     Sha256::digest(ct.to_bytes()).into()
 }
@@ -67,7 +75,7 @@ impl Node {
         reason: String,
     ) -> ClientResponse {
         self.audit.record(
-            &peer.to_string(),
+            &principal_name(peer),
             operation,
             key,
             None,
@@ -211,8 +219,13 @@ impl Node {
             ClientResponse::Error(e) => (None, format!("refused: {e}")),
             _ => (None, "ok".to_string()),
         };
-        self.audit
-            .record(&peer.to_string(), operation, Some(name), version, outcome);
+        self.audit.record(
+            &principal_name(peer),
+            operation,
+            Some(name),
+            version,
+            outcome,
+        );
         resp
     }
 
