@@ -1,7 +1,6 @@
 //! End to end through the HTTPS API: `qk dev up` a 3-node cluster, create a
 //! key, encrypt, decrypt client- and server-side (with one node down too),
 //! rotate, rewrap, audit export + offline verify, destroy, `qk dev down`.
-//! Enable once the nodes serve docs/API.md.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -78,7 +77,6 @@ fn text(bytes: Vec<u8>) -> String {
 }
 
 #[test]
-#[ignore = "needs the HTTPS API"]
 fn key_lifecycle_and_data_through_the_cli() {
     let c = Cluster::up("3");
     let status = text(c.ok(&["cluster", "status", "-o", "json"], None));
@@ -206,7 +204,6 @@ fn key_lifecycle_and_data_through_the_cli() {
 }
 
 #[test]
-#[ignore = "needs the HTTPS API"]
 fn tokens_principals_and_whoami() {
     let c = Cluster::up("1");
     c.ok(

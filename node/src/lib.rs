@@ -5,8 +5,6 @@
 
 mod audit;
 pub mod config;
-pub mod ctl;
-pub mod dev;
 mod maintenance;
 pub mod node;
 pub mod pki;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use qk_node::{config, ctl, dev, node, pki};
+use qk_node::{config, node, pki};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -36,13 +36,6 @@ enum Command {
     /// Create a cluster CA and certificates.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
-    /// Start a local cluster of real qk-node processes on 127.0.0.1 and keep it
-    /// running until Ctrl-C.
-    ///
-    /// Example: qk-node dev --nodes 3 --dir .qk-dev
-    Dev(dev::DevArgs),
-    /// Talk to a running cluster with a client certificate.
-    Ctl(ctl::CtlArgs),
     /// Print an example config file.
     ConfigExample,
 }
@@ -61,8 +54,6 @@ fn main() -> Result<()> {
                 join,
             } => node::run(&config, bootstrap, join).await,
             Command::Pki(cmd) => pki::run(cmd),
-            Command::Dev(args) => dev::run(args).await,
-            Command::Ctl(args) => ctl::run(args).await,
             Command::ConfigExample => {
                 print!("{}", config::EXAMPLE);
                 Ok(())
