@@ -41,7 +41,10 @@ impl Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         // `qk` run in tmp finds ./.qk-dev/profile.toml by itself.
         let dir = tmp.path().join(".qk-dev");
-        let base = (21_000 + (std::process::id() % 300) * 10).to_string();
+        // Distinct ports per test of this process (they run in parallel).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let slot = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = (21_000 + (std::process::id() % 150) * 20 + slot * 10).to_string();
         let out = run(
             tmp.path(),
             &["dev", "up", "--nodes", nodes, "--base-port", &base],
