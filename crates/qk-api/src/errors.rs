@@ -129,6 +129,13 @@ const UNAVAILABLE_MARKERS: [&str; 5] = [
     "no leader",
 ];
 
+/// Whether an unwrap failure says the holders refused the ciphertext's proof
+/// (wrong context, modified ciphertext): the caller's error, not a retryable
+/// outage, even though the message also says how many holders were needed.
+fn refused_as_bad_ciphertext(message: &str) -> bool {
+    message.contains(&qk_crypto::CryptoError::InvalidCiphertextProof.to_string())
+}
+
 /// The one mapping from backend answers to HTTP outcomes.
 pub fn classify(resp: ClientResponse) -> Answer {
     let fail = |code, msg: String| Answer::Refused(Refusal::Failed(Failure::new(code, msg)));
@@ -154,7 +161,9 @@ pub fn classify(resp: ClientResponse) -> Answer {
         ),
         ClientResponse::Error(msg) => {
             let lower = msg.to_ascii_lowercase();
-            let code = if UNAVAILABLE_MARKERS.iter().any(|m| lower.contains(m)) {
+            let code = if refused_as_bad_ciphertext(&msg) {
+                ErrorCode::Invalid
+            } else if UNAVAILABLE_MARKERS.iter().any(|m| lower.contains(m)) {
                 ErrorCode::Unavailable
             } else {
                 ErrorCode::Invalid
@@ -267,6 +276,16 @@ mod tests {
         }
         assert_eq!(
             status(ClientResponse::Error("bad ciphertext".into())),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        // Holders refused the ciphertext proof (wrong context): the caller's
+        // error, though the message also says how many holders were needed.
+        let proof = qk_crypto::CryptoError::InvalidCiphertextProof.to_string();
+        let refused = format!(
+            "unwrap failed: needed 2 holders, 2 of 3 answered (2 refused: node-1: {proof})"
+        );
+        assert_eq!(
+            status(ClientResponse::Error(refused)),
             Some(StatusCode::BAD_REQUEST)
         );
         assert_eq!(

@@ -68,18 +68,12 @@ impl IntoResponse for VaultError {
 }
 
 /// Vault's status for a failure: 401 is 403 (Vault's "permission denied"),
-/// 409 is 400 (Vault has no conflict status). An unwrap the holders refused
-/// because the ciphertext's proof does not verify (wrong context, modified
-/// ciphertext) is the caller's error, 400 like Vault's "message
-/// authentication failed", not a retryable 503.
+/// 409 is 400 (Vault has no conflict status).
 impl From<Failure> for VaultError {
     fn from(f: Failure) -> Self {
         let status = match f.code {
             ErrorCode::Unauthenticated | ErrorCode::Denied => StatusCode::FORBIDDEN,
             ErrorCode::Conflict | ErrorCode::Invalid => StatusCode::BAD_REQUEST,
-            ErrorCode::Unavailable if refused_as_bad_ciphertext(&f.message) => {
-                StatusCode::BAD_REQUEST
-            }
             other => other.status(),
         };
         VaultError {
@@ -87,12 +81,6 @@ impl From<Failure> for VaultError {
             message: f.message,
         }
     }
-}
-
-/// Whether an unwrap failure message says the holders refused the
-/// ciphertext's proof (see `qk_crypto::CryptoError::InvalidCiphertextProof`).
-fn refused_as_bad_ciphertext(message: &str) -> bool {
-    message.contains(&qk_crypto::CryptoError::InvalidCiphertextProof.to_string())
 }
 
 /// Vault has no approvals: a pending approval is refused with its id (a
@@ -768,28 +756,6 @@ mod tests {
         assert_eq!(parse_period_ms(&json!("0")).ok(), Some(None));
         assert!(parse_period_ms(&json!("5y")).is_err());
         assert!(parse_period_ms(&json!("99999999999999999999d")).is_err());
-    }
-
-    #[test]
-    fn refused_proofs_are_bad_requests_and_timeouts_stay_503() {
-        let proof = qk_crypto::CryptoError::InvalidCiphertextProof.to_string();
-        let refused = Failure::new(
-            ErrorCode::Unavailable,
-            format!(
-                "decryption failed: unwrap failed: needed 2 holders, 2 of 3 answered \
-                 (2 refused: node-1: node-1 refuses the partial: {proof}); the remaining \
-                 holders cannot make up the threshold"
-            ),
-        );
-        assert_eq!(VaultError::from(refused).status, StatusCode::BAD_REQUEST);
-        let timed_out = Failure::new(
-            ErrorCode::Unavailable,
-            "unwrap failed: needed 2 holders, 1 of 3 answered; timed out",
-        );
-        assert_eq!(
-            VaultError::from(timed_out).status,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
     }
 
     #[test]

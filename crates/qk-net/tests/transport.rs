@@ -416,6 +416,7 @@ async fn openraft_network_round_trips_and_maps_errors() -> Result<()> {
     let (server, _) = start_node(&ca, 1, localhost()).await?;
     let node1 = QkNode {
         rpc_addr: server.local_addr().to_string(),
+        api_url: String::new(),
     };
     let option = RPCOption::new(Duration::from_secs(2));
 
@@ -483,6 +484,7 @@ async fn openraft_network_round_trips_and_maps_errors() -> Result<()> {
             7,
             &QkNode {
                 rpc_addr: dead.to_string(),
+                api_url: String::new(),
             },
         )
         .await;

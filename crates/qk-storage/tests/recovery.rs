@@ -71,6 +71,7 @@ fn membership(term: u64, index: u64, voters: &[NodeId]) -> Entry {
                 id,
                 QkNode {
                     rpc_addr: format!("10.0.0.{id}:7000"),
+                    api_url: String::new(),
                 },
             )
         })

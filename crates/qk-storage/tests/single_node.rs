@@ -130,6 +130,7 @@ async fn single_node_writes_snapshots_and_restarts() {
             1,
             QkNode {
                 rpc_addr: "127.0.0.1:7000".to_string(),
+                api_url: String::new(),
             },
         )]);
         raft.initialize(members).await.expect("initialize");
