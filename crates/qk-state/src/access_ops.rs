@@ -225,8 +225,9 @@ impl StateMachine {
         };
         let decision = self.authorize(&cmd.principal, permission, key, &BTreeMap::new());
         Ok(match (decision, &cmd.op) {
-            // A break-glass request is itself the ask for approval.
-            (Decision::NeedsApproval { .. }, Operation::RequestApproval { .. }) => Decision::Allow,
+            // A break-glass request is itself the ask for approval: it stays
+            // NeedsApproval so that applying it records the request.
+            (d @ Decision::NeedsApproval { .. }, Operation::RequestApproval { .. }) => d,
             (Decision::Allow, Operation::RequestApproval { .. }) => Decision::Deny(
                 "this key's policy does not ask for approval of decrypt; decrypt directly".into(),
             ),

@@ -492,6 +492,12 @@ impl Node {
 
     /// Members and their reachability; per key version, its live holders.
     pub(super) async fn cluster_health(&self, peer: &Peer) -> ClientResponse {
+        // Client-side decryption needs the members' API addresses: callers
+        // who may decrypt read it too. Principals with neither are refused.
+        let needed = [Permission::ClusterRead, Permission::Decrypt];
+        if let Err(denied) = self.require_any(peer, &needed, "cluster.read") {
+            return denied;
+        }
         let status = self.status();
         let probes = status.addrs.iter().map(|(id, addr)| self.probe(*id, addr));
         let answers = futures::future::join_all(probes).await;
