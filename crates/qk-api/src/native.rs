@@ -367,17 +367,25 @@ pub(crate) async fn apply_transition(
         Some(v) => vec![KeyVersion(v)],
         None => {
             let key = fetch_key(state, caller, name).await?;
-            key.versions
+            let applicable: Vec<KeyVersion> = key
+                .versions
                 .iter()
                 .filter(|v| t.applies_to(v))
                 .map(|v| v.version)
-                .collect()
+                .collect();
+            // With none applicable, the newest is proposed anyway: the state
+            // machine then refuses it — permission first (403, audited),
+            // then the state (409) — rather than this layer guessing.
+            match (applicable.is_empty(), key.versions.last()) {
+                (true, Some(newest)) => vec![newest.version],
+                _ => applicable,
+            }
         }
     };
     if versions.is_empty() {
         return Err(Failure::new(
             ErrorCode::Conflict,
-            format!("no version of key {name:?} is in a state that allows {t:?}; nothing changed"),
+            format!("key {name:?} has no versions; nothing changed"),
         )
         .into());
     }
