@@ -533,3 +533,57 @@ async fn refresh_changes_every_share_but_not_the_key() {
         b"survives refresh"
     );
 }
+
+/// The leader drives the schedule from log time: a key with a 5 s rotation
+/// period gets version 2 by itself (a real DKG), an expiry stops encryption,
+/// and a scheduled destruction is committed and erased without anyone
+/// proposing `Destroy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_rotates_expires_and_destroys_by_log_time() {
+    let c = Cluster::start(bin(), 3, 100_000);
+    c.create(1, "k", 2, &[1, 2, 3]).await.expect("create");
+    c.wait_key(1, "k", enabled(1));
+    let schedule = Operation::SetSchedule {
+        name: "k".into(),
+        rotation_period_ms: Some(qk_state::MIN_ROTATION_PERIOD_MS),
+        expires_at_ms: None,
+    };
+    c.op(1, schedule).await.expect("schedule");
+    let (ct1, _) = c.encrypt(1, "k", CTX, b"before").await.expect("encrypt");
+    let rotated = c.wait_key(2, "k", enabled(2));
+    assert_eq!(rotated.versions[1].holders.len(), 3);
+    assert_eq!(
+        c.decrypt(3, &ct1, CTX).await.expect("v1 decrypts"),
+        b"before"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let expire = Operation::SetSchedule {
+        name: "k".into(),
+        rotation_period_ms: None,
+        expires_at_ms: Some(now_ms + 1_000),
+    };
+    c.op(1, expire).await.expect("expiry set");
+    let expired = c.wait_key(1, "k", |k| k.expired);
+    assert!(expired.next_rotation_ms().is_none());
+    let err = c.encrypt(1, "k", CTX, b"after").await.expect_err("expired");
+    assert!(err.contains("no enabled version"), "{err}");
+    assert_eq!(
+        c.decrypt(1, &ct1, CTX).await.expect("still decrypts"),
+        b"before"
+    );
+    let schedule_destroy = Operation::ScheduleDestruction {
+        name: "k".into(),
+        version: KeyVersion(1),
+        after_ms: 1_000,
+    };
+    c.op(1, schedule_destroy).await.expect("scheduled");
+    c.wait_key(1, "k", |k| {
+        k.version(KeyVersion(1))
+            .is_some_and(|v| v.state == VersionState::Destroyed)
+    });
+    let err = c.decrypt(1, &ct1, CTX).await.expect_err("destroyed");
+    assert!(err.contains("destroyed"), "{err}");
+}
