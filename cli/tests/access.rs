@@ -3,62 +3,15 @@
 //! approvals (destroy and break-glass decrypt), token revocation and expiry,
 //! and the audit trail's hash chain (including an edited export).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::{stderr, stdout, Cluster};
 use serde_json::Value;
 
 const EXIT_APPROVAL_PENDING: i32 = 3;
-
-struct Cluster {
-    dir: PathBuf,
-    tmp: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let dir = self.dir.to_string_lossy().into_owned();
-        let _ = run(self.tmp.path(), None, &["dev", "down", "--dir", &dir], None);
-    }
-}
-
-/// Runs `qk args` in `cwd` (which holds `.qk-dev/profile.toml`), with
-/// `--token` when given; the environment cannot leak a credential in.
-fn run(cwd: &Path, token: Option<&str>, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qk"));
-    cmd.current_dir(cwd).args(args);
-    if let Some(t) = token {
-        cmd.args(["--token", t]);
-    }
-    for var in [
-        "QK_ADDR",
-        "QK_TOKEN",
-        "QK_PROFILE",
-        "QK_CA_CERT",
-        "QK_CLIENT_CERT",
-        "QK_CLIENT_KEY",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("qk runs");
-    if let Some(mut pipe) = child.stdin.take() {
-        let _ = pipe.write_all(stdin.unwrap_or_default());
-    }
-    child.wait_with_output().expect("qk finishes")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A port block per test: QUIC at base.., API at base+100..; one block of
 /// 200 per process slot so that neither range meets another test's.
@@ -68,28 +21,6 @@ fn base_port(test: u32) -> u16 {
 }
 
 impl Cluster {
-    fn up(test: u32) -> Cluster {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join(".qk-dev");
-        let base = base_port(test).to_string();
-        let out = run(
-            tmp.path(),
-            None,
-            &["dev", "up", "--nodes", "3", "--base-port", &base],
-            None,
-        );
-        assert!(out.status.success(), "dev up: {}", stderr(&out));
-        Cluster { dir, tmp }
-    }
-
-    fn cwd(&self) -> &Path {
-        self.tmp.path()
-    }
-
-    fn run(&self, token: Option<&str>, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        run(self.cwd(), token, args, stdin)
-    }
-
     /// As the bootstrap admin (the profile's client certificate); must succeed.
     fn admin(&self, args: &[&str]) -> String {
         self.ok(None, args, None)
@@ -267,7 +198,7 @@ struct Row {
 
 #[test]
 fn authorization_matrix_every_operation_by_every_role() {
-    let c = Cluster::up(0);
+    let c = Cluster::up(3, base_port(0));
     // (principal, role); the admin is the profile's client certificate.
     let people: [(&str, Option<&str>); 6] = [
         ("admin", Some("admin")),
@@ -575,7 +506,7 @@ fn version_states(c: &Cluster, key: &str) -> Vec<String> {
 
 #[test]
 fn approval_flow_for_destroy_and_break_glass_decrypt() {
-    let c = Cluster::up(1);
+    let c = Cluster::up(3, base_port(1));
     let op = c.principal_token("op", &["operator"]);
     let ann = c.principal_token("ann", &["approver"]);
     let bob = c.principal_token("bob", &["approver"]);
@@ -729,7 +660,7 @@ fn is_unauthenticated(out: &Output) -> bool {
 
 #[test]
 fn token_revocation_and_expiry() {
-    let c = Cluster::up(2);
+    let c = Cluster::up(3, base_port(2));
     let t = c.principal_token("alice", &["auditor"]);
     c.ok(Some(&t), &["key", "list"], None);
     let id = c.json(Some(&t), &["token", "whoami"])["token"]["id"]
@@ -767,7 +698,7 @@ fn token_revocation_and_expiry() {
 
 #[test]
 fn audit_chain_verifies_and_detects_tampering() {
-    let c = Cluster::up(3);
+    let c = Cluster::up(3, base_port(3));
     c.admin(&["key", "create", "a"]);
     let ku = c.principal_token("ku", &["key-user"]);
     c.ok(Some(&ku), &["encrypt", "a"], Some(b"x"));

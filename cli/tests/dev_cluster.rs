@@ -2,22 +2,18 @@
 //! The nodes run without the HTTPS API on this branch, so `--no-wait` skips
 //! the readiness probe; this checks process management and the profile.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+use std::process::Output;
+
+/// `qk args --dir dir`, run in the directory that holds `dir`.
 fn qk(dir: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_qk"))
-        .args(args)
-        .arg("--dir")
-        .arg(dir)
-        .env_remove("QK_PROFILE")
-        .output()
-        .expect("qk runs");
+    let cwd = dir.parent().expect("the cluster dir has a parent");
+    let dir_arg = dir.to_str().expect("a UTF-8 path");
+    let out = common::qk(cwd, None, &[args, &["--dir", dir_arg]].concat(), None);
     if !out.status.success() {
-        eprintln!(
-            "qk {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        eprintln!("qk {args:?} failed: {}", common::stderr(&out));
     }
     out
 }

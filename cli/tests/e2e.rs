@@ -2,70 +2,23 @@
 //! key, encrypt, decrypt client- and server-side (with one node down too),
 //! rotate, rewrap, audit export + offline verify, destroy, `qk dev down`.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
-struct Cluster {
-    dir: PathBuf,
-    _tmp: tempfile::TempDir,
-}
+use common::Cluster;
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = run(&self.dir, &["dev", "down", "--dir"], Some(&self.dir), None);
-    }
-}
-
-fn run(cwd: &Path, args: &[&str], dir_arg: Option<&Path>, stdin: Option<&[u8]>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qk"));
-    cmd.current_dir(cwd).args(args);
-    if let Some(d) = dir_arg {
-        cmd.arg(d);
-    }
-    cmd.env_remove("QK_ADDR")
-        .env_remove("QK_TOKEN")
-        .env_remove("QK_PROFILE");
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("qk runs");
-    if let Some(mut pipe) = child.stdin.take() {
-        let _ = pipe.write_all(stdin.unwrap_or_default());
-    }
-    child.wait_with_output().expect("qk finishes")
+/// A cluster of `nodes` on ports of its own: distinct per test of this
+/// process (they run in parallel) and per process.
+fn up(nodes: u32) -> Cluster {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let slot = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = 21_000 + (std::process::id() % 150) * 20 + slot * 10;
+    Cluster::up(nodes, u16::try_from(base).expect("port"))
 }
 
 impl Cluster {
-    fn up(nodes: &str) -> Cluster {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        // `qk` run in tmp finds ./.qk-dev/profile.toml by itself.
-        let dir = tmp.path().join(".qk-dev");
-        // Distinct ports per test of this process (they run in parallel).
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let slot = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let base = (21_000 + (std::process::id() % 150) * 20 + slot * 10).to_string();
-        let out = run(
-            tmp.path(),
-            &["dev", "up", "--nodes", nodes, "--base-port", &base],
-            None,
-            None,
-        );
-        assert!(
-            out.status.success(),
-            "dev up: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Cluster { dir, _tmp: tmp }
-    }
-
-    fn cwd(&self) -> &Path {
-        self._tmp.path()
-    }
-
     /// Runs `qk args` in the cluster's working directory; asserts success.
     fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
-        let out = run(self.cwd(), args, None, stdin);
+        let out = self.run(None, args, stdin);
         assert!(
             out.status.success(),
             "qk {args:?}: {}",
@@ -81,7 +34,7 @@ fn text(bytes: Vec<u8>) -> String {
 
 #[test]
 fn key_lifecycle_and_data_through_the_cli() {
-    let c = Cluster::up("3");
+    let c = up(3);
     let status = text(c.ok(&["cluster", "status", "-o", "json"], None));
     assert!(status.contains("\"leader\""), "{status}");
 
@@ -122,10 +75,9 @@ fn key_lifecycle_and_data_through_the_cli() {
     assert_eq!(server_side, b"card 4111");
 
     // Wrong context: refused with a nonzero exit.
-    let bad = run(
-        c.cwd(),
-        &["decrypt", "--context", "tenant=evil"],
+    let bad = c.run(
         None,
+        &["decrypt", "--context", "tenant=evil"],
         Some(ct.as_bytes()),
     );
     assert_eq!(bad.status.code(), Some(1));
@@ -208,7 +160,7 @@ fn key_lifecycle_and_data_through_the_cli() {
 
 #[test]
 fn tokens_principals_and_whoami() {
-    let c = Cluster::up("1");
+    let c = up(1);
     c.ok(
         &["principal", "create", "alice", "--role", "key-user"],
         None,
@@ -222,12 +174,7 @@ fn tokens_principals_and_whoami() {
     let me = text(c.ok(&["token", "whoami", "--token", token, "-o", "json"], None));
     assert!(me.contains("\"alice\""), "{me}");
     // key-user may not create keys.
-    let denied = run(
-        c.cwd(),
-        &["key", "create", "nope", "--token", token],
-        None,
-        None,
-    );
+    let denied = c.run(None, &["key", "create", "nope", "--token", token], None);
     assert_eq!(denied.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&denied.stderr).contains("denied"));
 }

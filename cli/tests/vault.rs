@@ -6,42 +6,15 @@
 //! index for `pip install hvac==2.4.0`; without either the test fails with a
 //! message saying so rather than skipping.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Instant;
 
+use common::Cluster;
+
 const HVAC: &str = "hvac==2.4.0";
-
-/// A `qk dev up` cluster in a tempdir; `qk dev down` on drop.
-struct Cluster {
-    dir: PathBuf,
-    tmp: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let dir = self.dir.to_string_lossy().into_owned();
-        let out = qk(self.tmp.path(), &["dev", "down", "--dir", &dir]);
-        if !out.status.success() {
-            eprintln!(
-                "qk dev down failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-}
-
-fn qk(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qk"))
-        .current_dir(cwd)
-        .args(args)
-        .env_remove("QK_ADDR")
-        .env_remove("QK_TOKEN")
-        .env_remove("QK_PROFILE")
-        .stdin(Stdio::null())
-        .output()
-        .expect("qk runs")
-}
 
 fn ok(what: &str, out: Output) -> Output {
     assert!(
@@ -87,21 +60,6 @@ fn venv_with_hvac(root: &Path) -> PathBuf {
 }
 
 impl Cluster {
-    fn up() -> Cluster {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        // `qk` run in tmp finds ./.qk-dev/profile.toml by itself.
-        let dir = tmp.path().join(".qk-dev");
-        // 25000+: the other tests use 20000-24000.
-        let base = (25_000 + (std::process::id() % 300) * 10).to_string();
-        let out = qk(
-            tmp.path(),
-            &["dev", "up", "--nodes", "3", "--base-port", &base],
-        );
-        let cluster = Cluster { dir, tmp };
-        ok("qk dev up", out);
-        cluster
-    }
-
     fn api_url(&self) -> String {
         let profile =
             std::fs::read_to_string(self.dir.join("profile.toml")).expect("profile.toml written");
@@ -117,8 +75,8 @@ impl Cluster {
     fn admin_token(&self) -> String {
         let out = ok(
             "qk token create",
-            qk(
-                self.tmp.path(),
+            self.run(
+                None,
                 &[
                     "token",
                     "create",
@@ -129,6 +87,7 @@ impl Cluster {
                     "--output",
                     "json",
                 ],
+                None,
             ),
         );
         let v: serde_json::Value =
@@ -150,7 +109,9 @@ fn hvac_speaks_vault_transit_to_a_dev_cluster() {
     eprintln!("venv with {HVAC} ready in {:?}", started.elapsed());
 
     let started = Instant::now();
-    let cluster = Cluster::up();
+    // 25000+: the other tests use 20000-24000.
+    let base = 25_000 + (std::process::id() % 300) * 10;
+    let cluster = Cluster::up(3, u16::try_from(base).expect("port"));
     let url = cluster.api_url();
     let token = cluster.admin_token();
     eprintln!("cluster up at {url} in {:?}", started.elapsed());

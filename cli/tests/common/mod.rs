@@ -1,0 +1,102 @@
+//! Shared by the CLI integration tests: run the `qk` binary in a directory
+//! with no credential or address leaking in from the environment, and a
+//! `qk dev up` cluster in a tempdir that `qk dev down` stops on drop.
+
+// Each test crate uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Variables that would point `qk` at another cluster or hand it a credential.
+const QK_ENV: [&str; 6] = [
+    "QK_ADDR",
+    "QK_TOKEN",
+    "QK_PROFILE",
+    "QK_CA_CERT",
+    "QK_CLIENT_CERT",
+    "QK_CLIENT_KEY",
+];
+
+/// Runs `qk args` in `cwd` with `--token` appended when given and `stdin`
+/// (none: empty) on its standard input; the `QK_*` environment is removed.
+pub fn qk(cwd: &Path, token: Option<&str>, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qk"));
+    cmd.current_dir(cwd).args(args);
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    for var in QK_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("qk runs");
+    if let Some(mut pipe) = child.stdin.take() {
+        let _ = pipe.write_all(stdin.unwrap_or_default());
+    }
+    child.wait_with_output().expect("qk finishes")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `qk dev up` cluster in a tempdir (its profile in `./.qk-dev`, so `qk`
+/// run in [`Cluster::cwd`] finds it by itself); `qk dev down` on drop.
+pub struct Cluster {
+    pub dir: PathBuf,
+    tmp: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let dir = self.dir.to_string_lossy().into_owned();
+        let out = qk(self.cwd(), None, &["dev", "down", "--dir", &dir], None);
+        if !out.status.success() {
+            eprintln!("qk dev down failed: {}", stderr(&out));
+        }
+    }
+}
+
+impl Cluster {
+    /// `qk dev up --nodes <nodes> --base-port <base_port>`; each test picks
+    /// its own port block so that parallel tests never share a port.
+    pub fn up(nodes: u32, base_port: u16) -> Cluster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join(".qk-dev");
+        let (nodes, base) = (nodes.to_string(), base_port.to_string());
+        let out = qk(
+            tmp.path(),
+            None,
+            &["dev", "up", "--nodes", &nodes, "--base-port", &base],
+            None,
+        );
+        // Built before the check, so that a half-started cluster is stopped.
+        let cluster = Cluster { dir, tmp };
+        assert!(
+            out.status.success(),
+            "qk dev up failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            stdout(&out),
+            stderr(&out)
+        );
+        cluster
+    }
+
+    /// The tempdir `qk` runs in (it holds `.qk-dev/profile.toml`).
+    pub fn cwd(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Runs `qk args` in [`Cluster::cwd`], with `--token` when given.
+    pub fn run(&self, token: Option<&str>, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        qk(self.cwd(), token, args, stdin)
+    }
+}
