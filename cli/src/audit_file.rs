@@ -5,56 +5,12 @@ use std::io::BufRead;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use qk_client::views::AuditRecordView;
-use qk_state::{verify_chain, AuditRecord, RequestId, GENESIS_HASH};
-use qk_types::KeyVersion;
-
-fn hex_bytes<const N: usize>(text: &str, seq: u64, field: &str) -> Result<[u8; N]> {
-    let bad = || anyhow::anyhow!("audit record {seq}: {field} is not {N} bytes of hex");
-    if text.len() != 2 * N || !text.is_ascii() {
-        return Err(bad());
-    }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(out)
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use qk_client::views::{hex, AuditRecordView};
+use qk_state::{verify_chain, AuditRecord, GENESIS_HASH};
 
 /// The replicated record a view shows (hex decoded).
 pub fn to_record(v: &AuditRecordView) -> Result<AuditRecord> {
-    Ok(AuditRecord {
-        seq: v.seq,
-        time_ms: v.time_ms,
-        request_id: RequestId(hex_bytes(&v.request_id, v.seq, "request_id")?),
-        principal: v.principal.clone(),
-        operation: v.operation.clone(),
-        key: v.key.clone(),
-        version: v.version.map(KeyVersion),
-        outcome: v.outcome.clone(),
-        prev_hash: hex_bytes(&v.prev_hash, v.seq, "prev_hash")?,
-        hash: hex_bytes(&v.hash, v.seq, "hash")?,
-    })
-}
-
-#[cfg(test)]
-pub fn to_view(r: &AuditRecord) -> AuditRecordView {
-    AuditRecordView {
-        seq: r.seq,
-        time_ms: r.time_ms,
-        request_id: hex(&r.request_id.0),
-        principal: r.principal.clone(),
-        operation: r.operation.clone(),
-        key: r.key.clone(),
-        version: r.version.map(|v| v.0),
-        outcome: r.outcome.clone(),
-        prev_hash: hex(&r.prev_hash),
-        hash: hex(&r.hash),
-    }
+    Ok(AuditRecord::try_from(v)?)
 }
 
 pub fn read_jsonl(path: &Path) -> Result<Vec<AuditRecordView>> {
@@ -109,6 +65,8 @@ pub fn verify_views(views: &[AuditRecordView]) -> Result<LocalVerification> {
 #[cfg(test)]
 pub mod tests {
     use super::*;
+    use qk_state::RequestId;
+    use qk_types::KeyVersion;
 
     pub fn chain(n: u64) -> Vec<AuditRecord> {
         let mut prev = GENESIS_HASH;
@@ -146,7 +104,7 @@ pub mod tests {
 
     #[test]
     fn an_untouched_export_verifies() -> Result<()> {
-        let views: Vec<_> = chain(5).iter().map(to_view).collect();
+        let views: Vec<_> = chain(5).iter().map(AuditRecordView::from).collect();
         let file = write(&views)?;
         let result = verify_views(&read_jsonl(file.path())?)?;
         assert!(result.ok);
@@ -157,7 +115,7 @@ pub mod tests {
 
     #[test]
     fn a_tampered_field_names_its_record() -> Result<()> {
-        let mut views: Vec<_> = chain(5).iter().map(to_view).collect();
+        let mut views: Vec<_> = chain(5).iter().map(AuditRecordView::from).collect();
         views[2].outcome = "refused: nope".into();
         let file = write(&views)?;
         let err = verify_views(&read_jsonl(file.path())?)
@@ -170,14 +128,14 @@ pub mod tests {
 
     #[test]
     fn a_dropped_record_is_a_gap_and_a_bad_hex_is_named() -> Result<()> {
-        let mut views: Vec<_> = chain(5).iter().map(to_view).collect();
+        let mut views: Vec<_> = chain(5).iter().map(AuditRecordView::from).collect();
         views.remove(1);
         let err = verify_views(&views)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("jumps from 1 to 3"), "{err}");
-        let mut views: Vec<_> = chain(2).iter().map(to_view).collect();
+        let mut views: Vec<_> = chain(2).iter().map(AuditRecordView::from).collect();
         views[1].prev_hash = "zz".into();
         let err = verify_views(&views)
             .err()
@@ -189,7 +147,7 @@ pub mod tests {
 
     #[test]
     fn a_later_window_is_anchored_on_its_first_record() -> Result<()> {
-        let views: Vec<_> = chain(6).iter().skip(3).map(to_view).collect();
+        let views: Vec<_> = chain(6).iter().skip(3).map(AuditRecordView::from).collect();
         assert!(verify_views(&views)?.ok);
         Ok(())
     }

@@ -18,7 +18,7 @@ pub mod errors;
 mod metrics;
 mod native;
 mod vault;
-pub mod views;
+pub use qk_views as views;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -7,7 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod http;
-pub mod views;
+pub use qk_views as views;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,0 +1,602 @@
+//! JSON views of the HTTPS API (docs/API.md, "Types"), one definition for the
+//! server (`qk-api` serializes them) and its clients (`qk-client` and the `qk`
+//! CLI deserialize them). Explicit structs, so the wire shape never follows a
+//! refactor of the state types by accident. Bytes are base64 strings (ids and
+//! hashes hex), times `*_ms` since the Unix epoch.
+
+use std::collections::BTreeMap;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use qk_state::{
+    ApprovalRecord, ApprovalStatus, AuditRecord, KeyVersionRecord, PendingAction, PrincipalRecord,
+    RequestId, TokenRecord, VersionState,
+};
+use qk_types::KeyVersion;
+use serde::{Deserialize, Serialize};
+
+/// Per key version: how many of its holders answer (`GET /api/v1/cluster`).
+pub use qk_raft::VersionHealth;
+/// A key's access policy; the server's JSON form is the replicated record's.
+pub use qk_state::KeyPolicy;
+
+/// Lowercase hex, two digits a byte.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyView {
+    pub name: String,
+    /// Hex key id, as embedded in every ciphertext of the key.
+    pub id: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub purpose: String,
+    pub created_ms: u64,
+    pub last_rotated_ms: u64,
+    pub rotation_period_ms: Option<u64>,
+    pub next_rotation_ms: Option<u64>,
+    pub expires_at_ms: Option<u64>,
+    #[serde(default)]
+    pub expired: bool,
+    #[serde(default)]
+    pub min_decrypt_version: u32,
+    pub primary_version: Option<u32>,
+    pub state: String,
+    #[serde(default)]
+    pub policy: Option<KeyPolicy>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub versions: Vec<VersionView>,
+}
+
+impl From<&qk_state::KeyRecord> for KeyView {
+    fn from(k: &qk_state::KeyRecord) -> Self {
+        KeyView {
+            name: k.name.clone(),
+            id: hex(&k.id.0),
+            description: k.description.clone(),
+            owner: k.owner.clone(),
+            purpose: k.purpose.clone(),
+            created_ms: k.created_ms,
+            last_rotated_ms: k.last_rotated_ms,
+            rotation_period_ms: k.rotation_period_ms,
+            next_rotation_ms: k.next_rotation_ms(),
+            expires_at_ms: k.expires_at_ms,
+            expired: k.expired,
+            min_decrypt_version: k.min_decrypt_version.0,
+            primary_version: k.primary_version().map(|v| v.version.0),
+            state: k
+                .versions
+                .last()
+                .map_or("none", |v| v.state.name())
+                .to_owned(),
+            policy: k.policy.clone(),
+            tags: k
+                .tags
+                .iter()
+                .map(|(name, value)| (name.clone(), B64.encode(value)))
+                .collect(),
+            versions: k.versions.iter().map(VersionView::from).collect(),
+        }
+    }
+}
+
+impl KeyView {
+    pub fn version(&self, version: u32) -> Option<&VersionView> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+
+    /// Holders of the primary version (else of the newest one).
+    pub fn current_holders(&self) -> &[u64] {
+        self.primary_version
+            .and_then(|p| self.version(p))
+            .or_else(|| self.versions.last())
+            .map(|v| v.holders.as_slice())
+            .unwrap_or(&[])
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionView {
+    pub version: u32,
+    pub state: String,
+    pub due_ms: Option<u64>,
+    pub failure: Option<String>,
+    pub created_ms: u64,
+    pub threshold: u16,
+    pub holders: Vec<u64>,
+    pub epoch: u64,
+    /// Base64 of the encoded public key set (for client-side combining).
+    pub public_keys: Option<String>,
+    pub compromised: Option<String>,
+    #[serde(default)]
+    pub erase_receipts: Vec<u64>,
+}
+
+impl From<&KeyVersionRecord> for VersionView {
+    fn from(v: &KeyVersionRecord) -> Self {
+        let (due_ms, failure) = match &v.state {
+            VersionState::PendingDestruction { due_ms } => (Some(*due_ms), None),
+            VersionState::Failed { reason } => (None, Some(reason.clone())),
+            _ => (None, None),
+        };
+        VersionView {
+            version: v.version.0,
+            state: v.state.name().to_owned(),
+            due_ms,
+            failure,
+            created_ms: v.created_ms,
+            threshold: v.threshold,
+            holders: v.holders.iter().map(|n| n.0).collect(),
+            epoch: v.epoch.0,
+            public_keys: v.public_keys.as_ref().map(|p| B64.encode(p)),
+            compromised: v.compromised.clone(),
+            erase_receipts: v.erase_receipts.iter().map(|n| n.0).collect(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyList {
+    pub keys: Vec<KeyView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrincipalView {
+    pub name: String,
+    pub roles: Vec<String>,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl From<&PrincipalRecord> for PrincipalView {
+    fn from(p: &PrincipalRecord) -> Self {
+        PrincipalView {
+            name: p.name.clone(),
+            roles: p.roles.iter().map(|r| r.name().to_owned()).collect(),
+            created_ms: p.created_ms,
+            disabled: p.disabled,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrincipalList {
+    pub principals: Vec<PrincipalView>,
+}
+
+/// A token without its secret or the secret's hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub principal: String,
+    #[serde(default)]
+    pub description: String,
+    pub created_ms: u64,
+    pub expires_at_ms: u64,
+    pub revoked_ms: Option<u64>,
+}
+
+impl From<&TokenRecord> for TokenView {
+    fn from(t: &TokenRecord) -> Self {
+        TokenView {
+            id: t.id.clone(),
+            principal: t.principal.clone(),
+            description: t.description.clone(),
+            created_ms: t.created_ms,
+            expires_at_ms: t.expires_at_ms,
+            revoked_ms: t.revoked_ms,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenView>,
+}
+
+/// The answer to `POST /api/v1/tokens`: the only time the secret is shown.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub token: String,
+    pub record: TokenView,
+}
+
+impl std::fmt::Debug for CreatedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedToken")
+            .field("token", &"<redacted>")
+            .field("record", &self.record)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub principal: PrincipalView,
+    pub token: Option<TokenView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalView {
+    pub id: String,
+    pub requester: String,
+    pub key: String,
+    pub permission: String,
+    pub action: String,
+    pub required: u16,
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    pub created_ms: u64,
+    pub expires_at_ms: u64,
+    pub status: String,
+    pub outcome: Option<String>,
+}
+
+impl From<&ApprovalRecord> for ApprovalView {
+    fn from(a: &ApprovalRecord) -> Self {
+        let (status, outcome) = status_text(&a.status);
+        ApprovalView {
+            id: a.id.clone(),
+            requester: a.requester.clone(),
+            key: a.key.clone(),
+            permission: a.permission.name().to_owned(),
+            action: action_text(&a.action),
+            required: a.required,
+            approvers: a.approvers.iter().cloned().collect(),
+            created_ms: a.created_ms,
+            expires_at_ms: a.expires_at_ms,
+            status: status.to_owned(),
+            outcome,
+        }
+    }
+}
+
+fn status_text(s: &ApprovalStatus) -> (&'static str, Option<String>) {
+    match s {
+        ApprovalStatus::Pending => ("pending", None),
+        ApprovalStatus::Approved => ("approved", None),
+        ApprovalStatus::Executed(outcome) => ("executed", Some(outcome.clone())),
+        ApprovalStatus::Consumed => ("consumed", None),
+        ApprovalStatus::Denied { by, reason } => {
+            ("denied", Some(format!("denied by {by}: {reason}")))
+        }
+        ApprovalStatus::Expired => ("expired", None),
+    }
+}
+
+/// What an approval lets happen, in words.
+pub fn action_text(a: &PendingAction) -> String {
+    match a {
+        PendingAction::Operation(op) => {
+            let key = op.key_name().unwrap_or("-");
+            match op.version() {
+                Some(v) => format!("{} of key {key:?} version {}", op.name(), v.0),
+                None => format!("{} of key {key:?}", op.name()),
+            }
+        }
+        PendingAction::Decrypt {
+            key,
+            ciphertext_sha256,
+        } => format!(
+            "decrypt under key {key:?} of the ciphertext with SHA-256 {}",
+            hex(ciphertext_sha256)
+        ),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalList {
+    pub approvals: Vec<ApprovalView>,
+}
+
+/// The body of a `202 Accepted`: the request waits for approvers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalPending {
+    pub approval: ApprovalView,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecordView {
+    pub seq: u64,
+    pub time_ms: u64,
+    /// Hex, 16 bytes.
+    pub request_id: String,
+    pub principal: String,
+    pub operation: String,
+    pub key: Option<String>,
+    pub version: Option<u32>,
+    pub outcome: String,
+    /// Hex, 32 bytes.
+    pub prev_hash: String,
+    /// Hex, 32 bytes.
+    pub hash: String,
+}
+
+impl From<&AuditRecord> for AuditRecordView {
+    fn from(r: &AuditRecord) -> Self {
+        AuditRecordView {
+            seq: r.seq,
+            time_ms: r.time_ms,
+            request_id: hex(&r.request_id.0),
+            principal: r.principal.clone(),
+            operation: r.operation.clone(),
+            key: r.key.clone(),
+            version: r.version.map(|v| v.0),
+            outcome: r.outcome.clone(),
+            prev_hash: hex(&r.prev_hash),
+            hash: hex(&r.hash),
+        }
+    }
+}
+
+/// The replicated record a view shows (hex decoded), as read back from an
+/// audit export to verify its hash chain offline.
+impl TryFrom<&AuditRecordView> for AuditRecord {
+    type Error = BadAuditField;
+
+    fn try_from(v: &AuditRecordView) -> Result<Self, Self::Error> {
+        Ok(AuditRecord {
+            seq: v.seq,
+            time_ms: v.time_ms,
+            request_id: RequestId(hex_bytes(&v.request_id, v.seq, "request_id")?),
+            principal: v.principal.clone(),
+            operation: v.operation.clone(),
+            key: v.key.clone(),
+            version: v.version.map(KeyVersion),
+            outcome: v.outcome.clone(),
+            prev_hash: hex_bytes(&v.prev_hash, v.seq, "prev_hash")?,
+            hash: hex_bytes(&v.hash, v.seq, "hash")?,
+        })
+    }
+}
+
+/// An audit record view's hex field that does not decode to its size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadAuditField {
+    pub seq: u64,
+    pub field: &'static str,
+    /// The bytes the field should hold.
+    pub len: usize,
+}
+
+impl std::fmt::Display for BadAuditField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "audit record {}: {} is not {} bytes of hex",
+            self.seq, self.field, self.len
+        )
+    }
+}
+
+impl std::error::Error for BadAuditField {}
+
+fn hex_bytes<const N: usize>(
+    text: &str,
+    seq: u64,
+    field: &'static str,
+) -> Result<[u8; N], BadAuditField> {
+    let bad = || BadAuditField { seq, field, len: N };
+    if text.len() != 2 * N || !text.is_ascii() {
+        return Err(bad());
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub records: Vec<AuditRecordView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerified {
+    pub ok: bool,
+    pub records: u64,
+    pub head_hash: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub node_id: u64,
+    #[serde(default)]
+    pub leader: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterHealth {
+    pub node_id: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_applied: u64,
+    pub members: Vec<MemberView>,
+    #[serde(default)]
+    pub versions: Vec<VersionHealth>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub node_id: u64,
+    pub rpc_addr: String,
+    pub api_url: Option<String>,
+    pub voter: bool,
+    pub reachable: bool,
+    pub last_applied: Option<u64>,
+    pub term: Option<u64>,
+}
+
+// ---- request bodies ----
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateKeyRequest {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holders: Option<Vec<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation_period_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyConfigRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation_period_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_decrypt_version: Option<u32>,
+}
+
+/// `encrypt`/`datakey`/`decrypt` answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encrypted {
+    pub ciphertext: String,
+    pub version: u32,
+}
+
+/// A data key: base64 plaintext (show it once, then forget it) and its wrapping.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataKey {
+    pub plaintext: String,
+    pub ciphertext: String,
+    pub version: u32,
+}
+
+impl Drop for DataKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.plaintext);
+    }
+}
+
+impl Drop for Decrypted {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.plaintext);
+    }
+}
+
+impl Drop for CreatedToken {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.token);
+    }
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKey")
+            .field("plaintext", &"<redacted>")
+            .field("ciphertext", &self.ciphertext)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decrypted {
+    /// Base64.
+    pub plaintext: String,
+    pub key: String,
+    pub version: u32,
+}
+
+impl std::fmt::Debug for Decrypted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decrypted")
+            .field("plaintext", &"<redacted>")
+            .field("key", &self.key)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialAnswer {
+    pub node_id: u64,
+    /// Base64 of the encoded partial decryption.
+    pub partial: String,
+}
+
+/// The `{"error": {...}}` body of a non-2xx answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_lowercase_two_digits() {
+        assert_eq!(hex(&[0, 1, 0xab]), "0001ab");
+    }
+
+    #[test]
+    fn token_view_has_no_hash() {
+        let t = TokenRecord {
+            id: "ab".into(),
+            principal: "p".into(),
+            description: String::new(),
+            secret_sha256: [7; 32],
+            created_ms: 1,
+            expires_at_ms: 2,
+            revoked_ms: None,
+        };
+        let text = serde_json::to_string(&TokenView::from(&t)).unwrap_or_default();
+        assert!(!text.contains("secret") && !text.contains("0707"), "{text}");
+    }
+
+    #[test]
+    fn audit_view_decodes_back_to_its_record_and_names_a_bad_field() {
+        let r = AuditRecord {
+            seq: 7,
+            time_ms: 1_700_000_000_000,
+            request_id: RequestId([0xab; 16]),
+            principal: "admin".into(),
+            operation: "key-create".into(),
+            key: Some("payments".into()),
+            version: Some(KeyVersion(2)),
+            outcome: "ok".into(),
+            prev_hash: [1; 32],
+            hash: [2; 32],
+        };
+        let view = AuditRecordView::from(&r);
+        assert_eq!(view.request_id, "ab".repeat(16));
+        assert_eq!(AuditRecord::try_from(&view), Ok(r));
+        let bad = AuditRecordView {
+            hash: "zz".into(),
+            ..view
+        };
+        let err = AuditRecord::try_from(&bad).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("audit record 7: hash is not 32 bytes of hex")
+        );
+    }
+}
