@@ -21,6 +21,19 @@ fn request_id(i: u64) -> RequestId {
     RequestId(id)
 }
 
+/// The bootstrapping node's first command: the principal the rest run as.
+fn initial_admin() -> Command {
+    Command {
+        request_id: request_id(u64::MAX),
+        time_ms: 1_700_000_000_000,
+        principal: "node-1".to_string(),
+        op: Operation::CreatePrincipal {
+            name: "admin".to_string(),
+            roles: [qk_state::Role::Admin].into(),
+        },
+    }
+}
+
 fn create_key(i: u64) -> Command {
     Command {
         request_id: request_id(i),
@@ -90,10 +103,7 @@ fn history(upto: u64) -> Vec<Entry> {
     (0..=upto)
         .map(|i| match i {
             0 => membership(1, 0, &[1, 2, 3]),
-            1 => Entry {
-                log_id: log_id(1, 1),
-                payload: EntryPayload::Blank,
-            },
+            1 => normal(1, 1, initial_admin()),
             i if i % 2 == 1 => normal(1, i, create_key(i)),
             i => normal(1, i, set_tag(i, i - 1, vec![i as u8; 8])),
         })

@@ -134,6 +134,17 @@ async fn single_node_writes_snapshots_and_restarts() {
             },
         )]);
         raft.initialize(members).await.expect("initialize");
+        let admin = Command {
+            request_id: RequestId([0xff; 16]),
+            time_ms: 1_700_000_000_000,
+            principal: "node-1".to_string(),
+            op: Operation::CreatePrincipal {
+                name: "admin".to_string(),
+                roles: [qk_state::Role::Admin].into(),
+            },
+        };
+        let created = raft.client_write(admin).await.expect("write");
+        assert!(created.data.result.is_ok(), "{:?}", created.data);
 
         let mut last_index = 0;
         for i in 0..35 {
