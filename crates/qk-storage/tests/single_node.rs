@@ -143,6 +143,10 @@ async fn single_node_writes_snapshots_and_restarts() {
                 roles: [qk_state::Role::Admin].into(),
             },
         };
+        raft.wait(timeout)
+            .metrics(|m| m.current_leader == Some(1), "elected")
+            .await
+            .expect("elected");
         let created = raft.client_write(admin).await.expect("write");
         assert!(created.data.result.is_ok(), "{:?}", created.data);
 
