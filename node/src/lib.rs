@@ -8,6 +8,7 @@ pub mod config;
 mod maintenance;
 pub mod node;
 pub mod pki;
+mod proposer;
 mod quorum;
 
 pub use node::run;

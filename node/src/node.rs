@@ -15,6 +15,7 @@ use qk_raft::{
 use qk_state::{Command, Operation, Permission, RequestId};
 use qk_types::NodeId as NodeIdT;
 
+use crate::proposer::WriteError;
 use crate::quorum::{now_ms, Quorum, QuorumCore};
 use qk_storage::StateReader;
 use tracing::{info, warn};
@@ -40,6 +41,7 @@ impl std::fmt::Debug for Node {
 pub struct Node {
     id: NodeId,
     raft: Raft,
+    proposer: crate::proposer::Proposer,
     state: StateReader,
     peers: Dialer,
     quorum: Arc<Quorum>,
@@ -331,6 +333,7 @@ impl Node {
         Ok((
             Node {
                 id: config.node_id,
+                proposer: crate::proposer::Proposer::spawn(raft.clone()),
                 raft,
                 state,
                 peers,
@@ -771,12 +774,12 @@ impl Node {
         };
         cmd.time_ms = now_ms();
         self.default_holders(&mut cmd.op);
-        match self.raft.client_write(cmd.clone()).await {
-            Ok(resp) => ClientResponse::Written {
-                log_index: resp.log_id.index,
-                response: resp.data,
+        match self.proposer.write(cmd.clone()).await {
+            Ok((log_index, response)) => ClientResponse::Written {
+                log_index,
+                response,
             },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(WriteError::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 match (f.leader_id, f.leader_node) {
                     (Some(leader), Some(node))
                         if matches!(peer, Peer::Client(_)) || *peer == Peer::Node(self.id) =>

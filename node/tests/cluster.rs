@@ -252,3 +252,83 @@ async fn certificate_from_another_ca_cannot_join_or_send_raft_messages() {
     let term = c.wait_status(1, |_| true).term;
     assert!(term < 99, "the foreign vote must not have changed the term");
 }
+
+/// Concurrent writes at the leader are committed together (group commit):
+/// the log grows by fewer entries than there were writes, yet every write
+/// gets its own response and audit record, and a request id sent twice at
+/// once applies once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_log_entries_and_keep_their_own_responses() {
+    const BURST: u64 = 512;
+    let c = Cluster::start(bin(), 3, 100_000);
+    let leader = agreed_leader(&c, &[1, 2, 3]).await;
+    const KEYS: u64 = 8; // 512 tags over 8 keys: a key has at most 64
+    for j in 0..KEYS {
+        let name = format!("group-{j}");
+        c.create(leader, &name, 2, &[1, 2, 3])
+            .await
+            .expect("create");
+        c.wait_key(leader, &name, |k| {
+            k.versions
+                .iter()
+                .all(|v| v.state == qk_state::VersionState::Enabled)
+        });
+    }
+    let before = c
+        .wait_status(leader, |s| s.last_applied == s.last_log_index)
+        .last_log_index
+        .unwrap_or(0);
+
+    let op = |i: u64| qk_state::Operation::SetTag {
+        name: format!("group-{}", i % KEYS),
+        tag: format!("t{}", i / KEYS),
+        value: Some(i.to_be_bytes().to_vec()),
+    };
+    let mut writes: Vec<_> = (0..BURST)
+        .map(|i| c.write(leader, op(i), 50_000 + i))
+        .collect();
+    // The same request id as write 0, sent in the same burst.
+    writes.push(c.write(leader, op(0), 50_000));
+    let answers: Vec<_> = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(|r| r.expect("write acknowledged"))
+        .collect();
+
+    assert!(
+        answers.iter().all(|(_, r)| r.result.is_ok()),
+        "every write applied"
+    );
+    let duplicates = answers.iter().filter(|(_, r)| r.duplicate).count();
+    assert_eq!(duplicates, 1, "the repeated request id applied once");
+    let seqs: BTreeSet<u64> = answers
+        .iter()
+        .filter(|(_, r)| !r.duplicate)
+        .map(|(_, r)| r.audit_seq)
+        .collect();
+    assert_eq!(seqs.len() as u64, BURST, "one audit record per write");
+    let last = answers.iter().map(|(i, _)| *i).max().unwrap_or(0);
+    let entries = last - before;
+    assert!(
+        entries < BURST,
+        "{BURST} concurrent writes took {entries} log entries: no batching"
+    );
+    c.wait_status(2, |s| s.last_applied >= Some(last));
+    for j in 0..KEYS {
+        let name = format!("group-{j}");
+        let Ok(ClientResponse::Key(Some(k))) = c
+            .request(2, ClientRequest::GetKey { name: name.clone() })
+            .await
+        else {
+            panic!("node 2 lacks {name}");
+        };
+        for i in (j..BURST).step_by(KEYS as usize) {
+            let value = k.tags.get(&format!("t{}", i / KEYS));
+            assert_eq!(
+                value,
+                Some(&i.to_be_bytes().to_vec()),
+                "write {i} on node 2"
+            );
+        }
+    }
+}

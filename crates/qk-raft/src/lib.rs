@@ -37,11 +37,24 @@ impl fmt::Display for QkNode {
     }
 }
 
+/// The payload of one Raft log entry: client commands applied in order.
+///
+/// Concurrent writes reaching the leader are proposed together, so one log
+/// append (and one fsync on every node) commits many commands; openraft 0.9
+/// flushes each entry before it takes the next client write. Each command
+/// keeps its own request id, audit record and response.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Command>);
+
+/// The responses to a [`Batch`], one per command, in the same order.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BatchResponse(pub Vec<Response>);
+
 openraft::declare_raft_types!(
-    /// Quorumkey's Raft types: commands in, responses out.
+    /// Quorumkey's Raft types: batches of commands in, their responses out.
     pub TypeConfig:
-        D = Command,
-        R = Response,
+        D = Batch,
+        R = BatchResponse,
         NodeId = NodeId,
         Node = QkNode,
         Entry = openraft::Entry<TypeConfig>,

@@ -9,8 +9,8 @@ use openraft::{
     EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
     StoredMembership,
 };
-use qk_raft::{QkNode, TypeConfig};
-use qk_state::{Applied, Command, Response, StateMachine};
+use qk_raft::{BatchResponse, QkNode, TypeConfig};
+use qk_state::{Command, Response, StateMachine};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, MAX_META_BYTES, MAX_SNAPSHOT_BYTES};
@@ -139,7 +139,8 @@ struct Shared {
     hook: Mutex<Option<ApplyHook>>,
 }
 
-/// Observer of applied commands: `(state after the entry, log index, command,
+/// Observer of applied commands: `(state after the command, log index (the
+/// commands of one batch share their entry's index), command,
 /// response)`. Runs inside `apply` with the state locked: keep it short and
 /// never block on Raft from it.
 pub type ApplyHook = Box<dyn FnMut(&StateMachine, u64, &Command, &Response) + Send>;
@@ -274,16 +275,6 @@ pub(crate) fn load_applied(
     }
 }
 
-/// The response to entries that carry no command (blank entries a new leader
-/// appends, membership changes): nothing changed, no audit record.
-fn no_command_response() -> Response {
-    Response {
-        result: Ok(Applied::Done),
-        audit_seq: 0,
-        duplicate: false,
-    }
-}
-
 /// The state machine of one node, as openraft drives it.
 ///
 /// Cheap to clone; clones share the state. Reads for clients go through
@@ -414,7 +405,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((state.last_applied, state.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResponse>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -429,18 +420,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|_| error::write_sm(StoreError::Poisoned))?;
         for entry in entries {
             state.last_applied = Some(entry.log_id);
+            // Blank entries (a new leader's) and membership changes carry no
+            // command: no response, no audit record.
             let response = match entry.payload {
-                EntryPayload::Blank => no_command_response(),
-                EntryPayload::Normal(cmd) => {
-                    let response = state.machine.apply(&cmd);
-                    if let Some(h) = hook.as_mut() {
-                        h(&state.machine, entry.log_id.index, &cmd, &response);
+                EntryPayload::Blank => BatchResponse::default(),
+                EntryPayload::Normal(batch) => {
+                    let mut responses = Vec::with_capacity(batch.0.len());
+                    for cmd in &batch.0 {
+                        let response = state.machine.apply(cmd);
+                        if let Some(h) = hook.as_mut() {
+                            h(&state.machine, entry.log_id.index, cmd, &response);
+                        }
+                        responses.push(response);
                     }
-                    response
+                    BatchResponse(responses)
                 }
                 EntryPayload::Membership(m) => {
                     state.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                    no_command_response()
+                    BatchResponse::default()
                 }
             };
             responses.push(response);

@@ -7,7 +7,7 @@ use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine, Sto
 use openraft::{
     CommittedLeaderId, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder, Vote,
 };
-use qk_raft::QkNode;
+use qk_raft::{Batch, BatchResponse, QkNode};
 use qk_state::{Command, CreateKey, Operation, RequestId, Response};
 use qk_storage::{Entry, LogStore, NodeId, StateMachineStore, StoreError};
 
@@ -72,7 +72,7 @@ fn set_tag(i: u64, key: u64, value: Vec<u8>) -> Command {
 fn normal(term: u64, index: u64, cmd: Command) -> Entry {
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(cmd),
+        payload: EntryPayload::Normal(Batch(vec![cmd])),
     }
 }
 
@@ -197,7 +197,7 @@ async fn restart_rebuilds_state_by_reapplying_the_committed_log() {
     let other = tempfile::tempdir().expect("tempdir");
     let (_l, mut replica) = qk_storage::open(other.path()).expect("open");
     replica.apply(entries[..=20].to_vec()).await.expect("apply");
-    let again: Vec<Response> = replica
+    let again: Vec<BatchResponse> = replica
         .apply(entries[21..].to_vec())
         .await
         .expect("re-apply");
@@ -328,4 +328,44 @@ async fn second_open_of_a_directory_fails() {
         err.to_string().contains("no other qk-node process"),
         "{err}"
     );
+}
+
+/// A batch entry applies its commands in order, each with its own response and
+/// audit record, to the same state as one entry per command; a request id
+/// repeated inside the batch applies once.
+#[tokio::test]
+async fn batch_entry_applies_like_one_entry_per_command() {
+    let commands = vec![initial_admin(), create_key(3), set_tag(4, 3, vec![4; 8])];
+
+    let single_dir = tempfile::tempdir().expect("tempdir");
+    let (_l, mut single) = qk_storage::open(single_dir.path()).expect("open");
+    let one_each: Vec<Entry> = (1u64..)
+        .zip(&commands)
+        .map(|(i, c)| normal(1, i, c.clone()))
+        .collect();
+    let singles = single.apply(one_each).await.expect("apply");
+
+    let batch_dir = tempfile::tempdir().expect("tempdir");
+    let (_l, mut batched) = qk_storage::open(batch_dir.path()).expect("open");
+    let mut with_retry = commands.clone();
+    with_retry.push(create_key(3));
+    let entry = Entry {
+        log_id: log_id(1, 1),
+        payload: EntryPayload::Normal(Batch(with_retry)),
+    };
+    let answer = batched.apply([entry]).await.expect("apply");
+
+    assert_eq!(answer.len(), 1, "one response set per entry");
+    let responses = &answer[0].0;
+    assert_eq!(responses.len(), 4, "one response per command");
+    for (batched, single) in responses.iter().zip(singles.iter().map(|r| &r.0[0])) {
+        assert!(batched.result.is_ok(), "{batched:?}");
+        assert_eq!(batched.result, single.result);
+        assert_eq!(batched.audit_seq, single.audit_seq);
+    }
+    assert!(
+        responses[3].duplicate,
+        "the repeated request id applies once"
+    );
+    assert_eq!(digest(&batched), digest(&single));
 }

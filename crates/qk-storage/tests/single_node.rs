@@ -14,7 +14,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{Config, SnapshotPolicy};
-use qk_raft::{QkNode, Raft, TypeConfig};
+use qk_raft::{Batch, QkNode, Raft, TypeConfig};
 use qk_state::{Command, CreateKey, Operation, RequestId};
 use qk_storage::{LogStore, NodeId, StateMachineStore, StoreError};
 
@@ -147,19 +147,25 @@ async fn single_node_writes_snapshots_and_restarts() {
             .metrics(|m| m.current_leader == Some(1), "elected")
             .await
             .expect("elected");
-        let created = raft.client_write(admin).await.expect("write");
-        assert!(created.data.result.is_ok(), "{:?}", created.data);
+        let created = raft.client_write(Batch(vec![admin])).await.expect("write");
+        assert!(created.data.0[0].result.is_ok(), "{:?}", created.data);
 
         let mut last_index = 0;
         for i in 0..35 {
-            let written = raft.client_write(create_key(i)).await.expect("write");
-            assert!(written.data.result.is_ok(), "{:?}", written.data);
-            assert!(!written.data.duplicate);
+            let written = raft
+                .client_write(Batch(vec![create_key(i)]))
+                .await
+                .expect("write");
+            assert!(written.data.0[0].result.is_ok(), "{:?}", written.data);
+            assert!(!written.data.0[0].duplicate);
             last_index = written.log_id.index;
         }
         // A duplicate request id is answered from memory.
-        let again = raft.client_write(create_key(7)).await.expect("write");
-        assert!(again.data.duplicate);
+        let again = raft
+            .client_write(Batch(vec![create_key(7)]))
+            .await
+            .expect("write");
+        assert!(again.data.0[0].duplicate);
         last_index = last_index.max(again.log_id.index);
 
         let m = raft
@@ -204,7 +210,10 @@ async fn single_node_writes_snapshots_and_restarts() {
         .metrics(|m| m.current_leader == Some(1), "leader again")
         .await
         .expect("re-elected");
-    let written = raft.client_write(create_key(100)).await.expect("write");
-    assert!(written.data.result.is_ok());
+    let written = raft
+        .client_write(Batch(vec![create_key(100)]))
+        .await
+        .expect("write");
+    assert!(written.data.0[0].result.is_ok());
     raft.shutdown().await.expect("shutdown");
 }
