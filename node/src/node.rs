@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
 use qk_net::{CaCert, Credentials, Dialer, NetConfig, NetworkFactory, Peer, RpcHandler, Server};
 use qk_raft::{
@@ -15,7 +14,6 @@ use qk_raft::{
 use qk_state::{Command, Operation, Permission, RequestId};
 use qk_types::NodeId as NodeIdT;
 
-use crate::proposer::WriteError;
 use crate::quorum::{now_ms, Quorum, QuorumCore};
 use qk_storage::StateReader;
 use tracing::{info, warn};
@@ -779,8 +777,9 @@ impl Node {
                 log_index,
                 response,
             },
-            Err(WriteError::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                match (f.leader_id, f.leader_node) {
+            Err(e) if e.forward_to_leader().is_some() => {
+                let (leader_id, leader_node) = e.forward_to_leader().unwrap_or((None, None));
+                match (leader_id, leader_node) {
                     (Some(leader), Some(node))
                         if matches!(peer, Peer::Client(_)) || *peer == Peer::Node(self.id) =>
                     {

@@ -29,13 +29,28 @@ const QUEUE_DEPTH: usize = 16 * 1024;
 #[derive(Debug)]
 pub enum WriteError {
     /// Raft refused or failed the proposal (for instance: not the leader).
-    Raft(RaftError<NodeId, ClientWriteError<NodeId, QkNode>>),
+    Raft(Box<RaftError<NodeId, ClientWriteError<NodeId, QkNode>>>),
     /// The node is shutting down; the write may or may not have been
     /// committed (a retry with the same request id applies it once).
     Stopped,
     /// The state machine answered a different number of responses than the
     /// batch had commands (a bug; the commands may have been applied).
     ResponseCount { commands: usize, responses: usize },
+}
+
+impl WriteError {
+    /// The leader (id, node) to forward to, when this node is not the leader.
+    pub fn forward_to_leader(&self) -> Option<(Option<NodeId>, Option<QkNode>)> {
+        match self {
+            WriteError::Raft(e) => match e.as_ref() {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                    Some((f.leader_id, f.leader_node.clone()))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for WriteError {
@@ -176,7 +191,7 @@ async fn commit(raft: &Raft, batch: Vec<Pending>) {
         }
         Err(e) => {
             for reply in replies {
-                let _ = reply.send(Err(WriteError::Raft(e.clone())));
+                let _ = reply.send(Err(WriteError::Raft(Box::new(e.clone()))));
             }
         }
     }

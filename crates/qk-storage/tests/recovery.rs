@@ -8,7 +8,7 @@ use openraft::{
     CommittedLeaderId, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder, Vote,
 };
 use qk_raft::{Batch, BatchResponse, QkNode};
-use qk_state::{Command, CreateKey, Operation, RequestId, Response};
+use qk_state::{Command, CreateKey, Operation, RequestId};
 use qk_storage::{Entry, LogStore, NodeId, StateMachineStore, StoreError};
 
 fn log_id(term: u64, index: u64) -> LogId<NodeId> {
