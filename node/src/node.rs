@@ -685,6 +685,7 @@ impl Node {
             ciphertext: ct.to_bytes(),
             context,
             principal: requests::principal_name(peer),
+            epoch: None,
         };
         match self.quorum.own_partial(&request) {
             Ok(bytes) => ClientResponse::Partial(bytes),

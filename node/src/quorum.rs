@@ -290,6 +290,7 @@ impl Quorum {
                 Ok(false) => {}
                 Err(e) => error!(key = %name, %version, "cannot erase the share: {e}"),
             },
+            Action::EraseVersion { key, name, version } => self.erase_version(key, &name, version),
             Action::AnswerPartial { to, request } => {
                 // Off the action loop: partials for many unwraps run in parallel.
                 let (me, io) = (self.clone(), io.clone());
@@ -343,6 +344,23 @@ impl Quorum {
             }
             Action::Warning(w) => warn!("{w}"),
             other => warn!("unhandled protocol action {other:?}"),
+        }
+    }
+
+    /// Erases every stored share of the version, whatever its epoch.
+    fn erase_version(&self, key: KeyId, name: &str, version: KeyVersion) {
+        let slots = match self.shares.slots() {
+            Ok(slots) => slots,
+            Err(e) => return error!(key = %name, %version, "cannot list shares to erase: {e}"),
+        };
+        for slot in slots
+            .into_iter()
+            .filter(|s| s.key == key && s.version == version)
+        {
+            match self.shares.erase(slot) {
+                Ok(_) => info!(key = %name, %version, epoch = slot.epoch.0, "share erased"),
+                Err(e) => error!(key = %name, %version, "cannot erase the share: {e}"),
+            }
         }
     }
 

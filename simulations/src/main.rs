@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use qk_sim::{run, NetProfile, PlantedBug, Sim, SimConfig};
+use qk_sim::{keys_study, run, scale, NetProfile, PlantedBug, SimConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,21 +36,31 @@ struct Args {
     /// No Byzantine holder.
     #[arg(long)]
     no_byzantine: bool,
-    /// Plant a bug: node 1 applies entries 2 and 3 in swapped order.
+    /// Plant a bug: node 1's state machine applies entries 3 and 4 in swapped order.
     #[arg(long)]
     plant_swap_apply: bool,
     /// Plant a bug: the simulated share store ignores every erase.
     #[arg(long)]
     plant_ignore_erase: bool,
-    /// Print the scale table (nodes 3/5/9/16, LAN and WAN) and exit.
+    /// Print the scale table (one key; nodes 3 to 64, LAN and WAN) and exit.
     #[arg(long)]
     scale: bool,
+    /// Largest cluster in the scale table.
+    #[arg(long, default_value_t = 64)]
+    scale_max_nodes: u64,
+    /// Print the many-keys table (this many keys created at once) and exit.
+    #[arg(long)]
+    keys: Option<usize>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.scale {
-        scale();
+        scale_table(args.scale_max_nodes);
+        return ExitCode::SUCCESS;
+    }
+    if let Some(keys) = args.keys {
+        keys_table(keys);
         return ExitCode::SUCCESS;
     }
     let mut cfg = SimConfig::new(args.seed);
@@ -82,15 +92,17 @@ fn main() -> ExitCode {
         }
         let s = &out.stats;
         println!(
-            "seed {seed}: ok  trace {}  sim {} ms, {} steps, {} commits, {} msgs ({} lost), keys {}, enabled {}, destroyed {}, unwraps {} ok / {} failed, liveness checks {}, crashes {} (disk loss {}), partitions {}, byzantine blamed {}, roots checked {}",
+            "seed {seed}: ok  trace {}  sim {} ms, {} steps, {} log entries, {} Raft msgs, {} msgs ({} lost), keys {}, enabled {}, refreshed {}, destroyed {}, unwraps {} ok / {} failed, liveness checks {}, crashes {} (disk loss {}), partitions {}, wrong partials blamed {}, Byzantine DKGs {} (dealer excluded {}), roots checked {}",
             out.trace_hex(),
             s.time_ms,
             s.steps,
             s.commits,
+            s.raft_messages,
             s.messages_sent,
             s.messages_lost,
             s.keys_created,
             s.versions_enabled,
+            s.refreshes_completed,
             s.versions_destroyed,
             s.unwraps_ok,
             s.unwraps_failed,
@@ -99,6 +111,8 @@ fn main() -> ExitCode {
             s.disk_losses,
             s.partitions,
             s.byzantine_blamed,
+            s.dkg_byzantine_sessions,
+            s.dkg_byzantine_blamed,
             s.roots_reconstructed,
         );
     }
@@ -111,20 +125,62 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn scale() {
-    println!("| nodes | t | profile | DKG (sim ms) | DKG messages | DKG log entries | unwrap (sim ms) | unwrap messages |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for (name, net) in [
+fn profiles() -> [(&'static str, NetProfile); 2] {
+    [
         ("LAN 1-5 ms", NetProfile::LAN),
         ("WAN 30-150 ms", NetProfile::WAN),
-    ] {
-        for n in [3u64, 5, 9, 16] {
+    ]
+}
+
+fn scale_table(max_nodes: u64) {
+    println!("| nodes | t | profile | DKG ms | DKG msgs | DKG Raft msgs | DKG log entries | unwrap ms | unwrap msgs | refresh ms | refresh msgs | refresh Raft msgs | refresh log entries | wall s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (name, net) in profiles() {
+        for n in [3u64, 5, 9, 16, 32, 64]
+            .into_iter()
+            .filter(|n| *n <= max_nodes)
+        {
             let t = u16::try_from(n / 2 + 1).unwrap_or(2);
-            let r = Sim::scale(n, t, net, 7);
+            let started = Instant::now();
+            let r = scale(n, t, net, 7);
             println!(
-                "| {n} | {t} | {name} | {} | {} | {} | {} | {} |",
-                r.dkg_ms, r.dkg_messages, r.dkg_commits, r.unwrap_ms, r.unwrap_messages
+                "| {n} | {t} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+                r.dkg_ms,
+                r.dkg_messages,
+                r.dkg_raft_messages,
+                r.dkg_log_entries,
+                r.unwrap_ms,
+                r.unwrap_messages,
+                r.refresh_ms,
+                r.refresh_messages,
+                r.refresh_raft_messages,
+                r.refresh_log_entries,
+                started.elapsed().as_secs_f64()
             );
         }
+    }
+}
+
+fn keys_table(keys: usize) {
+    println!("| keys | nodes | t | profile | enabled | all enabled ms | DKG p50 ms | DKG p99 ms | log entries | protocol msgs | Raft msgs | unwraps | unwrap p50 ms | unwrap p99 ms | wall s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (name, net) in profiles() {
+        let started = Instant::now();
+        let r = keys_study(5, 3, keys, net, 7);
+        println!(
+            "| {} | 5 | 3 | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+            r.keys,
+            r.enabled,
+            r.all_enabled_ms,
+            r.dkg_p50_ms,
+            r.dkg_p99_ms,
+            r.log_entries,
+            r.protocol_messages,
+            r.raft_messages,
+            r.unwraps,
+            r.unwrap_p50_ms,
+            r.unwrap_p99_ms,
+            started.elapsed().as_secs_f64()
+        );
     }
 }

@@ -35,9 +35,11 @@ fn sweep_of_100_seeds_passes() {
 
 #[test]
 fn the_sweep_exercises_faults_and_invariants() {
-    // Not vacuous: across a few seeds the workload enables, unwraps and
-    // destroys versions, faults happen, the Byzantine holder is blamed,
-    // roots are reconstructed and liveness is probed.
+    // Not vacuous: across a few seeds the workload enables, unwraps,
+    // refreshes and destroys versions through openraft (with forwarded
+    // proposals), faults happen, the Byzantine holder is blamed for its
+    // partials and left out of QUAL for its DKG shares, roots are
+    // reconstructed and liveness is probed.
     let mut total = qk_sim::Stats::default();
     for seed in 1..=5 {
         let out = run(SimConfig::new(seed));
@@ -53,6 +55,10 @@ fn the_sweep_exercises_faults_and_invariants() {
         total.byzantine_blamed += s.byzantine_blamed;
         total.roots_reconstructed += s.roots_reconstructed;
         total.liveness_checks += s.liveness_checks;
+        total.refreshes_completed += s.refreshes_completed;
+        total.dkg_byzantine_blamed += s.dkg_byzantine_blamed;
+        total.raft_messages += s.raft_messages;
+        total.forwards += s.forwards;
     }
     assert!(total.versions_enabled > 0, "{total:?}");
     assert!(total.versions_destroyed > 0, "{total:?}");
@@ -64,6 +70,10 @@ fn the_sweep_exercises_faults_and_invariants() {
     assert!(total.byzantine_blamed > 0, "{total:?}");
     assert!(total.roots_reconstructed > 0, "{total:?}");
     assert!(total.liveness_checks > 0, "{total:?}");
+    assert!(total.refreshes_completed > 0, "{total:?}");
+    assert!(total.dkg_byzantine_blamed > 0, "{total:?}");
+    assert!(total.raft_messages > 0, "{total:?}");
+    assert!(total.forwards > 0, "{total:?}");
 }
 
 #[test]
@@ -72,7 +82,7 @@ fn planted_apply_reordering_is_caught_within_the_sweep() {
     cfg.bug = PlantedBug::SwapApply;
     let (_, violation) = sweep(&cfg, SWEEP_SEEDS);
     let v = violation.expect("the swapped apply is caught");
-    assert!(v.what.contains("applied a different command"), "{v}");
+    assert!(v.what.contains("applied a different entry"), "{v}");
     assert!(v.replay.contains("--plant-swap-apply"), "{v}");
     assert!(v.replay.contains(&format!("--seed {}", v.seed)), "{v}");
 }

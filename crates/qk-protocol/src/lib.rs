@@ -134,6 +134,15 @@ pub enum Action {
         version: KeyVersion,
         epoch: Epoch,
     },
+    /// Overwrite and delete every share of the version, whatever its epoch
+    /// (the current one, a refresh's new one, a stale old one), flushed,
+    /// before running later actions. Destruction uses it: the erase receipt
+    /// that follows promises that no share of the version is left here.
+    EraseVersion {
+        key: KeyId,
+        name: String,
+        version: KeyVersion,
+    },
     /// Load the share of `request`'s version from the sealed store, call
     /// [`answer_partial`] and send its result to `to`.
     AnswerPartial { to: NodeId, request: PartialRequest },
@@ -647,12 +656,17 @@ impl NodeProtocol {
         if !record.holders.contains(&self.me) {
             return Vec::new();
         }
+        // A refresh in progress ends here: it must not persist a new-epoch
+        // share after the erase below.
+        let vk = (name.to_string(), version);
+        self.refreshes.remove(&vk);
+        self.refresh_watches.remove(&vk);
+        self.awaiting_share.remove(&vk);
         vec![
-            Action::EraseShare {
+            Action::EraseVersion {
                 key: key.id,
                 name: name.to_string(),
                 version,
-                epoch: record.epoch,
             },
             Action::Propose(Operation::EraseReceipt {
                 name: name.to_string(),

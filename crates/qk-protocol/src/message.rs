@@ -7,7 +7,7 @@ use std::fmt;
 
 use qk_crypto::ecies::{MAX_CIPHERTEXT_LEN, MAX_PARTIAL_LEN};
 use qk_crypto::messages::MAX_PRIVATE_SHARE_LEN;
-use qk_types::{KeyId, KeyVersion};
+use qk_types::{Epoch, KeyId, KeyVersion};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
@@ -80,6 +80,11 @@ pub struct PartialRequest {
     pub context: BTreeMap<String, String>,
     /// The authenticated caller, as the requesting node established it.
     pub principal: String,
+    /// The share epoch whose key set the requester verifies partials
+    /// against. A holder at another epoch refuses rather than answer with a
+    /// partial that would look forged (a refresh completed meanwhile).
+    /// `None` (client-side combining): the holder's current epoch.
+    pub epoch: Option<Epoch>,
 }
 
 /// Everything nodes send each other outside the Raft log.

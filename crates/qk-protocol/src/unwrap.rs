@@ -254,6 +254,12 @@ fn partial_for<R: CryptoRng + ?Sized>(
     if let Some(e) = unusable(key, req.version, record) {
         return Err(e.to_string());
     }
+    if let Some(asked) = req.epoch.filter(|e| *e != record.epoch) {
+        return Err(format!(
+            "{me} holds version {} of key {:?} at share epoch {}, the request is for epoch {} (a refresh completed meanwhile); retry the unwrap",
+            req.version, req.name, record.epoch.0, asked.0
+        ));
+    }
     let index = share_index_of(record, me).ok_or_else(|| {
         format!(
             "{me} is not a holder of version {} of key {:?}; ask its holders",
@@ -434,6 +440,7 @@ impl PendingUnwrap {
             ciphertext: req.ciphertext.clone(),
             context: req.context.clone(),
             principal: req.principal.clone(),
+            epoch: Some(record.epoch),
         };
         request
             .check_bounds()

@@ -261,6 +261,7 @@ fn destroy_erases_every_share_and_later_unwraps_fail() {
         ciphertext: ct,
         context: ctx(),
         principal: "app".into(),
+        epoch: None,
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
     let reply = answer_partial(

@@ -17,6 +17,7 @@ fn request() -> PartialRequest {
         ciphertext: vec![1, 2, 3, 4],
         context: BTreeMap::from([("tenant".to_string(), "acme".to_string())]),
         principal: "app".into(),
+        epoch: Some(qk_types::Epoch(1)),
     }
 }
 

@@ -274,8 +274,15 @@ impl StateMachine {
             }
             Operation::Destroy { name, version } => {
                 self.with_version(name, *version, "destroy (waiting period not over)", |v| {
-                    matches!(v.state, VersionState::PendingDestruction { due_ms } if due_ms <= now)
-                        .then(|| v.state = VersionState::Destroying)
+                    let due = matches!(v.state, VersionState::PendingDestruction { due_ms } if due_ms <= now);
+                    due.then(|| {
+                        v.state = VersionState::Destroying;
+                        // A refresh would deal new shares of a version being erased.
+                        if v.refresh.take().is_some() {
+                            v.last_refresh_failure =
+                                Some("the version was destroyed during the refresh".into());
+                        }
+                    })
                 })
             }
             Operation::EraseReceipt {

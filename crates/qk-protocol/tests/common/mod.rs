@@ -307,6 +307,11 @@ impl Cluster {
                     node.store.remove(&(key, version, epoch));
                     node.erased.push((key, version));
                 }
+                Action::EraseVersion { key, version, .. } => {
+                    let node = self.nodes.get_mut(&id).expect("node");
+                    node.store.retain(|(k, v, _), _| (*k, *v) != (key, version));
+                    node.erased.push((key, version));
+                }
                 Action::AnswerPartial { to, request } => {
                     let node = self.nodes.get_mut(&id).expect("node");
                     let epoch = node
