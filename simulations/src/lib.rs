@@ -60,6 +60,10 @@ pub enum PlantedBug {
     /// The share store ignores `EraseShare` (a disk that never flushes the
     /// erase), while the protocol still proposes its erase receipt.
     IgnoreErase,
+    /// Honest holders check the ciphertext proof against the context the
+    /// workload wraps under instead of the caller's, so a caller naming
+    /// another context gets partials.
+    SkipProofCheck,
 }
 
 #[derive(Clone, Debug)]
@@ -117,6 +121,7 @@ impl SimConfig {
             PlantedBug::None => {}
             PlantedBug::SwapApply => s.push_str(" --plant-swap-apply"),
             PlantedBug::IgnoreErase => s.push_str(" --plant-ignore-erase"),
+            PlantedBug::SkipProofCheck => s.push_str(" --plant-skip-proof-check"),
         }
         s
     }
@@ -171,9 +176,15 @@ pub struct Stats {
     pub unwraps_failed: u64,
     pub liveness_checks: u64,
     pub crashes: u64,
+    /// Log entries appended but not yet flushed when their node crashed.
+    pub unflushed_entries_lost: u64,
     pub disk_losses: u64,
     pub partitions: u64,
     pub byzantine_blamed: u64,
+    /// Unwraps under a context the ciphertext was not made for, and how
+    /// many of them were refused.
+    pub attacks: u64,
+    pub attacks_refused: u64,
     /// Root keys the checker reconstructed (and searched for).
     pub roots_reconstructed: u64,
 }

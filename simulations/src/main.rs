@@ -42,6 +42,10 @@ struct Args {
     /// Plant a bug: the simulated share store ignores every erase.
     #[arg(long)]
     plant_ignore_erase: bool,
+    /// Plant a bug: honest holders check the ciphertext proof against the
+    /// wrong context.
+    #[arg(long)]
+    plant_skip_proof_check: bool,
     /// Print the scale table (one key; nodes 3 to 64, LAN and WAN) and exit.
     #[arg(long)]
     scale: bool,
@@ -80,6 +84,9 @@ fn main() -> ExitCode {
     if args.plant_ignore_erase {
         cfg.bug = PlantedBug::IgnoreErase;
     }
+    if args.plant_skip_proof_check {
+        cfg.bug = PlantedBug::SkipProofCheck;
+    }
     let count = args.sweep.unwrap_or(1);
     let started = Instant::now();
     for seed in args.seed..args.seed.saturating_add(count) {
@@ -92,7 +99,7 @@ fn main() -> ExitCode {
         }
         let s = &out.stats;
         println!(
-            "seed {seed}: ok  trace {}  sim {} ms, {} steps, {} log entries, {} Raft msgs, {} msgs ({} lost), keys {}, enabled {}, refreshed {}, destroyed {}, unwraps {} ok / {} failed, liveness checks {}, crashes {} (disk loss {}), partitions {}, wrong partials blamed {}, Byzantine DKGs {} (dealer excluded {}), roots checked {}",
+            "seed {seed}: ok  trace {}  sim {} ms, {} steps, {} log entries, {} Raft msgs, {} msgs ({} lost), keys {}, enabled {}, refreshed {}, destroyed {}, unwraps {} ok / {} failed, liveness checks {}, crashes {} (disk loss {}, unflushed entries lost {}), partitions {}, wrong partials blamed {}, wrong-context unwraps {} ({} refused), Byzantine DKGs {} (dealer excluded {}), roots checked {}",
             out.trace_hex(),
             s.time_ms,
             s.steps,
@@ -109,8 +116,11 @@ fn main() -> ExitCode {
             s.liveness_checks,
             s.crashes,
             s.disk_losses,
+            s.unflushed_entries_lost,
             s.partitions,
             s.byzantine_blamed,
+            s.attacks,
+            s.attacks_refused,
             s.dkg_byzantine_sessions,
             s.dkg_byzantine_blamed,
             s.roots_reconstructed,

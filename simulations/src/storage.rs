@@ -80,10 +80,20 @@ fn poisoned() -> StorageError<NodeId> {
     )
 }
 
-/// The log store of one simulated node.
+/// Entries appended but not yet flushed: lost if the node crashes first.
+pub type Pending = Arc<Mutex<std::collections::BTreeMap<u64, LogEntry>>>;
+
+/// The log store of one incarnation of a simulated node.
+///
+/// An append is acknowledged (openraft's `LogFlushed`) only after a
+/// simulated fsync of `fsync_ms`; flushes run one after another, and each
+/// makes everything appended before it durable (as sled's flush does). A
+/// crash stops the flusher: what was not flushed is gone.
 #[derive(Clone)]
 pub struct MemLog {
     disk: SharedDisk,
+    pending: Pending,
+    flusher: tokio::sync::mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
 }
 
 impl Debug for MemLog {
@@ -92,9 +102,53 @@ impl Debug for MemLog {
     }
 }
 
+/// Moves every pending entry to the disk (one fsync).
+fn flush(disk: &SharedDisk, pending: &Pending) {
+    let (Ok(mut d), Ok(mut p)) = (disk.lock(), pending.lock()) else {
+        return;
+    };
+    d.log.append(&mut p);
+}
+
 impl MemLog {
-    pub fn new(disk: SharedDisk) -> Self {
-        MemLog { disk }
+    /// Opens the log of a (re)starting node. `alive` turns false when this
+    /// incarnation crashes; its flusher then flushes nothing more.
+    pub fn new(disk: SharedDisk, fsync_ms: u64, alive: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        let pending: Pending = Arc::default();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogFlushed<TypeConfig>>();
+        let (d, p) = (disk.clone(), pending.clone());
+        tokio::spawn(async move {
+            while let Some(callback) = rx.recv().await {
+                tokio::time::sleep(std::time::Duration::from_millis(fsync_ms)).await;
+                if !alive.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                flush(&d, &p);
+                callback.log_io_completed(Ok(()));
+            }
+        });
+        MemLog {
+            disk,
+            pending,
+            flusher: tx,
+        }
+    }
+
+    /// The entries not yet flushed (for the crash statistics).
+    pub fn pending(&self) -> Pending {
+        self.pending.clone()
+    }
+
+    /// The last entry's id, flushed or not (`Err` if a lock is poisoned).
+    fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, ()> {
+        let disk = self.disk.lock().map_err(|_| ())?;
+        let pending = self.pending.lock().map_err(|_| ())?;
+        let last = pending
+            .values()
+            .next_back()
+            .or(disk.log.values().next_back())
+            .map(|e| *e.get_log_id());
+        Ok(last.or(disk.last_purged))
     }
 }
 
@@ -104,7 +158,14 @@ impl RaftLogReader<TypeConfig> for MemLog {
         range: RB,
     ) -> Result<Vec<LogEntry>, StorageError<NodeId>> {
         let disk = self.disk.lock().map_err(|_| poisoned())?;
-        Ok(disk.log.range(range).map(|(_, e)| e.clone()).collect())
+        let pending = self.pending.lock().map_err(|_| poisoned())?;
+        let mut out: std::collections::BTreeMap<u64, LogEntry> = disk
+            .log
+            .range(range.clone())
+            .map(|(i, e)| (*i, e.clone()))
+            .collect();
+        out.extend(pending.range(range).map(|(i, e)| (*i, e.clone())));
+        Ok(out.into_values().collect())
     }
 }
 
@@ -112,11 +173,10 @@ impl RaftLogStorage<TypeConfig> for MemLog {
     type LogReader = MemLog;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let disk = self.disk.lock().map_err(|_| poisoned())?;
-        let last = disk.log.values().next_back().map(|e| *e.get_log_id());
+        let last_purged = self.disk.lock().map_err(|_| poisoned())?.last_purged;
         Ok(LogState {
-            last_purged_log_id: disk.last_purged,
-            last_log_id: last.or(disk.last_purged),
+            last_purged_log_id: last_purged,
+            last_log_id: self.last_log_id().map_err(|()| poisoned())?,
         })
     }
 
@@ -125,6 +185,8 @@ impl RaftLogStorage<TypeConfig> for MemLog {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        // Flushed before returning, which makes earlier appends durable too.
+        flush(&self.disk, &self.pending);
         self.disk.lock().map_err(|_| poisoned())?.vote = Some(*vote);
         Ok(())
     }
@@ -142,13 +204,14 @@ impl RaftLogStorage<TypeConfig> for MemLog {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        let disk = self.disk.lock().map_err(|_| poisoned())?;
+        let committed = self.disk.lock().map_err(|_| poisoned())?.committed;
         // As qk-storage: a committed pointer ahead of the log is clamped.
-        let last = disk.log.values().next_back().map(|e| *e.get_log_id());
-        Ok(match (disk.committed, last.or(disk.last_purged)) {
-            (Some(c), Some(l)) if c.index > l.index => Some(l),
-            (c, _) => c,
-        })
+        Ok(
+            match (committed, self.last_log_id().map_err(|()| poisoned())?) {
+                (Some(c), Some(l)) if c.index > l.index => Some(l),
+                (c, _) => c,
+            },
+        )
     }
 
     async fn append<I>(
@@ -161,22 +224,33 @@ impl RaftLogStorage<TypeConfig> for MemLog {
         I::IntoIter: OptionalSend,
     {
         {
-            let mut disk = self.disk.lock().map_err(|_| poisoned())?;
+            let mut pending = self.pending.lock().map_err(|_| poisoned())?;
             for e in entries {
-                disk.log.insert(e.get_log_id().index, e);
+                pending.insert(e.get_log_id().index, e);
             }
         }
-        callback.log_io_completed(Ok(()));
+        // A stopped flusher drops the callback: openraft sees the I/O fail.
+        let _ = self.flusher.send(callback);
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut disk = self.disk.lock().map_err(|_| poisoned())?;
-        let _ = disk.log.split_off(&log_id.index);
+        let _ = self
+            .pending
+            .lock()
+            .map_err(|_| poisoned())?
+            .split_off(&log_id.index);
+        let _ = self
+            .disk
+            .lock()
+            .map_err(|_| poisoned())?
+            .log
+            .split_off(&log_id.index);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        flush(&self.disk, &self.pending);
         let mut disk = self.disk.lock().map_err(|_| poisoned())?;
         let keep = disk.log.split_off(&(log_id.index + 1));
         disk.log = keep;

@@ -55,6 +55,12 @@ pub(crate) struct SimNode {
     inflight: BTreeMap<OpId, InFlight>,
     pub(crate) skew_ms: u64,
     pub(crate) election_timeout_ms: u64,
+    /// How long this node's disk takes to flush an append.
+    fsync_ms: u64,
+    /// Cleared when the current incarnation crashes (stops its flusher).
+    incarnation: Arc<std::sync::atomic::AtomicBool>,
+    /// The current incarnation's unflushed log entries.
+    unflushed: Option<crate::storage::Pending>,
     /// DKG sessions in which this (honest) node received a corrupted share
     /// from the Byzantine dealer, and has not crashed since.
     corrupt_from_byz: BTreeSet<(String, KeyVersion)>,
@@ -143,6 +149,12 @@ pub(crate) struct World {
     pub(crate) done_at: BTreeMap<(NodeId, OpId), u64>,
     /// Messages and log entries counted for the scale study.
     pub(crate) refresh_done: BTreeMap<(String, KeyVersion), u64>,
+    /// Every DKG share sent, searched again whenever a new root is learned
+    /// (roots are known only once a version is enabled).
+    dkg_messages: Vec<Vec<u8>>,
+    /// Each unwrap's ciphertext and the caller's context, by (combining
+    /// node, op): the checker verifies `π` for every partial returned.
+    unwrap_requests: BTreeMap<(NodeId, OpId), (Vec<u8>, EncryptionContext)>,
     /// `A_0` of every generation deal in the agreed log, by version.
     deals: BTreeMap<(String, KeyVersion), Vec<(NodeId, ProjectivePoint)>>,
 }
@@ -172,6 +184,7 @@ impl World {
                     0
                 };
                 let election_timeout_ms = rng.random_range(el_min..el_max);
+                let fsync_ms = rng.random_range(1..=3);
                 let node = SimNode {
                     proto: NodeProtocol::new(NodeId(i), ProtocolConfig::default()),
                     raft: None,
@@ -184,6 +197,9 @@ impl World {
                     inflight: BTreeMap::new(),
                     skew_ms,
                     election_timeout_ms,
+                    fsync_ms,
+                    incarnation: Arc::default(),
+                    unflushed: None,
                     corrupt_from_byz: BTreeSet::new(),
                 };
                 (NodeId(i), node)
@@ -225,6 +241,8 @@ impl World {
             done_at: BTreeMap::new(),
             refresh_done: BTreeMap::new(),
             deals: BTreeMap::new(),
+            dkg_messages: Vec::new(),
+            unwrap_requests: BTreeMap::new(),
             cfg,
         }
     }
@@ -331,9 +349,12 @@ impl World {
         node.raft.clone()
     }
 
-    fn send(&mut self, from: NodeId, to: NodeId, bytes: Vec<u8>) {
+    fn send(&mut self, from: NodeId, to: NodeId, bytes: Vec<u8>, dkg: bool) {
         self.stats.messages_sent += 1;
         self.check_secret_free("sent message", &bytes);
+        if dkg {
+            self.dkg_messages.push(bytes.clone());
+        }
         if from == to {
             self.schedule(0, Ev::Deliver { from, to, bytes });
             return;
@@ -381,6 +402,7 @@ impl World {
             result: Ok(_),
         } = &msg
         {
+            self.check_partial_allowed(from, to, *op_id);
             if Some(from) == self.byzantine {
                 if let Some(f) = self
                     .nodes
@@ -395,6 +417,23 @@ impl World {
             self.note_corrupt_share(from, to, s.expose());
         }
         self.drive(to, Event::Message { from, msg });
+    }
+
+    /// A holder returned a partial for unwrap `op_id` of node `to`: the
+    /// ciphertext's proof must verify under the caller's context (else the
+    /// holder decrypted an `R` moved from another ciphertext).
+    fn check_partial_allowed(&mut self, holder: NodeId, to: NodeId, op_id: OpId) {
+        let Some((ct, context)) = self.unwrap_requests.get(&(to, op_id)) else {
+            return;
+        };
+        let verifies = qk_crypto::Ciphertext::from_bytes(ct)
+            .ok()
+            .is_some_and(|c| c.verify(context).is_ok());
+        if !verifies {
+            self.fail(format!(
+                "{holder} returned a partial for unwrap {op_id} of {to}, whose ciphertext proof does not verify under the caller's context"
+            ));
+        }
     }
 
     /// Remembers that honest `to` got a wrong DKG share from the Byzantine
@@ -691,10 +730,11 @@ impl World {
                 Action::Send { to, msg } => match msg.encode() {
                     Ok(bytes) => {
                         let mut bytes = bytes.to_vec();
-                        if byz && to != id && matches!(msg, ProtocolMessage::DkgShare(_)) {
+                        let dkg = matches!(msg, ProtocolMessage::DkgShare(_));
+                        if byz && to != id && dkg {
                             corrupt_dkg_share(&mut bytes);
                         }
-                        self.send(id, to, bytes)
+                        self.send(id, to, bytes, dkg)
                     }
                     Err(e) => self.fail(format!("{id} produced an unencodable message: {e}")),
                 },
@@ -786,6 +826,11 @@ impl World {
             .and_then(|n| n.disk.get(&(request.key, request.version, epoch)))
             .and_then(|b| KeyShare::from_secret_bytes(b).ok());
         let mut req = request.clone();
+        if self.cfg.bug == PlantedBug::SkipProofCheck && !byz {
+            // The bug: the holder checks `π` against the context the key's
+            // ciphertexts are made with, not the caller's.
+            req.context = ctx();
+        }
         if byz {
             // A wrong partial that still decodes: computed for another
             // ciphertext of the same version.
@@ -805,7 +850,7 @@ impl World {
             *op_id = request.op_id;
         }
         match reply.encode() {
-            Ok(bytes) => self.send(id, to, bytes.to_vec()),
+            Ok(bytes) => self.send(id, to, bytes.to_vec(), false),
             Err(e) => self.fail(format!("{id}'s partial response does not encode: {e}")),
         }
     }
@@ -853,11 +898,17 @@ impl World {
                 self.stats.byzantine_blamed += 1;
             }
         }
+        self.unwrap_requests.remove(&(id, op_id));
         if let Some(flight) = &flight {
-            if let (Ok(p), Some(exp)) = (&result, &flight.expected) {
-                if p != exp {
+            match (&result, &flight.expected) {
+                (Ok(p), Some(exp)) if p != exp => {
                     self.fail(format!("unwrap {op_id} at {id} returned a wrong plaintext"));
                 }
+                (Ok(_), None) => self.fail(format!(
+                    "unwrap {op_id} at {id} succeeded under a context the ciphertext was not made for"
+                )),
+                (Err(_), None) => self.stats.attacks_refused += 1,
+                _ => {}
             }
             if let (Ok(_), Some(b)) = (&result, byz) {
                 if flight.byz_partial_delivered && !faulty.contains(&b) {
@@ -884,8 +935,23 @@ impl World {
         ciphertext: Vec<u8>,
         expected: Vec<u8>,
     ) -> OpId {
+        self.start_unwrap_with(via, name, ciphertext, Some(expected), ctx())
+    }
+
+    /// An unwrap; `expected` is `None` for an attack (a context other than
+    /// the one the ciphertext was made for), which must fail.
+    fn start_unwrap_with(
+        &mut self,
+        via: NodeId,
+        name: &str,
+        ciphertext: Vec<u8>,
+        expected: Option<Vec<u8>>,
+        context: EncryptionContext,
+    ) -> OpId {
         self.next_op += 1;
         let op_id = self.next_op;
+        self.unwrap_requests
+            .insert((via, op_id), (ciphertext.clone(), context.clone()));
         self.stats.unwraps_started += 1;
         let now_ms = self.clock_of(via);
         let Some(node) = self.nodes.get_mut(&via) else {
@@ -894,7 +960,7 @@ impl World {
         node.inflight.insert(
             op_id,
             InFlight {
-                expected: Some(expected),
+                expected,
                 byz_partial_delivered: false,
             },
         );
@@ -906,7 +972,7 @@ impl World {
                     op_id,
                     name: name.to_string(),
                     ciphertext,
-                    context: ctx(),
+                    context,
                     principal: "app".into(),
                     mode: UnwrapMode::ServerSide,
                 },
@@ -1046,7 +1112,14 @@ impl World {
                 let w = &self.wrapped[self.rng.random_range(0..self.wrapped.len())];
                 let (name, ct, pt) = (w.name.clone(), w.ciphertext.clone(), w.plaintext.clone());
                 let via = live[self.rng.random_range(0..live.len())];
-                self.start_unwrap(via, &name, ct, pt);
+                if self.rng.random_range(0..10) == 0 {
+                    // The caller names another tenant's context.
+                    let evil = BTreeMap::from([("tenant".to_string(), "mallory".to_string())]);
+                    self.stats.attacks += 1;
+                    self.start_unwrap_with(via, &name, ct, None, evil);
+                } else {
+                    self.start_unwrap(via, &name, ct, pt);
+                }
             }
             80..=86 => self.rotate_some_key(),
             87..=90 => {
@@ -1204,6 +1277,14 @@ impl World {
             return;
         };
         node.alive = false;
+        node.incarnation
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let lost = node
+            .unflushed
+            .take()
+            .and_then(|p| p.lock().ok().map(|p| p.len() as u64))
+            .unwrap_or(0);
+        self.stats.unflushed_entries_lost += lost;
         node.inflight.clear();
         node.corrupt_from_byz.clear();
         if let Some(sm) = node.sm.take() {
@@ -1232,13 +1313,17 @@ impl World {
             return None;
         }
         let disk = node.raft_disk.clone();
+        node.incarnation = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (fsync_ms, incarnation) = (node.fsync_ms, node.incarnation.clone());
         node.replay_upto = disk.lock().map(|d| d.last_index()).unwrap_or(0);
         node.proto = NodeProtocol::new(id, ProtocolConfig::default());
         let mut sm = crate::storage::MemSm::open(disk.clone(), hook);
         if bug == PlantedBug::SwapApply && id == NodeId(1) {
             sm.plant_swap(3);
         }
-        Some((crate::storage::MemLog::new(disk), sm))
+        let log = crate::storage::MemLog::new(disk, fsync_ms, incarnation);
+        node.unflushed = Some(log.pending());
+        Some((log, sm))
     }
 
     /// The node is up: it learns the time, then reconciles its share store
@@ -1500,6 +1585,12 @@ impl World {
             bytes.copy_from_slice(&root.to_bytes());
             self.roots.insert(sk, bytes);
             self.stats.roots_reconstructed += 1;
+            if self.dkg_messages.iter().any(|m| contains(m, &bytes)) {
+                self.fail(format!(
+                    "a DKG share sent earlier contains the root of {:?} {}",
+                    sk.0, sk.1
+                ));
+            }
         }
     }
 

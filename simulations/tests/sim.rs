@@ -59,6 +59,7 @@ fn the_sweep_exercises_faults_and_invariants() {
         total.dkg_byzantine_blamed += s.dkg_byzantine_blamed;
         total.raft_messages += s.raft_messages;
         total.forwards += s.forwards;
+        total.attacks_refused += s.attacks_refused;
     }
     assert!(total.versions_enabled > 0, "{total:?}");
     assert!(total.versions_destroyed > 0, "{total:?}");
@@ -74,6 +75,7 @@ fn the_sweep_exercises_faults_and_invariants() {
     assert!(total.dkg_byzantine_blamed > 0, "{total:?}");
     assert!(total.raft_messages > 0, "{total:?}");
     assert!(total.forwards > 0, "{total:?}");
+    assert!(total.attacks_refused > 0, "{total:?}");
 }
 
 #[test]
@@ -94,4 +96,14 @@ fn planted_ignored_erase_is_caught_within_the_sweep() {
     let (_, violation) = sweep(&cfg, SWEEP_SEEDS);
     let v = violation.expect("shares surviving destruction are caught");
     assert!(v.what.contains("destroyed version"), "{v}");
+}
+
+#[test]
+fn planted_skipped_proof_check_is_caught_within_the_sweep() {
+    let mut cfg = SimConfig::new(1);
+    cfg.bug = PlantedBug::SkipProofCheck;
+    let (_, violation) = sweep(&cfg, SWEEP_SEEDS);
+    let v = violation.expect("a partial for a wrong-context request is caught");
+    assert!(v.what.contains("ciphertext proof does not verify"), "{v}");
+    assert!(v.replay.contains("--plant-skip-proof-check"), "{v}");
 }
