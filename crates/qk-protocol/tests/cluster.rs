@@ -627,3 +627,87 @@ fn silent_holder_during_refresh_abandons_it_and_the_version_keeps_working() {
         assert_eq!(result.as_ref().expect("unwrap").as_slice(), b"still here");
     }
 }
+
+#[test]
+fn destroy_during_a_refresh_erases_the_new_epoch_shares_too() {
+    let mut c = Cluster::generated(2, 3, 44);
+    let id = c.key().id;
+    // With node-3 silent the refresh cannot complete: nodes 1 and 2 finish
+    // its DKG and persist epoch-1 shares, then wait for node-3's ack.
+    c.node_mut(3).muted = true;
+    refresh(&mut c);
+    let new_share = |c: &Cluster, i: u64| c.node(i).store.contains_key(&(id, V1, Epoch(1)));
+    c.advance(20_000, 100, |c| new_share(c, 1) && new_share(c, 2));
+    assert!(
+        new_share(&c, 1) && new_share(&c, 2),
+        "epoch-1 shares persisted"
+    );
+    assert!(c.version(V1).refresh.is_some(), "refresh still running");
+
+    c.node_mut(3).muted = false;
+    c.admin(Operation::ScheduleDestruction {
+        name: KEY.into(),
+        version: V1,
+        after_ms: 100,
+    });
+    c.advance(100, 100, |_| false);
+    c.admin(Operation::Destroy {
+        name: KEY.into(),
+        version: V1,
+    });
+    c.run_until_idle();
+    let v = c.version(V1);
+    assert_eq!(v.state, VersionState::Destroyed);
+    assert!(v.refresh.is_none());
+    for i in 1..=3 {
+        let node = c.node(i);
+        let left = node.store.keys().filter(|(k, v, _)| (*k, *v) == (id, V1));
+        let left: Vec<_> = left.collect();
+        assert!(left.is_empty(), "node {i} still holds {left:?}");
+        assert_eq!(node.proto.active_refreshes(), 0, "node {i}");
+    }
+}
+
+#[test]
+fn partial_request_for_another_epoch_is_refused_as_a_race_not_forged() {
+    let mut c = Cluster::generated(2, 3, 45);
+    refresh(&mut c);
+    c.advance(60_000, 100, |c| c.version(V1).refresh.is_none());
+    assert_eq!(c.version(V1).epoch, Epoch(1));
+    let ct = c.wrap(V1, b"raced");
+    let id = c.key().id;
+    let share = c.node(2).store[&(id, V1, Epoch(1))].clone();
+    let answer = |c: &Cluster, epoch: u64| {
+        let req = PartialRequest {
+            op_id: 7,
+            key: id,
+            name: KEY.into(),
+            version: V1,
+            ciphertext: ct.clone(),
+            context: ctx(),
+            principal: "app".into(),
+            epoch: Some(Epoch(epoch)),
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let reply = answer_partial(
+            &c.node(2).replica,
+            NodeId(2),
+            Some(&share),
+            &req,
+            |_: &str, _: &KeyRecord, _: KeyAccess| Ok(()),
+            &mut rng,
+        );
+        let ProtocolMessage::PartialResponse { result, .. } = reply else {
+            panic!("expected a partial response, got {reply:?}");
+        };
+        result
+    };
+    // The combiner still verifies against the epoch-0 key set.
+    let Err(reason) = answer(&c, 0) else {
+        panic!("a partial for epoch 0 was made from the epoch-1 share");
+    };
+    assert!(reason.contains("share epoch 1"), "{reason}");
+    assert!(reason.contains("for epoch 0"), "{reason}");
+    assert!(reason.contains("refresh completed meanwhile"), "{reason}");
+    answer(&c, 1).expect("current epoch answered");
+}

@@ -2,11 +2,11 @@
 //! the generation deadline. No cryptography here: payloads are opaque bytes.
 
 use qk_state::{
-    verify_chain, Applied, Command, CreateKey, DkgPhase, DkgStep, KeyVersionRecord, Operation,
-    RequestId, StateError, StateMachine, VersionState, DEFAULT_GENERATION_TIMEOUT_MS, GENESIS_HASH,
-    MAX_DKG_MESSAGE_LEN,
+    verify_chain, Applied, Command, CreateKey, DkgPhase, DkgSession, DkgStep, KeyVersionRecord,
+    Operation, RequestId, StateError, StateMachine, VersionState, DEFAULT_GENERATION_TIMEOUT_MS,
+    GENESIS_HASH, MAX_DKG_MESSAGE_LEN,
 };
-use qk_types::{KeyVersion, NodeId};
+use qk_types::{Epoch, KeyVersion, NodeId};
 
 const V1: KeyVersion = KeyVersion(1);
 
@@ -440,4 +440,57 @@ fn replicas_agree_on_dkg_logs() {
         assert_eq!(ra, rb);
     }
     assert_eq!(a.sm.digest(), b.sm.digest());
+}
+
+#[test]
+fn destroying_a_version_drops_its_refresh_in_progress() {
+    let mut log = created();
+    let complete = Operation::CompleteGeneration {
+        name: "k".into(),
+        version: V1,
+        public_keys: vec![1; 100],
+    };
+    log.apply("node-1", 1_100, complete).expect("enabled");
+    let refresh = Operation::Refresh {
+        name: "k".into(),
+        version: V1,
+        timeout_ms: None,
+    };
+    let started = log.apply("admin", 2_000, refresh).expect("refresh");
+    let Applied::RefreshStarted { epoch, attempt } = started else {
+        panic!("expected RefreshStarted, got {started:?}");
+    };
+    let session = DkgSession::Refresh { epoch, attempt };
+    let refresh_step = |log: &mut Log, from: u64, time_ms: u64| {
+        let op = Operation::Dkg {
+            name: "k".into(),
+            version: V1,
+            from: NodeId(from),
+            step: DkgStep::Deal(vec![from as u8; 40]),
+            session,
+        };
+        log.apply(&NodeId(from).to_string(), time_ms, op)
+    };
+    refresh_step(&mut log, 1, 2_010).expect("the refresh runs");
+
+    let schedule = Operation::ScheduleDestruction {
+        name: "k".into(),
+        version: V1,
+        after_ms: 100,
+    };
+    log.apply("admin", 2_020, schedule).expect("scheduled");
+    let destroy = Operation::Destroy {
+        name: "k".into(),
+        version: V1,
+    };
+    log.apply("admin", 2_120, destroy).expect("destroy");
+    let v = log.version();
+    assert_eq!(v.state, VersionState::Destroying);
+    assert!(v.refresh.is_none(), "{:?}", v.refresh);
+    let reason = v.last_refresh_failure.expect("reason kept");
+    assert!(reason.contains("destroyed during the refresh"), "{reason}");
+    // The refresh DKG cannot go on to deal shares of the destroyed version.
+    let late = refresh_step(&mut log, 2, 2_130).expect_err("refresh ended");
+    assert!(late.to_string().contains("not in progress"), "{late}");
+    assert_eq!(log.version().epoch, Epoch(0));
 }
