@@ -159,8 +159,10 @@ pub struct Stats {
     pub commits: u64,
     /// Raft RPC messages (each way counts).
     pub raft_messages: u64,
-    /// Proposals forwarded to the leader.
+    /// Commands forwarded to the leader.
     pub forwards: u64,
+    /// Raft entries proposed (each a batch of commands).
+    pub batches: u64,
     pub refreshes_started: u64,
     pub refreshes_completed: u64,
     /// DKGs in which the Byzantine dealer's wrong shares reached honest
@@ -222,11 +224,16 @@ pub struct ScaleResult {
 
 /// The raft settings of a simulated node. Election timeouts are fixed per
 /// node from the seed (`max = min + 1`, so openraft's unseeded thread RNG
-/// always draws `min`).
-fn raft_config(election_timeout_ms: u64, snapshot_every: u64) -> Option<Arc<openraft::Config>> {
+/// always draws `min`). openraft 0.9 uses the heartbeat interval as the
+/// AppendEntries timeout, so it must exceed the worst round trip.
+fn raft_config(
+    net: NetProfile,
+    election_timeout_ms: u64,
+    snapshot_every: u64,
+) -> Option<Arc<openraft::Config>> {
     let c = openraft::Config {
         cluster_name: "quorumkey-sim".into(),
-        heartbeat_interval: 50,
+        heartbeat_interval: 2 * net.max_delay_ms + 100,
         election_timeout_min: election_timeout_ms,
         election_timeout_max: election_timeout_ms + 1,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
@@ -305,12 +312,12 @@ impl Driver {
     async fn start_node(&self, id: NodeId) {
         let Some((log, sm, timeout, snapshot_every)) = self.with(|w| {
             let t = w.nodes.get(&id)?.election_timeout_ms;
-            let every = w.cfg.snapshot_every;
+            let every = (w.cfg.net, w.cfg.snapshot_every);
             w.prepare_start(id).map(|(l, s)| (l, s, t, every))
         }) else {
             return;
         };
-        let Some(config) = raft_config(timeout, snapshot_every) else {
+        let Some(config) = raft_config(snapshot_every.0, timeout, snapshot_every.1) else {
             self.with(|w| w.fail("invalid simulated Raft settings".into()));
             return;
         };

@@ -69,13 +69,6 @@ impl Driver {
             }
         }
     }
-
-    fn version_settled(w: &crate::World, name: &str) -> bool {
-        w.truth
-            .key(name)
-            .and_then(|k| k.version(KeyVersion(1)))
-            .is_some_and(|v| v.state != VersionState::Generating)
-    }
 }
 
 /// One key's DKG, one unwrap at node 1, one refresh of the version.
@@ -88,10 +81,11 @@ pub fn scale(nodes: u64, threshold: u16, net: NetProfile, seed: u64) -> ScaleRes
             w.create_key("k0");
             w.now()
         });
-        d.step_until(120_000, |w| Driver::version_settled(w, "k0"))
+        let key = ("k0".to_string(), KeyVersion(1));
+        d.step_until(120_000, |w| w.settled_at.contains_key(&key))
             .await;
         let (m1, rm1, c1) = counters(&d);
-        r.dkg_ms = d.with(|w| w.now()) - t0;
+        r.dkg_ms = d.with(|w| w.settled_at.get(&key).copied()).unwrap_or(t0) - t0;
         (r.dkg_messages, r.dkg_raft_messages, r.dkg_log_entries) = (m1 - m0, rm1 - rm0, c1 - c0);
         d.run_until_idle(60_000).await;
 
@@ -171,23 +165,20 @@ pub fn keys_study(
             }
             w.now()
         });
-        let mut settled_at = std::collections::BTreeMap::new();
-        let all = names.clone();
-        let end = t0 + 600_000;
-        while settled_at.len() < keys && d.with(|w| w.now()) < end && !d.violated() {
-            d.with(|w| {
-                for n in &all {
-                    if !settled_at.contains_key(n) && Driver::version_settled(w, n) {
-                        settled_at.insert(n.clone(), w.now());
-                    }
-                }
-            });
-            if !d.step().await {
-                break;
-            }
-        }
+        d.step_until(600_000, |w| {
+            names
+                .iter()
+                .all(|n| w.settled_at.contains_key(&(n.clone(), KeyVersion(1))))
+        })
+        .await;
         let (m1, rm1, c1) = counters(&d);
-        let mut dkg: Vec<u64> = settled_at.values().map(|t| t - t0).collect();
+        let mut dkg: Vec<u64> = d.with(|w| {
+            names
+                .iter()
+                .filter_map(|n| w.settled_at.get(&(n.clone(), KeyVersion(1))))
+                .map(|t| t - t0)
+                .collect()
+        });
         dkg.sort_unstable();
         let enabled = d.with(|w| {
             names

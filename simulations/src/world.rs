@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::storage::{Applied, Hook, RaftDisk, SharedDisk};
-use crate::{NetProfile, PlantedBug, SimConfig, Stats};
+use crate::{PlantedBug, SimConfig, Stats};
 
 /// Simulated milliseconds at the start of every run (timestamps are never 0).
 pub(crate) const EPOCH_MS: u64 = 1_000;
@@ -55,6 +55,9 @@ pub(crate) struct SimNode {
     inflight: BTreeMap<OpId, InFlight>,
     pub(crate) skew_ms: u64,
     pub(crate) election_timeout_ms: u64,
+    /// Commands waiting for this node's proposer, with their forward count.
+    outbox: Vec<(Command, u8)>,
+    batches_in_flight: usize,
     /// How long this node's disk takes to flush an append.
     fsync_ms: u64,
     /// Cleared when the current incarnation crashes (stops its flusher).
@@ -149,6 +152,8 @@ pub(crate) struct World {
     pub(crate) done_at: BTreeMap<(NodeId, OpId), u64>,
     /// Messages and log entries counted for the scale study.
     pub(crate) refresh_done: BTreeMap<(String, KeyVersion), u64>,
+    /// When each version left `Generating` (enabled or failed).
+    pub(crate) settled_at: BTreeMap<(String, KeyVersion), u64>,
     /// Every DKG share sent, searched again whenever a new root is learned
     /// (roots are known only once a version is enabled).
     dkg_messages: Vec<Vec<u8>>,
@@ -171,11 +176,9 @@ impl std::fmt::Debug for World {
 impl World {
     pub(crate) fn new(cfg: SimConfig, this: Weak<Mutex<World>>) -> Self {
         let mut rng = StdRng::seed_from_u64(cfg.seed);
-        let (el_min, el_max) = if cfg.net == NetProfile::WAN {
-            (1_000, 2_000)
-        } else {
-            (300, 600)
-        };
+        // Election timeouts well above the heartbeat (2 x max delay + 100 ms).
+        let heartbeat_ms = 2 * cfg.net.max_delay_ms + 100;
+        let (el_min, el_max) = (4 * heartbeat_ms, 8 * heartbeat_ms);
         let nodes = (1..=cfg.nodes)
             .map(|i| {
                 let skew_ms = if cfg.faults {
@@ -198,6 +201,8 @@ impl World {
                     skew_ms,
                     election_timeout_ms,
                     fsync_ms,
+                    outbox: Vec::new(),
+                    batches_in_flight: 0,
                     incarnation: Arc::default(),
                     unflushed: None,
                     corrupt_from_byz: BTreeSet::new(),
@@ -242,6 +247,7 @@ impl World {
             refresh_done: BTreeMap::new(),
             deals: BTreeMap::new(),
             dkg_messages: Vec::new(),
+            settled_at: BTreeMap::new(),
             unwrap_requests: BTreeMap::new(),
             cfg,
         }
@@ -459,9 +465,8 @@ impl World {
 
     // ---- proposals through openraft ---------------------------------
 
-    /// Proposes `op` through Raft: at `proposer` (a node's own proposal,
-    /// forwarded to the leader over the simulated network) or, for the
-    /// workload's admin client, at a random live node.
+    /// Proposes `op` through Raft: at `proposer` (a node's own proposal)
+    /// or, for the workload's admin client, at a random live node.
     pub(crate) fn propose(&mut self, principal: String, op: Operation, proposer: Option<NodeId>) {
         let live = self.live_ids();
         let at = match proposer {
@@ -479,16 +484,78 @@ impl World {
             principal,
             op,
         };
+        self.pending_proposals += 1;
+        self.enqueue(at, vec![(cmd, 0)]);
+    }
+
+    /// Queues commands at node `at`'s proposer (group commit, as the
+    /// node's `Proposer`: up to [`MAX_IN_FLIGHT_BATCHES`] entries being
+    /// committed, everything queued meanwhile goes into the next one).
+    fn enqueue(&mut self, at: NodeId, cmds: Vec<(Command, u8)>) {
+        let Some(node) = self.nodes.get_mut(&at).filter(|n| n.alive) else {
+            self.pending_proposals -= cmds.len() as u64;
+            return;
+        };
+        node.outbox.extend(cmds);
+        self.pump(at);
+    }
+
+    fn pump(&mut self, at: NodeId) {
         let Some(world) = self.this.upgrade() else {
             return;
         };
-        self.pending_proposals += 1;
-        tokio::spawn(async move {
-            propose_task(&world, cmd, at).await;
-            if let Ok(mut w) = world.lock() {
-                w.pending_proposals -= 1;
+        let now = self.clock_of(at);
+        let Some(node) = self.nodes.get_mut(&at) else {
+            return;
+        };
+        while node.batches_in_flight < MAX_IN_FLIGHT_BATCHES && !node.outbox.is_empty() {
+            let take = node.outbox.len().min(MAX_BATCH_COMMANDS);
+            let mut batch: Vec<(Command, u8)> = node.outbox.drain(..take).collect();
+            // The node that proposes stamps the time (the leader re-stamps
+            // forwarded writes, as the node's write path does).
+            for (cmd, _) in &mut batch {
+                cmd.time_ms = now;
             }
-        });
+            let Some(raft) = node.raft.clone() else {
+                node.outbox.clear();
+                return;
+            };
+            node.batches_in_flight += 1;
+            self.stats.batches += 1;
+            let world = world.clone();
+            tokio::spawn(async move { write_batch(&world, raft, at, batch).await });
+        }
+    }
+
+    /// A batch written at `at` finished: done, lost, or to be forwarded
+    /// (each command at most twice) to the leader over the network.
+    fn batch_written(&mut self, at: NodeId, batch: Vec<(Command, u8)>, leader: Option<NodeId>) {
+        if let Some(n) = self.nodes.get_mut(&at) {
+            n.batches_in_flight = n.batches_in_flight.saturating_sub(1);
+        }
+        let (forward, dropped): (Vec<_>, Vec<_>) = match leader {
+            Some(_) => batch.into_iter().partition(|(_, hops)| *hops < 2),
+            None => (Vec::new(), batch),
+        };
+        self.pending_proposals -= dropped.len() as u64;
+        if let (Some(l), false) = (leader, forward.is_empty()) {
+            match self.link(at, l) {
+                Some(d) => {
+                    self.stats.forwards += forward.len() as u64;
+                    let cmds = forward.into_iter().map(|(c, h)| (c, h + 1)).collect();
+                    if let Some(world) = self.this.upgrade() {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(std::time::Duration::from_millis(d)).await;
+                            if let Ok(mut w) = world.lock() {
+                                w.enqueue(l, cmds);
+                            }
+                        });
+                    }
+                }
+                None => self.pending_proposals -= forward.len() as u64,
+            }
+        }
+        self.pump(at);
     }
 
     /// The time a node's clock shows.
@@ -537,9 +604,11 @@ impl World {
                 match a {
                     qk_state::Applied::VersionEnabled => {
                         self.stats.versions_enabled += 1;
+                        self.note_settled(cmd);
                         self.check_dkg_blame(cmd);
                     }
                     qk_state::Applied::VersionDestroyed => self.stats.versions_destroyed += 1,
+                    qk_state::Applied::GenerationFailed { .. } => self.note_settled(cmd),
                     qk_state::Applied::RefreshCompleted { .. } => {
                         self.stats.refreshes_completed += 1;
                         if let Operation::Dkg { name, version, .. } = &cmd.op {
@@ -623,6 +692,18 @@ impl World {
         }
     }
 
+    /// When a version left `Generating` (for the scale study).
+    fn note_settled(&mut self, cmd: &Command) {
+        let vk = match &cmd.op {
+            Operation::Dkg { name, version, .. }
+            | Operation::FailGeneration { name, version, .. }
+            | Operation::CompleteGeneration { name, version, .. } => (name.clone(), *version),
+            _ => return,
+        };
+        let now = self.now();
+        self.settled_at.entry(vk).or_insert(now);
+    }
+
     /// Records the `A_0` of each generation deal the agreed log accepts.
     fn note_deal(&mut self, cmd: &Command) {
         let Operation::Dkg {
@@ -646,41 +727,30 @@ impl World {
     }
 }
 
-/// Delivers a proposal to the leader (at most three hops), as the node's
-/// proposer does: write locally, forward on `ForwardToLeader`.
-async fn propose_task(world: &Arc<Mutex<World>>, mut cmd: Command, mut at: NodeId) {
-    for _hop in 0..3 {
-        let raft = {
-            let Ok(w) = world.lock() else { return };
-            let Some(raft) = w
-                .nodes
-                .get(&at)
-                .filter(|n| n.alive)
-                .and_then(|n| n.raft.clone())
-            else {
-                return;
-            };
-            // The node that proposes stamps the leader time (re-stamped
-            // when forwarded, as the node's write path does).
-            cmd.time_ms = w.clock_of(at);
-            raft
-        };
-        match raft.client_write(Batch(vec![cmd.clone()])).await {
-            Ok(_) => return,
-            Err(e) => {
-                let Some(leader) = e.forward_to_leader().and_then(|f| f.leader_id) else {
-                    return;
-                };
-                let delay = {
-                    let Ok(mut w) = world.lock() else { return };
-                    w.stats.forwards += 1;
-                    w.link(at, NodeId(leader))
-                };
-                let Some(d) = delay else { return };
-                tokio::time::sleep(std::time::Duration::from_millis(d)).await;
-                at = NodeId(leader);
+/// Largest number of batches a node's proposer commits at once.
+const MAX_IN_FLIGHT_BATCHES: usize = 2;
+/// Upper bound on the commands of one entry.
+const MAX_BATCH_COMMANDS: usize = 1024;
+
+/// Writes one batch as one Raft entry at `at`.
+async fn write_batch(world: &Arc<Mutex<World>>, raft: Raft, at: NodeId, batch: Vec<(Command, u8)>) {
+    let cmds = batch.iter().map(|(c, _)| c.clone()).collect();
+    let leader = match raft.client_write(Batch(cmds)).await {
+        Ok(_) => {
+            if let Ok(mut w) = world.lock() {
+                w.pending_proposals -= batch.len() as u64;
+                w.batch_written(at, Vec::new(), None);
             }
+            return;
         }
+        Err(e) => e
+            .forward_to_leader()
+            .and_then(|f| f.leader_id)
+            .map(NodeId)
+            .filter(|l| *l != at),
+    };
+    if let Ok(mut w) = world.lock() {
+        w.batch_written(at, batch, leader);
     }
 }
 
@@ -1277,6 +1347,8 @@ impl World {
             return;
         };
         node.alive = false;
+        self.pending_proposals -= node.outbox.len() as u64;
+        node.outbox.clear();
         node.incarnation
             .store(false, std::sync::atomic::Ordering::SeqCst);
         let lost = node

@@ -76,8 +76,11 @@ impl Default for ProtocolConfig {
             retry_interval_ms: 2_000,
             fail_grace_ms: 5_000,
             max_pending_unwraps: 1_024,
-            // Every dealer of a few concurrent maximal sessions.
-            max_early_shares: 4 * MAX_HOLDERS as usize,
+            // About 300 KB. qk-sim's many-keys study: a burst of 200 key
+            // creations on 5 nodes overflowed the former 4 * MAX_HOLDERS,
+            // dropped shares and pushed every DKG to the 10 s dealing
+            // timeout (docs/SIMULATION.md).
+            max_early_shares: 64 * MAX_HOLDERS as usize,
         }
     }
 }
