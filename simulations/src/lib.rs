@@ -157,6 +157,8 @@ pub struct Stats {
     pub messages_lost: u64,
     /// Log entries agreed (applied by a first node).
     pub commits: u64,
+    /// Commands in those entries (group commit puts several in one entry).
+    pub commands: u64,
     /// Raft RPC messages (each way counts).
     pub raft_messages: u64,
     /// Commands forwarded to the leader.
@@ -214,12 +216,14 @@ pub struct ScaleResult {
     pub dkg_messages: u64,
     pub dkg_raft_messages: u64,
     pub dkg_log_entries: u64,
+    pub dkg_commands: u64,
     pub unwrap_ms: u64,
     pub unwrap_messages: u64,
     pub refresh_ms: u64,
     pub refresh_messages: u64,
     pub refresh_raft_messages: u64,
     pub refresh_log_entries: u64,
+    pub refresh_commands: u64,
 }
 
 /// The raft settings of a simulated node. Election timeouts are fixed per

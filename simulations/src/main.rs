@@ -143,7 +143,7 @@ fn profiles() -> [(&'static str, NetProfile); 2] {
 }
 
 fn scale_table(max_nodes: u64) {
-    println!("| nodes | t | profile | DKG ms | DKG msgs | DKG Raft msgs | DKG log entries | unwrap ms | unwrap msgs | refresh ms | refresh msgs | refresh Raft msgs | refresh log entries | wall s |");
+    println!("| nodes | t | profile | DKG ms | DKG msgs | DKG Raft msgs | DKG commands / entries | unwrap ms | unwrap msgs | refresh ms | refresh msgs | refresh Raft msgs | refresh commands / entries | wall s |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, net) in profiles() {
         for n in [3u64, 5, 9, 16, 32, 64]
@@ -154,16 +154,18 @@ fn scale_table(max_nodes: u64) {
             let started = Instant::now();
             let r = scale(n, t, net, 7);
             println!(
-                "| {n} | {t} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+                "| {n} | {t} | {name} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} / {} | {:.1} |",
                 r.dkg_ms,
                 r.dkg_messages,
                 r.dkg_raft_messages,
+                r.dkg_commands,
                 r.dkg_log_entries,
                 r.unwrap_ms,
                 r.unwrap_messages,
                 r.refresh_ms,
                 r.refresh_messages,
                 r.refresh_raft_messages,
+                r.refresh_commands,
                 r.refresh_log_entries,
                 started.elapsed().as_secs_f64()
             );
@@ -172,18 +174,19 @@ fn scale_table(max_nodes: u64) {
 }
 
 fn keys_table(keys: usize) {
-    println!("| keys | nodes | t | profile | enabled | all enabled ms | DKG p50 ms | DKG p99 ms | log entries | protocol msgs | Raft msgs | unwraps | unwrap p50 ms | unwrap p99 ms | wall s |");
+    println!("| keys | nodes | t | profile | enabled | all enabled ms | DKG p50 ms | DKG p99 ms | commands / log entries | protocol msgs | Raft msgs | unwraps | unwrap p50 ms | unwrap p99 ms | wall s |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, net) in profiles() {
         let started = Instant::now();
         let r = keys_study(5, 3, keys, net, 7);
         println!(
-            "| {} | 5 | 3 | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+            "| {} | 5 | 3 | {name} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {:.1} |",
             r.keys,
             r.enabled,
             r.all_enabled_ms,
             r.dkg_p50_ms,
             r.dkg_p99_ms,
+            r.commands,
             r.log_entries,
             r.protocol_messages,
             r.raft_messages,

@@ -107,6 +107,31 @@ impl SimPeer {
     }
 }
 
+impl SimPeer {
+    /// One RPC: the request crosses the network, the target's `Raft`
+    /// handles it, the response crosses back.
+    async fn rpc<Req, Resp, E, Fut>(
+        &self,
+        body: &[u8],
+        option: &RPCOption,
+        req: Req,
+        call: impl FnOnce(Raft, Req) -> Fut,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        E: std::error::Error,
+        Fut: std::future::Future<Output = Result<Resp, RaftError<u64, E>>>,
+    {
+        let Some(raft) = self.there(body, option).await else {
+            return Err(self.lost());
+        };
+        let result = call(raft, req).await;
+        if !self.back(option).await {
+            return Err(self.lost());
+        }
+        result.map_err(|e| self.remote(e))
+    }
+}
+
 impl RaftNetwork<TypeConfig> for SimPeer {
     async fn append_entries(
         &mut self,
@@ -118,14 +143,10 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         } else {
             postcard::to_allocvec(&rpc.entries).unwrap_or_default()
         };
-        let Some(raft) = self.there(&body, &option).await else {
-            return Err(self.lost());
-        };
-        let result = raft.append_entries(rpc).await;
-        if !self.back(&option).await {
-            return Err(self.lost());
-        }
-        result.map_err(|e| self.remote(e))
+        self.rpc(&body, &option, rpc, |raft, rpc| async move {
+            raft.append_entries(rpc).await
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -134,14 +155,10 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
         let body = rpc.data.clone();
-        let Some(raft) = self.there(&body, &option).await else {
-            return Err(self.lost());
-        };
-        let result = raft.install_snapshot(rpc).await;
-        if !self.back(&option).await {
-            return Err(self.lost());
-        }
-        result.map_err(|e| self.remote(e))
+        self.rpc(&body, &option, rpc, |raft, rpc| async move {
+            raft.install_snapshot(rpc).await
+        })
+        .await
     }
 
     async fn vote(
@@ -149,13 +166,9 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RpcErr> {
-        let Some(raft) = self.there(&[], &option).await else {
-            return Err(self.lost());
-        };
-        let result = raft.vote(rpc).await;
-        if !self.back(&option).await {
-            return Err(self.lost());
-        }
-        result.map_err(|e| self.remote(e))
+        self.rpc(&[], &option, rpc, |raft, rpc| async move {
+            raft.vote(rpc).await
+        })
+        .await
     }
 }

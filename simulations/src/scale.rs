@@ -17,6 +17,7 @@ pub struct KeysResult {
     pub dkg_p50_ms: u64,
     pub dkg_p99_ms: u64,
     pub log_entries: u64,
+    pub commands: u64,
     pub protocol_messages: u64,
     pub raft_messages: u64,
     pub unwraps: usize,
@@ -35,13 +36,10 @@ fn quiet_config(nodes: u64, threshold: u16, net: NetProfile, seed: u64) -> SimCo
 }
 
 /// Counters the study takes differences of.
-fn counters(d: &Driver) -> (u64, u64, u64) {
+fn counters(d: &Driver) -> (u64, u64, u64, u64) {
     d.with(|w| {
-        (
-            w.stats.messages_sent,
-            w.stats.raft_messages,
-            w.stats.commits,
-        )
+        let s = &w.stats;
+        (s.messages_sent, s.raft_messages, s.commits, s.commands)
     })
 }
 
@@ -76,7 +74,7 @@ pub fn scale(nodes: u64, threshold: u16, net: NetProfile, seed: u64) -> ScaleRes
     crate::runtime().block_on(async move {
         let d = Driver::quiet(quiet_config(nodes, threshold, net, seed)).await;
         let mut r = ScaleResult::default();
-        let (m0, rm0, c0) = counters(&d);
+        let (m0, rm0, c0, k0) = counters(&d);
         let t0 = d.with(|w| {
             w.create_key("k0");
             w.now()
@@ -84,12 +82,13 @@ pub fn scale(nodes: u64, threshold: u16, net: NetProfile, seed: u64) -> ScaleRes
         let key = ("k0".to_string(), KeyVersion(1));
         d.step_until(120_000, |w| w.settled_at.contains_key(&key))
             .await;
-        let (m1, rm1, c1) = counters(&d);
+        let (m1, rm1, c1, k1) = counters(&d);
         r.dkg_ms = d.with(|w| w.settled_at.get(&key).copied()).unwrap_or(t0) - t0;
-        (r.dkg_messages, r.dkg_raft_messages, r.dkg_log_entries) = (m1 - m0, rm1 - rm0, c1 - c0);
+        (r.dkg_messages, r.dkg_raft_messages) = (m1 - m0, rm1 - rm0);
+        (r.dkg_log_entries, r.dkg_commands) = (c1 - c0, k1 - k0);
         d.run_until_idle(60_000).await;
 
-        let m0 = counters(&d).0;
+        let (m0, ..) = counters(&d);
         let started = d.with(|w| {
             let i = w.wrap_one("k0", KeyVersion(1))?;
             let (ct, pt) = (
@@ -110,7 +109,7 @@ pub fn scale(nodes: u64, threshold: u16, net: NetProfile, seed: u64) -> ScaleRes
         }
         d.run_until_idle(60_000).await;
 
-        let (m0, rm0, c0) = counters(&d);
+        let (m0, rm0, c0, k0) = counters(&d);
         let t0 = d.with(|w| {
             w.propose(
                 "admin".into(),
@@ -126,13 +125,10 @@ pub fn scale(nodes: u64, threshold: u16, net: NetProfile, seed: u64) -> ScaleRes
         let key = ("k0".to_string(), KeyVersion(1));
         d.step_until(120_000, |w| w.refresh_done.contains_key(&key))
             .await;
-        let (m1, rm1, c1) = counters(&d);
+        let (m1, rm1, c1, k1) = counters(&d);
         r.refresh_ms = d.with(|w| w.refresh_done.get(&key).copied()).unwrap_or(t0) - t0;
-        (
-            r.refresh_messages,
-            r.refresh_raft_messages,
-            r.refresh_log_entries,
-        ) = (m1 - m0, rm1 - rm0, c1 - c0);
+        (r.refresh_messages, r.refresh_raft_messages) = (m1 - m0, rm1 - rm0);
+        (r.refresh_log_entries, r.refresh_commands) = (c1 - c0, k1 - k0);
         r
     })
 }
@@ -157,7 +153,7 @@ pub fn keys_study(
         let mut cfg = quiet_config(nodes, threshold, net, seed);
         cfg.snapshot_every = 100_000;
         let d = Driver::quiet(cfg).await;
-        let (m0, rm0, c0) = counters(&d);
+        let (m0, rm0, c0, k0) = counters(&d);
         let names: Vec<String> = (0..keys).map(|i| format!("k{i}")).collect();
         let t0 = d.with(|w| {
             for n in &names {
@@ -171,7 +167,7 @@ pub fn keys_study(
                 .all(|n| w.settled_at.contains_key(&(n.clone(), KeyVersion(1))))
         })
         .await;
-        let (m1, rm1, c1) = counters(&d);
+        let (m1, rm1, c1, k1) = counters(&d);
         let mut dkg: Vec<u64> = d.with(|w| {
             names
                 .iter()
@@ -198,6 +194,7 @@ pub fn keys_study(
             dkg_p50_ms: percentile(&dkg, 50),
             dkg_p99_ms: percentile(&dkg, 99),
             log_entries: c1 - c0,
+            commands: k1 - k0,
             protocol_messages: m1 - m0,
             raft_messages: rm1 - rm0,
             ..KeysResult::default()

@@ -16,13 +16,13 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
-    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogId,
-    RaftLogReader, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership, Vote,
+    Entry, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader,
+    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+    Vote,
 };
 use qk_raft::{BatchResponse, NodeId, QkNode, TypeConfig};
 use qk_state::{Command, Response, StateMachine};
-use serde::{Deserialize, Serialize};
+use qk_storage::{apply_entry, decode_payload, encode_payload, AppliedState};
 use sha2::{Digest, Sha256};
 
 type LogEntry = Entry<TypeConfig>;
@@ -259,14 +259,6 @@ impl RaftLogStorage<TypeConfig> for MemLog {
     }
 }
 
-/// The applied state and its Raft bookkeeping (the snapshot payload).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct AppliedState {
-    pub machine: StateMachine,
-    pub last_applied: Option<LogId<NodeId>>,
-    pub last_membership: Membership,
-}
-
 /// What the state machine reports while applying.
 pub enum Applied<'a> {
     /// Every log entry, blank and membership ones included: its hash.
@@ -313,7 +305,7 @@ impl MemSm {
             .lock()
             .ok()
             .and_then(|d| d.snapshot.as_ref().map(|(_, data)| data.clone()))
-            .and_then(|data| postcard::from_bytes::<AppliedState>(&data).ok())
+            .and_then(|data| decode_payload("simulated checkpoint", &data).ok())
             .unwrap_or_default();
         MemSm {
             swap: Arc::new(Mutex::new(None)),
@@ -370,7 +362,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MemSm {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let (data, meta) = {
             let s = self.state.read().map_err(|_| poisoned())?;
-            let data = postcard::to_allocvec(&*s).map_err(|e| {
+            let data = encode_payload(&s).map_err(|e| {
                 io_err(
                     ErrorSubject::Snapshot(None),
                     ErrorVerb::Write,
@@ -378,11 +370,11 @@ impl RaftSnapshotBuilder<TypeConfig> for MemSm {
                 )
             })?;
             let id = s
-                .last_applied
+                .last_applied()
                 .map_or_else(|| "empty".to_string(), |l| l.to_string());
             let meta = SnapshotMeta {
-                last_log_id: s.last_applied,
-                last_membership: s.last_membership.clone(),
+                last_log_id: s.last_applied(),
+                last_membership: s.last_membership().clone(),
                 snapshot_id: id,
             };
             (data, meta)
@@ -409,7 +401,7 @@ impl RaftStateMachine<TypeConfig> for MemSm {
         &mut self,
     ) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
         let s = self.state.read().map_err(|_| poisoned())?;
-        Ok((s.last_applied, s.last_membership.clone()))
+        Ok((s.last_applied(), s.last_membership().clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResponse>, StorageError<NodeId>>
@@ -425,38 +417,27 @@ impl RaftStateMachine<TypeConfig> for MemSm {
         for entry in self.reorder(entries) {
             // The position in apply order (the entry's own index unless the
             // planted reordering bug is on).
-            let index = state.last_applied.map_or(0, |l| l.index + 1);
-            state.last_applied = state.last_applied.max(Some(entry.log_id));
-            if let Some(h) = hook.as_mut() {
-                h(Applied::Entry {
-                    index,
-                    hash: entry_hash(&entry),
-                });
-            }
-            let response = match entry.payload {
-                EntryPayload::Blank => BatchResponse::default(),
-                EntryPayload::Normal(batch) => {
-                    let mut responses = Vec::with_capacity(batch.0.len());
-                    for command in &batch.0 {
-                        let response = state.machine.apply(command);
-                        if let Some(h) = hook.as_mut() {
-                            h(Applied::Command {
-                                state: &state.machine,
-                                index,
-                                command,
-                                response: &response,
-                            });
-                        }
-                        responses.push(response);
-                    }
-                    BatchResponse(responses)
-                }
-                EntryPayload::Membership(m) => {
-                    state.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                    BatchResponse::default()
-                }
+            let index = state.last_applied().map_or(0, |l| l.index + 1);
+            let Some(h) = hook.as_mut() else {
+                out.push(apply_entry(&mut state, entry, &mut |_, _, _, _| {}));
+                continue;
             };
-            out.push(response);
+            h(Applied::Entry {
+                index,
+                hash: entry_hash(&entry),
+            });
+            out.push(apply_entry(
+                &mut state,
+                entry,
+                &mut |state, index, command, response| {
+                    h(Applied::Command {
+                        state,
+                        index,
+                        command,
+                        response,
+                    })
+                },
+            ));
         }
         // One response per entry openraft passed in (only the planted bug
         // makes these differ).
@@ -480,7 +461,7 @@ impl RaftStateMachine<TypeConfig> for MemSm {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let new_state: AppliedState = postcard::from_bytes(&data).map_err(|e| {
+        let new_state = decode_payload("received snapshot", &data).map_err(|e| {
             io_err(
                 ErrorSubject::Snapshot(Some(meta.signature())),
                 ErrorVerb::Read,

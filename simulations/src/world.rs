@@ -599,6 +599,7 @@ impl World {
     ) {
         if self.extender == Some(id) && index as usize + 1 == self.canon.len() {
             let resp = self.truth.apply(cmd);
+            self.stats.commands += 1;
             self.note_deal(cmd);
             if let Ok(a) = &resp.result {
                 match a {
@@ -781,7 +782,7 @@ impl World {
         let Some(sm) = self.nodes.get(&id).and_then(|n| n.sm.clone()) else {
             return;
         };
-        sm.read(|a| self.drive_with(id, &a.machine, event));
+        sm.read(|a| self.drive_with(id, a.machine(), event));
     }
 
     pub(crate) fn drive_with(&mut self, id: NodeId, state: &StateMachine, event: Event) {
@@ -926,11 +927,19 @@ impl World {
     }
 
     fn decoy(&mut self, name: &str, version: KeyVersion) -> Option<Vec<u8>> {
-        let key = self.truth.key(name)?;
-        let id = key.id;
+        let id = self.truth.key(name)?.id;
         if let Some(d) = self.decoys.get(&(id, version)) {
             return Some(d.clone());
         }
+        let ct = self.wrap_bytes(name, version, b"decoy")?;
+        self.decoys.insert((id, version), ct.clone());
+        Some(ct)
+    }
+
+    /// `plaintext` wrapped under `name` `version` with the workload's context.
+    fn wrap_bytes(&mut self, name: &str, version: KeyVersion, plaintext: &[u8]) -> Option<Vec<u8>> {
+        let key = self.truth.key(name)?;
+        let id = key.id;
         let keys = PublicKeySet::from_bytes(key.version(version)?.public_keys.as_deref()?).ok()?;
         let ct = wrap(
             &mut self.rng,
@@ -938,12 +947,10 @@ impl World {
             id,
             version,
             &ctx(),
-            b"decoy",
+            plaintext,
         )
-        .ok()?
-        .to_bytes();
-        self.decoys.insert((id, version), ct.clone());
-        Some(ct)
+        .ok()?;
+        Some(ct.to_bytes())
     }
 
     fn unwrap_done(
@@ -1064,20 +1071,8 @@ impl World {
     }
 
     pub(crate) fn wrap_one(&mut self, name: &str, version: KeyVersion) -> Option<usize> {
-        let key = self.truth.key(name)?;
-        let id = key.id;
-        let keys = PublicKeySet::from_bytes(key.version(version)?.public_keys.as_deref()?).ok()?;
         let plaintext: Vec<u8> = (0..24).map(|_| self.rng.random::<u8>()).collect();
-        let ct = wrap(
-            &mut self.rng,
-            &keys.public_key(),
-            id,
-            version,
-            &ctx(),
-            &plaintext,
-        )
-        .ok()?
-        .to_bytes();
+        let ct = self.wrap_bytes(name, version, &plaintext)?;
         self.stats.wraps += 1;
         self.wrapped.push(Wrapped {
             name: name.to_string(),
@@ -1415,7 +1410,7 @@ impl World {
                 return;
             };
             node.disk.retain(|(key, version, _), _| {
-                let Some(k) = a.machine.keys().find(|k| k.id == *key) else {
+                let Some(k) = a.machine().keys().find(|k| k.id == *key) else {
                     return true;
                 };
                 let Some(v) = k.version(*version) else {
@@ -1551,7 +1546,7 @@ impl World {
             let Some(sm) = n.sm.clone() else { continue };
             let from = n.audit_verified;
             let result = sm.read(|a| {
-                let len = a.machine.audit_len();
+                let len = a.machine().audit_len();
                 if len < from {
                     return (0, Ok(()));
                 }
@@ -1561,9 +1556,9 @@ impl World {
                 let prev = if from == 0 {
                     GENESIS_HASH
                 } else {
-                    a.machine.audit_records(from, 1)[0].hash
+                    a.machine().audit_records(from, 1)[0].hash
                 };
-                let recs = a.machine.audit_records(from + 1, usize::MAX);
+                let recs = a.machine().audit_records(from + 1, usize::MAX);
                 (len, verify_chain(recs, prev).map_err(|e| e.to_string()))
             });
             if let Some((len, r)) = result {
@@ -1593,7 +1588,7 @@ impl World {
                 images.extend(d.images().into_iter().map(|b| (*id, "Raft disk", b)));
             }
             if let Some(sm) = &n.sm {
-                if let Some(b) = sm.read(|a| a.machine.to_bytes()) {
+                if let Some(b) = sm.read(|a| a.machine().to_bytes()) {
                     images.push((*id, "applied state", b));
                 }
             }

@@ -77,7 +77,10 @@ pub use codec::{MAX_LOG_ENTRY_BYTES, MAX_META_BYTES, MAX_SNAPSHOT_BYTES};
 pub use error::StoreError;
 pub use log_store::{LogStore, MAX_REPLICATION_BATCH_BYTES};
 pub use shares::{SealKey, ShareSlot, ShareStore, ShareStoreError};
-pub use state_machine::{AppliedState, ApplyHook, SnapshotBuilder, StateMachineStore, StateReader};
+pub use state_machine::{
+    apply_entry, decode_payload, encode_payload, AppliedState, ApplyHook, SnapshotBuilder,
+    StateMachineStore, StateReader,
+};
 
 pub type NodeId = qk_raft::NodeId;
 pub type Entry = openraft::Entry<qk_raft::TypeConfig>;

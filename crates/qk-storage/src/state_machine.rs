@@ -73,7 +73,8 @@ struct Payload {
     machine: StateMachine,
 }
 
-fn encode_payload(state: &AppliedState) -> Result<Vec<u8>, StoreError> {
+/// The snapshot payload of `state` (also the restart checkpoint).
+pub fn encode_payload(state: &AppliedState) -> Result<Vec<u8>, StoreError> {
     codec::encode(
         "state machine snapshot",
         &PayloadRef {
@@ -86,7 +87,8 @@ fn encode_payload(state: &AppliedState) -> Result<Vec<u8>, StoreError> {
     )
 }
 
-fn decode_payload(what: &str, bytes: &[u8]) -> Result<AppliedState, StoreError> {
+/// Decodes a snapshot payload strictly; `what` names it in errors.
+pub fn decode_payload(what: &str, bytes: &[u8]) -> Result<AppliedState, StoreError> {
     match bytes.first() {
         None => return Err(StoreError::corrupt(what, "empty")),
         Some(&SNAPSHOT_FORMAT) => {}
@@ -351,6 +353,35 @@ impl StateReader {
     }
 }
 
+/// Applies one log entry: the node's `apply`, also driven by the simulator.
+/// `on_command` sees every command with the state right after it (the
+/// commands of one batch share their entry's index). Blank entries (a new
+/// leader's) and membership changes carry no command: no response, no audit
+/// record.
+pub fn apply_entry(
+    state: &mut AppliedState,
+    entry: Entry,
+    on_command: &mut dyn FnMut(&StateMachine, u64, &Command, &Response),
+) -> BatchResponse {
+    state.last_applied = Some(entry.log_id);
+    match entry.payload {
+        EntryPayload::Blank => BatchResponse::default(),
+        EntryPayload::Normal(batch) => {
+            let mut responses = Vec::with_capacity(batch.0.len());
+            for cmd in &batch.0 {
+                let response = state.machine.apply(cmd);
+                on_command(&state.machine, entry.log_id.index, cmd, &response);
+                responses.push(response);
+            }
+            BatchResponse(responses)
+        }
+        EntryPayload::Membership(m) => {
+            state.last_membership = StoredMembership::new(Some(entry.log_id), m);
+            BatchResponse::default()
+        }
+    }
+}
+
 /// Builds snapshots from a consistent view of the state; runs concurrently
 /// with `apply`.
 pub struct SnapshotBuilder {
@@ -419,28 +450,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .lock()
             .map_err(|_| error::write_sm(StoreError::Poisoned))?;
         for entry in entries {
-            state.last_applied = Some(entry.log_id);
-            // Blank entries (a new leader's) and membership changes carry no
-            // command: no response, no audit record.
-            let response = match entry.payload {
-                EntryPayload::Blank => BatchResponse::default(),
-                EntryPayload::Normal(batch) => {
-                    let mut responses = Vec::with_capacity(batch.0.len());
-                    for cmd in &batch.0 {
-                        let response = state.machine.apply(cmd);
-                        if let Some(h) = hook.as_mut() {
-                            h(&state.machine, entry.log_id.index, cmd, &response);
-                        }
-                        responses.push(response);
-                    }
-                    BatchResponse(responses)
+            responses.push(apply_entry(&mut state, entry, &mut |s, i, c, r| {
+                if let Some(h) = hook.as_mut() {
+                    h(s, i, c, r);
                 }
-                EntryPayload::Membership(m) => {
-                    state.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                    BatchResponse::default()
-                }
-            };
-            responses.push(response);
+            }));
         }
         Ok(responses)
     }
