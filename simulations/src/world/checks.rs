@@ -1,0 +1,406 @@
+//! The invariant checker: what must hold after every step, at every
+//! apply and at quiescent points (docs/SIMULATION.md, "Invariants").
+
+use super::*;
+
+impl World {
+    /// A holder returned a partial for unwrap `op_id` of node `to`: the
+    /// ciphertext's proof must verify under the caller's context (else the
+    /// holder decrypted an `R` moved from another ciphertext).
+    pub(super) fn check_partial_allowed(&mut self, holder: NodeId, to: NodeId, op_id: OpId) {
+        let Some((ct, context)) = self.unwrap_requests.get(&(to, op_id)) else {
+            return;
+        };
+        let verifies = qk_crypto::Ciphertext::from_bytes(ct)
+            .ok()
+            .is_some_and(|c| c.verify(context).is_ok());
+        if !verifies {
+            self.fail(format!(
+                "{holder} returned a partial for unwrap {op_id} of {to}, whose ciphertext proof does not verify under the caller's context"
+            ));
+        }
+    }
+
+    /// Remembers that honest `to` got a wrong DKG share from the Byzantine
+    /// dealer (it then must disqualify it, if it finishes).
+    pub(super) fn note_corrupt_share(&mut self, from: NodeId, to: NodeId, bytes: &[u8]) {
+        if Some(from) != self.byzantine || from == to {
+            return;
+        }
+        let Ok(share) = qk_crypto::PrivateShare::from_secret_bytes(bytes) else {
+            return;
+        };
+        let session = share.session_id;
+        let found = self.truth.keys().find_map(|k| {
+            k.versions.iter().find_map(|v| {
+                (qk_protocol::session_id(k.id, v.version, v.epoch) == session)
+                    .then(|| (k.name.clone(), v.version))
+            })
+        });
+        if let (Some(vk), Some(n)) = (found, self.nodes.get_mut(&to)) {
+            n.corrupt_from_byz.insert(vk);
+        }
+    }
+
+    /// When a version is enabled after the Byzantine dealer sent wrong
+    /// shares to honest holders: the public key must be the sum of the
+    /// `A_0` of some set of dealers (QUAL) that leaves the Byzantine one out.
+    pub(super) fn check_dkg_blame(&mut self, cmd: &Command) {
+        let Operation::Dkg { name, version, .. } = &cmd.op else {
+            return;
+        };
+        let Some(byz) = self.byzantine else { return };
+        let vk = (name.clone(), *version);
+        let receivers: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(id, n)| **id != byz && n.corrupt_from_byz.contains(&vk))
+            .map(|(id, _)| *id)
+            .collect();
+        let deals = self.deals.get(&vk).cloned().unwrap_or_default();
+        // Subsets are enumerated: only for small holder sets.
+        if receivers.is_empty() || deals.len() > 12 {
+            return;
+        }
+        self.stats.dkg_byzantine_sessions += 1;
+        let Some(pk) = self
+            .truth
+            .key(name)
+            .and_then(|k| k.version(*version))
+            .and_then(|v| v.public_keys.clone())
+            .and_then(|b| PublicKeySet::from_bytes(&b).ok())
+        else {
+            return;
+        };
+        let x = ProjectivePoint::from(pk.public_key());
+        let qual = (1u32..(1 << deals.len())).find(|mask| {
+            let sum = deals
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .fold(ProjectivePoint::IDENTITY, |acc, (_, (_, a0))| acc + a0);
+            sum == x
+        });
+        let Some(mask) = qual else {
+            self.fail(format!(
+                "the public key of {name:?} {version} is not the sum of any set of posted deals"
+            ));
+            return;
+        };
+        let in_qual = deals
+            .iter()
+            .enumerate()
+            .any(|(i, (from, _))| *from == byz && mask & (1 << i) != 0);
+        if in_qual {
+            self.fail(format!(
+                "version {version} of {name:?} was enabled with the Byzantine dealer {byz} in QUAL, although {receivers:?} received wrong shares from it and complained"
+            ));
+        } else {
+            self.stats.dkg_byzantine_blamed += 1;
+        }
+    }
+
+    /// When a version left `Generating` (for the scale study).
+    pub(super) fn note_settled(&mut self, cmd: &Command) {
+        let vk = match &cmd.op {
+            Operation::Dkg { name, version, .. }
+            | Operation::FailGeneration { name, version, .. }
+            | Operation::CompleteGeneration { name, version, .. } => (name.clone(), *version),
+            _ => return,
+        };
+        let now = self.now();
+        self.settled_at.entry(vk).or_insert(now);
+    }
+
+    /// Records the `A_0` of each generation deal the agreed log accepts.
+    pub(super) fn note_deal(&mut self, cmd: &Command) {
+        let Operation::Dkg {
+            name,
+            version,
+            from,
+            step: DkgStep::Deal(bytes),
+            session: qk_state::DkgSession::Generation,
+        } = &cmd.op
+        else {
+            return;
+        };
+        if let Ok(qk_crypto::PublicMessage::Deal(d)) = qk_crypto::PublicMessage::from_bytes(bytes) {
+            if let Some(a0) = d.commitments.first() {
+                let list = self.deals.entry((name.clone(), *version)).or_default();
+                if !list.iter().any(|(f, _)| f == from) {
+                    list.push((*from, ProjectivePoint::from(*a0)));
+                }
+            }
+        }
+    }
+
+    /// Nothing left to do: no message, proposal, DKG, refresh or unwrap in
+    /// flight, every live node applied what the others did.
+    pub(crate) fn is_idle(&self) -> bool {
+        let busy_queue = self.queue.values().any(|e| !matches!(e, Ev::Tick));
+        let applied: Vec<Option<u64>> = self
+            .nodes
+            .values()
+            .filter(|n| n.alive)
+            .filter_map(|n| n.raft.as_ref())
+            .map(|r| r.metrics().borrow().last_applied.map(|l| l.index))
+            .collect();
+        let caught_up = applied.windows(2).all(|w| w[0] == w[1])
+            && applied.first().copied().flatten().map(|i| i + 1) == Some(self.canon.len() as u64);
+        let busy_nodes = self.nodes.values().any(|n| {
+            n.alive && (n.proto.active_generations() > 0 || n.proto.pending_unwraps() > 0)
+        });
+        let busy_versions = self.truth.keys().any(|k| {
+            k.versions
+                .iter()
+                .any(|v| v.state == VersionState::Generating || v.refresh.is_some())
+        });
+        !busy_queue
+            && self.pending_proposals == 0
+            && caught_up
+            && !busy_nodes
+            && !busy_versions
+            && self.jobs.is_empty()
+    }
+
+    /// Every invariant cheap enough to check after each step (applied logs
+    /// agree is checked at each apply, in `on_entry`).
+    pub(crate) fn check(&mut self) {
+        self.check_rafts_running();
+        self.check_audit_chains();
+        if self.violation.is_some() {
+            return;
+        }
+        self.learn_roots();
+        let mut findings = Vec::new();
+        for (id, n) in &self.nodes {
+            for bytes in n.disk.values() {
+                if self.roots.values().any(|r| contains(bytes, r)) {
+                    findings.push(format!("{id}'s share store holds a root key"));
+                }
+            }
+        }
+        for k in self.truth.keys() {
+            for v in &k.versions {
+                if v.state != VersionState::Destroyed {
+                    continue;
+                }
+                // Shares of one epoch combine; count each epoch.
+                let mut per_epoch: BTreeMap<Epoch, Vec<NodeId>> = BTreeMap::new();
+                for (id, n) in &self.nodes {
+                    for (key, ver, epoch) in n.disk.keys() {
+                        if *key == k.id && *ver == v.version {
+                            per_epoch.entry(*epoch).or_default().push(*id);
+                        }
+                    }
+                }
+                for (epoch, holders) in per_epoch {
+                    if holders.len() >= usize::from(v.threshold) {
+                        findings.push(format!(
+                            "destroyed version {} of {:?} still has {} shares of epoch {} on disk ({holders:?}; t = {}, current epoch {})",
+                            v.version,
+                            k.name,
+                            holders.len(),
+                            epoch.0,
+                            v.threshold,
+                            v.epoch.0
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(f) = findings.into_iter().next() {
+            self.fail(f);
+        }
+    }
+
+    /// No live node's Raft stopped (a panic or storage error inside openraft
+    /// ends its core task; the node would be dead to the cluster).
+    pub(super) fn check_rafts_running(&mut self) {
+        let stopped = self.nodes.iter().find_map(|(id, n)| {
+            let raft = n.raft.as_ref().filter(|_| n.alive)?;
+            let m = raft.metrics();
+            let state = m.borrow();
+            state
+                .running_state
+                .as_ref()
+                .err()
+                .map(|e| format!("{id}'s Raft stopped: {e}"))
+        });
+        if let Some(s) = stopped {
+            self.fail(s);
+        }
+    }
+
+    /// Each replica's new audit records verify, linked to the last one
+    /// verified. A replica restarted from a checkpoint starts over.
+    pub(super) fn check_audit_chains(&mut self) {
+        let mut bad = None;
+        for (id, n) in &mut self.nodes {
+            let Some(sm) = n.sm.clone() else { continue };
+            let from = n.audit_verified;
+            let result = sm.read(|a| {
+                let len = a.machine().audit_len();
+                if len < from {
+                    return (0, Ok(()));
+                }
+                if len == from {
+                    return (len, Ok(()));
+                }
+                let prev = if from == 0 {
+                    GENESIS_HASH
+                } else {
+                    a.machine().audit_records(from, 1)[0].hash
+                };
+                let recs = a.machine().audit_records(from + 1, usize::MAX);
+                (len, verify_chain(recs, prev).map_err(|e| e.to_string()))
+            });
+            if let Some((len, r)) = result {
+                n.audit_verified = len;
+                if let Err(e) = r {
+                    bad = Some(format!("{id}'s audit chain does not verify: {e}"));
+                }
+            }
+        }
+        if let Some(b) = bad {
+            self.fail(b);
+        }
+    }
+
+    pub(crate) fn check_secret_free(&mut self, what: &str, bytes: &[u8]) {
+        if self.roots.values().any(|r| contains(bytes, r)) {
+            self.fail(format!("a {what} contains a root key"));
+        }
+    }
+
+    /// Searches every node's Raft disk and applied state for known roots
+    /// (at quiescent points: it is costly).
+    pub(crate) fn check_disks_and_states(&mut self) {
+        let mut images = Vec::new();
+        for (id, n) in &self.nodes {
+            if let Ok(d) = n.raft_disk.lock() {
+                images.extend(d.images().into_iter().map(|b| (*id, "Raft disk", b)));
+            }
+            if let Some(sm) = &n.sm {
+                if let Some(b) = sm.read(|a| a.machine().to_bytes()) {
+                    images.push((*id, "applied state", b));
+                }
+            }
+            images.push((*id, "protocol state", format!("{:?}", n.proto).into_bytes()));
+        }
+        for (id, what, bytes) in images {
+            if self.roots.values().any(|r| contains(&bytes, r)) {
+                self.fail(format!("{id}'s {what} contains a root key"));
+                return;
+            }
+        }
+    }
+
+    /// The checker alone reconstructs roots, from the holders' share
+    /// stores, for each enabled version (once per epoch).
+    pub(super) fn learn_roots(&mut self) {
+        let mut todo = Vec::new();
+        for k in self.truth.keys() {
+            for v in &k.versions {
+                let sk = (k.id, v.version, v.epoch);
+                if v.state == VersionState::Enabled && !self.roots.contains_key(&sk) {
+                    todo.push((sk, v.threshold, v.public_keys.clone()));
+                }
+            }
+        }
+        for (sk, t, pk) in todo {
+            let mut shares: Vec<(u64, Scalar)> = Vec::new();
+            for n in self.nodes.values() {
+                if let Some(share) = n
+                    .disk
+                    .get(&sk)
+                    .and_then(|b| KeyShare::from_secret_bytes(b).ok())
+                {
+                    let b = n.disk.get(&sk).cloned().unwrap_or_default();
+                    let mut s = [0u8; 32];
+                    s.copy_from_slice(&b[b.len() - 32..]);
+                    if let Some(x) = qk_crypto::encoding::decode_scalar(&s) {
+                        shares.push((u64::from(share.index().get()), x));
+                    }
+                }
+            }
+            if shares.len() < usize::from(t) {
+                continue;
+            }
+            shares.truncate(usize::from(t));
+            let Some(root) = lagrange_at_zero(&shares) else {
+                continue;
+            };
+            let expected = pk
+                .as_deref()
+                .and_then(|b| PublicKeySet::from_bytes(b).ok())
+                .map(|k| k.public_key());
+            if Some((ProjectivePoint::GENERATOR * root).to_affine()) != expected {
+                self.fail(format!(
+                    "holders' shares of {:?} {} epoch {} do not interpolate to its public key",
+                    sk.0, sk.1, sk.2 .0
+                ));
+                return;
+            }
+            let mut bytes = [0u8; 32];
+            bytes.copy_from_slice(&root.to_bytes());
+            self.roots.insert(sk, bytes);
+            self.stats.roots_reconstructed += 1;
+            if self.dkg_messages.iter().any(|m| contains(m, &bytes)) {
+                self.fail(format!(
+                    "a DKG share sent earlier contains the root of {:?} {}",
+                    sk.0, sk.1
+                ));
+            }
+        }
+    }
+
+    /// For the liveness probe: enabled versions that `t` honest live
+    /// holders still have shares of.
+    pub(crate) fn usable_versions(&self) -> Vec<(String, KeyVersion, usize)> {
+        let mut out = Vec::new();
+        for (name, version) in self.enabled_versions() {
+            let Some(key) = self.truth.key(&name) else {
+                continue;
+            };
+            let Some(rec) = key.version(version) else {
+                continue;
+            };
+            let sk = (key.id, version, rec.epoch);
+            let ready = self
+                .nodes
+                .iter()
+                .filter(|(id, n)| {
+                    n.alive && Some(**id) != self.byzantine && n.disk.contains_key(&sk)
+                })
+                .count();
+            if ready >= usize::from(rec.threshold) {
+                out.push((name, version, ready));
+            }
+        }
+        out
+    }
+}
+
+/// Lagrange interpolation at 0 over `(index, share)` points.
+pub(super) fn lagrange_at_zero(shares: &[(u64, Scalar)]) -> Option<Scalar> {
+    let mut acc = Scalar::ZERO;
+    for (i, (xi, yi)) in shares.iter().enumerate() {
+        let mut num = Scalar::ONE;
+        let mut den = Scalar::ONE;
+        for (j, (xj, _)) in shares.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            num *= Scalar::from(*xj);
+            den *= Scalar::from(*xj) - Scalar::from(*xi);
+        }
+        let inv: Option<Scalar> = den.invert().into();
+        acc += *yi * num * inv?;
+    }
+    Some(acc)
+}
+
+pub(super) fn contains(hay: &[u8], needle: &[u8; 32]) -> bool {
+    hay.len() >= 32 && hay.windows(32).any(|w| w == needle)
+}
