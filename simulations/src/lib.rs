@@ -161,6 +161,8 @@ pub struct Stats {
     pub commands: u64,
     /// Raft RPC messages (each way counts).
     pub raft_messages: u64,
+    /// Raft requests delivered twice.
+    pub raft_duplicates: u64,
     /// Commands forwarded to the leader.
     pub forwards: u64,
     /// Raft entries proposed (each a batch of commands).

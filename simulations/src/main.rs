@@ -99,12 +99,13 @@ fn main() -> ExitCode {
         }
         let s = &out.stats;
         println!(
-            "seed {seed}: ok  trace {}  sim {} ms, {} steps, {} log entries, {} Raft msgs, {} msgs ({} lost), keys {}, enabled {}, refreshed {}, destroyed {}, unwraps {} ok / {} failed, liveness checks {}, crashes {} (disk loss {}, unflushed entries lost {}), partitions {}, wrong partials blamed {}, wrong-context unwraps {} ({} refused), Byzantine DKGs {} (dealer excluded {}), roots checked {}",
+            "seed {seed}: ok  trace {}  sim {} ms, {} steps, {} log entries, {} Raft msgs ({} duplicated), {} msgs ({} lost), keys {}, enabled {}, refreshed {}, destroyed {}, unwraps {} ok / {} failed, liveness checks {}, crashes {} (disk loss {}, unflushed entries lost {}), partitions {}, wrong partials blamed {}, wrong-context unwraps {} ({} refused), Byzantine DKGs {} (dealer excluded {}), roots checked {}",
             out.trace_hex(),
             s.time_ms,
             s.steps,
             s.commits,
             s.raft_messages,
+            s.raft_duplicates,
             s.messages_sent,
             s.messages_lost,
             s.keys_created,

@@ -98,6 +98,26 @@ impl SimPeer {
             .is_some()
     }
 
+    fn maybe_duplicate<Req, Fut, F>(&self, req: Req, call: F)
+    where
+        Req: Send + 'static,
+        Fut: std::future::Future + Send + 'static,
+        F: FnOnce(Raft, Req) -> Fut + Send + 'static,
+    {
+        let Some(world) = self.world() else { return };
+        let Some(delay) = world.lock().ok().and_then(|mut w| w.duplicate_delay()) else {
+            return;
+        };
+        let (from, to) = (self.me, self.target);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let raft = world.lock().ok().and_then(|w| w.reachable_raft(from, to));
+            if let Some(raft) = raft {
+                let _ = call(raft, req).await;
+            }
+        });
+    }
+
     fn remote<E: std::error::Error>(&self, e: RaftError<u64, E>) -> RpcErr<E> {
         RPCError::RemoteError(RemoteError::new_with_node(
             self.target.0,
@@ -110,20 +130,26 @@ impl SimPeer {
 impl SimPeer {
     /// One RPC: the request crosses the network, the target's `Raft`
     /// handles it, the response crosses back.
-    async fn rpc<Req, Resp, E, Fut>(
+    /// A duplicated request reaches the target again later; its answer is
+    /// dropped (openraft must treat the copy as stale or idempotent).
+    async fn rpc<Req, Resp, E, Fut, F>(
         &self,
         body: &[u8],
         option: &RPCOption,
         req: Req,
-        call: impl FnOnce(Raft, Req) -> Fut,
+        call: F,
     ) -> Result<Resp, RpcErr<E>>
     where
-        E: std::error::Error,
-        Fut: std::future::Future<Output = Result<Resp, RaftError<u64, E>>>,
+        Req: Clone + Send + 'static,
+        Resp: Send + 'static,
+        E: std::error::Error + Send + 'static,
+        Fut: std::future::Future<Output = Result<Resp, RaftError<u64, E>>> + Send + 'static,
+        F: Fn(Raft, Req) -> Fut + Clone + Send + 'static,
     {
         let Some(raft) = self.there(body, option).await else {
             return Err(self.lost());
         };
+        self.maybe_duplicate(req.clone(), call.clone());
         let result = call(raft, req).await;
         if !self.back(option).await {
             return Err(self.lost());

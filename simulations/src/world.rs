@@ -347,6 +347,18 @@ impl World {
         )
     }
 
+    /// Whether to deliver a copy of a Raft request, and after what delay.
+    pub(crate) fn duplicate_delay(&mut self) -> Option<u64> {
+        if self.rng.random_range(0..1000) >= self.dup_per_mille {
+            return None;
+        }
+        self.stats.raft_duplicates += 1;
+        Some(
+            self.rng
+                .random_range(self.cfg.net.min_delay_ms..=self.cfg.net.max_delay_ms),
+        )
+    }
+
     /// The Raft of `to` if a message from `from` reaches it now.
     pub(crate) fn reachable_raft(&self, from: NodeId, to: NodeId) -> Option<Raft> {
         let node = self.nodes.get(&to)?;

@@ -60,6 +60,8 @@ fn the_sweep_exercises_faults_and_invariants() {
         total.raft_messages += s.raft_messages;
         total.forwards += s.forwards;
         total.attacks_refused += s.attacks_refused;
+        total.raft_duplicates += s.raft_duplicates;
+        total.unflushed_entries_lost += s.unflushed_entries_lost;
     }
     assert!(total.versions_enabled > 0, "{total:?}");
     assert!(total.versions_destroyed > 0, "{total:?}");
@@ -76,6 +78,7 @@ fn the_sweep_exercises_faults_and_invariants() {
     assert!(total.raft_messages > 0, "{total:?}");
     assert!(total.forwards > 0, "{total:?}");
     assert!(total.attacks_refused > 0, "{total:?}");
+    assert!(total.raft_duplicates > 0, "{total:?}");
 }
 
 #[test]
