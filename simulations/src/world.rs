@@ -123,7 +123,7 @@ pub(crate) struct World {
     seq: u64,
     pub(crate) queue: BTreeMap<(u64, u64), Ev>,
     pub(crate) nodes: BTreeMap<NodeId, SimNode>,
-    /// Hash of each log entry, index 1 first, as the first node applied it.
+    /// Hash of each log entry (index 0 first), as the first node applied it.
     canon: Vec<[u8; 32]>,
     /// The node whose apply extended `canon` last (its commands feed `truth`).
     extender: Option<NodeId>,
@@ -149,9 +149,9 @@ pub(crate) struct World {
     pub(crate) pending_proposals: u64,
     /// Jobs for the driver (crashes and starts need to await).
     pub(crate) jobs: Vec<Job>,
-    /// Ops of unwraps the scale study waits for, with their start time.
+    /// When each unwrap finished (for the scale study).
     pub(crate) done_at: BTreeMap<(NodeId, OpId), u64>,
-    /// Messages and log entries counted for the scale study.
+    /// When each version's last refresh completed (for the scale study).
     pub(crate) refresh_done: BTreeMap<(String, KeyVersion), u64>,
     /// When each version left `Generating` (enabled or failed).
     pub(crate) settled_at: BTreeMap<(String, KeyVersion), u64>,
