@@ -50,6 +50,22 @@ fn refused_records(c: &Cluster) -> usize {
         .count()
 }
 
+/// Schedules destruction of v1 `after_ms` ahead, destroys it when due and
+/// runs until idle.
+fn destroy_v1(c: &mut Cluster, after_ms: u64) {
+    c.admin(Operation::ScheduleDestruction {
+        name: KEY.into(),
+        version: V1,
+        after_ms,
+    });
+    c.advance(after_ms, 100, |_| false);
+    c.admin(Operation::Destroy {
+        name: KEY.into(),
+        version: V1,
+    });
+    c.run_until_idle();
+}
+
 fn subsets(n: u64, k: usize) -> Vec<Vec<u64>> {
     let mut out = Vec::new();
     for mask in 0u32..(1 << n) {
@@ -230,17 +246,7 @@ fn destroy_erases_every_share_and_later_unwraps_fail() {
         .get(&(id, V1, Epoch(0)))
         .expect("share")
         .clone();
-    c.admin(Operation::ScheduleDestruction {
-        name: KEY.into(),
-        version: V1,
-        after_ms: 1_000,
-    });
-    c.advance(1_000, 100, |_| false);
-    c.admin(Operation::Destroy {
-        name: KEY.into(),
-        version: V1,
-    });
-    c.run_until_idle();
+    destroy_v1(&mut c, 1_000);
     let v = c.version(V1);
     assert_eq!(v.state, VersionState::Destroyed);
     assert!(v.erase_receipts.len() >= 2, "n - t + 1 receipts");
@@ -645,17 +651,7 @@ fn destroy_during_a_refresh_erases_the_new_epoch_shares_too() {
     assert!(c.version(V1).refresh.is_some(), "refresh still running");
 
     c.node_mut(3).muted = false;
-    c.admin(Operation::ScheduleDestruction {
-        name: KEY.into(),
-        version: V1,
-        after_ms: 100,
-    });
-    c.advance(100, 100, |_| false);
-    c.admin(Operation::Destroy {
-        name: KEY.into(),
-        version: V1,
-    });
-    c.run_until_idle();
+    destroy_v1(&mut c, 100);
     let v = c.version(V1);
     assert_eq!(v.state, VersionState::Destroyed);
     assert!(v.refresh.is_none());
