@@ -253,8 +253,21 @@ impl World {
         node.raft = Some(raft);
         node.sm = Some(sm.clone());
         node.alive = true;
+        let incarnation = node.incarnation.clone();
         let now_ms = self.clock_of(id);
         self.drive(id, Event::Tick { now_ms });
+        let Some(world) = self.this.upgrade() else {
+            return;
+        };
+        tokio::spawn(reconcile_when_caught_up(world, id, incarnation));
+    }
+
+    /// Erases shares of versions destroyed or failed while the node was
+    /// away and proposes its erase receipts (the node's `Quorum::reconcile`).
+    pub(super) fn reconcile(&mut self, id: NodeId) {
+        let Some(sm) = self.nodes.get(&id).and_then(|n| n.sm.clone()) else {
+            return;
+        };
         let mut receipts = Vec::new();
         sm.read(|a| {
             let Some(node) = self.nodes.get_mut(&id) else {
@@ -424,5 +437,34 @@ pub(super) fn corrupt_dkg_share(bytes: &mut [u8]) {
     // The message's last byte is the last byte of the scalar.
     if let Some(last) = bytes.last_mut() {
         *last ^= 1;
+    }
+}
+
+/// As the node's `reconcile_shares`: once a leader is known and the node
+/// applied its whole local log (or after 30 s), reconcile the share store.
+async fn reconcile_when_caught_up(
+    world: Arc<Mutex<World>>,
+    id: NodeId,
+    incarnation: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let alive = || incarnation.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..300 {
+        let caught_up = {
+            let Ok(w) = world.lock() else { return };
+            let Some(raft) = w.nodes.get(&id).and_then(|n| n.raft.clone()) else {
+                return;
+            };
+            let m = raft.metrics().borrow().clone();
+            m.current_leader.is_some() && m.last_applied.map(|l| l.index) >= m.last_log_index
+        };
+        if caught_up || !alive() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if alive() {
+        if let Ok(mut w) = world.lock() {
+            w.reconcile(id);
+        }
     }
 }
