@@ -57,8 +57,9 @@ pub enum PlantedBug {
     None,
     /// Node 1's state machine applies log entries 3 and 4 in swapped order.
     SwapApply,
-    /// The share store ignores `EraseShare` (a disk that never flushes the
-    /// erase), while the protocol still proposes its erase receipt.
+    /// The share store ignores `EraseShare` and `EraseVersion` (a disk that
+    /// never flushes the erase), while the protocol still proposes its erase
+    /// receipt.
     IgnoreErase,
     /// Honest holders check the ciphertext proof against the context the
     /// workload wraps under instead of the caller's, so a caller naming
@@ -77,7 +78,8 @@ pub struct SimConfig {
     pub net: NetProfile,
     /// Message loss, duplication, partitions, crashes, disk loss.
     pub faults: bool,
-    /// The highest-numbered node answers partial requests with wrong partials.
+    /// The highest-numbered node answers partial requests with wrong
+    /// partials and deals wrong DKG shares (and never justifies them).
     pub byzantine: bool,
     pub bug: PlantedBug,
     /// Workload: no new keys once this many exist.
