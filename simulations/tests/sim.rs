@@ -81,32 +81,32 @@ fn the_sweep_exercises_faults_and_invariants() {
     assert!(total.raft_duplicates > 0, "{total:?}");
 }
 
+/// Sweeps with `bug` planted; the sweep must stop at a violation whose
+/// replay command names the seed and the bug's flag.
+fn caught(bug: PlantedBug, flag: &str) -> qk_sim::Violation {
+    let mut cfg = SimConfig::new(1);
+    cfg.bug = bug;
+    let (_, violation) = sweep(&cfg, SWEEP_SEEDS);
+    let v = violation.unwrap_or_else(|| panic!("{bug:?} not caught in {SWEEP_SEEDS} seeds"));
+    assert!(v.replay.contains(flag), "{v}");
+    assert!(v.replay.contains(&format!("--seed {}", v.seed)), "{v}");
+    v
+}
+
 #[test]
 fn planted_apply_reordering_is_caught_within_the_sweep() {
-    let mut cfg = SimConfig::new(1);
-    cfg.bug = PlantedBug::SwapApply;
-    let (_, violation) = sweep(&cfg, SWEEP_SEEDS);
-    let v = violation.expect("the swapped apply is caught");
+    let v = caught(PlantedBug::SwapApply, "--plant-swap-apply");
     assert!(v.what.contains("applied a different entry"), "{v}");
-    assert!(v.replay.contains("--plant-swap-apply"), "{v}");
-    assert!(v.replay.contains(&format!("--seed {}", v.seed)), "{v}");
 }
 
 #[test]
 fn planted_ignored_erase_is_caught_within_the_sweep() {
-    let mut cfg = SimConfig::new(1);
-    cfg.bug = PlantedBug::IgnoreErase;
-    let (_, violation) = sweep(&cfg, SWEEP_SEEDS);
-    let v = violation.expect("shares surviving destruction are caught");
+    let v = caught(PlantedBug::IgnoreErase, "--plant-ignore-erase");
     assert!(v.what.contains("destroyed version"), "{v}");
 }
 
 #[test]
 fn planted_skipped_proof_check_is_caught_within_the_sweep() {
-    let mut cfg = SimConfig::new(1);
-    cfg.bug = PlantedBug::SkipProofCheck;
-    let (_, violation) = sweep(&cfg, SWEEP_SEEDS);
-    let v = violation.expect("a partial for a wrong-context request is caught");
+    let v = caught(PlantedBug::SkipProofCheck, "--plant-skip-proof-check");
     assert!(v.what.contains("ciphertext proof does not verify"), "{v}");
-    assert!(v.replay.contains("--plant-skip-proof-check"), "{v}");
 }
