@@ -358,7 +358,8 @@ impl Quorum {
             .filter(|s| s.key == key && s.version == version)
         {
             match self.shares.erase(slot) {
-                Ok(_) => info!(key = %name, %version, epoch = slot.epoch.0, "share erased"),
+                Ok(true) => info!(key = %name, %version, epoch = slot.epoch.0, "share erased"),
+                Ok(false) => {}
                 Err(e) => error!(key = %name, %version, "cannot erase the share: {e}"),
             }
         }

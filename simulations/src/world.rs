@@ -157,7 +157,11 @@ pub(crate) struct World {
     pub(crate) settled_at: BTreeMap<(String, KeyVersion), u64>,
     /// Every DKG share sent, searched again whenever a new root is learned
     /// (roots are known only once a version is enabled).
-    dkg_messages: Vec<Vec<u8>>,
+    /// By session id; a generation's bucket is searched (and dropped) when
+    /// its version's root is learned.
+    dkg_messages: BTreeMap<qk_crypto::SessionId, Vec<Vec<u8>>>,
+    /// The roots' bytes, for searching messages and disks.
+    root_set: BTreeSet<[u8; 32]>,
     /// Each unwrap's ciphertext and the caller's context, by (combining
     /// node, op): the checker verifies `π` for every partial returned.
     unwrap_requests: BTreeMap<(NodeId, OpId), (Vec<u8>, EncryptionContext)>,
@@ -247,7 +251,8 @@ impl World {
             done_at: BTreeMap::new(),
             refresh_done: BTreeMap::new(),
             deals: BTreeMap::new(),
-            dkg_messages: Vec::new(),
+            dkg_messages: BTreeMap::new(),
+            root_set: BTreeSet::new(),
             settled_at: BTreeMap::new(),
             unwrap_requests: BTreeMap::new(),
             cfg,
@@ -368,11 +373,22 @@ impl World {
         node.raft.clone()
     }
 
-    fn send(&mut self, from: NodeId, to: NodeId, bytes: Vec<u8>, dkg: bool) {
+    /// Sends `bytes`; `dkg` is the session of a DKG share (kept for the
+    /// root search once the session's root is known).
+    fn send(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        bytes: Vec<u8>,
+        dkg: Option<qk_crypto::SessionId>,
+    ) {
         self.stats.messages_sent += 1;
         self.check_secret_free("sent message", &bytes);
-        if dkg {
-            self.dkg_messages.push(bytes.clone());
+        if let Some(session) = dkg {
+            self.dkg_messages
+                .entry(session)
+                .or_default()
+                .push(bytes.clone());
         }
         if from == to {
             self.schedule(0, Ev::Deliver { from, to, bytes });
@@ -684,8 +700,15 @@ impl World {
                 Action::Send { to, msg } => match msg.encode() {
                     Ok(bytes) => {
                         let mut bytes = bytes.to_vec();
-                        let dkg = matches!(msg, ProtocolMessage::DkgShare(_));
-                        if byz && to != id && dkg {
+                        let dkg = match &msg {
+                            ProtocolMessage::DkgShare(s) => {
+                                qk_crypto::PrivateShare::from_secret_bytes(s.expose())
+                                    .ok()
+                                    .map(|p| p.session_id)
+                            }
+                            _ => None,
+                        };
+                        if byz && to != id && dkg.is_some() {
                             corrupt_dkg_share(&mut bytes);
                         }
                         self.send(id, to, bytes, dkg)
@@ -804,7 +827,7 @@ impl World {
             *op_id = request.op_id;
         }
         match reply.encode() {
-            Ok(bytes) => self.send(id, to, bytes.to_vec(), false),
+            Ok(bytes) => self.send(id, to, bytes.to_vec(), None),
             Err(e) => self.fail(format!("{id}'s partial response does not encode: {e}")),
         }
     }

@@ -175,7 +175,7 @@ impl World {
         let mut findings = Vec::new();
         for (id, n) in &self.nodes {
             for bytes in n.disk.values() {
-                if self.roots.values().any(|r| contains(bytes, r)) {
+                if self.holds_root(bytes) {
                     findings.push(format!("{id}'s share store holds a root key"));
                 }
             }
@@ -267,8 +267,13 @@ impl World {
         }
     }
 
+    /// Whether `bytes` contain any known root (one set lookup per window).
+    pub(super) fn holds_root(&self, bytes: &[u8]) -> bool {
+        bytes.windows(32).any(|w| self.root_set.contains(w))
+    }
+
     pub(crate) fn check_secret_free(&mut self, what: &str, bytes: &[u8]) {
-        if self.roots.values().any(|r| contains(bytes, r)) {
+        if self.holds_root(bytes) {
             self.fail(format!("a {what} contains a root key"));
         }
     }
@@ -289,7 +294,7 @@ impl World {
             images.push((*id, "protocol state", format!("{:?}", n.proto).into_bytes()));
         }
         for (id, what, bytes) in images {
-            if self.roots.values().any(|r| contains(&bytes, r)) {
+            if self.holds_root(&bytes) {
                 self.fail(format!("{id}'s {what} contains a root key"));
                 return;
             }
@@ -345,8 +350,11 @@ impl World {
             let mut bytes = [0u8; 32];
             bytes.copy_from_slice(&root.to_bytes());
             self.roots.insert(sk, bytes);
+            self.root_set.insert(bytes);
             self.stats.roots_reconstructed += 1;
-            if self.dkg_messages.iter().any(|m| contains(m, &bytes)) {
+            let generation = qk_protocol::session_id(sk.0, sk.1, Epoch(0));
+            let sent = self.dkg_messages.remove(&generation).unwrap_or_default();
+            if sent.iter().any(|m| contains(m, &bytes)) {
                 self.fail(format!(
                     "a DKG share sent earlier contains the root of {:?} {}",
                     sk.0, sk.1
