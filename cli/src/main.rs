@@ -92,8 +92,24 @@ async fn run(cli: Cli) -> Result<()> {
         }
         other => {
             let ctx = connect(&cli.global)?;
-            run_api(&ctx, other).await
+            let result = run_api(&ctx, other).await;
+            warn_not_applied(&ctx.api);
+            result
         }
+    }
+}
+
+/// A revocation is acknowledged once every member applied it; if some had
+/// not within the node's wait, say which (they still follow the old rule).
+fn warn_not_applied(api: &ApiClient) {
+    let lagging = api.not_applied_on();
+    if !lagging.is_empty() {
+        let nodes: Vec<String> = lagging.iter().map(u64::to_string).collect();
+        eprintln!(
+            "warning: the change is committed but node(s) {} had not applied it yet; \
+             they follow the old rule until they catch up (check `qk cluster status`)",
+            nodes.join(", ")
+        );
     }
 }
 

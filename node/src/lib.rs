@@ -3,6 +3,7 @@
 //! The `qk-node` binary and the `qk` CLI (`qk node start`) both run it.
 #![forbid(unsafe_code)]
 
+mod applied;
 mod audit;
 pub mod config;
 mod maintenance;

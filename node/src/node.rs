@@ -14,6 +14,7 @@ use qk_raft::{
 use qk_state::{Command, Operation, Permission, RequestId};
 use qk_types::NodeId as NodeIdT;
 
+use crate::applied::{AppliedIndex, CLIENT_INDEX_WAIT};
 use crate::quorum::{now_ms, Quorum, QuorumCore};
 use qk_storage::StateReader;
 use tracing::{info, warn};
@@ -44,6 +45,7 @@ pub struct Node {
     peers: Dialer,
     quorum: Arc<Quorum>,
     audit: crate::audit::AuditQueue,
+    applied: AppliedIndex,
 }
 
 /// The protocol runtime's view of the node: send to peers, propose.
@@ -310,7 +312,8 @@ impl Node {
         sm_store.set_apply_hook(Box::new(move |s, index, cmd, resp| {
             hook_core.on_applied(s, index, cmd, resp)
         }));
-        let quorum = Arc::new(Quorum::new(core, state.clone(), shares));
+        let (applied_tx, applied) = AppliedIndex::channel();
+        let quorum = Arc::new(Quorum::new(core, state.clone(), shares, applied.clone()));
         let (audit, audit_rx) = crate::audit::AuditQueue::new();
         let peers = Dialer::new(
             ca,
@@ -328,6 +331,7 @@ impl Node {
         )
         .await
         .context("cannot start Raft")?;
+        crate::applied::follow_raft(&raft, applied_tx);
         Ok((
             Node {
                 id: config.node_id,
@@ -337,6 +341,7 @@ impl Node {
                 peers,
                 quorum,
                 audit,
+                applied,
             },
             actions,
             audit_rx,
@@ -686,6 +691,7 @@ impl Node {
             context,
             principal: requests::principal_name(peer),
             epoch: None,
+            min_applied: self.applied.get(),
         };
         match self.quorum.own_partial(&request) {
             Ok(bytes) => ClientResponse::Partial(bytes),
@@ -773,10 +779,82 @@ impl Node {
         };
         cmd.time_ms = now_ms();
         self.default_holders(&mut cmd.op);
+        let narrows = cmd.op.narrows_access();
+        let written = self.propose_or_forward(peer, cmd).await;
+        match written {
+            ClientResponse::Written {
+                log_index,
+                response,
+                ..
+            } => {
+                // Read-your-writes on this node too: a forwarded write is
+                // applied here before its answer (bounded; the index travels
+                // with the answer either way).
+                let _ = self.applied.wait_for(log_index, CLIENT_INDEX_WAIT).await;
+                let not_applied_on =
+                    if narrows && response.result.is_ok() && matches!(peer, Peer::Client(_)) {
+                        self.wait_members_applied(log_index).await
+                    } else {
+                        Vec::new()
+                    };
+                ClientResponse::Written {
+                    log_index,
+                    response,
+                    not_applied_on,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Every member applied `index` (a revocation takes effect everywhere
+    /// before it is acknowledged), or the members that did not within the wait.
+    async fn wait_members_applied(&self, index: u64) -> Vec<NodeId> {
+        let members = self.raft.metrics().borrow().clone();
+        let peers: Vec<(NodeId, String)> = members
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, n)| (*id, n.rpc_addr.clone()))
+            .collect();
+        let asks = peers.into_iter().map(|(id, addr)| async move {
+            let request = PeerRequest::ClientAfter {
+                min_applied: index,
+                request: ClientRequest::Status,
+            };
+            let client = self.peers.node(id, &addr);
+            let call = client.call(&request);
+            match tokio::time::timeout(CLIENT_INDEX_WAIT + Duration::from_secs(1), call).await {
+                Ok(Ok(PeerResponse::Client(ClientResponse::Status(s))))
+                    if s.last_applied >= Some(index) =>
+                {
+                    None
+                }
+                _ => Some(id),
+            }
+        });
+        let lagging: Vec<NodeId> = futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if !lagging.is_empty() {
+            warn!(
+                index,
+                ?lagging,
+                "a revocation is not yet applied on every member"
+            );
+        }
+        lagging
+    }
+
+    async fn propose_or_forward(&self, peer: &Peer, cmd: Command) -> ClientResponse {
         match self.proposer.write(cmd.clone()).await {
             Ok((log_index, response)) => ClientResponse::Written {
                 log_index,
                 response,
+                not_applied_on: Vec::new(),
             },
             Err(e) if e.forward_to_leader().is_some() => {
                 let (leader_id, leader_node) = e.forward_to_leader().unwrap_or((None, None));
@@ -878,6 +956,16 @@ impl RpcHandler for Node {
                 (PeerRequest::Client(r), _) => {
                     PeerResponse::Client(self.handle_client(&peer, r).await)
                 }
+                (
+                    PeerRequest::ClientAfter {
+                        min_applied,
+                        request,
+                    },
+                    _,
+                ) => match self.applied.wait_for(min_applied, CLIENT_INDEX_WAIT).await {
+                    Ok(_) => PeerResponse::Client(self.handle_client(&peer, request).await),
+                    Err(behind) => PeerResponse::Client(ClientResponse::Error(behind.to_string())),
+                },
                 (PeerRequest::Protocol(bytes), Peer::Node(from)) => {
                     match self.quorum.on_message(NodeIdT(*from), &bytes) {
                         Ok(()) => PeerResponse::ProtocolAccepted,

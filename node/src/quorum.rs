@@ -16,6 +16,8 @@ use qk_state::{Command, Operation, Response, StateMachine, VersionState};
 use qk_storage::{ShareSlot, ShareStore, StateReader};
 use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::applied::{AppliedIndex, HOLDER_INDEX_WAIT};
 use tracing::{error, info, warn};
 
 /// How often the protocol's timeouts are driven.
@@ -97,6 +99,7 @@ pub struct Quorum {
     refused: Mutex<BTreeSet<ShareSlot>>,
     pending: Mutex<BTreeMap<OpId, Waiter>>,
     next_op: AtomicU64,
+    applied: AppliedIndex,
 }
 
 /// What the runtime needs from the node: sending to peers and proposing.
@@ -121,8 +124,14 @@ fn slot(key: KeyId, version: KeyVersion, epoch: Epoch) -> ShareSlot {
 }
 
 impl Quorum {
-    pub fn new(core: Arc<QuorumCore>, state: StateReader, shares: ShareStore) -> Quorum {
+    pub fn new(
+        core: Arc<QuorumCore>,
+        state: StateReader,
+        shares: ShareStore,
+        applied: AppliedIndex,
+    ) -> Quorum {
         Quorum {
+            applied,
             core,
             state,
             shares,
@@ -169,6 +178,8 @@ impl Quorum {
             context,
             principal,
             mode: UnwrapMode::ServerSide,
+            // Holders decide on state at least as new as this node's.
+            min_applied: self.applied.get(),
         };
         let now_ms = now_ms();
         self.with_state(|s| self.core.handle(s, Event::StartUnwrap { now_ms, request }));
@@ -295,9 +306,17 @@ impl Quorum {
                 // Off the action loop: partials for many unwraps run in parallel.
                 let (me, io) = (self.clone(), io.clone());
                 tokio::spawn(async move {
+                    let result = match me
+                        .applied
+                        .wait_for(request.min_applied, HOLDER_INDEX_WAIT)
+                        .await
+                    {
+                        Ok(_) => me.own_partial(&request),
+                        Err(behind) => Err(format!("node {}: {behind}", me.core.me)),
+                    };
                     let answer = ProtocolMessage::PartialResponse {
                         op_id: request.op_id,
-                        result: me.own_partial(&request),
+                        result,
                     };
                     me.send(&io, to, &answer);
                 });

@@ -121,8 +121,9 @@ pub enum Answer {
 }
 
 /// Words in an error message that mean "retry later" (503).
-const UNAVAILABLE_MARKERS: [&str; 5] = [
+const UNAVAILABLE_MARKERS: [&str; 6] = [
     "needed",
+    "node is behind",
     "not committed",
     "cannot reach",
     "timed out",
@@ -209,6 +210,7 @@ mod tests {
                 audit_seq: 1,
                 duplicate: false,
             },
+            not_applied_on: Vec::new(),
         }
     }
 

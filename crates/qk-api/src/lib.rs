@@ -17,6 +17,7 @@
 pub mod errors;
 mod metrics;
 mod native;
+mod session;
 mod vault;
 pub use qk_views as views;
 
@@ -98,6 +99,10 @@ pub trait Backend: Send + Sync + 'static {
     fn readiness(&self) -> Result<u64, String>;
     /// Gauges for /metrics: term, last_applied, key count, audit length, is_leader.
     fn gauges(&self) -> Gauges;
+    /// The node's last applied log index.
+    fn applied_index(&self) -> u64;
+    /// Waits (bounded) until the node applied `index`; Err says it is behind.
+    fn wait_applied(&self, index: u64) -> BoxFuture<'_, Result<(), String>>;
 }
 
 /// Why the API server could not start.
@@ -215,6 +220,10 @@ fn router(state: AppState) -> Router {
         .merge(vault::routes())
         .route("/metrics", axum::routing::get(metrics::serve))
         .fallback(native::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            session::read_your_writes,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
@@ -421,6 +430,9 @@ impl AppState {
             .backend
             .call(caller.clone(), ClientRequest::Write(command))
             .await;
+        if let ClientResponse::Written { not_applied_on, .. } = &resp {
+            session::note_not_applied(not_applied_on);
+        }
         match classify(resp) {
             Answer::Applied(a) => Ok(a),
             Answer::Reply(r) => Err(Failure::unexpected("a write", &r).into()),

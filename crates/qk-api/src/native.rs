@@ -797,7 +797,7 @@ async fn create_token(State(state): State<AppState>, Authed(caller): Authed, bod
         description: b.description,
     };
     match state.read(&caller, req).await? {
-        ClientResponse::Token { token, record } => {
+        ClientResponse::Token { token, record, .. } => {
             let text = Zeroizing::new(String::from_utf8_lossy(&token.0).into_owned());
             let mut response = secret_json(json!({
                 "token": text.as_str(),

@@ -69,6 +69,11 @@ impl IntoResponse for VaultError {
 
 /// Vault's status for a failure: 401 is 403 (Vault's "permission denied"),
 /// 409 is 400 (Vault has no conflict status).
+/// A failure in Vault's error shape, for code outside the Vault handlers.
+pub(crate) fn failure_response(f: Failure) -> Response {
+    VaultError::from(f).into_response()
+}
+
 impl From<Failure> for VaultError {
     fn from(f: Failure) -> Self {
         let status = match f.code {

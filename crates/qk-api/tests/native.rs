@@ -367,3 +367,57 @@ async fn health_metrics_and_unknown_paths() {
     assert!(text.contains("qk_api_is_leader 1"), "{text}");
     h.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn session_index_is_answered_and_waited_for() {
+    let h = Harness::start().await;
+    let get = |index: Option<&str>| {
+        let mut req = h
+            .client()
+            .get(h.url("/api/v1/keys"))
+            .bearer_auth(ALICE_TOKEN);
+        if let Some(i) = index {
+            req = req.header(qk_views::INDEX_HEADER, i);
+        }
+        req.send()
+    };
+    // Every answer names the node's applied index.
+    let r = get(None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let applied = common::FAKE_APPLIED.to_string();
+    assert_eq!(r.headers()[qk_views::INDEX_HEADER], applied.as_str());
+    // An index the node has applied is served...
+    assert_eq!(get(Some(&applied)).await.unwrap().status(), StatusCode::OK);
+    // ...one it has not is refused as "behind, retry" (503), before the backend runs.
+    let calls = h.backend.calls().len();
+    let ahead = (common::FAKE_APPLIED + 1).to_string();
+    let r = get(Some(&ahead)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = r.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("node is behind") && message.contains("retry"),
+        "{message}"
+    );
+    assert_eq!(h.backend.calls().len(), calls);
+    // A malformed index is the caller's error.
+    let r = get(Some("ten")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Vault clients get Vault's error shape.
+    let r = h
+        .client()
+        .post(h.url("/v1/transit/encrypt/k"))
+        .header("x-vault-token", ALICE_TOKEN)
+        .header(qk_views::INDEX_HEADER, ahead.as_str())
+        .json(&json!({"plaintext": "aGk="}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["errors"][0]
+        .as_str()
+        .unwrap()
+        .contains("node is behind"));
+    h.server.shutdown().await;
+}

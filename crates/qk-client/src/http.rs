@@ -107,6 +107,16 @@ pub struct ApiClient {
     http: reqwest::Client,
     urls: Vec<Url>,
     token: Option<Zeroizing<String>>,
+    session: std::sync::Arc<Session>,
+}
+
+/// What a client (and its clones) has seen: the highest log index any node
+/// answered with, sent back on every request so no node answers from state
+/// older than what this client already saw (read-your-writes).
+#[derive(Debug, Default)]
+struct Session {
+    index: std::sync::atomic::AtomicU64,
+    not_applied_on: std::sync::Mutex<Vec<u64>>,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -198,7 +208,44 @@ impl ApiClient {
             http: build_http(config)?,
             urls,
             token: config.token.clone(),
+            session: Default::default(),
         })
+    }
+
+    /// The highest log index seen so far (0 before any answer).
+    pub fn seen_index(&self) -> u64 {
+        self.session
+            .index
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Requests from now on wait for at least `index` (say, from another client).
+    pub fn observe_index(&self, index: u64) {
+        self.session
+            .index
+            .fetch_max(index, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Members that had not applied the last revocation when it was acknowledged.
+    pub fn not_applied_on(&self) -> Vec<u64> {
+        self.session
+            .not_applied_on
+            .lock()
+            .map(|n| n.clone())
+            .unwrap_or_default()
+    }
+
+    fn note_answer(&self, headers: &reqwest::header::HeaderMap) {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if let Some(index) = header(qk_views::INDEX_HEADER).and_then(|v| v.parse().ok()) {
+            self.observe_index(index);
+        }
+        let lagging: Vec<u64> = header(qk_views::NOT_APPLIED_HEADER)
+            .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+            .unwrap_or_default();
+        if let Ok(mut n) = self.session.not_applied_on.lock() {
+            *n = lagging;
+        }
     }
 
     /// The first (preferred) base URL.
@@ -234,10 +281,15 @@ impl ApiClient {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.clone());
         }
+        let seen = self.seen_index();
+        if seen > 0 {
+            req = req.header(qk_views::INDEX_HEADER, seen);
+        }
         let resp = req.send().await.map_err(|e| HttpError::Unreachable {
             url: base.to_string(),
             detail: error_chain(&e),
         })?;
+        self.note_answer(resp.headers());
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| HttpError::Unreachable {
             url: base.to_string(),

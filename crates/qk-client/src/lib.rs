@@ -48,6 +48,9 @@ pub struct Client {
     /// One connection to `addr`, reused by every call (a handshake per call
     /// would cost more than most requests).
     conn: qk_net::PeerClient,
+    /// The highest log index a write through this client was applied at;
+    /// every request waits for it (read-your-writes across nodes).
+    seen_index: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Client {
@@ -77,7 +80,18 @@ impl Client {
             dialer,
             addr: addr.to_string(),
             conn,
+            seen_index: Default::default(),
         }
+    }
+
+    /// Requests from now on wait for at least `index` (seen by another client).
+    pub fn observe_index(&self, index: u64) {
+        self.seen_index
+            .fetch_max(index, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn seen_index(&self) -> u64 {
+        self.seen_index.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn addr(&self) -> &str {
@@ -86,7 +100,12 @@ impl Client {
 
     /// Sends one request; a node's `Error` answer becomes `ClientError::Refused`.
     pub async fn call(&self, req: ClientRequest) -> Result<ClientResponse> {
-        call_at(&self.conn, &self.addr, &PeerRequest::Client(req)).await
+        let request = PeerRequest::client_after(self.seen_index(), req);
+        let resp = call_at(&self.conn, &self.addr, &request).await?;
+        if let Some(index) = resp.log_index() {
+            self.observe_index(index);
+        }
+        Ok(resp)
     }
 
     pub async fn status(&self) -> Result<NodeStatus> {
@@ -146,11 +165,14 @@ impl Client {
             .map_err(|e| ClientError::Refused(format!("the ciphertext does not decode: {e}")))?;
         let keys = self.key_set_for(&ct).await?;
         let members = self.status().await?.addrs;
-        let request = PeerRequest::Client(ClientRequest::Partial {
-            ciphertext: text.to_string(),
-            context: context.clone(),
-            approval: None,
-        });
+        let request = PeerRequest::client_after(
+            self.seen_index(),
+            ClientRequest::Partial {
+                ciphertext: text.to_string(),
+                context: context.clone(),
+                approval: None,
+            },
+        );
         let answers = futures::future::join_all(members.iter().map(|(id, addr)| {
             let client = self.dialer.node(*id, addr);
             let request = &request;

@@ -85,6 +85,10 @@ pub struct PartialRequest {
     /// partial that would look forged (a refresh completed meanwhile).
     /// `None` (client-side combining): the holder's current epoch.
     pub epoch: Option<Epoch>,
+    /// The holder decides only once it has applied at least this log index
+    /// (the requester's own applied index): a change the requester has seen,
+    /// a revocation above all, is never decided on older state.
+    pub min_applied: u64,
 }
 
 /// Everything nodes send each other outside the Raft log.

@@ -64,6 +64,9 @@ pub struct UnwrapRequest {
     /// The authenticated caller; holders run their authorization on it.
     pub principal: String,
     pub mode: UnwrapMode,
+    /// Holders wait until they have applied this log index before deciding
+    /// (see [`PartialRequest::min_applied`]).
+    pub min_applied: u64,
 }
 
 /// The operation an authorization hook is asked about.
@@ -441,6 +444,7 @@ impl PendingUnwrap {
             context: req.context.clone(),
             principal: req.principal.clone(),
             epoch: Some(record.epoch),
+            min_applied: req.min_applied,
         };
         request
             .check_bounds()

@@ -268,6 +268,7 @@ fn destroy_erases_every_share_and_later_unwraps_fail() {
         context: ctx(),
         principal: "app".into(),
         epoch: None,
+        min_applied: 0,
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
     let reply = answer_partial(
@@ -683,6 +684,7 @@ fn partial_request_for_another_epoch_is_refused_as_a_race_not_forged() {
             context: ctx(),
             principal: "app".into(),
             epoch: Some(Epoch(epoch)),
+            min_applied: 0,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let reply = answer_partial(

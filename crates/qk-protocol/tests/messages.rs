@@ -18,6 +18,7 @@ fn request() -> PartialRequest {
         context: BTreeMap::from([("tenant".to_string(), "acme".to_string())]),
         principal: "app".into(),
         epoch: Some(qk_types::Epoch(1)),
+        min_applied: 12,
     }
 }
 

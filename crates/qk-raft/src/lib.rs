@@ -215,9 +215,14 @@ pub struct ClusterHealth {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientResponse {
+    /// The command was committed and applied at `log_index` (send it back
+    /// as the minimum index of later requests: read-your-writes). For a
+    /// revocation, `not_applied_on` lists the members that had not applied
+    /// it when the answer was sent (empty: in force on every node).
     Written {
         log_index: u64,
         response: Response,
+        not_applied_on: Vec<NodeId>,
     },
     Key(Option<KeyRecord>),
     Keys(Vec<String>),
@@ -238,10 +243,12 @@ pub enum ClientResponse {
         ciphertext: String,
         version: u32,
     },
-    /// A new token: `token` is the only copy of its text.
+    /// A new token: `token` is the only copy of its text. `log_index` is
+    /// where its issue was applied (as for `Written`).
     Token {
         token: Redacted,
         record: TokenRecord,
+        log_index: u64,
     },
     Principal(PrincipalRecord),
     Principals(Vec<PrincipalRecord>),
@@ -282,6 +289,39 @@ pub enum PeerRequest {
     Client(ClientRequest),
     /// An encoded `qk_protocol::ProtocolMessage` between nodes.
     Protocol(Vec<u8>),
+    /// A client request decided only once the node has applied log index
+    /// `min_applied` (the highest index the client has seen): read-your-writes
+    /// across nodes. A node that stays behind answers an error saying so.
+    ClientAfter {
+        min_applied: u64,
+        request: ClientRequest,
+    },
+}
+
+impl PeerRequest {
+    /// A client request decided once the node applied `min_applied` (0: at once).
+    pub fn client_after(min_applied: u64, request: ClientRequest) -> PeerRequest {
+        if min_applied == 0 {
+            PeerRequest::Client(request)
+        } else {
+            PeerRequest::ClientAfter {
+                min_applied,
+                request,
+            }
+        }
+    }
+}
+
+impl ClientResponse {
+    /// The log index a write was applied at (`None` for other answers).
+    pub fn log_index(&self) -> Option<u64> {
+        match self {
+            ClientResponse::Written { log_index, .. } | ClientResponse::Token { log_index, .. } => {
+                Some(*log_index)
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -290,6 +290,26 @@ impl DkgStep {
 }
 
 impl Operation {
+    /// Operations that can take a permission or a key away (disable,
+    /// compromise, destruction, a minimum version, principal and token
+    /// changes, any policy change): acknowledged only once every member
+    /// applied them, so no node keeps serving under the old rule.
+    pub fn narrows_access(&self) -> bool {
+        matches!(
+            self,
+            Operation::Disable { .. }
+                | Operation::MarkCompromised { .. }
+                | Operation::SetMinDecryptVersion { .. }
+                | Operation::ScheduleDestruction { .. }
+                | Operation::Destroy { .. }
+                | Operation::UpdatePrincipal { .. }
+                | Operation::DeletePrincipal { .. }
+                | Operation::RevokeToken { .. }
+                | Operation::SetPolicy { .. }
+                | Operation::Expire { .. }
+        )
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Operation::CreateKey(_) => "key.create",

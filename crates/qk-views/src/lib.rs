@@ -20,6 +20,16 @@ pub use qk_raft::VersionHealth;
 /// A key's access policy; the server's JSON form is the replicated record's.
 pub use qk_state::KeyPolicy;
 
+/// Read-your-writes over HTTPS. Every answer carries the answering node's
+/// applied log index in this header (after a write: at least the write's);
+/// a request that carries it is decided only once the node has applied that
+/// index (503 "node is behind" after a bounded wait).
+pub const INDEX_HEADER: &str = "x-qk-index";
+/// On a revocation's answer: the members (comma-separated ids) that had not
+/// applied it yet when the answer was sent; absent when it is in force on
+/// every node.
+pub const NOT_APPLIED_HEADER: &str = "x-qk-not-applied-on";
+
 /// Lowercase hex, two digits a byte.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -49,6 +49,21 @@ impl Backend for ApiBackend {
         Ok(leader)
     }
 
+    fn applied_index(&self) -> u64 {
+        self.0.applied.get()
+    }
+
+    fn wait_applied(&self, index: u64) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .applied
+                .wait_for(index, crate::applied::CLIENT_INDEX_WAIT)
+                .await
+                .map(|_| ())
+                .map_err(|behind| behind.to_string())
+        })
+    }
+
     fn gauges(&self) -> Gauges {
         let s = self.0.status();
         Gauges {

@@ -373,11 +373,16 @@ impl Node {
             expires_at_ms: now_ms().saturating_add(ttl_ms),
         };
         match self.write_as(peer, op).await {
-            ClientResponse::Written { response, .. } => match response.result {
+            ClientResponse::Written {
+                response,
+                log_index,
+                ..
+            } => match response.result {
                 Ok(_) => self.read(|s| match s.tokens().find(|t| t.id == id) {
                     Some(record) => ClientResponse::Token {
                         token: Redacted(qk_state::token_text(&id, &secret).into_bytes()),
                         record: record.clone(),
+                        log_index,
                     },
                     None => ClientResponse::Error(
                         "the token was issued but is not visible on this node yet; list tokens"

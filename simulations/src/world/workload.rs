@@ -412,6 +412,7 @@ impl World {
                     context,
                     principal: "app".into(),
                     mode: UnwrapMode::ServerSide,
+                    min_applied: 0,
                 },
             },
         );

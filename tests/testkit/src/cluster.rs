@@ -42,6 +42,9 @@ pub struct Cluster {
     pub snapshot_after: u64,
     /// `QK_LOG` for spawned nodes.
     pub log_filter: String,
+    /// The highest log index a write through this harness was applied at;
+    /// every request sends it, so no node answers from older state.
+    pub seen_index: std::sync::atomic::AtomicU64,
 }
 
 impl Cluster {
@@ -107,6 +110,7 @@ impl Cluster {
             pool,
             snapshot_after,
             log_filter: "info,openraft=info".into(),
+            seen_index: Default::default(),
         };
         for id in 1..=n {
             c.write_config(id);
@@ -183,21 +187,39 @@ impl Cluster {
         self.spawn(id, &[]);
     }
 
+    /// Sends a request that node `id` decides only once it applied every
+    /// write this harness has seen acknowledged.
     pub async fn request(&self, id: u64, req: ClientRequest) -> Result<ClientResponse, String> {
-        match self
-            .pool
-            .node(id, &self.addr(id))
-            .call(&PeerRequest::Client(req))
-            .await
-        {
+        let seen = self.seen_index.load(std::sync::atomic::Ordering::Acquire);
+        let resp = self.send(id, PeerRequest::client_after(seen, req)).await?;
+        if let Some(index) = resp.log_index() {
+            self.seen_index
+                .fetch_max(index, std::sync::atomic::Ordering::AcqRel);
+        }
+        Ok(resp)
+    }
+
+    /// Sends as a client that has seen nothing (no read-your-writes wait):
+    /// what a second, unrelated client would get.
+    pub async fn request_fresh(
+        &self,
+        id: u64,
+        req: ClientRequest,
+    ) -> Result<ClientResponse, String> {
+        self.send(id, PeerRequest::Client(req)).await
+    }
+
+    async fn send(&self, id: u64, req: PeerRequest) -> Result<ClientResponse, String> {
+        match self.pool.node(id, &self.addr(id)).call(&req).await {
             Ok(PeerResponse::Client(r)) => Ok(r),
             Ok(other) => Err(format!("{other:?}")),
             Err(e) => Err(e.to_string()),
         }
     }
 
+    /// Node `id`'s own view, as it is now (no read-your-writes wait).
     pub async fn status(&self, id: u64) -> Option<NodeStatus> {
-        match self.request(id, ClientRequest::Status).await {
+        match self.request_fresh(id, ClientRequest::Status).await {
             Ok(ClientResponse::Status(s)) => Some(s),
             _ => None,
         }
@@ -253,6 +275,7 @@ impl Cluster {
             ClientResponse::Written {
                 log_index,
                 response,
+                ..
             } => Ok((log_index, response)),
             other => Err(format!("{other:?}")),
         }
@@ -414,6 +437,7 @@ impl Cluster {
             .find(|id| self.procs[(*id - 1) as usize].is_some())
             .ok_or("no node is running")?;
         let client = qk_client::Client::from_dialer(self.pool.clone(), &self.addr(via));
+        client.observe_index(self.seen_index.load(std::sync::atomic::Ordering::Acquire));
         client
             .decrypt_client_side(ciphertext, ctx(context))
             .await

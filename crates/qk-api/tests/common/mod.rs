@@ -53,6 +53,7 @@ fn written(result: Result<Applied, StateError>) -> ClientResponse {
             audit_seq: 1,
             duplicate: false,
         },
+        not_applied_on: Vec::new(),
     }
 }
 
@@ -387,7 +388,26 @@ impl Backend for FakeBackend {
             is_leader: true,
         }
     }
+
+    fn applied_index(&self) -> u64 {
+        FAKE_APPLIED
+    }
+
+    fn wait_applied(&self, index: u64) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if index <= FAKE_APPLIED {
+                Ok(())
+            } else {
+                Err(format!(
+                    "node is behind: it has applied log index {FAKE_APPLIED}, the request needs {index}; retry"
+                ))
+            }
+        })
+    }
 }
+
+/// The fake node's applied log index (X-Qk-Index).
+pub const FAKE_APPLIED: u64 = 42;
 
 /// A running server with its CA and a client certificate.
 pub struct Harness {

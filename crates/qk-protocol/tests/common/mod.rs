@@ -438,6 +438,7 @@ impl Cluster {
                     context: ctx(),
                     principal: principal.into(),
                     mode: UnwrapMode::ServerSide,
+                    min_applied: 0,
                 },
             },
             &mut self.rng,
