@@ -940,6 +940,19 @@ impl Node {
 impl RpcHandler for Node {
     fn handle(&self, peer: Peer, req: PeerRequest) -> qk_net::BoxFuture<'_, PeerResponse> {
         Box::pin(async move {
+            if let (Some((kind, claimed)), Peer::Node(from)) = (raft_sender_claim(&req), &peer) {
+                if let Err(reason) = self.check_raft_sender(*from, claimed) {
+                    warn!(from, kind, "Raft message refused: {reason}");
+                    self.audit.record(
+                        &NodeIdT(*from).to_string(),
+                        kind,
+                        None,
+                        None,
+                        format!("refused: {reason}"),
+                    );
+                    return PeerResponse::Refused(format!("{kind} refused: {reason}"));
+                }
+            }
             match (req, &peer) {
                 (PeerRequest::AppendEntries(r), Peer::Node(_)) => {
                     PeerResponse::AppendEntries(self.raft.append_entries(r).await)
@@ -977,5 +990,43 @@ impl RpcHandler for Node {
                 )),
             }
         })
+    }
+}
+
+/// A Raft RPC's kind and the node it claims to come from: the leader of its
+/// vote for AppendEntries and InstallSnapshot, the candidate for a Vote.
+fn raft_sender_claim(req: &PeerRequest) -> Option<(&'static str, Option<NodeId>)> {
+    match req {
+        PeerRequest::AppendEntries(r) => {
+            Some(("raft.append-entries", r.vote.leader_id().voted_for()))
+        }
+        PeerRequest::InstallSnapshot(r) => {
+            Some(("raft.install-snapshot", r.vote.leader_id().voted_for()))
+        }
+        PeerRequest::Vote(r) => Some(("raft.vote", r.vote.leader_id().voted_for())),
+        _ => None,
+    }
+}
+
+impl Node {
+    /// A Raft RPC speaks only for the node whose certificate sent it (no
+    /// node can stand in for the leader or a candidate), and only members
+    /// send them once this node belongs to a cluster.
+    fn check_raft_sender(&self, from: NodeId, claimed: Option<NodeId>) -> Result<(), String> {
+        if claimed != Some(from) {
+            return Err(format!(
+                "node {from} sent a message on behalf of {}; a node speaks only for itself",
+                claimed.map_or("nobody".to_string(), |c| format!("node {c}"))
+            ));
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let has_members = membership.nodes().next().is_some();
+        if has_members && membership.get_node(&from).is_none() {
+            return Err(format!(
+                "node {from} is not a member of this cluster; add it with a join first"
+            ));
+        }
+        Ok(())
     }
 }

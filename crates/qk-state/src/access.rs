@@ -218,8 +218,10 @@ impl fmt::Debug for TokenRecord {
     }
 }
 
-/// One allow rule of a key policy.
+/// One allow rule of a key policy. Unknown fields are refused: a misspelled
+/// field would otherwise silently drop a rule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PolicyRule {
     /// Principal names, `role:<role>`, or `*` for anyone whose role allows.
     pub principals: Vec<String>,
@@ -232,6 +234,7 @@ pub struct PolicyRule {
 
 /// Operations that wait for M distinct approvers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ApprovalRule {
     pub required: u16,
     /// Who may approve: principal names or `role:<role>`; each must also hold
@@ -250,7 +253,9 @@ pub fn default_approval_ttl_ms() -> u64 {
 }
 
 /// A key's access policy. Permissions named by no rule fall back to roles.
+/// Unknown fields (`"aproval"`) are refused, never ignored.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KeyPolicy {
     #[serde(default)]
     pub rules: Vec<PolicyRule>,

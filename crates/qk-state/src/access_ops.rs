@@ -286,7 +286,7 @@ impl StateMachine {
                 PendingAction::Operation(Box::new(op.clone())),
             ),
         };
-        let id = approval_id(cmd);
+        let id = self.unique_approval_id(cmd)?;
         self.approvals.insert(
             id.clone(),
             ApprovalRecord {
@@ -686,11 +686,16 @@ impl StateMachine {
     }
 }
 
-fn approval_id(cmd: &Command) -> String {
-    cmd.request_id.0[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+impl StateMachine {
+    /// Approval ids never repeat and never replace a stored approval.
+    fn unique_approval_id(&mut self, cmd: &Command) -> Result<String, StateError> {
+        let digest = self.fresh_id_bytes(b"qk/approval-id", cmd.request_id);
+        let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        if self.approvals.contains_key(&id) {
+            return Err(invalid("an approval id collided with a stored one; retry"));
+        }
+        Ok(id)
+    }
 }
 
 /// Shortest rotation period: each rotation is a DKG across the holders.

@@ -38,6 +38,11 @@ pub struct StateMachine {
     pub(crate) principals: BTreeMap<String, crate::access::PrincipalRecord>,
     pub(crate) tokens: BTreeMap<String, crate::access::TokenRecord>,
     pub(crate) approvals: BTreeMap<String, crate::access::ApprovalRecord>,
+    /// Ids handed out so far (key ids, approval ids). Each id hashes this
+    /// counter, so ids are unique by construction: a client's request id
+    /// (reused, or chosen to collide) never decides them.
+    #[serde(default)]
+    ids_issued: u64,
 }
 
 type Outcome = Result<Applied, StateError>;
@@ -289,7 +294,7 @@ impl StateMachine {
                 name,
                 version,
                 node,
-            } => self.erase_receipt(name, *version, *node),
+            } => self.erase_receipt(&cmd.principal, name, *version, *node),
             Operation::Audit { .. } => Ok(Applied::Done),
             Operation::AuditBatch(events) => check_audit_batch(events),
             _ => self.execute_access_op(cmd),
@@ -311,7 +316,7 @@ impl StateMachine {
         if self.keys.contains_key(&c.name) {
             return Err(StateError::KeyExists(c.name.clone()));
         }
-        let id = derive_key_id(request);
+        let id = self.unique_key_id(request)?;
         let version = KeyVersion(1);
         self.keys.insert(
             c.name.clone(),
@@ -624,7 +629,18 @@ impl StateMachine {
         Ok(Applied::Done)
     }
 
-    fn erase_receipt(&mut self, name: &str, version: KeyVersion, node: NodeId) -> Outcome {
+    fn erase_receipt(
+        &mut self,
+        principal: &str,
+        name: &str,
+        version: KeyVersion,
+        node: NodeId,
+    ) -> Outcome {
+        if principal != node.to_string() {
+            return Err(invalid(format!(
+                "an erase receipt for {node} must be filed by {node} itself, not by {principal:?}"
+            )));
+        }
         let v = self.version_mut(name, version)?;
         if !matches!(v.state, VersionState::Destroying | VersionState::Destroyed) {
             return Err(transition_error(name, v, "erase receipt"));
@@ -1051,12 +1067,26 @@ fn check_audit_batch(events: &[AuditEvent]) -> Outcome {
     Ok(Applied::Done)
 }
 
-fn derive_key_id(request: RequestId) -> KeyId {
-    let mut h = Sha256::new();
-    h.update(b"qk/key-id");
-    h.update(request.0);
-    let digest: [u8; 32] = h.finalize().into();
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&digest[..16]);
-    KeyId(id)
+impl StateMachine {
+    /// A fresh 32-byte value for an id in `domain`: the counter makes it
+    /// unique, the request id keeps it unpredictable to other clients.
+    pub(crate) fn fresh_id_bytes(&mut self, domain: &[u8], request: RequestId) -> [u8; 32] {
+        self.ids_issued += 1;
+        let mut h = Sha256::new();
+        h.update(domain);
+        h.update(self.ids_issued.to_be_bytes());
+        h.update(request.0);
+        h.finalize().into()
+    }
+
+    fn unique_key_id(&mut self, request: RequestId) -> Result<KeyId, StateError> {
+        let digest = self.fresh_id_bytes(b"qk/key-id", request);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        let id = KeyId(id);
+        if self.keys.values().any(|k| k.id == id) {
+            return Err(invalid("a key id collided with an existing one; retry"));
+        }
+        Ok(id)
+    }
 }

@@ -35,8 +35,18 @@ impl Log {
         self.next += 1;
         let mut id = [0u8; 16];
         id[8..].copy_from_slice(&self.next.to_be_bytes());
+        self.run_with_id(principal, RequestId(id), op)
+    }
+
+    /// As `run`, with a request id the caller chose (an attacker may).
+    fn run_with_id(
+        &mut self,
+        principal: &str,
+        request_id: RequestId,
+        op: Operation,
+    ) -> Result<Applied, StateError> {
         let r = self.sm.apply(&Command {
-            request_id: RequestId(id),
+            request_id,
             time_ms: self.now,
             principal: principal.into(),
             op,
@@ -562,4 +572,149 @@ fn destruction_is_committed_by_the_schedule_when_due() {
         log.sm.key("k").expect("k").versions[0].state,
         VersionState::Destroying
     );
+}
+
+fn requested_id(outcome: Result<Applied, StateError>) -> String {
+    match outcome {
+        Ok(Applied::ApprovalRequested { id, .. }) => id,
+        other => panic!("expected an approval request: {other:?}"),
+    }
+}
+
+#[test]
+fn approval_ids_are_unique_and_never_overwrite_a_pending_approval() {
+    let mut log = Log::new();
+    log.key("k");
+    log.key("m");
+    log.principal("mallory", &[Role::Admin]);
+    log.principal("ann", &[Role::Approver]);
+    log.principal("bob", &[Role::Approver]);
+    for key in ["k", "m"] {
+        let policy = Operation::SetPolicy {
+            name: key.into(),
+            policy: Some(KeyPolicy {
+                rules: vec![],
+                approval: Some(ApprovalRule {
+                    required: 2,
+                    approvers: vec!["role:approver".into()],
+                    permissions: vec![Permission::KeyDestroy],
+                    ttl_ms: 60_000,
+                }),
+            }),
+        };
+        log.run("admin", policy).expect("policy");
+    }
+    let schedule = |key: &str| Operation::ScheduleDestruction {
+        name: key.into(),
+        version: KeyVersion(1),
+        after_ms: 0,
+    };
+    // The victim's request, then the attacker's with a request id that
+    // shares its first 8 bytes (the old approval id) and differs after.
+    let victim = RequestId([7; 16]);
+    let mut colliding = [7u8; 16];
+    colliding[15] = 8;
+    let first = requested_id(log.run_with_id("admin", victim, schedule("k")));
+    let second = requested_id(log.run_with_id("mallory", RequestId(colliding), schedule("m")));
+    assert_ne!(first, second, "two requests, two approvals");
+    let kept = log.sm.approval(&first).expect("the first approval is kept");
+    assert_eq!(kept.requester, "admin");
+    assert_eq!(kept.key, "k");
+    assert_eq!(
+        log.sm.approval(&second).expect("second").requester,
+        "mallory"
+    );
+}
+
+#[test]
+fn a_reused_request_id_never_gives_a_new_key_an_existing_id() {
+    let mut log = Log::new();
+    let create = |name: &str| {
+        Operation::CreateKey(CreateKey {
+            name: name.into(),
+            description: String::new(),
+            owner: "team".into(),
+            purpose: "encrypt".into(),
+            rotation_period_ms: None,
+            expires_at_ms: None,
+            threshold: 2,
+            holders: vec![NodeId(1), NodeId(2), NodeId(3)],
+        })
+    };
+    let reused = RequestId([9; 16]);
+    log.run_with_id("admin", reused, create("first"))
+        .expect("first");
+    // Push the request id out of the deduplication window...
+    for i in 0..qk_state::MAX_REMEMBERED_REQUESTS as u64 {
+        let tag = Operation::SetTag {
+            name: "first".into(),
+            tag: "n".into(),
+            value: Some(i.to_be_bytes().to_vec()),
+        };
+        log.run("admin", tag).expect("tag");
+    }
+    // ...then use it again for another key.
+    log.run_with_id("admin", reused, create("second"))
+        .expect("second");
+    let id = |name: &str| log.sm.key(name).expect("key").id;
+    assert_ne!(
+        id("first"),
+        id("second"),
+        "key ids are unique by construction"
+    );
+}
+
+#[test]
+fn a_node_files_erase_receipts_only_for_itself() {
+    let mut log = Log::new();
+    log.key("k");
+    let v1 = KeyVersion(1);
+    log.run(
+        "admin",
+        Operation::ScheduleDestruction {
+            name: "k".into(),
+            version: v1,
+            after_ms: 0,
+        },
+    )
+    .expect("scheduled");
+    log.run(
+        "node-1",
+        Operation::Destroy {
+            name: "k".into(),
+            version: v1,
+        },
+    )
+    .expect("destroying");
+    // Node 2 alone tries to file the two receipts that would mark the
+    // version destroyed while nodes 1 and 3 still hold their shares.
+    for node in [1, 3] {
+        let forged = Operation::EraseReceipt {
+            name: "k".into(),
+            version: v1,
+            node: NodeId(node),
+        };
+        let refused = log.run("node-2", forged).expect_err("forged receipt");
+        assert!(refused.to_string().contains("itself"), "{refused}");
+    }
+    let v = log.sm.key("k").expect("k").version(v1).expect("v1").clone();
+    assert_eq!(v.state, VersionState::Destroying);
+    assert!(v.erase_receipts.is_empty());
+    assert!(
+        log.last_outcome().starts_with("refused"),
+        "audited as refused"
+    );
+}
+
+#[test]
+fn a_policy_with_an_unknown_field_is_refused_and_the_field_named() {
+    let misspelled = r#"{"aproval": {"required": 2, "approvers": ["role:approver"], "permissions": ["key-destroy"]}}"#;
+    let err = serde_json::from_str::<KeyPolicy>(misspelled).expect_err("unknown field");
+    assert!(err.to_string().contains("aproval"), "{err}");
+    let nested = r#"{"approval": {"required": 2, "approvers": [], "permissions": [], "ttl": 5}}"#;
+    let err = serde_json::from_str::<KeyPolicy>(nested).expect_err("unknown nested field");
+    assert!(err.to_string().contains("ttl"), "{err}");
+    let rule = r#"{"rules": [{"principals": ["*"], "permissions": ["decrypt"], "contxt": {}}]}"#;
+    let err = serde_json::from_str::<KeyPolicy>(rule).expect_err("unknown rule field");
+    assert!(err.to_string().contains("contxt"), "{err}");
 }

@@ -25,10 +25,16 @@ fn cmd(n: u64, time_ms: u64, op: Operation) -> Command {
             | Operation::Audit { .. }
             | Operation::Dkg { .. }
     );
+    let principal = match &op {
+        // A receipt speaks for the node that erased.
+        Operation::EraseReceipt { node, .. } => node.to_string(),
+        _ if from_node => "node-1".into(),
+        _ => "admin".into(),
+    };
     Command {
         request_id: rid(n),
         time_ms,
-        principal: if from_node { "node-1" } else { "admin" }.into(),
+        principal,
         op,
     }
 }
