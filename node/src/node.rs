@@ -267,7 +267,6 @@ fn authorize_write(peer: &Peer, cmd: &Command) -> std::result::Result<(), String
             | Operation::EraseReceipt { .. }
             | Operation::AbandonRefresh { .. }
             | Operation::FailGeneration { .. }
-            | Operation::CompleteGeneration { .. }
     );
     match peer {
         Peer::Client(name) if protocol_op => Err(format!(

@@ -375,11 +375,7 @@ impl NodeProtocol {
                 }
                 actions
             }
-            (
-                Operation::FailGeneration { name, version, .. }
-                | Operation::CompleteGeneration { name, version, .. },
-                _,
-            ) => {
+            (Operation::FailGeneration { name, version, .. }, _) => {
                 let failed = matches!(applied, Applied::GenerationFailed { .. });
                 let mut actions = Vec::new();
                 self.end_generation(&(name.clone(), *version), failed, state, &mut actions);

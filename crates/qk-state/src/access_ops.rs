@@ -107,7 +107,6 @@ fn is_node_only(op: &Operation) -> bool {
             | Operation::EraseReceipt { .. }
             | Operation::AbandonRefresh { .. }
             | Operation::FailGeneration { .. }
-            | Operation::CompleteGeneration { .. }
             | Operation::Audit { .. }
             | Operation::AuditBatch(_)
             | Operation::ScheduledRotate { .. }

@@ -63,12 +63,6 @@ pub enum Operation {
         #[serde(default)]
         session: DkgSession,
     },
-    /// The DKG finished: public key set (encoded) and holders that acked.
-    CompleteGeneration {
-        name: String,
-        version: KeyVersion,
-        public_keys: Vec<u8>,
-    },
     /// Gives up a DKG. Accepted only once the version's generation deadline
     /// has passed (`time_ms >= generation_deadline_ms`); the recorded reason
     /// names the holders that did not ack, followed by `reason`.
@@ -316,7 +310,6 @@ impl Operation {
             Operation::SetTag { .. } => "key.set-tag",
             Operation::Rotate { .. } => "key.rotate",
             Operation::Dkg { step, .. } => step.name(),
-            Operation::CompleteGeneration { .. } => "version.generated",
             Operation::FailGeneration { .. } => "version.failed",
             Operation::Disable { .. } => "version.disable",
             Operation::Enable { .. } => "version.enable",
@@ -354,7 +347,6 @@ impl Operation {
             Operation::SetTag { name, .. }
             | Operation::Rotate { name, .. }
             | Operation::Dkg { name, .. }
-            | Operation::CompleteGeneration { name, .. }
             | Operation::FailGeneration { name, .. }
             | Operation::Disable { name, .. }
             | Operation::Enable { name, .. }
@@ -384,8 +376,7 @@ impl Operation {
     /// The key version an operation is about, if any.
     pub fn version(&self) -> Option<KeyVersion> {
         match self {
-            Operation::CompleteGeneration { version, .. }
-            | Operation::Dkg { version, .. }
+            Operation::Dkg { version, .. }
             | Operation::FailGeneration { version, .. }
             | Operation::Disable { version, .. }
             | Operation::Enable { version, .. }

@@ -220,11 +220,6 @@ impl StateMachine {
                 attempt,
                 reason,
             } => self.abandon_refresh(name, *version, *attempt, reason, now),
-            Operation::CompleteGeneration {
-                name,
-                version,
-                public_keys,
-            } => self.complete_generation(name, *version, public_keys, now),
             Operation::FailGeneration {
                 name,
                 version,
@@ -576,27 +571,6 @@ impl StateMachine {
         };
         v.dkg.acked_keys = None;
         Ok(Applied::GenerationFailed { reason })
-    }
-
-    fn complete_generation(
-        &mut self,
-        name: &str,
-        version: KeyVersion,
-        public_keys: &[u8],
-        now: u64,
-    ) -> Outcome {
-        if public_keys.is_empty() || public_keys.len() > MAX_PUBLIC_KEYS_LEN {
-            return Err(invalid("public key set is empty or too large"));
-        }
-        let v = self.version_mut(name, version)?;
-        if v.state != VersionState::Generating {
-            return Err(transition_error(name, v, "complete generation"));
-        }
-        v.state = VersionState::Enabled;
-        v.public_keys = Some(public_keys.to_vec());
-        // Only once the transition is certain: a refused command changes nothing.
-        self.key_mut(name)?.last_rotated_ms = now;
-        Ok(Applied::Done)
     }
 
     /// Runs `change` on a version; `change` returns `None` when the version's

@@ -10,6 +10,8 @@ use qk_state::{
 use qk_types::{KeyVersion, NodeId};
 use sha2::{Digest, Sha256};
 
+mod common;
+
 struct Log {
     sm: StateMachine,
     next: u64,
@@ -75,12 +77,14 @@ impl Log {
             holders: vec![NodeId(1), NodeId(2), NodeId(3)],
         });
         self.run("admin", op).expect("key created");
-        let done = Operation::CompleteGeneration {
-            name: name.into(),
-            version: KeyVersion(1),
-            public_keys: vec![1],
-        };
-        self.run("node-1", done).expect("generated");
+        self.generate(name, KeyVersion(1), &[1, 2, 3]);
+    }
+
+    /// Runs the version's DKG until every holder acked.
+    fn generate(&mut self, name: &str, version: KeyVersion, holders: &[u64]) {
+        for (from, op) in common::dkg_until_enabled(name, version, holders, &[1]) {
+            self.run(&from, op).expect("DKG step");
+        }
     }
 
     fn last_outcome(&self) -> String {
@@ -503,15 +507,7 @@ fn rotation_and_expiry_follow_the_log_time() {
         holders: vec![NodeId(1), NodeId(2)],
     });
     log.run("admin", op).expect("created");
-    log.run(
-        "node-1",
-        Operation::CompleteGeneration {
-            name: "k".into(),
-            version: KeyVersion(1),
-            public_keys: vec![1],
-        },
-    )
-    .expect("generated");
+    log.generate("k", KeyVersion(1), &[1, 2]);
     assert!(log.sm.maintenance_due(log.now + 9_999).is_empty());
     let rotate = Operation::ScheduledRotate {
         name: "k".into(),

@@ -3,10 +3,12 @@
 
 use proptest::prelude::*;
 use qk_state::{
-    verify_chain, Applied, ChainError, Command, CreateKey, Operation, RequestId, StateError,
-    StateMachine, VersionState, GENESIS_HASH,
+    verify_chain, Applied, ChainError, Command, CreateKey, DkgStep, Operation, RequestId,
+    StateError, StateMachine, VersionState, GENESIS_HASH,
 };
 use qk_types::{KeyVersion, NodeId};
+
+mod common;
 
 fn rid(n: u64) -> RequestId {
     let mut id = [0u8; 16];
@@ -18,8 +20,7 @@ fn rid(n: u64) -> RequestId {
 fn cmd(n: u64, time_ms: u64, op: Operation) -> Command {
     let from_node = matches!(
         op,
-        Operation::CompleteGeneration { .. }
-            | Operation::FailGeneration { .. }
+        Operation::FailGeneration { .. }
             | Operation::EraseReceipt { .. }
             | Operation::AuditBatch(_)
             | Operation::Audit { .. }
@@ -28,6 +29,8 @@ fn cmd(n: u64, time_ms: u64, op: Operation) -> Command {
     let principal = match &op {
         // A receipt speaks for the node that erased.
         Operation::EraseReceipt { node, .. } => node.to_string(),
+        // A DKG step speaks for its holder.
+        Operation::Dkg { from, .. } => from.to_string(),
         _ if from_node => "node-1".into(),
         _ => "admin".into(),
     };
@@ -74,17 +77,24 @@ const V1: KeyVersion = KeyVersion(1);
 fn generated(sm: &mut StateMachine, name: &str, n: &mut u64) {
     *n += 1;
     sm.apply(&cmd(*n, 10, create(name)));
-    *n += 1;
-    let r = sm.apply(&cmd(
-        *n,
-        20,
-        Operation::CompleteGeneration {
-            name: name.into(),
-            version: V1,
-            public_keys: vec![1, 2, 3],
-        },
-    ));
-    assert!(r.result.is_ok());
+    enable(sm, name, V1, &[1, 2, 3], 20);
+}
+
+/// Runs an honest DKG of the version until every holder acked (request
+/// ids from their own range, apart from the tests' fixed ones).
+fn enable(sm: &mut StateMachine, name: &str, version: KeyVersion, holders: &[u64], time_ms: u64) {
+    for (from, op) in common::dkg_until_enabled(name, version, holders, &[1, 2, 3]) {
+        let mut c = cmd(0, time_ms, op);
+        c.request_id = rid(1_000_000 + sm.audit_len());
+        assert_eq!(c.principal, from);
+        let r = sm.apply(&c);
+        assert!(r.result.is_ok(), "{r:?}");
+    }
+    let v = sm
+        .key(name)
+        .and_then(|k| k.version(version))
+        .expect("version");
+    assert_eq!(v.state, VersionState::Enabled);
 }
 
 #[test]
@@ -304,15 +314,7 @@ fn rotation_creates_new_versions_and_primary_follows() {
             .version,
         V1
     );
-    sm.apply(&cmd(
-        12,
-        42,
-        Operation::CompleteGeneration {
-            name: "k".into(),
-            version: KeyVersion(2),
-            public_keys: vec![9],
-        },
-    ));
+    enable(&mut sm, "k", KeyVersion(2), &[1, 2, 3], 42);
     assert_eq!(
         sm.key("k")
             .expect("k")
@@ -412,10 +414,16 @@ fn arb_op() -> impl Strategy<Value = Operation> {
     let version = (1u32..3).prop_map(KeyVersion);
     prop_oneof![
         name.clone().prop_map(|n| create(&n)),
-        (name.clone(), version.clone()).prop_map(|(name, version)| Operation::CompleteGeneration {
-            name,
-            version,
-            public_keys: vec![1]
+        (name.clone(), version.clone(), 1u64..4).prop_map(|(name, version, from)| {
+            Operation::Dkg {
+                name,
+                version,
+                from: NodeId(from),
+                step: DkgStep::Ack {
+                    public_keys: vec![1],
+                },
+                session: Default::default(),
+            }
         }),
         (name.clone(), version.clone())
             .prop_map(|(name, version)| Operation::Disable { name, version }),

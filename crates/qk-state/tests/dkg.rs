@@ -8,6 +8,8 @@ use qk_state::{
 };
 use qk_types::{Epoch, KeyVersion, NodeId};
 
+mod common;
+
 const V1: KeyVersion = KeyVersion(1);
 
 struct Log {
@@ -66,6 +68,15 @@ impl Log {
                 session: Default::default(),
             },
         )
+    }
+
+    /// Every holder deals, reports ready, acks: v1 becomes enabled.
+    fn enable(&mut self, time_ms: u64) {
+        let holders: Vec<u64> = self.version().holders.iter().map(|h| h.0).collect();
+        for (from, op) in common::dkg_until_enabled("k", V1, &holders, &[1; 100]) {
+            self.apply(&from, time_ms, op).expect("DKG step");
+        }
+        assert_eq!(self.version().state, VersionState::Enabled);
     }
 
     fn version(&self) -> KeyVersionRecord {
@@ -385,16 +396,7 @@ fn dkg_steps_are_bounded_and_attributed() {
 #[test]
 fn rotate_carries_a_bounded_generation_timeout() {
     let mut log = created();
-    log.apply(
-        "node-1",
-        2_000,
-        Operation::CompleteGeneration {
-            name: "k".into(),
-            version: V1,
-            public_keys: vec![1],
-        },
-    )
-    .expect("complete");
+    log.enable(2_000);
     let rotate = |t| Operation::Rotate {
         name: "k".into(),
         holders: vec![NodeId(1), NodeId(2), NodeId(3)],
@@ -445,12 +447,7 @@ fn replicas_agree_on_dkg_logs() {
 #[test]
 fn destroying_a_version_drops_its_refresh_in_progress() {
     let mut log = created();
-    let complete = Operation::CompleteGeneration {
-        name: "k".into(),
-        version: V1,
-        public_keys: vec![1; 100],
-    };
-    log.apply("node-1", 1_100, complete).expect("enabled");
+    log.enable(1_100);
     let refresh = Operation::Refresh {
         name: "k".into(),
         version: V1,

@@ -104,8 +104,7 @@ impl World {
     pub(super) fn note_settled(&mut self, cmd: &Command) {
         let vk = match &cmd.op {
             Operation::Dkg { name, version, .. }
-            | Operation::FailGeneration { name, version, .. }
-            | Operation::CompleteGeneration { name, version, .. } => (name.clone(), *version),
+            | Operation::FailGeneration { name, version, .. } => (name.clone(), *version),
             _ => return,
         };
         let now = self.now();

@@ -2,5 +2,6 @@
 //! 127.0.0.1, shared by end-to-end tests and benchmark binaries.
 #![forbid(unsafe_code)]
 
+pub mod adversary;
 pub mod cluster;
 pub mod stats;

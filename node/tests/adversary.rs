@@ -1,0 +1,192 @@
+//! Attacks by one compromised node against a real cluster (docs/THREATS.md):
+//! the attacker holds a member's certificate and key (or a CA-issued
+//! certificate of a node that never joined) and speaks the wire protocol
+//! directly. Each attack is refused and audited; honest traffic goes on.
+
+use std::path::Path;
+
+use qk_raft::{ClientRequest, ClientResponse, PeerResponse};
+use qk_state::{Operation, VersionState};
+use qk_testkit::adversary::{write_outcome, Adversary};
+use qk_testkit::cluster::*;
+use qk_types::{KeyVersion, NodeId};
+
+const BIN: &str = env!("CARGO_BIN_EXE_qk-node");
+const CTX: &[(&str, &str)] = &[("tenant", "acme")];
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+fn refused(resp: Result<PeerResponse, String>, why: &str) {
+    match resp {
+        Ok(PeerResponse::Refused(reason)) => assert!(reason.contains(why), "{reason}"),
+        other => panic!("accepted (expected a refusal saying {why:?}): {other:?}"),
+    }
+}
+
+/// Waits until the replicated audit trail has a refused `operation` by `principal`.
+fn wait_audited(c: &Cluster, principal: &str, operation: &str) {
+    let h = tokio::runtime::Handle::current();
+    wait_until(&format!("{operation} by {principal} audited"), || {
+        let req = ClientRequest::Audit {
+            from_seq: 1,
+            limit: 1000,
+        };
+        let answer = tokio::task::block_in_place(|| h.block_on(c.request(1, req)));
+        let Ok(ClientResponse::Audit(records)) = answer else {
+            return None;
+        };
+        records
+            .iter()
+            .any(|r| {
+                r.principal == principal
+                    && r.operation == operation
+                    && r.outcome.starts_with("refused")
+            })
+            .then_some(())
+    });
+}
+
+async fn cluster_with_key(n: u64) -> (Cluster, String) {
+    let c = Cluster::start(bin(), n, 100_000);
+    let holders: Vec<u64> = (1..=n).collect();
+    c.create(1, "k", 2, &holders).await.expect("create");
+    c.wait_key(1, "k", |k| {
+        k.version(KeyVersion(1))
+            .is_some_and(|v| v.state == VersionState::Enabled)
+    });
+    let (ct, _) = c.encrypt(1, "k", CTX, b"honest").await.expect("encrypt");
+    (c, ct)
+}
+
+async fn raft_rpcs_speak_only_for_their_sender(n: u64) {
+    let (c, ct) = cluster_with_key(n).await;
+    let before = c.status(1).await.expect("status");
+    let leader = before.leader.expect("leader");
+    let thief_id = (1..=n).find(|id| *id != leader).expect("a follower");
+    let target = (1..=n)
+        .find(|id| *id != leader && *id != thief_id)
+        .expect("another follower");
+    let thief = Adversary::stolen(&c, thief_id);
+    let term = before.term + 10;
+    // A member stands in for the leader, with a higher term...
+    let as_leader = thief
+        .send(&c, target, Adversary::append_entries(leader, term))
+        .await;
+    refused(as_leader, "on behalf of");
+    // ...or asks votes for another candidate.
+    let as_candidate = thief.send(&c, target, Adversary::vote(leader, term)).await;
+    refused(as_candidate, "on behalf of");
+    // A node the CA issued but that never joined sends Raft messages as itself.
+    let outsider = Adversary::non_member(&c, 9);
+    refused(
+        outsider.send(&c, target, Adversary::vote(9, term)).await,
+        "not a member",
+    );
+    refused(
+        outsider
+            .send(&c, target, Adversary::append_entries(9, term))
+            .await,
+        "not a member",
+    );
+    // Honest traffic goes on: same leader and term, decryption works.
+    for id in 1..=n {
+        let now = c.status(id).await.expect("status");
+        assert_eq!(
+            now.term, before.term,
+            "node {id}: the forged term took hold"
+        );
+        assert_eq!(now.leader, Some(leader), "node {id}");
+    }
+    assert_eq!(
+        c.decrypt(target, &ct, CTX).await.as_deref(),
+        Ok(&b"honest"[..])
+    );
+    wait_audited(&c, &NodeId(thief_id).to_string(), "raft.append-entries");
+    wait_audited(&c, "node-9", "raft.vote");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_rpcs_speak_only_for_their_sender_3_nodes() {
+    raft_rpcs_speak_only_for_their_sender(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_rpcs_speak_only_for_their_sender_5_nodes() {
+    raft_rpcs_speak_only_for_their_sender(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_file_erase_receipts_for_others() {
+    let (c, ct) = cluster_with_key(3).await;
+    let thief = Adversary::stolen(&c, 3);
+    let leader = c.status(1).await.expect("status").leader.expect("leader");
+    for victim in [1, 2] {
+        let forged = Operation::EraseReceipt {
+            name: "k".into(),
+            version: KeyVersion(1),
+            node: NodeId(victim),
+        };
+        let mut id = [0u8; 16];
+        id[0] = 0xad;
+        id[15] = victim as u8;
+        let outcome = write_outcome(
+            thief
+                .send(&c, leader, Adversary::write("node-3", id, forged))
+                .await,
+        );
+        let err = outcome.expect_err("a receipt for another node");
+        assert!(err.contains("itself"), "{err}");
+    }
+    let key = c.key(1, "k").await.expect("key");
+    assert!(key
+        .version(KeyVersion(1))
+        .expect("v1")
+        .erase_receipts
+        .is_empty());
+    assert_eq!(c.decrypt(2, &ct, CTX).await.as_deref(), Ok(&b"honest"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_ack_or_step_a_dkg_for_another_holder() {
+    let (c, _) = cluster_with_key(3).await;
+    let thief = Adversary::stolen(&c, 3);
+    let leader = c.status(1).await.expect("status").leader.expect("leader");
+    let rotate = Operation::Rotate {
+        name: "k".into(),
+        holders: vec![NodeId(1), NodeId(2), NodeId(3)],
+        generation_timeout_ms: None,
+    };
+    c.op(1, rotate).await.expect("rotate");
+    // Node 3 acks a key set of its choosing in node 1's name, under its own
+    // principal and under node 1's.
+    for principal in ["node-3", "node-1"] {
+        let forged = Operation::Dkg {
+            name: "k".into(),
+            version: KeyVersion(2),
+            from: NodeId(1),
+            step: qk_state::DkgStep::Ack {
+                public_keys: vec![7; 64],
+            },
+            session: Default::default(),
+        };
+        let mut id = [0u8; 16];
+        id[0] = 0xac;
+        id[1] = principal.len() as u8 + principal.as_bytes()[5];
+        let outcome = write_outcome(
+            thief
+                .send(&c, leader, Adversary::write(principal, id, forged))
+                .await,
+        );
+        let err = outcome.expect_err("an ack for another holder");
+        assert!(err.contains("itself"), "{principal}: {err}");
+    }
+    // The honest DKG finishes with the holders' own key set.
+    let key = c.wait_key(1, "k", |k| {
+        k.version(KeyVersion(2))
+            .is_some_and(|v| v.state == VersionState::Enabled)
+    });
+    let v2 = key.version(KeyVersion(2)).expect("v2");
+    assert_ne!(v2.public_keys.as_deref(), Some(&[7u8; 64][..]));
+}
