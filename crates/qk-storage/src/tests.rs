@@ -36,7 +36,7 @@ fn rt() -> tokio::runtime::Runtime {
 /// Opens a store in `dir`, appends blank entries 1..=5 with a vote, closes.
 fn seed(dir: &Path) {
     rt().block_on(async {
-        let (mut log, _sm) = open(dir).expect("open");
+        let (mut log, _sm) = open_store(dir);
         log.blocking_append((1..=5).map(|i| blank(1, i)))
             .await
             .expect("append");
@@ -44,9 +44,34 @@ fn seed(dir: &Path) {
     });
 }
 
+/// Opens the sled database once the store that had it open let go of its
+/// file lock (sled's flusher thread releases it after the store is dropped,
+/// later on a busy machine).
+fn open_when_unlocked(dir: &Path) -> sled::Db {
+    retry_while_locked(|| sled::open(dir))
+}
+
+/// Our store, opened as `open_when_unlocked` opens sled.
+fn open_store(dir: &Path) -> (crate::LogStore, crate::StateMachineStore) {
+    retry_while_locked(|| open(dir))
+}
+
+fn retry_while_locked<T, E: std::fmt::Display>(mut f: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot open the store: {e}"),
+        }
+    }
+}
+
 /// Runs `f` on the raw sled trees of a closed store.
 fn tamper(dir: &Path, tree: &str, f: impl FnOnce(&sled::Tree)) {
-    let db = sled::open(dir).expect("open sled directly");
+    let db = open_when_unlocked(dir);
     let t = db.open_tree(tree).expect("open tree");
     f(&t);
     db.flush().expect("flush");
@@ -54,7 +79,8 @@ fn tamper(dir: &Path, tree: &str, f: impl FnOnce(&sled::Tree)) {
 
 fn assert_corrupt_log(dir: &Path, needle: &str) {
     rt().block_on(async {
-        let (mut log, _sm) = open(dir).expect("opening succeeds: log entries are read lazily");
+        // Opening succeeds: log entries are read lazily.
+        let (mut log, _sm) = open_store(dir);
         let err = log
             .try_get_log_entries(1..=5)
             .await
