@@ -655,7 +655,7 @@ impl ApiClient {
             to_key: None,
         };
         let plaintext = self
-            .gather_and_combine(&keys, &ct, context, &targets, &body)
+            .gather_and_combine(&keys, &ct, context, &targets, &holders, &body)
             .await?;
         Ok(ClientDecrypted {
             plaintext,
@@ -741,8 +741,10 @@ impl ApiClient {
         ct: &Ciphertext,
         context: &BTreeMap<String, String>,
         targets: &[(u64, Url)],
+        holders: &[u64],
         body: &CiphertextBody<'_>,
     ) -> Result<Zeroizing<Vec<u8>>> {
+        let holders: Vec<qk_types::NodeId> = holders.iter().map(|h| qk_types::NodeId(*h)).collect();
         let needed = usize::from(keys.threshold());
         let mut pending: FuturesUnordered<_> = targets
             .iter()
@@ -752,8 +754,9 @@ impl ApiClient {
         let mut refusals = Vec::new();
         let mut last_reason = format!("{} of {needed} partials gathered", 0);
         while let Some((id, answer)) = pending.next().await {
-            match answer {
-                Ok(p) => partials.push(p),
+            match answer.map(|p| crate::bind_partial(&holders, id, p)) {
+                Ok(Ok(p)) => partials.push(p),
+                Ok(Err(refused)) => refusals.push(refused),
                 Err(HttpError::ApprovalPending(a)) => return Err(HttpError::ApprovalPending(a)),
                 Err(e) => refusals.push(format!("node {id}: {e}")),
             }

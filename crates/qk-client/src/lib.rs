@@ -16,6 +16,7 @@ use std::time::Duration;
 use qk_crypto::{combine, Ciphertext, CombineMode, PartialDecryption, PublicKeySet};
 use qk_net::{CaCert, Credentials, Dialer, NetConfig, NetError};
 use qk_raft::{ClientRequest, ClientResponse, NodeStatus, PeerRequest, PeerResponse};
+use qk_types::{NodeId, ShareIndex};
 use zeroize::Zeroizing;
 
 /// What went wrong, and what to do about it.
@@ -122,8 +123,8 @@ impl Client {
         }
     }
 
-    /// The key set of the ciphertext's key version, found by key id.
-    async fn key_set_for(&self, ct: &Ciphertext) -> Result<PublicKeySet> {
+    /// The key set of the ciphertext's key version and its holders, found by key id.
+    async fn key_set_for(&self, ct: &Ciphertext) -> Result<(PublicKeySet, Vec<NodeId>)> {
         let ClientResponse::Keys(names) = self.call(ClientRequest::ListKeys).await? else {
             return Err(ClientError::Refused(
                 "the node did not list its keys".into(),
@@ -134,18 +135,18 @@ impl Client {
                 if k.id != ct.key_id {
                     continue;
                 }
-                let bytes = k
-                    .version(ct.version)
-                    .and_then(|v| v.public_keys.clone())
-                    .ok_or_else(|| {
-                        ClientError::Refused(format!(
-                            "key {:?} has no usable version {}",
-                            k.name, ct.version.0
-                        ))
-                    })?;
-                return PublicKeySet::from_bytes(&bytes).map_err(|e| {
+                let version = k.version(ct.version);
+                let holders = version.map(|v| v.holders.clone()).unwrap_or_default();
+                let bytes = version.and_then(|v| v.public_keys.clone()).ok_or_else(|| {
+                    ClientError::Refused(format!(
+                        "key {:?} has no usable version {}",
+                        k.name, ct.version.0
+                    ))
+                })?;
+                let keys = PublicKeySet::from_bytes(&bytes).map_err(|e| {
                     ClientError::Refused(format!("the replicated key set does not decode: {e}"))
-                });
+                })?;
+                return Ok((keys, holders));
             }
         }
         Err(ClientError::Refused(format!(
@@ -163,7 +164,7 @@ impl Client {
     ) -> Result<Zeroizing<Vec<u8>>> {
         let ct = Ciphertext::from_text(text)
             .map_err(|e| ClientError::Refused(format!("the ciphertext does not decode: {e}")))?;
-        let keys = self.key_set_for(&ct).await?;
+        let (keys, holders) = self.key_set_for(&ct).await?;
         let members = self.status().await?.addrs;
         let request = PeerRequest::client_after(
             self.seen_index(),
@@ -184,7 +185,10 @@ impl Client {
         for (id, answer) in answers {
             match answer {
                 Ok(ClientResponse::Partial(bytes)) => match PartialDecryption::from_bytes(&bytes) {
-                    Ok(p) => partials.push(p),
+                    Ok(p) => match bind_partial(&holders, id, p) {
+                        Ok(p) => partials.push(p),
+                        Err(refused) => refusals.push(refused),
+                    },
                     Err(e) => refusals.push(format!("node {id}: malformed partial ({e})")),
                 },
                 Ok(other) => refusals.push(format!("node {id}: unexpected answer {other:?}")),
@@ -197,6 +201,27 @@ impl Client {
                 reason: e.to_string(),
                 holders: refusals.join("; "),
             })
+    }
+}
+
+/// A partial counts only for the share index its sender holds: a node that
+/// claims another holder's index is ignored and named, and the honest
+/// holder's partial still counts (the combiner keeps the first valid one).
+pub fn bind_partial(
+    holders: &[NodeId],
+    from: u64,
+    partial: PartialDecryption,
+) -> std::result::Result<PartialDecryption, String> {
+    match ShareIndex::of_holder(holders, NodeId(from)) {
+        Some(index) if index == partial.index => Ok(partial),
+        Some(index) => Err(format!(
+            "node {from}: sent a partial for share index {} but holds index {}; ignored",
+            partial.index.get(),
+            index.get()
+        )),
+        None => Err(format!(
+            "node {from}: not a holder of this key version; its partial is ignored"
+        )),
     }
 }
 

@@ -380,14 +380,20 @@ pub fn combine(
             });
         }
     }
-    let mut valid = Vec::with_capacity(distinct.len());
+    // The first *valid* partial per index counts: a forged partial that
+    // claims an index first must not crowd out the honest one.
+    let mut valid: Vec<&PartialDecryption> = Vec::with_capacity(distinct.len());
     let mut invalid = Vec::new();
-    for p in distinct {
+    for p in partials.iter().filter(|p| keys.holder_key(p.index).is_ok()) {
+        if valid.iter().any(|v| v.index == p.index) {
+            continue;
+        }
         match verify_partial(keys, ciphertext, &label, p) {
             Ok(()) => valid.push(p),
             Err(_) => invalid.push(p.index),
         }
     }
+    invalid.retain(|i| !valid.iter().any(|v| v.index == *i));
     if valid.len() < needed {
         return Err(CryptoError::NotEnoughPartials {
             needed,

@@ -65,6 +65,33 @@ fn duplicated_partials_do_not_count_twice() {
 }
 
 #[test]
+fn a_forged_partial_that_claims_an_index_first_does_not_crowd_out_the_honest_one() {
+    let out = generate(2, 3, 13);
+    let (keys, shares) = (out.keys(), out.shares());
+    let context = ctx(&[]);
+    let ct = wrap(&mut rng(1), &keys.public_key(), KEY, V1, &context, b"kept").expect("wrap");
+    let honest = partials(keys, &shares, &ct, &context, 5);
+    // Holder 3 answers first, claiming holder 1's index with its own image.
+    let claim = PartialDecryption::from_bytes(&{
+        let mut bytes = honest[2].to_bytes();
+        let one = honest[0].to_bytes();
+        bytes[..24].copy_from_slice(&one[..24]);
+        bytes
+    })
+    .expect("well-formed");
+    assert_eq!(claim.index, idx(1));
+    let arrived = vec![claim, honest[0].clone(), honest[1].clone()];
+    for mode in MODES {
+        let got = combine(keys, &ct, &context, &arrived, mode).expect("the honest 1 and 2 decrypt");
+        assert_eq!(got.plaintext.as_slice(), b"kept");
+        assert!(
+            got.invalid.is_empty(),
+            "index 1 has a valid partial: its honest holder is not blamed ({mode:?})"
+        );
+    }
+}
+
+#[test]
 fn wrong_partial_or_forged_proof_is_rejected_and_named() {
     let out = generate(3, 5, 12);
     let (keys, shares) = (out.keys(), out.shares());

@@ -153,10 +153,7 @@ fn invalid_suffix(invalid: &[NodeId]) -> String {
 /// Holder `node` of a version has Shamir index `k + 1`, `k` its position
 /// in the holder list sorted by node id.
 pub fn share_index_of(record: &KeyVersionRecord, node: NodeId) -> Option<ShareIndex> {
-    let pos = record.sorted_holders().iter().position(|h| *h == node)?;
-    u16::try_from(pos + 1)
-        .ok()
-        .and_then(|i| ShareIndex::new(i).ok())
+    ShareIndex::of_holder(&record.holders, node)
 }
 
 /// Why a version cannot serve partials, or `None` when it can decrypt:

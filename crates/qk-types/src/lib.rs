@@ -82,6 +82,17 @@ impl ShareIndex {
         self.0
     }
 
+    /// The index of `node` in a holder set: its rank in ascending node-id
+    /// order, from 1. The one mapping from holder to index, for the combiner
+    /// on a node and in a client alike.
+    pub fn of_holder(holders: &[NodeId], node: NodeId) -> Option<ShareIndex> {
+        if !holders.contains(&node) {
+            return None;
+        }
+        let rank = holders.iter().filter(|h| **h < node).count();
+        u16::try_from(rank + 1).ok().and_then(|i| Self::new(i).ok())
+    }
+
     /// The indices `1..=n`, for a holder set of size `n` (clamped to the maximum).
     pub fn first_n(n: u16) -> Vec<ShareIndex> {
         (1..=n.min(MAX_HOLDERS)).map(ShareIndex).collect()
@@ -137,6 +148,14 @@ impl ThresholdParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_holder_index_is_its_rank_by_node_id() {
+        let holders = [NodeId(7), NodeId(2), NodeId(5)];
+        let index = |n| ShareIndex::of_holder(&holders, NodeId(n)).map(ShareIndex::get);
+        assert_eq!((index(2), index(5), index(7)), (Some(1), Some(2), Some(3)));
+        assert_eq!(index(3), None, "not a holder");
+    }
 
     #[test]
     fn share_index_range_is_enforced() {
