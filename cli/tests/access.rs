@@ -58,7 +58,44 @@ impl Cluster {
             }
             self.admin(&args);
         }
+        if roles.contains(&"approver") {
+            return self.self_issued_token(name, "1h");
+        }
         self.token_for(name, "1h")
+    }
+
+    /// An approver's token, issued by the approver itself with a client
+    /// certificate of its own (no one else may issue an approver's tokens).
+    fn self_issued_token(&self, name: &str, ttl: &str) -> String {
+        let pki = self.dir.join("pki");
+        let pki_s = pki.to_string_lossy().into_owned();
+        self.ok(
+            None,
+            &["pki", "issue", "--dir", &pki_s, "--client", name],
+            None,
+        );
+        let cert = pki.join(format!("client-{name}.pem"));
+        let key = pki.join(format!("client-{name}.key"));
+        let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+        let created = self.json(
+            None,
+            &[
+                "--client-cert",
+                &cert,
+                "--client-key",
+                &key,
+                "token",
+                "create",
+                "--principal",
+                name,
+                "--ttl",
+                ttl,
+            ],
+        );
+        let token = created["token"].as_str().expect("token field").to_string();
+        let me = self.json(Some(&token), &["token", "whoami"]);
+        assert_eq!(me["principal"]["name"], name, "{me}");
+        token
     }
 
     /// `POST /api/v1/principals` with `"roles": []`, as the admin (curl with
@@ -747,4 +784,70 @@ fn audit_chain_verifies_and_detects_tampering() {
     // The untouched export still verifies, and so does the cluster.
     c.admin(&["audit", "verify", "--file", &path]);
     c.admin(&["audit", "verify"]);
+}
+
+#[test]
+fn a_single_admin_cannot_satisfy_a_two_approver_rule_alone() {
+    let c = Cluster::up(3, base_port(4));
+    c.admin(&["key", "create", "k"]);
+    for name in ["ann", "bob"] {
+        c.admin(&["principal", "create", name, "--role", "approver"]);
+    }
+    let rule = r#"{"rules": [], "approval": {"required": 2, "approvers": ["role:approver"], "permissions": ["key-destroy"]}}"#;
+    let file = c.write_file("two.json", rule);
+    c.admin(&["policy", "set", "k", "--file", &file]);
+    let id = pending_id(&c.run(None, &["key", "destroy", "k", "--after", "0s"], None));
+    // The admin mints tokens for the two approvers...
+    for name in ["ann", "bob"] {
+        let out = c.run(
+            None,
+            &["token", "create", "--principal", name, "--ttl", "1h"],
+            None,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "minted for {name}: {}",
+            stdout(&out)
+        );
+        assert!(
+            stderr(&out).contains("only") && stderr(&out).contains("itself"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // ...or makes a puppet with a token first and grants it the role after.
+    c.admin(&["principal", "create", "sock", "--role", "key-user"]);
+    let sock = c.token_for("sock", "1h");
+    c.admin(&["principal", "update", "sock", "--role", "approver"]);
+    let out = c.run(Some(&sock), &["approval", "approve", &id], None);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "the puppet's old token approved: {}",
+        stdout(&out)
+    );
+    assert_eq!(approval_status(&c, &id), "pending");
+    assert_eq!(version_states(&c, "k"), ["enabled"]);
+    // The approvers, with their own credentials, can.
+    for name in ["ann", "bob"] {
+        let token = c.self_issued_token(name, "1h");
+        c.ok(Some(&token), &["approval", "approve", &id], None);
+    }
+    assert_eq!(approval_status(&c, &id), "executed");
+}
+
+#[test]
+fn a_policy_with_a_misspelled_field_is_refused_naming_it() {
+    let c = Cluster::up(3, base_port(5));
+    c.admin(&["key", "create", "k"]);
+    let typo = c.write_file(
+        "typo.json",
+        r#"{"aproval": {"required": 2, "approvers": ["role:approver"], "permissions": ["key-destroy"]}}"#,
+    );
+    let out = c.run(None, &["policy", "set", "k", "--file", &typo], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("aproval"), "{}", stderr(&out));
+    let shown = c.admin(&["policy", "show", "k"]);
+    assert!(!shown.contains("approval"), "nothing was set: {shown}");
 }

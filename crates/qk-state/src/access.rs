@@ -102,6 +102,7 @@ impl Permission {
             self,
             Permission::KeyDestroy
                 | Permission::KeyDisable
+                | Permission::KeyMarkCompromised
                 | Permission::KeySetPolicy
                 | Permission::Decrypt
         )
@@ -240,7 +241,8 @@ pub struct ApprovalRule {
     /// Who may approve: principal names or `role:<role>`; each must also hold
     /// the `approver` role.
     pub approvers: Vec<String>,
-    /// Among key-destroy, key-disable, key-set-policy and decrypt (decrypt
+    /// Among key-destroy, key-disable, key-mark-compromised, key-set-policy
+    /// and decrypt (decrypt
     /// makes the key break-glass: every decrypt is approved first).
     pub permissions: Vec<Permission>,
     /// How long a request waits for approval before it expires.

@@ -247,8 +247,21 @@ impl StateMachine {
                 own.then_some(Decision::Allow)
             }
             Operation::ConsumeApproval { .. } => Some(Decision::Allow),
+            // An approver issues its own tokens (no one else may, see
+            // `issue_token`), with its own credential.
+            Operation::IssueToken { principal, .. }
+                if *principal == cmd.principal && self.is_approver(principal) =>
+            {
+                Some(Decision::Allow)
+            }
             _ => None,
         }
+    }
+
+    fn is_approver(&self, name: &str) -> bool {
+        self.principals
+            .get(name)
+            .is_some_and(|p| p.roles.contains(&Role::Approver))
     }
 
     fn authorize_node(&self, cmd: &Command) -> Decision {
@@ -317,8 +330,17 @@ impl StateMachine {
                     .principals
                     .get_mut(name)
                     .ok_or_else(|| no_principal(name))?;
+                let becomes_approver =
+                    roles.contains(&Role::Approver) && !p.roles.contains(&Role::Approver);
                 p.roles = roles.clone();
                 p.disabled = *disabled;
+                if becomes_approver {
+                    // Tokens someone else issued must not carry the new
+                    // approver's vote: the approver issues its own.
+                    for t in self.tokens.values_mut().filter(|t| &t.principal == name) {
+                        t.revoked_ms.get_or_insert(now);
+                    }
+                }
                 Ok(Applied::Done)
             }
             Operation::DeletePrincipal { name } => {
@@ -337,6 +359,7 @@ impl StateMachine {
                 secret_sha256,
                 expires_at_ms,
             } => self.issue_token(
+                &cmd.principal,
                 id,
                 principal,
                 description,
@@ -432,8 +455,10 @@ impl StateMachine {
         Ok(Applied::Done)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn issue_token(
         &mut self,
+        issuer: &str,
         id: &str,
         principal: &str,
         description: &str,
@@ -443,6 +468,15 @@ impl StateMachine {
     ) -> Outcome {
         if !self.principals.contains_key(principal) {
             return Err(no_principal(principal));
+        }
+        if issuer != principal && self.is_approver(principal) {
+            // Otherwise one administrator mints tokens for M approvers and
+            // satisfies an M-of-N rule alone.
+            return Err(StateError::Denied(format!(
+                "{principal} is an approver: only {principal} itself issues its tokens \
+                 (`qk token create` with its own client certificate), so that every \
+                 approval comes from the approver's own credential"
+            )));
         }
         let id_ok = id.len() == TOKEN_ID_LEN && id.bytes().all(|b| b.is_ascii_hexdigit());
         if !id_ok || self.tokens.contains_key(id) {

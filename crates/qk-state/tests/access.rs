@@ -714,3 +714,94 @@ fn a_policy_with_an_unknown_field_is_refused_and_the_field_named() {
     let err = serde_json::from_str::<KeyPolicy>(rule).expect_err("unknown rule field");
     assert!(err.to_string().contains("contxt"), "{err}");
 }
+
+fn issue_for(principal: &str, id: &str, now: u64) -> Operation {
+    Operation::IssueToken {
+        id: id.into(),
+        principal: principal.into(),
+        description: "test".into(),
+        secret_sha256: Sha256::digest(id.as_bytes()).into(),
+        expires_at_ms: now + 60_000,
+    }
+}
+
+#[test]
+fn one_admin_cannot_mint_approver_tokens_or_keep_tokens_across_an_approver_grant() {
+    let mut log = Log::new();
+    log.principal("ann", &[Role::Approver]);
+    log.principal("sock", &[Role::KeyUser]);
+    // No one but ann issues ann's tokens...
+    let minted = log.run("admin", issue_for("ann", "00000000000000a1", log.now));
+    assert!(
+        matches!(&minted, Err(StateError::Denied(m)) if m.contains("only ann itself")),
+        "{minted:?}"
+    );
+    // ...ann does, with her own credential.
+    log.run("ann", issue_for("ann", "00000000000000a2", log.now))
+        .expect("an approver issues its own token");
+    // A token minted before the approver role was granted dies with the grant.
+    log.run("admin", issue_for("sock", "00000000000000b1", log.now))
+        .expect("a key-user's token");
+    let grant = Operation::UpdatePrincipal {
+        name: "sock".into(),
+        roles: [Role::Approver].into(),
+        disabled: false,
+    };
+    log.run("admin", grant).expect("granted");
+    let token = log
+        .sm
+        .tokens()
+        .find(|t| t.id == "00000000000000b1")
+        .expect("token");
+    assert!(token.revoked_ms.is_some(), "revoked at the approver grant");
+    // Non-approvers still get tokens from an administrator.
+    log.principal("svc", &[Role::KeyUser]);
+    log.run("admin", issue_for("svc", "00000000000000c1", log.now))
+        .expect("a service token");
+    let own = log.run("svc", issue_for("svc", "00000000000000c2", log.now));
+    assert!(matches!(own, Err(StateError::Denied(_))), "{own:?}");
+}
+
+#[test]
+fn mark_compromised_can_wait_for_approval() {
+    let mut log = Log::new();
+    log.key("k");
+    log.principal("ann", &[Role::Approver]);
+    let policy = Operation::SetPolicy {
+        name: "k".into(),
+        policy: Some(KeyPolicy {
+            rules: vec![],
+            approval: Some(ApprovalRule {
+                required: 1,
+                approvers: vec!["ann".into()],
+                permissions: vec![Permission::KeyMarkCompromised],
+                ttl_ms: 60_000,
+            }),
+        }),
+    };
+    log.run("admin", policy).expect("policy");
+    let mark = Operation::MarkCompromised {
+        name: "k".into(),
+        version: KeyVersion(1),
+        reason: "seen in a dump".into(),
+        allow_decrypt: false,
+    };
+    let id = requested_id(log.run("admin", mark));
+    let v = log
+        .sm
+        .key("k")
+        .expect("k")
+        .version(KeyVersion(1))
+        .expect("v1")
+        .clone();
+    assert!(v.compromised.is_none(), "nothing happens before approval");
+    log.run("ann", Operation::Approve { id }).expect("approved");
+    let v = log
+        .sm
+        .key("k")
+        .expect("k")
+        .version(KeyVersion(1))
+        .expect("v1")
+        .clone();
+    assert!(v.compromised.is_some(), "executed once approved");
+}
