@@ -716,9 +716,11 @@ fn token_revocation_and_expiry() {
     let text = listed.to_string();
     assert!(text.contains(&id) && text.contains("revoked_ms"), "{text}");
 
-    let short = c.token_for("alice", "2s");
+    // Long enough to be used once on a loaded one-core machine; the wait
+    // below is for the wall clock to pass its expiry (log time stamps it).
+    let short = c.token_for("alice", "10s");
     c.ok(Some(&short), &["key", "list"], None);
-    std::thread::sleep(Duration::from_millis(2_500));
+    std::thread::sleep(Duration::from_millis(10_500));
     let out = c.run(Some(&short), &["key", "list"], None);
     assert!(
         is_unauthenticated(&out),
