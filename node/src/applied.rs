@@ -90,7 +90,7 @@ pub fn follow_raft(raft: &qk_raft::Raft, tx: watch::Sender<u64>) {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn waits_until_applied_or_reports_behind() {
         let (tx, applied) = AppliedIndex::channel();
         assert_eq!(applied.wait_for(0, Duration::ZERO).await, Ok(0));
@@ -105,7 +105,7 @@ mod tests {
         assert!(behind.expect_err("behind").to_string().contains("retry"));
         let waiter = {
             let applied = applied.clone();
-            tokio::spawn(async move { applied.wait_for(5, Duration::from_secs(1)).await })
+            tokio::spawn(async move { applied.wait_for(5, Duration::from_secs(30)).await })
         };
         tx.send_replace(4);
         tokio::task::yield_now().await;

@@ -69,8 +69,8 @@ pub struct ProtocolConfig {
 impl Default for ProtocolConfig {
     fn default() -> Self {
         ProtocolConfig {
-            dealing_timeout_ms: 10_000,
-            complaint_timeout_ms: 5_000,
+            dealing_timeout_ms: qk_state::DKG_DEALING_TIMEOUT_MS,
+            complaint_timeout_ms: qk_state::DKG_COMPLAINT_TIMEOUT_MS,
             unwrap_timeout_ms: 5_000,
             hedge_ms: 100,
             retry_interval_ms: 2_000,

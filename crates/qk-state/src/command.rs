@@ -233,6 +233,12 @@ pub struct AuditEvent {
 /// Default time a DKG may take, from the leader timestamp of the command
 /// that started it.
 pub const DEFAULT_GENERATION_TIMEOUT_MS: u64 = 30_000;
+/// Log time after a DKG's start at which dealing may close without every
+/// holder ready (qk-protocol proposes it then).
+pub const DKG_DEALING_TIMEOUT_MS: u64 = 10_000;
+/// Log time after dealing closed at which the complaint phase may end
+/// without every holder's empty complaint list.
+pub const DKG_COMPLAINT_TIMEOUT_MS: u64 = 5_000;
 /// Accepted range of a caller-chosen generation timeout.
 pub const MIN_GENERATION_TIMEOUT_MS: u64 = 1_000;
 pub const MAX_GENERATION_TIMEOUT_MS: u64 = 3_600_000;

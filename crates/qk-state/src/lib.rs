@@ -23,8 +23,8 @@ pub use access_ops::{
 pub use audit::{verify_chain, AuditRecord, ChainError, GENESIS_HASH};
 pub use command::{
     Applied, AuditEvent, Command, CreateKey, DkgStep, Operation, RequestId, Response, StateError,
-    DEFAULT_GENERATION_TIMEOUT_MS, MAX_AUDIT_BATCH, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS,
-    MIN_GENERATION_TIMEOUT_MS,
+    DEFAULT_GENERATION_TIMEOUT_MS, DKG_COMPLAINT_TIMEOUT_MS, DKG_DEALING_TIMEOUT_MS,
+    MAX_AUDIT_BATCH, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS, MIN_GENERATION_TIMEOUT_MS,
 };
 pub use machine::{StateMachine, MAX_PUBLIC_KEYS_LEN, MAX_REMEMBERED_REQUESTS};
 pub use model::{

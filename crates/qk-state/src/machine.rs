@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 use crate::audit::{AuditRecord, GENESIS_HASH};
 use crate::command::{
     Applied, AuditEvent, Command, CreateKey, DkgStep, Operation, RequestId, Response, StateError,
-    DEFAULT_GENERATION_TIMEOUT_MS, MAX_AUDIT_BATCH, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS,
-    MIN_GENERATION_TIMEOUT_MS,
+    DEFAULT_GENERATION_TIMEOUT_MS, DKG_COMPLAINT_TIMEOUT_MS, DKG_DEALING_TIMEOUT_MS,
+    MAX_AUDIT_BATCH, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS, MIN_GENERATION_TIMEOUT_MS,
 };
 use crate::model::{
     DkgPhase, DkgRecord, DkgSession, KeyRecord, KeyVersionRecord, RefreshRecord, VersionState,
@@ -418,7 +418,7 @@ impl StateMachine {
             attempt,
             started_ms: now,
             deadline_ms: now.saturating_add(timeout_ms),
-            dkg: DkgRecord::new(),
+            dkg: DkgRecord::new(now),
         });
         Ok(Applied::RefreshStarted { epoch, attempt })
     }
@@ -523,7 +523,7 @@ impl StateMachine {
                 if v.state != VersionState::Generating {
                     return Err(transition_error(name, v, step.name()));
                 }
-                apply_dkg_step(name, v, from, step)
+                apply_dkg_step(name, v, from, step, cmd.time_ms)
             }
             DkgSession::Refresh { epoch, attempt } => {
                 if v.refresh.as_ref().map(RefreshRecord::session) != Some(session) {
@@ -533,7 +533,7 @@ impl StateMachine {
                         epoch.0
                     )));
                 }
-                apply_refresh_step(name, v, from, step)
+                apply_refresh_step(name, v, from, step, cmd.time_ms)
             }
         }
     }
@@ -687,7 +687,7 @@ fn new_version(
         compromised: None,
         compromised_decrypt_allowed: false,
         generation_deadline_ms: now.saturating_add(timeout_ms),
-        dkg: DkgRecord::new(),
+        dkg: DkgRecord::new(now),
         refresh: None,
         refresh_attempts: 0,
         last_refresh_failure: None,
@@ -726,6 +726,7 @@ fn apply_refresh_step(
     v: &mut KeyVersionRecord,
     from: NodeId,
     step: &DkgStep,
+    now: u64,
 ) -> Outcome {
     let n = v.holders.len();
     let (version, state) = (v.version, v.state.name());
@@ -734,7 +735,7 @@ fn apply_refresh_step(
     };
     let DkgStep::Ack { public_keys } = step else {
         let ctx = format!("refresh to epoch {}", r.epoch.0);
-        dkg_record_step(name, version, state, &ctx, n, &mut r.dkg, from, step)?;
+        dkg_record_step(name, version, state, &ctx, n, &mut r.dkg, from, step, now)?;
         return Ok(Applied::Done);
     };
     check_ack(public_keys)?;
@@ -843,13 +844,21 @@ fn bounded_note(note: &str) -> &str {
 }
 
 /// Applies one DKG step to a generating version; `Err` names what was wrong.
-fn apply_dkg_step(name: &str, v: &mut KeyVersionRecord, from: NodeId, step: &DkgStep) -> Outcome {
+fn apply_dkg_step(
+    name: &str,
+    v: &mut KeyVersionRecord,
+    from: NodeId,
+    step: &DkgStep,
+    now: u64,
+) -> Outcome {
     if let DkgStep::Ack { public_keys } = step {
         return apply_ack(name, v, from, public_keys);
     }
     let n = v.holders.len();
     let (version, state) = (v.version, v.state.name());
-    dkg_record_step(name, version, state, "version", n, &mut v.dkg, from, step)?;
+    dkg_record_step(
+        name, version, state, "version", n, &mut v.dkg, from, step, now,
+    )?;
     Ok(Applied::Done)
 }
 
@@ -865,6 +874,7 @@ fn dkg_record_step(
     dkg: &mut DkgRecord,
     from: NodeId,
     step: &DkgStep,
+    now: u64,
 ) -> Result<(), StateError> {
     let phase = dkg.phase;
     let wrong_phase = |step: &str| {
@@ -919,6 +929,7 @@ fn dkg_record_step(
                     "{from} already posted its complaints for this {what}"
                 )));
             }
+            dkg.complaints_filed |= !list.is_empty();
         }
         DkgStep::Justification(bytes) => {
             check_dkg_len(bytes, "justification")?;
@@ -937,11 +948,30 @@ fn dkg_record_step(
             if phase != DkgPhase::Dealing {
                 return Err(wrong_phase("close dealing (already closed; no-op)"));
             }
+            // By rule, never on one holder's say: every holder is ready, or
+            // the dealing timeout passed in log time.
+            let due = dkg.started_ms.saturating_add(DKG_DEALING_TIMEOUT_MS);
+            if dkg.ready.len() < n && now < due {
+                return Err(invalid(format!(
+                    "dealing of this {what} closes when all {n} holders are ready ({} are) or at log time {due} ms (now {now} ms)",
+                    dkg.ready.len()
+                )));
+            }
             dkg.phase = DkgPhase::Complaints;
+            dkg.closed_ms = Some(now);
         }
         DkgStep::Finish => {
             if phase != DkgPhase::Complaints {
                 return Err(wrong_phase("finish (not in the complaint phase; no-op)"));
+            }
+            let closed = dkg.closed_ms.unwrap_or(dkg.started_ms);
+            let due = closed.saturating_add(DKG_COMPLAINT_TIMEOUT_MS);
+            let all_clear = dkg.complained.len() == n && !dkg.complaints_filed;
+            if !all_clear && now < due {
+                return Err(invalid(format!(
+                    "the complaint phase of this {what} ends when all {n} holders posted no complaints ({} posted) or at log time {due} ms (now {now} ms)",
+                    dkg.complained.len()
+                )));
             }
             dkg.phase = DkgPhase::Finished;
         }

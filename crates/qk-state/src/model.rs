@@ -80,11 +80,24 @@ pub struct DkgRecord {
     /// The key set of the first ack, kept until the version is enabled or
     /// failed; later acks are compared to it by digest.
     pub acked_keys: Option<Vec<u8>>,
+    /// Log time the DKG started (its dealing timeout counts from here).
+    #[serde(default)]
+    pub started_ms: u64,
+    /// Log time dealing closed (the complaint timeout counts from here).
+    #[serde(default)]
+    pub closed_ms: Option<u64>,
+    /// Some holder posted a non-empty complaint list: the complaint phase
+    /// then lasts its whole timeout (the log cannot tell answered ones).
+    #[serde(default)]
+    pub complaints_filed: bool,
 }
 
 impl DkgRecord {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(started_ms: u64) -> Self {
         DkgRecord {
+            started_ms,
+            closed_ms: None,
+            complaints_filed: false,
             phase: DkgPhase::Dealing,
             dealt: BTreeSet::new(),
             ready: BTreeSet::new(),

@@ -66,16 +66,7 @@ impl Log {
 
     /// A key with one enabled version.
     fn key(&mut self, name: &str) {
-        let op = Operation::CreateKey(CreateKey {
-            name: name.into(),
-            description: String::new(),
-            owner: "team".into(),
-            purpose: "encrypt".into(),
-            rotation_period_ms: None,
-            expires_at_ms: None,
-            threshold: 2,
-            holders: vec![NodeId(1), NodeId(2), NodeId(3)],
-        });
+        let op = common::create_key(name, &[1, 2, 3]);
         self.run("admin", op).expect("key created");
         self.generate(name, KeyVersion(1), &[1, 2, 3]);
     }
@@ -249,8 +240,12 @@ fn a_key_policy_narrows_access_with_context_conditions() {
 }
 
 fn approval_policy(required: u16, permissions: Vec<Permission>) -> Operation {
+    approval_policy_on("k", required, permissions)
+}
+
+fn approval_policy_on(key: &str, required: u16, permissions: Vec<Permission>) -> Operation {
     Operation::SetPolicy {
-        name: "k".into(),
+        name: key.into(),
         policy: Some(KeyPolicy {
             rules: Vec::new(),
             approval: Some(ApprovalRule {
@@ -586,18 +581,7 @@ fn approval_ids_are_unique_and_never_overwrite_a_pending_approval() {
     log.principal("ann", &[Role::Approver]);
     log.principal("bob", &[Role::Approver]);
     for key in ["k", "m"] {
-        let policy = Operation::SetPolicy {
-            name: key.into(),
-            policy: Some(KeyPolicy {
-                rules: vec![],
-                approval: Some(ApprovalRule {
-                    required: 2,
-                    approvers: vec!["role:approver".into()],
-                    permissions: vec![Permission::KeyDestroy],
-                    ttl_ms: 60_000,
-                }),
-            }),
-        };
+        let policy = approval_policy_on(key, 2, vec![Permission::KeyDestroy]);
         log.run("admin", policy).expect("policy");
     }
     let schedule = |key: &str| Operation::ScheduleDestruction {
@@ -625,18 +609,7 @@ fn approval_ids_are_unique_and_never_overwrite_a_pending_approval() {
 #[test]
 fn a_reused_request_id_never_gives_a_new_key_an_existing_id() {
     let mut log = Log::new();
-    let create = |name: &str| {
-        Operation::CreateKey(CreateKey {
-            name: name.into(),
-            description: String::new(),
-            owner: "team".into(),
-            purpose: "encrypt".into(),
-            rotation_period_ms: None,
-            expires_at_ms: None,
-            threshold: 2,
-            holders: vec![NodeId(1), NodeId(2), NodeId(3)],
-        })
-    };
+    let create = |name: &str| common::create_key(name, &[1, 2, 3]);
     let reused = RequestId([9; 16]);
     log.run_with_id("admin", reused, create("first"))
         .expect("first");
@@ -767,18 +740,7 @@ fn mark_compromised_can_wait_for_approval() {
     let mut log = Log::new();
     log.key("k");
     log.principal("ann", &[Role::Approver]);
-    let policy = Operation::SetPolicy {
-        name: "k".into(),
-        policy: Some(KeyPolicy {
-            rules: vec![],
-            approval: Some(ApprovalRule {
-                required: 1,
-                approvers: vec!["ann".into()],
-                permissions: vec![Permission::KeyMarkCompromised],
-                ttl_ms: 60_000,
-            }),
-        }),
-    };
+    let policy = approval_policy(1, vec![Permission::KeyMarkCompromised]);
     log.run("admin", policy).expect("policy");
     let mark = Operation::MarkCompromised {
         name: "k".into(),

@@ -2,7 +2,7 @@
 //! the generation deadline. No cryptography here: payloads are opaque bytes.
 
 use qk_state::{
-    verify_chain, Applied, Command, CreateKey, DkgPhase, DkgSession, DkgStep, KeyVersionRecord,
+    verify_chain, Applied, Command, DkgPhase, DkgSession, DkgStep, KeyVersionRecord,
     Operation, RequestId, StateError, StateMachine, VersionState, DEFAULT_GENERATION_TIMEOUT_MS,
     GENESIS_HASH, MAX_DKG_MESSAGE_LEN,
 };
@@ -95,16 +95,7 @@ impl Log {
 }
 
 fn create(holders: &[u64]) -> Operation {
-    Operation::CreateKey(CreateKey {
-        name: "k".into(),
-        description: String::new(),
-        owner: "team".into(),
-        purpose: "encrypt".into(),
-        rotation_period_ms: None,
-        expires_at_ms: None,
-        threshold: 2,
-        holders: holders.iter().map(|h| NodeId(*h)).collect(),
-    })
+    common::create_key("k", holders)
 }
 
 fn created() -> Log {
@@ -170,7 +161,15 @@ fn honest_run_enables_the_version_when_every_holder_acked_the_same_set() {
         .is_err());
     assert!(log.step(1, 1_012, DkgStep::Finish).is_err());
 
-    log.step(1, 1_020, DkgStep::CloseDealing)
+    // One holder cannot close dealing early: every holder must be ready,
+    // or the dealing timeout must have passed in log time.
+    let early = log.step(1, 1_020, DkgStep::CloseDealing);
+    assert!(early
+        .expect_err("early close")
+        .to_string()
+        .contains("ready"));
+    assert_eq!(log.version().dkg.phase, DkgPhase::Dealing);
+    log.step(1, DEALING_DUE, DkgStep::CloseDealing)
         .expect("first close");
     assert_eq!(log.version().dkg.phase, DkgPhase::Complaints);
     // Later closes are refused no-ops, audited as refused.
@@ -193,8 +192,14 @@ fn honest_run_enables_the_version_when_every_holder_acked_the_same_set() {
     assert!(log.step(2, 1_031, DkgStep::Complaints(vec![])).is_err());
     log.step(3, 1_032, DkgStep::Justification(vec![6; 70]))
         .expect("justification");
-    log.step(3, 1_040, DkgStep::Finish).expect("finish");
-    assert!(log.step(1, 1_041, DkgStep::Finish).is_err());
+    // A complaint was filed: no one ends the phase before its timeout.
+    let early = log.step(3, 1_040, DkgStep::Finish);
+    assert!(early
+        .expect_err("early finish")
+        .to_string()
+        .contains("complaint"));
+    log.step(3, FINISH_DUE, DkgStep::Finish).expect("finish");
+    assert!(log.step(1, FINISH_DUE + 1, DkgStep::Finish).is_err());
     assert_eq!(log.version().dkg.phase, DkgPhase::Finished);
     assert!(log
         .step(3, 1_042, DkgStep::Justification(vec![6; 70]))
@@ -244,9 +249,16 @@ fn honest_run_enables_the_version_when_every_holder_acked_the_same_set() {
     verify_chain(log.sm.audit_records(1, 1_000), GENESIS_HASH).expect("chain");
 }
 
+/// Log time at which dealing of a DKG created at 1 000 ms may close by
+/// timeout, and the complaint phase that closed then may end.
+const DEALING_DUE: u64 = 1_000 + qk_state::DKG_DEALING_TIMEOUT_MS;
+const FINISH_DUE: u64 = DEALING_DUE + qk_state::DKG_COMPLAINT_TIMEOUT_MS;
+
+/// Closes both phases by timeout (no holder dealt or complained).
 fn to_finished(log: &mut Log) {
-    log.step(1, 1_020, DkgStep::CloseDealing).expect("close");
-    log.step(1, 1_030, DkgStep::Finish).expect("finish");
+    log.step(1, DEALING_DUE, DkgStep::CloseDealing)
+        .expect("close");
+    log.step(1, FINISH_DUE, DkgStep::Finish).expect("finish");
 }
 
 #[test]
@@ -364,7 +376,8 @@ fn dkg_steps_are_bounded_and_attributed() {
         .step(1, 1_010, DkgStep::Deal(vec![1; MAX_DKG_MESSAGE_LEN + 1]))
         .is_err());
     assert!(log.step(1, 1_010, DkgStep::Deal(Vec::new())).is_err());
-    log.step(1, 1_020, DkgStep::CloseDealing).expect("close");
+    log.step(1, DEALING_DUE, DkgStep::CloseDealing)
+        .expect("close");
     assert!(log
         .step(1, 1_021, DkgStep::Complaints(vec![vec![1; 38]; 4]))
         .expect_err("too many")

@@ -86,6 +86,9 @@ fn serde_json_free_dkg() -> qk_state::DkgRecord {
         justifications: 0,
         acks: BTreeMap::new(),
         acked_keys: None,
+        started_ms: 0,
+        closed_ms: None,
+        complaints_filed: false,
     }
 }
 

@@ -1,7 +1,22 @@
-//! Shared by the state machine tests.
+//! Shared by the state machine tests (each test file uses part of it).
+#![allow(dead_code)]
 
-use qk_state::{DkgStep, Operation};
+use qk_state::{CreateKey, DkgStep, Operation};
 use qk_types::{KeyVersion, NodeId};
+
+/// Creates key `name` (2-of-n over `holders`, no schedule).
+pub fn create_key(name: &str, holders: &[u64]) -> Operation {
+    Operation::CreateKey(CreateKey {
+        name: name.into(),
+        description: String::new(),
+        owner: "team".into(),
+        purpose: "encrypt".into(),
+        rotation_period_ms: None,
+        expires_at_ms: None,
+        threshold: 2,
+        holders: holders.iter().map(|h| NodeId(*h)).collect(),
+    })
+}
 
 /// The log of an honest DKG that ends with every holder's ack of
 /// `public_keys` (the only way a version becomes enabled): each holder
