@@ -2,9 +2,9 @@
 //! the generation deadline. No cryptography here: payloads are opaque bytes.
 
 use qk_state::{
-    verify_chain, Applied, Command, DkgPhase, DkgSession, DkgStep, KeyVersionRecord,
-    Operation, RequestId, StateError, StateMachine, VersionState, DEFAULT_GENERATION_TIMEOUT_MS,
-    GENESIS_HASH, MAX_DKG_MESSAGE_LEN,
+    verify_chain, Applied, Command, DkgPhase, DkgSession, DkgStep, KeyVersionRecord, Operation,
+    RequestId, StateError, StateMachine, VersionState, DEFAULT_GENERATION_TIMEOUT_MS, GENESIS_HASH,
+    MAX_DKG_MESSAGE_LEN,
 };
 use qk_types::{Epoch, KeyVersion, NodeId};
 
