@@ -292,8 +292,9 @@ impl DkgStep {
 impl Operation {
     /// Operations that can take a permission or a key away (disable,
     /// compromise, destruction, a minimum version, principal and token
-    /// changes, any policy change): acknowledged only once every member
-    /// applied them, so no node keeps serving under the old rule.
+    /// changes, any policy change, and an approval, which may run one of
+    /// those): acknowledged only once every member applied them, so no node
+    /// keeps serving under the old rule.
     pub fn narrows_access(&self) -> bool {
         matches!(
             self,
@@ -307,6 +308,7 @@ impl Operation {
                 | Operation::RevokeToken { .. }
                 | Operation::SetPolicy { .. }
                 | Operation::Expire { .. }
+                | Operation::Approve { .. }
         )
     }
 
