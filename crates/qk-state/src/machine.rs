@@ -76,6 +76,16 @@ pub(crate) fn check_name(name: &str) -> Result<(), StateError> {
     Ok(())
 }
 
+/// At most `max` bytes of `text` (cut at a character boundary), for names a
+/// refused command carries into its audit record.
+fn bounded(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
 fn check_holders(threshold: u16, holders: &[NodeId]) -> Result<(), StateError> {
     let distinct: BTreeSet<&NodeId> = holders.iter().collect();
     if distinct.len() != holders.len() {
@@ -156,8 +166,10 @@ impl StateMachine {
     }
 
     fn append_audit(&mut self, cmd: &Command, result: &Outcome) -> u64 {
+        // A refused command is recorded by the state machine's words only:
+        // never the operation, key or outcome text its sender chose.
         let outcome = match (&cmd.op, result) {
-            (Operation::Audit { outcome, .. }, _) => outcome.clone(),
+            (Operation::Audit { outcome, .. }, Ok(_)) => outcome.clone(),
             (_, Ok(Applied::RefreshAbandoned { epoch, reason })) => {
                 format!("ok; refresh to epoch {} abandoned: {reason}", epoch.0)
             }
@@ -169,11 +181,14 @@ impl StateMachine {
             time_ms: cmd.time_ms,
             request_id: cmd.request_id,
             principal: cmd.principal.clone(),
-            operation: match &cmd.op {
-                Operation::Audit { operation, .. } => operation.clone(),
-                op => op.name().to_string(),
+            operation: match (&cmd.op, result) {
+                (Operation::Audit { operation, .. }, Ok(_)) => operation.clone(),
+                (op, _) => op.name().to_string(),
             },
-            key: cmd.op.key_name().map(str::to_string),
+            key: match (&cmd.op, result) {
+                (Operation::Audit { .. }, Err(_)) => None,
+                (op, _) => op.key_name().map(|k| bounded(k, MAX_NAME_LEN)),
+            },
             version: cmd.op.version(),
             outcome,
             prev_hash: GENESIS_HASH,

@@ -164,7 +164,7 @@ fn clients_cannot_propose_protocol_steps_or_take_node_names() {
     ));
     let audit = Operation::Audit {
         operation: "decrypt".into(),
-        key: None,
+        key: Some("payroll".into()),
         version: None,
         outcome: "ok".into(),
     };
@@ -172,6 +172,21 @@ fn clients_cannot_propose_protocol_steps_or_take_node_names() {
         log.run("admin", audit),
         Err(StateError::Denied(_))
     ));
+    // The refusal is recorded in the state machine's words, not the caller's.
+    let n = log.sm.audit_len();
+    let record = &log.sm.audit_records(n, 1)[0];
+    assert_eq!(record.operation, "audit");
+    assert_eq!(record.key, None);
+    assert!(record.outcome.starts_with("refused"), "{}", record.outcome);
+    // A refused command's key name is bounded in its record.
+    let long = Operation::Disable {
+        name: "k".repeat(10_000),
+        version: KeyVersion(1),
+    };
+    assert!(log.run("admin", long).is_err());
+    let n = log.sm.audit_len();
+    let key = log.sm.audit_records(n, 1)[0].key.clone().expect("key");
+    assert!(key.len() <= 128, "{} bytes", key.len());
     let impostor = Operation::CreatePrincipal {
         name: "node-7".into(),
         roles: [Role::Admin].into(),
