@@ -11,6 +11,7 @@ use qk_net::{CaCert, Credentials, Dialer, NetConfig, NetworkFactory, Peer, RpcHa
 use qk_raft::{
     ClientRequest, ClientResponse, NodeId, NodeStatus, PeerRequest, PeerResponse, QkNode, Raft,
 };
+use qk_state::proof::Credential;
 use qk_state::{Command, Operation, Permission, RequestId};
 use qk_types::NodeId as NodeIdT;
 
@@ -312,8 +313,15 @@ impl Node {
             hook_core.on_applied(s, index, cmd, resp)
         }));
         let (applied_tx, applied) = AppliedIndex::channel();
-        let quorum = Arc::new(Quorum::new(core, state.clone(), shares, applied.clone()));
+        let grants = qk_net::GrantVerifier::new(ca).context("cannot load the cluster CA")?;
         let (audit, audit_rx) = crate::audit::AuditQueue::new();
+        let quorum = Arc::new(Quorum::new(
+            core,
+            state.clone(),
+            shares,
+            applied.clone(),
+            (grants, audit.clone()),
+        ));
         let peers = Dialer::new(
             ca,
             creds,
@@ -445,7 +453,14 @@ impl Node {
             .any(|id| id == self.id)
     }
 
-    async fn handle_client(&self, peer: &Peer, req: ClientRequest) -> ClientResponse {
+    /// Runs a client request as `peer`; `credential` is the caller's signing
+    /// key when it handed one over (every decrypt needs it).
+    async fn handle_client(
+        &self,
+        peer: &Peer,
+        credential: Option<&Credential>,
+        req: ClientRequest,
+    ) -> ClientResponse {
         if let Some(name) = requests::client_name(peer) {
             if name.starts_with("node-") {
                 return self.denied(
@@ -491,7 +506,7 @@ impl Node {
                 context,
                 approval,
             } => {
-                self.decrypt_authorized(peer, &ciphertext, context, approval)
+                self.decrypt_authorized(peer, credential, &ciphertext, context, approval)
                     .await
             }
             ClientRequest::Partial {
@@ -503,7 +518,10 @@ impl Node {
                 ciphertext,
                 context,
                 to_key,
-            } => self.rewrap(peer, &ciphertext, context, to_key).await,
+            } => {
+                self.rewrap(peer, credential, &ciphertext, context, to_key)
+                    .await
+            }
             ClientRequest::IssueToken {
                 principal,
                 ttl_ms,
@@ -601,6 +619,44 @@ impl Node {
         }
     }
 
+    /// The caller's signature over this decrypt, made with the credential it
+    /// handed to this node (which must be its own).
+    fn prove(
+        &self,
+        principal: &str,
+        credential: Option<&Credential>,
+        ciphertext: &[u8],
+        context: &BTreeMap<String, String>,
+    ) -> std::result::Result<qk_state::proof::IntentProof, String> {
+        use qk_state::proof::{ProofError, Signer};
+        let credential =
+            credential.ok_or_else(|| ProofError::Missing(principal.to_string()).to_string())?;
+        let signer = match &credential.signer {
+            Signer::Token { id } => self
+                .state
+                .read(|a| a.machine().token(id).map(|t| t.principal.clone()))
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            Signer::Session(grant) => grant.principal.clone(),
+        };
+        if signer != principal {
+            return Err(ProofError::WrongPrincipal {
+                signer,
+                principal: principal.to_string(),
+            }
+            .to_string());
+        }
+        let intent = qk_state::proof::Intent {
+            principal,
+            ciphertext,
+            context,
+        };
+        credential
+            .prove(&intent, self.id, now_ms())
+            .map_err(|e| e.to_string())
+    }
+
     /// Decodes a `qk:v1:` ciphertext and names the key it was made under.
     fn resolve_ciphertext(
         &self,
@@ -629,6 +685,7 @@ impl Node {
     async fn decrypt(
         &self,
         peer: &Peer,
+        credential: Option<&Credential>,
         text: &str,
         context: BTreeMap<String, String>,
     ) -> ClientResponse {
@@ -636,14 +693,15 @@ impl Node {
             Ok(found) => found,
             Err(e) => return ClientResponse::Error(e),
         };
+        let principal = requests::principal_name(peer);
+        let ciphertext = ct.to_bytes();
+        let proof = match self.prove(&principal, credential, &ciphertext, &context) {
+            Ok(proof) => proof,
+            Err(e) => return self.denied(peer, "decrypt", Some(&name), e),
+        };
         let (outcome, faulty) = self
             .quorum
-            .unwrap(
-                name.clone(),
-                ct.to_bytes(),
-                context,
-                requests::principal_name(peer),
-            )
+            .unwrap(name.clone(), ciphertext, context, principal, proof)
             .await;
         let blame = if faulty.is_empty() {
             String::new()
@@ -691,6 +749,8 @@ impl Node {
             principal: requests::principal_name(peer),
             epoch: None,
             min_applied: self.applied.get(),
+            // This node authenticated the caller itself (client-side combining).
+            proof: None,
         };
         match self.quorum.own_partial(&request) {
             Ok(bytes) => ClientResponse::Partial(bytes),
@@ -966,7 +1026,7 @@ impl RpcHandler for Node {
                     PeerResponse::InstallSnapshot(self.raft.install_snapshot(r).await)
                 }
                 (PeerRequest::Client(r), _) => {
-                    PeerResponse::Client(self.handle_client(&peer, r).await)
+                    PeerResponse::Client(self.handle_client(&peer, None, r).await)
                 }
                 (
                     PeerRequest::ClientAfter {
@@ -975,7 +1035,20 @@ impl RpcHandler for Node {
                     },
                     _,
                 ) => match self.applied.wait_for(min_applied, CLIENT_INDEX_WAIT).await {
-                    Ok(_) => PeerResponse::Client(self.handle_client(&peer, request).await),
+                    Ok(_) => PeerResponse::Client(self.handle_client(&peer, None, request).await),
+                    Err(behind) => PeerResponse::Client(ClientResponse::Error(behind.to_string())),
+                },
+                (
+                    PeerRequest::ClientProven {
+                        min_applied,
+                        credential,
+                        request,
+                    },
+                    _,
+                ) => match self.applied.wait_for(min_applied, CLIENT_INDEX_WAIT).await {
+                    Ok(_) => PeerResponse::Client(
+                        self.handle_client(&peer, Some(&credential), request).await,
+                    ),
                     Err(behind) => PeerResponse::Client(ClientResponse::Error(behind.to_string())),
                 },
                 (PeerRequest::Protocol(bytes), Peer::Node(from)) => {

@@ -100,6 +100,10 @@ pub struct Quorum {
     pending: Mutex<BTreeMap<OpId, Waiter>>,
     next_op: AtomicU64,
     applied: AppliedIndex,
+    /// Checks the session grants of certificate principals' decrypt proofs.
+    grants: qk_net::GrantVerifier,
+    /// Where a refused partial request is recorded.
+    audit: crate::audit::AuditQueue,
 }
 
 /// What the runtime needs from the node: sending to peers and proposing.
@@ -129,9 +133,12 @@ impl Quorum {
         state: StateReader,
         shares: ShareStore,
         applied: AppliedIndex,
+        (grants, audit): (qk_net::GrantVerifier, crate::audit::AuditQueue),
     ) -> Quorum {
         Quorum {
             applied,
+            grants,
+            audit,
             core,
             state,
             shares,
@@ -165,6 +172,7 @@ impl Quorum {
         ciphertext: Vec<u8>,
         context: BTreeMap<String, String>,
         principal: String,
+        proof: qk_state::proof::IntentProof,
     ) -> (UnwrapOutcome, Vec<NodeId>) {
         let op_id = self.next_op.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -180,6 +188,7 @@ impl Quorum {
             mode: UnwrapMode::ServerSide,
             // Holders decide on state at least as new as this node's.
             min_applied: self.applied.get(),
+            proof: Some(proof),
         };
         let now_ms = now_ms();
         self.with_state(|s| self.core.handle(s, Event::StartUnwrap { now_ms, request }));
@@ -198,6 +207,79 @@ impl Quorum {
                 Vec::new(),
             ),
         }
+    }
+
+    /// This node's partial for another node's unwrap: only for the
+    /// principal's own proof of exactly this ciphertext and context.
+    fn proven_partial(&self, from: NodeId, request: &PartialRequest) -> Result<Vec<u8>, String> {
+        let mut checked = Err("no state".to_string());
+        self.with_state(|s| checked = self.check_proof(s, from, request));
+        if let Err(reason) = checked {
+            warn!(
+                %from,
+                principal = %request.principal,
+                key = %request.name,
+                "refused a partial without a valid proof from its principal: {reason}"
+            );
+            // The requesting node is who spoke; the principal it named is not.
+            self.audit.record(
+                &from.to_string(),
+                "partial",
+                Some(&request.name),
+                Some(request.version),
+                format!(
+                    "refused: asked in the name of {} without that principal's proof: {reason}",
+                    request.principal
+                ),
+            );
+            return Err(format!("node {}: {reason}", self.core.me));
+        }
+        self.own_partial(request)
+    }
+
+    fn check_proof(
+        &self,
+        s: &StateMachine,
+        from: NodeId,
+        request: &PartialRequest,
+    ) -> Result<(), String> {
+        use qk_state::proof::{ProofError, Signer};
+        let principal = &request.principal;
+        let proof = request
+            .proof
+            .as_ref()
+            .ok_or_else(|| ProofError::Missing(principal.clone()).to_string())?;
+        let now = now_ms();
+        let (signer, key) = match &proof.signer {
+            Signer::Token { id } => {
+                let token = s.token(id).ok_or_else(|| {
+                    format!("the proof names token {id}, which this node does not know")
+                })?;
+                if token.revoked_ms.is_some() || token.expires_at_ms <= now {
+                    return Err(format!("the proof's token {id} is revoked or expired"));
+                }
+                (token.principal.clone(), token.verify_key)
+            }
+            Signer::Session(grant) => {
+                self.grants.verify(grant, now).map_err(|e| e.to_string())?;
+                (grant.principal.clone(), grant.session_key)
+            }
+        };
+        if signer != *principal {
+            return Err(ProofError::WrongPrincipal {
+                signer,
+                principal: principal.clone(),
+            }
+            .to_string());
+        }
+        let intent = qk_state::proof::Intent {
+            principal,
+            ciphertext: &request.ciphertext,
+            context: &request.context,
+        };
+        proof
+            .verify(&key, &intent, from.0, now)
+            .map_err(|e| e.to_string())
     }
 
     /// This node's own partial, for client-side combining.
@@ -311,7 +393,7 @@ impl Quorum {
                         .wait_for(request.min_applied, HOLDER_INDEX_WAIT)
                         .await
                     {
-                        Ok(_) => me.own_partial(&request),
+                        Ok(_) => me.proven_partial(to, &request),
                         Err(behind) => Err(format!("node {}: {behind}", me.core.me)),
                     };
                     let answer = ProtocolMessage::PartialResponse {

@@ -190,3 +190,121 @@ async fn a_node_cannot_ack_or_step_a_dkg_for_another_holder() {
     let v2 = key.version(KeyVersion(2)).expect("v2");
     assert_ne!(v2.public_keys.as_deref(), Some(&[7u8; 64][..]));
 }
+
+/// One compromised node (its certificate, in place of the real process)
+/// asks the other holders for partials of a ciphertext in an allowed
+/// principal's name: with no proof, with a proof it saw for another
+/// ciphertext, with the principal's proof for this ciphertext made out to
+/// the node the principal called (as a holder sees it), with a stale
+/// proof, and with a signer it made up. Every holder refuses and audits the
+/// node that asked; with t = 2, one partial would have been enough to
+/// decrypt with the stolen share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_collect_partials_in_a_principals_name() {
+    use qk_protocol::{PartialRequest, ProtocolMessage};
+    use qk_state::proof::{Credential, Intent};
+    use std::collections::BTreeMap;
+
+    let (mut c, ct) = cluster_with_key(3).await;
+    let (other_ct, _) = c.encrypt(1, "k", CTX, b"other").await.expect("encrypt");
+    let parsed = qk_crypto::Ciphertext::from_text(&ct).expect("ciphertext");
+    let ciphertext = parsed.to_bytes();
+    let context: BTreeMap<String, String> = CTX
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let admin = c.pool.session().expect("the test client's session");
+    let other_bytes = qk_crypto::Ciphertext::from_text(&other_ct)
+        .expect("ciphertext")
+        .to_bytes();
+    let this = Intent {
+        principal: "admin",
+        ciphertext: &ciphertext,
+        context: &context,
+    };
+    let other = Intent {
+        ciphertext: &other_bytes,
+        ..this
+    };
+    let sign = |cred: &Credential, intent: &Intent<'_>, requester: u64, time_ms: u64| {
+        Some(Box::new(cred.prove(intent, requester, time_ms).expect("sign")))
+    };
+    let made_up = Credential::from_token("0123456789abcdef", &"ab".repeat(32));
+    let attempts = [
+        (None, "carries no proof from admin"),
+        (sign(&admin, &other, 3, now_ms), "does not verify"),
+        (
+            sign(&admin, &this, 1, now_ms),
+            "names node 1 as the one that combines",
+        ),
+        (
+            sign(&admin, &this, 3, now_ms - 10 * 60 * 1000),
+            "from this node's clock",
+        ),
+        (sign(&made_up, &this, 3, now_ms), "does not know"),
+    ];
+
+    c.stop(3);
+    let thief = Adversary::stolen(&c, 3);
+    let mut impostor = thief.impersonate(&c).await;
+    for (op_id, (proof, why)) in (7_000u64..).zip(attempts) {
+        let request = ProtocolMessage::PartialRequest(PartialRequest {
+            op_id,
+            key: parsed.key_id,
+            name: "k".into(),
+            version: parsed.version,
+            ciphertext: ciphertext.clone(),
+            context: context.clone(),
+            principal: "admin".into(),
+            epoch: None,
+            min_applied: 0,
+            proof,
+        });
+        for holder in [1, 2] {
+            let sent = thief
+                .send(&c, holder, Adversary::protocol(&request))
+                .await
+                .expect("sent");
+            assert!(matches!(sent, PeerResponse::ProtocolAccepted), "{sent:?}");
+        }
+        for (holder, answer) in impostor.partial_answers(op_id, &[1, 2]).await {
+            let reason = answer.expect_err("a partial released without the principal's proof");
+            assert!(reason.contains(why), "node {holder}: {reason}");
+        }
+    }
+    wait_audited(&c, "node-3", "partial");
+
+    // As a client, the node certificate gets no decrypt and no partial.
+    for req in [
+        ClientRequest::Decrypt {
+            ciphertext: ct.clone(),
+            context: context.clone(),
+            approval: None,
+        },
+        ClientRequest::Partial {
+            ciphertext: ct.clone(),
+            context: context.clone(),
+            approval: None,
+        },
+    ] {
+        let answer = thief
+            .send(&c, 1, qk_raft::PeerRequest::Client(req))
+            .await
+            .expect("answered");
+        assert!(
+            matches!(
+                answer,
+                PeerResponse::Client(ClientResponse::Denied(_) | ClientResponse::Error(_))
+            ),
+            "{answer:?}"
+        );
+    }
+
+    // Honest traffic goes on: the caller's own proof opens it.
+    let plain = c.decrypt(1, &ct, CTX).await.expect("honest decrypt");
+    assert_eq!(plain, b"honest");
+}

@@ -76,6 +76,9 @@ pub struct Caller {
     pub principal: String,
     /// The bearer token's public id, when the caller used a token.
     pub token_id: Option<String>,
+    /// The caller's signing key (from its token, or the session its client
+    /// certificate granted): every decrypt it asks for is signed with it.
+    pub credential: Option<qk_state::proof::Credential>,
 }
 
 /// Numbers `GET /metrics` reports about the node.
@@ -317,13 +320,17 @@ pub(crate) fn authenticate(
         let (principal, token_id) = backend
             .authenticate_token(token)
             .map_err(|m| unauthenticated(format!("the token was refused: {m}")))?;
+        let credential = qk_state::parse_token(token)
+            .map(|(id, secret)| qk_state::proof::Credential::from_token(id, secret));
         return Ok(Caller {
             principal,
             token_id: Some(token_id),
+            credential,
         });
     }
     match peer.and_then(|p| p.0.clone()) {
         Some(principal) => Ok(Caller {
+            credential: session_credential(headers, &principal).map_err(unauthenticated)?,
             principal,
             token_id: None,
         }),
@@ -331,6 +338,36 @@ pub(crate) fn authenticate(
             "no credential: send `Authorization: Bearer qkt.<id>.<secret>` or `X-Vault-Token`, \
              or connect with a client certificate issued by the cluster CA"
                 .to_owned(),
+        )),
+    }
+}
+
+/// The session a client certificate granted (`X-Qk-Session`), when sent; it
+/// must be granted to the principal the certificate names.
+fn session_credential(
+    headers: &HeaderMap,
+    principal: &str,
+) -> Result<Option<qk_state::proof::Credential>, String> {
+    use base64::Engine;
+    use qk_state::proof::{Credential, Signer};
+    let Some(value) = headers.get(qk_views::SESSION_HEADER) else {
+        return Ok(None);
+    };
+    let malformed = |e: String| {
+        format!(
+            "the {} header is malformed ({e}); send the session qk-client makes, or none",
+            qk_views::SESSION_HEADER
+        )
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.as_bytes())
+        .map_err(|e| malformed(e.to_string()))?;
+    let credential = Credential::decode(&bytes).map_err(|e| malformed(e.to_string()))?;
+    match &credential.signer {
+        Signer::Session(grant) if grant.principal == principal => Ok(Some(credential)),
+        _ => Err(format!(
+            "the {} header is not a session of {principal}, the client certificate's principal",
+            qk_views::SESSION_HEADER
         )),
     }
 }

@@ -108,6 +108,9 @@ pub struct ApiClient {
     urls: Vec<Url>,
     token: Option<Zeroizing<String>>,
     session: std::sync::Arc<Session>,
+    /// The client certificate, when no token is used: it grants the
+    /// session key decrypts are signed with.
+    identity: Option<std::sync::Arc<qk_net::SessionCache>>,
 }
 
 /// What a client (and its clones) has seen: the highest log index any node
@@ -190,6 +193,9 @@ struct Call<'a> {
     path: &'a [&'a str],
     query: &'a [(&'a str, String)],
     body: Option<Vec<u8>>,
+    /// The request decrypts: it carries the caller's session (certificate
+    /// callers) so the node can sign the decrypt as the caller.
+    proven: bool,
 }
 
 impl ApiClient {
@@ -204,12 +210,46 @@ impl ApiClient {
             .iter()
             .map(|u| parse_base(u))
             .collect::<Result<Vec<_>>>()?;
+        let identity = match (&config.client_identity, &config.token) {
+            (Some((cert, key)), None) => Some(std::sync::Arc::new(qk_net::SessionCache::new(
+                qk_net::Credentials::load(cert, key).map_err(|e| {
+                    HttpError::Config(format!(
+                        "cannot use the client certificate {}: {e}",
+                        cert.display()
+                    ))
+                })?,
+            ))),
+            _ => None,
+        };
         Ok(ApiClient {
             http: build_http(config)?,
             urls,
             token: config.token.clone(),
             session: Default::default(),
+            identity,
         })
+    }
+
+    /// The session header for a decrypt (made, or renewed when it is about
+    /// to expire); `None` for token callers, whose token derives the key.
+    fn session_header(&self) -> Result<Option<reqwest::header::HeaderValue>> {
+        use base64::Engine;
+        let Some(identity) = &self.identity else {
+            return Ok(None);
+        };
+        let credential = identity
+            .current()
+            .map_err(|e| HttpError::Config(e.to_string()))?;
+        let bytes = Zeroizing::new(
+            credential
+                .encode()
+                .map_err(|e| HttpError::Config(format!("cannot encode the session: {e}")))?,
+        );
+        let text = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&bytes));
+        let mut value = reqwest::header::HeaderValue::from_str(&text)
+            .map_err(|_| HttpError::Config("the session does not fit a header".into()))?;
+        value.set_sensitive(true);
+        Ok(Some(value))
     }
 
     /// The highest log index seen so far (0 before any answer).
@@ -276,6 +316,11 @@ impl ApiClient {
             value.set_sensitive(true);
             req = req.header(reqwest::header::AUTHORIZATION, value);
         }
+        if call.proven {
+            if let Some(value) = self.session_header()? {
+                req = req.header(qk_views::SESSION_HEADER, value);
+            }
+        }
         if let Some(body) = &call.body {
             req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -318,6 +363,7 @@ impl ApiClient {
 
     async fn get<T: DeserializeOwned>(&self, path: &[&str]) -> Result<T> {
         self.json(Call {
+            proven: false,
             method: Method::GET,
             path,
             query: &[],
@@ -333,6 +379,7 @@ impl ApiClient {
         body: &B,
     ) -> Result<T> {
         self.json(Call {
+            proven: false,
             method,
             path,
             query: &[],
@@ -345,8 +392,25 @@ impl ApiClient {
         self.write(Method::POST, path, body).await
     }
 
+    /// A POST that decrypts: signed as the caller (see [`Call::proven`]).
+    async fn post_proven<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        body: &B,
+    ) -> Result<T> {
+        self.json(Call {
+            proven: true,
+            method: Method::POST,
+            path,
+            query: &[],
+            body: Some(encode(body)?),
+        })
+        .await
+    }
+
     async fn delete(&self, path: &[&str]) -> Result<()> {
         self.send(Call {
+            proven: false,
             method: Method::DELETE,
             path,
             query: &[],
@@ -366,6 +430,7 @@ impl ApiClient {
     pub async fn ready_at(&self, base: &str) -> Result<Health> {
         let base = parse_base(base)?;
         let call = Call {
+            proven: false,
             method: Method::GET,
             path: &["api", "v1", "health", "ready"],
             query: &[],
@@ -507,7 +572,7 @@ impl ApiClient {
             approval_id,
             to_key: None,
         };
-        self.post(&["api", "v1", "decrypt"], &body).await
+        self.post_proven(&["api", "v1", "decrypt"], &body).await
     }
 
     pub async fn rewrap(
@@ -522,7 +587,7 @@ impl ApiClient {
             approval_id: None,
             to_key,
         };
-        self.post(&["api", "v1", "rewrap"], &body).await
+        self.post_proven(&["api", "v1", "rewrap"], &body).await
     }
 
     // ---- principals, tokens ----
@@ -617,6 +682,7 @@ impl ApiClient {
         let query = [("from", from_seq.to_string()), ("limit", limit.to_string())];
         let page: AuditPage = self
             .json(Call {
+                proven: false,
                 method: Method::GET,
                 path: &["api", "v1", "audit"],
                 query: &query,
@@ -718,6 +784,7 @@ impl ApiClient {
         body: &CiphertextBody<'_>,
     ) -> Result<PartialDecryption> {
         let call = Call {
+            proven: false,
             method: Method::POST,
             path: &["api", "v1", "partial"],
             query: &[],

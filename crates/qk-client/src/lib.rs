@@ -101,7 +101,8 @@ impl Client {
 
     /// Sends one request; a node's `Error` answer becomes `ClientError::Refused`.
     pub async fn call(&self, req: ClientRequest) -> Result<ClientResponse> {
-        let request = PeerRequest::client_after(self.seen_index(), req);
+        let request =
+            PeerRequest::client_proven(self.seen_index(), req, || self.dialer.session().ok());
         let resp = call_at(&self.conn, &self.addr, &request).await?;
         if let Some(index) = resp.log_index() {
             self.observe_index(index);

@@ -43,6 +43,8 @@ struct DialerInner {
     /// Per-node clients, so every user of this dialer shares one connection
     /// per node. At most one entry per node id: bounded by the membership.
     nodes: Mutex<BTreeMap<NodeId, PeerClient>>,
+    /// Sessions for decrypts, when `creds` is a client certificate.
+    sessions: crate::session::SessionCache,
 }
 
 impl fmt::Debug for Dialer {
@@ -75,8 +77,16 @@ impl Dialer {
                 endpoint,
                 cfg,
                 nodes: Mutex::new(BTreeMap::new()),
+                sessions: crate::session::SessionCache::new(creds.clone()),
             }),
         })
+    }
+
+    /// The current session of this endpoint's client certificate: the
+    /// credential a decrypt hands to the node so it can sign as the caller.
+    /// An error for a node certificate (a node is no principal).
+    pub fn session(&self) -> Result<qk_state::proof::Credential, crate::pki::PkiError> {
+        self.inner.sessions.current()
     }
 
     /// The pooled client for node `id` at `addr` (`host:port`). Reuses the

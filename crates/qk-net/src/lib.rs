@@ -24,6 +24,7 @@ pub mod identity;
 pub mod pki;
 pub mod raft;
 pub mod server;
+pub mod session;
 pub mod tls;
 
 pub use client::{Dialer, Expect, PeerClient};
@@ -34,3 +35,4 @@ pub use identity::{IdentityError, Peer};
 pub use pki::{CaCert, ClusterCa, Credentials, PkiError};
 pub use raft::{NetworkFactory, RaftPeer};
 pub use server::{BoxFuture, RpcHandler, Server};
+pub use session::{GrantVerifier, SessionCache};

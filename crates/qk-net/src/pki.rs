@@ -85,6 +85,8 @@ pub enum PkiError {
     },
     #[error("{path} is larger than {MAX_PEM_FILE_LEN} bytes; it is not a PEM certificate or key")]
     FileTooLarge { path: PathBuf },
+    #[error("could not make a session key: {reason}")]
+    Session { reason: String },
 }
 
 fn rcgen_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {

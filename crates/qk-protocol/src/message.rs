@@ -89,6 +89,12 @@ pub struct PartialRequest {
     /// (the requester's own applied index): a change the requester has seen,
     /// a revocation above all, is never decided on older state.
     pub min_applied: u64,
+    /// The principal's own signature over this ciphertext and context
+    /// (`qk_state::proof`). A holder asked by another node releases a
+    /// partial only when it verifies: the requesting node's word about who
+    /// asked is never enough. `None` only where the holder authenticated
+    /// the caller itself (client-side combining).
+    pub proof: Option<Box<qk_state::proof::IntentProof>>,
 }
 
 /// Everything nodes send each other outside the Raft log.
@@ -193,6 +199,11 @@ impl PartialRequest {
             return out(format!(
                 "encryption context entry over {MAX_CONTEXT_KEY_LEN}-byte key or {MAX_CONTEXT_VALUE_LEN}-byte value"
             ));
+        }
+        if let Some(proof) = &self.proof {
+            proof
+                .check_bounds()
+                .map_err(|e| MessageError::OutOfBounds(e.to_string()))?;
         }
         Ok(())
     }

@@ -67,6 +67,8 @@ pub struct UnwrapRequest {
     /// Holders wait until they have applied this log index before deciding
     /// (see [`PartialRequest::min_applied`]).
     pub min_applied: u64,
+    /// The principal's signature over this unwrap, passed to every holder.
+    pub proof: Option<qk_state::proof::IntentProof>,
 }
 
 /// The operation an authorization hook is asked about.
@@ -442,6 +444,7 @@ impl PendingUnwrap {
             principal: req.principal.clone(),
             epoch: Some(record.epoch),
             min_applied: req.min_applied,
+            proof: req.proof.clone().map(Box::new),
         };
         request
             .check_bounds()

@@ -273,6 +273,7 @@ fn destroy_erases_every_share_and_later_unwraps_fail() {
         principal: "app".into(),
         epoch: None,
         min_applied: 0,
+        proof: None,
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
     let reply = answer_partial(
@@ -689,6 +690,7 @@ fn partial_request_for_another_epoch_is_refused_as_a_race_not_forged() {
             principal: "app".into(),
             epoch: Some(Epoch(epoch)),
             min_applied: 0,
+            proof: None,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let reply = answer_partial(

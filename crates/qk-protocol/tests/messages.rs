@@ -19,6 +19,7 @@ fn request() -> PartialRequest {
         principal: "app".into(),
         epoch: Some(qk_types::Epoch(1)),
         min_applied: 12,
+        proof: None,
     }
 }
 

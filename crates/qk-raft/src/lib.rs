@@ -296,6 +296,15 @@ pub enum PeerRequest {
         min_applied: u64,
         request: ClientRequest,
     },
+    /// A client request with the caller's signing credential (a session key
+    /// its client certificate granted): the node signs each decrypt the
+    /// request makes with it, so that every holder sees the caller's own
+    /// proof. Decided once the node applied `min_applied`, like `ClientAfter`.
+    ClientProven {
+        min_applied: u64,
+        credential: qk_state::proof::Credential,
+        request: ClientRequest,
+    },
 }
 
 impl PeerRequest {
@@ -309,6 +318,34 @@ impl PeerRequest {
                 request,
             }
         }
+    }
+
+    /// As [`PeerRequest::client_after`], handing over the caller's session
+    /// when the request decrypts (and a session is at hand).
+    pub fn client_proven(
+        min_applied: u64,
+        request: ClientRequest,
+        session: impl FnOnce() -> Option<qk_state::proof::Credential>,
+    ) -> PeerRequest {
+        match request.decrypts().then(session).flatten() {
+            Some(credential) => PeerRequest::ClientProven {
+                min_applied,
+                credential,
+                request,
+            },
+            None => PeerRequest::client_after(min_applied, request),
+        }
+    }
+}
+
+impl ClientRequest {
+    /// The request asks holders for partials of a ciphertext, which they
+    /// release only for the caller's own proof.
+    pub fn decrypts(&self) -> bool {
+        matches!(
+            self,
+            ClientRequest::Decrypt { .. } | ClientRequest::Rewrap { .. }
+        )
     }
 }
 

@@ -203,6 +203,10 @@ pub struct TokenRecord {
     pub principal: String,
     pub description: String,
     pub secret_sha256: [u8; 32],
+    /// Public key of the signing key the secret derives
+    /// ([`crate::proof::token_verify_key`]): holders check a token caller's
+    /// decrypt proofs with it.
+    pub verify_key: [u8; 32],
     pub created_ms: u64,
     pub expires_at_ms: u64,
     pub revoked_ms: Option<u64>,

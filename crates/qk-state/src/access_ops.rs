@@ -128,6 +128,10 @@ impl StateMachine {
         self.tokens.values()
     }
 
+    pub fn token(&self, id: &str) -> Option<&TokenRecord> {
+        self.tokens.get(id)
+    }
+
     pub fn approvals(&self) -> impl Iterator<Item = &ApprovalRecord> {
         self.approvals.values()
     }
@@ -357,13 +361,14 @@ impl StateMachine {
                 principal,
                 description,
                 secret_sha256,
+                verify_key,
                 expires_at_ms,
             } => self.issue_token(
                 &cmd.principal,
                 id,
                 principal,
                 description,
-                *secret_sha256,
+                (*secret_sha256, *verify_key),
                 *expires_at_ms,
                 now,
             ),
@@ -462,7 +467,7 @@ impl StateMachine {
         id: &str,
         principal: &str,
         description: &str,
-        secret_sha256: [u8; 32],
+        (secret_sha256, verify_key): ([u8; 32], [u8; 32]),
         expires_at_ms: u64,
         now: u64,
     ) -> Outcome {
@@ -497,6 +502,7 @@ impl StateMachine {
                 principal: principal.to_string(),
                 description: description.to_string(),
                 secret_sha256,
+                verify_key,
                 created_ms: now,
                 expires_at_ms,
                 revoked_ms: None,

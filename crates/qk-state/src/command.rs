@@ -167,6 +167,8 @@ pub enum Operation {
         principal: String,
         description: String,
         secret_sha256: [u8; 32],
+        /// [`crate::proof::token_verify_key`] of the secret.
+        verify_key: [u8; 32],
         expires_at_ms: u64,
     },
     RevokeToken {

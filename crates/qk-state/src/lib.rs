@@ -12,6 +12,7 @@ mod audit;
 mod command;
 mod machine;
 mod model;
+pub mod proof;
 
 pub use access::{
     default_approval_ttl_ms, ApprovalRecord, ApprovalRule, ApprovalStatus, Decision, KeyPolicy,

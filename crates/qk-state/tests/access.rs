@@ -468,6 +468,7 @@ fn tokens_are_stored_hashed_expire_and_revoke() {
         principal: "svc".into(),
         description: "ci".into(),
         secret_sha256: Sha256::digest(secret.as_bytes()).into(),
+        verify_key: qk_state::proof::token_verify_key(&secret).expect("key"),
         expires_at_ms: log.now + 10_000,
     };
     log.run("admin", issue).expect("issued");
@@ -709,6 +710,7 @@ fn issue_for(principal: &str, id: &str, now: u64) -> Operation {
         principal: principal.into(),
         description: "test".into(),
         secret_sha256: Sha256::digest(id.as_bytes()).into(),
+        verify_key: [3; 32],
         expires_at_ms: now + 60_000,
     }
 }

@@ -29,6 +29,11 @@ pub const INDEX_HEADER: &str = "x-qk-index";
 /// applied it yet when the answer was sent; absent when it is in force on
 /// every node.
 pub const NOT_APPLIED_HEADER: &str = "x-qk-not-applied-on";
+/// A client-certificate caller's session key and its grant (base64 of an
+/// encoded `qk_state::proof::Credential`): the node signs each decrypt the
+/// request makes with it, so that every holder sees the caller's own proof.
+/// Callers with a token need no session: the token derives their key.
+pub const SESSION_HEADER: &str = "x-qk-session";
 
 /// Lowercase hex, two digits a byte.
 pub fn hex(bytes: &[u8]) -> String {
@@ -574,6 +579,7 @@ mod tests {
             principal: "p".into(),
             description: String::new(),
             secret_sha256: [7; 32],
+            verify_key: [5; 32],
             created_ms: 1,
             expires_at_ms: 2,
             revoked_ms: None,

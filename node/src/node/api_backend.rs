@@ -22,7 +22,9 @@ impl Backend for ApiBackend {
                 req => req,
             };
             let peer = Peer::Client(caller.principal);
-            self.0.handle_client(&peer, req).await
+            self.0
+                .handle_client(&peer, caller.credential.as_ref(), req)
+                .await
         })
     }
 

@@ -13,6 +13,7 @@ use qk_raft::{
     ClientRequest, ClientResponse, ClusterHealth, MemberHealth, PeerRequest, PeerResponse,
     Redacted, VersionHealth,
 };
+use qk_state::proof::Credential;
 use qk_state::{
     Applied, Command, Decision, Operation, PendingAction, Permission, RequestId, StateMachine,
     VersionState,
@@ -234,6 +235,7 @@ impl Node {
     pub(super) async fn decrypt_authorized(
         &self,
         peer: &Peer,
+        credential: Option<&Credential>,
         text: &str,
         context: BTreeMap<String, String>,
         approval: Option<String>,
@@ -251,7 +253,7 @@ impl Node {
                 }
             }
         }
-        self.decrypt(peer, text, context).await
+        self.decrypt(peer, credential, text, context).await
     }
 
     /// Asks for approval of this decrypt, or uses the approval named.
@@ -332,6 +334,7 @@ impl Node {
     pub(super) async fn rewrap(
         &self,
         peer: &Peer,
+        credential: Option<&Credential>,
         text: &str,
         context: BTreeMap<String, String>,
         to_key: Option<String>,
@@ -349,7 +352,10 @@ impl Node {
                 return self.denied(peer, "rewrap", Some(&name), reason.into());
             }
         }
-        let plain = match self.decrypt(peer, &ct.to_text(), context.clone()).await {
+        let plain = match self
+            .decrypt(peer, credential, &ct.to_text(), context.clone())
+            .await
+        {
             ClientResponse::Plaintext(p) => p,
             other => return other,
         };
@@ -365,11 +371,18 @@ impl Node {
     ) -> ClientResponse {
         let id: String = hex(&rand::random::<[u8; 8]>());
         let secret = zeroize::Zeroizing::new(hex(&rand::random::<[u8; 32]>()));
+        let verify_key = match qk_state::proof::token_verify_key(&secret) {
+            Ok(key) => key,
+            Err(e) => {
+                return ClientResponse::Error(format!("could not derive the token's key: {e}"))
+            }
+        };
         let op = Operation::IssueToken {
             id: id.clone(),
             principal,
             description,
             secret_sha256: Sha256::digest(secret.as_bytes()).into(),
+            verify_key,
             expires_at_ms: now_ms().saturating_add(ttl_ms),
         };
         match self.write_as(peer, op).await {

@@ -413,6 +413,7 @@ impl World {
                     principal: "app".into(),
                     mode: UnwrapMode::ServerSide,
                     min_applied: 0,
+                    proof: None,
                 },
             },
         );

@@ -3,11 +3,16 @@
 //! cluster at the wire level. Tests use it to try each abuse THREATS.md
 //! rules out and check it is refused while honest traffic goes on.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::Vote;
-use qk_net::Dialer;
+use qk_net::{BoxFuture, CaCert, Credentials, Dialer, NetConfig, Peer, RpcHandler, Server};
+use qk_protocol::ProtocolMessage;
 use qk_raft::{ClientRequest, ClientResponse, PeerRequest, PeerResponse};
 use qk_state::{Command as SmCommand, Operation, RequestId};
+use tokio::sync::mpsc;
 
 use crate::cluster::{dialer, qk, Cluster};
 
@@ -50,6 +55,33 @@ impl Adversary {
             ],
         );
         Adversary::stolen(c, node)
+    }
+
+    /// Takes node `node`'s place on the network with its stolen certificate
+    /// (the real process must be stopped first): every protocol message
+    /// the cluster sends to node `node` now reaches the attacker.
+    pub async fn impersonate(&self, c: &Cluster) -> Impostor {
+        let pki = c.pki();
+        let ca = CaCert::load(&pki.join("ca.pem")).expect("ca");
+        let creds = Credentials::load(
+            &pki.join(format!("node-{}.pem", self.node)),
+            &pki.join(format!("node-{}.key", self.node)),
+        )
+        .expect("stolen node credentials");
+        let (tx, inbox) = mpsc::unbounded_channel();
+        let addr = c.addr(self.node).parse().expect("socket address");
+        let server = Server::bind(addr, &ca, &creds, NetConfig::default(), Arc::new(Inbox(tx)))
+            .await
+            .expect("bind the stolen node's address");
+        Impostor {
+            _server: server,
+            inbox,
+        }
+    }
+
+    /// A protocol message from this node, as the wire carries it.
+    pub fn protocol(msg: &ProtocolMessage) -> PeerRequest {
+        PeerRequest::Protocol(msg.encode().expect("encodable").to_vec())
     }
 
     /// Sends one request to cluster node `to`.
@@ -102,5 +134,55 @@ pub fn write_outcome(resp: Result<PeerResponse, String>) -> Result<(), String> {
             response.result.map(|_| ()).map_err(|e| e.to_string())
         }
         other => Err(format!("{other:?}")),
+    }
+}
+
+/// The attacker listening at a stolen node's address.
+#[derive(Debug)]
+pub struct Impostor {
+    _server: Server,
+    inbox: mpsc::UnboundedReceiver<(u64, ProtocolMessage)>,
+}
+
+impl Impostor {
+    /// The answer to partial request `op_id` from each of `nodes`
+    /// (`Ok(partial bytes)` or the holder's refusal), waiting up to 20 s.
+    pub async fn partial_answers(
+        &mut self,
+        op_id: u64,
+        nodes: &[u64],
+    ) -> Vec<(u64, Result<Vec<u8>, String>)> {
+        let mut answers = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while answers.len() < nodes.len() {
+            let next = tokio::time::timeout_at(deadline, self.inbox.recv()).await;
+            let Ok(Some((from, msg))) = next else {
+                panic!("no partial answer from every node of {nodes:?}: got {answers:?}");
+            };
+            if let ProtocolMessage::PartialResponse { op_id: id, result } = msg {
+                if id == op_id && nodes.contains(&from) {
+                    answers.push((from, result));
+                }
+            }
+        }
+        answers
+    }
+}
+
+struct Inbox(mpsc::UnboundedSender<(u64, ProtocolMessage)>);
+
+impl RpcHandler for Inbox {
+    fn handle(&self, peer: Peer, req: PeerRequest) -> BoxFuture<'_, PeerResponse> {
+        Box::pin(async move {
+            match (peer, req) {
+                (Peer::Node(from), PeerRequest::Protocol(bytes)) => {
+                    if let Ok(msg) = ProtocolMessage::decode(&bytes) {
+                        let _ = self.0.send((from, msg));
+                    }
+                    PeerResponse::ProtocolAccepted
+                }
+                _ => PeerResponse::Refused("the impostor answers nothing else".into()),
+            }
+        })
     }
 }

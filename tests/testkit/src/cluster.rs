@@ -191,7 +191,8 @@ impl Cluster {
     /// write this harness has seen acknowledged.
     pub async fn request(&self, id: u64, req: ClientRequest) -> Result<ClientResponse, String> {
         let seen = self.seen_index.load(std::sync::atomic::Ordering::Acquire);
-        let resp = self.send(id, PeerRequest::client_after(seen, req)).await?;
+        let request = PeerRequest::client_proven(seen, req, || self.pool.session().ok());
+        let resp = self.send(id, request).await?;
         if let Some(index) = resp.log_index() {
             self.seen_index
                 .fetch_max(index, std::sync::atomic::Ordering::AcqRel);
@@ -206,7 +207,8 @@ impl Cluster {
         id: u64,
         req: ClientRequest,
     ) -> Result<ClientResponse, String> {
-        self.send(id, PeerRequest::Client(req)).await
+        let request = PeerRequest::client_proven(0, req, || self.pool.session().ok());
+        self.send(id, request).await
     }
 
     async fn send(&self, id: u64, req: PeerRequest) -> Result<ClientResponse, String> {

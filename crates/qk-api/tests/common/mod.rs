@@ -339,6 +339,7 @@ impl Store {
                     principal: caller.principal.clone(),
                     description: "test".into(),
                     secret_sha256: [9; 32],
+                    verify_key: [8; 32],
                     created_ms: 1,
                     expires_at_ms: 3_600_000,
                     revoked_ms: None,

@@ -439,6 +439,7 @@ impl Cluster {
                     principal: principal.into(),
                     mode: UnwrapMode::ServerSide,
                     min_applied: 0,
+                    proof: None,
                 },
             },
             &mut self.rng,

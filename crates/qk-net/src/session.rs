@@ -1,0 +1,280 @@
+//! Session keys granted by client certificates (see `qk_state::proof`).
+//!
+//! A client signs a [`SessionGrant`] with its certificate's key once and
+//! hands the session key to the node it calls; holders verify the grant
+//! against the cluster CA ([`GrantVerifier`]) before they accept a decrypt
+//! proof signed by the session key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qk_state::proof::{Credential, ProofError, SessionGrant, SESSION_MAX_TTL_MS};
+use rcgen::{KeyPair, SigningKey};
+use ring::rand::SecureRandom;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+
+use crate::identity::{peer_from_cert_der, Peer};
+use crate::pki::{CaCert, Credentials, PkiError};
+
+/// How many verified grants a holder remembers (each costs two signature
+/// checks the first time it is seen).
+const GRANT_CACHE_LEN: usize = 4096;
+const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const OID_P256: &str = "1.2.840.10045.3.1.7";
+const OID_ED25519: &str = "1.3.101.112";
+
+impl Credentials {
+    /// A fresh session key for this client certificate, valid for `ttl_ms`
+    /// from `now_ms`, with its grant signed by the certificate's key.
+    pub fn session(&self, now_ms: u64, ttl_ms: u64) -> Result<Credential, PkiError> {
+        let fail = |reason: String| PkiError::Session { reason };
+        let Peer::Client(principal) = self.peer() else {
+            return Err(fail(
+                "only a client certificate grants sessions; a node is not a principal".into(),
+            ));
+        };
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        ring::rand::SystemRandom::new()
+            .fill(seed.as_mut())
+            .map_err(|_| fail("the system random generator failed".into()))?;
+        let session_key = Credential::session_key(&seed).map_err(|e| fail(e.to_string()))?;
+        let cert_der = self
+            .cert_chain()
+            .first()
+            .map(|c| c.to_vec())
+            .ok_or_else(|| fail("the credentials hold no certificate".into()))?;
+        let expires_ms = now_ms.saturating_add(ttl_ms.min(SESSION_MAX_TTL_MS));
+        let message = SessionGrant::message(&cert_der, principal, &session_key, expires_ms);
+        let key = KeyPair::from_pem(self.key_pem()).map_err(|e| fail(e.to_string()))?;
+        let signature = key.sign(&message).map_err(|e| fail(e.to_string()))?;
+        let grant = SessionGrant {
+            cert_der,
+            principal: principal.clone(),
+            session_key,
+            expires_ms,
+            signature,
+        };
+        Ok(Credential::session(*seed, grant))
+    }
+}
+
+/// How long a session key lasts; a new one is made when less than
+/// [`SESSION_RENEW_MS`] remain.
+pub const SESSION_TTL_MS: u64 = 60 * 60 * 1000;
+pub const SESSION_RENEW_MS: u64 = 5 * 60 * 1000;
+
+/// A client certificate's current session, renewed before it expires.
+pub struct SessionCache {
+    identity: Credentials,
+    current: Mutex<Option<Credential>>,
+}
+
+impl std::fmt::Debug for SessionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCache")
+            .field("peer", self.identity.peer())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionCache {
+    pub fn new(identity: Credentials) -> Self {
+        Self {
+            identity,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The session to sign with now (made, or renewed when about to expire).
+    pub fn current(&self) -> Result<Credential, PkiError> {
+        let now = now_ms();
+        let mut current = self.current.lock().map_err(|_| PkiError::Session {
+            reason: "the session lock is poisoned".into(),
+        })?;
+        if let Some(session) = current.as_ref() {
+            if let qk_state::proof::Signer::Session(grant) = &session.signer {
+                if grant.expires_ms > now.saturating_add(SESSION_RENEW_MS) {
+                    return Ok(session.clone());
+                }
+            }
+        }
+        let session = self.identity.session(now, SESSION_TTL_MS)?;
+        *current = Some(session.clone());
+        Ok(session)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Checks session grants against the cluster CA, remembering the ones it
+/// verified (bounded).
+pub struct GrantVerifier {
+    verifier: Arc<dyn ClientCertVerifier>,
+    verified: Mutex<HashMap<[u8; 32], ()>>,
+}
+
+impl std::fmt::Debug for GrantVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantVerifier").finish_non_exhaustive()
+    }
+}
+
+impl GrantVerifier {
+    pub fn new(ca: &CaCert) -> Result<Self, PkiError> {
+        let fail = |reason: String| PkiError::Session { reason };
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ca.der().clone())
+            .map_err(|e| fail(e.to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(Self {
+            verifier,
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Ok when `grant` is unexpired at `now_ms`, its certificate chains to
+    /// the cluster CA and names `grant.principal`, and the certificate's key
+    /// signed it.
+    pub fn verify(&self, grant: &SessionGrant, now_ms: u64) -> Result<(), ProofError> {
+        if grant.expires_ms <= now_ms {
+            return Err(ProofError::Signer(format!(
+                "the session of {} expired; start a new one",
+                grant.principal
+            )));
+        }
+        let digest = grant.digest();
+        if self.remembered(&digest) {
+            return Ok(());
+        }
+        self.verify_uncached(grant, now_ms)?;
+        if let Ok(mut v) = self.verified.lock() {
+            if v.len() >= GRANT_CACHE_LEN {
+                v.clear();
+            }
+            v.insert(digest, ());
+        }
+        Ok(())
+    }
+
+    fn remembered(&self, digest: &[u8; 32]) -> bool {
+        self.verified
+            .lock()
+            .map(|v| v.contains_key(digest))
+            .unwrap_or(false)
+    }
+
+    fn verify_uncached(&self, grant: &SessionGrant, now_ms: u64) -> Result<(), ProofError> {
+        let signer = |m: String| ProofError::Signer(m);
+        let cert = CertificateDer::from(grant.cert_der.as_slice());
+        let now = UnixTime::since_unix_epoch(Duration::from_millis(now_ms));
+        self.verifier
+            .verify_client_cert(&cert, &[], now)
+            .map_err(|e| signer(format!("the session's certificate is not valid: {e}")))?;
+        match peer_from_cert_der(&grant.cert_der) {
+            Ok(Peer::Client(name)) if name == grant.principal => {}
+            Ok(peer) => {
+                return Err(ProofError::WrongPrincipal {
+                    signer: peer.uri(),
+                    principal: grant.principal.clone(),
+                })
+            }
+            Err(e) => return Err(signer(e.to_string())),
+        }
+        verify_cert_signature(&grant.cert_der, &grant.signed_message(), &grant.signature)
+    }
+}
+
+/// Checks `signature` over `message` under the certificate's public key
+/// (ECDSA P-256 with SHA-256, or Ed25519).
+fn verify_cert_signature(
+    cert_der: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), ProofError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| ProofError::Malformed(e.to_string()))?;
+    let spki = cert.public_key();
+    let algorithm = spki.algorithm.algorithm.to_id_string();
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|o| o.to_id_string());
+    let alg: &dyn ring::signature::VerificationAlgorithm =
+        match (algorithm.as_str(), curve.as_deref()) {
+            (OID_EC_PUBLIC_KEY, Some(OID_P256)) => &ring::signature::ECDSA_P256_SHA256_ASN1,
+            (OID_ED25519, _) => &ring::signature::ED25519,
+            _ => {
+                return Err(ProofError::Signer(format!(
+                    "the certificate's key type {algorithm} cannot sign sessions; use ECDSA P-256 or Ed25519"
+                )))
+            }
+        };
+    ring::signature::UnparsedPublicKey::new(alg, spki.subject_public_key.data.as_ref())
+        .verify(message, signature)
+        .map_err(|_| ProofError::BadSignature)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::ClusterCa;
+
+    #[test]
+    fn a_grant_verifies_only_from_its_own_certificate_and_ca() {
+        let ca = ClusterCa::generate("test").expect("ca");
+        let alice = ca.issue_client("alice").expect("alice");
+        let verifier = GrantVerifier::new(ca.cert()).expect("verifier");
+        let now = now_ms();
+        let session = alice.session(now, 60_000).expect("session");
+        let qk_state::proof::Signer::Session(grant) = session.signer.clone() else {
+            panic!("a session credential");
+        };
+        verifier.verify(&grant, now).expect("valid grant");
+        verifier.verify(&grant, now).expect("remembered");
+
+        let mut renamed = grant.clone();
+        renamed.principal = "admin".into();
+        assert!(verifier.verify(&renamed, now).is_err(), "principal bound");
+        let mut rekeyed = grant.clone();
+        rekeyed.session_key = [1; 32];
+        assert_eq!(
+            verifier.verify(&rekeyed, now),
+            Err(ProofError::BadSignature)
+        );
+        assert!(verifier.verify(&grant, grant.expires_ms).is_err(), "expiry");
+
+        let other_ca = ClusterCa::generate("other").expect("other ca");
+        let foreign = GrantVerifier::new(other_ca.cert()).expect("verifier");
+        assert!(foreign.verify(&grant, now).is_err(), "foreign CA");
+    }
+
+    #[test]
+    fn nodes_do_not_grant_sessions() {
+        let ca = ClusterCa::generate("test").expect("ca");
+        let node = ca.issue_node(1, &["127.0.0.1"]).expect("node");
+        assert!(node.session(now_ms(), 60_000).is_err());
+    }
+
+    #[test]
+    fn a_session_is_reused_until_it_nears_expiry() {
+        let ca = ClusterCa::generate("test").expect("ca");
+        let cache = SessionCache::new(ca.issue_client("alice").expect("alice"));
+        let first = cache.current().expect("session");
+        assert_eq!(cache.current().expect("again"), first);
+    }
+}
