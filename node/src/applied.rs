@@ -5,20 +5,30 @@
 //! it asks for a partial) decides only once it has applied that index. The
 //! wait is bounded: a node that stays behind answers "behind, retry".
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 /// Longest a request waits for its node to apply the index it names.
 pub const CLIENT_INDEX_WAIT: Duration = Duration::from_secs(5);
 /// Longest a holder waits for the index a partial request names; shorter
 /// than the unwrap's own deadline so the requester can still ask another.
 pub const HOLDER_INDEX_WAIT: Duration = Duration::from_secs(3);
+/// Most requests waiting for an index at once; more are answered "behind"
+/// at once, so requests naming indexes far ahead cannot pile up.
+pub const MAX_INDEX_WAITERS: usize = 4096;
+/// An index this far beyond the applied one is answered "behind" without
+/// waiting: no replication lag is that long, so the wait would be wasted.
+pub const MAX_INDEX_AHEAD: u64 = 1_000_000;
 
 /// The node's last applied log index, as openraft reports it (after the
 /// entry is visible to readers of the state).
 #[derive(Clone, Debug)]
-pub struct AppliedIndex(watch::Receiver<u64>);
+pub struct AppliedIndex {
+    applied: watch::Receiver<u64>,
+    waiters: Arc<Semaphore>,
+}
 
 /// The node had not applied the index a request needs within the wait.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,11 +45,18 @@ impl AppliedIndex {
     /// A channel the node feeds from Raft metrics, and its reader.
     pub fn channel() -> (watch::Sender<u64>, AppliedIndex) {
         let (tx, rx) = watch::channel(0);
-        (tx, AppliedIndex(rx))
+        let waiters = Arc::new(Semaphore::new(MAX_INDEX_WAITERS));
+        (
+            tx,
+            AppliedIndex {
+                applied: rx,
+                waiters,
+            },
+        )
     }
 
     pub fn get(&self) -> u64 {
-        *self.0.borrow()
+        *self.applied.borrow()
     }
 
     /// Returns once the node has applied `needed`, or `Behind` after `wait`.
@@ -48,7 +65,17 @@ impl AppliedIndex {
         if now >= needed {
             return Ok(now);
         }
-        let mut rx = self.0.clone();
+        let behind = Behind {
+            applied: now,
+            needed,
+        };
+        if needed - now > MAX_INDEX_AHEAD {
+            return Err(behind);
+        }
+        let Ok(_permit) = self.waiters.try_acquire() else {
+            return Err(behind);
+        };
+        let mut rx = self.applied.clone();
         let reached = tokio::time::timeout(wait, rx.wait_for(|a| *a >= needed))
             .await
             .map(|r| r.map(|applied| *applied));
@@ -111,5 +138,20 @@ mod tests {
         tokio::task::yield_now().await;
         tx.send_replace(7);
         assert_eq!(waiter.await.expect("joined"), Ok(7));
+    }
+
+    #[tokio::test]
+    async fn far_ahead_indexes_and_too_many_waiters_are_answered_at_once() {
+        let (_tx, applied) = AppliedIndex::channel();
+        let far = applied.wait_for(MAX_INDEX_AHEAD + 1, Duration::from_secs(3600));
+        let answered = tokio::time::timeout(Duration::from_secs(60), far).await;
+        assert!(matches!(answered, Ok(Err(Behind { .. }))), "{answered:?}");
+        let hold: Vec<_> = (0..MAX_INDEX_WAITERS)
+            .map(|_| applied.waiters.clone().try_acquire_owned().expect("permit"))
+            .collect();
+        let one_more = applied.wait_for(1, Duration::from_secs(3600));
+        let answered = tokio::time::timeout(Duration::from_secs(60), one_more).await;
+        assert!(matches!(answered, Ok(Err(Behind { .. }))), "{answered:?}");
+        drop(hold);
     }
 }
