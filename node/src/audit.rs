@@ -36,13 +36,7 @@ impl AuditQueue {
         version: Option<KeyVersion>,
         outcome: String,
     ) {
-        let event = AuditEvent {
-            principal: principal.to_string(),
-            operation: operation.to_string(),
-            key: key.map(str::to_string),
-            version,
-            outcome: truncate(outcome),
-        };
+        let event = AuditEvent::new(principal, operation, key, version, &outcome);
         if self.tx.try_send(event).is_err() {
             error!(
                 operation,
@@ -50,18 +44,6 @@ impl AuditQueue {
             );
         }
     }
-}
-
-fn truncate(mut s: String) -> String {
-    const MAX: usize = 1000;
-    if s.len() > MAX {
-        let mut end = MAX;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
 }
 
 pub async fn run(mut rx: mpsc::Receiver<AuditEvent>, io: Arc<dyn Io>) {

@@ -752,7 +752,7 @@ impl Node {
             // This node authenticated the caller itself (client-side combining).
             proof: None,
         };
-        match self.quorum.own_partial(&request) {
+        match self.quorum.recorded_partial(None, &request) {
             Ok(bytes) => ClientResponse::Partial(bytes),
             Err(reason) => {
                 ClientResponse::Error(format!("node {} refused a partial: {reason}", self.id))

@@ -234,7 +234,37 @@ impl Quorum {
             );
             return Err(format!("node {}: {reason}", self.core.me));
         }
-        self.own_partial(request)
+        self.recorded_partial(Some(from), request)
+    }
+
+    /// This node's partial, with one audit record of the outcome naming the
+    /// principal, key, version, this holder, the node that asked (`None`: the
+    /// client itself, client-side combining) and the ciphertext and context
+    /// digests.
+    pub fn recorded_partial(
+        &self,
+        asked_by: Option<NodeId>,
+        request: &PartialRequest,
+    ) -> Result<Vec<u8>, String> {
+        let result = self.own_partial(request);
+        let verdict = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(reason) => format!("refused: {reason}"),
+        };
+        let via = asked_by.map_or("the client itself".to_string(), |n| n.to_string());
+        self.audit.record(
+            &request.principal,
+            "partial",
+            Some(&request.name),
+            Some(request.version),
+            format!(
+                "{verdict}; holder {}, asked by {via}; ciphertext sha256 {}, context sha256 {}",
+                self.core.me,
+                short_digest(&[&request.ciphertext]),
+                context_digest(&request.context),
+            ),
+        );
+        result
     }
 
     fn check_proof(
@@ -564,6 +594,29 @@ enum Verdict {
     Keep,
     Erase { receipt: Option<Operation> },
     Refuse(String),
+}
+
+/// The first 8 bytes of a SHA-256, in hex: enough to match a record to a
+/// ciphertext, too short to matter as a secret.
+fn short_digest(parts: &[&[u8]]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn context_digest(context: &BTreeMap<String, String>) -> String {
+    let fields: Vec<&[u8]> = context
+        .iter()
+        .flat_map(|(k, v)| [k.as_bytes(), v.as_bytes()])
+        .collect();
+    short_digest(&fields)
 }
 
 /// A holder's own authorization check before it computes a partial: the

@@ -231,7 +231,9 @@ async fn a_node_cannot_collect_partials_in_a_principals_name() {
         ..this
     };
     let sign = |cred: &Credential, intent: &Intent<'_>, requester: u64, time_ms: u64| {
-        Some(Box::new(cred.prove(intent, requester, time_ms).expect("sign")))
+        Some(Box::new(
+            cred.prove(intent, requester, time_ms).expect("sign"),
+        ))
     };
     let made_up = Credential::from_token("0123456789abcdef", &"ab".repeat(32));
     let attempts = [

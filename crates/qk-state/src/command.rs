@@ -232,6 +232,29 @@ pub struct AuditEvent {
     pub outcome: String,
 }
 
+impl AuditEvent {
+    /// An event with every field cut to what the audit trail keeps (names
+    /// 128 bytes, the outcome 1,024), so one over-long field (a key name
+    /// copied from a request) never makes its batch, and so the records of
+    /// other callers, too large.
+    pub fn new(
+        principal: &str,
+        operation: &str,
+        key: Option<&str>,
+        version: Option<KeyVersion>,
+        outcome: &str,
+    ) -> AuditEvent {
+        use crate::machine::{bounded, MAX_NAME_LEN, MAX_TEXT_LEN};
+        AuditEvent {
+            principal: bounded(principal, MAX_NAME_LEN),
+            operation: bounded(operation, MAX_NAME_LEN),
+            key: key.map(|k| bounded(k, MAX_NAME_LEN)),
+            version,
+            outcome: bounded(outcome, MAX_TEXT_LEN),
+        }
+    }
+}
+
 /// Default time a DKG may take, from the leader timestamp of the command
 /// that started it.
 pub const DEFAULT_GENERATION_TIMEOUT_MS: u64 = 30_000;

@@ -518,3 +518,33 @@ fn audit_batch_appends_one_chained_record_per_event() {
         "empty batches are refused (and audited as refused)"
     );
 }
+
+#[test]
+fn one_overlong_audit_field_is_cut_and_never_drops_its_neighbours() {
+    let mut sm = machine();
+    let long_key = "k".repeat(300);
+    let events = vec![
+        qk_state::AuditEvent::new("svc-a", "decrypt", Some("k"), Some(V1), "ok"),
+        qk_state::AuditEvent {
+            principal: "svc-b".into(),
+            operation: "decrypt".into(),
+            key: Some(long_key.clone()),
+            version: None,
+            outcome: "refused: no such key".repeat(100),
+        },
+        qk_state::AuditEvent::new("svc-c", "decrypt", Some("k"), Some(V1), "ok"),
+    ];
+    let r = sm.apply(&cmd(2, 2, Operation::AuditBatch(events)));
+    assert!(r.result.is_ok(), "{:?}", r.result);
+    let records = sm.audit_records(1, 10);
+    let principals: Vec<&str> = records.iter().map(|r| r.principal.as_str()).collect();
+    assert!(
+        principals.ends_with(&["svc-a", "svc-b", "svc-c"]),
+        "{principals:?}"
+    );
+    let cut = &records[records.len() - 2];
+    assert_eq!(cut.key.as_deref(), Some(&long_key[..128]));
+    assert!(cut.outcome.len() <= 1024);
+    let built = qk_state::AuditEvent::new("p", "decrypt", Some(&long_key), None, "ok");
+    assert_eq!(built.key.map(|k| k.len()), Some(128));
+}

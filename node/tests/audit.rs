@@ -1,0 +1,109 @@
+//! The audit trail as a holder and an abusive client see it: every partial a
+//! holder releases (server-side or client-side) leaves its own record, and
+//! over-long names in refused requests are cut, never dropping other
+//! callers' records from the same batch.
+
+use std::path::Path;
+
+use qk_raft::{ClientRequest, ClientResponse};
+use qk_state::{AuditRecord, VersionState};
+use qk_testkit::cluster::*;
+use qk_types::KeyVersion;
+
+const BIN: &str = env!("CARGO_BIN_EXE_qk-node");
+const CTX: &[(&str, &str)] = &[("tenant", "acme")];
+
+/// Polls node 1's audit trail until `pred` holds for it.
+fn wait_records(
+    c: &Cluster,
+    what: &str,
+    pred: impl Fn(&[AuditRecord]) -> bool,
+) -> Vec<AuditRecord> {
+    let h = tokio::runtime::Handle::current();
+    wait_until(what, || {
+        let req = ClientRequest::Audit {
+            from_seq: 1,
+            limit: 10_000,
+        };
+        let answer = tokio::task::block_in_place(|| h.block_on(c.request(1, req)));
+        match answer {
+            Ok(ClientResponse::Audit(records)) if pred(&records) => Some(records),
+            _ => None,
+        }
+    })
+}
+
+/// Holders (by their `holder node-N` text) with an `ok` partial record by
+/// `admin` asked by `via`.
+fn holders_recorded(records: &[AuditRecord], via: &str) -> Vec<String> {
+    let mut holders: Vec<String> = records
+        .iter()
+        .filter(|r| r.operation == "partial" && r.principal == "admin")
+        .filter(|r| r.outcome.starts_with("ok;") && r.outcome.contains(via))
+        .filter_map(|r| r.outcome.split("holder ").nth(1))
+        .filter_map(|rest| rest.split(',').next().map(str::to_string))
+        .collect();
+    holders.sort();
+    holders.dedup();
+    holders
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_partial_is_recorded_and_long_names_never_drop_records() {
+    let c = Cluster::start(Path::new(BIN), 3, 100_000);
+    c.create(1, "k", 2, &[1, 2, 3]).await.expect("create");
+    c.wait_key(1, "k", |k| {
+        k.version(KeyVersion(1))
+            .is_some_and(|v| v.state == VersionState::Enabled)
+    });
+    let (ct, _) = c.encrypt(1, "k", CTX, b"secret").await.expect("encrypt");
+
+    // An abusive caller floods requests naming a 200-byte key while an
+    // honest server-side and client-side decrypt run.
+    let long_name = "x".repeat(200);
+    for _ in 0..30 {
+        let flood = ClientRequest::Encrypt {
+            name: long_name.clone(),
+            context: ctx(CTX),
+            plaintext: qk_raft::Redacted(b"p".to_vec()),
+        };
+        let answer = c.request(1, flood).await.expect("answered");
+        assert!(!matches!(answer, ClientResponse::Ciphertext { .. }));
+    }
+    assert_eq!(c.decrypt(1, &ct, CTX).await.expect("decrypt"), b"secret");
+    let plain = c
+        .decrypt_client_side("k", &ct, CTX)
+        .await
+        .expect("client-side");
+    assert_eq!(plain, b"secret");
+
+    let records = wait_records(&c, "a partial record from two holders each way", |r| {
+        holders_recorded(r, "asked by node-1").len() >= 2
+            && holders_recorded(r, "asked by the client itself").len() >= 2
+    });
+    let decrypt = records
+        .iter()
+        .find(|r| r.operation == "decrypt" && r.principal == "admin");
+    assert!(
+        decrypt.is_some_and(|r| r.outcome.starts_with("ok")),
+        "{decrypt:?}"
+    );
+    let partial = records
+        .iter()
+        .find(|r| r.operation == "partial" && r.outcome.starts_with("ok;"))
+        .expect("a partial record");
+    assert!(
+        partial.outcome.contains("ciphertext sha256 "),
+        "{partial:?}"
+    );
+    assert!(partial.outcome.contains("context sha256 "), "{partial:?}");
+    let floods: Vec<&AuditRecord> = records
+        .iter()
+        .filter(|r| r.key.as_deref() == Some(&long_name[..128]))
+        .collect();
+    assert_eq!(
+        floods.len(),
+        30,
+        "every flood request recorded, its name cut"
+    );
+}
