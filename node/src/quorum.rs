@@ -378,14 +378,27 @@ impl Quorum {
             })
         };
         while let Some(batch) = rx.recv().await {
-            for action in batch {
-                self.execute(action, &io);
+            let mut actions = batch.into_iter();
+            while let Some(action) = actions.next() {
+                if let Err(failed) = self.execute(action, &io) {
+                    // qk-protocol's contract: a later action of the batch (an
+                    // ack, an erase receipt) may run only once the share
+                    // write or erase before it is durable.
+                    let skipped = actions.len();
+                    error!(
+                        skipped,
+                        "{failed}; the rest of this step is not carried out (no ack or erase receipt for a share that is not durably stored or erased)"
+                    );
+                    break;
+                }
             }
         }
         ticker.abort();
     }
 
-    fn execute(self: &Arc<Self>, action: Action, io: &Arc<dyn Io>) {
+    /// Runs one action; `Err` when a share write or erase failed, so the
+    /// actions after it must not run.
+    fn execute(self: &Arc<Self>, action: Action, io: &Arc<dyn Io>) -> Result<(), String> {
         match action {
             Action::Send { to, msg } => self.send(io, to, &msg),
             Action::Propose(op) => {
@@ -399,9 +412,9 @@ impl Quorum {
                 epoch,
                 share,
             } => {
-                if let Err(e) = self.shares.put(slot(key, version, epoch), &share) {
-                    error!(key = %name, %version, "cannot store the new share: {e}");
-                }
+                self.shares
+                    .put(slot(key, version, epoch), &share)
+                    .map_err(|e| format!("cannot store the new share of {name} {version}: {e}"))?;
             }
             Action::EraseShare {
                 key,
@@ -411,9 +424,11 @@ impl Quorum {
             } => match self.shares.erase(slot(key, version, epoch)) {
                 Ok(true) => info!(key = %name, %version, "share erased"),
                 Ok(false) => {}
-                Err(e) => error!(key = %name, %version, "cannot erase the share: {e}"),
+                Err(e) => return Err(format!("cannot erase the share of {name} {version}: {e}")),
             },
-            Action::EraseVersion { key, name, version } => self.erase_version(key, &name, version),
+            Action::EraseVersion { key, name, version } => {
+                self.erase_version(key, &name, version)?
+            }
             Action::AnswerPartial { to, request } => {
                 // Off the action loop: partials for many unwraps run in parallel.
                 let (me, io) = (self.clone(), io.clone());
@@ -476,14 +491,15 @@ impl Quorum {
             Action::Warning(w) => warn!("{w}"),
             other => warn!("unhandled protocol action {other:?}"),
         }
+        Ok(())
     }
 
     /// Erases every stored share of the version, whatever its epoch.
-    fn erase_version(&self, key: KeyId, name: &str, version: KeyVersion) {
-        let slots = match self.shares.slots() {
-            Ok(slots) => slots,
-            Err(e) => return error!(key = %name, %version, "cannot list shares to erase: {e}"),
-        };
+    fn erase_version(&self, key: KeyId, name: &str, version: KeyVersion) -> Result<(), String> {
+        let slots = self
+            .shares
+            .slots()
+            .map_err(|e| format!("cannot list shares of {name} {version} to erase: {e}"))?;
         for slot in slots
             .into_iter()
             .filter(|s| s.key == key && s.version == version)
@@ -491,9 +507,10 @@ impl Quorum {
             match self.shares.erase(slot) {
                 Ok(true) => info!(key = %name, %version, epoch = slot.epoch.0, "share erased"),
                 Ok(false) => {}
-                Err(e) => error!(key = %name, %version, "cannot erase the share: {e}"),
+                Err(e) => return Err(format!("cannot erase the share of {name} {version}: {e}")),
             }
         }
+        Ok(())
     }
 
     fn send(self: &Arc<Self>, io: &Arc<dyn Io>, to: NodeId, msg: &ProtocolMessage) {

@@ -404,6 +404,40 @@ async fn unreachable_holder_fails_generation_and_no_holder_keeps_a_share() {
         .all(|f| f.contains("-1-")));
 }
 
+/// A holder whose share store cannot write (its share directory replaced by
+/// a file) must not ack a key set it did not store: the version fails at its
+/// deadline naming that holder, instead of being enabled with a share that
+/// exists nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_cannot_store_its_share_does_not_ack() {
+    let c = Cluster::start(bin(), 3, 100_000);
+    c.create(1, "k", 2, &[1, 2, 3]).await.expect("create");
+    c.wait_key(1, "k", enabled(1));
+    let shares = c.data_dir(3).join("shares");
+    std::fs::rename(&shares, c.data_dir(3).join("shares.moved")).expect("move shares");
+    std::fs::write(&shares, b"not a directory").expect("block the share directory");
+    let rotate = Operation::Rotate {
+        name: "k".into(),
+        holders: [1, 2, 3].map(qk_types::NodeId).to_vec(),
+        generation_timeout_ms: Some(3000),
+    };
+    c.op(1, rotate).await.expect("rotate");
+    let k = c.wait_key(1, "k", |k| {
+        k.version(KeyVersion(2))
+            .is_some_and(|v| !matches!(v.state, VersionState::Generating))
+    });
+    let VersionState::Failed { reason } = &k.version(KeyVersion(2)).expect("v2").state else {
+        panic!(
+            "v2 is {:?}: node 3 acked a share it never stored",
+            k.version(KeyVersion(2)).map(|v| &v.state)
+        );
+    };
+    assert!(
+        reason.contains("node-3"),
+        "the reason names node 3: {reason}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compromised_versions_and_minimum_decryption_version() {
     let c = Cluster::start(bin(), 3, 100_000);
