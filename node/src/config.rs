@@ -207,7 +207,8 @@ key = "pki/node-1.key"
 
 [seal]
 # The node seal key that seals every share at rest. Default: <data_dir>/seal.key,
-# created with mode 0600 when the node first starts. Or derive it from a passphrase:
+# created with mode 0600 when the node first starts. Or derive it from a passphrase
+# (the file must be mode 0600, like the key file):
 # passphrase_file = "/run/secrets/qk-seal-passphrase"
 
 [raft]

@@ -36,7 +36,7 @@ pub enum ShareStoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("seal key file {0} is readable by group or others; run `chmod 600` on it")]
+    #[error("{0} is readable by group or others, and it holds the seal key or its passphrase; run `chmod 600` on it")]
     KeyFilePermissions(PathBuf),
     #[error("seal key file {0} is not a 32-byte key; restore it from backup (shares sealed with another key cannot be opened)")]
     KeyFileInvalid(PathBuf),
@@ -98,10 +98,7 @@ impl SealKey {
 
     /// Loads a key file, refusing one that group or others can read.
     pub fn load_key_file(path: &Path) -> Result<SealKey, ShareStoreError> {
-        let meta = fs::metadata(path).map_err(io(path))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(ShareStoreError::KeyFilePermissions(path.to_path_buf()));
-        }
+        check_private(path)?;
         let bytes = Zeroizing::new(fs::read(path).map_err(io(path))?);
         let key: [u8; SEAL_KEY_LEN] = bytes
             .as_slice()
@@ -116,6 +113,7 @@ impl SealKey {
         passphrase_file: &Path,
         salt_path: &Path,
     ) -> Result<SealKey, ShareStoreError> {
+        check_private(passphrase_file)?;
         let text = Zeroizing::new(fs::read(passphrase_file).map_err(io(passphrase_file))?);
         let passphrase = text.trim_ascii_end();
         if passphrase.is_empty() {
@@ -140,6 +138,33 @@ impl SealKey {
             .map_err(|e| ShareStoreError::Kdf(e.to_string()))?;
         Ok(SealKey(key))
     }
+}
+
+/// Refuses a secret file that group or others can read.
+fn check_private(path: &Path) -> Result<(), ShareStoreError> {
+    let meta = fs::metadata(path).map_err(io(path))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(ShareStoreError::KeyFilePermissions(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Overwrites a file with zeros, syncs and unlinks it; `false` if absent.
+fn erase_file(path: &Path) -> Result<bool, ShareStoreError> {
+    let len = match fs::metadata(path) {
+        Ok(m) => m.len() as usize,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(&vec![0u8; len]).map_err(io(path))?;
+    f.sync_all().map_err(io(path))?;
+    drop(f);
+    fs::remove_file(path).map_err(io(path))?;
+    Ok(true)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ShareStoreError> {
@@ -206,9 +231,17 @@ pub struct ShareStore {
 }
 
 impl ShareStore {
+    /// Opens (creating) the store and erases what a crash mid-write left
+    /// behind (`*.share.tmp`: a sealed share never renamed into place).
     pub fn open(dir: &Path, node: NodeId, seal: SealKey) -> Result<ShareStore, ShareStoreError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+        for entry in fs::read_dir(dir).map_err(io(dir))? {
+            let path = entry.map_err(io(dir))?.path();
+            if path.to_str().is_some_and(|p| p.ends_with(".share.tmp")) {
+                erase_file(&path)?;
+            }
+        }
         Ok(ShareStore {
             dir: dir.to_path_buf(),
             node,
@@ -285,26 +318,18 @@ impl ShareStore {
             .map_err(|_| unseal_err())
     }
 
-    /// Overwrites the sealed share with zeros, syncs, and unlinks it.
+    /// Overwrites the sealed share (and any temporary copy of it) with
+    /// zeros, syncs, and unlinks it; `false` if there was none.
     pub fn erase(&self, slot: ShareSlot) -> Result<bool, ShareStoreError> {
-        let path = self.dir.join(slot.file_name());
-        let len = match fs::metadata(&path) {
-            Ok(m) => m.len() as usize,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(io(&path)(e)),
-        };
-        let mut f = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        f.write_all(&vec![0u8; len]).map_err(io(&path))?;
-        f.sync_all().map_err(io(&path))?;
-        drop(f);
-        fs::remove_file(&path).map_err(io(&path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))?;
-        Ok(true)
+        let tmp = self.dir.join(format!("{}.tmp", slot.file_name()));
+        let erased_tmp = erase_file(&tmp)?;
+        let erased = erase_file(&self.dir.join(slot.file_name()))?;
+        if erased || erased_tmp {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&self.dir))?;
+        }
+        Ok(erased)
     }
 
     /// Every slot this node holds a file for.
@@ -318,5 +343,54 @@ impl ShareStore {
         }
         out.sort();
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn private_file(path: &Path, bytes: &[u8]) {
+        fs::write(path, bytes).expect("write");
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+
+    #[test]
+    fn a_passphrase_file_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pass = dir.path().join("pass");
+        private_file(&pass, b"correct horse");
+        let salt = dir.path().join("salt");
+        SealKey::from_passphrase_file(&pass, &salt).expect("0600 is accepted");
+        fs::set_permissions(&pass, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = SealKey::from_passphrase_file(&pass, &salt).expect_err("0644 is refused");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn leftover_temporary_shares_are_erased_at_open_and_with_their_slot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_path = dir.path().join("seal.key");
+        private_file(&key_path, &[7u8; SEAL_KEY_LEN]);
+        let shares = dir.path().join("shares");
+        fs::create_dir_all(&shares).expect("mkdir");
+        let leftover = shares.join("00000000000000000000000000000001-1-0.share.tmp");
+        fs::write(&leftover, b"sealed bytes of a crashed write").expect("write");
+        let seal = SealKey::load_key_file(&key_path).expect("key");
+        let store = ShareStore::open(&shares, NodeId(1), seal).expect("open");
+        assert!(!leftover.exists(), "a crash leftover is erased at open");
+
+        let slot = ShareSlot {
+            key: KeyId([2; 16]),
+            version: KeyVersion(1),
+            epoch: Epoch(0),
+        };
+        let tmp = shares.join(format!("{}.tmp", slot.file_name()));
+        fs::write(&tmp, b"half a share").expect("write");
+        assert!(!store.erase(slot).expect("erase"), "no share file");
+        assert!(
+            !tmp.exists(),
+            "erasing a slot erases its temporary copy too"
+        );
     }
 }
