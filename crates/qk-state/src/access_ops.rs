@@ -10,7 +10,7 @@ use crate::access::{
     check_access, matches_principal, ApprovalRecord, ApprovalStatus, Decision, KeyPolicy,
     PendingAction, Permission, PrincipalRecord, Role, TokenRecord,
 };
-use crate::command::{Applied, Command, Operation, StateError};
+use crate::command::{Applied, Command, Operation, StateError, PRUNE_AFTER_MS};
 use crate::machine::{invalid, StateMachine};
 use crate::model::VersionState;
 
@@ -23,6 +23,9 @@ const TOKEN_SECRET_LEN: usize = 64;
 const MAX_PRINCIPALS: usize = 10_000;
 const MAX_TOKENS: usize = 100_000;
 const MAX_APPROVALS: usize = 100_000;
+/// Most approval requests one principal may have pending at once, so one
+/// caller repeating break-glass requests cannot fill the store for all.
+pub const MAX_PENDING_APPROVALS_PER_PRINCIPAL: usize = 32;
 const MAX_POLICY_RULES: usize = 64;
 const MAX_RULE_PRINCIPALS: usize = 64;
 const MAX_CONTEXT_CONDITIONS: usize = 16;
@@ -112,6 +115,7 @@ fn is_node_only(op: &Operation) -> bool {
             | Operation::ScheduledRotate { .. }
             | Operation::Expire { .. }
             | Operation::ExpireApproval { .. }
+            | Operation::PruneRecords
     )
 }
 
@@ -289,6 +293,18 @@ impl StateMachine {
         if self.approvals.len() >= MAX_APPROVALS {
             return Err(invalid("too many approval requests are stored"));
         }
+        let pending = self
+            .approvals
+            .values()
+            .filter(|a| a.status == ApprovalStatus::Pending && a.requester == cmd.principal)
+            .count();
+        if pending >= MAX_PENDING_APPROVALS_PER_PRINCIPAL {
+            return Err(invalid(format!(
+                "{} already has {pending} approval requests pending (at most \
+                 {MAX_PENDING_APPROVALS_PER_PRINCIPAL}); wait until approvers decide or they expire",
+                cmd.principal
+            )));
+        }
         let (key, permission, action) = match &cmd.op {
             Operation::RequestApproval { action } => {
                 let PendingAction::Decrypt { key, .. } = action else {
@@ -431,6 +447,7 @@ impl StateMachine {
                 a.status = ApprovalStatus::Expired;
                 Ok(Applied::Done)
             }
+            Operation::PruneRecords => self.prune_records(now),
             Operation::RequestApproval { .. } => Err(invalid(
                 "a decrypt approval is only requested for a break-glass key",
             )),
@@ -721,7 +738,38 @@ impl StateMachine {
                 ops.push(Operation::ExpireApproval { id: a.id.clone() });
             }
         }
+        if self.prunable(now_ms) {
+            ops.push(Operation::PruneRecords);
+        }
         ops
+    }
+
+    fn token_prunable(t: &TokenRecord, now: u64) -> bool {
+        let ended = t.revoked_ms.unwrap_or(t.expires_at_ms).min(t.expires_at_ms);
+        ended.saturating_add(PRUNE_AFTER_MS) <= now
+    }
+
+    /// A finished approval (pending ones expire first) whose time is long over.
+    fn approval_prunable(a: &ApprovalRecord, now: u64) -> bool {
+        a.status != ApprovalStatus::Pending && a.expires_at_ms.saturating_add(PRUNE_AFTER_MS) <= now
+    }
+
+    fn prunable(&self, now: u64) -> bool {
+        self.tokens.values().any(|t| Self::token_prunable(t, now))
+            || self
+                .approvals
+                .values()
+                .any(|a| Self::approval_prunable(a, now))
+    }
+
+    fn prune_records(&mut self, now: u64) -> Outcome {
+        if !self.prunable(now) {
+            return Err(invalid("no token or approval is old enough to prune"));
+        }
+        self.tokens.retain(|_, t| !Self::token_prunable(t, now));
+        self.approvals
+            .retain(|_, a| !Self::approval_prunable(a, now));
+        Ok(Applied::Done)
     }
 }
 

@@ -216,7 +216,15 @@ pub enum Operation {
     ExpireApproval {
         id: String,
     },
+    /// Forgets tokens revoked or expired, and approvals finished, more than
+    /// [`PRUNE_AFTER_MS`] of log time ago (the audit trail keeps their
+    /// history), so the stores' caps are never reached by old records.
+    /// Proposed by a node; refused when there is nothing to prune.
+    PruneRecords,
 }
+
+/// How long revoked or expired tokens and finished approvals stay listed.
+pub const PRUNE_AFTER_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 
 /// Most events in one [`Operation::AuditBatch`].
 pub const MAX_AUDIT_BATCH: usize = 1024;
@@ -370,6 +378,7 @@ impl Operation {
             Operation::ScheduledRotate { .. } => "key.scheduled-rotate",
             Operation::Expire { .. } => "key.expire",
             Operation::ExpireApproval { .. } => "approval.expire",
+            Operation::PruneRecords => "records.prune",
         }
     }
 

@@ -19,13 +19,15 @@ pub use access::{
     PendingAction, Permission, PolicyRule, PrincipalRecord, Role, TokenRecord,
 };
 pub use access_ops::{
-    parse_token, token_text, MAX_TOKEN_TTL_MS, MIN_ROTATION_PERIOD_MS, TOKEN_PREFIX,
+    parse_token, token_text, MAX_PENDING_APPROVALS_PER_PRINCIPAL, MAX_TOKEN_TTL_MS,
+    MIN_ROTATION_PERIOD_MS, TOKEN_PREFIX,
 };
 pub use audit::{verify_chain, AuditRecord, ChainError, GENESIS_HASH};
 pub use command::{
     Applied, AuditEvent, Command, CreateKey, DkgStep, Operation, RequestId, Response, StateError,
     DEFAULT_GENERATION_TIMEOUT_MS, DKG_COMPLAINT_TIMEOUT_MS, DKG_DEALING_TIMEOUT_MS,
     MAX_AUDIT_BATCH, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS, MIN_GENERATION_TIMEOUT_MS,
+    PRUNE_AFTER_MS,
 };
 pub use machine::{StateMachine, MAX_PUBLIC_KEYS_LEN, MAX_REMEMBERED_REQUESTS};
 pub use model::{

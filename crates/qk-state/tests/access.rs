@@ -211,6 +211,7 @@ fn a_key_policy_narrows_access_with_context_conditions() {
     let mut log = Log::new();
     log.principal("app", &[Role::KeyUser]);
     log.principal("other", &[Role::KeyUser]);
+    log.principal("ann", &[Role::Approver]);
     log.key("k");
     let policy = KeyPolicy {
         rules: vec![PolicyRule {
@@ -783,4 +784,91 @@ fn mark_compromised_can_wait_for_approval() {
         .expect("v1")
         .clone();
     assert!(v.compromised.is_some(), "executed once approved");
+}
+
+#[test]
+fn one_principal_cannot_fill_the_approval_store() {
+    let mut log = Log::new();
+    log.principal("app", &[Role::KeyUser]);
+    log.principal("other", &[Role::KeyUser]);
+    log.principal("ann", &[Role::Approver]);
+    log.key("k");
+    log.run("admin", approval_policy(1, vec![Permission::Decrypt]))
+        .expect("policy");
+    let ask = |i: u32| Operation::RequestApproval {
+        action: PendingAction::Decrypt {
+            key: "k".into(),
+            ciphertext_sha256: Sha256::digest(i.to_be_bytes()).into(),
+        },
+    };
+    let cap = qk_state::MAX_PENDING_APPROVALS_PER_PRINCIPAL as u32;
+    for i in 0..cap {
+        log.run("app", ask(i)).expect("within the cap");
+    }
+    let err = log.run("app", ask(cap)).expect_err("over the cap");
+    assert!(err.to_string().contains("pending"), "{err}");
+    log.run("other", ask(0))
+        .expect("another principal is not held back");
+}
+
+#[test]
+fn old_tokens_and_finished_approvals_are_pruned_by_log_time() {
+    let mut log = Log::new();
+    log.principal("app", &[Role::KeyUser]);
+    log.principal("ann", &[Role::Approver]);
+    log.key("k");
+    log.run("admin", approval_policy(1, vec![Permission::Decrypt]))
+        .expect("policy");
+    log.run("admin", issue_for("app", "00000000000000aa", log.now))
+        .expect("token that will be revoked");
+    log.run("admin", issue_for("app", "00000000000000bb", log.now))
+        .expect("token that stays");
+    log.run(
+        "admin",
+        Operation::RevokeToken {
+            id: "00000000000000aa".into(),
+        },
+    )
+    .expect("revoked");
+    let ask = Operation::RequestApproval {
+        action: PendingAction::Decrypt {
+            key: "k".into(),
+            ciphertext_sha256: Sha256::digest(b"ct").into(),
+        },
+    };
+    let Ok(Applied::ApprovalRequested { id, .. }) = log.run("app", ask) else {
+        panic!("request recorded");
+    };
+    log.run(
+        "ann",
+        Operation::Deny {
+            id: id.clone(),
+            reason: "no".into(),
+        },
+    )
+    .expect("denied");
+    assert!(!log
+        .sm
+        .maintenance_due(log.now)
+        .contains(&Operation::PruneRecords));
+    assert!(
+        log.run("node-1", Operation::PruneRecords).is_err(),
+        "nothing old yet"
+    );
+
+    // The live token expires one minute after issue (`issue_for`); a week
+    // after the approval's expiry everything above is old enough.
+    log.now += 30 * 24 * 60 * 60 * 1000;
+    assert!(log
+        .sm
+        .maintenance_due(log.now)
+        .contains(&Operation::PruneRecords));
+    assert!(
+        log.run("admin", Operation::PruneRecords).is_err(),
+        "node-only"
+    );
+    log.run("node-1", Operation::PruneRecords).expect("pruned");
+    assert_eq!(log.sm.tokens().count(), 0);
+    assert!(log.sm.approval(&id).is_none());
+    assert!(log.run("node-1", Operation::PruneRecords).is_err(), "once");
 }
