@@ -47,6 +47,35 @@ pub struct Node {
     quorum: Arc<Quorum>,
     audit: crate::audit::AuditQueue,
     applied: AppliedIndex,
+    digest: DigestCache,
+}
+
+/// How often the state digest may be recomputed. It hashes the whole state,
+/// and status, health and metrics (which need no credentials) report it, so
+/// a flood of them must not hash the state once each.
+const DIGEST_EVERY: Duration = Duration::from_secs(1);
+
+/// The last state digest and the applied index it is of.
+#[derive(Default)]
+struct DigestCache(std::sync::Mutex<Option<(u64, [u8; 32], std::time::Instant)>>);
+
+impl DigestCache {
+    /// The digest at `index` when it is cached or may be computed now;
+    /// otherwise the last one, with the index it is of.
+    fn at(&self, index: u64, compute: impl FnOnce() -> [u8; 32]) -> (u64, [u8; 32]) {
+        let Ok(mut cached) = self.0.lock() else {
+            return (index, compute());
+        };
+        match *cached {
+            Some((i, digest, _)) if i == index => (i, digest),
+            Some((i, digest, at)) if at.elapsed() < DIGEST_EVERY => (i, digest),
+            _ => {
+                let digest = compute();
+                *cached = Some((index, digest, std::time::Instant::now()));
+                (index, digest)
+            }
+        }
+    }
 }
 
 /// The protocol runtime's view of the node: send to peers, propose.
@@ -349,6 +378,7 @@ impl Node {
                 quorum,
                 audit,
                 applied,
+                digest: DigestCache::default(),
             },
             actions,
             audit_rx,
@@ -789,13 +819,15 @@ impl Node {
     fn status(&self) -> NodeStatus {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        let (digest, key_count, audit_len) = self
+        let ((digest_index, digest), key_count, audit_len) = self
             .state
             .read(|a| {
                 let s = a.machine();
-                (s.digest(), s.keys().count() as u64, s.audit_len())
+                let index = a.last_applied().map_or(0, |l| l.index);
+                let digest = self.digest.at(index, || s.digest());
+                (digest, s.key_count() as u64, s.audit_len())
             })
-            .unwrap_or(([0u8; 32], 0, 0));
+            .unwrap_or(((0, [0u8; 32]), 0, 0));
         NodeStatus {
             node_id: self.id,
             leader: m.current_leader,
@@ -809,6 +841,7 @@ impl Node {
                 .map(|(id, n)| (*id, n.rpc_addr.clone()))
                 .collect(),
             state_digest: digest,
+            digest_index,
             key_count,
             audit_len,
         }
@@ -1100,5 +1133,33 @@ impl Node {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_is_hashed_at_most_once_per_interval() {
+        let cache = DigestCache::default();
+        let mut hashed = 0;
+        let mut hash = |d: u8| {
+            hashed += 1;
+            [d; 32]
+        };
+        assert_eq!(cache.at(5, || hash(5)), (5, [5; 32]));
+        assert_eq!(cache.at(5, || hash(9)), (5, [5; 32]), "same index: cached");
+        assert_eq!(
+            cache.at(6, || hash(6)),
+            (5, [5; 32]),
+            "a newer index within the interval gets the last digest and its index"
+        );
+        let long_ago = std::time::Instant::now()
+            .checked_sub(DIGEST_EVERY * 2)
+            .expect("a clock this old");
+        *cache.0.lock().expect("lock") = Some((5, [5; 32], long_ago));
+        assert_eq!(cache.at(6, || hash(6)), (6, [6; 32]));
+        assert_eq!(hashed, 2);
     }
 }

@@ -98,8 +98,9 @@ async fn assert_replicas_identical(c: &Cluster, nodes: &[u64], min_index: u64, p
     let digests: BTreeSet<[u8; 32]> = nodes
         .iter()
         .map(|id| {
+            let target = statuses.iter().map(|s| s.last_applied).max().flatten();
             c.wait_status(*id, |s| {
-                s.last_applied == statuses.iter().map(|s| s.last_applied).max().flatten()
+                s.last_applied == target && Some(s.digest_index) == target
             })
             .state_digest
         })
@@ -152,7 +153,9 @@ async fn scenario(n: u64) {
     assert_replicas_identical(&c, &all, index, "b").await;
 
     // Every node restarts: the state comes back from disk.
-    let before = c.wait_status(1, |_| true).state_digest;
+    let before = c
+        .wait_status(1, |s| s.last_applied == Some(s.digest_index))
+        .state_digest;
     for id in &all {
         c.stop(*id);
     }
@@ -187,7 +190,9 @@ async fn lagging_node_catches_up_by_snapshot() {
     }
     c.restart(3);
     let digest = c
-        .wait_status(1, |s| s.last_applied >= Some(last))
+        .wait_status(1, |s| {
+            s.last_applied >= Some(last) && s.last_applied == Some(s.digest_index)
+        })
         .state_digest;
     c.wait_status(3, |s| s.state_digest == digest);
     let log = std::fs::read_to_string(c.log_path(3)).expect("log");

@@ -178,6 +178,9 @@ pub struct NodeStatus {
     pub addrs: BTreeMap<NodeId, String>,
     /// SHA-256 of the applied state, to compare replicas.
     pub state_digest: [u8; 32],
+    /// The applied log index `state_digest` is of: the digest is computed
+    /// at most once a second, so it may lag `last_applied` by that much.
+    pub digest_index: u64,
     pub key_count: u64,
     pub audit_len: u64,
 }

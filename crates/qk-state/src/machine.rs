@@ -652,6 +652,10 @@ impl StateMachine {
         self.keys.get(name)
     }
 
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = &KeyRecord> {
         self.keys.values()
     }
