@@ -267,13 +267,7 @@ async fn a_node_cannot_collect_partials_in_a_principals_name() {
             proof,
         });
         for holder in [1, 2] {
-            let sent = thief
-                .send(&c, holder, Adversary::protocol(&request))
-                .await
-                .expect("sent");
-            assert!(matches!(sent, PeerResponse::ProtocolAccepted), "{sent:?}");
-        }
-        for (holder, answer) in impostor.partial_answers(op_id, &[1, 2]).await {
+            let answer = impostor.ask(&thief, &c, holder, op_id, &request).await;
             let reason = answer.expect_err("a partial released without the principal's proof");
             assert!(reason.contains(why), "node {holder}: {reason}");
         }

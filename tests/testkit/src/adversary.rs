@@ -145,27 +145,40 @@ pub struct Impostor {
 }
 
 impl Impostor {
-    /// The answer to partial request `op_id` from each of `nodes`
-    /// (`Ok(partial bytes)` or the holder's refusal), waiting up to 20 s.
-    pub async fn partial_answers(
+    /// Sends `request` (a `PartialRequest` with `op_id`) from the stolen
+    /// identity to `holder` and returns its answer (`Ok(partial bytes)` or
+    /// the refusal). The answer travels on the holder's own connection to
+    /// the stolen address, which may still point at the stopped process, so
+    /// the request is sent again while no answer came (up to a minute).
+    pub async fn ask(
         &mut self,
+        thief: &Adversary,
+        c: &Cluster,
+        holder: u64,
         op_id: u64,
-        nodes: &[u64],
-    ) -> Vec<(u64, Result<Vec<u8>, String>)> {
-        let mut answers = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while answers.len() < nodes.len() {
-            let next = tokio::time::timeout_at(deadline, self.inbox.recv()).await;
-            let Ok(Some((from, msg))) = next else {
-                panic!("no partial answer from every node of {nodes:?}: got {answers:?}");
-            };
-            if let ProtocolMessage::PartialResponse { op_id: id, result } = msg {
-                if id == op_id && nodes.contains(&from) {
-                    answers.push((from, result));
+        request: &ProtocolMessage,
+    ) -> Result<Vec<u8>, String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while tokio::time::Instant::now() < deadline {
+            let sent = thief.send(c, holder, Adversary::protocol(request)).await;
+            assert!(
+                matches!(sent, Ok(PeerResponse::ProtocolAccepted) | Err(_)),
+                "{sent:?}"
+            );
+            let wait = tokio::time::Instant::now() + Duration::from_secs(5);
+            while let Ok(Some((from, msg))) = tokio::time::timeout_at(wait, self.inbox.recv()).await
+            {
+                match msg {
+                    ProtocolMessage::PartialResponse { op_id: id, result }
+                        if id == op_id && from == holder =>
+                    {
+                        return result;
+                    }
+                    _ => {}
                 }
             }
         }
-        answers
+        panic!("node {holder} never answered partial request {op_id}");
     }
 }
 
