@@ -20,7 +20,7 @@ pub const HOLDER_INDEX_WAIT: Duration = Duration::from_secs(3);
 pub const MAX_INDEX_WAITERS: usize = 4096;
 /// An index this far beyond the applied one is answered "behind" without
 /// waiting: no replication lag is that long, so the wait would be wasted.
-pub const MAX_INDEX_AHEAD: u64 = 1_000_000;
+pub const MAX_INDEX_AHEAD: u64 = 10_000;
 
 /// The node's last applied log index, as openraft reports it (after the
 /// entry is visible to readers of the state).
@@ -28,6 +28,9 @@ pub const MAX_INDEX_AHEAD: u64 = 1_000_000;
 pub struct AppliedIndex {
     applied: watch::Receiver<u64>,
     waiters: Arc<Semaphore>,
+    /// Holders' waits have their own pool: clients naming far indexes
+    /// cannot make holders refuse partials for lack of a permit.
+    holder_waiters: Arc<Semaphore>,
 }
 
 /// The node had not applied the index a request needs within the wait.
@@ -46,11 +49,13 @@ impl AppliedIndex {
     pub fn channel() -> (watch::Sender<u64>, AppliedIndex) {
         let (tx, rx) = watch::channel(0);
         let waiters = Arc::new(Semaphore::new(MAX_INDEX_WAITERS));
+        let holder_waiters = Arc::new(Semaphore::new(MAX_INDEX_WAITERS));
         (
             tx,
             AppliedIndex {
                 applied: rx,
                 waiters,
+                holder_waiters,
             },
         )
     }
@@ -61,6 +66,17 @@ impl AppliedIndex {
 
     /// Returns once the node has applied `needed`, or `Behind` after `wait`.
     pub async fn wait_for(&self, needed: u64, wait: Duration) -> Result<u64, Behind> {
+        self.wait_in(&self.waiters, needed, wait).await
+    }
+
+    /// As [`AppliedIndex::wait_for`] for a holder deciding on a partial
+    /// request ([`HOLDER_INDEX_WAIT`]), from its own pool of waiters.
+    pub async fn wait_for_holder(&self, needed: u64) -> Result<u64, Behind> {
+        self.wait_in(&self.holder_waiters, needed, HOLDER_INDEX_WAIT)
+            .await
+    }
+
+    async fn wait_in(&self, pool: &Semaphore, needed: u64, wait: Duration) -> Result<u64, Behind> {
         let now = self.get();
         if now >= needed {
             return Ok(now);
@@ -72,7 +88,7 @@ impl AppliedIndex {
         if needed - now > MAX_INDEX_AHEAD {
             return Err(behind);
         }
-        let Ok(_permit) = self.waiters.try_acquire() else {
+        let Ok(_permit) = pool.try_acquire() else {
             return Err(behind);
         };
         let mut rx = self.applied.clone();
@@ -152,6 +168,14 @@ mod tests {
         let one_more = applied.wait_for(1, Duration::from_secs(3600));
         let answered = tokio::time::timeout(Duration::from_secs(60), one_more).await;
         assert!(matches!(answered, Ok(Err(Behind { .. }))), "{answered:?}");
+        // Holders still get a permit of their own (and wait their 3 s).
+        let holder = applied.wait_for_holder(1);
+        let answered = tokio::time::timeout(Duration::from_secs(60), holder).await;
+        assert!(matches!(answered, Ok(Err(Behind { .. }))), "{answered:?}");
+        assert_eq!(
+            applied.holder_waiters.available_permits(),
+            MAX_INDEX_WAITERS
+        );
         drop(hold);
     }
 }

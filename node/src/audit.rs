@@ -28,6 +28,8 @@ impl AuditQueue {
         (AuditQueue { tx }, rx)
     }
 
+    /// Queues one event for the trail; `false` (and an error log) when the
+    /// queue is full or closed and the event is lost.
     pub fn record(
         &self,
         principal: &str,
@@ -35,14 +37,16 @@ impl AuditQueue {
         key: Option<&str>,
         version: Option<KeyVersion>,
         outcome: String,
-    ) {
+    ) -> bool {
         let event = AuditEvent::new(principal, operation, key, version, &outcome);
-        if self.tx.try_send(event).is_err() {
+        let queued = self.tx.try_send(event).is_ok();
+        if !queued {
             error!(
                 operation,
                 "audit queue full or closed: an audit event was lost"
             );
         }
+        queued
     }
 }
 

@@ -17,7 +17,7 @@ use qk_storage::{ShareSlot, ShareStore, StateReader};
 use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::applied::{AppliedIndex, HOLDER_INDEX_WAIT};
+use crate::applied::AppliedIndex;
 use tracing::{error, info, warn};
 
 /// How often the protocol's timeouts are driven.
@@ -252,7 +252,7 @@ impl Quorum {
             Err(reason) => format!("refused: {reason}"),
         };
         let via = asked_by.map_or("the client itself".to_string(), |n| n.to_string());
-        self.audit.record(
+        let recorded = self.audit.record(
             &request.principal,
             "partial",
             Some(&request.name),
@@ -264,7 +264,14 @@ impl Quorum {
                 context_digest(&request.context),
             ),
         );
-        result
+        match result {
+            // Fail closed: no record queued for the trail, no partial.
+            Ok(_) if !recorded => Err(format!(
+                "node {}: the audit queue is full, so no partial is released; retry shortly",
+                self.core.me
+            )),
+            other => other,
+        }
     }
 
     fn check_proof(
@@ -378,18 +385,26 @@ impl Quorum {
             })
         };
         while let Some(batch) = rx.recv().await {
-            let mut actions = batch.into_iter();
-            while let Some(action) = actions.next() {
-                if let Err(failed) = self.execute(action, &io) {
-                    // qk-protocol's contract: a later action of the batch (an
-                    // ack, an erase receipt) may run only once the share
-                    // write or erase before it is durable.
-                    let skipped = actions.len();
-                    error!(
-                        skipped,
-                        "{failed}; the rest of this step is not carried out (no ack or erase receipt for a share that is not durably stored or erased)"
-                    );
-                    break;
+            // qk-protocol's contract: a later action of the batch (an ack,
+            // an erase receipt) may run only once the share write or erase
+            // before it is durable. A failure holds back the later
+            // proposals about the same key version; the rest runs.
+            let mut failed: Vec<(String, KeyVersion)> = Vec::new();
+            for action in batch {
+                if let Action::Propose(op) = &action {
+                    let about = op.key_name().zip(op.version());
+                    if about.is_some_and(|(k, v)| failed.iter().any(|f| f.0 == k && f.1 == v)) {
+                        error!(
+                            op = op.name(),
+                            "not proposed: the share write or erase before it failed"
+                        );
+                        continue;
+                    }
+                }
+                let about = share_action_of(&action);
+                if let Err(e) = self.execute(action, &io) {
+                    error!("{e}");
+                    failed.extend(about);
                 }
             }
         }
@@ -433,11 +448,7 @@ impl Quorum {
                 // Off the action loop: partials for many unwraps run in parallel.
                 let (me, io) = (self.clone(), io.clone());
                 tokio::spawn(async move {
-                    let result = match me
-                        .applied
-                        .wait_for(request.min_applied, HOLDER_INDEX_WAIT)
-                        .await
-                    {
+                    let result = match me.applied.wait_for_holder(request.min_applied).await {
                         Ok(_) => me.proven_partial(to, &request),
                         Err(behind) => Err(format!("node {}: {behind}", me.core.me)),
                     };
@@ -611,6 +622,16 @@ enum Verdict {
     Keep,
     Erase { receipt: Option<Operation> },
     Refuse(String),
+}
+
+/// The key version a share write or erase is about.
+fn share_action_of(action: &Action) -> Option<(String, KeyVersion)> {
+    match action {
+        Action::PersistShare { name, version, .. }
+        | Action::EraseShare { name, version, .. }
+        | Action::EraseVersion { name, version, .. } => Some((name.clone(), *version)),
+        _ => None,
+    }
 }
 
 /// The first 8 bytes of a SHA-256, in hex: enough to match a record to a

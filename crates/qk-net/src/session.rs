@@ -119,7 +119,8 @@ fn now_ms() -> u64 {
 /// verified (bounded).
 pub struct GrantVerifier {
     verifier: Arc<dyn ClientCertVerifier>,
-    verified: Mutex<HashMap<[u8; 32], ()>>,
+    /// Verified grants, with the end of their certificate's validity (ms).
+    verified: Mutex<HashMap<[u8; 32], u64>>,
 }
 
 impl std::fmt::Debug for GrantVerifier {
@@ -155,28 +156,41 @@ impl GrantVerifier {
                 grant.principal
             )));
         }
-        let digest = grant.digest();
-        if self.remembered(&digest) {
-            return Ok(());
+        if grant.expires_ms > now_ms.saturating_add(SESSION_MAX_TTL_MS) {
+            return Err(ProofError::Signer(format!(
+                "the session of {} lasts longer than {SESSION_MAX_TTL_MS} ms",
+                grant.principal
+            )));
         }
-        self.verify_uncached(grant, now_ms)?;
-        if let Ok(mut v) = self.verified.lock() {
-            if v.len() >= GRANT_CACHE_LEN {
-                v.clear();
+        let digest = grant.digest();
+        let cert_until_ms = match self.remembered(&digest) {
+            Some(until) => until,
+            None => {
+                let until = self.verify_uncached(grant, now_ms)?;
+                if let Ok(mut v) = self.verified.lock() {
+                    if v.len() >= GRANT_CACHE_LEN {
+                        v.clear();
+                    }
+                    v.insert(digest, until);
+                }
+                until
             }
-            v.insert(digest, ());
+        };
+        if cert_until_ms <= now_ms {
+            return Err(ProofError::Signer(format!(
+                "the certificate of {}'s session expired",
+                grant.principal
+            )));
         }
         Ok(())
     }
 
-    fn remembered(&self, digest: &[u8; 32]) -> bool {
-        self.verified
-            .lock()
-            .map(|v| v.contains_key(digest))
-            .unwrap_or(false)
+    fn remembered(&self, digest: &[u8; 32]) -> Option<u64> {
+        self.verified.lock().ok()?.get(digest).copied()
     }
 
-    fn verify_uncached(&self, grant: &SessionGrant, now_ms: u64) -> Result<(), ProofError> {
+    /// Verifies the grant; the end of its certificate's validity (ms).
+    fn verify_uncached(&self, grant: &SessionGrant, now_ms: u64) -> Result<u64, ProofError> {
         let signer = |m: String| ProofError::Signer(m);
         let cert = CertificateDer::from(grant.cert_der.as_slice());
         let now = UnixTime::since_unix_epoch(Duration::from_millis(now_ms));
@@ -193,7 +207,11 @@ impl GrantVerifier {
             }
             Err(e) => return Err(signer(e.to_string())),
         }
-        verify_cert_signature(&grant.cert_der, &grant.signed_message(), &grant.signature)
+        verify_cert_signature(&grant.cert_der, &grant.signed_message(), &grant.signature)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&grant.cert_der)
+            .map_err(|e| ProofError::Malformed(e.to_string()))?;
+        let not_after_s = cert.validity().not_after.timestamp();
+        Ok(u64::try_from(not_after_s).unwrap_or(0).saturating_mul(1000))
     }
 }
 
@@ -257,6 +275,19 @@ mod tests {
             Err(ProofError::BadSignature)
         );
         assert!(verifier.verify(&grant, grant.expires_ms).is_err(), "expiry");
+        let mut forever = grant.clone();
+        forever.expires_ms = now + SESSION_MAX_TTL_MS + 60_000;
+        assert!(
+            verifier.verify(&forever, now).is_err(),
+            "longer than allowed"
+        );
+        let after_cert = now + 10 * 365 * 24 * 3600 * 1000;
+        let mut late = grant.clone();
+        late.expires_ms = after_cert + 1;
+        assert!(
+            verifier.verify(&late, after_cert).is_err(),
+            "not after the certificate expired, cached or not"
+        );
 
         let other_ca = ClusterCa::generate("other").expect("other ca");
         let foreign = GrantVerifier::new(other_ca.cert()).expect("verifier");

@@ -26,11 +26,12 @@ pub const MAX_CONTEXT_KEY_LEN: usize = 256;
 pub const MAX_CONTEXT_VALUE_LEN: usize = 1024;
 /// Largest encoded message: a partial request with the largest ciphertext,
 /// the largest context (with postcard length prefixes), a principal and a
-/// key name, plus slack for the enum tag and integers.
+/// key name, the principal's proof, plus slack for the enum tag and integers.
 pub const MAX_MESSAGE_LEN: usize = MAX_CIPHERTEXT_LEN
     + MAX_CONTEXT_ENTRIES * (MAX_CONTEXT_KEY_LEN + MAX_CONTEXT_VALUE_LEN + 6)
     + MAX_PRINCIPAL_LEN
     + MAX_KEY_NAME_LEN
+    + qk_state::proof::MAX_PROOF_LEN
     + 256;
 
 /// Secret bytes (an encoded `qk_crypto::PrivateShare`): zeroized on drop,

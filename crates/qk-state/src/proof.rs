@@ -29,6 +29,11 @@ pub const SESSION_MAX_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 pub const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
 const MAX_CERT_LEN: usize = 4 * 1024;
 const MAX_SIGNATURE_LEN: usize = 160;
+const MAX_TOKEN_ID_LEN: usize = 64;
+const MAX_PRINCIPAL_LEN: usize = 128;
+/// Largest encoded [`IntentProof`]: a certificate, two signatures, a
+/// principal name, a session key and integers with their length prefixes.
+pub const MAX_PROOF_LEN: usize = MAX_CERT_LEN + 2 * MAX_SIGNATURE_LEN + MAX_PRINCIPAL_LEN + 128;
 
 const TOKEN_KEY_INFO: &[u8] = b"quorumkey token signing key v1";
 const INTENT_DOMAIN: &[u8] = b"quorumkey unwrap intent v1\0";
@@ -110,7 +115,7 @@ impl SessionGrant {
     fn check_bounds(&self) -> Result<(), ProofError> {
         if self.cert_der.len() > MAX_CERT_LEN
             || self.signature.len() > MAX_SIGNATURE_LEN
-            || self.principal.len() > 128
+            || self.principal.len() > MAX_PRINCIPAL_LEN
         {
             return Err(ProofError::Malformed(
                 "a session grant field is too long".into(),
@@ -144,8 +149,12 @@ pub struct IntentProof {
 
 impl IntentProof {
     pub fn check_bounds(&self) -> Result<(), ProofError> {
-        if let Signer::Session(grant) = &self.signer {
-            grant.check_bounds()?;
+        match &self.signer {
+            Signer::Session(grant) => grant.check_bounds()?,
+            Signer::Token { id } if id.len() > MAX_TOKEN_ID_LEN => {
+                return Err(ProofError::Malformed("the token id is too long".into()))
+            }
+            Signer::Token { .. } => {}
         }
         if self.signature.len() > MAX_SIGNATURE_LEN {
             return Err(ProofError::Malformed("the signature is too long".into()));
