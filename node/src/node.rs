@@ -670,13 +670,7 @@ impl Node {
                 .unwrap_or_default(),
             Signer::Session(grant) => grant.principal.clone(),
         };
-        if signer != principal {
-            return Err(ProofError::WrongPrincipal {
-                signer,
-                principal: principal.to_string(),
-            }
-            .to_string());
-        }
+        qk_state::proof::check_signer(signer, principal).map_err(|e| e.to_string())?;
         let intent = qk_state::proof::Intent {
             principal,
             ciphertext,

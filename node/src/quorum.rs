@@ -302,13 +302,7 @@ impl Quorum {
                 (grant.principal.clone(), grant.session_key)
             }
         };
-        if signer != *principal {
-            return Err(ProofError::WrongPrincipal {
-                signer,
-                principal: principal.clone(),
-            }
-            .to_string());
-        }
+        qk_state::proof::check_signer(signer, principal).map_err(|e| e.to_string())?;
         let intent = qk_state::proof::Intent {
             principal,
             ciphertext: &request.ciphertext,

@@ -63,7 +63,13 @@ pub(crate) async fn read_your_writes(
         Ok(i) => i,
         Err(f) => return refuse(f),
     };
-    if wanted > 0 {
+    // Only an authenticated caller is waited for: an anonymous one, refused
+    // by the handler anyway, cannot hold a waiter slot.
+    let authenticated = wanted > 0 && {
+        let peer = req.extensions().get::<crate::ConnPeer>();
+        crate::authenticate(state.backend.as_ref(), req.headers(), peer).is_ok()
+    };
+    if authenticated {
         if let Err(message) = state.backend.wait_applied(wanted).await {
             return refuse(Failure::new(ErrorCode::Unavailable, message));
         }

@@ -400,6 +400,15 @@ async fn session_index_is_answered_and_waited_for() {
         "{message}"
     );
     assert_eq!(h.backend.calls().len(), calls);
+    // An anonymous caller is not waited for: it is refused as such.
+    let r = h
+        .client()
+        .get(h.url("/api/v1/keys"))
+        .header(qk_views::INDEX_HEADER, ahead.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // A malformed index is the caller's error.
     let r = get(Some("ten")).await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);

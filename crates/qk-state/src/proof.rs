@@ -217,6 +217,17 @@ impl Intent<'_> {
     }
 }
 
+/// The key's owner must be the principal the request names.
+pub fn check_signer(signer: String, principal: &str) -> Result<(), ProofError> {
+    if signer != principal {
+        return Err(ProofError::WrongPrincipal {
+            signer,
+            principal: principal.to_string(),
+        });
+    }
+    Ok(())
+}
+
 pub fn verify_ed25519(key: &[u8; 32], message: &[u8], signature: &[u8]) -> Result<(), ProofError> {
     UnparsedPublicKey::new(&ED25519, key)
         .verify(message, signature)
