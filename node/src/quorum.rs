@@ -212,9 +212,7 @@ impl Quorum {
     /// This node's partial for another node's unwrap: only for the
     /// principal's own proof of exactly this ciphertext and context.
     fn proven_partial(&self, from: NodeId, request: &PartialRequest) -> Result<Vec<u8>, String> {
-        let mut checked = Err("no state".to_string());
-        self.with_state(|s| checked = self.check_proof(s, from, request));
-        if let Err(reason) = checked {
+        if let Err(reason) = self.check_proof(from, request) {
             warn!(
                 %from,
                 principal = %request.principal,
@@ -274,12 +272,9 @@ impl Quorum {
         }
     }
 
-    fn check_proof(
-        &self,
-        s: &StateMachine,
-        from: NodeId,
-        request: &PartialRequest,
-    ) -> Result<(), String> {
+    /// The signature checks run outside the state lock; only a token's
+    /// record is read from the state.
+    fn check_proof(&self, from: NodeId, request: &PartialRequest) -> Result<(), String> {
         use qk_state::proof::{ProofError, Signer};
         let principal = &request.principal;
         let proof = request
@@ -289,13 +284,24 @@ impl Quorum {
         let now = now_ms();
         let (signer, key) = match &proof.signer {
             Signer::Token { id } => {
-                let token = s.token(id).ok_or_else(|| {
+                let mut token = None;
+                self.with_state(|s| {
+                    token = s.token(id).map(|t| {
+                        (
+                            t.principal.clone(),
+                            t.verify_key,
+                            t.revoked_ms,
+                            t.expires_at_ms,
+                        )
+                    })
+                });
+                let (principal, key, revoked_ms, expires_at_ms) = token.ok_or_else(|| {
                     format!("the proof names token {id}, which this node does not know")
                 })?;
-                if token.revoked_ms.is_some() || token.expires_at_ms <= now {
+                if revoked_ms.is_some() || expires_at_ms <= now {
                     return Err(format!("the proof's token {id} is revoked or expired"));
                 }
-                (token.principal.clone(), token.verify_key)
+                (principal, key)
             }
             Signer::Session(grant) => {
                 self.grants.verify(grant, now).map_err(|e| e.to_string())?;
