@@ -99,14 +99,33 @@ impl Cluster {
     }
 
     /// `POST /api/v1/principals` with `"roles": []`, as the admin (curl with
-    /// the profile's client certificate).
+    /// the profile's client certificate and an admin token: a certificate
+    /// alone cannot sign a write, and the answer says what to send).
     fn create_without_roles(&self, name: &str) {
+        let unsigned = self.curl_principal(name, None);
+        assert!(!unsigned.status.success(), "a write with no credential");
+        assert!(
+            stdout(&unsigned).contains("send a bearer token"),
+            "{}",
+            stdout(&unsigned)
+        );
+        let token = self.token_for("admin", "10m");
+        let out = self.curl_principal(name, Some(&token));
+        assert!(
+            out.status.success(),
+            "create {name} without roles: {} {}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+
+    fn curl_principal(&self, name: &str, token: Option<&str>) -> std::process::Output {
         let profile: toml::Value = toml::from_str(
             &std::fs::read_to_string(self.dir.join("profile.toml")).expect("profile"),
         )
         .expect("profile toml");
         let field = |k: &str| profile[k].as_str().expect(k).to_string();
-        let out = Command::new("curl")
+        Command::new("curl")
             .args(["-sS", "--fail-with-body", "--cacert", &field("ca_cert")])
             .args([
                 "--cert",
@@ -114,6 +133,12 @@ impl Cluster {
                 "--key",
                 &field("client_key"),
             ])
+            .args(
+                token
+                    .map(|t| format!("authorization: Bearer {t}"))
+                    .iter()
+                    .flat_map(|h| ["-H", h.as_str()]),
+            )
             .args(["-H", "content-type: application/json", "-d"])
             .arg(format!(r#"{{"name": "{name}", "roles": []}}"#))
             .arg(format!(
@@ -121,13 +146,7 @@ impl Cluster {
                 field("addr").trim_end_matches('/')
             ))
             .output()
-            .expect("curl runs");
-        assert!(
-            out.status.success(),
-            "create {name} without roles: {} {}",
-            stdout(&out),
-            stderr(&out)
-        );
+            .expect("curl runs")
     }
 
     fn token_for(&self, name: &str, ttl: &str) -> String {

@@ -109,9 +109,10 @@ impl crate::quorum::Io for NodeIo {
                 time_ms: 0,
                 principal: NodeIdT(self.0.id).to_string(),
                 op,
+                proof: None,
             };
             let name = cmd.op.name();
-            match self.0.write(&me, cmd).await {
+            match self.0.write(&me, None, cmd).await {
                 ClientResponse::Written { .. } => {}
                 other => warn!(
                     operation = name,
@@ -242,11 +243,13 @@ fn raft_config(config: &Config) -> Result<Arc<openraft::Config>> {
 /// Opens storage, retrying briefly: a previous process may still hold the lock.
 async fn open_storage(
     path: &Path,
+    grants: Arc<qk_net::GrantVerifier>,
 ) -> Result<(qk_storage::LogStore, qk_storage::StateMachineStore)> {
     let mut attempt = 0;
     loop {
         let p = path.to_path_buf();
-        match tokio::task::spawn_blocking(move || qk_storage::open(&p)).await? {
+        let g = grants.clone();
+        match tokio::task::spawn_blocking(move || qk_storage::open(&p, g)).await? {
             Ok(stores) => return Ok(stores),
             Err(e) if attempt < 20 => {
                 attempt += 1;
@@ -324,7 +327,10 @@ impl Node {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
         let fresh = !config.data_dir.join("raft").exists();
-        let (log_store, sm_store) = open_storage(&config.data_dir.join("raft")).await?;
+        let grants =
+            Arc::new(qk_net::GrantVerifier::new(ca).context("cannot load the cluster CA")?);
+        let (log_store, sm_store) =
+            open_storage(&config.data_dir.join("raft"), grants.clone()).await?;
         let state = sm_store.reader();
         let shares = open_share_store(config, fresh)?;
         let replay_upto = {
@@ -342,7 +348,6 @@ impl Node {
             hook_core.on_applied(s, index, cmd, resp)
         }));
         let (applied_tx, applied) = AppliedIndex::channel();
-        let grants = qk_net::GrantVerifier::new(ca).context("cannot load the cluster CA")?;
         let (audit, audit_rx) = crate::audit::AuditQueue::new();
         let quorum = Arc::new(Quorum::new(
             core,
@@ -421,7 +426,7 @@ impl Node {
                 roles: [qk_state::Role::Admin].into(),
             };
             let me = Peer::Node(self.id);
-            match self.write_as(&me, op).await {
+            match self.write_as(&me, None, op).await {
                 ClientResponse::Written { response, .. } => match response.result {
                     Ok(_) => info!(principal = name, "created the initial admin"),
                     Err(e) => bail!(
@@ -502,7 +507,7 @@ impl Node {
             }
         }
         match req {
-            ClientRequest::Write(cmd) => self.write(peer, cmd).await,
+            ClientRequest::Write(cmd) => self.write(peer, credential, cmd).await,
             ClientRequest::GetKey { name } => self.get_key(peer, &name),
             ClientRequest::ListKeys => self.list_keys(peer, false),
             ClientRequest::KeyInventory => self.list_keys(peer, true),
@@ -556,7 +561,10 @@ impl Node {
                 principal,
                 ttl_ms,
                 description,
-            } => self.issue_token(peer, principal, ttl_ms, description).await,
+            } => {
+                self.issue_token(peer, credential, principal, ttl_ms, description)
+                    .await
+            }
             ClientRequest::Authenticate { token } => self.authenticate(&token.0),
             ClientRequest::WhoAmI { token_id } => self.who_am_i(peer, token_id),
             req @ (ClientRequest::ListPrincipals
@@ -841,9 +849,16 @@ impl Node {
         }
     }
 
-    /// Stamps the leader's time and the authenticated principal, then proposes.
-    /// Followers forward to the leader once.
-    async fn write(&self, peer: &Peer, mut cmd: Command) -> ClientResponse {
+    /// Stamps the leader's time and the authenticated principal, has the
+    /// author sign it, then proposes. Followers forward to the leader once;
+    /// a forwarded command keeps its author's proof (every replica checks
+    /// it at apply, so the forwarding node's word counts for nothing).
+    async fn write(
+        &self,
+        peer: &Peer,
+        credential: Option<&Credential>,
+        mut cmd: Command,
+    ) -> ClientResponse {
         if let Err(e) = authorize_write(peer, &cmd) {
             let key = cmd.op.key_name();
             self.audit.record(
@@ -865,6 +880,16 @@ impl Node {
         };
         cmd.time_ms = now_ms();
         self.default_holders(&mut cmd.op);
+        if let Err(e) = self.sign(peer, credential, &mut cmd) {
+            self.audit.record(
+                &requests::principal_name(peer),
+                cmd.op.name(),
+                cmd.op.key_name(),
+                None,
+                format!("refused: {e}"),
+            );
+            return ClientResponse::Error(e);
+        }
         let narrows = cmd.op.narrows_access();
         let written = self.propose_or_forward(peer, cmd).await;
         match written {
@@ -891,6 +916,35 @@ impl Node {
             }
             other => other,
         }
+    }
+
+    /// Signs `cmd` as its author: a client's command with the credential
+    /// it handed over, this node's own with its node session. A command
+    /// another node forwarded already carries its author's proof.
+    fn sign(
+        &self,
+        peer: &Peer,
+        credential: Option<&Credential>,
+        cmd: &mut Command,
+    ) -> std::result::Result<(), String> {
+        let credential = match peer {
+            Peer::Node(id) if *id != self.id => return Ok(()),
+            Peer::Node(_) => self.peers.session().map_err(|e| {
+                format!("cannot sign this node's command: {e}; check the node certificate")
+            })?,
+            Peer::Client(name) => credential.cloned().ok_or_else(|| {
+                format!(
+                    "the write carries no credential of {name}: every write is signed by its \
+                     author's own key; send a bearer token (`qk token create`), or use qk or \
+                     qk-client, which sign with a session of the client certificate"
+                )
+            })?,
+        };
+        let proof = credential
+            .sign_command(cmd, cmd.time_ms)
+            .map_err(|e| format!("cannot sign the write: {e}"))?;
+        cmd.proof = Some(Box::new(proof));
+        Ok(())
     }
 
     /// Every member applied `index` (a revocation takes effect everywhere

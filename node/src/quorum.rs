@@ -101,7 +101,7 @@ pub struct Quorum {
     next_op: AtomicU64,
     applied: AppliedIndex,
     /// Checks the session grants of certificate principals' decrypt proofs.
-    grants: qk_net::GrantVerifier,
+    grants: Arc<qk_net::GrantVerifier>,
     /// Where a refused partial request is recorded.
     audit: crate::audit::AuditQueue,
 }
@@ -133,7 +133,7 @@ impl Quorum {
         state: StateReader,
         shares: ShareStore,
         applied: AppliedIndex,
-        (grants, audit): (qk_net::GrantVerifier, crate::audit::AuditQueue),
+        (grants, audit): (Arc<qk_net::GrantVerifier>, crate::audit::AuditQueue),
     ) -> Quorum {
         Quorum {
             applied,

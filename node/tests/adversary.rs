@@ -133,7 +133,7 @@ async fn a_node_cannot_file_erase_receipts_for_others() {
         id[15] = victim as u8;
         let outcome = write_outcome(
             thief
-                .send(&c, leader, Adversary::write("node-3", id, forged))
+                .send(&c, leader, thief.write("node-3", id, forged))
                 .await,
         );
         let err = outcome.expect_err("a receipt for another node");
@@ -176,7 +176,7 @@ async fn a_node_cannot_ack_or_step_a_dkg_for_another_holder() {
         id[1] = principal.len() as u8 + principal.as_bytes()[5];
         let outcome = write_outcome(
             thief
-                .send(&c, leader, Adversary::write(principal, id, forged))
+                .send(&c, leader, thief.write(principal, id, forged))
                 .await,
         );
         let err = outcome.expect_err("an ack for another holder");
@@ -189,6 +189,67 @@ async fn a_node_cannot_ack_or_step_a_dkg_for_another_holder() {
     });
     let v2 = key.version(KeyVersion(2)).expect("v2");
     assert_ne!(v2.public_keys.as_deref(), Some(&[7u8; 64][..]));
+}
+
+/// One compromised node forwards writes in the admin's name: a token for
+/// the admin whose secret it would know, and a new admin principal, once
+/// with no proof and once signed with its own (real) node key. Every replica
+/// refuses them at apply and the audit names them `unauthenticated`, never
+/// the admin; honest writes and decrypts go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_write_in_a_principals_name() {
+    let (c, ct) = cluster_with_key(3).await;
+    let thief = Adversary::stolen(&c, 3);
+    let leader = c.status(1).await.expect("status").leader.expect("leader");
+    let secret = "attacker-chosen secret";
+    let token = Operation::IssueToken {
+        id: "00000000000000ad".into(),
+        principal: "admin".into(),
+        description: "backdoor".into(),
+        secret_sha256: [0; 32],
+        verify_key: qk_state::proof::token_verify_key(secret).expect("key"),
+        expires_at_ms: u64::MAX / 2,
+    };
+    let mallory = Operation::CreatePrincipal {
+        name: "mallory".into(),
+        roles: [qk_state::Role::Admin].into(),
+    };
+    for (n, op) in [token, mallory].into_iter().enumerate() {
+        let unsigned = Adversary::unsigned_write("admin", [0xa0 + n as u8; 16], op.clone());
+        let signed = thief.write("admin", [0xb0 + n as u8; 16], op.clone());
+        for forged in [unsigned, signed] {
+            let err = write_outcome(thief.send(&c, leader, forged).await)
+                .expect_err("a write in the admin's name");
+            assert!(err.contains("not proven"), "{}: {err}", op.name());
+        }
+        wait_audited(&c, "unauthenticated", op.name());
+    }
+    let audit = c
+        .request(
+            2,
+            ClientRequest::Audit {
+                from_seq: 1,
+                limit: 1000,
+            },
+        )
+        .await
+        .expect("audit");
+    let ClientResponse::Audit(records) = audit else {
+        panic!("audit: {audit:?}");
+    };
+    assert!(
+        !records.iter().any(|r| r.principal == "admin"
+            && matches!(r.operation.as_str(), "token.issue" | "principal.create")),
+        "the audit never names the admin for the forged writes"
+    );
+    let principals = c.request(1, ClientRequest::ListPrincipals).await;
+    assert!(
+        matches!(&principals, Ok(ClientResponse::Principals(p)) if !p.iter().any(|p| p.name == "mallory")),
+        "{principals:?}"
+    );
+    // Honest traffic goes on.
+    c.op(2, tag("k", 1)).await.expect("honest write");
+    assert_eq!(c.decrypt(2, &ct, CTX).await.as_deref(), Ok(&b"honest"[..]));
 }
 
 /// One compromised node (its certificate, in place of the real process)

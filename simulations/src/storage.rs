@@ -21,6 +21,7 @@ use openraft::{
     Vote,
 };
 use qk_raft::{BatchResponse, NodeId, QkNode, TypeConfig};
+use qk_state::authn::GrantCheck;
 use qk_state::{Command, Response, StateMachine};
 use qk_storage::{apply_entry, decode_payload, encode_payload, AppliedState};
 use sha2::{Digest, Sha256};
@@ -286,6 +287,8 @@ pub struct MemSm {
     disk: SharedDisk,
     state: Arc<RwLock<AppliedState>>,
     hook: Arc<Mutex<Option<Hook>>>,
+    /// The simulated cluster's PKI: what the node's CA check is.
+    grants: Arc<dyn GrantCheck>,
 }
 
 impl Debug for MemSm {
@@ -300,7 +303,7 @@ pub fn entry_hash(e: &LogEntry) -> [u8; 32] {
 
 impl MemSm {
     /// The state a (re)starting node has: its last snapshot, or nothing.
-    pub fn open(disk: SharedDisk, hook: Hook) -> Self {
+    pub fn open(disk: SharedDisk, hook: Hook, grants: Arc<dyn GrantCheck>) -> Self {
         let state = disk
             .lock()
             .ok()
@@ -312,6 +315,7 @@ impl MemSm {
             disk,
             state: Arc::new(RwLock::new(state)),
             hook: Arc::new(Mutex::new(Some(hook))),
+            grants,
         }
     }
 
@@ -419,7 +423,12 @@ impl RaftStateMachine<TypeConfig> for MemSm {
             // planted reordering bug is on).
             let index = state.last_applied().map_or(0, |l| l.index + 1);
             let Some(h) = hook.as_mut() else {
-                out.push(apply_entry(&mut state, entry, &mut |_, _, _, _| {}));
+                out.push(apply_entry(
+                    &mut state,
+                    entry,
+                    self.grants.as_ref(),
+                    &mut |_, _, _, _| {},
+                ));
                 continue;
             };
             h(Applied::Entry {
@@ -429,6 +438,7 @@ impl RaftStateMachine<TypeConfig> for MemSm {
             out.push(apply_entry(
                 &mut state,
                 entry,
+                self.grants.as_ref(),
                 &mut |state, index, command, response| {
                     h(Applied::Command {
                         state,

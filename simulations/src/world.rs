@@ -14,6 +14,8 @@ use qk_protocol::{
     UnwrapMode, UnwrapRequest,
 };
 use qk_raft::{Batch, QkNode, Raft};
+use qk_state::authn::KeyRoster;
+use qk_state::proof::Credential;
 use qk_state::{
     verify_chain, Command, CreateKey, DkgStep, KeyRecord, Operation, RequestId, StateMachine,
     VersionState, GENESIS_HASH,
@@ -129,6 +131,10 @@ pub(crate) struct World {
     extender: Option<NodeId>,
     /// The state after every applied entry of the agreed log.
     pub(crate) truth: StateMachine,
+    /// The simulated PKI: every node's and the admin's enrolled key (the
+    /// cluster CA of a real node), and each one's credential.
+    pub(crate) roster: Arc<KeyRoster>,
+    credentials: BTreeMap<String, Credential>,
     blocked: BTreeSet<(NodeId, NodeId)>,
     loss_per_mille: u32,
     dup_per_mille: u32,
@@ -215,6 +221,7 @@ impl World {
                 (NodeId(i), node)
             })
             .collect();
+        let (roster, credentials) = sim_pki(cfg.seed, cfg.nodes);
         let byzantine =
             (cfg.byzantine && cfg.nodes > u64::from(cfg.threshold)).then_some(NodeId(cfg.nodes));
         let (loss, dup) = if cfg.faults { (20, 20) } else { (0, 0) };
@@ -229,6 +236,8 @@ impl World {
             canon: Vec::new(),
             extender: None,
             truth: StateMachine::new(),
+            roster: Arc::new(roster),
+            credentials,
             blocked: BTreeSet::new(),
             loss_per_mille: loss,
             dup_per_mille: dup,
@@ -469,12 +478,18 @@ impl World {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&self.cfg.seed.to_be_bytes());
         id[8..].copy_from_slice(&self.next_request.to_be_bytes());
-        let cmd = Command {
+        let mut cmd = Command {
             request_id: RequestId(id),
             time_ms: 0,
             principal,
             op,
+            proof: None,
         };
+        // Signed by its author, as the node signs with the caller's
+        // credential or its own.
+        if let Some(credential) = self.credentials.get(&cmd.principal) {
+            cmd.proof = credential.sign_command(&cmd, self.now()).ok().map(Box::new);
+        }
         self.pending_proposals += 1;
         self.enqueue(at, vec![(cmd, 0)]);
     }
@@ -589,7 +604,7 @@ impl World {
         response: &qk_state::Response,
     ) {
         if self.extender == Some(id) && index as usize + 1 == self.canon.len() {
-            let resp = self.truth.apply(cmd);
+            let resp = self.truth.apply_authenticated(cmd, self.roster.as_ref());
             self.stats.commands += 1;
             self.note_deal(cmd);
             if let Ok(a) = &resp.result {
@@ -936,4 +951,24 @@ impl World {
     }
 
     // ---- invariants ---------------------------------------------------------
+}
+
+/// The simulated PKI of run `seed`: node-1..node-`nodes` and the admin,
+/// each enrolled with a key derived from the seed.
+fn sim_pki(seed: u64, nodes: u64) -> (KeyRoster, BTreeMap<String, Credential>) {
+    let mut roster = KeyRoster::new();
+    let principals = (1..=nodes)
+        .map(|i| NodeId(i).to_string())
+        .chain(["admin".to_string()]);
+    let credentials = principals
+        .filter_map(|name| {
+            let mut h = Sha256::new();
+            h.update(seed.to_be_bytes());
+            h.update(name.as_bytes());
+            let key_seed: [u8; 32] = h.finalize().into();
+            let credential = roster.enroll(&name, key_seed, u64::MAX).ok()?;
+            Some((name, credential))
+        })
+        .collect();
+    (roster, credentials)
 }

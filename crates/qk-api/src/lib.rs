@@ -462,6 +462,7 @@ impl AppState {
             time_ms: 0,
             principal: String::new(),
             op,
+            proof: None,
         };
         let resp = self
             .backend

@@ -193,9 +193,15 @@ struct Call<'a> {
     path: &'a [&'a str],
     query: &'a [(&'a str, String)],
     body: Option<Vec<u8>>,
-    /// The request decrypts: it carries the caller's session (certificate
-    /// callers) so the node can sign the decrypt as the caller.
-    proven: bool,
+}
+
+impl Call<'_> {
+    /// The request writes or decrypts (every method but GET): it carries
+    /// the caller's session (certificate callers) so the node can sign it as
+    /// the caller; token callers' tokens derive their key.
+    fn proven(&self) -> bool {
+        self.method != Method::GET
+    }
 }
 
 impl ApiClient {
@@ -316,7 +322,7 @@ impl ApiClient {
             value.set_sensitive(true);
             req = req.header(reqwest::header::AUTHORIZATION, value);
         }
-        if call.proven {
+        if call.proven() {
             if let Some(value) = self.session_header()? {
                 req = req.header(qk_views::SESSION_HEADER, value);
             }
@@ -363,7 +369,6 @@ impl ApiClient {
 
     async fn get<T: DeserializeOwned>(&self, path: &[&str]) -> Result<T> {
         self.json(Call {
-            proven: false,
             method: Method::GET,
             path,
             query: &[],
@@ -379,7 +384,6 @@ impl ApiClient {
         body: &B,
     ) -> Result<T> {
         self.json(Call {
-            proven: false,
             method,
             path,
             query: &[],
@@ -392,25 +396,8 @@ impl ApiClient {
         self.write(Method::POST, path, body).await
     }
 
-    /// A POST that decrypts: signed as the caller (see [`Call::proven`]).
-    async fn post_proven<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &[&str],
-        body: &B,
-    ) -> Result<T> {
-        self.json(Call {
-            proven: true,
-            method: Method::POST,
-            path,
-            query: &[],
-            body: Some(encode(body)?),
-        })
-        .await
-    }
-
     async fn delete(&self, path: &[&str]) -> Result<()> {
         self.send(Call {
-            proven: false,
             method: Method::DELETE,
             path,
             query: &[],
@@ -430,7 +417,6 @@ impl ApiClient {
     pub async fn ready_at(&self, base: &str) -> Result<Health> {
         let base = parse_base(base)?;
         let call = Call {
-            proven: false,
             method: Method::GET,
             path: &["api", "v1", "health", "ready"],
             query: &[],
@@ -572,7 +558,7 @@ impl ApiClient {
             approval_id,
             to_key: None,
         };
-        self.post_proven(&["api", "v1", "decrypt"], &body).await
+        self.post(&["api", "v1", "decrypt"], &body).await
     }
 
     pub async fn rewrap(
@@ -587,7 +573,7 @@ impl ApiClient {
             approval_id: None,
             to_key,
         };
-        self.post_proven(&["api", "v1", "rewrap"], &body).await
+        self.post(&["api", "v1", "rewrap"], &body).await
     }
 
     // ---- principals, tokens ----
@@ -682,7 +668,6 @@ impl ApiClient {
         let query = [("from", from_seq.to_string()), ("limit", limit.to_string())];
         let page: AuditPage = self
             .json(Call {
-                proven: false,
                 method: Method::GET,
                 path: &["api", "v1", "audit"],
                 query: &query,
@@ -784,7 +769,6 @@ impl ApiClient {
         body: &CiphertextBody<'_>,
     ) -> Result<PartialDecryption> {
         let call = Call {
-            proven: false,
             method: Method::POST,
             path: &["api", "v1", "partial"],
             query: &[],

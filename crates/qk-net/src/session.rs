@@ -32,11 +32,13 @@ impl Credentials {
     /// from `now_ms`, with its grant signed by the certificate's key.
     pub fn session(&self, now_ms: u64, ttl_ms: u64) -> Result<Credential, PkiError> {
         let fail = |reason: String| PkiError::Session { reason };
-        let Peer::Client(principal) = self.peer() else {
-            return Err(fail(
-                "only a client certificate grants sessions; a node is not a principal".into(),
-            ));
+        // A node's session signs its own commands (as `node-N`), never a
+        // principal's.
+        let principal = match self.peer() {
+            Peer::Client(name) => name.clone(),
+            Peer::Node(id) => qk_types::NodeId(*id).to_string(),
         };
+        let principal = &principal;
         let mut seed = zeroize::Zeroizing::new([0u8; 32]);
         ring::rand::SystemRandom::new()
             .fill(seed.as_mut())
@@ -120,7 +122,16 @@ fn now_ms() -> u64 {
 pub struct GrantVerifier {
     verifier: Arc<dyn ClientCertVerifier>,
     /// Verified grants, with the end of their certificate's validity (ms).
-    verified: Mutex<HashMap<[u8; 32], u64>>,
+    /// Verified grants by digest: their certificate's validity (not
+    /// before, not after), so a remembered grant gets the same verdict at
+    /// every time as a fresh verification.
+    verified: Mutex<HashMap<[u8; 32], Validity>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Validity {
+    not_before_ms: u64,
+    not_after_ms: u64,
 }
 
 impl std::fmt::Debug for GrantVerifier {
@@ -163,34 +174,34 @@ impl GrantVerifier {
             )));
         }
         let digest = grant.digest();
-        let cert_until_ms = match self.remembered(&digest) {
-            Some(until) => until,
+        let validity = match self.remembered(&digest) {
+            Some(validity) => validity,
             None => {
-                let until = self.verify_uncached(grant, now_ms)?;
+                let validity = self.verify_uncached(grant, now_ms)?;
                 if let Ok(mut v) = self.verified.lock() {
                     if v.len() >= GRANT_CACHE_LEN {
                         v.clear();
                     }
-                    v.insert(digest, until);
+                    v.insert(digest, validity);
                 }
-                until
+                validity
             }
         };
-        if cert_until_ms <= now_ms {
+        if validity.not_after_ms <= now_ms || validity.not_before_ms > now_ms {
             return Err(ProofError::Signer(format!(
-                "the certificate of {}'s session expired",
+                "the certificate of {}'s session is not valid at this time",
                 grant.principal
             )));
         }
         Ok(())
     }
 
-    fn remembered(&self, digest: &[u8; 32]) -> Option<u64> {
+    fn remembered(&self, digest: &[u8; 32]) -> Option<Validity> {
         self.verified.lock().ok()?.get(digest).copied()
     }
 
     /// Verifies the grant; the end of its certificate's validity (ms).
-    fn verify_uncached(&self, grant: &SessionGrant, now_ms: u64) -> Result<u64, ProofError> {
+    fn verify_uncached(&self, grant: &SessionGrant, now_ms: u64) -> Result<Validity, ProofError> {
         let signer = |m: String| ProofError::Signer(m);
         let cert = CertificateDer::from(grant.cert_der.as_slice());
         let now = UnixTime::since_unix_epoch(Duration::from_millis(now_ms));
@@ -199,6 +210,7 @@ impl GrantVerifier {
             .map_err(|e| signer(format!("the session's certificate is not valid: {e}")))?;
         match peer_from_cert_der(&grant.cert_der) {
             Ok(Peer::Client(name)) if name == grant.principal => {}
+            Ok(Peer::Node(id)) if qk_types::NodeId(id).to_string() == grant.principal => {}
             Ok(peer) => {
                 return Err(ProofError::WrongPrincipal {
                     signer: peer.uri(),
@@ -210,8 +222,17 @@ impl GrantVerifier {
         verify_cert_signature(&grant.cert_der, &grant.signed_message(), &grant.signature)?;
         let (_, cert) = x509_parser::parse_x509_certificate(&grant.cert_der)
             .map_err(|e| ProofError::Malformed(e.to_string()))?;
-        let not_after_s = cert.validity().not_after.timestamp();
-        Ok(u64::try_from(not_after_s).unwrap_or(0).saturating_mul(1000))
+        let ms = |s: i64| u64::try_from(s).unwrap_or(0).saturating_mul(1000);
+        Ok(Validity {
+            not_before_ms: ms(cert.validity().not_before.timestamp()),
+            not_after_ms: ms(cert.validity().not_after.timestamp()),
+        })
+    }
+}
+
+impl qk_state::authn::GrantCheck for GrantVerifier {
+    fn check_grant(&self, grant: &SessionGrant, at_ms: u64) -> Result<(), ProofError> {
+        self.verify(grant, at_ms)
     }
 }
 
@@ -295,10 +316,46 @@ mod tests {
     }
 
     #[test]
-    fn nodes_do_not_grant_sessions() {
+    fn a_node_grants_sessions_only_as_itself() {
         let ca = ClusterCa::generate("test").expect("ca");
         let node = ca.issue_node(1, &["127.0.0.1"]).expect("node");
-        assert!(node.session(now_ms(), 60_000).is_err());
+        let verifier = GrantVerifier::new(ca.cert()).expect("verifier");
+        let now = now_ms();
+        let session = node.session(now, 60_000).expect("session");
+        let qk_state::proof::Signer::Session(grant) = session.signer.clone() else {
+            panic!("a session credential");
+        };
+        assert_eq!(grant.principal, "node-1");
+        verifier.verify(&grant, now).expect("node-1's own grant");
+        let mut other = grant.clone();
+        other.principal = "node-2".into();
+        assert!(verifier.verify(&other, now).is_err(), "not another node");
+        let mut admin = grant;
+        admin.principal = "admin".into();
+        assert!(verifier.verify(&admin, now).is_err(), "not a principal");
+    }
+
+    #[test]
+    fn a_remembered_grant_gets_the_verdict_of_a_fresh_one_at_any_time() {
+        let ca = ClusterCa::generate("test").expect("ca");
+        let alice = ca.issue_client("alice").expect("alice");
+        let now = now_ms();
+        let session = alice.session(now, 60_000).expect("session");
+        let qk_state::proof::Signer::Session(grant) = session.signer.clone() else {
+            panic!("a session credential");
+        };
+        // Before the certificate (issued now, back-dated by at most an hour)
+        // but within a session's longest life.
+        let long_before = now - 20 * 3600 * 1000;
+        let fresh = GrantVerifier::new(ca.cert()).expect("verifier");
+        let warm = GrantVerifier::new(ca.cert()).expect("verifier");
+        warm.verify(&grant, now).expect("remembered now");
+        assert_eq!(
+            fresh.verify(&grant, long_before).is_ok(),
+            warm.verify(&grant, long_before).is_ok(),
+            "before the certificate's not-before"
+        );
+        assert!(warm.verify(&grant, long_before).is_err());
     }
 
     #[test]

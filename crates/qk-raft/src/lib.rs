@@ -324,13 +324,13 @@ impl PeerRequest {
     }
 
     /// As [`PeerRequest::client_after`], handing over the caller's session
-    /// when the request decrypts (and a session is at hand).
+    /// when the request decrypts or writes (and a session is at hand).
     pub fn client_proven(
         min_applied: u64,
         request: ClientRequest,
         session: impl FnOnce() -> Option<qk_state::proof::Credential>,
     ) -> PeerRequest {
-        match request.decrypts().then(session).flatten() {
+        match request.needs_credential().then(session).flatten() {
             Some(credential) => PeerRequest::ClientProven {
                 min_applied,
                 credential,
@@ -342,12 +342,16 @@ impl PeerRequest {
 }
 
 impl ClientRequest {
-    /// The request asks holders for partials of a ciphertext, which they
-    /// release only for the caller's own proof.
-    pub fn decrypts(&self) -> bool {
+    /// The request needs the caller's own signature: it asks holders for
+    /// partials of a ciphertext (released only for the caller's proof), or
+    /// it writes a command (applied only with its author's proof).
+    pub fn needs_credential(&self) -> bool {
         matches!(
             self,
-            ClientRequest::Decrypt { .. } | ClientRequest::Rewrap { .. }
+            ClientRequest::Decrypt { .. }
+                | ClientRequest::Rewrap { .. }
+                | ClientRequest::Write(_)
+                | ClientRequest::IssueToken { .. }
         )
     }
 }

@@ -655,6 +655,7 @@ impl StateMachine {
             time_ms: cmd.time_ms,
             principal: requester,
             op: *op,
+            proof: None,
         };
         // The requester's roles are checked again: they may have changed.
         let outcome = match self.authorize_command(&approved)? {

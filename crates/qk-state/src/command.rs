@@ -20,6 +20,9 @@ pub struct Command {
     /// Who asked (a principal name, or `node-N` for protocol steps).
     pub principal: String,
     pub op: Operation,
+    /// The author's signature ([`crate::authn`]); checked at apply.
+    #[serde(default)]
+    pub proof: Option<Box<crate::authn::CommandProof>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@
 mod access;
 mod access_ops;
 mod audit;
+pub mod authn;
 mod command;
 mod machine;
 mod model;

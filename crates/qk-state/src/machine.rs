@@ -15,6 +15,7 @@ use crate::command::{
 use crate::model::{
     DkgPhase, DkgRecord, DkgSession, KeyRecord, KeyVersionRecord, RefreshRecord, VersionState,
 };
+use crate::proof::INTENT_MAX_AGE_MS;
 
 /// How many request ids are remembered for deduplication (oldest forgotten
 /// first). A client retries within seconds; this covers far more than that.
@@ -33,7 +34,8 @@ const MAX_VERSIONS: usize = 10_000;
 pub struct StateMachine {
     keys: BTreeMap<String, KeyRecord>,
     requests: BTreeMap<RequestId, Response>,
-    request_order: VecDeque<RequestId>,
+    /// Each remembered request id with the log time it was applied at.
+    request_order: VecDeque<(RequestId, u64)>,
     audit: Vec<AuditRecord>,
     pub(crate) principals: BTreeMap<String, crate::access::PrincipalRecord>,
     pub(crate) tokens: BTreeMap<String, crate::access::TokenRecord>,
@@ -43,6 +45,10 @@ pub struct StateMachine {
     /// (reused, or chosen to collide) never decides them.
     #[serde(default)]
     ids_issued: u64,
+    /// The latest log time applied: proofs are checked against it, so a
+    /// leader that stamps an old time cannot make an old proof fresh again.
+    #[serde(default)]
+    clock_ms: u64,
 }
 
 type Outcome = Result<Applied, StateError>;
@@ -103,7 +109,11 @@ impl StateMachine {
 
     /// Applies one committed command. Deterministic: the same commands in the
     /// same order give the same state and responses on every node.
+    /// Trusts `cmd.principal`: only for commands already authenticated
+    /// ([`StateMachine::apply_authenticated`] is what replicas run) and
+    /// for tests of the state logic itself.
     pub fn apply(&mut self, cmd: &Command) -> Response {
+        self.advance_clock(cmd.time_ms);
         if let Some(previous) = self.requests.get(&cmd.request_id) {
             let mut r = previous.clone();
             r.duplicate = true;
@@ -123,14 +133,29 @@ impl StateMachine {
         response
     }
 
+    /// Remembers `id`'s answer. An id is forgotten only once more than
+    /// [`MAX_REMEMBERED_REQUESTS`] are kept and its proof can no longer be
+    /// fresh, so a signed command cannot be replayed by flooding the log
+    /// (up to a hard bound of four times as many ids).
     fn remember(&mut self, id: RequestId, response: Response) {
         self.requests.insert(id, response);
-        self.request_order.push_back(id);
-        while self.request_order.len() > MAX_REMEMBERED_REQUESTS {
-            if let Some(old) = self.request_order.pop_front() {
-                self.requests.remove(&old);
+        self.request_order.push_back((id, self.clock_ms));
+        while let Some(&(old, applied_ms)) = self.request_order.front() {
+            let over = self.request_order.len() > MAX_REMEMBERED_REQUESTS;
+            let stale = applied_ms.saturating_add(INTENT_MAX_AGE_MS) < self.clock_ms;
+            if !(over && stale) && self.request_order.len() <= 4 * MAX_REMEMBERED_REQUESTS {
+                break;
             }
+            self.request_order.pop_front();
+            self.requests.remove(&old);
         }
+    }
+
+    /// Moves the log clock to `time_ms` unless it is already later; the
+    /// time proofs are judged at.
+    pub(crate) fn advance_clock(&mut self, time_ms: u64) -> u64 {
+        self.clock_ms = self.clock_ms.max(time_ms);
+        self.clock_ms
     }
 
     fn append_events(&mut self, cmd: &Command, events: &[AuditEvent]) -> u64 {
@@ -155,7 +180,7 @@ impl StateMachine {
     }
 
     /// Links `record` to the chain (sequence number, previous hash, hash).
-    fn push_record(&mut self, mut record: AuditRecord) -> u64 {
+    pub(crate) fn push_record(&mut self, mut record: AuditRecord) -> u64 {
         let (prev_hash, seq) = match self.audit.last() {
             Some(last) => (last.hash, last.seq + 1),
             None => (GENESIS_HASH, 1),

@@ -112,7 +112,7 @@ impl SessionGrant {
         h.finalize().into()
     }
 
-    fn check_bounds(&self) -> Result<(), ProofError> {
+    pub(crate) fn check_bounds(&self) -> Result<(), ProofError> {
         if self.cert_der.len() > MAX_CERT_LEN
             || self.signature.len() > MAX_SIGNATURE_LEN
             || self.principal.len() > MAX_PRINCIPAL_LEN
@@ -149,17 +149,7 @@ pub struct IntentProof {
 
 impl IntentProof {
     pub fn check_bounds(&self) -> Result<(), ProofError> {
-        match &self.signer {
-            Signer::Session(grant) => grant.check_bounds()?,
-            Signer::Token { id } if id.len() > MAX_TOKEN_ID_LEN => {
-                return Err(ProofError::Malformed("the token id is too long".into()))
-            }
-            Signer::Token { .. } => {}
-        }
-        if self.signature.len() > MAX_SIGNATURE_LEN {
-            return Err(ProofError::Malformed("the signature is too long".into()));
-        }
-        Ok(())
+        check_proof_bounds(&self.signer, &self.signature)
     }
 
     /// Checks the signature under `verify_key`, that `from` (the node that
@@ -215,6 +205,21 @@ impl Intent<'_> {
         }
         m
     }
+}
+
+/// Every field of a signer and its signature within its bound.
+pub(crate) fn check_proof_bounds(signer: &Signer, signature: &[u8]) -> Result<(), ProofError> {
+    match signer {
+        Signer::Session(grant) => grant.check_bounds()?,
+        Signer::Token { id } if id.len() > MAX_TOKEN_ID_LEN => {
+            return Err(ProofError::Malformed("the token id is too long".into()))
+        }
+        Signer::Token { .. } => {}
+    }
+    if signature.len() > MAX_SIGNATURE_LEN {
+        return Err(ProofError::Malformed("the signature is too long".into()));
+    }
+    Ok(())
 }
 
 /// The key's owner must be the principal the request names.
@@ -326,6 +331,11 @@ impl Credential {
             time_ms,
             signature: pair.sign(&message).as_ref().to_vec(),
         })
+    }
+
+    /// Signs raw `message` bytes (a command's, see [`crate::authn`]).
+    pub(crate) fn sign(&self, message: &[u8]) -> Result<Vec<u8>, ProofError> {
+        Ok(Self::key_pair(&self.seed)?.sign(message).as_ref().to_vec())
     }
 
     /// Encodes for a header or a message (bounded on decode).

@@ -52,6 +52,7 @@ impl Log {
             time_ms: self.now,
             principal: principal.into(),
             op,
+            proof: None,
         });
         r.result
     }
@@ -630,7 +631,8 @@ fn a_reused_request_id_never_gives_a_new_key_an_existing_id() {
     let reused = RequestId([9; 16]);
     log.run_with_id("admin", reused, create("first"))
         .expect("first");
-    // Push the request id out of the deduplication window...
+    // A flood of requests within a proof's freshness window does not push
+    // the id out (a replay of a signed command stays a duplicate)...
     for i in 0..qk_state::MAX_REMEMBERED_REQUESTS as u64 {
         let tag = Operation::SetTag {
             name: "first".into(),
@@ -639,7 +641,27 @@ fn a_reused_request_id_never_gives_a_new_key_an_existing_id() {
         };
         log.run("admin", tag).expect("tag");
     }
-    // ...then use it again for another key.
+    let replay = log.sm.apply(&Command {
+        request_id: reused,
+        time_ms: log.now,
+        principal: "admin".into(),
+        op: create("second"),
+        proof: None,
+    });
+    assert!(replay.duplicate, "a fresh request id is still remembered");
+    assert!(log.sm.key("second").is_none());
+    // ...once no proof of it can be fresh, it is forgotten...
+    log.now += qk_state::proof::INTENT_MAX_AGE_MS + 1;
+    log.run(
+        "admin",
+        Operation::SetTag {
+            name: "first".into(),
+            tag: "n".into(),
+            value: None,
+        },
+    )
+    .expect("tag");
+    // ...and used again for another key.
     log.run_with_id("admin", reused, create("second"))
         .expect("second");
     let id = |name: &str| log.sm.key(name).expect("key").id;

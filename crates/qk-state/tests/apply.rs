@@ -39,6 +39,7 @@ fn cmd(n: u64, time_ms: u64, op: Operation) -> Command {
         time_ms,
         principal,
         op,
+        proof: None,
     }
 }
 
@@ -50,6 +51,7 @@ fn machine() -> StateMachine {
         request_id: rid(u64::MAX),
         time_ms: 0,
         principal: "node-1".into(),
+        proof: None,
         op: Operation::CreatePrincipal {
             name: "admin".into(),
             roles: [qk_state::Role::Admin].into(),

@@ -47,6 +47,7 @@ impl Log {
             time_ms,
             principal: principal.into(),
             op,
+            proof: None,
         });
         assert_eq!(
             self.sm.audit_len(),

@@ -100,7 +100,12 @@ const KEY_LAYOUT: &[u8] = b"layout";
 /// Blocking: call it before starting Raft (or from `spawn_blocking`). Fails
 /// if another process holds the directory, if it was written by an
 /// incompatible layout, or if the persisted state machine does not decode.
-pub fn open(path: impl AsRef<Path>) -> Result<(LogStore, StateMachineStore), StoreError> {
+/// `grants` checks the session grants that commands are signed under (every
+/// applied command must prove its author, see [`qk_state::authn`]).
+pub fn open(
+    path: impl AsRef<Path>,
+    grants: std::sync::Arc<dyn qk_state::authn::GrantCheck>,
+) -> Result<(LogStore, StateMachineStore), StoreError> {
     let path = path.as_ref();
     let db = sled::Config::new()
         .path(path)
@@ -151,6 +156,6 @@ pub fn open(path: impl AsRef<Path>) -> Result<(LogStore, StateMachineStore), Sto
     );
     Ok((
         LogStore::new(db.clone(), logs, meta),
-        StateMachineStore::new(db, sm_tree, snapshots, applied),
+        StateMachineStore::new(db, sm_tree, snapshots, applied, grants),
     ))
 }

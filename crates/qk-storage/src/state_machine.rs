@@ -10,6 +10,7 @@ use openraft::{
     StoredMembership,
 };
 use qk_raft::{BatchResponse, QkNode, TypeConfig};
+use qk_state::authn::GrantCheck;
 use qk_state::{Command, Response, StateMachine};
 use serde::{Deserialize, Serialize};
 
@@ -139,6 +140,8 @@ struct Shared {
     snapshot_write: Mutex<()>,
     /// Called after each applied command, with the state as of that entry.
     hook: Mutex<Option<ApplyHook>>,
+    /// Checks the session grants commands are signed under (the cluster CA).
+    grants: Arc<dyn GrantCheck>,
 }
 
 /// Observer of applied commands: `(state after the command, log index (the
@@ -301,6 +304,7 @@ impl StateMachineStore {
         sm_tree: sled::Tree,
         snapshots: sled::Tree,
         state: AppliedState,
+        grants: Arc<dyn GrantCheck>,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -310,6 +314,7 @@ impl StateMachineStore {
                 state: RwLock::new(state),
                 snapshot_write: Mutex::new(()),
                 hook: Mutex::new(None),
+                grants,
             }),
         }
     }
@@ -361,6 +366,7 @@ impl StateReader {
 pub fn apply_entry(
     state: &mut AppliedState,
     entry: Entry,
+    grants: &dyn GrantCheck,
     on_command: &mut dyn FnMut(&StateMachine, u64, &Command, &Response),
 ) -> BatchResponse {
     state.last_applied = Some(entry.log_id);
@@ -369,7 +375,7 @@ pub fn apply_entry(
         EntryPayload::Normal(batch) => {
             let mut responses = Vec::with_capacity(batch.0.len());
             for cmd in &batch.0 {
-                let response = state.machine.apply(cmd);
+                let response = state.machine.apply_authenticated(cmd, grants);
                 on_command(&state.machine, entry.log_id.index, cmd, &response);
                 responses.push(response);
             }
@@ -449,8 +455,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .hook
             .lock()
             .map_err(|_| error::write_sm(StoreError::Poisoned))?;
+        let grants = self.shared.grants.as_ref();
         for entry in entries {
-            responses.push(apply_entry(&mut state, entry, &mut |s, i, c, r| {
+            responses.push(apply_entry(&mut state, entry, grants, &mut |s, i, c, r| {
                 if let Some(h) = hook.as_mut() {
                     h(s, i, c, r);
                 }

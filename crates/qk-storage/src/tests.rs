@@ -15,6 +15,11 @@ use openraft::{
 use super::*;
 use crate::codec::{index_key, MAX_META_BYTES};
 
+/// These tests apply blank entries only: no command needs a signer.
+fn no_signers() -> std::sync::Arc<qk_state::authn::KeyRoster> {
+    std::sync::Arc::new(qk_state::authn::KeyRoster::new())
+}
+
 fn log_id(term: u64, index: u64) -> LogId<NodeId> {
     LogId::new(CommittedLeaderId::new(term, 1), index)
 }
@@ -53,7 +58,7 @@ fn open_when_unlocked(dir: &Path) -> sled::Db {
 
 /// Our store, opened as `open_when_unlocked` opens sled.
 fn open_store(dir: &Path) -> (crate::LogStore, crate::StateMachineStore) {
-    retry_while_locked(|| open(dir))
+    retry_while_locked(|| open(dir, no_signers()))
 }
 
 fn retry_while_locked<T, E: std::fmt::Display>(mut f: impl FnMut() -> Result<T, E>) -> T {
@@ -148,7 +153,7 @@ fn malformed_log_key_is_an_error() {
         t.insert([0xff; 9], &[0u8][..]).expect("insert");
     });
     rt().block_on(async {
-        let (mut log, _sm) = open(dir.path()).expect("open");
+        let (mut log, _sm) = open(dir.path(), no_signers()).expect("open");
         let err = log.get_log_state().await.expect_err("bad key must fail");
         assert!(err.to_string().contains("log key"), "{err}");
     });
@@ -162,7 +167,7 @@ fn corrupt_vote_is_an_error() {
         t.insert(b"vote", &[0xff; 3][..]).expect("insert");
     });
     rt().block_on(async {
-        let (mut log, _sm) = open(dir.path()).expect("open");
+        let (mut log, _sm) = open(dir.path(), no_signers()).expect("open");
         let err = log.read_vote().await.expect_err("bad vote must fail");
         assert!(err.to_string().contains("corrupt vote"), "{err}");
     });
@@ -177,7 +182,7 @@ fn oversized_meta_record_is_an_error() {
             .expect("insert");
     });
     rt().block_on(async {
-        let (mut log, _sm) = open(dir.path()).expect("open");
+        let (mut log, _sm) = open(dir.path(), no_signers()).expect("open");
         let err = log.read_committed().await.expect_err("oversized must fail");
         assert!(err.to_string().contains("over the limit"), "{err}");
     });
@@ -191,7 +196,7 @@ fn corrupt_state_checkpoint_fails_open() {
         t.insert(b"applied", &[1, 0xff, 0xff, 0xff, 0xff, 0xff][..])
             .expect("insert");
     });
-    let err = open(dir.path()).expect_err("a damaged checkpoint must fail open");
+    let err = open(dir.path(), no_signers()).expect_err("a damaged checkpoint must fail open");
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     assert!(
         err.to_string().contains("state-machine checkpoint"),
@@ -206,7 +211,7 @@ fn unknown_snapshot_format_fails_open() {
     tamper(dir.path(), TREE_STATE_MACHINE, |t| {
         t.insert(b"applied", &[9, 0][..]).expect("insert");
     });
-    let err = open(dir.path()).expect_err("unknown format must fail open");
+    let err = open(dir.path(), no_signers()).expect_err("unknown format must fail open");
     assert!(matches!(err, StoreError::UnsupportedFormat { .. }), "{err}");
 }
 
@@ -217,7 +222,7 @@ fn unknown_layout_version_fails_open() {
     tamper(dir.path(), TREE_META, |t| {
         t.insert(KEY_LAYOUT, &[2][..]).expect("insert");
     });
-    let err = open(dir.path()).expect_err("unknown layout must fail open");
+    let err = open(dir.path(), no_signers()).expect_err("unknown layout must fail open");
     assert!(matches!(err, StoreError::UnsupportedFormat { .. }), "{err}");
 }
 
@@ -225,7 +230,7 @@ fn unknown_layout_version_fails_open() {
 fn corrupt_snapshot_meta_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     rt().block_on(async {
-        let (_log, mut sm) = open(dir.path()).expect("open");
+        let (_log, mut sm) = open(dir.path(), no_signers()).expect("open");
         sm.apply([blank(1, 1)]).await.expect("apply");
         sm.get_snapshot_builder()
             .await
@@ -237,7 +242,7 @@ fn corrupt_snapshot_meta_is_an_error() {
         t.insert(b"meta", &[0xff, 0xff][..]).expect("insert");
     });
     // The checkpoint is intact, but open compares it with the snapshot.
-    let err = open(dir.path()).expect_err("damaged snapshot metadata must fail open");
+    let err = open(dir.path(), no_signers()).expect_err("damaged snapshot metadata must fail open");
     assert!(err.to_string().contains("snapshot metadata"), "{err}");
 }
 
@@ -245,7 +250,7 @@ fn corrupt_snapshot_meta_is_an_error() {
 fn garbage_snapshot_is_rejected_and_state_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
     rt().block_on(async {
-        let (_log, mut sm) = open(dir.path()).expect("open");
+        let (_log, mut sm) = open(dir.path(), no_signers()).expect("open");
         sm.apply([blank(1, 1)]).await.expect("apply");
         let meta = SnapshotMeta {
             last_log_id: Some(log_id(2, 9)),
@@ -269,7 +274,7 @@ fn garbage_snapshot_is_rejected_and_state_kept() {
 fn snapshot_with_mismatched_meta_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     rt().block_on(async {
-        let (_log, mut sm) = open(dir.path()).expect("open");
+        let (_log, mut sm) = open(dir.path(), no_signers()).expect("open");
         sm.apply([blank(1, 1), blank(1, 2)]).await.expect("apply");
         let snap = sm
             .get_snapshot_builder()
@@ -280,7 +285,7 @@ fn snapshot_with_mismatched_meta_is_rejected() {
         let mut meta = snap.meta.clone();
         meta.last_log_id = Some(log_id(1, 7));
         let other = tempfile::tempdir().expect("tempdir");
-        let (_log2, mut sm2) = open(other.path()).expect("open");
+        let (_log2, mut sm2) = open(other.path(), no_signers()).expect("open");
         let err = sm2
             .install_snapshot(&meta, snap.snapshot)
             .await

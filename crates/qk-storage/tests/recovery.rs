@@ -11,6 +11,8 @@ use qk_raft::{Batch, BatchResponse, QkNode};
 use qk_state::{Command, CreateKey, Operation, RequestId};
 use qk_storage::{Entry, LogStore, NodeId, StateMachineStore, StoreError};
 
+mod common;
+
 fn log_id(term: u64, index: u64) -> LogId<NodeId> {
     LogId::new(CommittedLeaderId::new(term, 1), index)
 }
@@ -23,22 +25,24 @@ fn request_id(i: u64) -> RequestId {
 
 /// The bootstrapping node's first command: the principal the rest run as.
 fn initial_admin() -> Command {
-    Command {
+    common::signed(Command {
         request_id: request_id(u64::MAX),
         time_ms: 1_700_000_000_000,
         principal: "node-1".to_string(),
+        proof: None,
         op: Operation::CreatePrincipal {
             name: "admin".to_string(),
             roles: [qk_state::Role::Admin].into(),
         },
-    }
+    })
 }
 
 fn create_key(i: u64) -> Command {
-    Command {
+    common::signed(Command {
         request_id: request_id(i),
         time_ms: 1_700_000_000_000 + i,
         principal: "admin".to_string(),
+        proof: None,
         op: Operation::CreateKey(CreateKey {
             name: format!("key-{i}"),
             description: "test key".to_string(),
@@ -53,20 +57,21 @@ fn create_key(i: u64) -> Command {
                 qk_types::NodeId(3),
             ],
         }),
-    }
+    })
 }
 
 fn set_tag(i: u64, key: u64, value: Vec<u8>) -> Command {
-    Command {
+    common::signed(Command {
         request_id: request_id(i),
         time_ms: 1_700_000_000_000 + i,
         principal: "admin".to_string(),
+        proof: None,
         op: Operation::SetTag {
             name: format!("key-{key}"),
             tag: format!("tag-{i}"),
             value: Some(value),
         },
-    }
+    })
 }
 
 fn normal(term: u64, index: u64, cmd: Command) -> Entry {
@@ -124,7 +129,7 @@ async fn all_entries(log: &mut LogStore) -> Vec<Entry> {
 async fn restart_keeps_log_vote_and_pointers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (entries, vote, state) = {
-        let (mut log, _sm) = qk_storage::open(dir.path()).expect("open");
+        let (mut log, _sm) = qk_storage::open(dir.path(), common::roster()).expect("open");
         log.blocking_append(history(30)).await.expect("append");
         log.save_vote(&Vote::new_committed(3, 2))
             .await
@@ -146,7 +151,7 @@ async fn restart_keeps_log_vote_and_pointers() {
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 4)));
     assert_eq!(state.last_log_id, Some(log_id(1, 27)));
 
-    let (mut log, _sm) = qk_storage::open(dir.path()).expect("reopen");
+    let (mut log, _sm) = qk_storage::open(dir.path(), common::roster()).expect("reopen");
     assert_eq!(all_entries(&mut log).await, entries);
     assert_eq!(log.read_vote().await.expect("vote"), vote);
     assert_eq!(vote, Some(Vote::new_committed(3, 2)));
@@ -162,7 +167,7 @@ async fn restart_rebuilds_state_by_reapplying_the_committed_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let entries = history(40);
     let (before, responses_after_snapshot) = {
-        let (mut log, mut sm) = qk_storage::open(dir.path()).expect("open");
+        let (mut log, mut sm) = qk_storage::open(dir.path(), common::roster()).expect("open");
         log.blocking_append(entries.clone()).await.expect("append");
         sm.apply(entries[..=20].to_vec())
             .await
@@ -187,7 +192,7 @@ async fn restart_rebuilds_state_by_reapplying_the_committed_log() {
     };
 
     // A crash loses the in-memory state: the store comes back at the snapshot.
-    let (mut log, mut sm) = qk_storage::open(dir.path()).expect("reopen");
+    let (mut log, mut sm) = qk_storage::open(dir.path(), common::roster()).expect("reopen");
     let (applied, mem) = sm.applied_state().await.expect("applied state");
     assert_eq!(applied, Some(log_id(1, 20)));
     assert_eq!(mem.log_id(), &Some(log_id(1, 0)));
@@ -195,7 +200,7 @@ async fn restart_rebuilds_state_by_reapplying_the_committed_log() {
 
     // Re-applying the tail gives the very same responses.
     let other = tempfile::tempdir().expect("tempdir");
-    let (_l, mut replica) = qk_storage::open(other.path()).expect("open");
+    let (_l, mut replica) = qk_storage::open(other.path(), common::roster()).expect("open");
     replica.apply(entries[..=20].to_vec()).await.expect("apply");
     let again: Vec<BatchResponse> = replica
         .apply(entries[21..].to_vec())
@@ -221,7 +226,8 @@ async fn restart_rebuilds_state_by_reapplying_the_committed_log() {
 async fn snapshot_transfer_preserves_the_digest() {
     let leader_dir = tempfile::tempdir().expect("tempdir");
     let follower_dir = tempfile::tempdir().expect("tempdir");
-    let (_ll, mut leader) = qk_storage::open(leader_dir.path()).expect("open leader");
+    let (_ll, mut leader) =
+        qk_storage::open(leader_dir.path(), common::roster()).expect("open leader");
     leader.apply(history(25)).await.expect("apply");
     let leader_digest = digest(&leader);
     let keys = leader
@@ -239,7 +245,8 @@ async fn snapshot_transfer_preserves_the_digest() {
     let bytes = snap.snapshot.get_ref().clone();
 
     {
-        let (_fl, mut follower) = qk_storage::open(follower_dir.path()).expect("open follower");
+        let (_fl, mut follower) =
+            qk_storage::open(follower_dir.path(), common::roster()).expect("open follower");
         let mut incoming = follower.begin_receiving_snapshot().await.expect("begin");
         incoming.get_mut().extend_from_slice(&bytes);
         follower
@@ -261,7 +268,8 @@ async fn snapshot_transfer_preserves_the_digest() {
     }
 
     // The installed state is durable.
-    let (_fl, mut follower) = qk_storage::open(follower_dir.path()).expect("reopen follower");
+    let (_fl, mut follower) =
+        qk_storage::open(follower_dir.path(), common::roster()).expect("reopen follower");
     assert_eq!(digest(&follower), leader_digest);
     assert_eq!(
         follower.applied_state().await.expect("state").0,
@@ -283,7 +291,7 @@ async fn snapshot_transfer_preserves_the_digest() {
 #[tokio::test]
 async fn limited_reads_stay_near_the_byte_budget() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut log, _sm) = qk_storage::open(dir.path()).expect("open");
+    let (mut log, _sm) = qk_storage::open(dir.path(), common::roster()).expect("open");
     // Ten entries of about 1 MiB each.
     let big: Vec<Entry> = (1..=10)
         .map(|i| normal(1, i, set_tag(i, 1, vec![0xab; 1024 * 1024])))
@@ -304,7 +312,7 @@ async fn limited_reads_stay_near_the_byte_budget() {
 #[tokio::test]
 async fn oversized_entry_is_refused_not_written() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut log, _sm) = qk_storage::open(dir.path()).expect("open");
+    let (mut log, _sm) = qk_storage::open(dir.path(), common::roster()).expect("open");
     let huge = normal(
         1,
         1,
@@ -321,8 +329,8 @@ async fn oversized_entry_is_refused_not_written() {
 #[tokio::test]
 async fn second_open_of_a_directory_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let _first = qk_storage::open(dir.path()).expect("open");
-    let err = qk_storage::open(dir.path()).expect_err("the directory is locked");
+    let _first = qk_storage::open(dir.path(), common::roster()).expect("open");
+    let err = qk_storage::open(dir.path(), common::roster()).expect_err("the directory is locked");
     assert!(matches!(err, StoreError::Open { .. }), "{err}");
     assert!(
         err.to_string().contains("no other qk-node process"),
@@ -338,7 +346,7 @@ async fn batch_entry_applies_like_one_entry_per_command() {
     let commands = vec![initial_admin(), create_key(3), set_tag(4, 3, vec![4; 8])];
 
     let single_dir = tempfile::tempdir().expect("tempdir");
-    let (_l, mut single) = qk_storage::open(single_dir.path()).expect("open");
+    let (_l, mut single) = qk_storage::open(single_dir.path(), common::roster()).expect("open");
     let one_each: Vec<Entry> = (1u64..)
         .zip(&commands)
         .map(|(i, c)| normal(1, i, c.clone()))
@@ -346,7 +354,7 @@ async fn batch_entry_applies_like_one_entry_per_command() {
     let singles = single.apply(one_each).await.expect("apply");
 
     let batch_dir = tempfile::tempdir().expect("tempdir");
-    let (_l, mut batched) = qk_storage::open(batch_dir.path()).expect("open");
+    let (_l, mut batched) = qk_storage::open(batch_dir.path(), common::roster()).expect("open");
     let mut with_retry = commands.clone();
     with_retry.push(create_key(3));
     let entry = Entry {

@@ -18,6 +18,8 @@ use qk_raft::{Batch, QkNode, Raft, TypeConfig};
 use qk_state::{Command, CreateKey, Operation, RequestId};
 use qk_storage::{LogStore, NodeId, StateMachineStore, StoreError};
 
+mod common;
+
 /// A one-node cluster never sends an RPC; any attempt is an error.
 struct NoPeers;
 
@@ -67,10 +69,11 @@ impl RaftNetwork<TypeConfig> for NoPeers {
 fn create_key(i: u64) -> Command {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&i.to_be_bytes());
-    Command {
+    common::signed(Command {
         request_id: RequestId(id),
         time_ms: 1_700_000_000_000 + i,
         principal: "admin".to_string(),
+        proof: None,
         op: Operation::CreateKey(CreateKey {
             name: format!("key-{i}"),
             description: "test key".to_string(),
@@ -85,7 +88,7 @@ fn create_key(i: u64) -> Command {
                 qk_types::NodeId(3),
             ],
         }),
-    }
+    })
 }
 
 fn config() -> Arc<Config> {
@@ -105,7 +108,7 @@ fn config() -> Arc<Config> {
 async fn reopen(path: &Path) -> (LogStore, StateMachineStore) {
     let mut last_err = None;
     for _ in 0..100 {
-        match qk_storage::open(path) {
+        match qk_storage::open(path, common::roster()) {
             Ok(stores) => return stores,
             Err(e @ StoreError::Open { .. }) => last_err = Some(e),
             Err(e) => panic!("reopen failed: {e}"),
@@ -121,7 +124,7 @@ async fn single_node_writes_snapshots_and_restarts() {
     let timeout = Some(Duration::from_secs(10));
 
     let (digest, last_index, keys) = {
-        let (log, sm) = qk_storage::open(dir.path()).expect("open");
+        let (log, sm) = qk_storage::open(dir.path(), common::roster()).expect("open");
         let reader = sm.reader();
         let raft = Raft::new(1, config(), NoPeers, log, sm)
             .await
@@ -134,15 +137,16 @@ async fn single_node_writes_snapshots_and_restarts() {
             },
         )]);
         raft.initialize(members).await.expect("initialize");
-        let admin = Command {
+        let admin = common::signed(Command {
             request_id: RequestId([0xff; 16]),
             time_ms: 1_700_000_000_000,
             principal: "node-1".to_string(),
+            proof: None,
             op: Operation::CreatePrincipal {
                 name: "admin".to_string(),
                 roles: [qk_state::Role::Admin].into(),
             },
-        };
+        });
         raft.wait(timeout)
             .metrics(|m| m.current_leader == Some(1), "elected")
             .await

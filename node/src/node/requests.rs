@@ -248,7 +248,10 @@ impl Node {
             Decision::Allow => {}
             Decision::Deny(reason) => return self.denied(peer, "decrypt", Some(&name), reason),
             Decision::NeedsApproval { .. } => {
-                if let Err(resp) = self.break_glass(peer, &ct, &name, approval).await {
+                if let Err(resp) = self
+                    .break_glass(peer, credential, &ct, &name, approval)
+                    .await
+                {
                     return resp;
                 }
             }
@@ -260,6 +263,7 @@ impl Node {
     async fn break_glass(
         &self,
         peer: &Peer,
+        credential: Option<&Credential>,
         ct: &qk_crypto::Ciphertext,
         name: &str,
         approval: Option<String>,
@@ -277,7 +281,7 @@ impl Node {
                 },
             },
         };
-        match self.write_as(peer, op).await {
+        match self.write_as(peer, credential, op).await {
             ClientResponse::Written { response, .. } => match response.result {
                 Ok(Applied::ApprovalRequested { id, .. }) => Err(self.approval_pending(&id)),
                 Ok(_) => Ok(()),
@@ -296,15 +300,21 @@ impl Node {
         })
     }
 
-    /// Proposes `op` as the caller.
-    pub(super) async fn write_as(&self, peer: &Peer, op: Operation) -> ClientResponse {
+    /// Proposes `op` as the caller, signed with its `credential`.
+    pub(super) async fn write_as(
+        &self,
+        peer: &Peer,
+        credential: Option<&Credential>,
+        op: Operation,
+    ) -> ClientResponse {
         let cmd = Command {
             request_id: RequestId(rand::random()),
             time_ms: 0,
             principal: String::new(),
             op,
+            proof: None,
         };
-        self.write(peer, cmd).await
+        self.write(peer, credential, cmd).await
     }
 
     pub(super) fn partial_authorized(
@@ -365,6 +375,7 @@ impl Node {
     pub(super) async fn issue_token(
         &self,
         peer: &Peer,
+        credential: Option<&Credential>,
         principal: String,
         ttl_ms: u64,
         description: String,
@@ -385,7 +396,7 @@ impl Node {
             verify_key,
             expires_at_ms: now_ms().saturating_add(ttl_ms),
         };
-        match self.write_as(peer, op).await {
+        match self.write_as(peer, credential, op).await {
             ClientResponse::Written {
                 response,
                 log_index,

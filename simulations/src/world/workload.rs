@@ -226,6 +226,7 @@ impl World {
         self.trace(&format!("start {id}"), &[]);
         let hook = self.hook(id);
         let bug = self.cfg.bug;
+        let grants = self.roster.clone();
         let node = self.nodes.get_mut(&id)?;
         if node.alive {
             return None;
@@ -235,7 +236,7 @@ impl World {
         let (fsync_ms, incarnation) = (node.fsync_ms, node.incarnation.clone());
         node.replay_upto = disk.lock().map(|d| d.last_index()).unwrap_or(0);
         node.proto = NodeProtocol::new(id, ProtocolConfig::default());
-        let mut sm = crate::storage::MemSm::open(disk.clone(), hook);
+        let mut sm = crate::storage::MemSm::open(disk.clone(), hook, grants);
         if bug == PlantedBug::SwapApply && id == NodeId(1) {
             sm.plant_swap(3);
         }

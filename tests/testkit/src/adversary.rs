@@ -116,14 +116,36 @@ impl Adversary {
         })
     }
 
-    /// A write with the principal and request id of the attacker's choosing.
-    pub fn write(principal: &str, request_id: [u8; 16], op: Operation) -> PeerRequest {
+    /// A write with the principal and request id of the attacker's choosing,
+    /// with no proof of its author.
+    pub fn unsigned_write(principal: &str, request_id: [u8; 16], op: Operation) -> PeerRequest {
         PeerRequest::Client(ClientRequest::Write(SmCommand {
             request_id: RequestId(request_id),
             time_ms: 0,
             principal: principal.into(),
             op,
+            proof: None,
         }))
+    }
+
+    /// As [`Adversary::unsigned_write`], signed with the stolen node's own
+    /// key (the strongest proof the attacker can make).
+    pub fn write(&self, principal: &str, request_id: [u8; 16], op: Operation) -> PeerRequest {
+        let mut cmd = SmCommand {
+            request_id: RequestId(request_id),
+            time_ms: 0,
+            principal: principal.into(),
+            op,
+            proof: None,
+        };
+        let session = self.pool.session().expect("the stolen node's session");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64;
+        let proof = session.sign_command(&cmd, now_ms).expect("sign");
+        cmd.proof = Some(Box::new(proof));
+        PeerRequest::Client(ClientRequest::Write(cmd))
     }
 }
 

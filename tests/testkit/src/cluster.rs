@@ -272,6 +272,7 @@ impl Cluster {
             time_ms: 0,
             principal: String::new(),
             op,
+            proof: None,
         };
         match self.request(via, ClientRequest::Write(cmd)).await? {
             ClientResponse::Written {

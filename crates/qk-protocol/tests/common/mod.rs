@@ -156,6 +156,7 @@ impl Cluster {
             time_ms: self.now,
             principal: principal.to_string(),
             op,
+            proof: None,
         });
     }
 

@@ -50,11 +50,18 @@ fn request_id(n: u64) -> RequestId {
     RequestId(id)
 }
 
-async fn qk_write(client: &qk_net::PeerClient, n: u64) -> bool {
+/// One write by the harness's client, handing over its session so the node
+/// signs the command as the client (every write is signed by its author).
+async fn qk_write(
+    client: &qk_net::PeerClient,
+    session: &qk_state::proof::Credential,
+    n: u64,
+) -> bool {
     let cmd = SmCommand {
         request_id: request_id(n),
         time_ms: 0,
         principal: String::new(),
+        proof: None,
         op: Operation::SetTag {
             name: "bench".into(),
             tag: format!("t{}", n % TAGS),
@@ -63,7 +70,11 @@ async fn qk_write(client: &qk_net::PeerClient, n: u64) -> bool {
     };
     matches!(
         client
-            .call(&PeerRequest::Client(ClientRequest::Write(cmd)))
+            .call(&PeerRequest::ClientProven {
+                min_applied: 0,
+                credential: session.clone(),
+                request: ClientRequest::Write(cmd),
+            })
             .await,
         Ok(PeerResponse::Client(ClientResponse::Written { .. }))
     )
@@ -87,15 +98,17 @@ async fn bench_quorumkey(bin: &Path) -> Result<Vec<LoadResult>> {
         .map(|_| cluster.pool.any_node(&cluster.addr(leader)))
         .collect();
     let clients = std::sync::Arc::new(clients);
+    let session = std::sync::Arc::new(cluster.pool.session()?);
     let mut out = Vec::new();
     let mut base = 0u64;
     for concurrency in [1usize, 64] {
         let c = clients.clone();
+        let s = session.clone();
         let offset = base;
         out.push(
             load(concurrency, ops_for(concurrency), move |n| {
-                let c = c.clone();
-                async move { qk_write(&c[(n as usize) % c.len()], offset + n).await }
+                let (c, s) = (c.clone(), s.clone());
+                async move { qk_write(&c[(n as usize) % c.len()], &s, offset + n).await }
             })
             .await,
         );

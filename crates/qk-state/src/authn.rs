@@ -1,0 +1,230 @@
+//! Every command proves its author, and every replica checks the proof at
+//! apply.
+//!
+//! The node that proposes a command is not trusted to say who wrote it. A
+//! principal's command is signed with the principal's own credential (its
+//! token's derived key, or a session key its client certificate granted,
+//! see [`crate::proof`]); a node's own command (a DKG step, an ack, a
+//! receipt, an audit batch) is signed with a session key its node
+//! certificate granted. The check is deterministic: it reads only the
+//! command, the replicated state and the log time, plus a [`GrantCheck`]
+//! that every replica builds from the same cluster CA. A command whose proof
+//! fails changes nothing and is recorded as refused, under the name
+//! `unauthenticated`, never under the principal it claims.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, Operation, RequestId, Response, StateError};
+use crate::machine::{bounded, MAX_NAME_LEN};
+use crate::proof::{
+    check_proof_bounds, check_signer, verify_ed25519, Credential, ProofError, SessionGrant, Signer,
+    INTENT_MAX_AGE_MS,
+};
+use crate::{AuditRecord, StateMachine, GENESIS_HASH};
+
+const COMMAND_DOMAIN: &[u8] = b"quorumkey command v1\0";
+/// The audit name of a command whose author is not proven.
+pub const UNAUTHENTICATED: &str = "unauthenticated";
+
+/// A command author's signature over the principal, the request id, the
+/// operation and the time it signed at. The leader's log time is not
+/// covered (the leader stamps it later); apply accepts the proof only within
+/// [`INTENT_MAX_AGE_MS`] of the log time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandProof {
+    pub signer: Signer,
+    pub signed_ms: u64,
+    pub signature: Vec<u8>,
+}
+
+/// Checks a session grant's certificate: it chains to the cluster CA, is
+/// valid at `at_ms`, names `grant.principal`, and signed the grant. The same
+/// grant and time must give the same verdict on every replica.
+pub trait GrantCheck: Send + Sync {
+    fn check_grant(&self, grant: &SessionGrant, at_ms: u64) -> Result<(), ProofError>;
+}
+
+/// The bytes a command proof signs.
+pub fn command_message(
+    principal: &str,
+    request_id: &RequestId,
+    op: &Operation,
+    signed_ms: u64,
+) -> Result<Vec<u8>, ProofError> {
+    let op_bytes = postcard::to_allocvec(op).map_err(|e| ProofError::Malformed(e.to_string()))?;
+    let mut m = COMMAND_DOMAIN.to_vec();
+    let mut field = |bytes: &[u8]| {
+        m.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        m.extend_from_slice(bytes);
+    };
+    field(principal.as_bytes());
+    field(&request_id.0);
+    field(&signed_ms.to_be_bytes());
+    field(&op_bytes);
+    Ok(m)
+}
+
+impl Credential {
+    /// Signs `cmd` (its principal, request id and operation) at `signed_ms`.
+    pub fn sign_command(&self, cmd: &Command, signed_ms: u64) -> Result<CommandProof, ProofError> {
+        let message = command_message(&cmd.principal, &cmd.request_id, &cmd.op, signed_ms)?;
+        Ok(CommandProof {
+            signer: self.signer.clone(),
+            signed_ms,
+            signature: self.sign(&message)?,
+        })
+    }
+}
+
+impl StateMachine {
+    /// Applies `cmd` if its proof shows that `cmd.principal` wrote it;
+    /// otherwise records the refusal and changes nothing else. What every
+    /// replica runs for every committed command.
+    pub fn apply_authenticated(&mut self, cmd: &Command, grants: &dyn GrantCheck) -> Response {
+        let at_ms = self.advance_clock(cmd.time_ms);
+        match self.authenticate(cmd, grants, at_ms) {
+            Ok(()) => self.apply(cmd),
+            Err(e) => self.refuse_unauthenticated(cmd, at_ms, &e),
+        }
+    }
+
+    fn authenticate(
+        &self,
+        cmd: &Command,
+        grants: &dyn GrantCheck,
+        at_ms: u64,
+    ) -> Result<(), ProofError> {
+        let proof = cmd.proof.as_deref().ok_or_else(|| {
+            ProofError::Signer(format!(
+                "the command carries no proof from {}; every write is signed by its author's credential",
+                bounded(&cmd.principal, MAX_NAME_LEN)
+            ))
+        })?;
+        check_proof_bounds(&proof.signer, &proof.signature)?;
+        let age_ms = at_ms.abs_diff(proof.signed_ms);
+        if age_ms > INTENT_MAX_AGE_MS {
+            return Err(ProofError::Stale { age_ms });
+        }
+        let (signer, key) = match &proof.signer {
+            Signer::Token { id } => self.token_signer(id, at_ms)?,
+            Signer::Session(grant) => {
+                grants.check_grant(grant, at_ms)?;
+                (grant.principal.clone(), grant.session_key)
+            }
+        };
+        check_signer(signer, &cmd.principal)?;
+        let message = command_message(&cmd.principal, &cmd.request_id, &cmd.op, proof.signed_ms)?;
+        verify_ed25519(&key, &message, &proof.signature)
+    }
+
+    fn token_signer(&self, id: &str, at_ms: u64) -> Result<(String, [u8; 32]), ProofError> {
+        let token = self.tokens.get(id).ok_or_else(|| {
+            ProofError::Signer(format!(
+                "the proof names token {}, which does not exist",
+                bounded(id, 64)
+            ))
+        })?;
+        if token.revoked_ms.is_some() || token.expires_at_ms <= at_ms {
+            return Err(ProofError::Signer(format!(
+                "the proof's token {id} is revoked or expired"
+            )));
+        }
+        Ok((token.principal.clone(), token.verify_key))
+    }
+
+    fn refuse_unauthenticated(&mut self, cmd: &Command, at_ms: u64, e: &ProofError) -> Response {
+        let error = StateError::Denied(format!(
+            "the command's author is not proven: {e}; send it with the principal's own credential"
+        ));
+        let record = AuditRecord {
+            seq: 0,
+            time_ms: at_ms,
+            request_id: cmd.request_id,
+            principal: UNAUTHENTICATED.to_string(),
+            operation: cmd.op.name().to_string(),
+            key: cmd.op.key_name().map(|k| bounded(k, MAX_NAME_LEN)),
+            version: cmd.op.version(),
+            outcome: format!(
+                "refused: claims to come from {}; {e}",
+                bounded(&cmd.principal, MAX_NAME_LEN)
+            ),
+            prev_hash: GENESIS_HASH,
+            hash: [0u8; 32],
+        };
+        // Not remembered as an answer to its request id: a forged command
+        // must not occupy the id of the honest command it copies.
+        Response {
+            result: Err(error),
+            audit_seq: self.push_record(record),
+            duplicate: false,
+        }
+    }
+}
+
+/// A fixed list of principals' Ed25519 keys in place of the cluster CA:
+/// the PKI of the simulator and of tests that drive the state machine
+/// without certificates. A grant checks when its principal is enrolled,
+/// its `session_key` is the enrolled key, it carries no certificate, it has
+/// not expired, and the enrolled key signed it.
+#[derive(Clone, Debug, Default)]
+pub struct KeyRoster {
+    keys: BTreeMap<String, [u8; 32]>,
+}
+
+impl KeyRoster {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Enrolls `principal` with the Ed25519 key of `seed` and returns its
+    /// credential (a grant valid until `expires_ms`).
+    pub fn enroll(
+        &mut self,
+        principal: &str,
+        seed: [u8; 32],
+        expires_ms: u64,
+    ) -> Result<Credential, ProofError> {
+        let session_key = Credential::session_key(&seed)?;
+        self.keys.insert(principal.to_string(), session_key);
+        let unsigned = SessionGrant {
+            cert_der: Vec::new(),
+            principal: principal.to_string(),
+            session_key,
+            expires_ms,
+            signature: Vec::new(),
+        };
+        let signature =
+            Credential::session(seed, unsigned.clone()).sign(&unsigned.signed_message())?;
+        Ok(Credential::session(
+            seed,
+            SessionGrant {
+                signature,
+                ..unsigned
+            },
+        ))
+    }
+}
+
+impl GrantCheck for KeyRoster {
+    fn check_grant(&self, grant: &SessionGrant, at_ms: u64) -> Result<(), ProofError> {
+        let enrolled = self
+            .keys
+            .get(&grant.principal)
+            .ok_or_else(|| ProofError::Signer(format!("{} is not enrolled", grant.principal)))?;
+        if *enrolled != grant.session_key || !grant.cert_der.is_empty() {
+            return Err(ProofError::Signer(format!(
+                "the grant is not {}'s enrolled key",
+                grant.principal
+            )));
+        }
+        if grant.expires_ms <= at_ms {
+            return Err(ProofError::Signer(format!(
+                "the session of {} expired",
+                grant.principal
+            )));
+        }
+        verify_ed25519(enrolled, &grant.signed_message(), &grant.signature)
+    }
+}

@@ -1,0 +1,255 @@
+//! Every command proves its author at apply: forged principals, tampered
+//! operations, stale and replayed proofs, revoked tokens and another node's
+//! name are refused, recorded as `unauthenticated`, and change nothing.
+
+use qk_state::authn::{KeyRoster, UNAUTHENTICATED};
+use qk_state::proof::{token_verify_key, Credential, INTENT_MAX_AGE_MS};
+use qk_state::{Command, Operation, RequestId, Response, Role, StateError, StateMachine};
+use sha2::{Digest, Sha256};
+
+mod common;
+
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+struct Cluster {
+    sm: StateMachine,
+    roster: KeyRoster,
+    node1: Credential,
+    node2: Credential,
+    admin: Credential,
+    next: u64,
+    now: u64,
+}
+
+impl Cluster {
+    /// node-1 and node-2 enrolled; node-1 created `admin`, which holds a
+    /// token (the admin's credential).
+    fn new() -> Cluster {
+        let mut roster = KeyRoster::new();
+        let node1 = roster.enroll("node-1", [1; 32], DAY_MS).expect("node-1");
+        let node2 = roster.enroll("node-2", [2; 32], DAY_MS).expect("node-2");
+        let admin = Credential::from_token("00000000000000a1", "admin secret");
+        let mut c = Cluster {
+            sm: StateMachine::new(),
+            roster,
+            node1: node1.clone(),
+            node2,
+            admin: admin.clone(),
+            next: 0,
+            now: 1_000,
+        };
+        let create = Operation::CreatePrincipal {
+            name: "admin".into(),
+            roles: [Role::Admin].into(),
+        };
+        c.signed(&node1, "node-1", create).result.expect("admin");
+        // The admin's client certificate (here its roster key) signs its
+        // first token; the token's key signs from then on.
+        let admin_cert = c.roster.enroll("admin", [3; 32], DAY_MS).expect("admin");
+        c.signed(
+            &admin_cert,
+            "admin",
+            issue("00000000000000a1", "admin", "admin secret"),
+        )
+        .result
+        .expect("token issued");
+        c
+    }
+
+    fn command(&mut self, principal: &str, op: Operation) -> Command {
+        self.next += 1;
+        let mut id = [0u8; 16];
+        id[8..].copy_from_slice(&self.next.to_be_bytes());
+        Command {
+            request_id: RequestId(id),
+            time_ms: self.now,
+            principal: principal.into(),
+            op,
+            proof: None,
+        }
+    }
+
+    fn signed(&mut self, credential: &Credential, principal: &str, op: Operation) -> Response {
+        let mut cmd = self.command(principal, op);
+        cmd.proof = Some(Box::new(
+            credential.sign_command(&cmd, self.now).expect("signs"),
+        ));
+        self.sm.apply_authenticated(&cmd, &self.roster)
+    }
+
+    fn last_record(&self) -> qk_state::AuditRecord {
+        let n = self.sm.audit_len();
+        self.sm.audit_records(n, 1)[0].clone()
+    }
+
+    /// The last command was refused as unauthenticated, naming `claimed`.
+    fn assert_refused(&self, response: &Response, claimed: &str) {
+        assert!(
+            matches!(&response.result, Err(StateError::Denied(m)) if m.contains("not proven")),
+            "{response:?}"
+        );
+        let record = self.last_record();
+        assert_eq!(record.principal, UNAUTHENTICATED);
+        assert!(
+            record
+                .outcome
+                .contains(&format!("claims to come from {claimed}")),
+            "{}",
+            record.outcome
+        );
+    }
+}
+
+fn issue(id: &str, principal: &str, secret: &str) -> Operation {
+    Operation::IssueToken {
+        id: id.into(),
+        principal: principal.into(),
+        description: String::new(),
+        secret_sha256: Sha256::digest(secret.as_bytes()).into(),
+        verify_key: token_verify_key(secret).expect("key"),
+        expires_at_ms: DAY_MS,
+    }
+}
+
+fn mallory() -> Operation {
+    Operation::CreatePrincipal {
+        name: "mallory".into(),
+        roles: [Role::Admin].into(),
+    }
+}
+
+#[test]
+fn a_principal_signed_command_applies_as_that_principal() {
+    let mut c = Cluster::new();
+    let admin = c.admin.clone();
+    c.signed(&admin, "admin", mallory())
+        .result
+        .expect("applied");
+    assert!(c.sm.principal("mallory").is_some());
+    assert_eq!(c.last_record().principal, "admin");
+}
+
+#[test]
+fn a_node_cannot_write_as_a_principal_or_as_another_node() {
+    let mut c = Cluster::new();
+    let node2 = c.node2.clone();
+    // node-2 signs with its own key but claims to be the admin...
+    let r = c.signed(&node2, "admin", mallory());
+    c.assert_refused(&r, "admin");
+    // ...or node-1 (an EraseReceipt, a DKG step: anything a node files).
+    let receipt = Operation::EraseReceipt {
+        name: "k".into(),
+        version: qk_types::KeyVersion(1),
+        node: qk_types::NodeId(1),
+    };
+    let r = c.signed(&node2, "node-1", receipt);
+    c.assert_refused(&r, "node-1");
+    assert!(c.sm.principal("mallory").is_none());
+}
+
+#[test]
+fn a_command_without_a_proof_is_refused() {
+    let mut c = Cluster::new();
+    let cmd = c.command("admin", mallory());
+    let r = c.sm.apply_authenticated(&cmd, &c.roster);
+    c.assert_refused(&r, "admin");
+    assert!(c.sm.principal("mallory").is_none());
+}
+
+#[test]
+fn a_tampered_operation_does_not_verify() {
+    let mut c = Cluster::new();
+    let mut cmd = c.command("admin", common::create_key("k", &[1, 2, 3]));
+    cmd.proof = Some(Box::new(c.admin.sign_command(&cmd, c.now).expect("signs")));
+    cmd.op = mallory();
+    let r = c.sm.apply_authenticated(&cmd, &c.roster);
+    c.assert_refused(&r, "admin");
+    assert!(c.sm.principal("mallory").is_none());
+}
+
+#[test]
+fn a_stale_proof_is_refused_even_when_the_leader_stamps_an_old_time() {
+    let mut c = Cluster::new();
+    let signed_at = c.now;
+    let mut old = c.command("admin", mallory());
+    old.proof = Some(Box::new(
+        c.admin.sign_command(&old, signed_at).expect("signs"),
+    ));
+    // The log moves on past the proof's freshness...
+    c.now += INTENT_MAX_AGE_MS + 1;
+    let later = c.command("admin", Operation::RevokeToken { id: "none".into() });
+    let _ = c.sm.apply(&later);
+    // ...and a leader that replays the command with its original time
+    // does not make the proof fresh again.
+    let r = c.sm.apply_authenticated(&old, &c.roster);
+    c.assert_refused(&r, "admin");
+    assert!(c.sm.principal("mallory").is_none());
+}
+
+#[test]
+fn a_revoked_token_signs_nothing_more() {
+    let mut c = Cluster::new();
+    let admin = c.admin.clone();
+    c.signed(
+        &admin,
+        "admin",
+        Operation::RevokeToken {
+            id: "00000000000000a1".into(),
+        },
+    )
+    .result
+    .expect("revoked");
+    let r = c.signed(&admin, "admin", mallory());
+    c.assert_refused(&r, "admin");
+}
+
+#[test]
+fn a_replayed_signed_command_is_a_duplicate_and_changes_nothing() {
+    let mut c = Cluster::new();
+    let mut cmd = c.command("admin", common::create_key("k", &[1, 2, 3]));
+    cmd.proof = Some(Box::new(c.admin.sign_command(&cmd, c.now).expect("signs")));
+    c.sm.apply_authenticated(&cmd, &c.roster)
+        .result
+        .expect("created");
+    let keys = c.sm.key_count();
+    let again = c.sm.apply_authenticated(&cmd, &c.roster);
+    assert!(again.duplicate);
+    assert_eq!(c.sm.key_count(), keys);
+}
+
+#[test]
+fn a_forged_copy_does_not_take_the_request_id_of_the_honest_command() {
+    let mut c = Cluster::new();
+    let mut honest = c.command("admin", common::create_key("k", &[1, 2, 3]));
+    let mut forged = honest.clone();
+    forged.op = mallory();
+    let r = c.sm.apply_authenticated(&forged, &c.roster);
+    c.assert_refused(&r, "admin");
+    honest.proof = Some(Box::new(
+        c.admin.sign_command(&honest, c.now).expect("signs"),
+    ));
+    let r = c.sm.apply_authenticated(&honest, &c.roster);
+    assert!(!r.duplicate && r.result.is_ok(), "{r:?}");
+    assert!(c.sm.key("k").is_some());
+}
+
+#[test]
+fn a_roster_grant_checks_only_for_its_enrolled_key() {
+    use qk_state::authn::GrantCheck;
+    use qk_state::proof::Signer;
+    let mut c = Cluster::new();
+    let mut other = KeyRoster::new();
+    let impostor = other.enroll("node-1", [9; 32], DAY_MS).expect("impostor");
+    let Signer::Session(grant) = &impostor.signer else {
+        panic!("a session credential");
+    };
+    assert!(c.roster.check_grant(grant, c.now).is_err());
+    let r = c.signed(&impostor, "node-1", mallory());
+    c.assert_refused(&r, "node-1");
+    let node1 = c.node1.clone();
+    let Signer::Session(grant) = &node1.signer else {
+        panic!("a session credential");
+    };
+    assert!(c.roster.check_grant(grant, c.now).is_ok());
+    assert!(c.roster.check_grant(grant, DAY_MS).is_err(), "expired");
+}
