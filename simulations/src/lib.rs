@@ -65,6 +65,9 @@ pub enum PlantedBug {
     /// workload wraps under instead of the caller's, so a caller naming
     /// another context gets partials.
     SkipProofCheck,
+    /// The cluster's grant check accepts any self-signed grant, whatever
+    /// principal it names (as if the CA check were skipped at apply).
+    TrustAnyGrant,
 }
 
 #[derive(Clone, Debug)]
@@ -124,6 +127,7 @@ impl SimConfig {
             PlantedBug::SwapApply => s.push_str(" --plant-swap-apply"),
             PlantedBug::IgnoreErase => s.push_str(" --plant-ignore-erase"),
             PlantedBug::SkipProofCheck => s.push_str(" --plant-skip-proof-check"),
+            PlantedBug::TrustAnyGrant => s.push_str(" --plant-trust-any-grant"),
         }
         s
     }
@@ -193,6 +197,10 @@ pub struct Stats {
     /// many of them were refused.
     pub attacks: u64,
     pub attacks_refused: u64,
+    /// Commands the compromised node forged (another principal's or node's
+    /// name, a replayed proof, a self-made grant), and how many were refused.
+    pub forgeries: u64,
+    pub forgeries_refused: u64,
     /// Root keys the checker reconstructed (and searched for).
     pub roots_reconstructed: u64,
 }

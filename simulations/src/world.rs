@@ -14,7 +14,7 @@ use qk_protocol::{
     UnwrapMode, UnwrapRequest,
 };
 use qk_raft::{Batch, QkNode, Raft};
-use qk_state::authn::KeyRoster;
+use qk_state::authn::{GrantCheck, KeyRoster};
 use qk_state::proof::Credential;
 use qk_state::{
     verify_chain, Command, CreateKey, DkgStep, KeyRecord, Operation, RequestId, StateMachine,
@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use crate::storage::{Applied, Hook, RaftDisk, SharedDisk};
 
 mod checks;
+mod forgery;
 mod workload;
 
 use crate::{PlantedBug, SimConfig, Stats};
@@ -133,8 +134,14 @@ pub(crate) struct World {
     pub(crate) truth: StateMachine,
     /// The simulated PKI: every node's and the admin's enrolled key (the
     /// cluster CA of a real node), and each one's credential.
-    pub(crate) roster: Arc<KeyRoster>,
+    pub(crate) roster: Arc<dyn GrantCheck>,
     credentials: BTreeMap<String, Credential>,
+    /// Request ids of the commands the compromised node forged: none may
+    /// take effect.
+    forged: BTreeSet<RequestId>,
+    /// The admin's latest signed commands, as the compromised node saw
+    /// them in the log (material for replays).
+    seen_signed: Vec<Command>,
     blocked: BTreeSet<(NodeId, NodeId)>,
     loss_per_mille: u32,
     dup_per_mille: u32,
@@ -236,8 +243,10 @@ impl World {
             canon: Vec::new(),
             extender: None,
             truth: StateMachine::new(),
-            roster: Arc::new(roster),
+            roster: forgery::grant_check(roster, cfg.bug),
             credentials,
+            forged: BTreeSet::new(),
+            seen_signed: Vec::new(),
             blocked: BTreeSet::new(),
             loss_per_mille: loss,
             dup_per_mille: dup,
@@ -606,6 +615,7 @@ impl World {
         if self.extender == Some(id) && index as usize + 1 == self.canon.len() {
             let resp = self.truth.apply_authenticated(cmd, self.roster.as_ref());
             self.stats.commands += 1;
+            self.check_forgery(cmd, &resp);
             self.note_deal(cmd);
             if let Ok(a) = &resp.result {
                 match a {
@@ -935,6 +945,9 @@ impl World {
             }
             Ev::Workload => {
                 if self.workload_on {
+                    if self.byzantine.is_some() && self.rng.random_range(0..100) < 5 {
+                        self.forge();
+                    }
                     self.workload();
                     let d = self.rng.random_range(100..600);
                     self.schedule(d, Ev::Workload);

@@ -60,6 +60,7 @@ fn the_sweep_exercises_faults_and_invariants() {
         total.raft_messages += s.raft_messages;
         total.forwards += s.forwards;
         total.attacks_refused += s.attacks_refused;
+        total.forgeries_refused += s.forgeries_refused;
         total.raft_duplicates += s.raft_duplicates;
         total.unflushed_entries_lost += s.unflushed_entries_lost;
     }
@@ -78,6 +79,7 @@ fn the_sweep_exercises_faults_and_invariants() {
     assert!(total.raft_messages > 0, "{total:?}");
     assert!(total.forwards > 0, "{total:?}");
     assert!(total.attacks_refused > 0, "{total:?}");
+    assert!(total.forgeries_refused > 0, "{total:?}");
     assert!(total.raft_duplicates > 0, "{total:?}");
 }
 
@@ -109,4 +111,10 @@ fn planted_ignored_erase_is_caught_within_the_sweep() {
 fn planted_skipped_proof_check_is_caught_within_the_sweep() {
     let v = caught(PlantedBug::SkipProofCheck, "--plant-skip-proof-check");
     assert!(v.what.contains("ciphertext proof does not verify"), "{v}");
+}
+
+#[test]
+fn planted_trusting_grant_check_is_caught_within_the_sweep() {
+    let v = caught(PlantedBug::TrustAnyGrant, "--plant-trust-any-grant");
+    assert!(v.what.contains("a forged command took effect"), "{v}");
 }
