@@ -111,6 +111,11 @@ pub fn validate_client_name(name: &str) -> Result<(), IdentityError> {
     {
         return bad("use only letters, digits, '.', '_' and '-'");
     }
+    if name.starts_with("node-") {
+        // `node-N` is how a node signs its own commands; a client
+        // certificate with that name would sign as the node.
+        return bad("names starting with 'node-' are reserved for cluster nodes");
+    }
     Ok(())
 }
 
@@ -198,6 +203,13 @@ mod tests {
             Some(Err(_))
         ));
         assert!(matches!(parse_identity_uri("qk://admin/x"), Some(Err(_))));
+        // A client may not carry a node's signing name.
+        assert!(matches!(
+            parse_identity_uri("qk://client/node-1"),
+            Some(Err(_))
+        ));
+        assert!(validate_client_name("node-1").is_err());
+        assert!(validate_client_name("nodes").is_ok());
         assert_eq!(parse_identity_uri("https://example.com/"), None);
     }
 

@@ -126,6 +126,9 @@ pub struct GrantVerifier {
     /// before, not after), so a remembered grant gets the same verdict at
     /// every time as a fresh verification.
     verified: Mutex<HashMap<[u8; 32], Validity>>,
+    /// The CA certificate's own validity: a remembered grant is valid only
+    /// while both are.
+    ca_validity: Validity,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -154,6 +157,7 @@ impl GrantVerifier {
         Ok(Self {
             verifier,
             verified: Mutex::new(HashMap::new()),
+            ca_validity: validity_of(ca.der()).map_err(|e| fail(e.to_string()))?,
         })
     }
 
@@ -220,14 +224,22 @@ impl GrantVerifier {
             Err(e) => return Err(signer(e.to_string())),
         }
         verify_cert_signature(&grant.cert_der, &grant.signed_message(), &grant.signature)?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&grant.cert_der)
-            .map_err(|e| ProofError::Malformed(e.to_string()))?;
-        let ms = |s: i64| u64::try_from(s).unwrap_or(0).saturating_mul(1000);
+        let leaf = validity_of(&grant.cert_der)?;
         Ok(Validity {
-            not_before_ms: ms(cert.validity().not_before.timestamp()),
-            not_after_ms: ms(cert.validity().not_after.timestamp()),
+            not_before_ms: leaf.not_before_ms.max(self.ca_validity.not_before_ms),
+            not_after_ms: leaf.not_after_ms.min(self.ca_validity.not_after_ms),
         })
     }
+}
+
+fn validity_of(cert_der: &[u8]) -> Result<Validity, ProofError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| ProofError::Malformed(e.to_string()))?;
+    let ms = |s: i64| u64::try_from(s).unwrap_or(0).saturating_mul(1000);
+    Ok(Validity {
+        not_before_ms: ms(cert.validity().not_before.timestamp()),
+        not_after_ms: ms(cert.validity().not_after.timestamp()),
+    })
 }
 
 impl qk_state::authn::GrantCheck for GrantVerifier {

@@ -275,7 +275,13 @@ impl StateMachine {
     fn authorize_node(&self, cmd: &Command) -> Decision {
         match &cmd.op {
             op if is_node_only(op) => Decision::Allow,
-            Operation::CreatePrincipal { .. } if self.principals.is_empty() => Decision::Allow,
+            // The initial admin, once: a cluster whose principals were all
+            // deleted is not bootstrapped again by a node.
+            Operation::CreatePrincipal { .. }
+                if self.principals.is_empty() && !self.bootstrapped =>
+            {
+                Decision::Allow
+            }
             Operation::Destroy { .. } => Decision::Allow,
             op => Decision::Deny(format!(
                 "{} comes from clients; a node may not propose it",
@@ -427,6 +433,14 @@ impl StateMachine {
                 if due.is_none_or(|d| d > now) {
                     return Err(invalid(format!("key {name:?} is not due for rotation")));
                 }
+                // A node does not choose who holds a key: a scheduled
+                // rotation keeps the holders of the version before it.
+                let last = self.key(name).and_then(|k| k.versions.last());
+                if last.is_none_or(|v| v.holders != *holders) {
+                    return Err(invalid(format!(
+                        "a scheduled rotation of {name:?} keeps the last version's holders; an administrator rotates to others"
+                    )));
+                }
                 self.rotate(name, holders, None, now)
             }
             Operation::Expire { name } => {
@@ -465,6 +479,7 @@ impl StateMachine {
         if self.principals.len() >= MAX_PRINCIPALS {
             return Err(invalid(format!("at most {MAX_PRINCIPALS} principals")));
         }
+        self.bootstrapped = true;
         self.principals.insert(
             name.to_string(),
             PrincipalRecord {

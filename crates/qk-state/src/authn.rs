@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Operation, RequestId, Response, StateError};
-use crate::machine::{bounded, MAX_NAME_LEN};
+use crate::machine::{bounded, MAX_FRESH_REQUESTS, MAX_NAME_LEN};
 use crate::proof::{
     check_proof_bounds, check_signer, verify_ed25519, Credential, ProofError, SessionGrant, Signer,
     INTENT_MAX_AGE_MS,
@@ -82,12 +82,28 @@ impl StateMachine {
     /// Applies `cmd` if its proof shows that `cmd.principal` wrote it;
     /// otherwise records the refusal and changes nothing else. What every
     /// replica runs for every committed command.
+    ///
+    /// The command runs at the log clock: the leader's stamp, but never
+    /// earlier than the clock already is, and the author's signing time
+    /// must be within [`INTENT_MAX_AGE_MS`] of both (so a leader cannot run
+    /// a signed command at a time of its choosing, nor revive an old one).
     pub fn apply_authenticated(&mut self, cmd: &Command, grants: &dyn GrantCheck) -> Response {
-        let at_ms = self.advance_clock(cmd.time_ms);
-        match self.authenticate(cmd, grants, at_ms) {
-            Ok(()) => self.apply(cmd),
-            Err(e) => self.refuse_unauthenticated(cmd, at_ms, &e),
+        let at_ms = self.clock_ms().max(cmd.time_ms);
+        if let Err(e) = self.authenticate(cmd, grants, at_ms) {
+            return self.refuse_unauthenticated(cmd, at_ms, &e.to_string());
         }
+        if self.remembers_too_many() {
+            let e = format!(
+                "more than {MAX_FRESH_REQUESTS} requests in the last {INTENT_MAX_AGE_MS} ms; retry later"
+            );
+            return self.refuse_unauthenticated(cmd, at_ms, &e);
+        }
+        if cmd.time_ms == at_ms {
+            return self.apply(cmd);
+        }
+        let mut at_clock = cmd.clone();
+        at_clock.time_ms = at_ms;
+        self.apply(&at_clock)
     }
 
     fn authenticate(
@@ -103,14 +119,24 @@ impl StateMachine {
             ))
         })?;
         check_proof_bounds(&proof.signer, &proof.signature)?;
-        let age_ms = at_ms.abs_diff(proof.signed_ms);
+        let age_ms = at_ms
+            .abs_diff(proof.signed_ms)
+            .max(cmd.time_ms.abs_diff(proof.signed_ms));
         if age_ms > INTENT_MAX_AGE_MS {
             return Err(ProofError::Stale { age_ms });
         }
         let (signer, key) = match &proof.signer {
             Signer::Token { id } => self.token_signer(id, at_ms)?,
             Signer::Session(grant) => {
-                grants.check_grant(grant, at_ms)?;
+                // The verdict, never the checker's words: its detail may
+                // differ between replicas (a remembered grant or not) and
+                // must not reach the replicated state.
+                grants.check_grant(grant, at_ms).map_err(|_| {
+                    ProofError::Signer(format!(
+                        "the session grant of {} does not check against the cluster CA at the log time",
+                        bounded(&grant.principal, MAX_NAME_LEN)
+                    ))
+                })?;
                 (grant.principal.clone(), grant.session_key)
             }
         };
@@ -134,7 +160,7 @@ impl StateMachine {
         Ok((token.principal.clone(), token.verify_key))
     }
 
-    fn refuse_unauthenticated(&mut self, cmd: &Command, at_ms: u64, e: &ProofError) -> Response {
+    fn refuse_unauthenticated(&mut self, cmd: &Command, at_ms: u64, e: &str) -> Response {
         let error = StateError::Denied(format!(
             "the command's author is not proven: {e}; send it with the principal's own credential"
         ));

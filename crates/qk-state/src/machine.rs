@@ -20,6 +20,26 @@ use crate::proof::INTENT_MAX_AGE_MS;
 /// How many request ids are remembered for deduplication (oldest forgotten
 /// first). A client retries within seconds; this covers far more than that.
 pub const MAX_REMEMBERED_REQUESTS: usize = 100_000;
+/// Most requests remembered at once: past it (all of them applied within a
+/// proof's lifetime) new commands are refused until older ones age out.
+pub const MAX_FRESH_REQUESTS: usize = 4 * MAX_REMEMBERED_REQUESTS;
+
+/// Between an audit event's outcome and the node that reported it.
+const REPORTED_BY: &str = "; reported by ";
+
+/// What deduplicates a command: its request id under its principal, so a
+/// command in one principal's name never answers for another's request id.
+fn dedup_key(cmd: &Command) -> RequestId {
+    let digest = Sha256::new()
+        .chain_update(b"quorumkey request id v1\0")
+        .chain_update((cmd.principal.len() as u64).to_be_bytes())
+        .chain_update(cmd.principal.as_bytes())
+        .chain_update(cmd.request_id.0)
+        .finalize();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    RequestId(key)
+}
 pub(crate) const MAX_NAME_LEN: usize = 128;
 pub(crate) const MAX_TEXT_LEN: usize = 1024;
 const MAX_TAGS: usize = 64;
@@ -34,7 +54,8 @@ const MAX_VERSIONS: usize = 10_000;
 pub struct StateMachine {
     keys: BTreeMap<String, KeyRecord>,
     requests: BTreeMap<RequestId, Response>,
-    /// Each remembered request id with the log time it was applied at.
+    /// Each remembered dedup key with the log time until which a proof of
+    /// its command can be fresh.
     request_order: VecDeque<(RequestId, u64)>,
     audit: Vec<AuditRecord>,
     pub(crate) principals: BTreeMap<String, crate::access::PrincipalRecord>,
@@ -49,6 +70,10 @@ pub struct StateMachine {
     /// leader that stamps an old time cannot make an old proof fresh again.
     #[serde(default)]
     clock_ms: u64,
+    /// A principal was created once: a node may no longer create the
+    /// initial admin, even if every principal was deleted since.
+    #[serde(default)]
+    pub(crate) bootstrapped: bool,
 }
 
 type Outcome = Result<Applied, StateError>;
@@ -114,7 +139,8 @@ impl StateMachine {
     /// for tests of the state logic itself.
     pub fn apply(&mut self, cmd: &Command) -> Response {
         self.advance_clock(cmd.time_ms);
-        if let Some(previous) = self.requests.get(&cmd.request_id) {
+        let key = dedup_key(cmd);
+        if let Some(previous) = self.requests.get(&key) {
             let mut r = previous.clone();
             r.duplicate = true;
             return r;
@@ -129,26 +155,41 @@ impl StateMachine {
             audit_seq,
             duplicate: false,
         };
-        self.remember(cmd.request_id, response.clone());
+        let signed_ms = cmd.proof.as_ref().map_or(0, |p| p.signed_ms);
+        self.remember(key, signed_ms, response.clone());
         response
     }
 
-    /// Remembers `id`'s answer. An id is forgotten only once more than
-    /// [`MAX_REMEMBERED_REQUESTS`] are kept and its proof can no longer be
-    /// fresh, so a signed command cannot be replayed by flooding the log
-    /// (up to a hard bound of four times as many ids).
-    fn remember(&mut self, id: RequestId, response: Response) {
-        self.requests.insert(id, response);
-        self.request_order.push_back((id, self.clock_ms));
-        while let Some(&(old, applied_ms)) = self.request_order.front() {
+    /// Remembers an answer under its dedup key. A key is forgotten only
+    /// once more than [`MAX_REMEMBERED_REQUESTS`] are kept and no proof of
+    /// it can be fresh any more (its signing time and its apply time are
+    /// both older than a proof's lifetime), so a signed command cannot be
+    /// replayed by flooding the log; past [`MAX_FRESH_REQUESTS`] new
+    /// commands are refused instead (see `apply_authenticated`).
+    fn remember(&mut self, key: RequestId, signed_ms: u64, response: Response) {
+        self.requests.insert(key, response);
+        let fresh_until_ms = signed_ms
+            .max(self.clock_ms)
+            .saturating_add(INTENT_MAX_AGE_MS);
+        self.request_order.push_back((key, fresh_until_ms));
+        while let Some(&(old, fresh_until_ms)) = self.request_order.front() {
             let over = self.request_order.len() > MAX_REMEMBERED_REQUESTS;
-            let stale = applied_ms.saturating_add(INTENT_MAX_AGE_MS) < self.clock_ms;
-            if !(over && stale) && self.request_order.len() <= 4 * MAX_REMEMBERED_REQUESTS {
+            if !over || fresh_until_ms >= self.clock_ms {
                 break;
             }
             self.request_order.pop_front();
             self.requests.remove(&old);
         }
+    }
+
+    /// True when as many requests as may be remembered are all still fresh.
+    pub(crate) fn remembers_too_many(&self) -> bool {
+        self.request_order.len() >= MAX_FRESH_REQUESTS
+    }
+
+    /// The latest log time applied.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
     }
 
     /// Moves the log clock to `time_ms` unless it is already later; the
@@ -171,7 +212,13 @@ impl StateMachine {
                 operation: bounded(&e.operation, MAX_NAME_LEN),
                 key: e.key.as_deref().map(|k| bounded(k, MAX_NAME_LEN)),
                 version: e.version,
-                outcome: bounded(&e.outcome, MAX_TEXT_LEN),
+                // The node that reports an event is part of it: events are
+                // that node's word, not the principal's.
+                outcome: format!(
+                    "{}{REPORTED_BY}{}",
+                    bounded(&e.outcome, MAX_TEXT_LEN - REPORTED_BY.len() - MAX_NAME_LEN),
+                    bounded(&cmd.principal, MAX_NAME_LEN)
+                ),
                 prev_hash: GENESIS_HASH,
                 hash: [0u8; 32],
             });

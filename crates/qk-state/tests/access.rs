@@ -528,6 +528,14 @@ fn rotation_and_expiry_follow_the_log_time() {
     };
     assert!(log.run("node-1", rotate.clone()).is_err(), "not due yet");
     log.now += 10_000;
+    let other_holders = Operation::ScheduledRotate {
+        name: "k".into(),
+        holders: vec![NodeId(1), NodeId(3)],
+    };
+    assert!(
+        log.run("node-1", other_holders).is_err(),
+        "a node does not choose a scheduled version's holders"
+    );
     assert_eq!(log.sm.maintenance_due(log.now), vec![rotate.clone()]);
     assert!(matches!(
         log.run("node-1", rotate.clone()),

@@ -253,3 +253,88 @@ fn a_roster_grant_checks_only_for_its_enrolled_key() {
     assert!(c.roster.check_grant(grant, c.now).is_ok());
     assert!(c.roster.check_grant(grant, DAY_MS).is_err(), "expired");
 }
+
+#[test]
+fn a_command_runs_at_the_log_clock_not_at_an_earlier_stamp() {
+    let mut c = Cluster::new();
+    c.now += 60_000;
+    let admin = c.admin.clone();
+    c.signed(&admin, "admin", common::create_key("k", &[1, 2, 3]))
+        .result
+        .expect("created");
+    let clock = c.sm.clock_ms();
+    // The leader stamps a time a minute back (within the proof's window):
+    // the command still runs, and is recorded, at the log clock.
+    let mut cmd = c.command("admin", mallory());
+    cmd.proof = Some(Box::new(admin.sign_command(&cmd, c.now).expect("signs")));
+    cmd.time_ms = c.now - 60_000;
+    let r = c.sm.apply_authenticated(&cmd, &c.roster);
+    assert!(r.result.is_ok(), "{r:?}");
+    assert_eq!(c.last_record().time_ms, clock);
+    assert_eq!(
+        c.sm.principal("mallory").expect("created").created_ms,
+        clock
+    );
+}
+
+#[test]
+fn a_leader_cannot_stamp_a_time_far_from_the_signature() {
+    let mut c = Cluster::new();
+    c.now += 2 * INTENT_MAX_AGE_MS;
+    let mut cmd = c.command("admin", mallory());
+    cmd.proof = Some(Box::new(c.admin.sign_command(&cmd, c.now).expect("signs")));
+    cmd.time_ms = 0;
+    let r = c.sm.apply_authenticated(&cmd, &c.roster);
+    c.assert_refused(&r, "admin");
+    let clock = c.sm.clock_ms();
+    cmd.time_ms = c.now + INTENT_MAX_AGE_MS + 1;
+    let r = c.sm.apply_authenticated(&cmd, &c.roster);
+    c.assert_refused(&r, "admin");
+    assert_eq!(
+        c.sm.clock_ms(),
+        clock,
+        "a refused command does not move the clock"
+    );
+}
+
+#[test]
+fn a_node_cannot_take_a_principals_request_id() {
+    let mut c = Cluster::new();
+    let node2 = c.node2.clone();
+    let mut honest = c.command("admin", common::create_key("k", &[1, 2, 3]));
+    // node-2 files its own (valid) command under the admin's request id...
+    let mut squat = honest.clone();
+    squat.principal = "node-2".into();
+    squat.op = Operation::PruneRecords;
+    squat.proof = Some(Box::new(node2.sign_command(&squat, c.now).expect("signs")));
+    let _ = c.sm.apply_authenticated(&squat, &c.roster);
+    // ...and the admin's command is not answered as its duplicate.
+    honest.proof = Some(Box::new(
+        c.admin.sign_command(&honest, c.now).expect("signs"),
+    ));
+    let r = c.sm.apply_authenticated(&honest, &c.roster);
+    assert!(!r.duplicate && r.result.is_ok(), "{r:?}");
+    assert!(c.sm.key("k").is_some());
+}
+
+#[test]
+fn a_node_bootstraps_the_initial_admin_once() {
+    let mut c = Cluster::new();
+    let admin = c.admin.clone();
+    let node1 = c.node1.clone();
+    c.signed(&admin, "admin", mallory())
+        .result
+        .expect("mallory");
+    for name in ["mallory", "admin"] {
+        let op = Operation::DeletePrincipal { name: name.into() };
+        c.signed(&admin, "admin", op).result.expect("deleted");
+    }
+    assert_eq!(c.sm.principals().count(), 0);
+    let again = Operation::CreatePrincipal {
+        name: "eve".into(),
+        roles: [Role::Admin].into(),
+    };
+    let r = c.signed(&node1, "node-1", again);
+    assert!(matches!(r.result, Err(StateError::Denied(_))), "{r:?}");
+    assert!(c.sm.principal("eve").is_none());
+}

@@ -92,7 +92,9 @@ const TREE_STATE_MACHINE: &str = "state_machine";
 const TREE_SNAPSHOT: &str = "snapshot";
 
 /// Version of the on-disk layout, stored under `layout` in `raft_meta`.
-const LAYOUT_VERSION: u8 = 1;
+/// 2: every command carries its author's proof (log entries, state and
+/// snapshots of layout 1 do not decode as layout 2).
+const LAYOUT_VERSION: u8 = 2;
 const KEY_LAYOUT: &[u8] = b"layout";
 
 /// Opens (or creates) the node's storage in directory `path`.

@@ -220,7 +220,8 @@ fn unknown_layout_version_fails_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     seed(dir.path());
     tamper(dir.path(), TREE_META, |t| {
-        t.insert(KEY_LAYOUT, &[2][..]).expect("insert");
+        t.insert(KEY_LAYOUT, &[LAYOUT_VERSION + 1][..])
+            .expect("insert");
     });
     let err = open(dir.path(), no_signers()).expect_err("unknown layout must fail open");
     assert!(matches!(err, StoreError::UnsupportedFormat { .. }), "{err}");
