@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use qk_raft::{ClientRequest, ClientResponse, PeerResponse};
+use qk_raft::{ClientRequest, ClientResponse, PeerRequest, PeerResponse};
 use qk_state::{Operation, VersionState};
-use qk_testkit::adversary::{write_outcome, Adversary};
+use qk_testkit::adversary::{self, write_outcome, Adversary};
 use qk_testkit::cluster::*;
 use qk_types::{KeyVersion, NodeId};
 
@@ -249,6 +249,66 @@ async fn a_node_cannot_write_in_a_principals_name() {
     );
     // Honest traffic goes on.
     c.op(2, tag("k", 1)).await.expect("honest write");
+    assert_eq!(c.decrypt(2, &ct, CTX).await.as_deref(), Ok(&b"honest"[..]));
+}
+
+/// A compromised node replays the administrator's signed commands it
+/// finds in the Raft log on its own disk: a `Disable` the administrator
+/// later undid, as it was (answered as a duplicate: nothing changes) and
+/// under a new request id (the signature covers the id: refused, audited
+/// `unauthenticated`). The version stays enabled and decrypts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_replay_a_principals_signed_commands() {
+    let (mut c, ct) = cluster_with_key(3).await;
+    let v1 = KeyVersion(1);
+    let disable = Operation::Disable {
+        name: "k".into(),
+        version: v1,
+    };
+    c.op(1, disable.clone()).await.expect("disable");
+    let enable = Operation::Enable {
+        name: "k".into(),
+        version: v1,
+    };
+    c.op(1, enable).await.expect("enable");
+    let applied = c.status(1).await.expect("status").last_applied;
+    c.wait_status(3, |s| s.last_applied >= applied);
+    c.stop(3);
+    let seen = adversary::signed_commands_on_disk(&c, 3).await;
+    let original = seen
+        .into_iter()
+        .find(|cmd| cmd.op == disable)
+        .expect("the admin's signed Disable is in node 3's log");
+    c.restart(3);
+    let thief = Adversary::stolen(&c, 3);
+    let leader = c.status(1).await.expect("status").leader.expect("leader");
+    let as_it_was = PeerRequest::Client(ClientRequest::Write(original.clone()));
+    match thief.send(&c, leader, as_it_was).await {
+        Ok(PeerResponse::Client(ClientResponse::Written { response, .. })) => {
+            assert!(response.duplicate, "{response:?}")
+        }
+        other => panic!("a replay as it was: {other:?}"),
+    }
+    let mut renamed = original;
+    renamed.request_id = qk_state::RequestId([0x5e; 16]);
+    let err = write_outcome(
+        thief
+            .send(
+                &c,
+                leader,
+                PeerRequest::Client(ClientRequest::Write(renamed)),
+            )
+            .await,
+    )
+    .expect_err("a replay under a new request id");
+    assert!(err.contains("not proven"), "{err}");
+    wait_audited(&c, "unauthenticated", disable.name());
+    let key = c.key(1, "k").await.expect("key");
+    assert_eq!(
+        key.version(v1).expect("v1").state,
+        VersionState::Enabled,
+        "the replayed Disable changed nothing"
+    );
     assert_eq!(c.decrypt(2, &ct, CTX).await.as_deref(), Ok(&b"honest"[..]));
 }
 

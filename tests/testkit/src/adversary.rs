@@ -149,6 +149,36 @@ impl Adversary {
     }
 }
 
+/// Every signed command in the Raft log on node `node`'s disk (the node
+/// must be stopped: its storage is locked while it runs), as an attacker
+/// who owns the machine reads it.
+pub async fn signed_commands_on_disk(c: &Cluster, node: u64) -> Vec<SmCommand> {
+    use openraft::storage::RaftLogStorage;
+    use openraft::{EntryPayload, RaftLogReader};
+    let dir = c.data_dir(node).join("raft");
+    let no_signers = Arc::new(qk_state::authn::KeyRoster::new());
+    let (mut log, _sm) = qk_storage::open(&dir, no_signers).expect("open the stolen log");
+    let last = log
+        .get_log_state()
+        .await
+        .expect("log state")
+        .last_log_id
+        .map_or(0, |l| l.index);
+    let entries = log
+        .try_get_log_entries(0..=last)
+        .await
+        .expect("read the stolen log");
+    entries
+        .into_iter()
+        .filter_map(|e| match e.payload {
+            EntryPayload::Normal(batch) => Some(batch.0),
+            _ => None,
+        })
+        .flatten()
+        .filter(|cmd| cmd.proof.is_some())
+        .collect()
+}
+
 /// The state machine's verdict on a write, or why there was none.
 pub fn write_outcome(resp: Result<PeerResponse, String>) -> Result<(), String> {
     match resp? {
