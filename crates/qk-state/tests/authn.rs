@@ -69,11 +69,26 @@ impl Cluster {
         }
     }
 
+    /// Signs `cmd` with `credential` at the current time.
+    fn sign(&self, credential: &Credential, cmd: &mut Command) {
+        cmd.proof = Some(Box::new(
+            credential.sign_command(cmd, self.now).expect("signs"),
+        ));
+    }
+
+    /// The admin signs and applies `honest` (a key creation): it takes
+    /// effect, not answered as a duplicate of anything before it.
+    fn admin_creates(&mut self, mut honest: Command) {
+        let admin = self.admin.clone();
+        self.sign(&admin, &mut honest);
+        let r = self.sm.apply_authenticated(&honest, &self.roster);
+        assert!(!r.duplicate && r.result.is_ok(), "{r:?}");
+        assert!(self.sm.key("k").is_some());
+    }
+
     fn signed(&mut self, credential: &Credential, principal: &str, op: Operation) -> Response {
         let mut cmd = self.command(principal, op);
-        cmd.proof = Some(Box::new(
-            credential.sign_command(&cmd, self.now).expect("signs"),
-        ));
+        self.sign(credential, &mut cmd);
         self.sm.apply_authenticated(&cmd, &self.roster)
     }
 
@@ -160,7 +175,7 @@ fn a_command_without_a_proof_is_refused() {
 fn a_tampered_operation_does_not_verify() {
     let mut c = Cluster::new();
     let mut cmd = c.command("admin", common::create_key("k", &[1, 2, 3]));
-    cmd.proof = Some(Box::new(c.admin.sign_command(&cmd, c.now).expect("signs")));
+    c.sign(&c.admin.clone(), &mut cmd);
     cmd.op = mallory();
     let r = c.sm.apply_authenticated(&cmd, &c.roster);
     c.assert_refused(&r, "admin");
@@ -170,11 +185,8 @@ fn a_tampered_operation_does_not_verify() {
 #[test]
 fn a_stale_proof_is_refused_even_when_the_leader_stamps_an_old_time() {
     let mut c = Cluster::new();
-    let signed_at = c.now;
     let mut old = c.command("admin", mallory());
-    old.proof = Some(Box::new(
-        c.admin.sign_command(&old, signed_at).expect("signs"),
-    ));
+    c.sign(&c.admin.clone(), &mut old);
     // The log moves on past the proof's freshness...
     c.now += INTENT_MAX_AGE_MS + 1;
     let later = c.command("admin", Operation::RevokeToken { id: "none".into() });
@@ -207,7 +219,7 @@ fn a_revoked_token_signs_nothing_more() {
 fn a_replayed_signed_command_is_a_duplicate_and_changes_nothing() {
     let mut c = Cluster::new();
     let mut cmd = c.command("admin", common::create_key("k", &[1, 2, 3]));
-    cmd.proof = Some(Box::new(c.admin.sign_command(&cmd, c.now).expect("signs")));
+    c.sign(&c.admin.clone(), &mut cmd);
     c.sm.apply_authenticated(&cmd, &c.roster)
         .result
         .expect("created");
@@ -220,17 +232,12 @@ fn a_replayed_signed_command_is_a_duplicate_and_changes_nothing() {
 #[test]
 fn a_forged_copy_does_not_take_the_request_id_of_the_honest_command() {
     let mut c = Cluster::new();
-    let mut honest = c.command("admin", common::create_key("k", &[1, 2, 3]));
+    let honest = c.command("admin", common::create_key("k", &[1, 2, 3]));
     let mut forged = honest.clone();
     forged.op = mallory();
     let r = c.sm.apply_authenticated(&forged, &c.roster);
     c.assert_refused(&r, "admin");
-    honest.proof = Some(Box::new(
-        c.admin.sign_command(&honest, c.now).expect("signs"),
-    ));
-    let r = c.sm.apply_authenticated(&honest, &c.roster);
-    assert!(!r.duplicate && r.result.is_ok(), "{r:?}");
-    assert!(c.sm.key("k").is_some());
+    c.admin_creates(honest);
 }
 
 #[test]
@@ -266,7 +273,7 @@ fn a_command_runs_at_the_log_clock_not_at_an_earlier_stamp() {
     // The leader stamps a time a minute back (within the proof's window):
     // the command still runs, and is recorded, at the log clock.
     let mut cmd = c.command("admin", mallory());
-    cmd.proof = Some(Box::new(admin.sign_command(&cmd, c.now).expect("signs")));
+    c.sign(&admin, &mut cmd);
     cmd.time_ms = c.now - 60_000;
     let r = c.sm.apply_authenticated(&cmd, &c.roster);
     assert!(r.result.is_ok(), "{r:?}");
@@ -282,7 +289,7 @@ fn a_leader_cannot_stamp_a_time_far_from_the_signature() {
     let mut c = Cluster::new();
     c.now += 2 * INTENT_MAX_AGE_MS;
     let mut cmd = c.command("admin", mallory());
-    cmd.proof = Some(Box::new(c.admin.sign_command(&cmd, c.now).expect("signs")));
+    c.sign(&c.admin.clone(), &mut cmd);
     cmd.time_ms = 0;
     let r = c.sm.apply_authenticated(&cmd, &c.roster);
     c.assert_refused(&r, "admin");
@@ -301,20 +308,15 @@ fn a_leader_cannot_stamp_a_time_far_from_the_signature() {
 fn a_node_cannot_take_a_principals_request_id() {
     let mut c = Cluster::new();
     let node2 = c.node2.clone();
-    let mut honest = c.command("admin", common::create_key("k", &[1, 2, 3]));
+    let honest = c.command("admin", common::create_key("k", &[1, 2, 3]));
     // node-2 files its own (valid) command under the admin's request id...
     let mut squat = honest.clone();
     squat.principal = "node-2".into();
     squat.op = Operation::PruneRecords;
-    squat.proof = Some(Box::new(node2.sign_command(&squat, c.now).expect("signs")));
+    c.sign(&node2, &mut squat);
     let _ = c.sm.apply_authenticated(&squat, &c.roster);
     // ...and the admin's command is not answered as its duplicate.
-    honest.proof = Some(Box::new(
-        c.admin.sign_command(&honest, c.now).expect("signs"),
-    ));
-    let r = c.sm.apply_authenticated(&honest, &c.roster);
-    assert!(!r.duplicate && r.result.is_ok(), "{r:?}");
-    assert!(c.sm.key("k").is_some());
+    c.admin_creates(honest);
 }
 
 #[test]
