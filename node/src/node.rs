@@ -601,6 +601,14 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// This node should vouch for its clock (see `Operation::Attest`).
+    pub(crate) fn needs_attestation(&self, now_ms: u64) -> bool {
+        let me = NodeIdT(self.id).to_string();
+        self.state
+            .read(|a| a.machine().needs_attestation(&me, now_ms))
+            .unwrap_or(false)
+    }
+
     fn member_api_urls(&self) -> BTreeMap<NodeId, String> {
         let m = self.raft.metrics().borrow().clone();
         m.membership_config

@@ -116,6 +116,7 @@ fn is_node_only(op: &Operation) -> bool {
             | Operation::Expire { .. }
             | Operation::ExpireApproval { .. }
             | Operation::PruneRecords
+            | Operation::Attest
     )
 }
 
@@ -462,6 +463,7 @@ impl StateMachine {
                 Ok(Applied::Done)
             }
             Operation::PruneRecords => self.prune_records(now),
+            Operation::Attest => Ok(Applied::Done),
             Operation::RequestApproval { .. } => Err(invalid(
                 "a decrypt approval is only requested for a break-glass key",
             )),

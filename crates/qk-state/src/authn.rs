@@ -83,35 +83,27 @@ impl StateMachine {
     /// otherwise records the refusal and changes nothing else. What every
     /// replica runs for every committed command.
     ///
-    /// The command runs at the log clock: the leader's stamp, but never
-    /// earlier than the clock already is, and the author's signing time
-    /// must be within [`INTENT_MAX_AGE_MS`] of both (so a leader cannot run
-    /// a signed command at a time of its choosing, nor revive an old one).
+    /// The leader's time stamp must be within [`INTENT_MAX_AGE_MS`] of the
+    /// author's signing time (a leader cannot run a principal's command at
+    /// a time of its choosing), and the signing time no older than that
+    /// before the time the nodes vouch for ([`StateMachine::vouched_ms`]), so
+    /// an old proof stays dead whatever time the leader stamps.
     pub fn apply_authenticated(&mut self, cmd: &Command, grants: &dyn GrantCheck) -> Response {
-        let at_ms = self.clock_ms().max(cmd.time_ms);
-        if let Err(e) = self.authenticate(cmd, grants, at_ms) {
-            return self.refuse_unauthenticated(cmd, at_ms, &e.to_string());
-        }
+        let signed_ms = match self.authenticate(cmd, grants) {
+            Ok(signed_ms) => signed_ms,
+            Err(e) => return self.refuse_unauthenticated(cmd, &e.to_string()),
+        };
         if self.remembers_too_many() {
             let e = format!(
                 "more than {MAX_FRESH_REQUESTS} requests in the last {INTENT_MAX_AGE_MS} ms; retry later"
             );
-            return self.refuse_unauthenticated(cmd, at_ms, &e);
+            return self.refuse_unauthenticated(cmd, &e);
         }
-        if cmd.time_ms == at_ms {
-            return self.apply(cmd);
-        }
-        let mut at_clock = cmd.clone();
-        at_clock.time_ms = at_ms;
-        self.apply(&at_clock)
+        self.apply_signed_at(cmd, signed_ms)
     }
 
-    fn authenticate(
-        &self,
-        cmd: &Command,
-        grants: &dyn GrantCheck,
-        at_ms: u64,
-    ) -> Result<(), ProofError> {
+    /// The proof's signing time, once the proof checks.
+    fn authenticate(&self, cmd: &Command, grants: &dyn GrantCheck) -> Result<u64, ProofError> {
         let proof = cmd.proof.as_deref().ok_or_else(|| {
             ProofError::Signer(format!(
                 "the command carries no proof from {}; every write is signed by its author's credential",
@@ -119,9 +111,10 @@ impl StateMachine {
             ))
         })?;
         check_proof_bounds(&proof.signer, &proof.signature)?;
+        let at_ms = cmd.time_ms;
         let age_ms = at_ms
             .abs_diff(proof.signed_ms)
-            .max(cmd.time_ms.abs_diff(proof.signed_ms));
+            .max(self.vouched_ms().saturating_sub(proof.signed_ms));
         if age_ms > INTENT_MAX_AGE_MS {
             return Err(ProofError::Stale { age_ms });
         }
@@ -142,7 +135,8 @@ impl StateMachine {
         };
         check_signer(signer, &cmd.principal)?;
         let message = command_message(&cmd.principal, &cmd.request_id, &cmd.op, proof.signed_ms)?;
-        verify_ed25519(&key, &message, &proof.signature)
+        verify_ed25519(&key, &message, &proof.signature)?;
+        Ok(proof.signed_ms)
     }
 
     fn token_signer(&self, id: &str, at_ms: u64) -> Result<(String, [u8; 32]), ProofError> {
@@ -160,13 +154,13 @@ impl StateMachine {
         Ok((token.principal.clone(), token.verify_key))
     }
 
-    fn refuse_unauthenticated(&mut self, cmd: &Command, at_ms: u64, e: &str) -> Response {
+    fn refuse_unauthenticated(&mut self, cmd: &Command, e: &str) -> Response {
         let error = StateError::Denied(format!(
             "the command's author is not proven: {e}; send it with the principal's own credential"
         ));
         let record = AuditRecord {
             seq: 0,
-            time_ms: at_ms,
+            time_ms: cmd.time_ms,
             request_id: cmd.request_id,
             principal: UNAUTHENTICATED.to_string(),
             operation: cmd.op.name().to_string(),

@@ -224,6 +224,10 @@ pub enum Operation {
     /// history), so the stores' caps are never reached by old records.
     /// Proposed by a node; refused when there is nothing to prune.
     PruneRecords,
+    /// A node vouches for its clock: its signing time counts towards the
+    /// time the nodes vouch for (`StateMachine::vouched_ms`), which lets old
+    /// request ids be forgotten. Proposed only while many are remembered.
+    Attest,
 }
 
 /// How long revoked or expired tokens and finished approvals stay listed.
@@ -382,6 +386,7 @@ impl Operation {
             Operation::Expire { .. } => "key.expire",
             Operation::ExpireApproval { .. } => "approval.expire",
             Operation::PruneRecords => "records.prune",
+            Operation::Attest => "node.attest",
         }
     }
 

@@ -30,7 +30,9 @@ pub use command::{
     MAX_AUDIT_BATCH, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS, MIN_GENERATION_TIMEOUT_MS,
     PRUNE_AFTER_MS,
 };
-pub use machine::{StateMachine, MAX_PUBLIC_KEYS_LEN, MAX_REMEMBERED_REQUESTS};
+pub use machine::{
+    StateMachine, ATTEST_EVERY_MS, MAX_FRESH_REQUESTS, MAX_PUBLIC_KEYS_LEN, MAX_REMEMBERED_REQUESTS,
+};
 pub use model::{
     DkgPhase, DkgRecord, DkgSession, KeyRecord, KeyVersionRecord, RefreshRecord, VersionState,
 };

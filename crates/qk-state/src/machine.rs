@@ -23,6 +23,10 @@ pub const MAX_REMEMBERED_REQUESTS: usize = 100_000;
 /// Most requests remembered at once: past it (all of them applied within a
 /// proof's lifetime) new commands are refused until older ones age out.
 pub const MAX_FRESH_REQUESTS: usize = 4 * MAX_REMEMBERED_REQUESTS;
+/// How far a node's vouched time may fall behind before it attests.
+pub const ATTEST_EVERY_MS: u64 = 60_000;
+/// Most nodes whose signing times are kept (far more than any cluster has).
+const MAX_NODE_TIMES: usize = 256;
 
 /// Between an audit event's outcome and the node that reported it.
 const REPORTED_BY: &str = "; reported by ";
@@ -66,10 +70,11 @@ pub struct StateMachine {
     /// (reused, or chosen to collide) never decides them.
     #[serde(default)]
     ids_issued: u64,
-    /// The latest log time applied: proofs are checked against it, so a
-    /// leader that stamps an old time cannot make an old proof fresh again.
+    /// Each node's latest authenticated signing time (`node-N` → ms). Their
+    /// lower median is the time the nodes vouch for ([`Self::vouched_ms`]):
+    /// no single node, the leader included, can move it.
     #[serde(default)]
-    clock_ms: u64,
+    node_times: BTreeMap<String, u64>,
     /// A principal was created once: a node may no longer create the
     /// initial admin, even if every principal was deleted since.
     #[serde(default)]
@@ -138,7 +143,14 @@ impl StateMachine {
     /// ([`StateMachine::apply_authenticated`] is what replicas run) and
     /// for tests of the state logic itself.
     pub fn apply(&mut self, cmd: &Command) -> Response {
-        self.advance_clock(cmd.time_ms);
+        self.apply_signed_at(cmd, cmd.time_ms)
+    }
+
+    /// Applies `cmd`, whose author signed it at `signed_ms`.
+    pub(crate) fn apply_signed_at(&mut self, cmd: &Command, signed_ms: u64) -> Response {
+        if crate::access_ops::is_node_principal(&cmd.principal) {
+            self.attest(&cmd.principal, signed_ms);
+        }
         let key = dedup_key(cmd);
         if let Some(previous) = self.requests.get(&key) {
             let mut r = previous.clone();
@@ -155,26 +167,24 @@ impl StateMachine {
             audit_seq,
             duplicate: false,
         };
-        let signed_ms = cmd.proof.as_ref().map_or(0, |p| p.signed_ms);
         self.remember(key, signed_ms, response.clone());
         response
     }
 
     /// Remembers an answer under its dedup key. A key is forgotten only
     /// once more than [`MAX_REMEMBERED_REQUESTS`] are kept and no proof of
-    /// it can be fresh any more (its signing time and its apply time are
-    /// both older than a proof's lifetime), so a signed command cannot be
+    /// it can be fresh any more (signed longer than a proof's lifetime
+    /// before the time the nodes vouch for), so a signed command cannot be
     /// replayed by flooding the log; past [`MAX_FRESH_REQUESTS`] new
     /// commands are refused instead (see `apply_authenticated`).
     fn remember(&mut self, key: RequestId, signed_ms: u64, response: Response) {
         self.requests.insert(key, response);
-        let fresh_until_ms = signed_ms
-            .max(self.clock_ms)
-            .saturating_add(INTENT_MAX_AGE_MS);
+        let fresh_until_ms = signed_ms.saturating_add(INTENT_MAX_AGE_MS);
         self.request_order.push_back((key, fresh_until_ms));
+        let vouched_ms = self.vouched_ms();
         while let Some(&(old, fresh_until_ms)) = self.request_order.front() {
             let over = self.request_order.len() > MAX_REMEMBERED_REQUESTS;
-            if !over || fresh_until_ms >= self.clock_ms {
+            if !over || fresh_until_ms >= vouched_ms {
                 break;
             }
             self.request_order.pop_front();
@@ -187,16 +197,46 @@ impl StateMachine {
         self.request_order.len() >= MAX_FRESH_REQUESTS
     }
 
-    /// The latest log time applied.
-    pub fn clock_ms(&self) -> u64 {
-        self.clock_ms
+    /// The time the nodes vouch for: the lower median of each node's latest
+    /// signing time (0 before any node signed). A node that lies about the
+    /// time is outvoted as long as fewer than half of the nodes lie.
+    pub fn vouched_ms(&self) -> u64 {
+        let mut times: Vec<u64> = self.node_times.values().copied().collect();
+        times.sort_unstable();
+        times
+            .get(times.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or(0)
     }
 
-    /// Moves the log clock to `time_ms` unless it is already later; the
-    /// time proofs are judged at.
-    pub(crate) fn advance_clock(&mut self, time_ms: u64) -> u64 {
-        self.clock_ms = self.clock_ms.max(time_ms);
-        self.clock_ms
+    /// Node `node` should vouch for its clock now ([`Operation::Attest`]):
+    /// more requests are remembered than are kept in the long run, and its
+    /// last signing time is [`ATTEST_EVERY_MS`] behind `now_ms`.
+    pub fn needs_attestation(&self, node: &str, now_ms: u64) -> bool {
+        self.request_order.len() > MAX_REMEMBERED_REQUESTS
+            && self
+                .node_times
+                .get(node)
+                .is_none_or(|t| t.saturating_add(ATTEST_EVERY_MS) < now_ms)
+    }
+
+    /// Records node `node`'s signing time (never moving it back). At most
+    /// [`MAX_NODE_TIMES`] nodes are kept; the one heard from longest ago
+    /// goes first.
+    fn attest(&mut self, node: &str, signed_ms: u64) {
+        let time = self.node_times.entry(node.to_string()).or_insert(0);
+        *time = (*time).max(signed_ms);
+        while self.node_times.len() > MAX_NODE_TIMES {
+            let oldest = self
+                .node_times
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(n, _)| n.clone());
+            match oldest {
+                Some(n) => self.node_times.remove(&n),
+                None => break,
+            };
+        }
     }
 
     fn append_events(&mut self, cmd: &Command, events: &[AuditEvent]) -> u64 {

@@ -657,9 +657,16 @@ fn a_reused_request_id_never_gives_a_new_key_an_existing_id() {
         proof: None,
     });
     assert!(replay.duplicate, "a fresh request id is still remembered");
+    // With more remembered than kept in the long run, a node whose vouched
+    // time falls a minute behind is asked to attest.
+    let every = qk_state::ATTEST_EVERY_MS;
+    assert!(!log.sm.needs_attestation("node-1", log.now));
+    assert!(log.sm.needs_attestation("node-1", log.now + every + 1));
     assert!(log.sm.key("second").is_none());
-    // ...once no proof of it can be fresh, it is forgotten...
+    // ...once no proof of it can be fresh (the nodes vouch for a later
+    // time), it is forgotten...
     log.now += qk_state::proof::INTENT_MAX_AGE_MS + 1;
+    let _ = log.run("node-1", Operation::PruneRecords);
     log.run(
         "admin",
         Operation::SetTag {
