@@ -93,7 +93,9 @@ impl StateMachine {
             Ok(signed_ms) => signed_ms,
             Err(e) => return self.refuse_unauthenticated(cmd, &e.to_string()),
         };
-        if self.remembers_too_many() {
+        // A node's attestation goes through even then: it is what lets old
+        // request ids be forgotten again.
+        if self.remembers_too_many() && !matches!(cmd.op, crate::command::Operation::Attest) {
             let e = format!(
                 "more than {MAX_FRESH_REQUESTS} requests in the last {INTENT_MAX_AGE_MS} ms; retry later"
             );

@@ -1,6 +1,6 @@
 //! The deterministic state machine.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use qk_types::{Epoch, KeyId, KeyVersion, NodeId, ThresholdParams};
 use serde::{Deserialize, Serialize};
@@ -60,7 +60,12 @@ pub struct StateMachine {
     requests: BTreeMap<RequestId, Response>,
     /// Each remembered dedup key with the log time until which a proof of
     /// its command can be fresh.
-    request_order: VecDeque<(RequestId, u64)>,
+    /// (fresh until, arrival number, key): forgotten stalest first, and in
+    /// order of arrival among equally stale ones.
+    request_order: BTreeSet<(u64, u64, RequestId)>,
+    /// How many requests were remembered so far (the arrival numbers).
+    #[serde(default)]
+    requests_seen: u64,
     audit: Vec<AuditRecord>,
     pub(crate) principals: BTreeMap<String, crate::access::PrincipalRecord>,
     pub(crate) tokens: BTreeMap<String, crate::access::TokenRecord>,
@@ -75,6 +80,9 @@ pub struct StateMachine {
     /// no single node, the leader included, can move it.
     #[serde(default)]
     node_times: BTreeMap<String, u64>,
+    /// The time the nodes vouch for: never moves back (see `attest`).
+    #[serde(default)]
+    vouched_ms: u64,
     /// A principal was created once: a node may no longer create the
     /// initial admin, even if every principal was deleted since.
     #[serde(default)]
@@ -180,15 +188,24 @@ impl StateMachine {
     fn remember(&mut self, key: RequestId, signed_ms: u64, response: Response) {
         self.requests.insert(key, response);
         let fresh_until_ms = signed_ms.saturating_add(INTENT_MAX_AGE_MS);
-        self.request_order.push_back((key, fresh_until_ms));
-        let vouched_ms = self.vouched_ms();
-        while let Some(&(old, fresh_until_ms)) = self.request_order.front() {
-            let over = self.request_order.len() > MAX_REMEMBERED_REQUESTS;
-            if !over || fresh_until_ms >= vouched_ms {
-                break;
+        self.requests_seen += 1;
+        self.request_order
+            .insert((fresh_until_ms, self.requests_seen, key));
+        self.forget_stale_requests();
+    }
+
+    /// Forgets the requests whose proofs went stale first (ordered by
+    /// freshness, so one far-future entry does not hold the rest back),
+    /// while more than [`MAX_REMEMBERED_REQUESTS`] are kept.
+    pub(crate) fn forget_stale_requests(&mut self) {
+        while self.request_order.len() > MAX_REMEMBERED_REQUESTS {
+            match self.request_order.first() {
+                Some(&(fresh_until_ms, seen, old)) if fresh_until_ms < self.vouched_ms => {
+                    self.request_order.remove(&(fresh_until_ms, seen, old));
+                    self.requests.remove(&old);
+                }
+                _ => break,
             }
-            self.request_order.pop_front();
-            self.requests.remove(&old);
         }
     }
 
@@ -197,11 +214,32 @@ impl StateMachine {
         self.request_order.len() >= MAX_FRESH_REQUESTS
     }
 
-    /// The time the nodes vouch for: the lower median of each node's latest
-    /// signing time (0 before any node signed). A node that lies about the
-    /// time is outvoted as long as fewer than half of the nodes lie.
+    /// The time the nodes vouch for: the lower median of the latest signing
+    /// times of the nodes that hold a live key version (one that never
+    /// signed counts as 0), never moving back; 0 before any key exists. A
+    /// node that lies about the time is outvoted while fewer than half of
+    /// the holders lie, and a node that holds nothing has no say.
     pub fn vouched_ms(&self) -> u64 {
-        let mut times: Vec<u64> = self.node_times.values().copied().collect();
+        self.vouched_ms
+    }
+
+    fn holders_median_ms(&self) -> u64 {
+        let holders: BTreeSet<NodeId> = self
+            .keys
+            .values()
+            .flat_map(|k| k.versions.iter())
+            .filter(|v| {
+                !matches!(
+                    v.state,
+                    VersionState::Destroyed | VersionState::Failed { .. }
+                )
+            })
+            .flat_map(|v| v.holders.iter().copied())
+            .collect();
+        let mut times: Vec<u64> = holders
+            .iter()
+            .map(|h| self.node_times.get(&h.to_string()).copied().unwrap_or(0))
+            .collect();
         times.sort_unstable();
         times
             .get(times.len().saturating_sub(1) / 2)
@@ -237,6 +275,7 @@ impl StateMachine {
                 None => break,
             };
         }
+        self.vouched_ms = self.vouched_ms.max(self.holders_median_ms());
     }
 
     fn append_events(&mut self, cmd: &Command, events: &[AuditEvent]) -> u64 {

@@ -666,7 +666,9 @@ fn a_reused_request_id_never_gives_a_new_key_an_existing_id() {
     // ...once no proof of it can be fresh (the nodes vouch for a later
     // time), it is forgotten...
     log.now += qk_state::proof::INTENT_MAX_AGE_MS + 1;
-    let _ = log.run("node-1", Operation::PruneRecords);
+    for node in ["node-1", "node-2"] {
+        let _ = log.run(node, Operation::Attest);
+    }
     log.run(
         "admin",
         Operation::SetTag {

@@ -69,6 +69,13 @@ impl Cluster {
         }
     }
 
+    /// node-1 and node-2 hold a key: their times are the ones vouched for.
+    fn holders_of_a_key(&mut self) {
+        let admin = self.admin.clone();
+        let op = common::create_key("held", &[1, 2]);
+        self.signed(&admin, "admin", op).result.expect("created");
+    }
+
     /// Signs `cmd` with `credential` at the current time.
     fn sign(&self, credential: &Credential, cmd: &mut Command) {
         cmd.proof = Some(Box::new(
@@ -188,10 +195,12 @@ fn a_stale_proof_is_refused_even_when_the_leader_stamps_an_old_time() {
     let mut old = c.command("admin", mallory());
     c.sign(&c.admin.clone(), &mut old);
     // The nodes move on past the proof's freshness...
+    c.holders_of_a_key();
     c.now += INTENT_MAX_AGE_MS + 1;
     let (node1, node2) = (c.node1.clone(), c.node2.clone());
-    c.signed(&node1, "node-1", Operation::PruneRecords);
-    c.signed(&node2, "node-2", Operation::PruneRecords);
+    c.signed(&node1, "node-1", Operation::Attest);
+    c.signed(&node2, "node-2", Operation::Attest);
+    assert_eq!(c.sm.vouched_ms(), c.now);
     // ...and a leader that replays the command with its original time
     // does not make the proof fresh again.
     let r = c.sm.apply_authenticated(&old, &c.roster);
@@ -265,13 +274,16 @@ fn a_roster_grant_checks_only_for_its_enrolled_key() {
 #[test]
 fn a_lying_node_cannot_move_the_time_the_nodes_vouch_for() {
     let mut c = Cluster::new();
+    c.holders_of_a_key();
     let (node1, node2) = (c.node1.clone(), c.node2.clone());
-    c.signed(&node1, "node-1", Operation::PruneRecords);
+    c.signed(&node1, "node-1", Operation::Attest);
+    c.signed(&node2, "node-2", Operation::Attest);
     let vouched = c.sm.vouched_ms();
+    assert_eq!(vouched, c.now, "both holders vouch for now");
     // node-2 (the leader, say) signs and stamps a command a year ahead...
     let honest_now = c.now;
     c.now += 365 * DAY_MS;
-    c.signed(&node2, "node-2", Operation::PruneRecords);
+    c.signed(&node2, "node-2", Operation::Attest);
     c.now = honest_now;
     assert_eq!(c.sm.vouched_ms(), vouched, "one node is outvoted");
     // ...and honest proofs made now still count.
@@ -331,4 +343,39 @@ fn a_node_bootstraps_the_initial_admin_once() {
     let r = c.signed(&node1, "node-1", again);
     assert!(matches!(r.result, Err(StateError::Denied(_))), "{r:?}");
     assert!(c.sm.principal("eve").is_none());
+}
+
+#[test]
+fn a_node_that_holds_nothing_has_no_say_in_the_time() {
+    let mut c = Cluster::new();
+    // Before any key, and for a node that holds none, a far-future
+    // signature moves nothing: honest proofs keep working.
+    let node2 = c.node2.clone();
+    let honest_now = c.now;
+    c.now += 365 * DAY_MS;
+    c.signed(&node2, "node-2", Operation::Attest);
+    c.now = honest_now;
+    assert_eq!(c.sm.vouched_ms(), 0);
+    let admin = c.admin.clone();
+    c.signed(&admin, "admin", mallory())
+        .result
+        .expect("applied");
+}
+
+#[test]
+fn the_vouched_time_never_moves_back() {
+    let mut c = Cluster::new();
+    c.holders_of_a_key();
+    let (node1, node2) = (c.node1.clone(), c.node2.clone());
+    c.now += INTENT_MAX_AGE_MS;
+    c.signed(&node1, "node-1", Operation::Attest);
+    c.signed(&node2, "node-2", Operation::Attest);
+    let vouched = c.sm.vouched_ms();
+    // A new key with a holder that never signed would lower the median.
+    let admin = c.admin.clone();
+    c.signed(&admin, "admin", common::create_key("more", &[1, 2, 3]))
+        .result
+        .expect("created");
+    c.signed(&node1, "node-1", Operation::Attest);
+    assert_eq!(c.sm.vouched_ms(), vouched);
 }
