@@ -175,7 +175,14 @@ impl StateMachine {
             audit_seq,
             duplicate: false,
         };
-        self.remember(key, signed_ms, response.clone());
+        // An attestation at the limit is let through to forget old ids, and
+        // is itself not remembered (it is idempotent): a flood of them
+        // cannot grow the store past the limit.
+        if matches!(cmd.op, Operation::Attest) && self.remembers_too_many() {
+            self.forget_stale_requests();
+        } else {
+            self.remember(key, signed_ms, response.clone());
+        }
         response
     }
 
@@ -207,6 +214,11 @@ impl StateMachine {
                 _ => break,
             }
         }
+    }
+
+    /// How many request ids are remembered for deduplication.
+    pub fn remembered_requests(&self) -> usize {
+        self.request_order.len()
     }
 
     /// True when as many requests as may be remembered are all still fresh.

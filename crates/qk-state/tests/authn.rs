@@ -379,3 +379,29 @@ fn the_vouched_time_never_moves_back() {
     c.signed(&node1, "node-1", Operation::Attest);
     assert_eq!(c.sm.vouched_ms(), vouched);
 }
+
+#[test]
+fn attestations_at_the_limit_do_not_grow_the_request_store() {
+    let mut c = Cluster::new();
+    let admin = c.admin.clone();
+    let mut n = 0u64;
+    while c.sm.remembered_requests() < qk_state::MAX_FRESH_REQUESTS {
+        n += 1;
+        let mut cmd = c.command("admin", mallory());
+        cmd.request_id = RequestId([(n % 251) as u8; 16]);
+        cmd.request_id.0[..8].copy_from_slice(&n.to_be_bytes());
+        let _ = c.sm.apply(&cmd);
+    }
+    let full = c.sm.remembered_requests();
+    // Ordinary commands are refused at the limit; a node's attestations go
+    // through, but a flood of them leaves the store as it was.
+    let r = c.signed(&admin, "admin", mallory());
+    c.assert_refused(&r, "admin");
+    let node1 = c.node1.clone();
+    for _ in 0..10 {
+        c.signed(&node1, "node-1", Operation::Attest)
+            .result
+            .expect("attested");
+    }
+    assert_eq!(c.sm.remembered_requests(), full);
+}
