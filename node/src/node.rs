@@ -48,6 +48,8 @@ pub struct Node {
     audit: crate::audit::AuditQueue,
     applied: AppliedIndex,
     digest: DigestCache,
+    /// This node's DKG public key (encoded), as it must be in the state.
+    dkg_public_key: Vec<u8>,
 }
 
 /// How often the state digest may be recomputed. It hashes the whole state,
@@ -300,6 +302,7 @@ fn authorize_write(peer: &Peer, cmd: &Command) -> std::result::Result<(), String
             | Operation::EraseReceipt { .. }
             | Operation::AbandonRefresh { .. }
             | Operation::FailGeneration { .. }
+            | Operation::PublishDkgKey { .. }
     );
     match peer {
         Peer::Client(name) if protocol_op => Err(format!(
@@ -333,6 +336,10 @@ impl Node {
             open_storage(&config.data_dir.join("raft"), grants.clone()).await?;
         let state = sm_store.reader();
         let shares = open_share_store(config, fresh)?;
+        let dkg_key = shares
+            .dkg_key()
+            .context("cannot derive this node's DKG key from its seal key")?;
+        let dkg_public_key = dkg_key.public_key().to_bytes().to_vec();
         let replay_upto = {
             use openraft::storage::RaftLogStorage;
             let mut reader = log_store.clone();
@@ -342,7 +349,7 @@ impl Node {
                 .context("cannot read the local Raft log")?;
             state.last_log_id.map(|l| l.index).unwrap_or(0)
         };
-        let (core, actions) = QuorumCore::new(NodeIdT(config.node_id), replay_upto);
+        let (core, actions) = QuorumCore::new(NodeIdT(config.node_id), replay_upto, dkg_key);
         let hook_core = core.clone();
         sm_store.set_apply_hook(Box::new(move |s, index, cmd, resp| {
             hook_core.on_applied(s, index, cmd, resp)
@@ -384,6 +391,7 @@ impl Node {
                 audit,
                 applied,
                 digest: DigestCache::default(),
+                dkg_public_key,
             },
             actions,
             audit_rx,
@@ -410,7 +418,53 @@ impl Node {
                 .context("cannot initialize the cluster")?;
             info!("bootstrapped a new cluster");
         }
-        self.ensure_initial_admin(&config.auth.initial_admin).await
+        self.ensure_initial_admin(&config.auth.initial_admin)
+            .await?;
+        self.publish_dkg_key().await
+    }
+
+    /// Publishes this node's DKG key before the bootstrap node serves
+    /// clients, so a key can be created at once. (Joining nodes publish
+    /// from the maintenance loop.)
+    async fn publish_dkg_key(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while let Some(op) = self.dkg_key_to_publish() {
+            let cmd = Command {
+                request_id: RequestId(rand::random()),
+                time_ms: 0,
+                principal: NodeIdT(self.id).to_string(),
+                op,
+                proof: None,
+            };
+            match self.write(&Peer::Node(self.id), None, cmd).await {
+                ClientResponse::Written { response, .. } => {
+                    if let Err(e) = response.result {
+                        bail!("cannot publish this node's DKG key: {e}; check the node log");
+                    }
+                    info!("published this node's DKG key");
+                }
+                other if tokio::time::Instant::now() > deadline => {
+                    bail!("cannot publish this node's DKG key: {other:?}; check the node log")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        Ok(())
+    }
+
+    /// The `PublishDkgKey` this node still has to propose, if any: its key
+    /// is missing from the state, or is another one (the node lost its disk
+    /// and so its seal key).
+    pub(crate) fn dkg_key_to_publish(&self) -> Option<Operation> {
+        let node = NodeIdT(self.id);
+        let published = self
+            .state
+            .read(|a| a.machine().dkg_key(node) == Some(self.dkg_public_key.as_slice()))
+            .unwrap_or(false);
+        (!published).then(|| Operation::PublishDkgKey {
+            node,
+            public_key: self.dkg_public_key.clone(),
+        })
     }
 
     async fn ensure_initial_admin(&self, name: &str) -> Result<()> {
@@ -597,7 +651,10 @@ impl Node {
 
     pub(crate) fn maintenance_due(&self, now_ms: u64) -> Vec<Operation> {
         self.state
-            .read(|a| a.machine().maintenance_due(now_ms))
+            .read(|a| {
+                let m = a.machine();
+                m.maintenance_due(m.schedule_time_ms(now_ms))
+            })
             .unwrap_or_default()
     }
 
@@ -829,15 +886,16 @@ impl Node {
     fn status(&self) -> NodeStatus {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        let ((digest_index, digest), key_count, audit_len) = self
+        let ((digest_index, digest), key_count, audit_len, dkg_keys) = self
             .state
             .read(|a| {
                 let s = a.machine();
                 let index = a.last_applied().map_or(0, |l| l.index);
                 let digest = self.digest.at(index, || s.digest());
-                (digest, s.key_count() as u64, s.audit_len())
+                let dkg_keys = s.dkg_key_nodes().map(|n| n.0).collect();
+                (digest, s.key_count() as u64, s.audit_len(), dkg_keys)
             })
-            .unwrap_or(((0, [0u8; 32]), 0, 0));
+            .unwrap_or(((0, [0u8; 32]), 0, 0, Vec::new()));
         NodeStatus {
             node_id: self.id,
             leader: m.current_leader,
@@ -854,6 +912,7 @@ impl Node {
             digest_index,
             key_count,
             audit_len,
+            dkg_keys,
         }
     }
 

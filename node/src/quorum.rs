@@ -38,11 +38,12 @@ impl QuorumCore {
     pub fn new(
         me: NodeId,
         replay_upto: u64,
+        dkg_key: qk_crypto::DkgSecretKey,
     ) -> (Arc<QuorumCore>, mpsc::UnboundedReceiver<Vec<Action>>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let core = QuorumCore {
             me,
-            protocol: Mutex::new(NodeProtocol::new(me, ProtocolConfig::default())),
+            protocol: Mutex::new(NodeProtocol::new(me, ProtocolConfig::default(), dkg_key)),
             actions: tx,
             replay_upto,
         };

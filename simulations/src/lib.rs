@@ -282,6 +282,7 @@ impl Driver {
             }
         }
         d.create_admin().await;
+        d.publish_dkg_keys().await;
         d.with(|w| {
             w.schedule(300, Ev::Workload);
             if w.cfg.faults {
@@ -315,6 +316,38 @@ impl Driver {
             }
         }
         self.with(|w| w.fail("the initial admin was never committed".into()));
+    }
+
+    /// As every node does at start-up: each proposes its DKG key until the
+    /// log has every node's.
+    async fn publish_dkg_keys(&self) {
+        for _attempt in 0..50 {
+            let missing = self.with(|w| {
+                let missing: Vec<NodeId> = w
+                    .ids()
+                    .into_iter()
+                    .filter(|id| w.truth.dkg_key(*id).is_none())
+                    .collect();
+                for id in &missing {
+                    let op = Operation::PublishDkgKey {
+                        node: *id,
+                        public_key: world::sim_dkg_key(*id).public_key().to_bytes().to_vec(),
+                    };
+                    w.propose(id.to_string(), op, Some(*id));
+                }
+                missing.len()
+            });
+            if missing == 0 {
+                return;
+            }
+            let until = self.with(|w| w.now()) + 200;
+            while self.with(|w| w.now()) < until && !self.violated() {
+                if !self.step().await {
+                    break;
+                }
+            }
+        }
+        self.with(|w| w.fail("some node's DKG key was never committed".into()));
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut World) -> T) -> T {

@@ -34,7 +34,6 @@ mod forgery;
 mod workload;
 
 use crate::{PlantedBug, SimConfig, Stats};
-use workload::corrupt_dkg_share;
 
 /// Simulated milliseconds at the start of every run (timestamps are never 0).
 pub(crate) const EPOCH_MS: u64 = 1_000;
@@ -168,11 +167,6 @@ pub(crate) struct World {
     pub(crate) refresh_done: BTreeMap<(String, KeyVersion), u64>,
     /// When each version left `Generating` (enabled or failed).
     pub(crate) settled_at: BTreeMap<(String, KeyVersion), u64>,
-    /// Every DKG share sent, searched again whenever a new root is learned
-    /// (roots are known only once a version is enabled).
-    /// By session id; a generation's bucket is searched (and dropped) when
-    /// its version's root is learned.
-    dkg_messages: BTreeMap<qk_crypto::SessionId, Vec<Vec<u8>>>,
     /// The roots' bytes, for searching messages and disks.
     root_set: BTreeSet<[u8; 32]>,
     /// Each unwrap's ciphertext and the caller's context, by (combining
@@ -207,7 +201,11 @@ impl World {
                 let election_timeout_ms = rng.random_range(el_min..el_max);
                 let fsync_ms = rng.random_range(1..=3);
                 let node = SimNode {
-                    proto: NodeProtocol::new(NodeId(i), ProtocolConfig::default()),
+                    proto: NodeProtocol::new(
+                        NodeId(i),
+                        ProtocolConfig::default(),
+                        sim_dkg_key(NodeId(i)),
+                    ),
                     raft: None,
                     sm: None,
                     raft_disk: SharedDisk::default(),
@@ -269,7 +267,6 @@ impl World {
             done_at: BTreeMap::new(),
             refresh_done: BTreeMap::new(),
             deals: BTreeMap::new(),
-            dkg_messages: BTreeMap::new(),
             root_set: BTreeSet::new(),
             settled_at: BTreeMap::new(),
             unwrap_requests: BTreeMap::new(),
@@ -393,21 +390,9 @@ impl World {
 
     /// Sends `bytes`; `dkg` is the session of a DKG share (kept for the
     /// root search once the session's root is known).
-    fn send(
-        &mut self,
-        from: NodeId,
-        to: NodeId,
-        bytes: Vec<u8>,
-        dkg: Option<qk_crypto::SessionId>,
-    ) {
+    fn send(&mut self, from: NodeId, to: NodeId, bytes: Vec<u8>) {
         self.stats.messages_sent += 1;
         self.check_secret_free("sent message", &bytes);
-        if let Some(session) = dkg {
-            self.dkg_messages
-                .entry(session)
-                .or_default()
-                .push(bytes.clone());
-        }
         if from == to {
             self.schedule(0, Ev::Deliver { from, to, bytes });
             return;
@@ -465,9 +450,6 @@ impl World {
                     f.byz_partial_delivered = true;
                 }
             }
-        }
-        if let ProtocolMessage::DkgShare(s) = &msg {
-            self.note_corrupt_share(from, to, s.expose());
         }
         self.drive(to, Event::Message { from, msg });
     }
@@ -723,28 +705,26 @@ impl World {
             self.trace(&format!("action {id}"), format!("{action:?}").as_bytes());
             match action {
                 Action::Send { to, msg } => match msg.encode() {
-                    Ok(bytes) => {
-                        let mut bytes = bytes.to_vec();
-                        let dkg = match &msg {
-                            ProtocolMessage::DkgShare(s) => {
-                                qk_crypto::PrivateShare::from_secret_bytes(s.expose())
-                                    .ok()
-                                    .map(|p| p.session_id)
-                            }
-                            _ => None,
-                        };
-                        if byz && to != id && dkg.is_some() {
-                            corrupt_dkg_share(&mut bytes);
-                        }
-                        self.send(id, to, bytes, dkg)
-                    }
+                    Ok(bytes) => self.send(id, to, bytes.to_vec()),
                     Err(e) => self.fail(format!("{id} produced an unencodable message: {e}")),
                 },
                 Action::Propose(Operation::Dkg {
-                    step: DkgStep::Justification(_),
-                    ..
+                    name,
+                    version,
+                    from,
+                    step: DkgStep::Deal(bytes),
+                    session,
                 }) if byz => {
-                    // A Byzantine dealer does not answer complaints.
+                    // The Byzantine dealer seals wrong shares to the others.
+                    let bytes = self.corrupt_deal(id, &name, version, session, &bytes);
+                    let op = Operation::Dkg {
+                        name,
+                        version,
+                        from,
+                        step: DkgStep::Deal(bytes),
+                        session,
+                    };
+                    self.propose(id.to_string(), op, Some(id));
                 }
                 Action::Propose(op) => self.propose(id.to_string(), op, Some(id)),
                 Action::PersistShare {
@@ -852,7 +832,7 @@ impl World {
             *op_id = request.op_id;
         }
         match reply.encode() {
-            Ok(bytes) => self.send(id, to, bytes.to_vec(), None),
+            Ok(bytes) => self.send(id, to, bytes.to_vec()),
             Err(e) => self.fail(format!("{id}'s partial response does not encode: {e}")),
         }
     }
@@ -984,4 +964,11 @@ fn sim_pki(seed: u64, nodes: u64) -> (KeyRoster, BTreeMap<String, Credential>) {
         })
         .collect();
     (roster, credentials)
+}
+
+/// Node `id`'s DKG key in the simulation (as a node derives it from its seal key).
+pub(crate) fn sim_dkg_key(id: NodeId) -> qk_crypto::DkgSecretKey {
+    let mut seed = [0x3cu8; 64];
+    seed[..8].copy_from_slice(&id.0.to_be_bytes());
+    qk_crypto::DkgSecretKey::from_seed(&seed)
 }

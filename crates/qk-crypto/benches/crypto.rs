@@ -21,9 +21,9 @@ use criterion::{BenchmarkId, Criterion, SamplingMode};
 use k256::elliptic_curve::Field;
 use k256::{ProjectivePoint, Scalar};
 use qk_crypto::{
-    combine, partial_decrypt, verify_partial, wrap, Ciphertext, CombineMode, EncryptionContext,
-    KeyShare, Outgoing, PartialDecryption, Participant, PrivateShare, PublicKeySet, PublicMessage,
-    SessionConfig, SessionKind, SessionOutput,
+    combine, partial_decrypt, testing, verify_partial, wrap, Ciphertext, CombineMode,
+    EncryptionContext, KeyShare, PartialDecryption, PublicKeySet, SessionConfig, SessionKind,
+    SessionOutput,
 };
 use qk_types::{KeyId, KeyVersion, ShareIndex};
 use rand::rngs::StdRng;
@@ -54,113 +54,45 @@ fn context() -> EncryptionContext {
     ctx
 }
 
-/// Runs one honest session with every participant in this process: start,
-/// deliver every private share and public message, close dealing, finish.
+/// Runs one honest session with every participant in this process
+/// (`qk_crypto::testing`): deal (shares sealed inside), deliver every deal,
+/// close dealing, finish.
 fn run_session(
     rng: &mut StdRng,
     config: &SessionConfig,
     old: &BTreeMap<ShareIndex, KeyShare>,
 ) -> BTreeMap<ShareIndex, SessionOutput> {
-    let mut everyone: Vec<ShareIndex> = config
-        .dealers
-        .iter()
-        .chain(&config.receivers)
-        .copied()
-        .collect();
-    everyone.sort();
-    everyone.dedup();
-    let mut parts: BTreeMap<ShareIndex, Participant> = everyone
-        .iter()
-        .map(|i| {
-            let p = Participant::new(config.clone(), *i, old.get(i).cloned()).expect("participant");
-            (*i, p)
-        })
-        .collect();
-    let mut public: Vec<PublicMessage> = Vec::new();
-    let mut private: Vec<PrivateShare> = Vec::new();
-    for p in parts.values_mut() {
-        for out in p.start(rng).expect("start") {
-            match out {
-                Outgoing::Broadcast(m) => public.push(m),
-                Outgoing::Send(s) => private.push(s),
-            }
-        }
-    }
-    for s in private {
-        parts
-            .get_mut(&s.receiver)
-            .expect("receiver")
-            .handle_private(s)
-            .expect("private share");
-    }
-    // Public messages in log order: deals, then complaints (none in an
-    // honest run), then justifications.
+    let old: Vec<KeyShare> = old.values().cloned().collect();
+    let (outputs, transcript) = testing::run_session(config, &old, rng, &mut testing::honest);
     assert!(
-        deliver(&mut parts, &public).is_empty(),
-        "deals need no answer"
+        transcript.complaints.is_empty(),
+        "an honest run has no complaint"
     );
-    let mut complaints = Vec::new();
-    for p in parts.values_mut() {
-        for out in p.close_dealing().expect("close_dealing") {
-            if let Outgoing::Broadcast(m) = out {
-                complaints.push(m);
-            }
-        }
-    }
-    let justifications = deliver(&mut parts, &complaints);
-    deliver(&mut parts, &justifications);
-    parts
-        .iter_mut()
-        .map(|(i, p)| (*i, p.finish().expect("finish")))
-        .collect()
-}
-
-/// Delivers `messages` to every participant; returns what they broadcast back.
-fn deliver(
-    parts: &mut BTreeMap<ShareIndex, Participant>,
-    messages: &[PublicMessage],
-) -> Vec<PublicMessage> {
-    let mut replies = Vec::new();
-    for m in messages {
-        for p in parts.values_mut() {
-            for out in p.handle_public(m).expect("public message") {
-                if let Outgoing::Broadcast(reply) = out {
-                    replies.push(reply);
-                }
-            }
-        }
-    }
-    replies
+    outputs
 }
 
 fn generate_config(t: u16, n: u16) -> SessionConfig {
-    SessionConfig {
-        session_id: [1; 32],
-        kind: SessionKind::Generate,
-        dealers: holders(n),
-        receivers: holders(n),
-        threshold: t,
-    }
+    testing::config([1; 32], SessionKind::Generate, holders(n), holders(n), t)
 }
 
 fn refresh_config(old: &PublicKeySet) -> SessionConfig {
-    SessionConfig {
-        session_id: [2; 32],
-        kind: SessionKind::Refresh { old: old.clone() },
-        dealers: old.holders().to_vec(),
-        receivers: old.holders().to_vec(),
-        threshold: old.threshold(),
-    }
+    testing::config(
+        [2; 32],
+        SessionKind::Refresh { old: old.clone() },
+        old.holders().to_vec(),
+        old.holders().to_vec(),
+        old.threshold(),
+    )
 }
 
 fn reshare_config(old: &PublicKeySet, t: u16, n: u16) -> SessionConfig {
-    SessionConfig {
-        session_id: [3; 32],
-        kind: SessionKind::Reshare { old: old.clone() },
-        dealers: old.holders().to_vec(),
-        receivers: holders(n),
-        threshold: t,
-    }
+    testing::config(
+        [3; 32],
+        SessionKind::Reshare { old: old.clone() },
+        old.holders().to_vec(),
+        holders(n),
+        t,
+    )
 }
 
 /// A generated key version: its public key set and every holder's share.

@@ -24,8 +24,6 @@ pub mod tag {
     pub const PUBLIC_KEY_SET: u8 = 0x03;
     pub const DEAL: u8 = 0x10;
     pub const COMPLAINT: u8 = 0x11;
-    pub const JUSTIFICATION: u8 = 0x12;
-    pub const PRIVATE_SHARE: u8 = 0x13;
     pub const KEY_SHARE: u8 = 0x20;
 }
 

@@ -23,7 +23,9 @@ pub use proof::{DleqProof, SchnorrProof};
 pub mod messages;
 pub mod session;
 
-pub use messages::{
-    Complaint, Deal, Justification, Outgoing, PrivateShare, PublicMessage, SessionId,
-};
+pub use messages::{Complaint, Deal, PublicMessage, SessionId};
+pub mod share_box;
 pub use session::{Participant, SessionConfig, SessionKind, SessionOutput};
+pub use share_box::{DkgPublicKey, DkgSecretKey, SealedShare, ShareReveal};
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,76 +1,55 @@
 //! Wire messages of the DKG, refresh and reshare sessions, with strict encodings.
 //!
-//! Public messages travel through the Raft log (the broadcast channel); a
-//! [`PrivateShare`] travels point to point over mutual TLS and never enters
-//! the log.
+//! Every message travels through the Raft log (the broadcast channel). Shares
+//! travel inside the deal, each sealed to its receiver's DKG key
+//! ([`SealedShare`]); nothing secret is ever sent in clear, and no message
+//! carries a share in clear.
 
-use std::fmt;
-
-use k256::{AffinePoint, Scalar};
+use k256::AffinePoint;
 use qk_types::{ShareIndex, MAX_HOLDERS};
-use zeroize::Zeroizing;
 
 use crate::encoding::{tag, Reader, Writer, FORMAT_VERSION, POINT_LEN};
 use crate::error::DecodeError;
 use crate::proof::{SchnorrProof, SCHNORR_PROOF_LEN};
-use crate::secret::SecretScalar;
+use crate::share_box::{SealedShare, ShareReveal, SEALED_SHARE_LEN, SHARE_REVEAL_LEN};
 
 /// Identifies one session (for example a hash of key id, version and epoch);
 /// every message carries it so messages of one session never count in another.
 pub type SessionId = [u8; 32];
 
-/// Largest encoded deal: 64 commitments and a proof.
-pub const MAX_DEAL_LEN: usize =
-    2 + 32 + 2 + 2 + MAX_HOLDERS as usize * POINT_LEN + 1 + SCHNORR_PROOF_LEN;
-pub const MAX_COMPLAINT_LEN: usize = 2 + 32 + 2 + 2;
-pub const MAX_JUSTIFICATION_LEN: usize = 2 + 32 + 2 + 2 + 32;
-pub const MAX_PRIVATE_SHARE_LEN: usize = 2 + 32 + 2 + 2 + 32;
+/// Largest encoded deal: 64 commitments, a proof and 64 sealed shares.
+pub const MAX_DEAL_LEN: usize = 2
+    + 32
+    + 2
+    + 2
+    + MAX_HOLDERS as usize * POINT_LEN
+    + 1
+    + SCHNORR_PROOF_LEN
+    + 2
+    + MAX_HOLDERS as usize * SEALED_SHARE_LEN;
+pub const MAX_COMPLAINT_LEN: usize = 2 + 32 + 2 + 2 + SHARE_REVEAL_LEN;
 
 /// A dealer's public contribution: Feldman commitments of its polynomial
-/// (without `A_0` in refresh and reshare, where it is implied) and, in
-/// generation, a proof of knowledge of `a_0`.
+/// (without `A_0` in refresh and reshare, where it is implied), in
+/// generation a proof of knowledge of `a_0`, and one sealed share per
+/// receiver, in the session's receiver order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Deal {
     pub session_id: SessionId,
     pub dealer: ShareIndex,
     pub commitments: Vec<AffinePoint>,
     pub pok: Option<SchnorrProof>,
+    pub shares: Vec<SealedShare>,
 }
 
-/// A receiver's public claim that a dealer's share to it is missing or wrong.
+/// A receiver's public claim that the share a dealer sealed to it is wrong,
+/// with the proof that lets anyone open that one box and check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Complaint {
     pub session_id: SessionId,
     pub accuser: ShareIndex,
     pub accused: ShareIndex,
-}
-
-/// A dealer's public answer to a complaint: the disputed share in clear.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Justification {
-    pub session_id: SessionId,
-    pub dealer: ShareIndex,
-    pub accuser: ShareIndex,
-    pub value: Scalar,
-}
-
-/// A dealer's secret share for one receiver.
-#[derive(Clone)]
-pub struct PrivateShare {
-    pub session_id: SessionId,
-    pub dealer: ShareIndex,
-    pub receiver: ShareIndex,
-    pub(crate) value: SecretScalar,
-}
-
-impl fmt::Debug for PrivateShare {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PrivateShare")
-            .field("dealer", &self.dealer.get())
-            .field("receiver", &self.receiver.get())
-            .field("value", &"<redacted>")
-            .finish()
-    }
+    pub reveal: ShareReveal,
 }
 
 /// Everything a session broadcasts through the log.
@@ -78,16 +57,6 @@ impl fmt::Debug for PrivateShare {
 pub enum PublicMessage {
     Deal(Deal),
     Complaint(Complaint),
-    Justification(Justification),
-}
-
-/// What a participant asks its driver to do.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// Propose through the log, so every participant sees it in one order.
-    Broadcast(PublicMessage),
-    /// Send point to point to `share.receiver`.
-    Send(PrivateShare),
 }
 
 impl Deal {
@@ -105,6 +74,10 @@ impl Deal {
                 p.write(&mut w);
             }
             None => w.u8(0),
+        }
+        w.u16(self.shares.len() as u16);
+        for share in &self.shares {
+            share.write(&mut w);
         }
         w.finish()
     }
@@ -134,12 +107,24 @@ impl Deal {
                 })
             }
         };
+        let share_count = r.u16()?;
+        if share_count == 0 || share_count > MAX_HOLDERS {
+            return Err(DecodeError::InvalidField {
+                what: "deal",
+                reason: "sealed share count outside 1..=64",
+            });
+        }
+        let mut shares = Vec::with_capacity(usize::from(share_count));
+        for _ in 0..share_count {
+            shares.push(SealedShare::read(&mut r)?);
+        }
         r.finish()?;
         Ok(Deal {
             session_id,
             dealer,
             commitments,
             pok,
+            shares,
         })
     }
 }
@@ -150,6 +135,7 @@ impl Complaint {
         w.bytes(&self.session_id);
         w.index(self.accuser);
         w.index(self.accused);
+        self.reveal.write(&mut w);
         w.finish()
     }
 
@@ -159,69 +145,10 @@ impl Complaint {
             session_id: r.array()?,
             accuser: r.index()?,
             accused: r.index()?,
+            reveal: ShareReveal::read(&mut r)?,
         };
         r.finish()?;
         Ok(c)
-    }
-}
-
-impl Justification {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::new(tag::JUSTIFICATION);
-        w.bytes(&self.session_id);
-        w.index(self.dealer);
-        w.index(self.accuser);
-        w.scalar(&self.value);
-        w.finish()
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(
-            "justification",
-            bytes,
-            tag::JUSTIFICATION,
-            MAX_JUSTIFICATION_LEN,
-        )?;
-        let j = Justification {
-            session_id: r.array()?,
-            dealer: r.index()?,
-            accuser: r.index()?,
-            value: r.scalar()?,
-        };
-        r.finish()?;
-        Ok(j)
-    }
-}
-
-impl PrivateShare {
-    /// Secret bytes: send only over an authenticated, encrypted channel.
-    pub fn to_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let mut w = Writer::new(tag::PRIVATE_SHARE);
-        w.bytes(&self.session_id);
-        w.index(self.dealer);
-        w.index(self.receiver);
-        w.scalar(self.value.expose());
-        Zeroizing::new(w.finish())
-    }
-
-    pub fn from_secret_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(
-            "private share",
-            bytes,
-            tag::PRIVATE_SHARE,
-            MAX_PRIVATE_SHARE_LEN,
-        )?;
-        let session_id = r.array()?;
-        let dealer = r.index()?;
-        let receiver = r.index()?;
-        let value = SecretScalar::new(r.scalar()?);
-        r.finish()?;
-        Ok(PrivateShare {
-            session_id,
-            dealer,
-            receiver,
-            value,
-        })
     }
 }
 
@@ -230,7 +157,6 @@ impl PublicMessage {
         match self {
             PublicMessage::Deal(m) => m.to_bytes(),
             PublicMessage::Complaint(m) => m.to_bytes(),
-            PublicMessage::Justification(m) => m.to_bytes(),
         }
     }
 
@@ -240,9 +166,6 @@ impl PublicMessage {
             [FORMAT_VERSION, tag::DEAL, ..] => Deal::from_bytes(bytes).map(PublicMessage::Deal),
             [FORMAT_VERSION, tag::COMPLAINT, ..] => {
                 Complaint::from_bytes(bytes).map(PublicMessage::Complaint)
-            }
-            [FORMAT_VERSION, tag::JUSTIFICATION, ..] => {
-                Justification::from_bytes(bytes).map(PublicMessage::Justification)
             }
             [FORMAT_VERSION, found, ..] => Err(DecodeError::WrongTag {
                 what: "session message",

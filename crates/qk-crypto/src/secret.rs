@@ -32,6 +32,13 @@ impl SecretScalar {
         }
     }
 
+    /// 64 secret bytes reduced mod `q` (a seed from a KDF).
+    pub(crate) fn from_wide(seed: &[u8; 64]) -> Self {
+        SecretScalar(<Scalar as Reduce<WideBytes>>::reduce(&WideBytes::from(
+            *seed,
+        )))
+    }
+
     pub(crate) fn expose(&self) -> &Scalar {
         &self.0
     }

@@ -1,12 +1,15 @@
 //! One participant of a DKG, refresh or reshare session, as a sans-IO state
-//! machine: messages in, [`Outgoing`] out. The driver decides when a phase
+//! machine: log messages in, messages to broadcast out. The driver decides when a phase
 //! ends (a log entry or a timeout); this code never reads a clock.
 //!
-//! Phases: `start` deals; deals and private shares arrive; `close_dealing`
-//! complains about missing or wrong shares; complaints are answered with public
-//! justifications; `finish` computes `QUAL`, the new commitments and this
-//! participant's share. All inputs to `QUAL` are public log messages, so every
-//! honest participant computes the same set.
+//! Phases: `start` deals (commitments and one share sealed to each
+//! receiver's DKG key, all in one log entry); `close_dealing` complains about
+//! every wrong share, revealing only how that one box opens; anyone checks a
+//! complaint, so a true one disqualifies the dealer and a false one is
+//! ignored, with no answer from the dealer and no share ever in clear;
+//! `finish` computes `QUAL`, the new commitments and this participant's
+//! share. All inputs to `QUAL` are public log messages, so every honest
+//! participant computes the same set.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,12 +22,11 @@ use zeroize::Zeroizing;
 use crate::encoding::is_identity;
 use crate::error::CryptoError;
 use crate::keyset::PublicKeySet;
-use crate::messages::{
-    Complaint, Deal, Justification, Outgoing, PrivateShare, PublicMessage, SessionId,
-};
+use crate::messages::{Complaint, Deal, PublicMessage, SessionId};
 use crate::poly::{deal, lagrange_at_zero, verify_share};
 use crate::proof::SchnorrProof;
 use crate::secret::{KeyShare, SecretScalar};
+use crate::share_box::{BoxSlot, DkgPublicKey, DkgSecretKey, SealedShare};
 
 const POK_DOMAIN: &str = "qk/dkg-pok";
 
@@ -46,6 +48,8 @@ pub struct SessionConfig {
     pub kind: SessionKind,
     pub dealers: Vec<ShareIndex>,
     pub receivers: Vec<ShareIndex>,
+    /// Every receiver's DKG encryption key (from the replicated state).
+    pub receiver_keys: BTreeMap<ShareIndex, DkgPublicKey>,
     /// Threshold of the sharing the session produces.
     pub threshold: u16,
 }
@@ -57,7 +61,7 @@ pub struct SessionOutput {
     /// This participant's new share, when it is a receiver.
     pub share: Option<KeyShare>,
     pub qualified: Vec<ShareIndex>,
-    /// Dealers excluded for a standing complaint or a bad justification.
+    /// Dealers excluded for a verified complaint.
     pub disqualified: Vec<ShareIndex>,
     /// Dealers that never published a deal.
     pub absent: Vec<ShareIndex>,
@@ -77,15 +81,23 @@ pub struct Participant {
     config: SessionConfig,
     me: ShareIndex,
     old_share: Option<KeyShare>,
+    /// This participant's DKG key, when it is a receiver.
+    dkg_key: Option<DkgSecretKey>,
     phase: Phase,
-    /// Shares this participant dealt, kept only to answer complaints.
-    dealt: BTreeMap<ShareIndex, SecretScalar>,
-    /// Full commitments `A_0..A_{t-1}` per dealer.
-    deals: BTreeMap<ShareIndex, Vec<ProjectivePoint>>,
+    deals: BTreeMap<ShareIndex, DealRecord>,
+    /// The share each dealer sealed to this participant, as opened.
     received: BTreeMap<ShareIndex, SecretScalar>,
-    /// accused dealer -> accusers without a valid justification yet.
-    open_complaints: BTreeMap<ShareIndex, BTreeSet<ShareIndex>>,
+    /// Dealers a verified complaint showed to have sealed a wrong share.
     bad_dealers: BTreeSet<ShareIndex>,
+}
+
+/// A dealer's deal as this participant keeps it.
+#[derive(Debug)]
+struct DealRecord {
+    /// Full commitments `A_0..A_{t-1}`.
+    commitments: Vec<ProjectivePoint>,
+    /// Sealed shares by receiver.
+    boxes: BTreeMap<ShareIndex, SealedShare>,
 }
 
 fn reject(reason: impl Into<String>) -> CryptoError {
@@ -101,6 +113,16 @@ impl SessionConfig {
     fn validate(&mut self) -> Result<(), CryptoError> {
         self.dealers = sorted_unique(&self.dealers);
         self.receivers = sorted_unique(&self.receivers);
+        if !self
+            .receivers
+            .iter()
+            .copied()
+            .eq(self.receiver_keys.keys().copied())
+        {
+            return Err(CryptoError::InvalidParameters(
+                "every receiver needs exactly one DKG key".into(),
+            ));
+        }
         let n = u16::try_from(self.receivers.len()).unwrap_or(u16::MAX);
         ThresholdParams::new(self.threshold, n)
             .map_err(|e| CryptoError::InvalidParameters(e.to_string()))?;
@@ -160,11 +182,13 @@ impl SessionConfig {
 
 impl Participant {
     /// `old_share` is required for refresh (every participant) and for a
-    /// reshare dealer; it is checked against the old commitments.
+    /// reshare dealer; it is checked against the old commitments. `dkg_key`
+    /// is required for a receiver and must match its key in the config.
     pub fn new(
         mut config: SessionConfig,
         me: ShareIndex,
         old_share: Option<KeyShare>,
+        dkg_key: Option<DkgSecretKey>,
     ) -> Result<Self, CryptoError> {
         config.validate()?;
         if !config.dealers.contains(&me) && !config.receivers.contains(&me) {
@@ -172,6 +196,17 @@ impl Participant {
                 "{me} is neither a dealer nor a receiver of this session"
             )));
         }
+        let dkg_key = match config.receiver_keys.get(&me) {
+            None => None,
+            Some(expected) => match dkg_key {
+                Some(key) if key.public_key() == *expected => Some(key),
+                _ => {
+                    return Err(CryptoError::InvalidParameters(format!(
+                        "{me} is a receiver but its DKG key does not match the one published for it"
+                    )))
+                }
+            },
+        };
         let needs_old = match &config.kind {
             SessionKind::Generate => false,
             SessionKind::Refresh { .. } => true,
@@ -194,11 +229,10 @@ impl Participant {
             config,
             me,
             old_share: if needs_old { old_share } else { None },
+            dkg_key,
             phase: Phase::Created,
-            dealt: BTreeMap::new(),
             deals: BTreeMap::new(),
             received: BTreeMap::new(),
-            open_complaints: BTreeMap::new(),
             bad_dealers: BTreeSet::new(),
         })
     }
@@ -215,18 +249,26 @@ impl Participant {
         self.config.receivers.contains(&self.me)
     }
 
-    /// Deals (when a dealer): one broadcast deal and one private share per
-    /// other receiver.
+    fn slot(&self, dealer: ShareIndex, receiver: ShareIndex) -> BoxSlot {
+        BoxSlot {
+            session_id: self.config.session_id,
+            dealer,
+            receiver,
+        }
+    }
+
+    /// Deals (when a dealer): the deal to broadcast, with every receiver's
+    /// share sealed inside.
     pub fn start<R: CryptoRng + ?Sized>(
         &mut self,
         rng: &mut R,
-    ) -> Result<Vec<Outgoing>, CryptoError> {
+    ) -> Result<Option<Deal>, CryptoError> {
         if self.phase != Phase::Created {
             return Err(CryptoError::OutOfOrder("start called twice"));
         }
         self.phase = Phase::Dealing;
         if !self.is_dealer() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let constant = match (&self.config.kind, &self.old_share) {
             (SessionKind::Generate, _) => SecretScalar::random(rng),
@@ -252,39 +294,36 @@ impl Participant {
             }
             _ => (affine[1..].to_vec(), None),
         };
-        let mut out = vec![Outgoing::Broadcast(PublicMessage::Deal(Deal {
+        let mut shares = Vec::with_capacity(dealing.shares.len());
+        for (receiver, value) in &dealing.shares {
+            let to = self
+                .config
+                .receiver_keys
+                .get(receiver)
+                .ok_or_else(|| reject(format!("no DKG key for receiver {receiver}")))?;
+            let slot = self.slot(self.me, *receiver);
+            shares.push(SealedShare::seal(rng, to, &slot, value));
+        }
+        Ok(Some(Deal {
             session_id: self.config.session_id,
             dealer: self.me,
             commitments,
             pok,
-        }))];
-        for (receiver, value) in dealing.shares {
-            if receiver == self.me {
-                self.received.insert(receiver, value.clone());
-            } else {
-                out.push(Outgoing::Send(PrivateShare {
-                    session_id: self.config.session_id,
-                    dealer: self.me,
-                    receiver,
-                    value: value.clone(),
-                }));
-            }
-            self.dealt.insert(receiver, value);
-        }
-        Ok(out)
+            shares,
+        }))
     }
 
-    /// Handles a message delivered by the log, in log order.
-    pub fn handle_public(&mut self, msg: &PublicMessage) -> Result<Vec<Outgoing>, CryptoError> {
+    /// Handles a message delivered by the log, in log order. An `Err` says
+    /// why the message does not count (it changes nothing here).
+    pub fn handle_public(&mut self, msg: &PublicMessage) -> Result<(), CryptoError> {
         if self.phase == Phase::Created || self.phase == Phase::Finished {
             return Err(CryptoError::OutOfOrder(
                 "session message before start or after finish",
             ));
         }
         match msg {
-            PublicMessage::Deal(d) => self.on_deal(d).map(|()| Vec::new()),
+            PublicMessage::Deal(d) => self.on_deal(d),
             PublicMessage::Complaint(c) => self.on_complaint(c),
-            PublicMessage::Justification(j) => self.on_justification(j).map(|()| Vec::new()),
         }
     }
 
@@ -316,8 +355,28 @@ impl Participant {
                 d.dealer
             )));
         }
-        let full = self.full_commitments(d)?;
-        self.deals.insert(d.dealer, full);
+        let commitments = self.full_commitments(d)?;
+        if d.shares.len() != self.config.receivers.len() {
+            return Err(reject(format!(
+                "deal from {} seals {} shares for {} receivers",
+                d.dealer,
+                d.shares.len(),
+                self.config.receivers.len()
+            )));
+        }
+        let boxes: BTreeMap<ShareIndex, SealedShare> = self
+            .config
+            .receivers
+            .iter()
+            .copied()
+            .zip(d.shares.iter().copied())
+            .collect();
+        if let (Some(key), Some(sealed)) = (&self.dkg_key, boxes.get(&self.me)) {
+            let value = sealed.open(key, &self.slot(d.dealer, self.me));
+            self.received.insert(d.dealer, value);
+        }
+        self.deals
+            .insert(d.dealer, DealRecord { commitments, boxes });
         Ok(())
     }
 
@@ -366,33 +425,19 @@ impl Participant {
         }
     }
 
-    /// Stores a share sent to this participant point to point.
-    pub fn handle_private(&mut self, share: PrivateShare) -> Result<(), CryptoError> {
-        self.check_session(&share.session_id)?;
-        // A share may arrive before this participant started: keep it.
-        if !matches!(self.phase, Phase::Created | Phase::Dealing) {
-            return Err(reject("private share after dealing closed"));
-        }
-        if share.receiver != self.me || !self.config.dealers.contains(&share.dealer) {
-            return Err(reject(
-                "private share for another receiver or from a non-dealer",
-            ));
-        }
-        self.received
-            .entry(share.dealer)
-            .or_insert(share.value.clone());
-        Ok(())
-    }
-
     fn share_is_valid(&self, dealer: ShareIndex) -> bool {
         match (self.deals.get(&dealer), self.received.get(&dealer)) {
-            (Some(commitments), Some(value)) => verify_share(commitments, self.me, value.expose()),
+            (Some(deal), Some(value)) => verify_share(&deal.commitments, self.me, value.expose()),
             _ => false,
         }
     }
 
-    /// Ends dealing: complains about every dealer whose share is missing or wrong.
-    pub fn close_dealing(&mut self) -> Result<Vec<Outgoing>, CryptoError> {
+    /// Ends dealing: complains about every dealer whose sealed share is
+    /// wrong, revealing how that box opens (and nothing else).
+    pub fn close_dealing<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+    ) -> Result<Vec<Complaint>, CryptoError> {
         if self.phase != Phase::Dealing {
             return Err(CryptoError::OutOfOrder(
                 "close_dealing outside the dealing phase",
@@ -402,67 +447,58 @@ impl Participant {
         if !self.is_receiver() {
             return Ok(Vec::new());
         }
-        let dealers: Vec<ShareIndex> = self.deals.keys().copied().collect();
-        Ok(dealers
-            .into_iter()
-            .filter(|d| !self.share_is_valid(*d))
-            .map(|accused| {
-                Outgoing::Broadcast(PublicMessage::Complaint(Complaint {
-                    session_id: self.config.session_id,
-                    accuser: self.me,
-                    accused,
-                }))
-            })
-            .collect())
+        let Some(key) = &self.dkg_key else {
+            return Ok(Vec::new());
+        };
+        let mut complaints = Vec::new();
+        for (dealer, deal) in &self.deals {
+            if self.share_is_valid(*dealer) {
+                continue;
+            }
+            let Some(sealed) = deal.boxes.get(&self.me) else {
+                continue;
+            };
+            complaints.push(Complaint {
+                session_id: self.config.session_id,
+                accuser: self.me,
+                accused: *dealer,
+                reveal: sealed.reveal(rng, key, &self.slot(*dealer, self.me)),
+            });
+        }
+        Ok(complaints)
     }
 
-    fn on_complaint(&mut self, c: &Complaint) -> Result<Vec<Outgoing>, CryptoError> {
+    /// A complaint is checked, never answered: its reveal opens the one box
+    /// it is about. A wrong share disqualifies the dealer; a right one (or
+    /// a reveal that is not the accuser's) leaves the dealer qualified.
+    fn on_complaint(&mut self, c: &Complaint) -> Result<(), CryptoError> {
         self.check_session(&c.session_id)?;
-        if !self.config.receivers.contains(&c.accuser) || !self.deals.contains_key(&c.accused) {
+        let (Some(receiver_key), Some(deal)) = (
+            self.config.receiver_keys.get(&c.accuser),
+            self.deals.get(&c.accused),
+        ) else {
             return Err(reject(
                 "complaint from a non-receiver or against a dealer without a deal",
             ));
-        }
-        self.open_complaints
-            .entry(c.accused)
-            .or_default()
-            .insert(c.accuser);
-        if c.accused != self.me {
-            return Ok(Vec::new());
-        }
-        let Some(value) = self.dealt.get(&c.accuser) else {
-            return Ok(Vec::new());
         };
-        Ok(vec![Outgoing::Broadcast(PublicMessage::Justification(
-            Justification {
-                session_id: self.config.session_id,
-                dealer: self.me,
-                accuser: c.accuser,
-                value: *value.expose(),
-            },
-        ))])
-    }
-
-    fn on_justification(&mut self, j: &Justification) -> Result<(), CryptoError> {
-        self.check_session(&j.session_id)?;
-        let pending = self
-            .open_complaints
-            .get(&j.dealer)
-            .is_some_and(|accusers| accusers.contains(&j.accuser));
-        if !pending {
-            return Err(reject("justification without a matching complaint"));
+        let slot = self.slot(c.accused, c.accuser);
+        let opened = deal
+            .boxes
+            .get(&c.accuser)
+            .and_then(|sealed| sealed.open_revealed(&c.reveal, receiver_key, &slot));
+        let Some(value) = opened else {
+            return Err(reject(format!(
+                "complaint by {} against {} carries a reveal that does not verify; ignored",
+                c.accuser, c.accused
+            )));
+        };
+        if verify_share(&deal.commitments, c.accuser, value.expose()) {
+            return Err(reject(format!(
+                "false complaint by {} against {}: the sealed share is correct; ignored",
+                c.accuser, c.accused
+            )));
         }
-        let commitments = self.deals.get(&j.dealer).ok_or_else(|| reject("no deal"))?;
-        if !verify_share(commitments, j.accuser, &j.value) {
-            self.bad_dealers.insert(j.dealer);
-            return Ok(());
-        }
-        if let Some(accusers) = self.open_complaints.get_mut(&j.dealer) {
-            accusers.remove(&j.accuser);
-        }
-        if j.accuser == self.me {
-            self.received.insert(j.dealer, SecretScalar::new(j.value));
-        }
+        self.bad_dealers.insert(c.accused);
         Ok(())
     }
 
@@ -475,10 +511,7 @@ impl Participant {
             .deals
             .keys()
             .copied()
-            .filter(|d| {
-                !self.bad_dealers.contains(d)
-                    && self.open_complaints.get(d).is_none_or(|a| a.is_empty())
-            })
+            .filter(|d| !self.bad_dealers.contains(d))
             .collect();
         if qualified.len() < self.config.min_qualified() {
             return Err(CryptoError::TooFewQualified {
@@ -504,7 +537,6 @@ impl Participant {
             None
         };
         self.phase = Phase::Finished;
-        self.dealt.clear();
         self.received.clear();
         self.old_share = None;
         let disqualified = self
@@ -548,8 +580,8 @@ impl Participant {
             _ => vec![ProjectivePoint::identity(); t],
         };
         for (dealer, weight) in qualified.iter().zip(weights) {
-            if let Some(a) = self.deals.get(dealer) {
-                for (acc, a_k) in out.iter_mut().zip(a) {
+            if let Some(deal) = self.deals.get(dealer) {
+                for (acc, a_k) in out.iter_mut().zip(&deal.commitments) {
                     *acc += *a_k * weight;
                 }
             }

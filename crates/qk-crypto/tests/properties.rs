@@ -45,7 +45,7 @@ proptest! {
         let _ = qk_crypto::PartialDecryption::from_bytes(&bytes);
         let _ = qk_crypto::PublicKeySet::from_bytes(&bytes);
         let _ = qk_crypto::PublicMessage::from_bytes(&bytes);
-        let _ = qk_crypto::PrivateShare::from_secret_bytes(&bytes);
+        let _ = qk_crypto::DkgPublicKey::from_bytes(&bytes);
         let _ = qk_crypto::KeyShare::from_secret_bytes(&bytes);
     }
 
@@ -76,11 +76,17 @@ fn sample_encodings() -> Vec<Vec<u8>> {
         p[0].to_bytes(),
         keys.to_bytes(),
         out.shares()[0].to_secret_bytes().to_vec(),
-        qk_crypto::Complaint {
-            session_id: [1; 32],
-            accuser: idx(1),
-            accused: idx(2),
-        }
+        out.transcript.deals[0].to_bytes(),
+        qk_crypto::testing::complaint_against(
+            &mut rng(3),
+            match &out.transcript.deals[1] {
+                qk_crypto::PublicMessage::Deal(d) => d,
+                qk_crypto::PublicMessage::Complaint(_) => panic!("deals first"),
+            },
+            keys.holders(),
+            idx(1),
+        )
+        .expect("holder 1 is a receiver")
         .to_bytes(),
     ]
 }

@@ -3,11 +3,7 @@
 mod common;
 
 use common::*;
-use k256::Scalar;
-use qk_crypto::{
-    combine, wrap, CombineMode, KeyShare, Outgoing, PrivateShare, PublicMessage, SessionConfig,
-    SessionKind,
-};
+use qk_crypto::{combine, wrap, CombineMode, KeyShare, PublicMessage, SessionKind};
 use qk_types::ShareIndex;
 
 fn decrypts(
@@ -32,12 +28,16 @@ fn sample_ct(keys: &qk_crypto::PublicKeySet) -> qk_crypto::Ciphertext {
     .expect("wrap")
 }
 
-/// Flips a byte of the secret encoding until it still decodes (stays canonical).
-fn corrupt(share: PrivateShare) -> PrivateShare {
-    let mut bytes = share.to_secret_bytes().to_vec();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x01;
-    PrivateShare::from_secret_bytes(&bytes).expect("corrupted share still decodes")
+/// A deal whose boxes for the receivers at `a` and `b` (0-based) are swapped:
+/// each opens to garbage for its receiver.
+fn swap_boxes(m: PublicMessage, a: usize, b: usize) -> PublicMessage {
+    match m {
+        PublicMessage::Deal(mut d) => {
+            d.shares.swap(a, b);
+            PublicMessage::Deal(d)
+        }
+        other => other,
+    }
 }
 
 #[test]
@@ -60,23 +60,24 @@ fn honest_dkg_agrees_everywhere() {
 }
 
 #[test]
-fn dealer_with_wrong_share_and_no_answer_is_disqualified() {
+fn dealer_with_a_wrong_sealed_share_is_disqualified_by_a_verified_complaint() {
     let bad = idx(2);
-    let config = SessionConfig {
-        session_id: [1; 32],
-        kind: SessionKind::Generate,
-        dealers: ShareIndex::first_n(5),
-        receivers: ShareIndex::first_n(5),
-        threshold: 3,
-    };
-    let mut tamper = |from: ShareIndex, m: Outgoing| match m {
-        Outgoing::Send(s) if from == bad && s.receiver == idx(4) => {
-            Some(Outgoing::Send(corrupt(s)))
-        }
-        Outgoing::Broadcast(PublicMessage::Justification(_)) if from == bad => None,
-        other => Some(other),
+    let config = session(
+        1,
+        SessionKind::Generate,
+        ShareIndex::first_n(5),
+        ShareIndex::first_n(5),
+        3,
+    );
+    let mut tamper = |from: ShareIndex, m: PublicMessage| {
+        Some(if from == bad { swap_boxes(m, 2, 3) } else { m })
     };
     let out = run_session(&config, &[], 22, &mut tamper);
+    assert_eq!(
+        out.transcript.complaints.len(),
+        2,
+        "receivers 3 and 4 complain"
+    );
     for (id, o) in &out.outputs {
         assert_eq!(o.disqualified, vec![bad], "{id} disqualifies the cheater");
         assert!(!o.qualified.contains(&bad));
@@ -88,72 +89,132 @@ fn dealer_with_wrong_share_and_no_answer_is_disqualified() {
 }
 
 #[test]
-fn dealer_with_bad_justification_is_disqualified() {
-    let bad = idx(1);
-    let config = SessionConfig {
-        session_id: [2; 32],
-        kind: SessionKind::Generate,
-        dealers: ShareIndex::first_n(4),
-        receivers: ShareIndex::first_n(4),
-        threshold: 2,
+fn a_false_complaint_cannot_disqualify_an_honest_dealer() {
+    let liar = idx(3);
+    let holders = ShareIndex::first_n(4);
+    let config = session(
+        2,
+        SessionKind::Generate,
+        holders.clone(),
+        holders.clone(),
+        2,
+    );
+    let (mut parts, deals) = dealt(&config, 23);
+    // The liar complains about an honest dealer, with a valid reveal of
+    // its own (correct) box.
+    let PublicMessage::Deal(honest_deal) = &deals[0] else {
+        panic!("a deal");
     };
-    let mut tamper = |from: ShareIndex, m: Outgoing| match m {
-        Outgoing::Send(s) if from == bad && s.receiver == idx(3) => None,
-        Outgoing::Broadcast(PublicMessage::Justification(mut j)) if from == bad => {
-            j.value += Scalar::ONE;
-            Some(Outgoing::Broadcast(PublicMessage::Justification(j)))
-        }
-        other => Some(other),
-    };
-    let out = run_session(&config, &[], 23, &mut tamper);
-    for o in out.outputs.values() {
-        assert_eq!(o.disqualified, vec![bad]);
+    let forged = qk_crypto::testing::complaint_against(&mut rng(40), honest_deal, &holders, liar)
+        .expect("liar is a receiver");
+    for p in parts.values_mut() {
+        let err = p
+            .handle_public(&PublicMessage::Complaint(forged))
+            .expect_err("false complaint refused");
+        assert!(err.to_string().contains("false complaint"), "{err}");
     }
-    assert!(decrypts(
-        out.keys(),
-        &out.shares()[1..3],
-        &sample_ct(out.keys())
-    ));
+    for mut p in parts.into_values() {
+        let o = p.finish().expect("finish");
+        assert_eq!(o.qualified.len(), 4, "the honest dealer stays qualified");
+        assert!(o.disqualified.is_empty());
+    }
+}
+
+/// Participants of `config` after every honest deal and an empty
+/// complaint round; returns them and the deals.
+fn dealt(
+    config: &qk_crypto::SessionConfig,
+    seed: u64,
+) -> (
+    std::collections::BTreeMap<ShareIndex, qk_crypto::Participant>,
+    Vec<PublicMessage>,
+) {
+    let mut r = rng(seed);
+    let mut parts: std::collections::BTreeMap<_, _> = config
+        .receivers
+        .iter()
+        .map(|i| {
+            let key = qk_crypto::testing::dkg_key(*i);
+            let p = qk_crypto::Participant::new(config.clone(), *i, None, Some(key)).expect("p");
+            (*i, p)
+        })
+        .collect();
+    let deals: Vec<PublicMessage> = parts
+        .values_mut()
+        .filter_map(|p| p.start(&mut r).expect("start"))
+        .map(PublicMessage::Deal)
+        .collect();
+    for d in &deals {
+        for p in parts.values_mut() {
+            p.handle_public(d).expect("honest deal");
+        }
+    }
+    for p in parts.values_mut() {
+        assert!(p.close_dealing(&mut r).expect("close").is_empty());
+    }
+    (parts, deals)
 }
 
 #[test]
-fn dealer_that_justifies_correctly_stays_qualified() {
-    let slow = idx(3);
-    let config = SessionConfig {
-        session_id: [3; 32],
-        kind: SessionKind::Generate,
-        dealers: ShareIndex::first_n(3),
-        receivers: ShareIndex::first_n(3),
-        threshold: 2,
+fn a_reveal_made_with_another_key_is_ignored() {
+    let holders = ShareIndex::first_n(3);
+    let config = session(
+        3,
+        SessionKind::Generate,
+        holders.clone(),
+        holders.clone(),
+        2,
+    );
+    let (mut parts, deals) = dealt(&config, 24);
+    // Holder 2 reveals its own box from dealer 1 and claims to be holder 3.
+    let PublicMessage::Deal(deal) = &deals[0] else {
+        panic!("a deal");
     };
-    // Dealer 3's private share to 1 is lost; it answers the complaint publicly.
-    let mut tamper = |from: ShareIndex, m: Outgoing| match m {
-        Outgoing::Send(s) if from == slow && s.receiver == idx(1) => None,
-        other => Some(other),
-    };
-    let out = run_session(&config, &[], 24, &mut tamper);
-    for o in out.outputs.values() {
-        assert_eq!(o.qualified.len(), 3);
-        assert!(o.disqualified.is_empty());
+    let mut forged =
+        qk_crypto::testing::complaint_against(&mut rng(41), deal, &holders, idx(2)).expect("2");
+    forged.accuser = idx(3);
+    for p in parts.values_mut() {
+        let err = p
+            .handle_public(&PublicMessage::Complaint(forged))
+            .expect_err("forged reveal refused");
+        assert!(err.to_string().contains("does not verify"), "{err}");
     }
-    assert!(decrypts(
-        out.keys(),
-        &out.shares()[..2],
-        &sample_ct(out.keys())
-    ));
+}
+
+#[test]
+fn no_message_carries_a_share_in_clear() {
+    // Every message a session publishes is a deal (commitments and sealed
+    // boxes) or a complaint (a reveal of one box); an honest run has no
+    // complaint at all, so an honest share is never opened in public.
+    let out = generate(3, 5, 25);
+    assert_eq!(out.transcript.deals.len(), 5);
+    assert!(out.transcript.complaints.is_empty());
+    let shares = out.shares();
+    for m in &out.transcript.deals {
+        let bytes = m.to_bytes();
+        for s in &shares {
+            let secret = s.to_secret_bytes();
+            let value = &secret[secret.len() - 32..];
+            assert!(
+                !bytes.windows(32).any(|w| w == value),
+                "a final share appears in a deal"
+            );
+        }
+    }
 }
 
 #[test]
 fn silent_dealer_is_absent_and_the_rest_generate() {
     let silent = idx(5);
-    let config = SessionConfig {
-        session_id: [4; 32],
-        kind: SessionKind::Generate,
-        dealers: ShareIndex::first_n(5),
-        receivers: ShareIndex::first_n(5),
-        threshold: 3,
-    };
-    let mut tamper = |from: ShareIndex, m: Outgoing| if from == silent { None } else { Some(m) };
+    let config = session(
+        4,
+        SessionKind::Generate,
+        ShareIndex::first_n(5),
+        ShareIndex::first_n(5),
+        3,
+    );
+    let mut tamper =
+        |from: ShareIndex, m: PublicMessage| if from == silent { None } else { Some(m) };
     let out = run_session(&config, &[], 25, &mut tamper);
     for o in out.outputs.values() {
         assert_eq!(o.absent, vec![silent]);
@@ -172,13 +233,13 @@ fn refresh_keeps_the_key_and_old_shares_do_not_mix_with_new() {
     let keys = dkg.keys().clone();
     let old_shares = dkg.shares();
     let ct = sample_ct(&keys);
-    let config = SessionConfig {
-        session_id: [5; 32],
-        kind: SessionKind::Refresh { old: keys.clone() },
-        dealers: keys.holders().to_vec(),
-        receivers: keys.holders().to_vec(),
-        threshold: 3,
-    };
+    let config = session(
+        5,
+        SessionKind::Refresh { old: keys.clone() },
+        keys.holders().to_vec(),
+        keys.holders().to_vec(),
+        3,
+    );
     let refreshed = run_session(&config, &old_shares, 27, &mut honest);
     let new_keys = refreshed.keys().clone();
     let new_shares = refreshed.shares();
@@ -212,13 +273,13 @@ fn reshare_moves_the_key_to_new_holders_and_threshold() {
     let keys = dkg.keys().clone();
     let ct = sample_ct(&keys);
     for (t2, n2) in [(3u16, 5u16), (2, 2), (4, 4)] {
-        let config = SessionConfig {
-            session_id: [6; 32],
-            kind: SessionKind::Reshare { old: keys.clone() },
-            dealers: vec![idx(1), idx(3)],
-            receivers: ShareIndex::first_n(n2),
-            threshold: t2,
-        };
+        let config = session(
+            6,
+            SessionKind::Reshare { old: keys.clone() },
+            vec![idx(1), idx(3)],
+            ShareIndex::first_n(n2),
+            t2,
+        );
         let moved = run_session(&config, &dkg.shares(), 29, &mut honest);
         let new_keys = moved.keys().clone();
         assert_eq!(new_keys.public_key(), keys.public_key());
@@ -240,17 +301,19 @@ fn reshare_to_disjoint_holders_with_one_bad_dealer() {
     let dkg = generate(2, 4, 30);
     let keys = dkg.keys().clone();
     let ct = sample_ct(&keys);
-    let config = SessionConfig {
-        session_id: [7; 32],
-        kind: SessionKind::Reshare { old: keys.clone() },
-        dealers: ShareIndex::first_n(4),
-        receivers: vec![idx(5), idx(6), idx(7)],
-        threshold: 2,
-    };
-    let mut tamper = |from: ShareIndex, m: Outgoing| match m {
-        Outgoing::Send(s) if from == idx(2) => Some(Outgoing::Send(corrupt(s))),
-        Outgoing::Broadcast(PublicMessage::Justification(_)) if from == idx(2) => None,
-        other => Some(other),
+    let config = session(
+        7,
+        SessionKind::Reshare { old: keys.clone() },
+        ShareIndex::first_n(4),
+        vec![idx(5), idx(6), idx(7)],
+        2,
+    );
+    let mut tamper = |from: ShareIndex, m: PublicMessage| {
+        Some(if from == idx(2) {
+            swap_boxes(m, 0, 1)
+        } else {
+            m
+        })
     };
     let moved = run_session(&config, &dkg.shares(), 31, &mut tamper);
     let out = moved.outputs.get(&idx(5)).expect("receiver");
@@ -263,22 +326,20 @@ fn reshare_to_disjoint_holders_with_one_bad_dealer() {
 
 #[test]
 fn too_few_qualified_dealers_fail_the_session() {
-    let config = SessionConfig {
-        session_id: [8; 32],
-        kind: SessionKind::Generate,
-        dealers: ShareIndex::first_n(3),
-        receivers: ShareIndex::first_n(3),
-        threshold: 3,
-    };
+    let config = session(
+        8,
+        SessionKind::Generate,
+        ShareIndex::first_n(3),
+        ShareIndex::first_n(3),
+        3,
+    );
     let mut rng = rng(32);
-    let mut p = qk_crypto::Participant::new(config, idx(1), None).expect("p");
-    let out = p.start(&mut rng).expect("start");
-    for m in out {
-        if let Outgoing::Broadcast(msg) = m {
-            p.handle_public(&msg).expect("own deal");
-        }
-    }
-    p.close_dealing().expect("close");
+    let key = qk_crypto::testing::dkg_key(idx(1));
+    let mut p = qk_crypto::Participant::new(config, idx(1), None, Some(key)).expect("p");
+    let deal = p.start(&mut rng).expect("start").expect("deal");
+    p.handle_public(&PublicMessage::Deal(deal))
+        .expect("own deal");
+    assert!(p.close_dealing(&mut rng).expect("close").is_empty());
     let err = p.finish().expect_err("only one dealer");
     assert!(
         err.to_string().contains("too few qualified dealers"),
@@ -288,29 +349,33 @@ fn too_few_qualified_dealers_fail_the_session() {
 
 #[test]
 fn bad_parameters_and_foreign_messages_are_refused() {
-    let mk = |t: u16, n: u16| SessionConfig {
-        session_id: [9; 32],
-        kind: SessionKind::Generate,
-        dealers: ShareIndex::first_n(n),
-        receivers: ShareIndex::first_n(n),
-        threshold: t,
+    let mk = |t: u16, n: u16| {
+        session(
+            9,
+            SessionKind::Generate,
+            ShareIndex::first_n(n),
+            ShareIndex::first_n(n),
+            t,
+        )
     };
-    assert!(qk_crypto::Participant::new(mk(1, 3), idx(1), None).is_err());
-    assert!(qk_crypto::Participant::new(mk(4, 3), idx(1), None).is_err());
-    assert!(qk_crypto::Participant::new(mk(2, 3), idx(9), None).is_err());
-    let mut a = qk_crypto::Participant::new(mk(2, 3), idx(1), None).expect("a");
+    let key = |i: u16| Some(qk_crypto::testing::dkg_key(idx(i)));
+    assert!(qk_crypto::Participant::new(mk(1, 3), idx(1), None, key(1)).is_err());
+    assert!(qk_crypto::Participant::new(mk(4, 3), idx(1), None, key(1)).is_err());
+    assert!(qk_crypto::Participant::new(mk(2, 3), idx(9), None, key(9)).is_err());
+    // A receiver without its key, or with another node's key, cannot join.
+    assert!(qk_crypto::Participant::new(mk(2, 3), idx(1), None, None).is_err());
+    assert!(qk_crypto::Participant::new(mk(2, 3), idx(1), None, key(2)).is_err());
+    let mut missing = mk(2, 3);
+    missing.receiver_keys.remove(&idx(3));
+    assert!(qk_crypto::Participant::new(missing, idx(1), None, key(1)).is_err());
+    let mut a = qk_crypto::Participant::new(mk(2, 3), idx(1), None, key(1)).expect("a");
     let mut other = mk(2, 3);
     other.session_id = [10; 32];
-    let mut b = qk_crypto::Participant::new(other, idx(2), None).expect("b");
+    let mut b = qk_crypto::Participant::new(other, idx(2), None, key(2)).expect("b");
     let mut r = rng(33);
     a.start(&mut r).expect("start a");
-    for m in b.start(&mut r).expect("start b") {
-        match m {
-            Outgoing::Broadcast(msg) => assert!(a.handle_public(&msg).is_err()),
-            Outgoing::Send(s) if s.receiver == idx(1) => assert!(a.handle_private(s).is_err()),
-            Outgoing::Send(_) => {}
-        }
-    }
+    let deal = b.start(&mut r).expect("start b").expect("deal");
+    assert!(a.handle_public(&PublicMessage::Deal(deal)).is_err());
 }
 
 #[test]
@@ -318,15 +383,16 @@ fn refresh_requires_a_matching_current_share() {
     let dkg = generate(2, 3, 34);
     let keys = dkg.keys().clone();
     let other = generate(2, 3, 35).shares();
-    let config = SessionConfig {
-        session_id: [11; 32],
-        kind: SessionKind::Refresh { old: keys.clone() },
-        dealers: keys.holders().to_vec(),
-        receivers: keys.holders().to_vec(),
-        threshold: 2,
-    };
-    assert!(qk_crypto::Participant::new(config.clone(), idx(1), None).is_err());
-    let err = qk_crypto::Participant::new(config, idx(1), Some(other[0].clone()))
+    let config = session(
+        11,
+        SessionKind::Refresh { old: keys.clone() },
+        keys.holders().to_vec(),
+        keys.holders().to_vec(),
+        2,
+    );
+    let key = Some(qk_crypto::testing::dkg_key(idx(1)));
+    assert!(qk_crypto::Participant::new(config.clone(), idx(1), None, key.clone()).is_err());
+    let err = qk_crypto::Participant::new(config, idx(1), Some(other[0].clone()), key)
         .expect_err("foreign share");
     assert!(err.to_string().contains("does not match"), "{err}");
 }

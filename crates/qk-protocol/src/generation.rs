@@ -1,20 +1,19 @@
 //! The DKG driver: one [`Generation`] per version this node holds while it
 //! is generating. It feeds the `qk_crypto` participant with what the log
-//! delivers, turns the participant's output into proposals and sends, and
-//! decides when a phase should end (all inputs in, or a timeout).
+//! delivers, turns the participant's output into proposals, follows the
+//! phase the replicated state is in, and proposes the timed end of a phase.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use qk_crypto::{
-    KeyShare, Outgoing, Participant, PrivateShare, PublicKeySet, PublicMessage, SessionConfig,
+    DkgPublicKey, DkgSecretKey, KeyShare, Participant, PublicKeySet, PublicMessage, SessionConfig,
     SessionId, SessionKind,
 };
-use qk_state::{DkgSession, DkgStep, KeyVersionRecord, Operation};
+use qk_state::{DkgPhase, DkgSession, DkgStep, KeyVersionRecord, Operation, StateMachine};
 use qk_types::{Epoch, KeyId, KeyVersion, NodeId, ShareIndex};
 use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
 
-use crate::message::{ProtocolMessage, SecretBytes};
 use crate::unwrap::share_index_of;
 use crate::{Action, ProtocolConfig};
 
@@ -72,7 +71,6 @@ pub(crate) struct Generation {
     pub(crate) version: KeyVersion,
     /// The epoch of the share this DKG produces.
     pub(crate) epoch: Epoch,
-    pub(crate) session: SessionId,
     /// Generation or refresh: carried in every step this node proposes.
     pub(crate) dkg: DkgSession,
     /// For a refresh: the version's current key set (the result must keep
@@ -84,15 +82,6 @@ pub(crate) struct Generation {
     participant: Participant,
     started_ms: u64,
     phase: Phase,
-    deals: BTreeSet<ShareIndex>,
-    /// Dealers whose private share reached this node (itself included).
-    shares_from: BTreeSet<ShareIndex>,
-    ready_posted: bool,
-    /// Holders whose `Ready` the log accepted.
-    ready: BTreeSet<ShareIndex>,
-    complained: BTreeSet<ShareIndex>,
-    /// `(accused, accuser)` complaints without a justification yet.
-    open: BTreeSet<(ShareIndex, ShareIndex)>,
     close_proposed_ms: Option<u64>,
     finish_proposed_ms: Option<u64>,
 }
@@ -101,31 +90,57 @@ fn retry_due(last: Option<u64>, now: u64, interval: u64) -> bool {
     last.is_none_or(|t| now >= t.saturating_add(interval))
 }
 
+/// Every holder's DKG key as published in the replicated state.
+fn receiver_keys(
+    state: &StateMachine,
+    record: &KeyVersionRecord,
+) -> Result<BTreeMap<ShareIndex, DkgPublicKey>, String> {
+    let mut keys = BTreeMap::new();
+    for holder in record.sorted_holders() {
+        let index =
+            share_index_of(record, holder).ok_or_else(|| format!("{holder} has no share index"))?;
+        let bytes = state
+            .dkg_key(holder)
+            .ok_or_else(|| format!("{holder} has not published its DKG key"))?;
+        let key = DkgPublicKey::from_bytes(bytes).map_err(|e| format!("{holder}: {e}"))?;
+        keys.insert(index, key);
+    }
+    Ok(keys)
+}
+
+/// What a DKG needs to start at this node.
+pub(crate) struct StartDkg<'a> {
+    pub(crate) me: NodeId,
+    pub(crate) name: &'a str,
+    pub(crate) key: KeyId,
+    pub(crate) record: &'a KeyVersionRecord,
+    pub(crate) dkg: DkgSession,
+    /// `Some((current key set, this holder's current share))` for a refresh.
+    pub(crate) refresh: Option<(PublicKeySet, KeyShare)>,
+    /// Leader timestamp of the command that created the version (or
+    /// started the refresh).
+    pub(crate) started_ms: u64,
+    /// This node's DKG key: it opens the shares sealed to this node.
+    pub(crate) dkg_key: &'a DkgSecretKey,
+}
+
 impl Generation {
-    /// Starts this node's participant and deals. `started_ms` is the leader
-    /// timestamp of the command that created the version (or started the
-    /// refresh). `refresh` is `Some((current key set, this holder's current
-    /// share))` for a refresh DKG.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts this node's participant and deals.
     pub(crate) fn start<R: CryptoRng + ?Sized>(
-        me: NodeId,
-        name: &str,
-        key: KeyId,
-        record: &KeyVersionRecord,
-        dkg: DkgSession,
-        refresh: Option<(PublicKeySet, KeyShare)>,
-        started_ms: u64,
+        state: &StateMachine,
+        s: StartDkg<'_>,
         rng: &mut R,
     ) -> Result<(Self, Vec<Action>), String> {
+        let record = s.record;
         let holders = record.sorted_holders();
-        let my_index = share_index_of(record, me)
-            .ok_or_else(|| format!("{me} is not a holder of this version"))?;
+        let my_index = share_index_of(record, s.me)
+            .ok_or_else(|| format!("{} is not a holder of this version", s.me))?;
         let indices: Vec<ShareIndex> = holders
             .iter()
             .filter_map(|h| share_index_of(record, *h))
             .collect();
-        let session = session_of(key, record.version, dkg);
-        let (epoch, kind, old_keys, old_share) = match (dkg, refresh) {
+        let session = session_of(s.key, record.version, s.dkg);
+        let (epoch, kind, old_keys, old_share) = match (s.dkg, s.refresh) {
             (DkgSession::Generation, _) => (record.epoch, SessionKind::Generate, None, None),
             (DkgSession::Refresh { epoch, .. }, Some((old, share))) => (
                 epoch,
@@ -142,34 +157,32 @@ impl Generation {
             kind,
             dealers: indices.clone(),
             receivers: indices,
+            receiver_keys: receiver_keys(state, record)?,
             threshold: record.threshold,
         };
         let mut participant =
-            Participant::new(config, my_index, old_share).map_err(|e| e.to_string())?;
-        let out = participant.start(rng).map_err(|e| e.to_string())?;
-        let mut g = Generation {
-            name: name.to_string(),
-            key,
+            Participant::new(config, my_index, old_share, Some(s.dkg_key.clone()))
+                .map_err(|e| e.to_string())?;
+        let deal = participant.start(rng).map_err(|e| e.to_string())?;
+        let g = Generation {
+            name: s.name.to_string(),
+            key: s.key,
             version: record.version,
             epoch,
-            session,
-            dkg,
+            dkg: s.dkg,
             old_keys,
-            me,
+            me: s.me,
             holders,
             participant,
-            started_ms,
+            started_ms: s.started_ms,
             phase: Phase::Dealing,
-            deals: BTreeSet::new(),
-            shares_from: BTreeSet::from([my_index]),
-            ready_posted: false,
-            ready: BTreeSet::new(),
-            complained: BTreeSet::new(),
-            open: BTreeSet::new(),
             close_proposed_ms: None,
             finish_proposed_ms: None,
         };
-        let actions = g.outgoing(out);
+        let actions = deal
+            .map(|d| g.propose(DkgStep::Deal(d.to_bytes())))
+            .into_iter()
+            .collect();
         Ok((g, actions))
     }
 
@@ -182,10 +195,6 @@ impl Generation {
         u16::try_from(pos + 1)
             .ok()
             .and_then(|i| ShareIndex::new(i).ok())
-    }
-
-    fn is_coordinator(&self) -> bool {
-        self.holders.first() == Some(&self.me)
     }
 
     fn propose(&self, step: DkgStep) -> Action {
@@ -209,93 +218,35 @@ impl Generation {
         ))
     }
 
-    /// Deals and justifications become proposals, private shares sends.
-    /// (Complaints are batched by `on_close_dealing`.)
-    fn outgoing(&mut self, out: Vec<Outgoing>) -> Vec<Action> {
-        let mut actions = Vec::new();
-        for o in out {
-            match o {
-                Outgoing::Broadcast(PublicMessage::Deal(d)) => {
-                    actions.push(self.propose(DkgStep::Deal(d.to_bytes())));
-                }
-                Outgoing::Broadcast(PublicMessage::Justification(j)) => {
-                    actions.push(self.propose(DkgStep::Justification(j.to_bytes())));
-                }
-                Outgoing::Broadcast(PublicMessage::Complaint(c)) => {
-                    actions.push(self.propose(DkgStep::Complaints(vec![c.to_bytes()])));
-                }
-                Outgoing::Send(share) => match self.node_of(share.receiver) {
-                    Some(to) => actions.push(Action::Send {
-                        to,
-                        msg: ProtocolMessage::DkgShare(SecretBytes::new(share.to_secret_bytes())),
-                    }),
-                    None => actions.push(self.warn("share for an unknown receiver dropped")),
-                },
-            }
-        }
-        actions
-    }
-
-    /// A share sent to this node by `from`; checked to come from its dealer.
-    pub(crate) fn on_private(&mut self, from: NodeId, share: PrivateShare) -> Vec<Action> {
-        let me = self.index_of(self.me);
-        if self.index_of(from) != Some(share.dealer) || me != Some(share.receiver) {
-            return vec![self.warn(format!(
-                "share from {from} names another dealer or receiver; dropped"
-            ))];
-        }
-        let dealer = share.dealer;
-        match self.participant.handle_private(share) {
-            Ok(()) => {
-                self.shares_from.insert(dealer);
-                self.maybe_ready()
-            }
-            Err(e) => vec![self.warn(format!("share from {from} refused: {e}"))],
-        }
-    }
-
-    /// Once every deal is in the log and every dealer's share arrived,
-    /// say so (once); dealing closes early only when all holders did.
-    fn maybe_ready(&mut self) -> Vec<Action> {
-        let n = self.holders.len();
-        if self.phase == Phase::Dealing
-            && !self.ready_posted
-            && self.deals.len() == n
-            && self.shares_from.len() == n
-        {
-            self.ready_posted = true;
-            return vec![self.propose(DkgStep::Ready)];
-        }
-        Vec::new()
-    }
-
-    fn on_ready(&mut self, from: ShareIndex) -> Vec<Action> {
-        self.ready.insert(from);
-        if self.ready.len() == self.holders.len()
-            && self.phase == Phase::Dealing
-            && self.is_coordinator()
-            && self.close_proposed_ms.is_none()
-        {
-            self.close_proposed_ms = Some(self.started_ms);
-            return vec![self.propose(DkgStep::CloseDealing)];
-        }
-        Vec::new()
-    }
-
-    /// A DKG step the log accepted. `time_ms` is its leader timestamp.
-    pub(crate) fn on_step(&mut self, from: NodeId, step: &DkgStep, time_ms: u64) -> Vec<Action> {
+    /// A DKG step the log accepted. `time_ms` is its leader timestamp and
+    /// `phase` the DKG phase the replicated state is in after it: the node
+    /// follows the state, which moves by rule (every holder posted, or a
+    /// timeout), never on one holder's say.
+    pub(crate) fn on_step<R: CryptoRng + ?Sized>(
+        &mut self,
+        from: NodeId,
+        step: &DkgStep,
+        time_ms: u64,
+        phase: Option<DkgPhase>,
+        rng: &mut R,
+    ) -> Vec<Action> {
         let Some(from_index) = self.index_of(from) else {
             return Vec::new();
         };
-        match step {
+        let mut actions = match step {
             DkgStep::Deal(bytes) => self.on_deal(from_index, bytes),
-            DkgStep::Ready => self.on_ready(from_index),
-            DkgStep::CloseDealing => self.on_close_dealing(time_ms),
             DkgStep::Complaints(list) => self.on_complaints(from_index, list),
-            DkgStep::Justification(bytes) => self.on_justification(from_index, bytes),
-            DkgStep::Finish => self.on_finish(),
-            DkgStep::Ack { .. } => Vec::new(),
+            DkgStep::CloseDealing | DkgStep::Finish | DkgStep::Ack { .. } => Vec::new(),
+        };
+        if matches!(phase, Some(DkgPhase::Complaints | DkgPhase::Finished))
+            && self.phase == Phase::Dealing
+        {
+            actions.extend(self.close_dealing(time_ms, rng));
         }
+        if phase == Some(DkgPhase::Finished) && matches!(self.phase, Phase::Complaints { .. }) {
+            actions.extend(self.finish());
+        }
+        actions
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<PublicMessage, Box<Action>> {
@@ -309,28 +260,23 @@ impl Generation {
             Ok(_) => return vec![self.warn(format!("{from} posted a deal that is not its own"))],
             Err(w) => return vec![*w],
         };
-        if let Err(e) = self.participant.handle_public(&deal) {
-            return vec![self.warn(e)];
+        match self.participant.handle_public(&deal) {
+            Ok(()) => Vec::new(),
+            Err(e) => vec![self.warn(e)],
         }
-        self.deals.insert(from);
-        self.maybe_ready()
     }
 
-    fn on_close_dealing(&mut self, time_ms: u64) -> Vec<Action> {
-        if self.phase != Phase::Dealing {
-            return Vec::new();
-        }
+    /// Dealing closed in the replicated state: complain about every wrong
+    /// share (the list may be empty, which says "no complaint").
+    fn close_dealing<R: CryptoRng + ?Sized>(&mut self, time_ms: u64, rng: &mut R) -> Vec<Action> {
         self.phase = Phase::Complaints { closed_ms: time_ms };
-        match self.participant.close_dealing() {
-            Ok(out) => {
-                let complaints = out
+        match self.participant.close_dealing(rng) {
+            Ok(complaints) => {
+                let list = complaints
                     .into_iter()
-                    .filter_map(|o| match o {
-                        Outgoing::Broadcast(m @ PublicMessage::Complaint(_)) => Some(m.to_bytes()),
-                        _ => None,
-                    })
+                    .map(|c| PublicMessage::Complaint(c).to_bytes())
                     .collect();
-                vec![self.propose(DkgStep::Complaints(complaints))]
+                vec![self.propose(DkgStep::Complaints(list))]
             }
             Err(e) => vec![self.warn(e)],
         }
@@ -338,7 +284,6 @@ impl Generation {
 
     fn on_complaints(&mut self, from: ShareIndex, list: &[Vec<u8>]) -> Vec<Action> {
         let mut actions = Vec::new();
-        self.complained.insert(from);
         for bytes in list {
             let msg = match self.decode(bytes) {
                 Ok(PublicMessage::Complaint(c)) if c.accuser == from => PublicMessage::Complaint(c),
@@ -351,63 +296,15 @@ impl Generation {
                     continue;
                 }
             };
-            let PublicMessage::Complaint(c) = &msg else {
-                continue;
-            };
-            match self.participant.handle_public(&msg) {
-                Ok(out) => {
-                    self.open.insert((c.accused, c.accuser));
-                    actions.extend(self.outgoing(out));
-                }
-                Err(e) => actions.push(self.warn(e)),
+            // A false or unprovable complaint changes nothing; say so.
+            if let Err(e) = self.participant.handle_public(&msg) {
+                actions.push(self.warn(e));
             }
         }
-        actions.extend(self.maybe_finish());
         actions
     }
 
-    fn on_justification(&mut self, from: ShareIndex, bytes: &[u8]) -> Vec<Action> {
-        let msg = match self.decode(bytes) {
-            Ok(PublicMessage::Justification(j)) if j.dealer == from => {
-                PublicMessage::Justification(j)
-            }
-            Ok(_) => return vec![self.warn(format!("{from} posted a justification not its own"))],
-            Err(w) => return vec![*w],
-        };
-        let PublicMessage::Justification(j) = &msg else {
-            return Vec::new();
-        };
-        let pair = (j.dealer, j.accuser);
-        let mut actions = Vec::new();
-        // Valid or not, the complaint is answered: a bad justification
-        // disqualifies the dealer inside the participant.
-        match self.participant.handle_public(&msg) {
-            Ok(_) => {
-                self.open.remove(&pair);
-            }
-            Err(e) => actions.push(self.warn(e)),
-        }
-        actions.extend(self.maybe_finish());
-        actions
-    }
-
-    /// The coordinator ends the complaint phase as soon as every holder
-    /// posted its complaints and every complaint is answered.
-    fn maybe_finish(&mut self) -> Vec<Action> {
-        let ready = matches!(self.phase, Phase::Complaints { .. })
-            && self.complained.len() == self.holders.len()
-            && self.open.is_empty();
-        if ready && self.is_coordinator() && self.finish_proposed_ms.is_none() {
-            self.finish_proposed_ms = Some(self.started_ms);
-            return vec![self.propose(DkgStep::Finish)];
-        }
-        Vec::new()
-    }
-
-    fn on_finish(&mut self) -> Vec<Action> {
-        if !matches!(self.phase, Phase::Complaints { .. }) {
-            return Vec::new();
-        }
+    fn finish(&mut self) -> Vec<Action> {
         self.phase = Phase::Finished;
         match self.participant.finish() {
             Ok(out) => {

@@ -19,20 +19,22 @@ mod generation;
 pub mod message;
 mod unwrap;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
-use qk_crypto::{KeyShare, PrivateShare};
-use qk_state::{Applied, Command, DkgSession, Operation, Response, StateMachine, VersionState};
-use qk_types::{Epoch, KeyId, KeyVersion, NodeId, MAX_HOLDERS};
+use qk_crypto::{DkgSecretKey, KeyShare};
+use qk_state::{
+    Applied, Command, DkgPhase, DkgSession, Operation, Response, StateMachine, VersionState,
+};
+use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
 use rand_core::CryptoRng;
 
 pub use generation::{refresh_session_id, session_id};
-pub use message::{MessageError, OpId, PartialRequest, ProtocolMessage, SecretBytes};
+pub use message::{MessageError, OpId, PartialRequest, ProtocolMessage};
 pub use unwrap::{
     answer_partial, share_index_of, KeyAccess, Plaintext, UnwrapError, UnwrapMode, UnwrapRequest,
 };
 
-use generation::Generation;
+use generation::{Generation, StartDkg};
 use unwrap::{PendingUnwrap, Progress};
 
 /// Timeouts and bounds. Times are milliseconds; DKG phase timeouts count
@@ -61,9 +63,6 @@ pub struct ProtocolConfig {
     pub fail_grace_ms: u64,
     /// Unwraps in flight at this node; more are refused as busy.
     pub max_pending_unwraps: usize,
-    /// DKG shares held for sessions not started yet (they may arrive before
-    /// this node applied the entry that creates the version).
-    pub max_early_shares: usize,
 }
 
 impl Default for ProtocolConfig {
@@ -76,11 +75,6 @@ impl Default for ProtocolConfig {
             retry_interval_ms: 2_000,
             fail_grace_ms: 5_000,
             max_pending_unwraps: 1_024,
-            // About 300 KB. qk-sim's many-keys study: a burst of 200 key
-            // creations on 5 nodes overflowed the former 4 * MAX_HOLDERS,
-            // dropped shares and pushed every DKG to the 10 s dealing
-            // timeout (docs/SIMULATION.md).
-            max_early_shares: 64 * MAX_HOLDERS as usize,
         }
     }
 }
@@ -215,12 +209,15 @@ pub struct NodeProtocol {
     refreshes: BTreeMap<VersionKey, Generation>,
     refresh_watches: BTreeMap<VersionKey, RefreshWatch>,
     awaiting_share: BTreeMap<VersionKey, AwaitingShare>,
-    early_shares: VecDeque<(NodeId, PrivateShare)>,
     unwraps: BTreeMap<OpId, PendingUnwrap>,
+    /// Opens the DKG shares dealers seal to this node.
+    dkg_key: DkgSecretKey,
 }
 
 impl NodeProtocol {
-    pub fn new(me: NodeId, config: ProtocolConfig) -> Self {
+    /// `dkg_key` is this node's DKG key; its public half must be the one
+    /// the node published in the state (`Operation::PublishDkgKey`).
+    pub fn new(me: NodeId, config: ProtocolConfig, dkg_key: DkgSecretKey) -> Self {
         NodeProtocol {
             me,
             config,
@@ -230,8 +227,8 @@ impl NodeProtocol {
             refreshes: BTreeMap::new(),
             refresh_watches: BTreeMap::new(),
             awaiting_share: BTreeMap::new(),
-            early_shares: VecDeque::new(),
             unwraps: BTreeMap::new(),
+            dkg_key,
         }
     }
 
@@ -322,8 +319,9 @@ impl NodeProtocol {
                 outcome,
             ) => {
                 let vk = (name.clone(), *version);
+                let phase = refresh_phase(state, name, *version);
                 let mut actions = match self.refreshes.get_mut(&vk) {
-                    Some(g) if g.dkg == *session => g.on_step(*from, step, cmd.time_ms),
+                    Some(g) if g.dkg == *session => g.on_step(*from, step, cmd.time_ms, phase, rng),
                     _ => Vec::new(),
                 };
                 match outcome {
@@ -362,8 +360,9 @@ impl NodeProtocol {
                 outcome,
             ) => {
                 let vk = (name.clone(), *version);
+                let phase = generation_phase(state, name, *version);
                 let mut actions = match self.generations.get_mut(&vk) {
-                    Some(g) => g.on_step(*from, step, cmd.time_ms),
+                    Some(g) => g.on_step(*from, step, cmd.time_ms, phase, rng),
                     None => Vec::new(),
                 };
                 match outcome {
@@ -417,48 +416,25 @@ impl NodeProtocol {
         if !holder || record.generation_deadline_ms <= self.now_ms {
             return Vec::new();
         }
-        match Generation::start(
-            self.me,
+        let start = StartDkg {
+            me: self.me,
             name,
-            key.id,
+            key: key.id,
             record,
-            DkgSession::Generation,
-            None,
-            time_ms,
-            rng,
-        ) {
-            Ok((g, mut actions)) => {
-                let session = g.session;
-                self.generations.insert(vk.clone(), g);
-                actions.extend(self.drain_early_shares(&vk, session));
+            dkg: DkgSession::Generation,
+            refresh: None,
+            started_ms: time_ms,
+            dkg_key: &self.dkg_key,
+        };
+        match Generation::start(state, start, rng) {
+            Ok((g, actions)) => {
+                self.generations.insert(vk, g);
                 actions
             }
             Err(e) => vec![Action::Warning(format!(
                 "cannot start the DKG of key {name:?} {version}: {e}; it will fail at its deadline"
             ))],
         }
-    }
-
-    fn drain_early_shares(
-        &mut self,
-        vk: &VersionKey,
-        session: qk_crypto::SessionId,
-    ) -> Vec<Action> {
-        let (mine, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.early_shares)
-            .into_iter()
-            .partition(|(_, s)| s.session_id == session);
-        self.early_shares = rest;
-        let mut actions = Vec::new();
-        let g = match self.generations.get_mut(vk) {
-            Some(g) if g.session == session => Some(g),
-            _ => self.refreshes.get_mut(vk).filter(|g| g.session == session),
-        };
-        if let Some(g) = g {
-            for (from, share) in mine {
-                actions.extend(g.on_private(from, share));
-            }
-        }
-        actions
     }
 
     /// Drops a finished DKG; on failure every holder erases whatever share
@@ -587,20 +563,19 @@ impl NodeProtocol {
             Ok(k) => k,
             Err(e) => return vec![Action::Warning(format!("cannot refresh: {e}"))],
         };
-        match Generation::start(
-            self.me,
+        let start = StartDkg {
+            me: self.me,
             name,
-            key.id,
+            key: key.id,
             record,
-            waiting.session,
-            Some((old, share)),
-            waiting.started_ms,
-            rng,
-        ) {
-            Ok((g, mut actions)) => {
-                let session = g.session;
-                self.refreshes.insert(vk.clone(), g);
-                actions.extend(self.drain_early_shares(&vk, session));
+            dkg: waiting.session,
+            refresh: Some((old, share)),
+            started_ms: waiting.started_ms,
+            dkg_key: &self.dkg_key,
+        };
+        match Generation::start(state, start, rng) {
+            Ok((g, actions)) => {
+                self.refreshes.insert(vk, g);
                 actions
             }
             Err(e) => vec![Action::Warning(format!(
@@ -677,7 +652,6 @@ impl NodeProtocol {
 
     fn on_message(&mut self, from: NodeId, msg: ProtocolMessage) -> Vec<Action> {
         match msg {
-            ProtocolMessage::DkgShare(bytes) => self.on_dkg_share(from, &bytes),
             ProtocolMessage::PartialRequest(request) => {
                 vec![Action::AnswerPartial { to: from, request }]
             }
@@ -698,35 +672,6 @@ impl NodeProtocol {
                 }
             }
         }
-    }
-
-    fn on_dkg_share(&mut self, from: NodeId, bytes: &SecretBytes) -> Vec<Action> {
-        let share = match PrivateShare::from_secret_bytes(bytes.expose()) {
-            Ok(s) => s,
-            Err(e) => {
-                return vec![Action::Warning(format!(
-                    "undecodable DKG share from {from}: {e}"
-                ))]
-            }
-        };
-        if let Some(g) = self
-            .generations
-            .values_mut()
-            .chain(self.refreshes.values_mut())
-            .find(|g| g.session == share.session_id)
-        {
-            return g.on_private(from, share);
-        }
-        if self.early_shares.len() >= self.config.max_early_shares {
-            // Dropping is safe: the receiver complains and the dealer
-            // answers with the share in public.
-            return vec![Action::Warning(format!(
-                "DKG share from {from} for a session not started here dropped: {} early shares already held",
-                self.early_shares.len()
-            ))];
-        }
-        self.early_shares.push_back((from, share));
-        Vec::new()
     }
 
     fn on_tick(&mut self, state: &StateMachine, now: u64) -> Vec<Action> {
@@ -877,4 +822,16 @@ fn partial_requests(request: &PartialRequest, to: Vec<NodeId>) -> Vec<Action> {
             msg: ProtocolMessage::PartialRequest(request.clone()),
         })
         .collect()
+}
+
+/// The phase of a version's generation DKG in the replicated state.
+fn generation_phase(state: &StateMachine, name: &str, version: KeyVersion) -> Option<DkgPhase> {
+    let record = state.key(name)?.version(version)?;
+    (record.state == VersionState::Generating).then_some(record.dkg.phase)
+}
+
+/// The phase of a version's refresh DKG in the replicated state.
+fn refresh_phase(state: &StateMachine, name: &str, version: KeyVersion) -> Option<DkgPhase> {
+    let record = state.key(name)?.version(version)?;
+    record.refresh.as_ref().map(|r| r.dkg.phase)
 }

@@ -3,12 +3,10 @@
 //! field bounds checked after parsing.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use qk_crypto::ecies::{MAX_CIPHERTEXT_LEN, MAX_PARTIAL_LEN};
-use qk_crypto::messages::MAX_PRIVATE_SHARE_LEN;
 use qk_types::{Epoch, KeyId, KeyVersion};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 /// Identifies one unwrap at the node that started it; a holder echoes it.
@@ -33,41 +31,6 @@ pub const MAX_MESSAGE_LEN: usize = MAX_CIPHERTEXT_LEN
     + MAX_KEY_NAME_LEN
     + qk_state::proof::MAX_PROOF_LEN
     + 256;
-
-/// Secret bytes (an encoded `qk_crypto::PrivateShare`): zeroized on drop,
-/// `<redacted>` in `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretBytes(Zeroizing<Vec<u8>>);
-
-impl SecretBytes {
-    pub fn new(bytes: Zeroizing<Vec<u8>>) -> Self {
-        SecretBytes(bytes)
-    }
-
-    /// The secret bytes; keep them out of logs and errors.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretBytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretBytes(<redacted {} bytes>)", self.0.len())
-    }
-}
-
-impl Serialize for SecretBytes {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for SecretBytes {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let bytes: Vec<u8> = Deserialize::deserialize(d)?;
-        Ok(SecretBytes(Zeroizing::new(bytes)))
-    }
-}
 
 /// A request for one holder's partial decryption.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,9 +64,6 @@ pub struct PartialRequest {
 /// Everything nodes send each other outside the Raft log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ProtocolMessage {
-    /// A dealer's DKG share for the receiving holder (secret; travels only
-    /// over the mutually authenticated, encrypted node channel).
-    DkgShare(SecretBytes),
     PartialRequest(PartialRequest),
     PartialResponse {
         op_id: OpId,
@@ -127,8 +87,8 @@ pub enum MessageError {
 }
 
 impl ProtocolMessage {
-    /// Encodes the message. Secret content (a DKG share) is returned in a
-    /// zeroizing buffer; the caller writes it to the encrypted channel only.
+    /// Encodes the message, in a zeroizing buffer (a partial decryption is
+    /// one of the `t` pieces of a plaintext).
     pub fn encode(&self) -> Result<Zeroizing<Vec<u8>>, MessageError> {
         self.check_bounds()?;
         let bytes =
@@ -157,10 +117,6 @@ impl ProtocolMessage {
     fn check_bounds(&self) -> Result<(), MessageError> {
         let out = |what: String| Err(MessageError::OutOfBounds(what));
         match self {
-            ProtocolMessage::DkgShare(s) if s.expose().len() > MAX_PRIVATE_SHARE_LEN => {
-                out(format!("DKG share over {MAX_PRIVATE_SHARE_LEN} bytes"))
-            }
-            ProtocolMessage::DkgShare(_) => Ok(()),
             ProtocolMessage::PartialRequest(r) => r.check_bounds(),
             ProtocolMessage::PartialResponse { result, .. } => match result {
                 Ok(p) if p.len() > MAX_PARTIAL_LEN => {

@@ -183,6 +183,10 @@ pub struct NodeStatus {
     pub digest_index: u64,
     pub key_count: u64,
     pub audit_len: u64,
+    /// Nodes whose DKG key is in the applied state (a key can be generated
+    /// only over holders listed here).
+    #[serde(default)]
+    pub dkg_keys: Vec<NodeId>,
 }
 
 /// One member as seen from the answering node.

@@ -117,6 +117,7 @@ fn is_node_only(op: &Operation) -> bool {
             | Operation::ExpireApproval { .. }
             | Operation::PruneRecords
             | Operation::Attest
+            | Operation::PublishDkgKey { .. }
     )
 }
 
@@ -431,7 +432,7 @@ impl StateMachine {
             } => self.consume_approval(cmd, id, ciphertext_sha256),
             Operation::ScheduledRotate { name, holders } => {
                 let due = self.key(name).and_then(|k| k.next_rotation_ms());
-                if due.is_none_or(|d| d > now) {
+                if due.is_none_or(|d| d > self.trigger_ms(cmd)) {
                     return Err(invalid(format!("key {name:?} is not due for rotation")));
                 }
                 // A node does not choose who holds a key: a scheduled
@@ -445,16 +446,18 @@ impl StateMachine {
                 self.rotate(name, holders, None, now)
             }
             Operation::Expire { name } => {
+                let trigger = self.trigger_ms(cmd);
                 let key = self.key_mut(name)?;
-                if key.expires_at_ms.is_none_or(|e| e > now) {
+                if key.expires_at_ms.is_none_or(|e| e > trigger) {
                     return Err(invalid(format!("key {name:?} has not expired")));
                 }
                 key.expired = true;
                 Ok(Applied::Done)
             }
             Operation::ExpireApproval { id } => {
+                let trigger = self.trigger_ms(cmd);
                 let a = self.approvals.get_mut(id).ok_or_else(|| no_approval(id))?;
-                if a.status != ApprovalStatus::Pending || a.expires_at_ms > now {
+                if a.status != ApprovalStatus::Pending || a.expires_at_ms > trigger {
                     return Err(invalid(format!(
                         "approval {id} is not pending past its expiry"
                     )));
@@ -462,7 +465,7 @@ impl StateMachine {
                 a.status = ApprovalStatus::Expired;
                 Ok(Applied::Done)
             }
-            Operation::PruneRecords => self.prune_records(now),
+            Operation::PruneRecords => self.prune_records(self.trigger_ms(cmd)),
             Operation::Attest => Ok(Applied::Done),
             Operation::RequestApproval { .. } => Err(invalid(
                 "a decrypt approval is only requested for a break-glass key",

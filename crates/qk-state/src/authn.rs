@@ -104,6 +104,30 @@ impl StateMachine {
         self.apply_signed_at(cmd, signed_ms)
     }
 
+    /// As [`StateMachine::apply_authenticated`], for a replica that knows
+    /// the cluster's members at this log index (`is_member`): a node's
+    /// command from a node that is not a member, a removed one above all,
+    /// is refused whatever certificate signed it.
+    pub fn apply_from_members(
+        &mut self,
+        cmd: &Command,
+        grants: &dyn GrantCheck,
+        is_member: &dyn Fn(qk_types::NodeId) -> bool,
+    ) -> Response {
+        let node = cmd
+            .principal
+            .strip_prefix("node-")
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|_| crate::access_ops::is_node_principal(&cmd.principal));
+        if let Some(node) = node.filter(|n| !is_member(qk_types::NodeId(*n))) {
+            let e = format!(
+                "node-{node} is not a member of the cluster at this point of the log, so its certificate signs nothing here"
+            );
+            return self.refuse_unauthenticated(cmd, &e);
+        }
+        self.apply_authenticated(cmd, grants)
+    }
+
     /// The proof's signing time, once the proof checks.
     fn authenticate(&self, cmd: &Command, grants: &dyn GrantCheck) -> Result<u64, ProofError> {
         let proof = cmd.proof.as_deref().ok_or_else(|| {

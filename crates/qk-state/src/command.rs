@@ -111,6 +111,14 @@ pub enum Operation {
         name: String,
         version: KeyVersion,
     },
+    /// A node publishes its DKG encryption key (an encoded
+    /// `qk_crypto::DkgPublicKey`): dealers seal each holder's share to it
+    /// inside the deal. Only the node itself may; a node that lost its disk
+    /// (and so its seal key) publishes its new key, replacing the old one.
+    PublishDkgKey {
+        node: NodeId,
+        public_key: Vec<u8>,
+    },
     /// A holder confirms it erased its share.
     EraseReceipt {
         name: String,
@@ -274,40 +282,37 @@ impl AuditEvent {
 /// that started it.
 pub const DEFAULT_GENERATION_TIMEOUT_MS: u64 = 30_000;
 /// Log time after a DKG's start at which dealing may close without every
-/// holder ready (qk-protocol proposes it then).
+/// holder's deal (qk-protocol proposes it then).
 pub const DKG_DEALING_TIMEOUT_MS: u64 = 10_000;
 /// Log time after dealing closed at which the complaint phase may end
-/// without every holder's empty complaint list.
+/// without every holder's complaint list.
 pub const DKG_COMPLAINT_TIMEOUT_MS: u64 = 5_000;
 /// Accepted range of a caller-chosen generation timeout.
 pub const MIN_GENERATION_TIMEOUT_MS: u64 = 1_000;
 pub const MAX_GENERATION_TIMEOUT_MS: u64 = 3_600_000;
-/// Largest encoded DKG public message (a deal of 64 commitments is 2223 bytes).
-pub const MAX_DKG_MESSAGE_LEN: usize = 4096;
+/// Largest encoded DKG public message: a deal for 64 holders (64
+/// commitments and 64 sealed shares) fits.
+pub const MAX_DKG_MESSAGE_LEN: usize = 8192;
+const _: () = assert!(MAX_DKG_MESSAGE_LEN >= qk_crypto::messages::MAX_DEAL_LEN);
+const _: () = assert!(MAX_DKG_MESSAGE_LEN >= qk_crypto::messages::MAX_COMPLAINT_LEN);
 
 /// A DKG step carried in the log. Payloads are encoded `qk_crypto`
 /// public messages; the state machine bounds their size and the phase they
 /// may appear in, the protocol layer decodes and verifies them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DkgStep {
-    /// The holder's deal (encoded `qk_crypto::Deal`); once, while dealing.
+    /// The holder's deal (encoded `qk_crypto::Deal`, every holder's share
+    /// sealed inside); once, while dealing. The last holder's deal closes
+    /// dealing.
     Deal(Vec<u8>),
-    /// The holder has every holder's deal and a private share from every
-    /// dealer; once, while dealing, after all deals are in the log. Dealing
-    /// closes early only when every holder is ready, so an honest run never
-    /// complains (a complaint makes the dealer publish that share).
-    Ready,
     /// The holder's complaints (encoded `qk_crypto::Complaint`s, possibly
-    /// none); once, after dealing closed. An empty list says "I have no
-    /// complaint", so the complaint phase can end without waiting.
+    /// none); once, after dealing closed. Each complaint proves itself, so
+    /// none is answered; the last holder's list ends the complaint phase.
     Complaints(Vec<Vec<u8>>),
-    /// An accused dealer's answer (encoded `qk_crypto::Justification`),
-    /// while complaints are open.
-    Justification(Vec<u8>),
-    /// Ends dealing. The first one moves `Dealing -> Complaints`; later ones
-    /// are refused (and audited as refused).
+    /// Ends dealing at its timeout when some holder never dealt.
     CloseDealing,
-    /// Ends the complaint phase. The first one moves `Complaints -> Finished`.
+    /// Ends the complaint phase at its timeout when some holder never
+    /// posted its complaints.
     Finish,
     /// The holder computed its share and this public key set (encoded
     /// `qk_crypto::PublicKeySet`). When every holder acked byte-identical
@@ -319,9 +324,7 @@ impl DkgStep {
     pub fn name(&self) -> &'static str {
         match self {
             DkgStep::Deal(_) => "version.dkg.deal",
-            DkgStep::Ready => "version.dkg.ready",
             DkgStep::Complaints(_) => "version.dkg.complaints",
-            DkgStep::Justification(_) => "version.dkg.justification",
             DkgStep::CloseDealing => "version.dkg.close-dealing",
             DkgStep::Finish => "version.dkg.finish",
             DkgStep::Ack { .. } => "version.dkg.ack",
@@ -387,6 +390,7 @@ impl Operation {
             Operation::ExpireApproval { .. } => "approval.expire",
             Operation::PruneRecords => "records.prune",
             Operation::Attest => "node.attest",
+            Operation::PublishDkgKey { .. } => "node.publish-dkg-key",
         }
     }
 

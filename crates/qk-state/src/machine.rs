@@ -25,6 +25,9 @@ pub const MAX_REMEMBERED_REQUESTS: usize = 100_000;
 pub const MAX_FRESH_REQUESTS: usize = 4 * MAX_REMEMBERED_REQUESTS;
 /// How far a node's vouched time may fall behind before it attests.
 pub const ATTEST_EVERY_MS: u64 = 60_000;
+/// While a scheduled step waits for the vouched time, a node vouches for its
+/// clock at most this often.
+pub const ATTEST_WAIT_MS: u64 = 2_000;
 /// Most nodes whose signing times are kept (far more than any cluster has).
 const MAX_NODE_TIMES: usize = 256;
 
@@ -87,7 +90,15 @@ pub struct StateMachine {
     /// initial admin, even if every principal was deleted since.
     #[serde(default)]
     pub(crate) bootstrapped: bool,
+    /// Each node's DKG encryption key (encoded `qk_crypto::DkgPublicKey`),
+    /// published by the node itself (again after it lost its disk); at most
+    /// [`MAX_DKG_KEYS`].
+    #[serde(default)]
+    dkg_keys: BTreeMap<NodeId, Vec<u8>>,
 }
+
+/// Nodes whose DKG key the state keeps (node ids are never reused).
+pub const MAX_DKG_KEYS: usize = 1024;
 
 type Outcome = Result<Applied, StateError>;
 
@@ -261,13 +272,40 @@ impl StateMachine {
 
     /// Node `node` should vouch for its clock now ([`Operation::Attest`]):
     /// more requests are remembered than are kept in the long run, and its
-    /// last signing time is [`ATTEST_EVERY_MS`] behind `now_ms`.
+    /// last signing time is [`ATTEST_EVERY_MS`] behind `now_ms`; or a
+    /// scheduled step is due by `now_ms` but not yet by the vouched time,
+    /// and its last signing time is [`ATTEST_WAIT_MS`] behind.
     pub fn needs_attestation(&self, node: &str, now_ms: u64) -> bool {
-        self.request_order.len() > MAX_REMEMBERED_REQUESTS
-            && self
-                .node_times
-                .get(node)
-                .is_none_or(|t| t.saturating_add(ATTEST_EVERY_MS) < now_ms)
+        let last = self.node_times.get(node).copied();
+        let behind = |gap: u64| last.is_none_or(|t| t.saturating_add(gap) <= now_ms);
+        let ids = self.request_order.len() > MAX_REMEMBERED_REQUESTS && behind(ATTEST_EVERY_MS + 1);
+        ids || (behind(ATTEST_WAIT_MS) && self.schedule_waits_for_vouched_time(now_ms))
+    }
+
+    /// Some scheduled step is due by `now_ms` and not by the vouched time.
+    fn schedule_waits_for_vouched_time(&self, now_ms: u64) -> bool {
+        self.vouched_ms < now_ms
+            && self.maintenance_due(now_ms).len()
+                > self.maintenance_due(self.schedule_time_ms(now_ms)).len()
+    }
+
+    /// The time a node's clock `now_ms` may trigger scheduled steps at: no
+    /// later than the time the nodes vouch for, so that no single node, the
+    /// leader included, can make a destruction, an expiry or a rotation
+    /// happen early by stamping a later time.
+    pub fn schedule_time_ms(&self, now_ms: u64) -> u64 {
+        now_ms.min(self.vouched_ms)
+    }
+
+    /// The time a command's time-triggered step is checked against: a
+    /// node's command (the maintenance the leader proposes) counts only up
+    /// to the vouched time; a principal's runs at its own signed stamp.
+    pub(crate) fn trigger_ms(&self, cmd: &Command) -> u64 {
+        if crate::access_ops::is_node_principal(&cmd.principal) {
+            self.schedule_time_ms(cmd.time_ms)
+        } else {
+            cmd.time_ms
+        }
     }
 
     /// Records node `node`'s signing time (never moving it back). At most
@@ -453,8 +491,9 @@ impl StateMachine {
                 })
             }
             Operation::Destroy { name, version } => {
+                let trigger = self.trigger_ms(cmd);
                 self.with_version(name, *version, "destroy (waiting period not over)", |v| {
-                    let due = matches!(v.state, VersionState::PendingDestruction { due_ms } if due_ms <= now);
+                    let due = matches!(v.state, VersionState::PendingDestruction { due_ms } if due_ms <= trigger);
                     due.then(|| {
                         v.state = VersionState::Destroying;
                         // A refresh would deal new shares of a version being erased.
@@ -470,6 +509,9 @@ impl StateMachine {
                 version,
                 node,
             } => self.erase_receipt(&cmd.principal, name, *version, *node),
+            Operation::PublishDkgKey { node, public_key } => {
+                self.publish_dkg_key(&cmd.principal, *node, public_key)
+            }
             Operation::Audit { .. } => Ok(Applied::Done),
             Operation::AuditBatch(events) => check_audit_batch(events),
             _ => self.execute_access_op(cmd),
@@ -487,6 +529,7 @@ impl StateMachine {
             )));
         }
         check_holders(c.threshold, &c.holders)?;
+        self.check_dkg_keys(&c.holders)?;
         crate::access_ops::check_rotation_period(c.rotation_period_ms)?;
         if self.keys.contains_key(&c.name) {
             return Err(StateError::KeyExists(c.name.clone()));
@@ -639,6 +682,7 @@ impl StateMachine {
         now: u64,
     ) -> Outcome {
         let timeout_ms = check_timeout(timeout_ms)?;
+        self.check_dkg_keys(holders)?;
         let key = self.key_mut(name)?;
         let last = key.versions.last().map(|v| (v.version, v.threshold));
         let (last_version, threshold) = last.unwrap_or((KeyVersion(0), 2));
@@ -781,6 +825,52 @@ impl StateMachine {
         }
         key.min_decrypt_version = version;
         Ok(Applied::Done)
+    }
+
+    /// Nodes that published their DKG key.
+    pub fn dkg_key_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.dkg_keys.keys().copied()
+    }
+
+    /// A node's DKG key, as it published it.
+    pub fn dkg_key(&self, node: NodeId) -> Option<&[u8]> {
+        self.dkg_keys.get(&node).map(Vec::as_slice)
+    }
+
+    fn publish_dkg_key(&mut self, principal: &str, node: NodeId, key: &[u8]) -> Outcome {
+        if principal != node.to_string() {
+            return Err(invalid(format!(
+                "the DKG key of {node} must be published by {node} itself, not by {principal:?}"
+            )));
+        }
+        qk_crypto::DkgPublicKey::from_bytes(key)
+            .map_err(|e| invalid(format!("DKG key of {node}: {e}")))?;
+        // A node whose disk was lost comes back with a new seal key, so a
+        // new DKG key, which replaces its old one: only its own shares are
+        // sealed to it, and a DKG reads the keys at the entry that starts it.
+        if !self.dkg_keys.contains_key(&node) && self.dkg_keys.len() >= MAX_DKG_KEYS {
+            return Err(invalid(format!(
+                "the cluster already keeps {MAX_DKG_KEYS} DKG keys, its limit"
+            )));
+        }
+        self.dkg_keys.insert(node, key.to_vec());
+        Ok(Applied::Done)
+    }
+
+    /// Every holder must have published its DKG key: dealers seal shares to it.
+    fn check_dkg_keys(&self, holders: &[NodeId]) -> Result<(), StateError> {
+        let missing: Vec<String> = holders
+            .iter()
+            .filter(|h| !self.dkg_keys.contains_key(h))
+            .map(|h| h.to_string())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(invalid(format!(
+            "no DKG key published yet by {} (a node publishes its key at start-up, and dealers seal shares to it); check that every holder is running, then retry",
+            missing.join(", ")
+        )))
     }
 
     fn erase_receipt(
@@ -1080,19 +1170,10 @@ fn dkg_record_step(
                     "{from} already dealt for this {what}; the first deal stands"
                 )));
             }
-        }
-        DkgStep::Ready => {
-            if phase != DkgPhase::Dealing {
-                return Err(wrong_phase("ready"));
-            }
-            if dkg.dealt.len() < n {
-                return Err(invalid(format!(
-                    "{from} reported ready with {} of {n} deals in the log; wait for every deal",
-                    dkg.dealt.len()
-                )));
-            }
-            if !dkg.ready.insert(from) {
-                return Err(invalid(format!("{from} already reported ready")));
+            // By rule: the last holder's deal closes dealing.
+            if dkg.dealt.len() == n {
+                dkg.phase = DkgPhase::Complaints;
+                dkg.closed_ms = Some(now);
             }
         }
         DkgStep::Complaints(list) => {
@@ -1113,32 +1194,22 @@ fn dkg_record_step(
                     "{from} already posted its complaints for this {what}"
                 )));
             }
-            dkg.complaints_filed |= !list.is_empty();
-        }
-        DkgStep::Justification(bytes) => {
-            check_dkg_len(bytes, "justification")?;
-            if phase != DkgPhase::Complaints {
-                return Err(wrong_phase("a justification"));
+            // Complaints prove themselves: once every holder posted its
+            // list there is nothing left to wait for.
+            if dkg.complained.len() == n {
+                dkg.phase = DkgPhase::Finished;
             }
-            let max = u32::try_from(n * n).unwrap_or(u32::MAX);
-            if dkg.justifications >= max {
-                return Err(invalid(format!(
-                    "this {what} already has {max} justifications, the most {n} holders can need"
-                )));
-            }
-            dkg.justifications += 1;
         }
         DkgStep::CloseDealing => {
             if phase != DkgPhase::Dealing {
                 return Err(wrong_phase("close dealing (already closed; no-op)"));
             }
-            // By rule, never on one holder's say: every holder is ready, or
-            // the dealing timeout passed in log time.
+            // By rule, never on one holder's say: only at the timeout.
             let due = dkg.started_ms.saturating_add(DKG_DEALING_TIMEOUT_MS);
-            if dkg.ready.len() < n && now < due {
+            if now < due {
                 return Err(invalid(format!(
-                    "dealing of this {what} closes when all {n} holders are ready ({} are) or at log time {due} ms (now {now} ms)",
-                    dkg.ready.len()
+                    "dealing of this {what} closes when all {n} holders dealt ({} did) or at log time {due} ms (now {now} ms)",
+                    dkg.dealt.len()
                 )));
             }
             dkg.phase = DkgPhase::Complaints;
@@ -1150,10 +1221,9 @@ fn dkg_record_step(
             }
             let closed = dkg.closed_ms.unwrap_or(dkg.started_ms);
             let due = closed.saturating_add(DKG_COMPLAINT_TIMEOUT_MS);
-            let all_clear = dkg.complained.len() == n && !dkg.complaints_filed;
-            if !all_clear && now < due {
+            if now < due {
                 return Err(invalid(format!(
-                    "the complaint phase of this {what} ends when all {n} holders posted no complaints ({} posted) or at log time {due} ms (now {now} ms)",
+                    "the complaint phase of this {what} ends when all {n} holders posted their complaints ({} did) or at log time {due} ms (now {now} ms)",
                     dkg.complained.len()
                 )));
             }

@@ -45,7 +45,7 @@ impl VersionState {
 pub enum DkgPhase {
     /// Holders publish their deals.
     Dealing,
-    /// Dealing closed: holders publish complaints, accused dealers justify.
+    /// Dealing closed: holders publish their (self-proving) complaints.
     Complaints,
     /// Transcript closed: holders compute their shares and ack the key set.
     Finished,
@@ -69,12 +69,8 @@ pub struct DkgRecord {
     pub phase: DkgPhase,
     /// Holders whose deal entry was accepted (one each).
     pub dealt: BTreeSet<NodeId>,
-    /// Holders that reported every deal and share received (one each).
-    pub ready: BTreeSet<NodeId>,
     /// Holders whose complaint list was accepted (one each, possibly empty).
     pub complained: BTreeSet<NodeId>,
-    /// Justifications accepted so far (bounded by `n * n`).
-    pub justifications: u32,
     /// SHA-256 of the public key set each holder acked.
     pub acks: BTreeMap<NodeId, [u8; 32]>,
     /// The key set of the first ack, kept until the version is enabled or
@@ -86,10 +82,6 @@ pub struct DkgRecord {
     /// Log time dealing closed (the complaint timeout counts from here).
     #[serde(default)]
     pub closed_ms: Option<u64>,
-    /// Some holder posted a non-empty complaint list: the complaint phase
-    /// then lasts its whole timeout (the log cannot tell answered ones).
-    #[serde(default)]
-    pub complaints_filed: bool,
 }
 
 impl DkgRecord {
@@ -97,12 +89,9 @@ impl DkgRecord {
         DkgRecord {
             started_ms,
             closed_ms: None,
-            complaints_filed: false,
             phase: DkgPhase::Dealing,
             dealt: BTreeSet::new(),
-            ready: BTreeSet::new(),
             complained: BTreeSet::new(),
-            justifications: 0,
             acks: BTreeMap::new(),
             acked_keys: None,
         }

@@ -25,6 +25,7 @@ impl Log {
             next: 0,
             now: 1_000,
         };
+        common::publish_dkg_keys(&mut log.sm);
         let admin = Operation::CreatePrincipal {
             name: "admin".into(),
             roles: [Role::Admin].into(),
@@ -77,6 +78,16 @@ impl Log {
         for (from, op) in common::dkg_until_enabled(name, version, holders, &[1]) {
             self.run(&from, op).expect("DKG step");
         }
+    }
+
+    /// Nodes 1-3 vouch for the current time (`Attest`), as they do when a
+    /// scheduled step waits for it.
+    fn vouch(&mut self) {
+        for n in 1..=3 {
+            self.run(&format!("node-{n}"), Operation::Attest)
+                .expect("attest");
+        }
+        assert_eq!(self.sm.vouched_ms(), self.now);
     }
 
     fn last_outcome(&self) -> String {
@@ -528,6 +539,7 @@ fn rotation_and_expiry_follow_the_log_time() {
     };
     assert!(log.run("node-1", rotate.clone()).is_err(), "not due yet");
     log.now += 10_000;
+    log.vouch();
     let other_holders = Operation::ScheduledRotate {
         name: "k".into(),
         holders: vec![NodeId(1), NodeId(3)],
@@ -551,6 +563,7 @@ fn rotation_and_expiry_follow_the_log_time() {
         due.contains(&Operation::Expire { name: "k".into() }),
         "{due:?}"
     );
+    log.vouch();
     log.run("node-1", Operation::Expire { name: "k".into() })
         .expect("expired");
     let key = log.sm.key("k").expect("k");
@@ -561,8 +574,8 @@ fn rotation_and_expiry_follow_the_log_time() {
     assert!(key.next_rotation_ms().is_none(), "no rotation after expiry");
 }
 
-#[test]
-fn destruction_is_committed_by_the_schedule_when_due() {
+/// Key `k` (holders 1-3) with version 1 scheduled for destruction.
+fn destruction_scheduled(after_ms: u64) -> Log {
     let mut log = Log::new();
     log.key("k");
     log.run(
@@ -570,10 +583,16 @@ fn destruction_is_committed_by_the_schedule_when_due() {
         Operation::ScheduleDestruction {
             name: "k".into(),
             version: KeyVersion(1),
-            after_ms: 5_000,
+            after_ms,
         },
     )
     .expect("scheduled");
+    log
+}
+
+#[test]
+fn destruction_is_committed_by_the_schedule_when_due() {
+    let mut log = destruction_scheduled(5_000);
     assert!(log.sm.maintenance_due(log.now + 4_999).is_empty());
     let destroy = Operation::Destroy {
         name: "k".into(),
@@ -584,10 +603,60 @@ fn destruction_is_committed_by_the_schedule_when_due() {
         vec![destroy.clone()]
     );
     log.now += 5_000;
+    log.vouch();
     log.run("node-1", destroy).expect("committed");
     assert_eq!(
         log.sm.key("k").expect("k").versions[0].state,
         VersionState::Destroying
+    );
+}
+
+#[test]
+fn a_lying_leader_cannot_destroy_early_by_stamping_a_later_time() {
+    let mut log = destruction_scheduled(86_400_000);
+    log.vouch();
+    let honest_now = log.now;
+    // node-1 (the leader) stamps and signs a time a day and more ahead.
+    log.now += 2 * 86_400_000;
+    let destroy = Operation::Destroy {
+        name: "k".into(),
+        version: KeyVersion(1),
+    };
+    let early = log.run("node-1", destroy.clone());
+    assert!(early.is_err(), "{early:?}");
+    assert!(matches!(
+        log.sm.key("k").expect("k").versions[0].state,
+        VersionState::PendingDestruction { .. }
+    ));
+    // Its own word moved nothing: the vouched time is the other holders'.
+    assert_eq!(log.sm.vouched_ms(), honest_now);
+    // Nor does the state ask the leader's clock: nothing is due yet at the
+    // vouched time, so honest leaders propose nothing.
+    assert!(log
+        .sm
+        .maintenance_due(log.sm.schedule_time_ms(log.now))
+        .is_empty());
+    // Once the other holders vouch for the day, it applies.
+    log.run("node-2", Operation::Attest).expect("attest");
+    log.run("node-3", Operation::Attest).expect("attest");
+    log.run("node-1", destroy).expect("due by the vouched time");
+}
+
+#[test]
+fn nodes_vouch_for_their_clock_while_a_scheduled_step_waits_for_it() {
+    let mut log = destruction_scheduled(5_000);
+    log.vouch();
+    assert!(!log.sm.needs_attestation("node-2", log.now + 4_999));
+    assert!(log.sm.needs_attestation("node-2", log.now + 5_000));
+    log.now += 5_000;
+    log.run("node-2", Operation::Attest).expect("attest");
+    // Vouched for now: node-2 waits at least ATTEST_WAIT_MS before again.
+    assert!(!log.sm.needs_attestation("node-2", log.now + 1));
+    assert!(log.sm.needs_attestation("node-3", log.now));
+    log.run("node-3", Operation::Attest).expect("attest");
+    assert!(
+        !log.sm.needs_attestation("node-1", log.now),
+        "nothing waits"
     );
 }
 
@@ -906,6 +975,7 @@ fn old_tokens_and_finished_approvals_are_pruned_by_log_time() {
         log.run("admin", Operation::PruneRecords).is_err(),
         "node-only"
     );
+    log.vouch();
     log.run("node-1", Operation::PruneRecords).expect("pruned");
     assert_eq!(log.sm.tokens().count(), 0);
     assert!(log.sm.approval(&id).is_none());

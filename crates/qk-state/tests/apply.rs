@@ -47,6 +47,7 @@ fn cmd(n: u64, time_ms: u64, op: Operation) -> Command {
 /// bootstrapping node does.
 fn machine() -> StateMachine {
     let mut sm = StateMachine::new();
+    common::publish_dkg_keys(&mut sm);
     let r = sm.apply(&Command {
         request_id: rid(u64::MAX),
         time_ms: 0,
@@ -507,12 +508,12 @@ fn audit_batch_appends_one_chained_record_per_event() {
         .collect();
     let r = sm.apply(&cmd(2, 2, Operation::AuditBatch(events)));
     assert!(r.result.is_ok());
-    // Records: the initial admin, the key, then one per event.
-    assert_eq!(r.audit_seq, 5);
-    let records = sm.audit_records(1, 10);
-    assert_eq!(records.len(), 5);
-    assert_eq!(records[3].principal, "svc-1");
-    assert!(records[3].outcome.starts_with("refused"));
+    // Records: 8 DKG keys, the initial admin, the key, then one per event.
+    assert_eq!(r.audit_seq, 13);
+    let records = sm.audit_records(1, 20);
+    assert_eq!(records.len(), 13);
+    assert_eq!(records[11].principal, "svc-1");
+    assert!(records[11].outcome.starts_with("refused"));
     verify_chain(records, GENESIS_HASH).expect("chain verifies");
     let empty = sm.apply(&cmd(3, 3, Operation::AuditBatch(Vec::new())));
     assert!(
@@ -538,7 +539,7 @@ fn one_overlong_audit_field_is_cut_and_never_drops_its_neighbours() {
     ];
     let r = sm.apply(&cmd(2, 2, Operation::AuditBatch(events)));
     assert!(r.result.is_ok(), "{:?}", r.result);
-    let records = sm.audit_records(1, 10);
+    let records = sm.audit_records(1, 20);
     let principals: Vec<&str> = records.iter().map(|r| r.principal.as_str()).collect();
     assert!(
         principals.ends_with(&["svc-a", "svc-b", "svc-c"]),

@@ -38,6 +38,7 @@ impl Cluster {
             next: 0,
             now: 1_000,
         };
+        common::publish_dkg_keys(&mut c.sm);
         let create = Operation::CreatePrincipal {
             name: "admin".into(),
             roles: [Role::Admin].into(),

@@ -24,6 +24,7 @@ impl Log {
             sm: StateMachine::new(),
             next: 0,
         };
+        common::publish_dkg_keys(&mut log.sm);
         let admin = Operation::CreatePrincipal {
             name: "admin".into(),
             roles: [qk_state::Role::Admin].into(),
@@ -124,33 +125,14 @@ fn honest_run_enables_the_version_when_every_holder_acked_the_same_set() {
     let mut log = created();
     log.step(1, 1_010, DkgStep::Deal(vec![1; 40]))
         .expect("deal");
-    // Ready only once every holder's deal is in the log.
-    assert!(log
-        .step(1, 1_010, DkgStep::Ready)
-        .expect_err("early ready")
-        .to_string()
-        .contains("1 of 3 deals"));
-    for h in 2..=3 {
-        log.step(h, 1_010, DkgStep::Deal(vec![h as u8; 40]))
-            .expect("deal");
-    }
-    log.step(1, 1_011, DkgStep::Ready).expect("ready");
-    assert!(
-        log.step(1, 1_011, DkgStep::Ready).is_err(),
-        "once per holder"
-    );
-    assert_eq!(log.version().dkg.ready.len(), 1);
     // One deal per holder.
-    let again = log.step(2, 1_011, DkgStep::Deal(vec![9; 40]));
+    let again = log.step(1, 1_011, DkgStep::Deal(vec![9; 40]));
     assert!(again
         .expect_err("second deal")
         .to_string()
         .contains("already dealt"));
-    // Complaints and justifications wait for the complaint phase.
+    // Complaints, acks and the end of the complaint phase wait.
     assert!(log.step(1, 1_012, DkgStep::Complaints(vec![])).is_err());
-    assert!(log
-        .step(1, 1_012, DkgStep::Justification(vec![1; 70]))
-        .is_err());
     assert!(log
         .step(
             1,
@@ -161,50 +143,48 @@ fn honest_run_enables_the_version_when_every_holder_acked_the_same_set() {
         )
         .is_err());
     assert!(log.step(1, 1_012, DkgStep::Finish).is_err());
-
-    // One holder cannot close dealing early: every holder must be ready,
+    // One holder cannot close dealing early: every holder must have dealt,
     // or the dealing timeout must have passed in log time.
     let early = log.step(1, 1_020, DkgStep::CloseDealing);
     assert!(early
         .expect_err("early close")
         .to_string()
-        .contains("ready"));
+        .contains("1 did"));
     assert_eq!(log.version().dkg.phase, DkgPhase::Dealing);
-    log.step(1, DEALING_DUE, DkgStep::CloseDealing)
-        .expect("first close");
+    log.step(2, 1_021, DkgStep::Deal(vec![2; 40]))
+        .expect("deal");
+    assert_eq!(log.version().dkg.phase, DkgPhase::Dealing);
+    // The last holder's deal closes dealing, at its log time.
+    log.step(3, 1_022, DkgStep::Deal(vec![3; 40]))
+        .expect("deal");
     assert_eq!(log.version().dkg.phase, DkgPhase::Complaints);
+    assert_eq!(log.version().dkg.closed_ms, Some(1_022));
     // Later closes are refused no-ops, audited as refused.
-    let second = log.step(2, 1_021, DkgStep::CloseDealing);
+    let second = log.step(2, DEALING_DUE, DkgStep::CloseDealing);
     assert!(second.is_err());
     assert!(
         log.last_outcome().starts_with("refused"),
         "{}",
         log.last_outcome()
     );
-    assert_eq!(log.version().dkg.phase, DkgPhase::Complaints);
-    // Deals and ready reports after dealing closed are refused.
-    assert!(log.step(3, 1_022, DkgStep::Deal(vec![1; 40])).is_err());
-    assert!(log.step(2, 1_022, DkgStep::Ready).is_err());
+    assert!(log.step(3, 1_023, DkgStep::Deal(vec![1; 40])).is_err());
 
     log.step(1, 1_030, DkgStep::Complaints(vec![vec![5; 38]]))
         .expect("complaints");
     log.step(2, 1_030, DkgStep::Complaints(vec![]))
         .expect("none");
     assert!(log.step(2, 1_031, DkgStep::Complaints(vec![])).is_err());
-    log.step(3, 1_032, DkgStep::Justification(vec![6; 70]))
-        .expect("justification");
-    // A complaint was filed: no one ends the phase before its timeout.
+    // One holder cannot end the complaint phase before its timeout.
     let early = log.step(3, 1_040, DkgStep::Finish);
     assert!(early
         .expect_err("early finish")
         .to_string()
-        .contains("complaint"));
-    log.step(3, FINISH_DUE, DkgStep::Finish).expect("finish");
-    assert!(log.step(1, FINISH_DUE + 1, DkgStep::Finish).is_err());
+        .contains("2 did"));
+    // Complaints prove themselves: the last list ends the phase.
+    log.step(3, 1_041, DkgStep::Complaints(vec![]))
+        .expect("none");
     assert_eq!(log.version().dkg.phase, DkgPhase::Finished);
-    assert!(log
-        .step(3, 1_042, DkgStep::Justification(vec![6; 70]))
-        .is_err());
+    assert!(log.step(1, FINISH_DUE + 1, DkgStep::Finish).is_err());
 
     let keys = vec![0x42; 200];
     for h in [2, 3] {
@@ -384,14 +364,6 @@ fn dkg_steps_are_bounded_and_attributed() {
         .expect_err("too many")
         .to_string()
         .contains("at most one per holder"));
-    // Justifications: at most n * n.
-    for _ in 0..9 {
-        log.step(2, 1_022, DkgStep::Justification(vec![1; 70]))
-            .expect("justification");
-    }
-    assert!(log
-        .step(2, 1_023, DkgStep::Justification(vec![1; 70]))
-        .is_err());
     // Unknown version or key.
     let missing = log.apply(
         "node-1",
@@ -504,4 +476,64 @@ fn destroying_a_version_drops_its_refresh_in_progress() {
     let late = refresh_step(&mut log, 2, 2_130).expect_err("refresh ended");
     assert!(late.to_string().contains("not in progress"), "{late}");
     assert_eq!(log.version().epoch, Epoch(0));
+}
+
+#[test]
+fn a_node_publishes_only_its_own_dkg_key_and_keys_gate_generation() {
+    let mut sm = StateMachine::new();
+    let publish = |sm: &mut StateMachine, principal: &str, node: u64, key: Vec<u8>, id: u8| {
+        sm.apply(&Command {
+            request_id: RequestId([id; 16]),
+            time_ms: 0,
+            principal: principal.into(),
+            op: Operation::PublishDkgKey {
+                node: NodeId(node),
+                public_key: key,
+            },
+            proof: None,
+        })
+        .result
+    };
+    // Another node cannot publish (or replace) node-2's key.
+    let forged = publish(&mut sm, "node-1", 2, common::dkg_public_key(1), 1);
+    assert!(forged
+        .expect_err("forged")
+        .to_string()
+        .contains("by node-2 itself"));
+    // Junk is refused.
+    assert!(publish(&mut sm, "node-2", 2, vec![0; 33], 2).is_err());
+    publish(&mut sm, "node-2", 2, common::dkg_public_key(2), 3).expect("publish");
+    assert_eq!(sm.dkg_key(NodeId(2)), Some(&common::dkg_public_key(2)[..]));
+    // After a disk loss the node publishes its new key, replacing the old.
+    publish(&mut sm, "node-2", 2, common::dkg_public_key(9), 4).expect("new key");
+    assert_eq!(sm.dkg_key(NodeId(2)), Some(&common::dkg_public_key(9)[..]));
+    // Still nobody else may replace it.
+    assert!(publish(&mut sm, "node-3", 2, common::dkg_public_key(2), 5).is_err());
+    assert_eq!(sm.dkg_key(NodeId(2)), Some(&common::dkg_public_key(9)[..]));
+    // A key over holders that have not all published is refused, naming them.
+    let admin = Operation::CreatePrincipal {
+        name: "admin".into(),
+        roles: [qk_state::Role::Admin].into(),
+    };
+    let boot = sm.apply(&Command {
+        request_id: RequestId([6; 16]),
+        time_ms: 0,
+        principal: "node-1".into(),
+        op: admin,
+        proof: None,
+    });
+    assert!(boot.result.is_ok());
+    let refused = sm.apply(&Command {
+        request_id: RequestId([7; 16]),
+        time_ms: 0,
+        principal: "admin".into(),
+        op: create(&[1, 2, 3]),
+        proof: None,
+    });
+    let err = refused.result.expect_err("holders without keys");
+    assert!(
+        err.to_string()
+            .contains("no DKG key published yet by node-1, node-3"),
+        "{err}"
+    );
 }

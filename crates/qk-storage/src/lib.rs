@@ -94,7 +94,9 @@ const TREE_SNAPSHOT: &str = "snapshot";
 /// Version of the on-disk layout, stored under `layout` in `raft_meta`.
 /// 2: every command carries its author's proof (log entries, state and
 /// snapshots of layout 1 do not decode as layout 2).
-const LAYOUT_VERSION: u8 = 2;
+/// 3: DKG shares travel sealed inside deals; no `Ready` or
+/// `Justification` step; nodes publish DKG keys.
+const LAYOUT_VERSION: u8 = 3;
 const KEY_LAYOUT: &[u8] = b"layout";
 
 /// Opens (or creates) the node's storage in directory `path`.

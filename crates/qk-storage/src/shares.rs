@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use qk_crypto::KeyShare;
+use qk_crypto::{DkgSecretKey, KeyShare};
 use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
 use rand::Rng;
 use zeroize::Zeroizing;
@@ -253,6 +253,17 @@ impl ShareStore {
         Aes256Gcm::new(&(*self.seal.0).into())
     }
 
+    /// This node's DKG key, derived from the seal key (HKDF-SHA256, bound to
+    /// the node id): nothing more to store, and as protected at rest as the
+    /// shares it opens. Another seal key gives another DKG key.
+    pub fn dkg_key(&self) -> Result<DkgSecretKey, ShareStoreError> {
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"qk/dkg-key/v1"), self.seal.0.as_ref());
+        let mut seed = Zeroizing::new([0u8; 64]);
+        hk.expand(&self.node.0.to_be_bytes(), seed.as_mut())
+            .map_err(|e| ShareStoreError::Kdf(e.to_string()))?;
+        Ok(DkgSecretKey::from_seed(&seed))
+    }
+
     /// Seals and stores a share, synced to disk before returning.
     pub fn put(&self, slot: ShareSlot, share: &KeyShare) -> Result<(), ShareStoreError> {
         let mut nonce = [0u8; NONCE_LEN];
@@ -391,6 +402,36 @@ mod tests {
         assert!(
             !tmp.exists(),
             "erasing a slot erases its temporary copy too"
+        );
+    }
+
+    #[test]
+    fn the_dkg_key_follows_the_seal_key_and_the_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_path = dir.path().join("seal.key");
+        private_file(&key_path, &[7u8; SEAL_KEY_LEN]);
+        let other_path = dir.path().join("other.key");
+        private_file(&other_path, &[8u8; SEAL_KEY_LEN]);
+        let open = |path: &Path, node: u64| {
+            let seal = SealKey::load_key_file(path).expect("key");
+            let store =
+                ShareStore::open(&dir.path().join("shares"), NodeId(node), seal).expect("open");
+            store.dkg_key().expect("derive").public_key()
+        };
+        assert_eq!(
+            open(&key_path, 1),
+            open(&key_path, 1),
+            "stable across restarts"
+        );
+        assert_ne!(
+            open(&key_path, 1),
+            open(&key_path, 2),
+            "bound to the node id"
+        );
+        assert_ne!(
+            open(&key_path, 1),
+            open(&other_path, 1),
+            "bound to the seal key"
         );
     }
 }

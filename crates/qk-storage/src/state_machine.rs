@@ -374,8 +374,14 @@ pub fn apply_entry(
         EntryPayload::Blank => BatchResponse::default(),
         EntryPayload::Normal(batch) => {
             let mut responses = Vec::with_capacity(batch.0.len());
+            // The members as of this entry, the same on every replica. None
+            // known yet (a log from before the first membership entry):
+            // nobody is refused for it.
+            let membership = state.last_membership.membership().clone();
+            let known = membership.nodes().next().is_some();
+            let is_member = |n: qk_types::NodeId| !known || membership.get_node(&n.0).is_some();
             for cmd in &batch.0 {
-                let response = state.machine.apply_authenticated(cmd, grants);
+                let response = state.machine.apply_from_members(cmd, grants, &is_member);
                 on_command(&state.machine, entry.log_id.index, cmd, &response);
                 responses.push(response);
             }

@@ -81,6 +81,13 @@ fn normal(term: u64, index: u64, cmd: Command) -> Entry {
     }
 }
 
+/// The bootstrap: the initial admin, then nodes 1-3 publish DKG keys.
+fn bootstrap() -> Vec<Command> {
+    let mut commands = vec![initial_admin()];
+    commands.extend(common::dkg_keys_published(1_700_000_000_000));
+    commands
+}
+
 fn membership(term: u64, index: u64, voters: &[NodeId]) -> Entry {
     let nodes: BTreeMap<NodeId, QkNode> = voters
         .iter()
@@ -108,7 +115,10 @@ fn history(upto: u64) -> Vec<Entry> {
     (0..=upto)
         .map(|i| match i {
             0 => membership(1, 0, &[1, 2, 3]),
-            1 => normal(1, 1, initial_admin()),
+            1 => Entry {
+                log_id: log_id(1, 1),
+                payload: EntryPayload::Normal(Batch(bootstrap())),
+            },
             i if i % 2 == 1 => normal(1, i, create_key(i)),
             i => normal(1, i, set_tag(i, i - 1, vec![i as u8; 8])),
         })
@@ -119,6 +129,21 @@ fn digest(sm: &StateMachineStore) -> [u8; 32] {
     sm.reader()
         .read(|s| s.machine().digest())
         .expect("read the state")
+}
+
+/// Reopens `dir`, as the node does: sled releases the directory lock from
+/// its flusher thread a moment after the previous handles were dropped.
+async fn reopen(dir: &std::path::Path) -> (LogStore, StateMachineStore) {
+    for _ in 0..50 {
+        match qk_storage::open(dir, common::roster()) {
+            Ok(stores) => return stores,
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+    panic!("the directory stayed locked for 5 s after its stores were dropped")
 }
 
 async fn all_entries(log: &mut LogStore) -> Vec<Entry> {
@@ -151,7 +176,7 @@ async fn restart_keeps_log_vote_and_pointers() {
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 4)));
     assert_eq!(state.last_log_id, Some(log_id(1, 27)));
 
-    let (mut log, _sm) = qk_storage::open(dir.path(), common::roster()).expect("reopen");
+    let (mut log, _sm) = reopen(dir.path()).await;
     assert_eq!(all_entries(&mut log).await, entries);
     assert_eq!(log.read_vote().await.expect("vote"), vote);
     assert_eq!(vote, Some(Vote::new_committed(3, 2)));
@@ -192,7 +217,7 @@ async fn restart_rebuilds_state_by_reapplying_the_committed_log() {
     };
 
     // A crash loses the in-memory state: the store comes back at the snapshot.
-    let (mut log, mut sm) = qk_storage::open(dir.path(), common::roster()).expect("reopen");
+    let (mut log, mut sm) = reopen(dir.path()).await;
     let (applied, mem) = sm.applied_state().await.expect("applied state");
     assert_eq!(applied, Some(log_id(1, 20)));
     assert_eq!(mem.log_id(), &Some(log_id(1, 0)));
@@ -343,7 +368,8 @@ async fn second_open_of_a_directory_fails() {
 /// repeated inside the batch applies once.
 #[tokio::test]
 async fn batch_entry_applies_like_one_entry_per_command() {
-    let commands = vec![initial_admin(), create_key(3), set_tag(4, 3, vec![4; 8])];
+    let mut commands = bootstrap();
+    commands.extend([create_key(3), set_tag(4, 3, vec![4; 8])]);
 
     let single_dir = tempfile::tempdir().expect("tempdir");
     let (_l, mut single) = qk_storage::open(single_dir.path(), common::roster()).expect("open");
@@ -365,15 +391,49 @@ async fn batch_entry_applies_like_one_entry_per_command() {
 
     assert_eq!(answer.len(), 1, "one response set per entry");
     let responses = &answer[0].0;
-    assert_eq!(responses.len(), 4, "one response per command");
+    assert_eq!(responses.len(), 7, "one response per command");
     for (batched, single) in responses.iter().zip(singles.iter().map(|r| &r.0[0])) {
         assert!(batched.result.is_ok(), "{batched:?}");
         assert_eq!(batched.result, single.result);
         assert_eq!(batched.audit_seq, single.audit_seq);
     }
     assert!(
-        responses[3].duplicate,
+        responses[6].duplicate,
         "the repeated request id applies once"
     );
     assert_eq!(digest(&batched), digest(&single));
+}
+
+/// A node's command counts only while the node is a member at that point of
+/// the log: once removed (or before it was added), its certificate signs
+/// nothing, whatever the certificate says.
+#[tokio::test]
+async fn a_non_member_node_signs_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_l, mut sm) = qk_storage::open(dir.path(), common::roster()).expect("open");
+    let published = common::dkg_keys_published(1_700_000_000_000);
+    let node_2 = published[1].clone();
+    let node_3 = published[2].clone();
+    let entries = vec![
+        membership(1, 1, &[1, 2]),
+        normal(1, 2, node_3.clone()),
+        normal(1, 3, node_2),
+        membership(1, 4, &[1, 2, 3]),
+        normal(1, 5, node_3),
+    ];
+    let answers = sm.apply(entries).await.expect("apply");
+    let refused = &answers[1].0[0];
+    let err = refused
+        .result
+        .as_ref()
+        .expect_err("node-3 is no member yet");
+    assert!(err.to_string().contains("not a member"), "{err}");
+    assert!(answers[2].0[0].result.is_ok(), "node-2 is a member");
+    assert!(answers[4].0[0].result.is_ok(), "node-3 once added");
+    let audit = sm
+        .reader()
+        .read(|s| s.machine().audit_records(1, 10).to_vec())
+        .expect("state");
+    assert_eq!(audit[0].principal, "unauthenticated");
+    assert!(audit[0].outcome.contains("claims to come from node-3"));
 }

@@ -151,8 +151,25 @@ async fn single_node_writes_snapshots_and_restarts() {
             .metrics(|m| m.current_leader == Some(1), "elected")
             .await
             .expect("elected");
-        let created = raft.client_write(Batch(vec![admin])).await.expect("write");
-        assert!(created.data.0[0].result.is_ok(), "{:?}", created.data);
+        // Nodes 2 and 3 hold the keys below: members (learners here, never
+        // reached), so that their signed DKG keys count.
+        for id in [2, 3] {
+            let node = QkNode {
+                rpc_addr: format!("127.0.0.1:700{id}"),
+                api_url: String::new(),
+            };
+            raft.add_learner(id, node, false)
+                .await
+                .expect("add learner");
+        }
+        let mut bootstrap = vec![admin];
+        bootstrap.extend(common::dkg_keys_published(1_700_000_000_000));
+        let created = raft.client_write(Batch(bootstrap)).await.expect("write");
+        assert!(
+            created.data.0.iter().all(|r| r.result.is_ok()),
+            "{:?}",
+            created.data
+        );
 
         let mut last_index = 0;
         for i in 0..35 {

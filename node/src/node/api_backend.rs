@@ -48,6 +48,11 @@ impl Backend for ApiBackend {
                 m.last_log_index
             ));
         }
+        if self.0.dkg_key_to_publish().is_some() {
+            return Err(
+                "this node has not published its DKG key yet (it does once it is a member); keys cannot be generated with it as a holder until then".into(),
+            );
+        }
         Ok(leader)
     }
 

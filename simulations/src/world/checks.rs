@@ -21,25 +21,51 @@ impl World {
         }
     }
 
-    /// Remembers that honest `to` got a wrong DKG share from the Byzantine
-    /// dealer (it then must disqualify it, if it finishes).
-    pub(super) fn note_corrupt_share(&mut self, from: NodeId, to: NodeId, bytes: &[u8]) {
-        if Some(from) != self.byzantine || from == to {
-            return;
-        }
-        let Ok(share) = qk_crypto::PrivateShare::from_secret_bytes(bytes) else {
-            return;
+    /// The Byzantine dealer's deal with every other receiver's box rotated
+    /// to the next one (each opens to garbage for its receiver); those
+    /// honest receivers must then disqualify it, if they finish.
+    pub(super) fn corrupt_deal(
+        &mut self,
+        dealer: NodeId,
+        name: &str,
+        version: KeyVersion,
+        session: qk_state::DkgSession,
+        bytes: &[u8],
+    ) -> Vec<u8> {
+        let Ok(qk_crypto::PublicMessage::Deal(mut deal)) =
+            qk_crypto::PublicMessage::from_bytes(bytes)
+        else {
+            return bytes.to_vec();
         };
-        let session = share.session_id;
-        let found = self.truth.keys().find_map(|k| {
-            k.versions.iter().find_map(|v| {
-                (qk_protocol::session_id(k.id, v.version, v.epoch) == session)
-                    .then(|| (k.name.clone(), v.version))
-            })
-        });
-        if let (Some(vk), Some(n)) = (found, self.nodes.get_mut(&to)) {
-            n.corrupt_from_byz.insert(vk);
+        let Some(holders) = self
+            .truth
+            .key(name)
+            .and_then(|k| k.version(version))
+            .map(|v| v.sorted_holders())
+        else {
+            return bytes.to_vec();
+        };
+        let others: Vec<usize> = (0..holders.len().min(deal.shares.len()))
+            .filter(|i| holders[*i] != dealer)
+            .collect();
+        if others.len() < 2 {
+            return bytes.to_vec();
         }
+        let first = deal.shares[others[0]];
+        for w in others.windows(2) {
+            deal.shares[w[0]] = deal.shares[w[1]];
+        }
+        if let Some(last) = others.last() {
+            deal.shares[*last] = first;
+        }
+        if session == qk_state::DkgSession::Generation {
+            for i in &others {
+                if let Some(n) = self.nodes.get_mut(&holders[*i]) {
+                    n.corrupt_from_byz.insert((name.to_string(), version));
+                }
+            }
+        }
+        deal.to_bytes()
     }
 
     /// When a version is enabled after the Byzantine dealer sent wrong
@@ -351,14 +377,6 @@ impl World {
             self.roots.insert(sk, bytes);
             self.root_set.insert(bytes);
             self.stats.roots_reconstructed += 1;
-            let generation = qk_protocol::session_id(sk.0, sk.1, Epoch(0));
-            let sent = self.dkg_messages.remove(&generation).unwrap_or_default();
-            if sent.iter().any(|m| contains(m, &bytes)) {
-                self.fail(format!(
-                    "a DKG share sent earlier contains the root of {:?} {}",
-                    sk.0, sk.1
-                ));
-            }
         }
     }
 
@@ -406,8 +424,4 @@ pub(super) fn lagrange_at_zero(shares: &[(u64, Scalar)]) -> Option<Scalar> {
         acc += *yi * num * inv?;
     }
     Some(acc)
-}
-
-pub(super) fn contains(hay: &[u8], needle: &[u8; 32]) -> bool {
-    hay.len() >= 32 && hay.windows(32).any(|w| w == needle)
 }

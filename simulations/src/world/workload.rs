@@ -235,7 +235,7 @@ impl World {
         node.incarnation = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (fsync_ms, incarnation) = (node.fsync_ms, node.incarnation.clone());
         node.replay_upto = disk.lock().map(|d| d.last_index()).unwrap_or(0);
-        node.proto = NodeProtocol::new(id, ProtocolConfig::default());
+        node.proto = NodeProtocol::new(id, ProtocolConfig::default(), super::sim_dkg_key(id));
         let mut sm = crate::storage::MemSm::open(disk.clone(), hook, grants);
         if bug == PlantedBug::SwapApply && id == NodeId(1) {
             sm.plant_swap(3);
@@ -431,15 +431,6 @@ impl World {
             }
         }
         out
-    }
-}
-
-/// Flips the low bit of a DKG share's value: it still decodes, but does
-/// not match the dealer's commitments.
-pub(super) fn corrupt_dkg_share(bytes: &mut [u8]) {
-    // The message's last byte is the last byte of the scalar.
-    if let Some(last) = bytes.last_mut() {
-        *last ^= 1;
     }
 }
 

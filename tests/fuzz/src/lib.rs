@@ -7,8 +7,8 @@
 //! same value.
 
 use qk_crypto::{
-    Ciphertext, Complaint, Deal, Justification, KeyShare, PartialDecryption, PrivateShare,
-    PublicKeySet, PublicMessage,
+    Ciphertext, Complaint, Deal, DkgPublicKey, KeyShare, PartialDecryption, PublicKeySet,
+    PublicMessage,
 };
 
 #[cfg(test)]
@@ -89,16 +89,15 @@ pub fn public_key_set_from_bytes(data: &[u8]) {
     }
 }
 
-/// `PublicMessage::from_bytes`, which dispatches to the `Deal`, `Complaint`
-/// and `Justification` decoders; the dispatcher and the typed decoders must
-/// agree on every input.
+/// `PublicMessage::from_bytes`, which dispatches to the `Deal` and
+/// `Complaint` decoders; the dispatcher and the typed decoders must agree on
+/// every input.
 pub fn public_message_from_bytes(data: &[u8]) {
     let deal = Deal::from_bytes(data).ok();
     let complaint = Complaint::from_bytes(data).ok();
-    let justification = Justification::from_bytes(data).ok();
     let Ok(msg) = PublicMessage::from_bytes(data) else {
         assert!(
-            deal.is_none() && complaint.is_none() && justification.is_none(),
+            deal.is_none() && complaint.is_none(),
             "PublicMessage refused bytes that a typed decoder accepts"
         );
         return;
@@ -121,23 +120,20 @@ pub fn public_message_from_bytes(data: &[u8]) {
             assert_eq!(complaint.as_ref(), Some(c));
             assert_eq!(c.to_bytes(), data);
         }
-        PublicMessage::Justification(j) => {
-            assert_eq!(justification.as_ref(), Some(j));
-            assert_eq!(j.to_bytes(), data);
-        }
     }
 }
 
-/// `PrivateShare::from_secret_bytes`.
-pub fn private_share_from_bytes(data: &[u8]) {
-    let Ok(share) = PrivateShare::from_secret_bytes(data) else {
+/// `DkgPublicKey::from_bytes`.
+pub fn dkg_public_key_from_bytes(data: &[u8]) {
+    let Ok(key) = DkgPublicKey::from_bytes(data) else {
         return;
     };
     assert_eq!(
-        share.to_secret_bytes().as_slice(),
+        key.to_bytes().as_slice(),
         data,
-        "PrivateShare: decode then encode changed the bytes"
+        "DkgPublicKey: decode then encode changed the bytes"
     );
+    assert_eq!(DkgPublicKey::from_bytes(&key.to_bytes()).as_ref(), Ok(&key));
 }
 
 /// `KeyShare::from_secret_bytes`.

@@ -2,16 +2,13 @@
 //! `seeds/<target>/*` from a deterministic in-process DKG, refresh and
 //! reshare, and checks that every seed passes its target's round trip.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use k256::elliptic_curve::Field;
-use k256::Scalar;
+use qk_crypto::testing::{self, honest, Transcript};
 use qk_crypto::{
-    partial_decrypt, wrap, Ciphertext, Complaint, EncryptionContext, Justification, KeyShare,
-    Outgoing, Participant, PrivateShare, PublicKeySet, PublicMessage, SessionConfig, SessionKind,
-    SessionOutput,
+    partial_decrypt, wrap, Ciphertext, EncryptionContext, KeyShare, PublicKeySet, PublicMessage,
+    SessionConfig, SessionKind,
 };
 use qk_types::{KeyId, KeyVersion, ShareIndex};
 use rand::rngs::StdRng;
@@ -23,85 +20,23 @@ fn idx(i: u16) -> ShareIndex {
 
 /// Everything one honest in-process session produced.
 struct Run {
-    outputs: BTreeMap<ShareIndex, SessionOutput>,
-    public: Vec<PublicMessage>,
-    private: Vec<PrivateShare>,
+    keys: PublicKeySet,
+    shares: Vec<KeyShare>,
+    transcript: Transcript,
 }
 
-impl Run {
-    fn keys(&self) -> &PublicKeySet {
-        &self
-            .outputs
-            .values()
-            .next()
-            .expect("at least one participant")
-            .keys
-    }
-
-    fn shares(&self) -> BTreeMap<ShareIndex, KeyShare> {
-        self.outputs
-            .iter()
-            .filter_map(|(i, o)| o.share.clone().map(|s| (*i, s)))
-            .collect()
-    }
-}
-
-fn run_session(
-    rng: &mut StdRng,
-    config: &SessionConfig,
-    old: &BTreeMap<ShareIndex, KeyShare>,
-) -> Run {
-    let mut everyone: Vec<ShareIndex> = config
-        .dealers
-        .iter()
-        .chain(&config.receivers)
-        .copied()
-        .collect();
-    everyone.sort();
-    everyone.dedup();
-    let mut parts: BTreeMap<ShareIndex, Participant> = everyone
-        .iter()
-        .map(|i| {
-            let p = Participant::new(config.clone(), *i, old.get(i).cloned()).expect("participant");
-            (*i, p)
-        })
-        .collect();
-    let mut public = Vec::new();
-    let mut private = Vec::new();
-    for p in parts.values_mut() {
-        for out in p.start(rng).expect("start") {
-            match out {
-                Outgoing::Broadcast(m) => public.push(m),
-                Outgoing::Send(s) => private.push(s),
-            }
-        }
-    }
-    for s in &private {
-        parts
-            .get_mut(&s.receiver)
-            .expect("receiver")
-            .handle_private(s.clone())
-            .expect("private share");
-    }
-    for m in &public {
-        for p in parts.values_mut() {
-            assert!(p.handle_public(m).expect("deal").is_empty());
-        }
-    }
-    for p in parts.values_mut() {
-        assert!(
-            p.close_dealing().expect("close_dealing").is_empty(),
-            "honest run has no complaints"
-        );
-    }
-    let outputs = parts
-        .iter_mut()
-        .map(|(i, p)| (*i, p.finish().expect("finish")))
-        .collect();
+/// One honest session through `qk_crypto::testing::run_session`.
+fn run(rng: &mut StdRng, config: &SessionConfig, old: &[KeyShare]) -> Run {
+    let (outputs, transcript) = testing::run_session(config, old, rng, &mut honest);
+    assert!(
+        transcript.complaints.is_empty(),
+        "honest run has no complaints"
+    );
+    let (keys, shares) = testing::keys_and_shares(outputs);
     Run {
-        outputs,
-        public,
-        private,
+        keys,
+        shares,
+        transcript,
     }
 }
 
@@ -119,35 +54,29 @@ fn write_seeds() {
     let holders = |n: u16| (1..=n).map(idx).collect::<Vec<_>>();
 
     // Generation (2, 3).
-    let gen = SessionConfig {
-        session_id: [1; 32],
-        kind: SessionKind::Generate,
-        dealers: holders(3),
-        receivers: holders(3),
-        threshold: 2,
-    };
-    let dkg = run_session(&mut rng, &gen, &BTreeMap::new());
-    let keys = dkg.keys().clone();
-    let shares = dkg.shares();
+    let gen = testing::config([1; 32], SessionKind::Generate, holders(3), holders(3), 2);
+    let dkg = run(&mut rng, &gen, &[]);
+    let keys = dkg.keys.clone();
+    let shares = &dkg.shares;
 
     // Refresh (2, 3) and reshare (2, 3) -> (3, 5).
-    let refresh = SessionConfig {
-        session_id: [2; 32],
-        kind: SessionKind::Refresh { old: keys.clone() },
-        dealers: holders(3),
-        receivers: holders(3),
-        threshold: 2,
-    };
-    let refreshed = run_session(&mut rng, &refresh, &shares);
-    let reshare = SessionConfig {
-        session_id: [3; 32],
-        kind: SessionKind::Reshare { old: keys.clone() },
-        dealers: holders(3),
-        receivers: holders(5),
-        threshold: 3,
-    };
-    let reshared = run_session(&mut rng, &reshare, &shares);
-    assert_eq!(reshared.keys().public_key(), keys.public_key());
+    let refresh = testing::config(
+        [2; 32],
+        SessionKind::Refresh { old: keys.clone() },
+        holders(3),
+        holders(3),
+        2,
+    );
+    let refreshed = run(&mut rng, &refresh, shares);
+    let reshare = testing::config(
+        [3; 32],
+        SessionKind::Reshare { old: keys.clone() },
+        holders(3),
+        holders(5),
+        3,
+    );
+    let reshared = run(&mut rng, &reshare, shares);
+    assert_eq!(reshared.keys.public_key(), keys.public_key());
 
     // Ciphertexts and partials.
     let key_id = KeyId([7; 16]);
@@ -188,8 +117,9 @@ fn write_seeds() {
         first.get_or_insert(ct);
     }
     let ct = first.expect("one ciphertext");
-    for (i, share) in &shares {
-        let holder_key = keys.holder_key(*i).expect("holder key");
+    for share in shares {
+        let i = share.index();
+        let holder_key = keys.holder_key(i).expect("holder key");
         let p = partial_decrypt(&mut rng, share, &holder_key, key_id, version, &ct, &context)
             .expect("partial");
         write(
@@ -213,90 +143,69 @@ fn write_seeds() {
         &dir,
         "public_key_set_from_bytes",
         "t2_n3_refreshed.bin",
-        &refreshed.keys().to_bytes(),
+        &refreshed.keys.to_bytes(),
         crate::public_key_set_from_bytes,
     );
     write(
         &dir,
         "public_key_set_from_bytes",
         "t3_n5.bin",
-        &reshared.keys().to_bytes(),
+        &reshared.keys.to_bytes(),
         crate::public_key_set_from_bytes,
     );
 
     // Public messages: a generation deal (with proof), refresh and reshare
-    // deals (without), a complaint and a justification.
+    // deals (without), each with its sealed shares, and a complaint (with
+    // its share reveal) against the first generation deal.
     let msg = "public_message_from_bytes";
     write(
         &dir,
         msg,
         "deal_generate.bin",
-        &dkg.public[0].to_bytes(),
+        &dkg.transcript.deals[0].to_bytes(),
         crate::public_message_from_bytes,
     );
     write(
         &dir,
         msg,
         "deal_refresh.bin",
-        &refreshed.public[0].to_bytes(),
+        &refreshed.transcript.deals[0].to_bytes(),
         crate::public_message_from_bytes,
     );
     write(
         &dir,
         msg,
         "deal_reshare.bin",
-        &reshared.public[0].to_bytes(),
+        &reshared.transcript.deals[0].to_bytes(),
         crate::public_message_from_bytes,
     );
-    let complaint = PublicMessage::Complaint(Complaint {
-        session_id: [1; 32],
-        accuser: idx(2),
-        accused: idx(1),
-    });
+    let PublicMessage::Deal(deal) = &dkg.transcript.deals[0] else {
+        panic!("the transcript's deals are deals");
+    };
+    let complaint = testing::complaint_against(&mut rng, deal, &holders(3), idx(2))
+        .expect("holder 2 receives in generation");
     write(
         &dir,
         msg,
         "complaint.bin",
-        &complaint.to_bytes(),
-        crate::public_message_from_bytes,
-    );
-    let justification = PublicMessage::Justification(Justification {
-        session_id: [1; 32],
-        dealer: idx(1),
-        accuser: idx(2),
-        value: Scalar::random(&mut rng),
-    });
-    write(
-        &dir,
-        msg,
-        "justification.bin",
-        &justification.to_bytes(),
+        &PublicMessage::Complaint(complaint).to_bytes(),
         crate::public_message_from_bytes,
     );
 
-    // Secret encodings (test values only).
-    for s in dkg
-        .private
-        .iter()
-        .take(2)
-        .chain(reshared.private.iter().take(1))
-    {
-        let name = format!(
-            "s{:02x}_d{}_r{}.bin",
-            s.session_id[0],
-            s.dealer.get(),
-            s.receiver.get()
-        );
+    // DKG public keys (the fixed test keys of `qk_crypto::testing::dkg_key`).
+    for i in [1, 2, 5] {
         write(
             &dir,
-            "private_share_from_bytes",
-            &name,
-            &s.to_secret_bytes(),
-            crate::private_share_from_bytes,
+            "dkg_public_key_from_bytes",
+            &format!("holder{i}.bin"),
+            &testing::dkg_key(idx(i)).public_key().to_bytes(),
+            crate::dkg_public_key_from_bytes,
         );
     }
-    for (i, s) in &shares {
-        let name = format!("t2_holder{}.bin", i.get());
+
+    // Secret encodings (test values only).
+    for s in shares {
+        let name = format!("t2_holder{}.bin", s.index().get());
         write(
             &dir,
             "key_share_from_bytes",
@@ -305,8 +214,8 @@ fn write_seeds() {
             crate::key_share_from_bytes,
         );
     }
-    for (i, s) in reshared.shares().iter().skip(3) {
-        let name = format!("t3_holder{}.bin", i.get());
+    for s in reshared.shares.iter().skip(3) {
+        let name = format!("t3_holder{}.bin", s.index().get());
         write(
             &dir,
             "key_share_from_bytes",

@@ -154,6 +154,8 @@ impl Cluster {
             c.spawn(id, &["--join".into(), c.addr(1)]);
             c.wait_status(1, |s| s.voters.contains(&id));
         }
+        // Keys are generated only over nodes whose DKG key is published.
+        c.wait_status(1, |s| s.dkg_keys.len() == n as usize);
     }
 
     pub fn kill(&mut self, id: u64) {

@@ -81,14 +81,11 @@ fn serde_json_free_dkg() -> qk_state::DkgRecord {
     qk_state::DkgRecord {
         phase: qk_state::DkgPhase::Dealing,
         dealt: BTreeSet::new(),
-        ready: BTreeSet::new(),
         complained: BTreeSet::new(),
-        justifications: 0,
         acks: BTreeMap::new(),
         acked_keys: None,
         started_ms: 0,
         closed_ms: None,
-        complaints_filed: false,
     }
 }
 

@@ -9,16 +9,15 @@ use std::collections::{BTreeMap, VecDeque};
 use qk_crypto::{wrap, Ciphertext, EncryptionContext, KeyShare, PublicKeySet};
 use qk_protocol::{
     answer_partial, Action, Event, KeyAccess, NodeProtocol, OpId, ProtocolConfig, ProtocolMessage,
-    SecretBytes, UnwrapError, UnwrapMode, UnwrapRequest,
+    UnwrapError, UnwrapMode, UnwrapRequest,
 };
 use qk_state::{
-    Command, CreateKey, KeyRecord, KeyVersionRecord, Operation, RequestId, StateMachine,
+    Command, CreateKey, DkgStep, KeyRecord, KeyVersionRecord, Operation, RequestId, StateMachine,
     VersionState,
 };
 use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use zeroize::Zeroizing;
 
 pub const KEY: &str = "payments";
 pub const V1: KeyVersion = KeyVersion(1);
@@ -29,12 +28,21 @@ pub fn ctx() -> EncryptionContext {
     BTreeMap::from([("tenant".to_string(), "acme".to_string())])
 }
 
-/// Flips the low bit of the share value (it stays a canonical scalar).
-fn corrupt(share: &SecretBytes) -> SecretBytes {
-    let mut bytes = share.expose().to_vec();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
-    SecretBytes::new(Zeroizing::new(bytes))
+/// Node `id`'s DKG key in these tests.
+pub fn dkg_key(id: NodeId) -> qk_crypto::DkgSecretKey {
+    qk_crypto::DkgSecretKey::from_seed(&[id.0 as u8; 64])
+}
+
+/// A deal with the boxes of its first two receivers swapped: each opens to
+/// garbage for its receiver (what a cheating dealer posts).
+fn swap_first_boxes(bytes: &[u8]) -> Vec<u8> {
+    match qk_crypto::PublicMessage::from_bytes(bytes) {
+        Ok(qk_crypto::PublicMessage::Deal(mut d)) => {
+            d.shares.swap(0, 1);
+            d.to_bytes()
+        }
+        _ => bytes.to_vec(),
+    }
 }
 
 pub type UnwrapOutcome = (Result<Vec<u8>, UnwrapError>, Vec<NodeId>);
@@ -65,14 +73,10 @@ pub struct Cluster {
     next_request: u64,
     next_op: OpId,
     /// Deliver each node's sends before the next node sees an applied
-    /// entry, so shares can overtake the entry that creates the session.
+    /// entry.
     pub interleave: bool,
-    /// DKG shares from `.0` to `.1` arrive with a flipped bit.
-    pub corrupt_shares: Vec<(u64, u64)>,
-    /// DKG shares from `.0` to `.1` are lost.
-    pub drop_shares: Vec<(u64, u64)>,
-    /// DKG shares that reached a node before its session existed.
-    pub early_deliveries: usize,
+    /// Dealers whose deals seal wrong shares to the first two holders.
+    pub cheating_dealers: Vec<u64>,
     /// Every partial request a node emitted (muted or not), in order.
     pub partial_requests: Vec<SentRequest>,
 }
@@ -94,7 +98,7 @@ impl Cluster {
                 (
                     id,
                     Node {
-                        proto: NodeProtocol::new(id, ProtocolConfig::default()),
+                        proto: NodeProtocol::new(id, ProtocolConfig::default(), dkg_key(id)),
                         replica: StateMachine::new(),
                         store: BTreeMap::new(),
                         persisted: Vec::new(),
@@ -118,9 +122,7 @@ impl Cluster {
             next_request: 0,
             next_op: 0,
             interleave: false,
-            corrupt_shares: Vec::new(),
-            drop_shares: Vec::new(),
-            early_deliveries: 0,
+            cheating_dealers: Vec::new(),
             partial_requests: Vec::new(),
         };
         // As a bootstrapping node does: the first entry creates the admin.
@@ -131,6 +133,17 @@ impl Cluster {
                 roles: [qk_state::Role::Admin].into(),
             },
         );
+        // As every node does at start-up: publish its DKG key.
+        for i in 1..=n {
+            let public_key = dkg_key(NodeId(i)).public_key().to_bytes().to_vec();
+            cluster.propose(
+                &NodeId(i).to_string(),
+                Operation::PublishDkgKey {
+                    node: NodeId(i),
+                    public_key,
+                },
+            );
+        }
         cluster
     }
 
@@ -244,9 +257,6 @@ impl Cluster {
             return;
         }
         let msg = ProtocolMessage::decode(bytes).expect("messages decode");
-        if matches!(msg, ProtocolMessage::DkgShare(_)) && node.proto.active_generations() == 0 {
-            self.early_deliveries += 1;
-        }
         let actions = node
             .proto
             .handle(&node.replica, Event::Message { from, msg }, &mut self.rng);
@@ -266,23 +276,21 @@ impl Cluster {
                             at_ms: self.now,
                         });
                     }
-                    let pair = (id.0, to.0);
-                    let is_share = matches!(msg, ProtocolMessage::DkgShare(_));
-                    if is_share && self.drop_shares.contains(&pair) {
-                        continue;
-                    }
-                    let msg = match msg {
-                        ProtocolMessage::DkgShare(s) if self.corrupt_shares.contains(&pair) => {
-                            ProtocolMessage::DkgShare(corrupt(&s))
-                        }
-                        other => other,
-                    };
                     if !muted {
                         let bytes = msg.encode().expect("messages encode");
                         self.net.push_back((id, to, bytes.to_vec()));
                     }
                 }
-                Action::Propose(op) => {
+                Action::Propose(mut op) => {
+                    if let Operation::Dkg {
+                        step: DkgStep::Deal(bytes),
+                        ..
+                    } = &mut op
+                    {
+                        if self.cheating_dealers.contains(&id.0) {
+                            *bytes = swap_first_boxes(bytes);
+                        }
+                    }
                     if !muted {
                         self.propose(&id.to_string(), op);
                     }

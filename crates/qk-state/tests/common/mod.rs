@@ -1,8 +1,35 @@
 //! Shared by the state machine tests (each test file uses part of it).
 #![allow(dead_code)]
 
-use qk_state::{CreateKey, DkgStep, Operation};
+use qk_state::{Command, CreateKey, DkgStep, Operation, RequestId, StateMachine};
 use qk_types::{KeyVersion, NodeId};
+
+/// Node `n`'s DKG public key in these tests.
+pub fn dkg_public_key(n: u64) -> Vec<u8> {
+    qk_crypto::DkgSecretKey::from_seed(&[n as u8; 64])
+        .public_key()
+        .to_bytes()
+        .to_vec()
+}
+
+/// Nodes 1-8 publish their DKG keys, as every node does at start-up.
+pub fn publish_dkg_keys(sm: &mut StateMachine) {
+    for n in 1..=8u64 {
+        let mut id = [0xd6u8; 16];
+        id[8..].copy_from_slice(&n.to_be_bytes());
+        let r = sm.apply(&Command {
+            request_id: RequestId(id),
+            time_ms: 0,
+            principal: NodeId(n).to_string(),
+            op: Operation::PublishDkgKey {
+                node: NodeId(n),
+                public_key: dkg_public_key(n),
+            },
+            proof: None,
+        });
+        assert!(r.result.is_ok(), "{r:?}");
+    }
+}
 
 /// Creates key `name` (2-of-n over `holders`, no schedule).
 pub fn create_key(name: &str, holders: &[u64]) -> Operation {
@@ -20,8 +47,8 @@ pub fn create_key(name: &str, holders: &[u64]) -> Operation {
 
 /// The log of an honest DKG that ends with every holder's ack of
 /// `public_keys` (the only way a version becomes enabled): each holder
-/// deals, reports ready, posts no complaints and acks; the first holder
-/// closes the phases. Pairs of (principal, operation).
+/// deals (the last deal closes dealing), posts no complaints (the last list
+/// ends the complaint phase) and acks. Pairs of (principal, operation).
 pub fn dkg_until_enabled(
     name: &str,
     version: KeyVersion,
@@ -40,19 +67,15 @@ pub fn dkg_until_enabled(
             },
         )
     };
-    let first = holders[0];
     let mut log: Vec<_> = holders
         .iter()
         .map(|h| step(*h, DkgStep::Deal(vec![*h as u8; 40])))
         .collect();
-    log.extend(holders.iter().map(|h| step(*h, DkgStep::Ready)));
-    log.push(step(first, DkgStep::CloseDealing));
     log.extend(
         holders
             .iter()
             .map(|h| step(*h, DkgStep::Complaints(vec![]))),
     );
-    log.push(step(first, DkgStep::Finish));
     log.extend(holders.iter().map(|h| {
         step(
             *h,

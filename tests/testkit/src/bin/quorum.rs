@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use qk_crypto::{
-    combine, partial_decrypt, wrap, Ciphertext, CombineMode, KeyShare, Outgoing, PartialDecryption,
-    Participant, PublicKeySet, PublicMessage, SessionConfig, SessionKind,
+    combine, partial_decrypt, wrap, Ciphertext, CombineMode, KeyShare, PartialDecryption,
+    PublicKeySet,
 };
 use qk_raft::{ClientRequest, ClientResponse, PeerRequest, PeerResponse};
 use qk_state::VersionState;
 use qk_testkit::cluster::{ctx, Cluster};
 use qk_testkit::stats::{load, LoadResult};
-use qk_types::{KeyId, KeyVersion, ShareIndex};
+use qk_types::{KeyId, KeyVersion};
 use serde_json::json;
 
 const CTX: &[(&str, &str)] = &[("tenant", "bench")];
@@ -60,48 +60,7 @@ fn median_us(runs: usize, mut f: impl FnMut()) -> f64 {
 
 /// In-process DKG for the crypto baseline (all parties in this thread).
 fn local_key(t: u16, n: u16) -> (PublicKeySet, Vec<KeyShare>) {
-    let mut rng = rand::rng();
-    let config = SessionConfig {
-        session_id: [7; 32],
-        kind: SessionKind::Generate,
-        dealers: ShareIndex::first_n(n),
-        receivers: ShareIndex::first_n(n),
-        threshold: t,
-    };
-    let mut parts: Vec<Participant> = ShareIndex::first_n(n)
-        .into_iter()
-        .filter_map(|i| Participant::new(config.clone(), i, None).ok())
-        .collect();
-    let mut log: Vec<PublicMessage> = Vec::new();
-    let mut private = Vec::new();
-    for p in parts.iter_mut() {
-        for o in p.start(&mut rng).unwrap_or_default() {
-            match o {
-                Outgoing::Broadcast(m) => log.push(m),
-                Outgoing::Send(s) => private.push(s),
-            }
-        }
-    }
-    for s in private {
-        if let Some(p) = parts.iter_mut().find(|p| p.index() == s.receiver) {
-            let _ = p.handle_private(s);
-        }
-    }
-    for m in &log {
-        for p in parts.iter_mut() {
-            let _ = p.handle_public(m);
-        }
-    }
-    let mut shares = Vec::new();
-    let mut keys = None;
-    for p in parts.iter_mut() {
-        let _ = p.close_dealing();
-        if let Ok(out) = p.finish() {
-            keys = Some(out.keys);
-            shares.extend(out.share);
-        }
-    }
-    (keys.expect("local DKG completes"), shares)
+    qk_crypto::testing::generate(t, n, &mut rand::rng())
 }
 
 /// Median in-process costs (µs): wrap, one partial, combine (optimistic).
