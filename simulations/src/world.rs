@@ -595,7 +595,12 @@ impl World {
         response: &qk_state::Response,
     ) {
         if self.extender == Some(id) && index as usize + 1 == self.canon.len() {
-            let resp = self.truth.apply_authenticated(cmd, self.roster.as_ref());
+            // The simulated membership never changes: every node, always.
+            let nodes = self.cfg.nodes;
+            let is_member = move |n: NodeId| (1..=nodes).contains(&n.0);
+            let resp = self
+                .truth
+                .apply_from_members(cmd, self.roster.as_ref(), &is_member);
             self.stats.commands += 1;
             self.check_forgery(cmd, &resp);
             self.note_deal(cmd);

@@ -27,7 +27,7 @@ pub const MAX_DEAL_LEN: usize = 2
     + SCHNORR_PROOF_LEN
     + 2
     + MAX_HOLDERS as usize * SEALED_SHARE_LEN;
-pub const MAX_COMPLAINT_LEN: usize = 2 + 32 + 2 + 2 + SHARE_REVEAL_LEN;
+pub const MAX_COMPLAINT_LEN: usize = 2 + 32 + 2 + 2 + 1 + SHARE_REVEAL_LEN;
 
 /// A dealer's public contribution: Feldman commitments of its polynomial
 /// (without `A_0` in refresh and reshare, where it is implied), in
@@ -42,14 +42,16 @@ pub struct Deal {
     pub shares: Vec<SealedShare>,
 }
 
-/// A receiver's public claim that the share a dealer sealed to it is wrong,
-/// with the proof that lets anyone open that one box and check.
+/// A receiver's public claim that the share a dealer sealed to it is wrong:
+/// with the proof that lets anyone open that one box and check, or none
+/// when the box's own proof fails (anyone checks that too, and nothing is
+/// revealed for a box the dealer may have copied from another).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Complaint {
     pub session_id: SessionId,
     pub accuser: ShareIndex,
     pub accused: ShareIndex,
-    pub reveal: ShareReveal,
+    pub reveal: Option<ShareReveal>,
 }
 
 /// Everything a session broadcasts through the log.
@@ -135,7 +137,13 @@ impl Complaint {
         w.bytes(&self.session_id);
         w.index(self.accuser);
         w.index(self.accused);
-        self.reveal.write(&mut w);
+        match &self.reveal {
+            Some(reveal) => {
+                w.u8(1);
+                reveal.write(&mut w);
+            }
+            None => w.u8(0),
+        }
         w.finish()
     }
 
@@ -145,7 +153,16 @@ impl Complaint {
             session_id: r.array()?,
             accuser: r.index()?,
             accused: r.index()?,
-            reveal: ShareReveal::read(&mut r)?,
+            reveal: match r.u8()? {
+                0 => None,
+                1 => Some(ShareReveal::read(&mut r)?),
+                _ => {
+                    return Err(DecodeError::InvalidField {
+                        what: "complaint",
+                        reason: "reveal flag must be 0 or 1",
+                    })
+                }
+            },
         };
         r.finish()?;
         Ok(c)

@@ -371,9 +371,13 @@ impl Participant {
             .copied()
             .zip(d.shares.iter().copied())
             .collect();
+        // A box whose proof fails is never opened (so never revealed): its
+        // share counts as missing, and the complaint needs no reveal.
+        let slot = self.slot(d.dealer, self.me);
         if let (Some(key), Some(sealed)) = (&self.dkg_key, boxes.get(&self.me)) {
-            let value = sealed.open(key, &self.slot(d.dealer, self.me));
-            self.received.insert(d.dealer, value);
+            if sealed.is_proven(&slot) {
+                self.received.insert(d.dealer, sealed.open(key, &slot));
+            }
         }
         self.deals
             .insert(d.dealer, DealRecord { commitments, boxes });
@@ -458,19 +462,25 @@ impl Participant {
             let Some(sealed) = deal.boxes.get(&self.me) else {
                 continue;
             };
+            let slot = self.slot(*dealer, self.me);
+            let reveal = sealed
+                .is_proven(&slot)
+                .then(|| sealed.reveal(rng, key, &slot));
             complaints.push(Complaint {
                 session_id: self.config.session_id,
                 accuser: self.me,
                 accused: *dealer,
-                reveal: sealed.reveal(rng, key, &self.slot(*dealer, self.me)),
+                reveal,
             });
         }
         Ok(complaints)
     }
 
-    /// A complaint is checked, never answered: its reveal opens the one box
-    /// it is about. A wrong share disqualifies the dealer; a right one (or
-    /// a reveal that is not the accuser's) leaves the dealer qualified.
+    /// A complaint is checked, never answered: a box without a valid proof
+    /// of its ephemeral secret disqualifies its dealer; otherwise the
+    /// complaint's reveal opens the one box it is about. A wrong share
+    /// disqualifies the dealer; a right one (or a missing reveal, or one
+    /// that is not the accuser's) leaves the dealer qualified.
     fn on_complaint(&mut self, c: &Complaint) -> Result<(), CryptoError> {
         self.check_session(&c.session_id)?;
         let (Some(receiver_key), Some(deal)) = (
@@ -482,10 +492,19 @@ impl Participant {
             ));
         };
         let slot = self.slot(c.accused, c.accuser);
-        let opened = deal
-            .boxes
-            .get(&c.accuser)
-            .and_then(|sealed| sealed.open_revealed(&c.reveal, receiver_key, &slot));
+        let Some(sealed) = deal.boxes.get(&c.accuser) else {
+            return Err(reject("complaint about a box the deal does not have"));
+        };
+        if !sealed.is_proven(&slot) {
+            // The dealer cannot show the box is its own: disqualified, and
+            // no one reveals anything about it.
+            self.bad_dealers.insert(c.accused);
+            return Ok(());
+        }
+        let opened = c
+            .reveal
+            .as_ref()
+            .and_then(|reveal| sealed.open_revealed(reveal, receiver_key, &slot));
         let Some(value) = opened else {
             return Err(reject(format!(
                 "complaint by {} against {} carries a reveal that does not verify; ignored",

@@ -6,6 +6,13 @@
 //! check it against the dealer's commitments. Nothing else is revealed: not
 //! the receiver's key, not any other share, and no dealer ever publishes a
 //! share in clear.
+//!
+//! Each box carries a proof that its dealer knows the ephemeral secret `e`,
+//! bound to the box's slot. Without it a cheating dealer could copy an
+//! honest dealer's ephemeral point into its own box for the same receiver:
+//! the receiver would complain and reveal `d·E`, which opens the honest
+//! dealer's box. A receiver reveals only for a box whose proof holds; a box
+//! whose proof fails disqualifies its dealer without any reveal.
 
 use std::fmt;
 
@@ -13,17 +20,19 @@ use k256::elliptic_curve::group::GroupEncoding;
 use k256::{AffinePoint, ProjectivePoint, Scalar};
 use qk_types::ShareIndex;
 use rand_core::CryptoRng;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::encoding::{decode_point, Reader, Writer, POINT_LEN, SCALAR_LEN};
 use crate::error::DecodeError;
 use crate::hash::Transcript;
 use crate::messages::SessionId;
-use crate::proof::{DleqProof, DleqStatement};
+use crate::proof::{DleqProof, DleqStatement, SchnorrProof, SCHNORR_PROOF_LEN};
 use crate::secret::SecretScalar;
 
-/// Encoded [`SealedShare`]: the ephemeral point and the masked share.
-pub const SEALED_SHARE_LEN: usize = POINT_LEN + SCALAR_LEN;
+/// Encoded [`SealedShare`]: the ephemeral point, the masked share and the
+/// proof of knowledge of the ephemeral secret.
+pub const SEALED_SHARE_LEN: usize = POINT_LEN + SCALAR_LEN + SCHNORR_PROOF_LEN;
+const BOX_POK_DOMAIN: &str = "qk/dkg-box-pok";
 /// Encoded [`ShareReveal`]: the shared point and its DLEQ proof.
 pub const SHARE_REVEAL_LEN: usize = POINT_LEN + 2 * SCALAR_LEN;
 
@@ -95,6 +104,13 @@ impl BoxSlot {
         t.challenge()
     }
 
+    fn bind(&self) -> Vec<u8> {
+        let mut bind = self.session_id.to_vec();
+        bind.extend_from_slice(&self.dealer.get().to_be_bytes());
+        bind.extend_from_slice(&self.receiver.get().to_be_bytes());
+        bind
+    }
+
     fn proof_label(&self) -> [u8; 32] {
         let mut t = Transcript::new("qk/dkg-share-reveal");
         t.bytes(&self.session_id)
@@ -104,11 +120,13 @@ impl BoxSlot {
     }
 }
 
-/// One share sealed to one receiver: `E = eG`, `m = s + H(slot, E, eD)`.
+/// One share sealed to one receiver: `E = eG`, `m = s + H(slot, E, eD)`,
+/// and a proof of knowledge of `e` bound to the slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SealedShare {
     ephemeral: AffinePoint,
     masked: Scalar,
+    pok: SchnorrProof,
 }
 
 /// A receiver's proof of what its box opens to: `S = dE` and a DLEQ proof
@@ -128,11 +146,20 @@ impl SealedShare {
     ) -> Self {
         let e = SecretScalar::random(rng);
         let ephemeral = e.public().to_affine();
-        let shared = (ProjectivePoint::from(to.0) * e.expose()).to_affine();
+        let shared = Zeroizing::new((ProjectivePoint::from(to.0) * e.expose()).to_affine());
+        let pok = SchnorrProof::prove(rng, BOX_POK_DOMAIN, &e, &ephemeral, &slot.bind());
         SealedShare {
             ephemeral,
             masked: *value.expose() + slot.mask(&ephemeral, &shared),
+            pok,
         }
+    }
+
+    /// The dealer proved it knows this box's ephemeral secret, for this
+    /// slot: the box is its own, not a copy of another dealer's.
+    pub(crate) fn is_proven(&self, slot: &BoxSlot) -> bool {
+        self.pok
+            .verify(BOX_POK_DOMAIN, &self.ephemeral, &slot.bind())
     }
 
     fn unmask(&self, slot: &BoxSlot, shared: &AffinePoint) -> SecretScalar {
@@ -141,7 +168,8 @@ impl SealedShare {
 
     /// What the box holds for `key`'s owner (garbage if sealed to another).
     pub(crate) fn open(&self, key: &DkgSecretKey, slot: &BoxSlot) -> SecretScalar {
-        let shared = (ProjectivePoint::from(self.ephemeral) * key.0.expose()).to_affine();
+        let shared =
+            Zeroizing::new((ProjectivePoint::from(self.ephemeral) * key.0.expose()).to_affine());
         self.unmask(slot, &shared)
     }
 
@@ -184,12 +212,14 @@ impl SealedShare {
     pub(crate) fn write(&self, w: &mut Writer) {
         w.point(&self.ephemeral);
         w.scalar(&self.masked);
+        self.pok.write(w);
     }
 
     pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(SealedShare {
             ephemeral: r.point()?,
             masked: r.scalar()?,
+            pok: SchnorrProof::read(r)?,
         })
     }
 }
@@ -259,6 +289,20 @@ mod tests {
         assert!(sealed
             .open_revealed(&forged, &receiver.public_key(), &slot(2))
             .is_none());
+    }
+
+    #[test]
+    fn a_box_copied_into_another_slot_is_not_proven() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let value = SecretScalar::random(&mut rng);
+        let sealed = SealedShare::seal(&mut rng, &key(2).public_key(), &slot(2), &value);
+        assert!(sealed.is_proven(&slot(2)));
+        assert!(!sealed.is_proven(&slot(3)), "another receiver's slot");
+        let other_dealer = BoxSlot {
+            dealer: ShareIndex::new(4).expect("index"),
+            ..slot(2)
+        };
+        assert!(!sealed.is_proven(&other_dealer), "another dealer's slot");
     }
 
     #[test]

@@ -168,6 +168,33 @@ pub fn complaint_against<R: CryptoRng + ?Sized>(
         session_id: deal.session_id,
         accuser,
         accused: deal.dealer,
-        reveal: sealed.reveal(rng, &dkg_key(accuser), &slot),
+        reveal: Some(sealed.reveal(rng, &dkg_key(accuser), &slot)),
     })
+}
+
+/// Replaces the box `receiver` finds in `deal` with a properly sealed (and
+/// proven) random value: what a dealer that deals a wrong share posts.
+pub fn seal_a_wrong_share<R: CryptoRng + ?Sized>(
+    rng: &mut R,
+    deal: &mut crate::messages::Deal,
+    receivers: &[ShareIndex],
+    receiver: ShareIndex,
+) {
+    let Some(position) = receivers.iter().position(|r| *r == receiver) else {
+        return;
+    };
+    let slot = crate::share_box::BoxSlot {
+        session_id: deal.session_id,
+        dealer: deal.dealer,
+        receiver,
+    };
+    let wrong = crate::secret::SecretScalar::random(rng);
+    if let Some(sealed) = deal.shares.get_mut(position) {
+        *sealed = crate::share_box::SealedShare::seal(
+            rng,
+            &dkg_key(receiver).public_key(),
+            &slot,
+            &wrong,
+        );
+    }
 }

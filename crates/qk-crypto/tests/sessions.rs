@@ -60,7 +60,90 @@ fn honest_dkg_agrees_everywhere() {
 }
 
 #[test]
-fn dealer_with_a_wrong_sealed_share_is_disqualified_by_a_verified_complaint() {
+fn dealer_sealing_a_wrong_share_is_disqualified_by_a_complaint_that_opens_only_that_box() {
+    let bad = idx(2);
+    let holders = ShareIndex::first_n(5);
+    let config = session(
+        12,
+        SessionKind::Generate,
+        holders.clone(),
+        holders.clone(),
+        3,
+    );
+    let mut r = rng(42);
+    let mut tamper = |from: ShareIndex, m: PublicMessage| match m {
+        PublicMessage::Deal(mut d) if from == bad => {
+            qk_crypto::testing::seal_a_wrong_share(&mut r, &mut d, &holders, idx(4));
+            Some(PublicMessage::Deal(d))
+        }
+        other => Some(other),
+    };
+    let out = run_session(&config, &[], 26, &mut tamper);
+    let complaints: Vec<_> = out
+        .transcript
+        .complaints
+        .iter()
+        .filter_map(|m| match m {
+            PublicMessage::Complaint(c) => Some(*c),
+            PublicMessage::Deal(_) => None,
+        })
+        .collect();
+    assert_eq!(complaints.len(), 1, "only receiver 4 complains");
+    assert_eq!(
+        (complaints[0].accuser, complaints[0].accused),
+        (idx(4), bad)
+    );
+    assert!(
+        complaints[0].reveal.is_some(),
+        "a proven box is opened for all"
+    );
+    for o in out.outputs.values() {
+        assert_eq!(o.disqualified, vec![bad]);
+    }
+}
+
+#[test]
+fn a_dealer_copying_an_honest_box_learns_nothing_and_is_disqualified() {
+    // The attack a box proof stops: dealer 3 copies honest dealer 1's box
+    // for receiver 2 into its own deal. Were receiver 2 to reveal `d·E` for
+    // it, dealer 1's share to 2 would be public.
+    let (thief, honest_dealer, victim) = (idx(3), idx(1), idx(2));
+    let holders = ShareIndex::first_n(3);
+    let config = session(
+        13,
+        SessionKind::Generate,
+        holders.clone(),
+        holders.clone(),
+        2,
+    );
+    let mut honest_box = None;
+    let mut tamper = |from: ShareIndex, m: PublicMessage| match m {
+        PublicMessage::Deal(d) if from == honest_dealer => {
+            honest_box = Some(d.shares[1]);
+            Some(PublicMessage::Deal(d))
+        }
+        PublicMessage::Deal(mut d) if from == thief => {
+            d.shares[1] = honest_box.expect("dealer 1 deals first");
+            Some(PublicMessage::Deal(d))
+        }
+        other => Some(other),
+    };
+    let out = run_session(&config, &[], 27, &mut tamper);
+    for m in &out.transcript.complaints {
+        if let PublicMessage::Complaint(c) = m {
+            assert_eq!((c.accuser, c.accused), (victim, thief));
+            assert!(c.reveal.is_none(), "nothing is revealed for a copied box");
+        }
+    }
+    assert_eq!(out.transcript.complaints.len(), 1);
+    for o in out.outputs.values() {
+        assert_eq!(o.disqualified, vec![thief]);
+        assert!(o.qualified.contains(&honest_dealer));
+    }
+}
+
+#[test]
+fn dealer_with_swapped_boxes_is_disqualified_without_any_reveal() {
     let bad = idx(2);
     let config = session(
         1,

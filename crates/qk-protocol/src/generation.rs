@@ -90,8 +90,10 @@ fn retry_due(last: Option<u64>, now: u64, interval: u64) -> bool {
     last.is_none_or(|t| now >= t.saturating_add(interval))
 }
 
-/// Every holder's DKG key as published in the replicated state.
-fn receiver_keys(
+/// Every holder's DKG key as published in the replicated state. Read at the
+/// entry that starts the DKG, so every replica uses the same keys whatever
+/// is published later.
+pub(crate) fn receiver_keys(
     state: &StateMachine,
     record: &KeyVersionRecord,
 ) -> Result<BTreeMap<ShareIndex, DkgPublicKey>, String> {
@@ -122,12 +124,13 @@ pub(crate) struct StartDkg<'a> {
     pub(crate) started_ms: u64,
     /// This node's DKG key: it opens the shares sealed to this node.
     pub(crate) dkg_key: &'a DkgSecretKey,
+    /// Every holder's DKG key as of the entry that started the DKG.
+    pub(crate) receiver_keys: BTreeMap<ShareIndex, DkgPublicKey>,
 }
 
 impl Generation {
     /// Starts this node's participant and deals.
     pub(crate) fn start<R: CryptoRng + ?Sized>(
-        state: &StateMachine,
         s: StartDkg<'_>,
         rng: &mut R,
     ) -> Result<(Self, Vec<Action>), String> {
@@ -157,7 +160,7 @@ impl Generation {
             kind,
             dealers: indices.clone(),
             receivers: indices,
-            receiver_keys: receiver_keys(state, record)?,
+            receiver_keys: s.receiver_keys,
             threshold: record.threshold,
         };
         let mut participant =

@@ -194,7 +194,25 @@ struct AwaitingShare {
     /// The epoch of the share asked for (the version's current one).
     epoch: Epoch,
     started_ms: u64,
+    /// Every holder's DKG key as of the `Refresh` entry.
+    receiver_keys: BTreeMap<qk_types::ShareIndex, qk_crypto::DkgPublicKey>,
+    /// Steps of this refresh applied before the share was loaded, replayed
+    /// in order once the participant starts.
+    early_steps: Vec<EarlyStep>,
 }
+
+/// A refresh step applied while this node's share was loading.
+#[derive(Debug)]
+struct EarlyStep {
+    from: NodeId,
+    step: qk_state::DkgStep,
+    time_ms: u64,
+    phase: Option<DkgPhase>,
+}
+
+/// At most this many steps wait for a share to load: one deal and one
+/// complaint list per holder, and a few timed closes.
+const MAX_EARLY_STEPS: usize = 2 * qk_types::MAX_HOLDERS as usize + 8;
 
 /// One node's protocol state.
 #[derive(Debug)]
@@ -322,7 +340,10 @@ impl NodeProtocol {
                 let phase = refresh_phase(state, name, *version);
                 let mut actions = match self.refreshes.get_mut(&vk) {
                     Some(g) if g.dkg == *session => g.on_step(*from, step, cmd.time_ms, phase, rng),
-                    _ => Vec::new(),
+                    _ => {
+                        self.keep_early_step(&vk, *session, *from, step, cmd.time_ms, phase);
+                        Vec::new()
+                    }
                 };
                 match outcome {
                     Applied::RefreshCompleted { .. } => {
@@ -416,6 +437,12 @@ impl NodeProtocol {
         if !holder || record.generation_deadline_ms <= self.now_ms {
             return Vec::new();
         }
+        let receiver_keys = match generation::receiver_keys(state, record) {
+            Ok(keys) => keys,
+            Err(e) => return vec![Action::Warning(format!(
+                "cannot start the DKG of key {name:?} {version}: {e}; it will fail at its deadline"
+            ))],
+        };
         let start = StartDkg {
             me: self.me,
             name,
@@ -425,8 +452,9 @@ impl NodeProtocol {
             refresh: None,
             started_ms: time_ms,
             dkg_key: &self.dkg_key,
+            receiver_keys,
         };
-        match Generation::start(state, start, rng) {
+        match Generation::start(start, rng) {
             Ok((g, actions)) => {
                 self.generations.insert(vk, g);
                 actions
@@ -504,6 +532,14 @@ impl NodeProtocol {
         if !holder || refresh.deadline_ms <= self.now_ms {
             return Vec::new();
         }
+        let receiver_keys = match generation::receiver_keys(state, record) {
+            Ok(keys) => keys,
+            Err(e) => {
+                return vec![Action::Warning(format!(
+                    "cannot refresh key {name:?} {version}: {e}; the refresh will be abandoned at its deadline"
+                ))]
+            }
+        };
         self.awaiting_share.insert(
             vk,
             AwaitingShare {
@@ -511,6 +547,8 @@ impl NodeProtocol {
                 session: refresh.session(),
                 epoch: record.epoch,
                 started_ms: time_ms,
+                receiver_keys,
+                early_steps: Vec::new(),
             },
         );
         vec![Action::NeedShare {
@@ -572,15 +610,49 @@ impl NodeProtocol {
             refresh: Some((old, share)),
             started_ms: waiting.started_ms,
             dkg_key: &self.dkg_key,
+            receiver_keys: waiting.receiver_keys,
         };
-        match Generation::start(state, start, rng) {
-            Ok((g, actions)) => {
+        match Generation::start(start, rng) {
+            Ok((mut g, mut actions)) => {
+                for early in waiting.early_steps {
+                    actions.extend(g.on_step(
+                        early.from,
+                        &early.step,
+                        early.time_ms,
+                        early.phase,
+                        rng,
+                    ));
+                }
                 self.refreshes.insert(vk, g);
                 actions
             }
             Err(e) => vec![Action::Warning(format!(
                 "cannot start the refresh of key {name:?} {version}: {e}; it will be abandoned at its deadline"
             ))],
+        }
+    }
+
+    /// Keeps a step of a refresh whose participant waits for its share.
+    fn keep_early_step(
+        &mut self,
+        vk: &VersionKey,
+        session: DkgSession,
+        from: NodeId,
+        step: &qk_state::DkgStep,
+        time_ms: u64,
+        phase: Option<DkgPhase>,
+    ) {
+        if let Some(waiting) = self
+            .awaiting_share
+            .get_mut(vk)
+            .filter(|w| w.session == session && w.early_steps.len() < MAX_EARLY_STEPS)
+        {
+            waiting.early_steps.push(EarlyStep {
+                from,
+                step: step.clone(),
+                time_ms,
+                phase,
+            });
         }
     }
 

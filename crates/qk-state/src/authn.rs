@@ -123,7 +123,11 @@ impl StateMachine {
             let e = format!(
                 "node-{node} is not a member of the cluster at this point of the log, so its certificate signs nothing here"
             );
-            return self.refuse_unauthenticated(cmd, &e);
+            return self.refuse_with(
+                cmd,
+                &e,
+                "a node joins the cluster before it proposes anything",
+            );
         }
         self.apply_authenticated(cmd, grants)
     }
@@ -181,9 +185,12 @@ impl StateMachine {
     }
 
     fn refuse_unauthenticated(&mut self, cmd: &Command, e: &str) -> Response {
-        let error = StateError::Denied(format!(
-            "the command's author is not proven: {e}; send it with the principal's own credential"
-        ));
+        self.refuse_with(cmd, e, "send it with the principal's own credential")
+    }
+
+    /// Refuses `cmd` as unauthenticated: `e` says why, `next` what to do.
+    fn refuse_with(&mut self, cmd: &Command, e: &str, next: &str) -> Response {
+        let error = StateError::Denied(format!("the command's author is not proven: {e}; {next}"));
         let record = AuditRecord {
             seq: 0,
             time_ms: cmd.time_ms,

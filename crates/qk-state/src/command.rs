@@ -291,8 +291,8 @@ pub const DKG_COMPLAINT_TIMEOUT_MS: u64 = 5_000;
 pub const MIN_GENERATION_TIMEOUT_MS: u64 = 1_000;
 pub const MAX_GENERATION_TIMEOUT_MS: u64 = 3_600_000;
 /// Largest encoded DKG public message: a deal for 64 holders (64
-/// commitments and 64 sealed shares) fits.
-pub const MAX_DKG_MESSAGE_LEN: usize = 8192;
+/// commitments and 64 sealed shares with their proofs) fits.
+pub const MAX_DKG_MESSAGE_LEN: usize = 12_288;
 const _: () = assert!(MAX_DKG_MESSAGE_LEN >= qk_crypto::messages::MAX_DEAL_LEN);
 const _: () = assert!(MAX_DKG_MESSAGE_LEN >= qk_crypto::messages::MAX_COMPLAINT_LEN);
 

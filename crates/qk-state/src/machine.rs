@@ -186,13 +186,13 @@ impl StateMachine {
             audit_seq,
             duplicate: false,
         };
-        // An attestation at the limit is let through to forget old ids, and
-        // is itself not remembered (it is idempotent): a flood of them
-        // cannot grow the store past the limit.
-        if matches!(cmd.op, Operation::Attest) && self.remembers_too_many() {
-            self.forget_stale_requests();
-        } else {
+        // An attestation is idempotent, so it is never remembered: a flood
+        // of them cannot grow the store, and at the limit one is let
+        // through to forget old ids.
+        if !matches!(cmd.op, Operation::Attest) {
             self.remember(key, signed_ms, response.clone());
+        } else if self.remembers_too_many() {
+            self.forget_stale_requests();
         }
         response
     }
@@ -246,9 +246,9 @@ impl StateMachine {
         self.vouched_ms
     }
 
-    fn holders_median_ms(&self) -> u64 {
-        let holders: BTreeSet<NodeId> = self
-            .keys
+    /// The nodes whose clocks count: holders of a live key version.
+    fn live_holders(&self) -> BTreeSet<NodeId> {
+        self.keys
             .values()
             .flat_map(|k| k.versions.iter())
             .filter(|v| {
@@ -258,7 +258,11 @@ impl StateMachine {
                 )
             })
             .flat_map(|v| v.holders.iter().copied())
-            .collect();
+            .collect()
+    }
+
+    fn holders_median_ms(&self) -> u64 {
+        let holders = self.live_holders();
         let mut times: Vec<u64> = holders
             .iter()
             .map(|h| self.node_times.get(&h.to_string()).copied().unwrap_or(0))
@@ -279,7 +283,14 @@ impl StateMachine {
         let last = self.node_times.get(node).copied();
         let behind = |gap: u64| last.is_none_or(|t| t.saturating_add(gap) <= now_ms);
         let ids = self.request_order.len() > MAX_REMEMBERED_REQUESTS && behind(ATTEST_EVERY_MS + 1);
-        ids || (behind(ATTEST_WAIT_MS) && self.schedule_waits_for_vouched_time(now_ms))
+        // Only a node whose clock counts vouches for the schedule, and only
+        // while its own time is behind the step's (its vote can still help).
+        let counts = || {
+            node.strip_prefix("node-")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| self.live_holders().contains(&NodeId(n)))
+        };
+        ids || (behind(ATTEST_WAIT_MS) && self.schedule_waits_for_vouched_time(now_ms) && counts())
     }
 
     /// Some scheduled step is due by `now_ms` and not by the vouched time.
@@ -294,6 +305,11 @@ impl StateMachine {
     /// leader included, can make a destruction, an expiry or a rotation
     /// happen early by stamping a later time.
     pub fn schedule_time_ms(&self, now_ms: u64) -> u64 {
+        if self.live_holders().is_empty() {
+            // No key is live, so no clock counts: nothing is left to destroy
+            // or rotate early, and approvals and tokens can still expire.
+            return now_ms;
+        }
         now_ms.min(self.vouched_ms)
     }
 
@@ -1183,8 +1199,12 @@ fn dkg_record_step(
                     list.len()
                 )));
             }
-            for c in list {
-                check_dkg_len(c, "complaint")?;
+            let max = qk_crypto::messages::MAX_COMPLAINT_LEN;
+            if let Some(c) = list.iter().find(|c| c.is_empty() || c.len() > max) {
+                return Err(invalid(format!(
+                    "a DKG complaint is {} bytes; it must be 1-{max} bytes",
+                    c.len()
+                )));
             }
             if phase != DkgPhase::Complaints {
                 return Err(wrong_phase("complaints"));

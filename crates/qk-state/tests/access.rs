@@ -648,8 +648,16 @@ fn nodes_vouch_for_their_clock_while_a_scheduled_step_waits_for_it() {
     log.vouch();
     assert!(!log.sm.needs_attestation("node-2", log.now + 4_999));
     assert!(log.sm.needs_attestation("node-2", log.now + 5_000));
+    // A node that holds no live version has no say, so it never attests.
+    assert!(!log.sm.needs_attestation("node-7", log.now + 5_000));
     log.now += 5_000;
+    let remembered = log.sm.remembered_requests();
     log.run("node-2", Operation::Attest).expect("attest");
+    assert_eq!(
+        log.sm.remembered_requests(),
+        remembered,
+        "an attestation is idempotent and never remembered"
+    );
     // Vouched for now: node-2 waits at least ATTEST_WAIT_MS before again.
     assert!(!log.sm.needs_attestation("node-2", log.now + 1));
     assert!(log.sm.needs_attestation("node-3", log.now));

@@ -364,6 +364,13 @@ fn dkg_steps_are_bounded_and_attributed() {
         .expect_err("too many")
         .to_string()
         .contains("at most one per holder"));
+    // A complaint is bounded by its own size, not a deal's.
+    let max = qk_crypto::messages::MAX_COMPLAINT_LEN;
+    assert!(log
+        .step(1, 1_021, DkgStep::Complaints(vec![vec![1; max + 1]]))
+        .expect_err("oversized complaint")
+        .to_string()
+        .contains(&format!("1-{max} bytes")));
     // Unknown version or key.
     let missing = log.apply(
         "node-1",
