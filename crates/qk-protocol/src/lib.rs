@@ -439,9 +439,11 @@ impl NodeProtocol {
         }
         let receiver_keys = match generation::receiver_keys(state, record) {
             Ok(keys) => keys,
-            Err(e) => return vec![Action::Warning(format!(
+            Err(e) => {
+                return vec![Action::Warning(format!(
                 "cannot start the DKG of key {name:?} {version}: {e}; it will fail at its deadline"
-            ))],
+            ))]
+            }
         };
         let start = StartDkg {
             me: self.me,

@@ -95,7 +95,24 @@ pub struct StateMachine {
     /// [`MAX_DKG_KEYS`].
     #[serde(default)]
     dkg_keys: BTreeMap<NodeId, Vec<u8>>,
+    /// The signing time of the command being applied: not state, only
+    /// read while that command runs.
+    #[serde(skip)]
+    applying: SigningTime,
 }
+
+/// The author's signing time of the command being applied. Never part of
+/// the state: it is not serialized and never makes two states differ.
+#[derive(Clone, Copy, Debug, Default)]
+struct SigningTime(u64);
+
+impl PartialEq for SigningTime {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for SigningTime {}
 
 /// Nodes whose DKG key the state keeps (node ids are never reused).
 pub const MAX_DKG_KEYS: usize = 1024;
@@ -167,6 +184,7 @@ impl StateMachine {
 
     /// Applies `cmd`, whose author signed it at `signed_ms`.
     pub(crate) fn apply_signed_at(&mut self, cmd: &Command, signed_ms: u64) -> Response {
+        self.applying = SigningTime(signed_ms);
         if crate::access_ops::is_node_principal(&cmd.principal) {
             self.attest(&cmd.principal, signed_ms);
         }
@@ -315,12 +333,16 @@ impl StateMachine {
 
     /// The time a command's time-triggered step is checked against: a
     /// node's command (the maintenance the leader proposes) counts only up
-    /// to the vouched time; a principal's runs at its own signed stamp.
+    /// to the vouched time; a principal's at the earlier of the leader's
+    /// stamp and the principal's own signing time.
     pub(crate) fn trigger_ms(&self, cmd: &Command) -> u64 {
         if crate::access_ops::is_node_principal(&cmd.principal) {
             self.schedule_time_ms(cmd.time_ms)
         } else {
-            cmd.time_ms
+            // A principal's step counts from when the principal signed it:
+            // the leader may stamp it up to 5 minutes later, never earlier
+            // in its effect.
+            cmd.time_ms.min(self.applying.0)
         }
     }
 

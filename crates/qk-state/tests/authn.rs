@@ -406,3 +406,42 @@ fn attestations_at_the_limit_do_not_grow_the_request_store() {
     }
     assert_eq!(c.sm.remembered_requests(), full);
 }
+
+#[test]
+fn a_leader_cannot_apply_an_administrators_early_destroy_by_stamping_it_later() {
+    let mut c = Cluster::new();
+    let admin = c.admin.clone();
+    let (node1, node2) = (c.node1.clone(), c.node2.clone());
+    c.holders_of_a_key();
+    for (from, op) in common::dkg_until_enabled("held", qk_types::KeyVersion(1), &[1, 2], &[1]) {
+        let credential = if from == "node-1" { &node1 } else { &node2 };
+        c.signed(credential, &from, op).result.expect("DKG step");
+    }
+    let version = qk_types::KeyVersion(1);
+    let schedule = Operation::ScheduleDestruction {
+        name: "held".into(),
+        version,
+        after_ms: 60_000,
+    };
+    c.signed(&admin, "admin", schedule)
+        .result
+        .expect("scheduled");
+    let destroy = Operation::Destroy {
+        name: "held".into(),
+        version,
+    };
+    // The administrator sends the Destroy a second early; the leader holds
+    // it and stamps it two minutes later, within the 5 allowed.
+    c.now += 59_000;
+    let mut early = c.command("admin", destroy.clone());
+    c.sign(&admin, &mut early);
+    early.time_ms = c.now + 120_000;
+    let r = c.sm.apply_authenticated(&early, &c.roster);
+    assert!(
+        matches!(&r.result, Err(StateError::InvalidTransition { .. })),
+        "{r:?}"
+    );
+    // Signed once the waiting period is over, it applies.
+    c.now += 1_000;
+    c.signed(&admin, "admin", destroy).result.expect("due");
+}
