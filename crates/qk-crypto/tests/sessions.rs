@@ -40,6 +40,19 @@ fn swap_boxes(m: PublicMessage, a: usize, b: usize) -> PublicMessage {
     }
 }
 
+/// A generation among holders `1..=n` with threshold `t`, and the holders.
+fn generation(id: u8, n: u16, t: u16) -> (qk_crypto::SessionConfig, Vec<ShareIndex>) {
+    let holders = ShareIndex::first_n(n);
+    let config = session(
+        id,
+        SessionKind::Generate,
+        holders.clone(),
+        holders.clone(),
+        t,
+    );
+    (config, holders)
+}
+
 #[test]
 fn honest_dkg_agrees_everywhere() {
     let out = generate(3, 5, 21);
@@ -62,14 +75,7 @@ fn honest_dkg_agrees_everywhere() {
 #[test]
 fn dealer_sealing_a_wrong_share_is_disqualified_by_a_complaint_that_opens_only_that_box() {
     let bad = idx(2);
-    let holders = ShareIndex::first_n(5);
-    let config = session(
-        12,
-        SessionKind::Generate,
-        holders.clone(),
-        holders.clone(),
-        3,
-    );
+    let (config, holders) = generation(12, 5, 3);
     let mut r = rng(42);
     let mut tamper = |from: ShareIndex, m: PublicMessage| match m {
         PublicMessage::Deal(mut d) if from == bad => {
@@ -108,14 +114,7 @@ fn a_dealer_copying_an_honest_box_learns_nothing_and_is_disqualified() {
     // for receiver 2 into its own deal. Were receiver 2 to reveal `d·E` for
     // it, dealer 1's share to 2 would be public.
     let (thief, honest_dealer, victim) = (idx(3), idx(1), idx(2));
-    let holders = ShareIndex::first_n(3);
-    let config = session(
-        13,
-        SessionKind::Generate,
-        holders.clone(),
-        holders.clone(),
-        2,
-    );
+    let (config, _) = generation(13, 3, 2);
     let mut honest_box = None;
     let mut tamper = |from: ShareIndex, m: PublicMessage| match m {
         PublicMessage::Deal(d) if from == honest_dealer => {
@@ -174,14 +173,7 @@ fn dealer_with_swapped_boxes_is_disqualified_without_any_reveal() {
 #[test]
 fn a_false_complaint_cannot_disqualify_an_honest_dealer() {
     let liar = idx(3);
-    let holders = ShareIndex::first_n(4);
-    let config = session(
-        2,
-        SessionKind::Generate,
-        holders.clone(),
-        holders.clone(),
-        2,
-    );
+    let (config, holders) = generation(2, 4, 2);
     let (mut parts, deals) = dealt(&config, 23);
     // The liar complains about an honest dealer, with a valid reveal of
     // its own (correct) box.
@@ -240,14 +232,7 @@ fn dealt(
 
 #[test]
 fn a_reveal_made_with_another_key_is_ignored() {
-    let holders = ShareIndex::first_n(3);
-    let config = session(
-        3,
-        SessionKind::Generate,
-        holders.clone(),
-        holders.clone(),
-        2,
-    );
+    let (config, holders) = generation(3, 3, 2);
     let (mut parts, deals) = dealt(&config, 24);
     // Holder 2 reveals its own box from dealer 1 and claims to be holder 3.
     let PublicMessage::Deal(deal) = &deals[0] else {
