@@ -191,6 +191,44 @@ async fn a_node_cannot_ack_or_step_a_dkg_for_another_holder() {
     assert_ne!(v2.public_keys.as_deref(), Some(&[7u8; 64][..]));
 }
 
+/// One compromised node tries to put a DKG key it knows in another node's
+/// place (so that dealers would seal that node's shares to it): under its
+/// own name and under the victim's. Refused at apply; the next key
+/// generation seals to the honest keys and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_publish_another_nodes_dkg_key() {
+    let (c, ct) = cluster_with_key(3).await;
+    let thief = Adversary::stolen(&c, 3);
+    let leader = c.status(1).await.expect("status").leader.expect("leader");
+    let known = qk_crypto::DkgSecretKey::from_seed(&[0x66; 64]);
+    for (i, principal) in ["node-3", "node-1"].into_iter().enumerate() {
+        let forged = Operation::PublishDkgKey {
+            node: NodeId(1),
+            public_key: known.public_key().to_bytes().to_vec(),
+        };
+        let mut id = [0u8; 16];
+        id[0] = 0xd6;
+        id[15] = i as u8;
+        let outcome = write_outcome(
+            thief
+                .send(&c, leader, thief.write(principal, id, forged))
+                .await,
+        );
+        assert!(outcome.is_err(), "{principal}: {outcome:?}");
+    }
+    let rotate = Operation::Rotate {
+        name: "k".into(),
+        holders: vec![NodeId(1), NodeId(2), NodeId(3)],
+        generation_timeout_ms: None,
+    };
+    c.op(1, rotate).await.expect("rotate");
+    c.wait_key(1, "k", |k| {
+        k.version(KeyVersion(2))
+            .is_some_and(|v| v.state == VersionState::Enabled)
+    });
+    assert_eq!(c.decrypt(2, &ct, CTX).await.as_deref(), Ok(&b"honest"[..]));
+}
+
 /// One compromised node forwards writes in the admin's name: a token for
 /// the admin whose secret it would know, and a new admin principal, once
 /// with no proof and once signed with its own (real) node key. Every replica
