@@ -105,16 +105,8 @@ impl crate::quorum::Io for NodeIo {
 
     fn propose(&self, op: Operation) -> qk_net::BoxFuture<'_, ()> {
         Box::pin(async move {
-            let me = Peer::Node(self.0.id);
-            let cmd = Command {
-                request_id: RequestId(rand::random()),
-                time_ms: 0,
-                principal: NodeIdT(self.0.id).to_string(),
-                op,
-                proof: None,
-            };
-            let name = cmd.op.name();
-            match self.0.write(&me, None, cmd).await {
+            let name = op.name();
+            match self.0.write_own(op).await {
                 ClientResponse::Written { .. } => {}
                 other => warn!(
                     operation = name,
@@ -429,14 +421,7 @@ impl Node {
     async fn publish_dkg_key(&self) -> Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while let Some(op) = self.dkg_key_to_publish() {
-            let cmd = Command {
-                request_id: RequestId(rand::random()),
-                time_ms: 0,
-                principal: NodeIdT(self.id).to_string(),
-                op,
-                proof: None,
-            };
-            match self.write(&Peer::Node(self.id), None, cmd).await {
+            match self.write_own(op).await {
                 ClientResponse::Written { response, .. } => {
                     if let Err(e) = response.result {
                         bail!("cannot publish this node's DKG key: {e}; check the node log");
@@ -450,6 +435,18 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Proposes `op` as this node (`node-N`), signed with its own session.
+    async fn write_own(&self, op: Operation) -> ClientResponse {
+        let cmd = Command {
+            request_id: RequestId(rand::random()),
+            time_ms: 0,
+            principal: NodeIdT(self.id).to_string(),
+            op,
+            proof: None,
+        };
+        self.write(&Peer::Node(self.id), None, cmd).await
     }
 
     /// The `PublishDkgKey` this node still has to propose, if any: its key

@@ -58,6 +58,15 @@ pub(crate) fn is_node_principal(principal: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// The node a `node-N` principal names.
+pub(crate) fn node_of_principal(principal: &str) -> Option<qk_types::NodeId> {
+    principal
+        .strip_prefix("node-")
+        .filter(|_| is_node_principal(principal))
+        .and_then(|n| n.parse::<u64>().ok())
+        .map(qk_types::NodeId)
+}
+
 fn check_principal_name(name: &str) -> Result<(), StateError> {
     let ok = !name.is_empty()
         && name.len() <= 128

@@ -114,14 +114,10 @@ impl StateMachine {
         grants: &dyn GrantCheck,
         is_member: &dyn Fn(qk_types::NodeId) -> bool,
     ) -> Response {
-        let node = cmd
-            .principal
-            .strip_prefix("node-")
-            .and_then(|n| n.parse::<u64>().ok())
-            .filter(|_| crate::access_ops::is_node_principal(&cmd.principal));
-        if let Some(node) = node.filter(|n| !is_member(qk_types::NodeId(*n))) {
+        let node = crate::access_ops::node_of_principal(&cmd.principal);
+        if let Some(node) = node.filter(|n| !is_member(*n)) {
             let e = format!(
-                "node-{node} is not a member of the cluster at this point of the log, so its certificate signs nothing here"
+                "{node} is not a member of the cluster at this point of the log, so its certificate signs nothing here"
             );
             return self.refuse_with(
                 cmd,

@@ -301,12 +301,11 @@ impl StateMachine {
         let last = self.node_times.get(node).copied();
         let behind = |gap: u64| last.is_none_or(|t| t.saturating_add(gap) <= now_ms);
         let ids = self.request_order.len() > MAX_REMEMBERED_REQUESTS && behind(ATTEST_EVERY_MS + 1);
-        // Only a node whose clock counts vouches for the schedule, and only
-        // while its own time is behind the step's (its vote can still help).
+        // Only a node whose clock counts (a live holder) vouches for the
+        // schedule, at most every ATTEST_WAIT_MS.
         let counts = || {
-            node.strip_prefix("node-")
-                .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|n| self.live_holders().contains(&NodeId(n)))
+            crate::access_ops::node_of_principal(node)
+                .is_some_and(|n| self.live_holders().contains(&n))
         };
         ids || (behind(ATTEST_WAIT_MS) && self.schedule_waits_for_vouched_time(now_ms) && counts())
     }

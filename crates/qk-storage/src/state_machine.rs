@@ -377,7 +377,7 @@ pub fn apply_entry(
             // The members as of this entry, the same on every replica. None
             // known yet (a log from before the first membership entry):
             // nobody is refused for it.
-            let membership = state.last_membership.membership().clone();
+            let membership = state.last_membership.membership();
             let known = membership.nodes().next().is_some();
             let is_member = |n: qk_types::NodeId| !known || membership.get_node(&n.0).is_some();
             for cmd in &batch.0 {
