@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use qk_protocol::{
-    answer_partial, Action, Event, NodeProtocol, OpId, PartialRequest, Plaintext, ProtocolConfig,
-    ProtocolMessage, UnwrapError, UnwrapMode, UnwrapRequest,
+    answer_partial, check_intent_proof, stored_share, token_signer, Action, Event, NodeProtocol,
+    OpId, PartialRequest, Plaintext, ProtocolConfig, ProtocolMessage, StoredShare, UnwrapError,
+    UnwrapMode, UnwrapRequest,
 };
-use qk_state::{Command, Operation, Response, StateMachine, VersionState};
+use qk_state::{Command, Operation, Response, StateMachine};
 use qk_storage::{ShareSlot, ShareStore, StateReader};
 use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
 use tokio::sync::{mpsc, oneshot};
@@ -276,48 +277,13 @@ impl Quorum {
     /// The signature checks run outside the state lock; only a token's
     /// record is read from the state.
     fn check_proof(&self, from: NodeId, request: &PartialRequest) -> Result<(), String> {
-        use qk_state::proof::{ProofError, Signer};
-        let principal = &request.principal;
-        let proof = request
-            .proof
-            .as_ref()
-            .ok_or_else(|| ProofError::Missing(principal.clone()).to_string())?;
-        let now = now_ms();
-        let (signer, key) = match &proof.signer {
-            Signer::Token { id } => {
-                let mut token = None;
-                self.with_state(|s| {
-                    token = s.token(id).map(|t| {
-                        (
-                            t.principal.clone(),
-                            t.verify_key,
-                            t.revoked_ms,
-                            t.expires_at_ms,
-                        )
-                    })
-                });
-                let (principal, key, revoked_ms, expires_at_ms) = token.ok_or_else(|| {
-                    format!("the proof names token {id}, which this node does not know")
-                })?;
-                if revoked_ms.is_some() || expires_at_ms <= now {
-                    return Err(format!("the proof's token {id} is revoked or expired"));
-                }
-                (principal, key)
-            }
-            Signer::Session(grant) => {
-                self.grants.verify(grant, now).map_err(|e| e.to_string())?;
-                (grant.principal.clone(), grant.session_key)
-            }
+        let now_ms = now_ms();
+        let token = |id: &str| {
+            let mut signer = Err("no state".to_string());
+            self.with_state(|s| signer = token_signer(s, id, now_ms));
+            signer
         };
-        qk_state::proof::check_signer(signer, principal).map_err(|e| e.to_string())?;
-        let intent = qk_state::proof::Intent {
-            principal,
-            ciphertext: &request.ciphertext,
-            context: &request.context,
-        };
-        proof
-            .verify(&key, &intent, from.0, now)
-            .map_err(|e| e.to_string())
+        check_intent_proof(from, request, now_ms, self.grants.as_ref(), token)
     }
 
     /// This node's own partial, for client-side combining.
@@ -330,7 +296,7 @@ impl Quorum {
                 self.core.me,
                 share.as_ref(),
                 request,
-                |_, _, _| holder_authorizes(s, request),
+                now_ms(),
                 &mut rand::rng(),
             );
             out = match msg {
@@ -550,16 +516,16 @@ impl Quorum {
         let slots = self.shares.slots()?;
         let mut receipts = Vec::new();
         for slot in slots {
-            let mut verdict = Verdict::Keep;
+            let mut verdict = StoredShare::Keep;
             self.with_state(|s| verdict = self.check_slot(s, slot));
             match verdict {
-                Verdict::Keep => {}
-                Verdict::Erase { receipt } => {
+                StoredShare::Keep => {}
+                StoredShare::Erase { receipt } => {
                     self.shares.erase(slot)?;
-                    info!(key = %slot.key, version = %slot.version, "erased a share of a destroyed or failed version");
+                    info!(key = %slot.key, version = %slot.version, epoch = slot.epoch.0, "erased a share of a destroyed or failed version, or of an epoch a refresh replaced");
                     receipts.extend(receipt);
                 }
-                Verdict::Refuse(reason) => {
+                StoredShare::Refuse(reason) => {
                     error!("refusing to serve a share: {reason}");
                     if let Ok(mut r) = self.refused.lock() {
                         r.insert(slot);
@@ -573,56 +539,10 @@ impl Quorum {
         Ok(())
     }
 
-    fn check_slot(&self, s: &StateMachine, slot: ShareSlot) -> Verdict {
-        let Some(record) = s.keys().find(|k| k.id == slot.key) else {
-            return Verdict::Keep;
-        };
-        let Some(version) = record.version(slot.version) else {
-            return Verdict::Keep;
-        };
-        match &version.state {
-            VersionState::Destroying | VersionState::Destroyed | VersionState::Failed { .. } => {
-                let receipt = (version.state == VersionState::Destroying
-                    && !version.erase_receipts.contains(&self.core.me))
-                .then(|| Operation::EraseReceipt {
-                    name: record.name.clone(),
-                    version: slot.version,
-                    node: self.core.me,
-                });
-                return Verdict::Erase { receipt };
-            }
-            _ => {}
-        }
-        let Some(bytes) = &version.public_keys else {
-            return Verdict::Keep;
-        };
-        let what = format!(
-            "key {:?} version {} epoch {}",
-            record.name, slot.version.0, slot.epoch.0
-        );
-        let keys = match qk_crypto::PublicKeySet::from_bytes(bytes) {
-            Ok(k) => k,
-            Err(e) => {
-                return Verdict::Refuse(format!("{what}: replicated key set unreadable: {e}"))
-            }
-        };
-        match self.shares.get(slot) {
-            Ok(Some(share)) => match keys.verify_share(&share) {
-                Ok(()) => Verdict::Keep,
-                Err(_) => Verdict::Refuse(format!(
-                    "share of {what} does not match the replicated commitments; restore the node's share store or reshare the key"
-                )),
-            },
-            Ok(None) => Verdict::Keep,
-            Err(e) => Verdict::Refuse(format!("share of {what}: {e}")),
-        }
+    fn check_slot(&self, s: &StateMachine, slot: ShareSlot) -> StoredShare {
+        let load = || self.shares.get(slot).map_err(|e| e.to_string());
+        stored_share(s, self.core.me, (slot.key, slot.version, slot.epoch), load)
     }
-}
-
-enum Verdict {
-    Keep,
-    Erase { receipt: Option<Operation> },
-    Refuse(String),
 }
 
 /// The key version a share write or erase is about.
@@ -656,43 +576,4 @@ fn context_digest(context: &BTreeMap<String, String>) -> String {
         .flat_map(|(k, v)| [k.as_bytes(), v.as_bytes()])
         .collect();
     short_digest(&fields)
-}
-
-/// A holder's own authorization check before it computes a partial: the
-/// requester must be allowed to decrypt with this key and context, and for
-/// a break-glass key hold an approval for exactly this ciphertext.
-fn holder_authorizes(s: &StateMachine, request: &PartialRequest) -> Result<(), String> {
-    use qk_state::{ApprovalStatus, Decision, PendingAction, Permission};
-    let decision = s.authorize(
-        &request.principal,
-        Permission::Decrypt,
-        Some(&request.name),
-        &request.context,
-    );
-    match decision {
-        Decision::Allow => Ok(()),
-        Decision::Deny(reason) => Err(reason),
-        Decision::NeedsApproval { .. } => {
-            let digest: [u8; 32] = sha2::Digest::finalize(
-                <sha2::Sha256 as sha2::Digest>::new_with_prefix(&request.ciphertext),
-            )
-            .into();
-            let now = now_ms();
-            let approved = s.approvals().any(|a| {
-                a.requester == request.principal
-                    && matches!(
-                        a.status,
-                        ApprovalStatus::Approved | ApprovalStatus::Consumed
-                    )
-                    && a.expires_at_ms > now
-                    && matches!(&a.action, PendingAction::Decrypt { key, ciphertext_sha256 }
-                        if *key == request.name && *ciphertext_sha256 == digest)
-            });
-            if approved {
-                Ok(())
-            } else {
-                Err("the key is break-glass and this decrypt has no approval".into())
-            }
-        }
-    }
 }

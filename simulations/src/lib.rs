@@ -68,6 +68,9 @@ pub enum PlantedBug {
     /// The cluster's grant check accepts any self-signed grant, whatever
     /// principal it names (as if the CA check were skipped at apply).
     TrustAnyGrant,
+    /// Honest holders answer another node's partial request without
+    /// checking the principal's proof (the node's word is taken).
+    SkipIntentCheck,
 }
 
 #[derive(Clone, Debug)]
@@ -128,6 +131,7 @@ impl SimConfig {
             PlantedBug::IgnoreErase => s.push_str(" --plant-ignore-erase"),
             PlantedBug::SkipProofCheck => s.push_str(" --plant-skip-proof-check"),
             PlantedBug::TrustAnyGrant => s.push_str(" --plant-trust-any-grant"),
+            PlantedBug::SkipIntentCheck => s.push_str(" --plant-skip-intent-check"),
         }
         s
     }
@@ -201,6 +205,10 @@ pub struct Stats {
     /// name, a replayed proof, a self-made grant), and how many were refused.
     pub forgeries: u64,
     pub forgeries_refused: u64,
+    /// Partial requests the compromised node sent in the workload caller's
+    /// name without its proof of that request, and how many were refused.
+    pub partial_forgeries: u64,
+    pub partial_forgeries_refused: u64,
     /// Root keys the checker reconstructed (and searched for).
     pub roots_reconstructed: u64,
 }
@@ -294,20 +302,36 @@ impl Driver {
     }
 
     /// As a bootstrapping node does: node 1 proposes the initial admin until
-    /// the log has it (the first proposals may precede the election).
+    /// the log has it (the first proposals may precede the election). Then
+    /// the admin creates the workload's caller, "app", a key user.
     async fn create_admin(&self) {
         self.with(|w| w.schedule(50, Ev::Tick));
+        let node_1 = ("node-1", Some(NodeId(1)));
+        self.create_principal(node_1, "admin", qk_state::Role::Admin)
+            .await;
+        self.create_principal(("admin", None), "app", qk_state::Role::KeyUser)
+            .await;
+    }
+
+    /// `author` (proposing at a node, or at any for a client) creates
+    /// principal `name` with `role`, retrying until the log has it.
+    async fn create_principal(
+        &self,
+        (author, at): (&str, Option<NodeId>),
+        name: &str,
+        role: qk_state::Role,
+    ) {
         for _attempt in 0..50 {
             self.with(|w| {
-                let admin = Operation::CreatePrincipal {
-                    name: "admin".into(),
-                    roles: [qk_state::Role::Admin].into(),
+                let op = Operation::CreatePrincipal {
+                    name: name.into(),
+                    roles: [role].into(),
                 };
-                w.propose("node-1".into(), admin, Some(NodeId(1)));
+                w.propose(author.into(), op, at);
             });
             let until = self.with(|w| w.now()) + 200;
             while self.with(|w| w.now()) < until && !self.violated() {
-                if self.with(|w| w.truth.principals().next().is_some()) {
+                if self.with(|w| w.truth.principal(name).is_some()) {
                     return;
                 }
                 if !self.step().await {
@@ -315,7 +339,7 @@ impl Driver {
                 }
             }
         }
-        self.with(|w| w.fail("the initial admin was never committed".into()));
+        self.with(|w| w.fail(format!("principal {name} was never committed")));
     }
 
     /// As every node does at start-up: each proposes its DKG key until the

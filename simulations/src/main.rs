@@ -49,6 +49,10 @@ struct Args {
     /// Plant a bug: the grant check at apply accepts any self-signed grant.
     #[arg(long)]
     plant_trust_any_grant: bool,
+    /// Plant a bug: honest holders release partials without the principal's
+    /// proof.
+    #[arg(long)]
+    plant_skip_intent_check: bool,
     /// Print the scale table (one key; nodes 3 to 64, LAN and WAN) and exit.
     #[arg(long)]
     scale: bool,
@@ -93,6 +97,9 @@ fn main() -> ExitCode {
     if args.plant_trust_any_grant {
         cfg.bug = PlantedBug::TrustAnyGrant;
     }
+    if args.plant_skip_intent_check {
+        cfg.bug = PlantedBug::SkipIntentCheck;
+    }
     let count = args.sweep.unwrap_or(1);
     let started = Instant::now();
     for seed in args.seed..args.seed.saturating_add(count) {
@@ -105,7 +112,7 @@ fn main() -> ExitCode {
         }
         let s = &out.stats;
         println!(
-            "seed {seed}: ok  trace {}  sim {} ms, {} steps, {} log entries, {} Raft msgs ({} duplicated), {} msgs ({} lost), keys {}, enabled {}, refreshed {}, destroyed {}, unwraps {} ok / {} failed, liveness checks {}, crashes {} (disk loss {}, unflushed entries lost {}), partitions {}, wrong partials blamed {}, wrong-context unwraps {} ({} refused), forged commands {} ({} refused), Byzantine DKGs {} (dealer excluded {}), roots checked {}",
+            "seed {seed}: ok  trace {}  sim {} ms, {} steps, {} log entries, {} Raft msgs ({} duplicated), {} msgs ({} lost), keys {}, enabled {}, refreshed {}, destroyed {}, unwraps {} ok / {} failed, liveness checks {}, crashes {} (disk loss {}, unflushed entries lost {}), partitions {}, wrong partials blamed {}, wrong-context unwraps {} ({} refused), forged commands {} ({} refused), forged partial requests {} ({} refused), Byzantine DKGs {} (dealer excluded {}), roots checked {}",
             out.trace_hex(),
             s.time_ms,
             s.steps,
@@ -130,6 +137,8 @@ fn main() -> ExitCode {
             s.attacks_refused,
             s.forgeries,
             s.forgeries_refused,
+            s.partial_forgeries,
+            s.partial_forgeries_refused,
             s.dkg_byzantine_sessions,
             s.dkg_byzantine_blamed,
             s.roots_reconstructed,

@@ -10,15 +10,15 @@ use std::sync::{Arc, Mutex, Weak};
 use k256::{ProjectivePoint, Scalar};
 use qk_crypto::{wrap, EncryptionContext, KeyShare, PublicKeySet};
 use qk_protocol::{
-    answer_partial, Action, Event, KeyAccess, NodeProtocol, OpId, ProtocolConfig, ProtocolMessage,
-    UnwrapMode, UnwrapRequest,
+    answer_partial, Action, Event, NodeProtocol, OpId, ProtocolConfig, ProtocolMessage, UnwrapMode,
+    UnwrapRequest,
 };
 use qk_raft::{Batch, QkNode, Raft};
 use qk_state::authn::{GrantCheck, KeyRoster};
-use qk_state::proof::Credential;
+use qk_state::proof::{Credential, IntentProof};
 use qk_state::{
-    verify_chain, Command, CreateKey, DkgStep, KeyRecord, Operation, RequestId, StateMachine,
-    VersionState, GENESIS_HASH,
+    verify_chain, Command, CreateKey, DkgStep, Operation, RequestId, StateMachine, VersionState,
+    GENESIS_HASH,
 };
 use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
 use rand::rngs::StdRng;
@@ -174,6 +174,11 @@ pub(crate) struct World {
     unwrap_requests: BTreeMap<(NodeId, OpId), (Vec<u8>, EncryptionContext)>,
     /// `A_0` of every generation deal in the agreed log, by version.
     deals: BTreeMap<(String, KeyVersion), Vec<(NodeId, ProjectivePoint)>>,
+    /// Every unwrap a client signed ([`intent_digest`]): an honest holder
+    /// releases a partial for no other request.
+    signed_intents: BTreeSet<[u8; 32]>,
+    /// Unwrap proofs the compromised node saw as a holder (replay material).
+    seen_proofs: Vec<IntentProof>,
 }
 
 impl std::fmt::Debug for World {
@@ -270,6 +275,8 @@ impl World {
             root_set: BTreeSet::new(),
             settled_at: BTreeMap::new(),
             unwrap_requests: BTreeMap::new(),
+            signed_intents: BTreeSet::new(),
+            seen_proofs: Vec::new(),
             cfg,
         }
     }
@@ -802,6 +809,22 @@ impl World {
         state: &StateMachine,
     ) {
         let byz = Some(id) == self.byzantine;
+        let now_ms = self.clock_of(id);
+        if byz {
+            self.keep_seen_proof(&request);
+        } else if let Err(reason) = self.check_intent(to, &request, now_ms, state) {
+            if Some(to) == self.byzantine {
+                self.stats.partial_forgeries_refused += 1;
+            }
+            let reply = ProtocolMessage::PartialResponse {
+                op_id: request.op_id,
+                result: Err(reason),
+            };
+            if let Ok(bytes) = reply.encode() {
+                self.send(id, to, bytes.to_vec());
+            }
+            return;
+        }
         let epoch = state
             .key(&request.name)
             .and_then(|k| k.version(request.version))
@@ -825,16 +848,12 @@ impl World {
                 req.ciphertext = decoy;
             }
         }
-        let mut reply = answer_partial(
-            state,
-            id,
-            share.as_ref(),
-            &req,
-            |_p: &str, _k: &KeyRecord, _a: KeyAccess| Ok(()),
-            &mut self.rng,
-        );
-        if let ProtocolMessage::PartialResponse { op_id, .. } = &mut reply {
+        let mut reply = answer_partial(state, id, share.as_ref(), &req, now_ms, &mut self.rng);
+        if let ProtocolMessage::PartialResponse { op_id, result } = &mut reply {
             *op_id = request.op_id;
+            if result.is_ok() && !byz {
+                self.check_released(id, to, &request);
+            }
         }
         match reply.encode() {
             Ok(bytes) => self.send(id, to, bytes.to_vec()),
@@ -951,13 +970,14 @@ impl World {
     // ---- invariants ---------------------------------------------------------
 }
 
-/// The simulated PKI of run `seed`: node-1..node-`nodes` and the admin,
+/// The simulated PKI of run `seed`: node-1..node-`nodes`, the admin and the
+/// workload's caller "app",
 /// each enrolled with a key derived from the seed.
 fn sim_pki(seed: u64, nodes: u64) -> (KeyRoster, BTreeMap<String, Credential>) {
     let mut roster = KeyRoster::new();
     let principals = (1..=nodes)
         .map(|i| NodeId(i).to_string())
-        .chain(["admin".to_string()]);
+        .chain(["admin".to_string(), "app".to_string()]);
     let credentials = principals
         .filter_map(|name| {
             let mut h = Sha256::new();

@@ -61,6 +61,7 @@ fn the_sweep_exercises_faults_and_invariants() {
         total.forwards += s.forwards;
         total.attacks_refused += s.attacks_refused;
         total.forgeries_refused += s.forgeries_refused;
+        total.partial_forgeries_refused += s.partial_forgeries_refused;
         total.raft_duplicates += s.raft_duplicates;
         total.unflushed_entries_lost += s.unflushed_entries_lost;
     }
@@ -80,6 +81,7 @@ fn the_sweep_exercises_faults_and_invariants() {
     assert!(total.forwards > 0, "{total:?}");
     assert!(total.attacks_refused > 0, "{total:?}");
     assert!(total.forgeries_refused > 0, "{total:?}");
+    assert!(total.partial_forgeries_refused > 0, "{total:?}");
     assert!(total.raft_duplicates > 0, "{total:?}");
 }
 
@@ -111,6 +113,12 @@ fn planted_ignored_erase_is_caught_within_the_sweep() {
 fn planted_skipped_proof_check_is_caught_within_the_sweep() {
     let v = caught(PlantedBug::SkipProofCheck, "--plant-skip-proof-check");
     assert!(v.what.contains("ciphertext proof does not verify"), "{v}");
+}
+
+#[test]
+fn planted_skipped_intent_check_is_caught_within_the_sweep() {
+    let v = caught(PlantedBug::SkipIntentCheck, "--plant-skip-intent-check");
+    assert!(v.what.contains("never signed"), "{v}");
 }
 
 #[test]

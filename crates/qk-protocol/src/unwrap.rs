@@ -71,14 +71,6 @@ pub struct UnwrapRequest {
     pub proof: Option<qk_state::proof::IntentProof>,
 }
 
-/// The operation an authorization hook is asked about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum KeyAccess {
-    /// Produce a partial decryption for an unwrap.
-    Unwrap,
-}
-
 /// Why an unwrap failed. Messages say what failed and what to do; none
 /// carries plaintext or share bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -202,18 +194,22 @@ pub(crate) fn unusable(
     }
 }
 
-/// The holder's side of an unwrap: checks authorization, the key version's
-/// state and the ciphertext proof (inside `partial_decrypt`), then returns
-/// a `PartialResponse` with the partial or the refusal reason.
+/// The holder's side of an unwrap: checks the principal's permission
+/// ([`authorize_partial`](crate::authorize_partial), at this holder's
+/// `now_ms`), the key version's state and the ciphertext proof (inside
+/// `partial_decrypt`), then returns a `PartialResponse` with the partial or
+/// the refusal reason. Whether the principal asked at all is checked before
+/// ([`check_intent_proof`](crate::check_intent_proof)) when another node
+/// sent the request.
 pub fn answer_partial<R: CryptoRng + ?Sized>(
     state: &StateMachine,
     me: NodeId,
     share: Option<&KeyShare>,
     request: &PartialRequest,
-    authorize: impl FnOnce(&str, &KeyRecord, KeyAccess) -> Result<(), String>,
+    now_ms: u64,
     rng: &mut R,
 ) -> ProtocolMessage {
-    let result = partial_for(state, me, share, request, authorize, rng).map_err(bounded_reason);
+    let result = partial_for(state, me, share, request, now_ms, rng).map_err(bounded_reason);
     ProtocolMessage::PartialResponse {
         op_id: request.op_id,
         result,
@@ -225,7 +221,7 @@ fn partial_for<R: CryptoRng + ?Sized>(
     me: NodeId,
     share: Option<&KeyShare>,
     req: &PartialRequest,
-    authorize: impl FnOnce(&str, &KeyRecord, KeyAccess) -> Result<(), String>,
+    now_ms: u64,
     rng: &mut R,
 ) -> Result<Vec<u8>, String> {
     req.check_bounds().map_err(|e| e.to_string())?;
@@ -240,7 +236,7 @@ fn partial_for<R: CryptoRng + ?Sized>(
         }
         .to_string());
     }
-    authorize(&req.principal, key, KeyAccess::Unwrap).map_err(|reason| {
+    crate::holder::authorize_partial(state, req, now_ms).map_err(|reason| {
         format!(
             "principal {:?} is not authorized to unwrap with key {:?}: {reason}",
             req.principal, req.name

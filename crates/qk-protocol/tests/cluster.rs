@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use qk_protocol::{answer_partial, KeyAccess, PartialRequest, ProtocolConfig, ProtocolMessage};
-use qk_state::{DkgPhase, KeyRecord, Operation, VersionState};
+use qk_protocol::{answer_partial, PartialRequest, ProtocolConfig, ProtocolMessage};
+use qk_state::{DkgPhase, Operation, VersionState};
 use qk_types::{Epoch, NodeId};
 use rand::SeedableRng;
 
@@ -285,7 +285,7 @@ fn destroy_erases_every_share_and_later_unwraps_fail() {
         NodeId(1),
         Some(&kept),
         &req,
-        |_: &str, _: &KeyRecord, _: KeyAccess| Ok(()),
+        c.now,
         &mut rng,
     );
     let ProtocolMessage::PartialResponse {
@@ -452,7 +452,7 @@ fn refusals_end_the_unwrap_early_with_their_reasons() {
     let msg = result.as_ref().expect_err("refused").to_string();
     assert!(msg.contains("needed 2 holders"), "{msg}");
     assert!(msg.contains("refused: node-1"), "{msg}");
-    assert!(msg.contains("no unwrap grant"), "{msg}");
+    assert!(msg.contains("not known to the cluster"), "{msg}");
     assert!(!msg.contains("timed out"), "{msg}");
     assert_eq!(c.asked(3, op).len(), 3, "a refusal makes it ask the rest");
 }
@@ -702,7 +702,7 @@ fn partial_request_for_another_epoch_is_refused_as_a_race_not_forged() {
             NodeId(2),
             Some(&share),
             &req,
-            |_: &str, _: &KeyRecord, _: KeyAccess| Ok(()),
+            c.now,
             &mut rng,
         );
         let ProtocolMessage::PartialResponse { result, .. } = reply else {

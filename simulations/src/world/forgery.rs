@@ -2,8 +2,16 @@
 //! its own key, with a grant it made up for the admin, as an honest holder
 //! (a DKG ack), and as replays of the admin's signed commands under new
 //! request ids. The invariant: no forged command takes effect.
+//!
+//! It also asks honest holders for partials in the workload caller's name:
+//! with no proof, with a proof it saw as a holder (for another node, or
+//! pasted onto another ciphertext), and with its own key. The invariant: an
+//! honest holder releases a partial only for a request its principal signed,
+//! for exactly that ciphertext, context and requesting node.
 
-use qk_state::proof::{ProofError, SessionGrant};
+use qk_crypto::Ciphertext;
+use qk_protocol::{check_intent_proof, token_signer, PartialRequest};
+use qk_state::proof::{Intent, ProofError, SessionGrant};
 
 use super::*;
 
@@ -43,7 +51,11 @@ impl World {
         let Some(own_key) = self.credentials.get(&own).cloned() else {
             return;
         };
-        let kind = self.rng.random_range(0..4);
+        let kind = self.rng.random_range(0..6);
+        if kind >= 4 {
+            self.forge_partial_request(byz, &own_key);
+            return;
+        }
         let forged = match kind {
             0 => self.signed_as(&own_key, "admin", mallory()),
             1 => {
@@ -142,6 +154,152 @@ impl World {
             self.seen_signed.push(cmd.clone());
         }
     }
+}
+
+/// How many unwrap proofs the attacker keeps to replay.
+const PROOF_POOL: usize = 8;
+
+impl World {
+    /// A partial request for a wrapped ciphertext, in the name of "app",
+    /// from the compromised node to an honest holder of its version.
+    fn forge_partial_request(&mut self, byz: NodeId, own_key: &Credential) {
+        if self.wrapped.is_empty() {
+            return;
+        }
+        let target = &self.wrapped[self.rng.random_range(0..self.wrapped.len())];
+        let (name, ciphertext) = (target.name.clone(), target.ciphertext.clone());
+        let Ok(ct) = Ciphertext::from_bytes(&ciphertext) else {
+            return;
+        };
+        let Some(v) = self.truth.key(&name).and_then(|k| k.version(ct.version)) else {
+            return;
+        };
+        let holders: Vec<NodeId> = v.holders.iter().copied().filter(|h| *h != byz).collect();
+        if holders.is_empty() {
+            return;
+        }
+        let to = holders[self.rng.random_range(0..holders.len())];
+        let mut request = PartialRequest {
+            op_id: self.rng.random(),
+            key: ct.key_id,
+            name,
+            version: ct.version,
+            ciphertext,
+            context: ctx(),
+            principal: "app".into(),
+            epoch: Some(v.epoch),
+            min_applied: 0,
+            proof: None,
+        };
+        request.proof = match self.rng.random_range(0..3) {
+            0 => None,
+            // A proof another node's caller signed: its requester, or the
+            // ciphertext it covers, is not this one.
+            1 if !self.seen_proofs.is_empty() => {
+                let i = self.rng.random_range(0..self.seen_proofs.len());
+                Some(Box::new(self.seen_proofs[i].clone()))
+            }
+            _ => {
+                let intent = Intent {
+                    principal: "app",
+                    ciphertext: &request.ciphertext,
+                    context: &request.context,
+                };
+                own_key
+                    .prove(&intent, byz.0, self.clock_of(byz))
+                    .ok()
+                    .map(Box::new)
+            }
+        };
+        self.stats.partial_forgeries += 1;
+        self.trace("forge-partial", &request.op_id.to_be_bytes());
+        match ProtocolMessage::PartialRequest(request).encode() {
+            Ok(bytes) => self.send(byz, to, bytes.to_vec()),
+            Err(e) => self.fail(format!("a forged partial request does not encode: {e}")),
+        }
+    }
+
+    /// The honest holder's check of who asked (the node's
+    /// `Quorum::check_proof`); skipped under the planted bug.
+    pub(super) fn check_intent(
+        &self,
+        from: NodeId,
+        request: &PartialRequest,
+        now_ms: u64,
+        state: &StateMachine,
+    ) -> Result<(), String> {
+        if self.cfg.bug == PlantedBug::SkipIntentCheck {
+            return Ok(());
+        }
+        let token = |id: &str| token_signer(state, id, now_ms);
+        check_intent_proof(from, request, now_ms, self.roster.as_ref(), token)
+    }
+
+    /// The compromised node, as a holder, keeps the proofs it is shown.
+    pub(super) fn keep_seen_proof(&mut self, request: &PartialRequest) {
+        let Some(proof) = &request.proof else { return };
+        if self.seen_proofs.len() >= PROOF_POOL {
+            self.seen_proofs.remove(0);
+        }
+        self.seen_proofs.push(proof.as_ref().clone());
+    }
+
+    /// The invariant: holder `id` released a partial to `to` only for a
+    /// request its principal signed for `to`.
+    pub(super) fn check_released(&mut self, id: NodeId, to: NodeId, request: &PartialRequest) {
+        let digest = intent_digest(
+            &request.principal,
+            &request.ciphertext,
+            &request.context,
+            to,
+        );
+        if !self.signed_intents.contains(&digest) {
+            self.fail(format!(
+                "holder {id} released a partial to {to} for a request {} never signed (key {:?} version {})",
+                request.principal, request.name, request.version
+            ));
+        }
+    }
+
+    /// A client's signed unwrap, remembered for [`Self::check_released`].
+    pub(super) fn sign_intent(
+        &mut self,
+        principal: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        requester: NodeId,
+    ) -> Option<IntentProof> {
+        let intent = Intent {
+            principal,
+            ciphertext,
+            context,
+        };
+        let time_ms = self.clock_of(requester);
+        let proof = self
+            .credentials
+            .get(principal)?
+            .prove(&intent, requester.0, time_ms)
+            .ok()?;
+        let digest = intent_digest(principal, ciphertext, context, requester);
+        self.signed_intents.insert(digest);
+        Some(proof)
+    }
+}
+
+/// Names one unwrap request exactly: who, which ciphertext and context,
+/// combined by which node.
+fn intent_digest(
+    principal: &str,
+    ciphertext: &[u8],
+    context: &EncryptionContext,
+    requester: NodeId,
+) -> [u8; 32] {
+    let intent = Intent {
+        principal,
+        ciphertext,
+        context,
+    };
+    Sha256::digest(intent.message(requester.0, 0)).into()
 }
 
 fn mallory() -> Operation {

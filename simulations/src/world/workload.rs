@@ -1,6 +1,7 @@
 //! The seeded workload, the fault plan and node crashes and starts.
 
 use super::*;
+use qk_protocol::{stored_share, StoredShare};
 
 impl World {
     pub(super) fn workload(&mut self) {
@@ -264,42 +265,43 @@ impl World {
     }
 
     /// Erases shares of versions destroyed or failed while the node was
-    /// away and proposes its erase receipts (the node's `Quorum::reconcile`).
+    /// away (and of epochs a refresh replaced) and proposes its erase
+    /// receipts: the node's `Quorum::reconcile`, through the same
+    /// [`stored_share`] rule. A share an honest node would refuse to serve
+    /// is a violation here.
     pub(super) fn reconcile(&mut self, id: NodeId) {
         let Some(sm) = self.nodes.get(&id).and_then(|n| n.sm.clone()) else {
             return;
         };
-        let mut receipts = Vec::new();
+        let Some(slots) = self.nodes.get(&id).map(|n| n.disk.clone()) else {
+            return;
+        };
+        let mut fates = Vec::new();
         sm.read(|a| {
-            let Some(node) = self.nodes.get_mut(&id) else {
-                return;
-            };
-            node.disk.retain(|(key, version, _), _| {
-                let Some(k) = a.machine().keys().find(|k| k.id == *key) else {
-                    return true;
+            for (slot, bytes) in &slots {
+                let load = || {
+                    KeyShare::from_secret_bytes(bytes)
+                        .map(Some)
+                        .map_err(|e| e.to_string())
                 };
-                let Some(v) = k.version(*version) else {
-                    return true;
-                };
-                match v.state {
-                    VersionState::Destroying
-                    | VersionState::Destroyed
-                    | VersionState::Failed { .. } => {
-                        if v.state == VersionState::Destroying && !v.erase_receipts.contains(&id) {
-                            receipts.push(Operation::EraseReceipt {
-                                name: k.name.clone(),
-                                version: *version,
-                                node: id,
-                            });
-                        }
-                        false
-                    }
-                    _ => true,
-                }
-            });
+                fates.push((*slot, stored_share(a.machine(), id, *slot, load)));
+            }
         });
-        for op in receipts {
-            self.propose(id.to_string(), op, Some(id));
+        for (slot, fate) in fates {
+            match fate {
+                StoredShare::Keep => {}
+                StoredShare::Erase { receipt } => {
+                    if let Some(node) = self.nodes.get_mut(&id) {
+                        node.disk.remove(&slot);
+                    }
+                    if let Some(op) = receipt {
+                        self.propose(id.to_string(), op, Some(id));
+                    }
+                }
+                StoredShare::Refuse(reason) => {
+                    self.fail(format!("{id} would refuse its own stored share: {reason}"));
+                }
+            }
         }
     }
 
@@ -391,6 +393,7 @@ impl World {
         self.unwrap_requests
             .insert((via, op_id), (ciphertext.clone(), context.clone()));
         self.stats.unwraps_started += 1;
+        let proof = self.sign_intent("app", &ciphertext, &context, via);
         let now_ms = self.clock_of(via);
         let Some(node) = self.nodes.get_mut(&via) else {
             return op_id;
@@ -414,7 +417,7 @@ impl World {
                     principal: "app".into(),
                     mode: UnwrapMode::ServerSide,
                     min_applied: 0,
-                    proof: None,
+                    proof,
                 },
             },
         );

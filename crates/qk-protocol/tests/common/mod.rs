@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use qk_crypto::{wrap, Ciphertext, EncryptionContext, KeyShare, PublicKeySet};
 use qk_protocol::{
-    answer_partial, Action, Event, KeyAccess, NodeProtocol, OpId, ProtocolConfig, ProtocolMessage,
+    answer_partial, Action, Event, NodeProtocol, OpId, ProtocolConfig, ProtocolMessage,
     UnwrapError, UnwrapMode, UnwrapRequest,
 };
 use qk_state::{
@@ -21,7 +21,7 @@ use rand::SeedableRng;
 
 pub const KEY: &str = "payments";
 pub const V1: KeyVersion = KeyVersion(1);
-/// The principal the authorization hook refuses.
+/// A principal the cluster does not know: every holder refuses it.
 pub const MALLORY: &str = "mallory";
 
 pub fn ctx() -> EncryptionContext {
@@ -133,6 +133,11 @@ impl Cluster {
                 roles: [qk_state::Role::Admin].into(),
             },
         );
+        // The workload's caller may decrypt; MALLORY is unknown to the cluster.
+        cluster.admin(Operation::CreatePrincipal {
+            name: "app".into(),
+            roles: [qk_state::Role::KeyUser].into(),
+        });
         // As every node does at start-up: publish its DKG key.
         for i in 1..=n {
             let public_key = dkg_key(NodeId(i)).public_key().to_bytes().to_vec();
@@ -334,20 +339,8 @@ impl Cluster {
                     if let Some(decoy) = &node.byzantine {
                         req.ciphertext = decoy.clone();
                     }
-                    let mut reply = answer_partial(
-                        &node.replica,
-                        id,
-                        share,
-                        &req,
-                        |principal: &str, _key: &KeyRecord, _op: KeyAccess| {
-                            if principal == MALLORY {
-                                Err("principal has no unwrap grant".to_string())
-                            } else {
-                                Ok(())
-                            }
-                        },
-                        &mut self.rng,
-                    );
+                    let mut reply =
+                        answer_partial(&node.replica, id, share, &req, self.now, &mut self.rng);
                     if let ProtocolMessage::PartialResponse { op_id, .. } = &mut reply {
                         *op_id = request.op_id;
                     }

@@ -1,0 +1,180 @@
+//! A holder's rules, the same code in the node and in the simulator: which
+//! proof lets another node have a partial, which policy a partial obeys, and
+//! what becomes of a stored share when the node starts.
+
+use qk_crypto::{KeyShare, PublicKeySet};
+use qk_state::authn::GrantCheck;
+use qk_state::proof::{check_signer, Intent, ProofError, Signer};
+use qk_state::{
+    ApprovalStatus, Decision, Operation, PendingAction, Permission, StateMachine, VersionState,
+};
+use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
+use sha2::{Digest, Sha256};
+
+use crate::message::PartialRequest;
+
+/// The principal and verify key of token `id`, if the token is live at
+/// `now_ms`. (The node reads it under its state lock; the signature checks
+/// of [`check_intent_proof`] run outside it.)
+pub fn token_signer(
+    state: &StateMachine,
+    id: &str,
+    now_ms: u64,
+) -> Result<(String, [u8; 32]), String> {
+    let token = state
+        .token(id)
+        .ok_or_else(|| format!("the proof names token {id}, which this node does not know"))?;
+    if token.revoked_ms.is_some() || token.expires_at_ms <= now_ms {
+        return Err(format!("the proof's token {id} is revoked or expired"));
+    }
+    Ok((token.principal.clone(), token.verify_key))
+}
+
+/// Checks that the principal a partial request names signed exactly this
+/// ciphertext and context, for node `from` (the node that sent the request)
+/// to combine, recently by this holder's clock. `token` resolves a token
+/// signer (see [`token_signer`]); `grants` checks a session grant against
+/// the cluster's CA. A node's word about who asked is never enough.
+pub fn check_intent_proof(
+    from: NodeId,
+    request: &PartialRequest,
+    now_ms: u64,
+    grants: &dyn GrantCheck,
+    token: impl FnOnce(&str) -> Result<(String, [u8; 32]), String>,
+) -> Result<(), String> {
+    let principal = &request.principal;
+    let proof = request
+        .proof
+        .as_ref()
+        .ok_or_else(|| ProofError::Missing(principal.clone()).to_string())?;
+    let (signer, key) = match &proof.signer {
+        Signer::Token { id } => token(id)?,
+        Signer::Session(grant) => {
+            grants
+                .check_grant(grant, now_ms)
+                .map_err(|e| e.to_string())?;
+            (grant.principal.clone(), grant.session_key)
+        }
+    };
+    check_signer(signer, principal).map_err(|e| e.to_string())?;
+    let intent = Intent {
+        principal,
+        ciphertext: &request.ciphertext,
+        context: &request.context,
+    };
+    proof
+        .verify(&key, &intent, from.0, now_ms)
+        .map_err(|e| e.to_string())
+}
+
+/// The holder's own policy check before it computes a partial: the
+/// requester may decrypt with this key and context, and for a break-glass
+/// key holds an unexpired approval for exactly this ciphertext.
+pub fn authorize_partial(
+    state: &StateMachine,
+    request: &PartialRequest,
+    now_ms: u64,
+) -> Result<(), String> {
+    let decision = state.authorize(
+        &request.principal,
+        Permission::Decrypt,
+        Some(&request.name),
+        &request.context,
+    );
+    match decision {
+        Decision::Allow => Ok(()),
+        Decision::Deny(reason) => Err(reason),
+        Decision::NeedsApproval { .. } => {
+            let digest: [u8; 32] = Sha256::digest(&request.ciphertext).into();
+            let approved = state.approvals().any(|a| {
+                a.requester == request.principal
+                    && matches!(
+                        a.status,
+                        ApprovalStatus::Approved | ApprovalStatus::Consumed
+                    )
+                    && a.expires_at_ms > now_ms
+                    && matches!(&a.action, PendingAction::Decrypt { key, ciphertext_sha256 }
+                        if *key == request.name && *ciphertext_sha256 == digest)
+            });
+            if approved {
+                Ok(())
+            } else {
+                Err("the key is break-glass and this decrypt has no approval".into())
+            }
+        }
+    }
+}
+
+/// What a node does with a share it finds in its store at start.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StoredShare {
+    /// Serve it (or keep it for a refresh still under way).
+    Keep,
+    /// Erase it: its version was destroyed or failed, or a refresh replaced
+    /// its epoch. `receipt` is this node's erase receipt to propose, when
+    /// the version waits for it.
+    Erase { receipt: Option<Operation> },
+    /// Never serve it: it does not match the replicated commitments.
+    Refuse(String),
+}
+
+/// The fate of this node's share of `key` `version` at `epoch`, judged on
+/// the replicated state. `load` reads the share; it is called only when
+/// the share has to be checked against the version's commitments.
+pub fn stored_share(
+    state: &StateMachine,
+    me: NodeId,
+    (key, version, epoch): (KeyId, KeyVersion, Epoch),
+    load: impl FnOnce() -> Result<Option<KeyShare>, String>,
+) -> StoredShare {
+    let Some(record) = state.keys().find(|k| k.id == key) else {
+        return StoredShare::Keep;
+    };
+    let Some(v) = record.version(version) else {
+        return StoredShare::Keep;
+    };
+    if matches!(
+        v.state,
+        VersionState::Destroying | VersionState::Destroyed | VersionState::Failed { .. }
+    ) {
+        let receipt = (v.state == VersionState::Destroying && !v.erase_receipts.contains(&me))
+            .then(|| Operation::EraseReceipt {
+                name: record.name.clone(),
+                version,
+                node: me,
+            });
+        return StoredShare::Erase { receipt };
+    }
+    if epoch < v.epoch {
+        return StoredShare::Erase { receipt: None };
+    }
+    // A later epoch is a refresh still running: its key set is not agreed yet.
+    let (Some(bytes), true) = (&v.public_keys, epoch == v.epoch) else {
+        return StoredShare::Keep;
+    };
+    let what = format!(
+        "key {:?} version {} epoch {}",
+        record.name, version.0, epoch.0
+    );
+    let keys = match PublicKeySet::from_bytes(bytes) {
+        Ok(k) => k,
+        Err(e) => {
+            return StoredShare::Refuse(format!("{what}: replicated key set unreadable: {e}"))
+        }
+    };
+    let mine = crate::share_index_of(v, me);
+    match load() {
+        Ok(Some(share)) if Some(share.index()) != mine => StoredShare::Refuse(format!(
+            "the stored share of {what} has index {}, not this node's; restore this node's own share store or reshare the key",
+            share.index().get()
+        )),
+        Ok(Some(share)) => match keys.verify_share(&share) {
+            Ok(()) => StoredShare::Keep,
+            Err(_) => StoredShare::Refuse(format!(
+                "share of {what} does not match the replicated commitments; restore the node's share store or reshare the key"
+            )),
+        },
+        Ok(None) => StoredShare::Keep,
+        Err(e) => StoredShare::Refuse(format!("share of {what}: {e}")),
+    }
+}
