@@ -94,6 +94,10 @@ pub enum Command {
     /// Per-key access policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The cluster's access rule: M-of-N approval of principal and token
+    /// management.
+    #[command(subcommand)]
+    AccessRule(AccessRuleCommand),
     /// Requests waiting for approvers.
     #[command(subcommand)]
     Approval(ApprovalCommand),
@@ -472,6 +476,27 @@ pub enum PolicyCommand {
     /// Remove a key's policy (roles alone decide).
     #[command(after_help = "Example:\n  qk policy clear payments")]
     Clear { key: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccessRuleCommand {
+    /// Print the cluster's access rule (JSON; `null` when none is set).
+    #[command(after_help = "Example:\n  qk access-rule show")]
+    Show,
+    /// Set the cluster's access rule from a JSON file. While a rule is set,
+    /// creating, changing or deleting principals and issuing tokens for
+    /// others (what it covers) wait for its approvers, and so does any
+    /// change to the rule itself.
+    #[command(
+        after_help = "Example:\n  qk access-rule set --file rule.json\n\nrule.json:\n  {\"required\": 2, \"approvers\": [\"role:approver\"], \"permissions\": [\"principal-manage\", \"token-manage\"]}"
+    )]
+    Set {
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Remove the cluster's access rule (waits for its approvers).
+    #[command(after_help = "Example:\n  qk access-rule clear")]
+    Clear,
 }
 
 #[derive(Subcommand, Debug)]

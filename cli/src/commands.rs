@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use qk_client::http::ApiClient;
+use qk_client::http::{ApiClient, HttpError};
 use qk_client::views::*;
 use zeroize::Zeroizing;
 
@@ -332,7 +332,11 @@ pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> Result<()> {
                     format_time_ms(created.record.expires_at_ms)
                 );
             }
-            Ok(())
+            match created.approval.clone() {
+                // The token works once approved; exit as any pending write.
+                Some(approval) => Err(HttpError::ApprovalPending(Box::new(approval)).into()),
+                None => Ok(()),
+            }
         }
         TokenCommand::List => {
             let all = api.tokens().await?;
@@ -385,6 +389,27 @@ pub async fn policy(ctx: &Ctx, cmd: PolicyCommand) -> Result<()> {
             key_out(ctx, &view)
         }
     }
+}
+
+pub async fn access_rule(ctx: &Ctx, cmd: AccessRuleCommand) -> Result<()> {
+    let api = &ctx.api;
+    let rule = match cmd {
+        AccessRuleCommand::Show => api.access_rule().await?,
+        AccessRuleCommand::Set { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let rule: ApprovalRule = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not an approval rule; see `qk access-rule set --help` for the format",
+                    file.display()
+                )
+            })?;
+            api.set_access_rule(Some(&rule)).await?
+        }
+        AccessRuleCommand::Clear => api.set_access_rule(None).await?,
+    };
+    // JSON in both formats: it is what `access-rule set` reads.
+    write_output(None, output::to_json(&rule)?.as_bytes())
 }
 
 pub async fn approval(ctx: &Ctx, cmd: ApprovalCommand) -> Result<()> {

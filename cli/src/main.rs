@@ -43,9 +43,19 @@ fn main() -> ExitCode {
 
 fn report(e: &anyhow::Error) -> ExitCode {
     if let Some(HttpError::ApprovalPending(a)) = e.downcast_ref::<HttpError>() {
+        let scope = if a.key.is_empty() {
+            "under the cluster's access rule".to_string()
+        } else {
+            format!("on key {}", a.key)
+        };
+        let then = if a.permission == "decrypt" {
+            format!("then run this command again with --approval {}", a.id)
+        } else {
+            "it takes effect when the last approver approves".to_string()
+        };
         eprintln!(
-            "waiting for approval {}: {} approver(s) must approve {} on key {}.\n  qk approval approve {}\nthen run this command again (decrypt: add --approval {}).",
-            a.id, a.required, a.permission, a.key, a.id, a.id
+            "waiting for approval {}: {} approver(s) must approve {} {scope}.\n  qk approval approve {}\n{then}.",
+            a.id, a.required, a.permission, a.id
         );
         return ExitCode::from(EXIT_APPROVAL_PENDING);
     }
@@ -124,6 +134,7 @@ async fn run_api(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Principal(cmd) => commands::principal(ctx, cmd).await,
         Command::Token(cmd) => commands::token(ctx, cmd).await,
         Command::Policy(cmd) => commands::policy(ctx, cmd).await,
+        Command::AccessRule(cmd) => commands::access_rule(ctx, cmd).await,
         Command::Approval(cmd) => commands::approval(ctx, cmd).await,
         Command::Audit(cmd) => commands::audit(ctx, cmd).await,
         Command::Dev(_) | Command::Node(_) | Command::Pki(_) | Command::Completions { .. } => {

@@ -872,3 +872,55 @@ fn a_policy_with_a_misspelled_field_is_refused_naming_it() {
     let shown = c.admin(&["policy", "show", "k"]);
     assert!(!shown.contains("approval"), "nothing was set: {shown}");
 }
+
+#[test]
+fn under_the_access_rule_a_single_admin_cannot_make_an_approver_mint_a_token_or_drop_the_rule() {
+    let c = Cluster::up(3, base_port(6));
+    for name in ["ann", "bob"] {
+        c.admin(&["principal", "create", name, "--role", "approver"]);
+    }
+    c.admin(&["principal", "create", "svc", "--role", "key-user"]);
+    let typo = c.write_file(
+        "typo.json",
+        r#"{"required": 2, "aprovers": ["role:approver"], "permissions": ["token-manage"]}"#,
+    );
+    let out = c.run(None, &["access-rule", "set", "--file", &typo], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("aprovers"), "{}", stderr(&out));
+    let rule = r#"{"required": 2, "approvers": ["role:approver"], "permissions": ["principal-manage", "token-manage"]}"#;
+    let file = c.write_file("rule.json", rule);
+    c.admin(&["access-rule", "set", "--file", &file]);
+    assert!(c.admin(&["access-rule", "show"]).contains("principal-manage"));
+
+    // A puppet approver, a token for another principal, dropping the rule:
+    // each only asks.
+    let out = c.run(None, &["principal", "create", "sock", "--role", "approver"], None);
+    let create = pending_id(&out);
+    assert!(stderr(&out).contains("cluster's access rule"), "{}", stderr(&out));
+    assert!(!c.admin(&["principal", "list"]).contains("sock"));
+    let out = c.run(None, &["token", "create", "--principal", "svc", "--ttl", "1h"], None);
+    let mint = pending_id(&out);
+    let svc_token = stdout(&out).trim().to_string();
+    let early = c.run(Some(&svc_token), &["token", "whoami"], None);
+    assert_eq!(early.status.code(), Some(1), "the token works before approval");
+    assert!(stderr(&early).contains("token"), "{}", stderr(&early));
+    let drop = pending_id(&c.run(None, &["access-rule", "clear"], None));
+    assert!(c.admin(&["access-rule", "show"]).contains("principal-manage"));
+    let own = c.run(None, &["approval", "approve", &create], None);
+    assert_ne!(own.status.code(), Some(0), "the admin approved itself");
+
+    // Two approvers, with their own credentials, make each happen.
+    let approvers: Vec<String> = ["ann", "bob"]
+        .iter()
+        .map(|name| c.self_issued_token(name, "1h"))
+        .collect();
+    for id in [&create, &mint, &drop] {
+        for token in &approvers {
+            c.ok(Some(token), &["approval", "approve", id], None);
+        }
+        assert_eq!(approval_status(&c, id), "executed");
+    }
+    assert!(c.admin(&["principal", "list"]).contains("sock"));
+    assert!(c.ok(Some(&svc_token), &["token", "whoami"], None).contains("svc"));
+    assert_eq!(c.admin(&["access-rule", "show"]).trim(), "null");
+}

@@ -620,7 +620,8 @@ impl Node {
             ClientRequest::WhoAmI { token_id } => self.who_am_i(peer, token_id),
             req @ (ClientRequest::ListPrincipals
             | ClientRequest::ListTokens
-            | ClientRequest::ListApprovals) => self.list_access(peer, &req),
+            | ClientRequest::ListApprovals
+            | ClientRequest::GetAccessRule) => self.list_access(peer, &req),
         }
     }
 

@@ -14,7 +14,9 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use qk_raft::{ClientRequest, ClientResponse, Redacted};
-use qk_state::{Applied, CreateKey, KeyPolicy, KeyRecord, Operation, Role, VersionState};
+use qk_state::{
+    Applied, ApprovalRule, CreateKey, KeyPolicy, KeyRecord, Operation, Role, VersionState,
+};
 use qk_types::{KeyVersion, NodeId};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -66,6 +68,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/api/v1/whoami", get(whoami))
+        .route(
+            "/api/v1/access-rule",
+            get(get_access_rule).put(set_access_rule),
+        )
         .route("/api/v1/approvals", get(list_approvals))
         .route("/api/v1/approvals/{id}/approve", post(approve))
         .route("/api/v1/approvals/{id}/deny", post(deny))
@@ -797,11 +803,17 @@ async fn create_token(State(state): State<AppState>, Authed(caller): Authed, bod
         description: b.description,
     };
     match state.read(&caller, req).await? {
-        ClientResponse::Token { token, record, .. } => {
+        ClientResponse::Token {
+            token,
+            record,
+            approval,
+            ..
+        } => {
             let text = Zeroizing::new(String::from_utf8_lossy(&token.0).into_owned());
             let mut response = secret_json(json!({
                 "token": text.as_str(),
                 "record": TokenView::from(&record),
+                "approval": approval.as_ref().map(ApprovalView::from),
             }));
             *response.status_mut() = StatusCode::CREATED;
             Ok(response)
@@ -830,6 +842,32 @@ async fn whoami(State(state): State<AppState>, Authed(caller): Authed) -> Reply 
         })),
         other => Err(unexpected("whoami", &other)),
     }
+}
+
+// ---- the cluster's access rule ----
+
+async fn get_access_rule(State(state): State<AppState>, Authed(caller): Authed) -> Reply {
+    match state.read(&caller, ClientRequest::GetAccessRule).await? {
+        ClientResponse::AccessRule(rule) => ok(rule),
+        other => Err(unexpected("access rule", &other)),
+    }
+}
+
+async fn set_access_rule(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    body: Body,
+) -> Reply {
+    let body = body.map_err(body_failure)?;
+    let rule: Option<ApprovalRule> = serde_json::from_slice(&body).map_err(|e| {
+        Failure::invalid(format!(
+            "the body must be an approval rule or null ({e}); see docs/API.md"
+        ))
+    })?;
+    state
+        .write(&caller, Operation::SetAccessRule { rule })
+        .await?;
+    get_access_rule(State(state), Authed(caller)).await
 }
 
 // ---- approvals and audit ----

@@ -510,6 +510,21 @@ impl ApiClient {
             .await
     }
 
+    /// The cluster's access rule (principal and token management), if set.
+    pub async fn access_rule(&self) -> Result<Option<ApprovalRule>> {
+        self.get(&["api", "v1", "access-rule"]).await
+    }
+
+    /// Sets (or with `None` removes) the cluster's access rule. While a
+    /// rule is set, the change waits for approval under it.
+    pub async fn set_access_rule(
+        &self,
+        rule: Option<&ApprovalRule>,
+    ) -> Result<Option<ApprovalRule>> {
+        self.write(Method::PUT, &["api", "v1", "access-rule"], &rule)
+            .await
+    }
+
     // ---- data ----
 
     pub async fn encrypt(

@@ -15,7 +15,8 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use qk_state::{
-    ApprovalRecord, AuditRecord, Command, KeyRecord, PrincipalRecord, Response, TokenRecord,
+    ApprovalRecord, ApprovalRule, AuditRecord, Command, KeyRecord, PrincipalRecord, Response,
+    TokenRecord,
 };
 use serde::{Deserialize, Serialize};
 
@@ -146,6 +147,8 @@ pub enum ClientRequest {
     /// Members with their reachability, and per key version how many
     /// holders answer.
     ClusterHealth,
+    /// The cluster's access rule (principal and token management).
+    GetAccessRule,
 }
 
 /// Secret bytes in a message (plaintext, data keys): zeroized on drop and
@@ -251,11 +254,14 @@ pub enum ClientResponse {
         version: u32,
     },
     /// A new token: `token` is the only copy of its text. `log_index` is
-    /// where its issue was applied (as for `Written`).
+    /// where its issue was applied (as for `Written`). With `approval`, the
+    /// issue waits for that approval (the cluster's access rule): the token
+    /// authenticates once it is approved, and `record` is what it will be.
     Token {
         token: Redacted,
         record: TokenRecord,
         log_index: u64,
+        approval: Option<ApprovalRecord>,
     },
     Principal(PrincipalRecord),
     Principals(Vec<PrincipalRecord>),
@@ -285,6 +291,8 @@ pub enum ClientResponse {
     },
     /// The request failed; the message says what to do.
     Error(String),
+    /// The cluster's access rule, if one is set.
+    AccessRule(Option<ApprovalRule>),
 }
 
 /// Every request that travels between nodes or from clients.

@@ -97,6 +97,13 @@ impl Permission {
     }
 
     /// Permissions an approval rule may cover.
+    /// Permissions the cluster's access rule may cover: a single
+    /// administrator must not create approvers, grant roles or mint tokens
+    /// for others alone.
+    pub fn may_need_cluster_approval(self) -> bool {
+        matches!(self, Permission::PrincipalManage | Permission::TokenManage)
+    }
+
     pub fn may_need_approval(self) -> bool {
         matches!(
             self,

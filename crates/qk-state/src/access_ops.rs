@@ -7,8 +7,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::access::{
-    check_access, matches_principal, ApprovalRecord, ApprovalStatus, Decision, KeyPolicy,
-    PendingAction, Permission, PrincipalRecord, Role, TokenRecord,
+    check_access, matches_principal, ApprovalRecord, ApprovalRule, ApprovalStatus, Decision,
+    KeyPolicy, PendingAction, Permission, PrincipalRecord, Role, TokenRecord,
 };
 use crate::command::{Applied, Command, Operation, StateError, PRUNE_AFTER_MS};
 use crate::machine::{invalid, StateMachine};
@@ -105,6 +105,7 @@ fn permission_of(op: &Operation) -> Option<Permission> {
             P::PrincipalManage
         }
         O::IssueToken { .. } | O::RevokeToken { .. } => P::TokenManage,
+        O::SetAccessRule { .. } => P::PrincipalManage,
         O::Approve { .. } | O::Deny { .. } => P::Approve,
         O::RequestApproval { .. } => P::Decrypt,
         _ => return None,
@@ -131,6 +132,11 @@ fn is_node_only(op: &Operation) -> bool {
 }
 
 impl StateMachine {
+    /// The cluster's access rule (principal and token management), if set.
+    pub fn access_rule(&self) -> Option<&ApprovalRule> {
+        self.access_rule.as_ref()
+    }
+
     pub fn principal(&self, name: &str) -> Option<&PrincipalRecord> {
         self.principals.get(name)
     }
@@ -242,6 +248,7 @@ impl StateMachine {
             _ => None,
         };
         let decision = self.authorize(&cmd.principal, permission, key, &BTreeMap::new());
+        let decision = self.under_access_rule(decision, permission, cmd);
         Ok(match (decision, &cmd.op) {
             // A break-glass request is itself the ask for approval: it stays
             // NeedsApproval so that applying it records the request.
@@ -255,6 +262,35 @@ impl StateMachine {
             (Decision::NeedsApproval { .. }, Operation::Destroy { .. }) => Decision::Allow,
             (d, _) => d,
         })
+    }
+
+    /// A principal or token change the cluster's access rule covers waits
+    /// for approval; so does any change to the rule itself while one is
+    /// set. Revoking a token never waits (it only takes access away), nor
+    /// does issuing a token for oneself.
+    fn under_access_rule(
+        &self,
+        decision: Decision,
+        permission: Permission,
+        cmd: &Command,
+    ) -> Decision {
+        let (op, cmd_principal) = (&cmd.op, &cmd.principal);
+        let Some(rule) = &self.access_rule else {
+            return decision;
+        };
+        let covered = match op {
+            Operation::SetAccessRule { .. } => true,
+            Operation::RevokeToken { .. } => false,
+            Operation::IssueToken { principal, .. } if principal == cmd_principal => false,
+            _ => rule.permissions.contains(&permission),
+        };
+        match decision {
+            Decision::Allow if covered => Decision::NeedsApproval {
+                required: rule.required,
+                ttl_ms: rule.ttl_ms,
+            },
+            d => d,
+        }
     }
 
     /// Requests any principal may make about itself: revoking its own token,
@@ -413,6 +449,7 @@ impl StateMachine {
                 Ok(Applied::Done)
             }
             Operation::SetPolicy { name, policy } => self.set_policy(name, policy.as_ref()),
+            Operation::SetAccessRule { rule } => self.set_access_rule(rule.as_ref()),
             Operation::SetSchedule {
                 name,
                 rotation_period_ms,
@@ -565,6 +602,23 @@ impl StateMachine {
         Ok(Applied::Done)
     }
 
+    fn set_access_rule(&mut self, rule: Option<&ApprovalRule>) -> Outcome {
+        if let Some(rule) = rule {
+            if let Some(bad) = rule
+                .permissions
+                .iter()
+                .find(|p| !p.may_need_cluster_approval())
+            {
+                return Err(invalid(format!(
+                    "{bad} cannot be in the cluster's access rule (only principal-manage, token-manage); key permissions go in a key policy"
+                )));
+            }
+            self.check_approval_rule(rule)?;
+        }
+        self.access_rule = rule.cloned();
+        Ok(Applied::Done)
+    }
+
     fn check_policy(&self, p: &KeyPolicy) -> Result<(), StateError> {
         if p.rules.len() > MAX_POLICY_RULES {
             return Err(invalid(format!(
@@ -585,6 +639,17 @@ impl StateMachine {
             }
         }
         let Some(a) = &p.approval else { return Ok(()) };
+        if let Some(bad) = a.permissions.iter().find(|p| !p.may_need_approval()) {
+            return Err(invalid(format!(
+                "{bad} cannot require approval (only key-destroy, key-disable, key-set-policy, decrypt)"
+            )));
+        }
+        self.check_approval_rule(a)
+    }
+
+    /// A rule that can be met: at least one approval, covering something,
+    /// with enough eligible approvers today.
+    fn check_approval_rule(&self, a: &ApprovalRule) -> Result<(), StateError> {
         if a.required == 0 {
             return Err(invalid(
                 "an approval rule needs at least 1 approver (required = 0 would approve nothing)",
@@ -592,11 +657,6 @@ impl StateMachine {
         }
         if a.permissions.is_empty() {
             return Err(invalid("an approval rule must name what it covers"));
-        }
-        if let Some(bad) = a.permissions.iter().find(|p| !p.may_need_approval()) {
-            return Err(invalid(format!(
-                "{bad} cannot require approval (only key-destroy, key-disable, key-set-policy, decrypt)"
-            )));
         }
         let eligible = self.eligible_approvers(&a.approvers).len();
         if eligible < usize::from(a.required) {
@@ -625,12 +685,14 @@ impl StateMachine {
     ) -> Result<&mut ApprovalRecord, StateError> {
         let eligible = {
             let a = self.approvals.get(id).ok_or_else(|| no_approval(id))?;
-            let patterns = self
-                .key(&a.key)
-                .and_then(|k| k.policy.as_ref())
-                .and_then(|p| p.approval.as_ref())
-                .map(|r| r.approvers.clone())
-                .unwrap_or_default();
+            let rule = if a.permission.is_key_scoped() {
+                self.key(&a.key)
+                    .and_then(|k| k.policy.as_ref())
+                    .and_then(|p| p.approval.as_ref())
+            } else {
+                self.access_rule.as_ref()
+            };
+            let patterns = rule.map(|r| r.approvers.clone()).unwrap_or_default();
             self.eligible_approvers(&patterns).contains(&by)
         };
         let a = self.approvals.get_mut(id).ok_or_else(|| no_approval(id))?;
@@ -650,9 +712,13 @@ impl StateMachine {
             )));
         }
         if !eligible {
+            let of = if a.permission.is_key_scoped() {
+                format!("key {:?}", a.key)
+            } else {
+                "the cluster's access rule".to_string()
+            };
             return Err(StateError::Denied(format!(
-                "{by} is not an eligible approver for key {:?}",
-                a.key
+                "{by} is not an eligible approver under {of}"
             )));
         }
         Ok(a)

@@ -2,7 +2,7 @@
 
 use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
 
-use crate::access::{KeyPolicy, PendingAction, Role};
+use crate::access::{ApprovalRule, KeyPolicy, PendingAction, Role};
 use crate::model::DkgSession;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -236,6 +236,12 @@ pub enum Operation {
     /// time the nodes vouch for (`StateMachine::vouched_ms`), which lets old
     /// request ids be forgotten. Proposed only while many are remembered.
     Attest,
+    /// Sets (or with `None` removes) the cluster's access rule: M-of-N
+    /// approval of principal and token management. While a rule is set,
+    /// changing or removing it needs approval under it too.
+    SetAccessRule {
+        rule: Option<ApprovalRule>,
+    },
 }
 
 /// How long revoked or expired tokens and finished approvals stay listed.
@@ -391,6 +397,7 @@ impl Operation {
             Operation::PruneRecords => "records.prune",
             Operation::Attest => "node.attest",
             Operation::PublishDkgKey { .. } => "node.publish-dkg-key",
+            Operation::SetAccessRule { .. } => "cluster.set-access-rule",
         }
     }
 

@@ -95,6 +95,10 @@ pub struct StateMachine {
     /// [`MAX_DKG_KEYS`].
     #[serde(default)]
     dkg_keys: BTreeMap<NodeId, Vec<u8>>,
+    /// The cluster's access rule: which principal and token changes need
+    /// M-of-N approval (`Operation::SetAccessRule`).
+    #[serde(default)]
+    pub(crate) access_rule: Option<crate::access::ApprovalRule>,
     /// The signing time of the command being applied: not state, only
     /// read while that command runs.
     #[serde(skip)]

@@ -989,3 +989,117 @@ fn old_tokens_and_finished_approvals_are_pruned_by_log_time() {
     assert!(log.sm.approval(&id).is_none());
     assert!(log.run("node-1", Operation::PruneRecords).is_err(), "once");
 }
+
+fn access_rule(required: u16, permissions: Vec<Permission>) -> Operation {
+    Operation::SetAccessRule {
+        rule: Some(ApprovalRule {
+            required,
+            approvers: vec!["role:approver".into()],
+            permissions,
+            ttl_ms: 60_000,
+        }),
+    }
+}
+
+#[test]
+fn under_the_access_rule_one_admin_cannot_grant_roles_mint_tokens_or_drop_the_rule_alone() {
+    let mut log = Log::new();
+    log.principal("ann", &[Role::Approver]);
+    log.principal("bob", &[Role::Approver]);
+    log.principal("svc", &[Role::KeyUser]);
+    let both = vec![Permission::PrincipalManage, Permission::TokenManage];
+    log.run("admin", access_rule(2, both)).expect("rule set");
+
+    // A new approver, a role grant, a token for another: each only asked.
+    let sock = Operation::CreatePrincipal {
+        name: "sock".into(),
+        roles: [Role::Approver].into(),
+    };
+    let created = requested_id(log.run("admin", sock));
+    assert!(
+        log.sm.principal("sock").is_none(),
+        "nothing before approval"
+    );
+    let grant = Operation::UpdatePrincipal {
+        name: "svc".into(),
+        roles: [Role::Approver].into(),
+        disabled: false,
+    };
+    requested_id(log.run("admin", grant));
+    assert!(!log
+        .sm
+        .principal("svc")
+        .expect("svc")
+        .roles
+        .contains(&Role::Approver));
+    requested_id(log.run("admin", issue_for("svc", "00000000000000d1", log.now)));
+    assert!(log.sm.tokens().all(|t| t.id != "00000000000000d1"));
+
+    // Dropping the rule is itself under the rule.
+    let drop = requested_id(log.run("admin", Operation::SetAccessRule { rule: None }));
+    assert!(log.sm.access_rule().is_some());
+
+    // The admin cannot approve its own request, nor can one approver finish it.
+    let own = log.run(
+        "admin",
+        Operation::Approve {
+            id: created.clone(),
+        },
+    );
+    assert!(matches!(own, Err(StateError::Denied(_))), "{own:?}");
+    log.run(
+        "ann",
+        Operation::Approve {
+            id: created.clone(),
+        },
+    )
+    .expect("first approval");
+    assert!(log.sm.principal("sock").is_none(), "one approval of two");
+    log.run("bob", Operation::Approve { id: created })
+        .expect("second approval");
+    assert!(
+        log.sm.principal("sock").is_some(),
+        "created once two approved"
+    );
+
+    // Revoking a token, and issuing one's own, never wait.
+    log.run("admin", issue_for("admin", "00000000000000e1", log.now))
+        .expect("an admin's own token");
+    log.run(
+        "admin",
+        Operation::RevokeToken {
+            id: "00000000000000e1".into(),
+        },
+    )
+    .expect("revocation is immediate");
+
+    log.run("ann", Operation::Approve { id: drop.clone() })
+        .expect("one");
+    log.run("bob", Operation::Approve { id: drop })
+        .expect("two");
+    assert!(log.sm.access_rule().is_none(), "dropped with two approvals");
+}
+
+#[test]
+fn the_access_rule_is_checked_when_saved() {
+    let mut log = Log::new();
+    let key_permission = log.run("admin", access_rule(1, vec![Permission::KeyDestroy]));
+    assert!(
+        matches!(&key_permission, Err(StateError::Invalid(m)) if m.contains("key-destroy") && m.contains("key policy")),
+        "{key_permission:?}"
+    );
+    let no_approvers = log.run("admin", access_rule(1, vec![Permission::TokenManage]));
+    assert!(
+        matches!(&no_approvers, Err(StateError::Invalid(m)) if m.contains("add approvers first")),
+        "{no_approvers:?}"
+    );
+    log.principal("op", &[Role::Operator]);
+    log.principal("ann", &[Role::Approver]);
+    let by_operator = log.run("op", access_rule(1, vec![Permission::TokenManage]));
+    assert!(
+        matches!(by_operator, Err(StateError::Denied(_))),
+        "{by_operator:?}"
+    );
+    log.run("admin", access_rule(1, vec![Permission::TokenManage]))
+        .expect("a rule that can be met");
+}

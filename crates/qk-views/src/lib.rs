@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 /// Per key version: how many of its holders answer (`GET /api/v1/cluster`).
 pub use qk_raft::VersionHealth;
+/// An M-of-N approval rule: a key policy's, or the cluster's access rule
+/// (`GET/PUT /api/v1/access-rule`).
+pub use qk_state::ApprovalRule;
 /// A key's access policy; the server's JSON form is the replicated record's.
 pub use qk_state::KeyPolicy;
 
@@ -222,6 +225,10 @@ pub struct TokenList {
 pub struct CreatedToken {
     pub token: String,
     pub record: TokenView,
+    /// Set when the cluster's access rule holds the issue for approval: the
+    /// token authenticates once this approval is granted.
+    #[serde(default)]
+    pub approval: Option<ApprovalView>,
 }
 
 impl std::fmt::Debug for CreatedToken {
@@ -229,6 +236,7 @@ impl std::fmt::Debug for CreatedToken {
         f.debug_struct("CreatedToken")
             .field("token", &"<redacted>")
             .field("record", &self.record)
+            .field("approval", &self.approval)
             .finish()
     }
 }

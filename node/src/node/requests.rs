@@ -388,25 +388,49 @@ impl Node {
                 return ClientResponse::Error(format!("could not derive the token's key: {e}"))
             }
         };
+        let created_ms = now_ms();
+        let expires_at_ms = created_ms.saturating_add(ttl_ms);
         let op = Operation::IssueToken {
             id: id.clone(),
-            principal,
-            description,
+            principal: principal.clone(),
+            description: description.clone(),
             secret_sha256: Sha256::digest(secret.as_bytes()).into(),
             verify_key,
-            expires_at_ms: now_ms().saturating_add(ttl_ms),
+            expires_at_ms,
         };
-        match self.write_as(peer, credential, op).await {
+        let token = || Redacted(qk_state::token_text(&id, &secret).into_bytes());
+        match self.write_as(peer, credential, op.clone()).await {
             ClientResponse::Written {
                 response,
                 log_index,
                 ..
             } => match response.result {
+                // Under the cluster's access rule: the token is the caller's
+                // to hand over once the approvers agree.
+                Ok(Applied::ApprovalRequested { id: approval, .. }) => self.read(|s| {
+                    let record = qk_state::TokenRecord {
+                        id: id.clone(),
+                        principal,
+                        description,
+                        secret_sha256: Sha256::digest(secret.as_bytes()).into(),
+                        verify_key,
+                        created_ms,
+                        expires_at_ms,
+                        revoked_ms: None,
+                    };
+                    ClientResponse::Token {
+                        token: token(),
+                        record,
+                        log_index,
+                        approval: s.approvals().find(|a| a.id == approval).cloned(),
+                    }
+                }),
                 Ok(_) => self.read(|s| match s.tokens().find(|t| t.id == id) {
                     Some(record) => ClientResponse::Token {
-                        token: Redacted(qk_state::token_text(&id, &secret).into_bytes()),
+                        token: token(),
                         record: record.clone(),
                         log_index,
+                        approval: None,
                     },
                     None => ClientResponse::Error(
                         "the token was issued but is not visible on this node yet; list tokens"
@@ -466,6 +490,10 @@ impl Node {
                 (&[P::PrincipalManage, P::AuditRead], "principal.list")
             }
             ClientRequest::ListTokens => (&[P::TokenManage, P::AuditRead], "token.list"),
+            ClientRequest::GetAccessRule => (
+                &[P::PrincipalManage, P::TokenManage, P::Approve, P::AuditRead],
+                "cluster.access-rule",
+            ),
             _ => (
                 &[P::Approve, P::AuditRead, P::PrincipalManage],
                 "approval.list",
@@ -477,6 +505,9 @@ impl Node {
             (_, Err(denied)) => denied,
             (ClientRequest::ListPrincipals, Ok(())) => {
                 self.read(|s| ClientResponse::Principals(s.principals().cloned().collect()))
+            }
+            (ClientRequest::GetAccessRule, Ok(())) => {
+                self.read(|s| ClientResponse::AccessRule(s.access_rule().cloned()))
             }
             (ClientRequest::ListTokens, Ok(())) => {
                 self.read(|s| ClientResponse::Tokens(s.tokens().cloned().collect()))
