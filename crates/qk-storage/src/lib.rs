@@ -96,7 +96,9 @@ const TREE_SNAPSHOT: &str = "snapshot";
 /// snapshots of layout 1 do not decode as layout 2).
 /// 3: DKG shares travel sealed inside deals; no `Ready` or
 /// `Justification` step; nodes publish DKG keys.
-const LAYOUT_VERSION: u8 = 3;
+/// 4: the state carries the cluster's access rule (snapshots of layout 3
+/// do not decode).
+const LAYOUT_VERSION: u8 = 4;
 const KEY_LAYOUT: &[u8] = b"layout";
 
 /// Opens (or creates) the node's storage in directory `path`.
