@@ -890,22 +890,42 @@ fn under_the_access_rule_a_single_admin_cannot_make_an_approver_mint_a_token_or_
     let rule = r#"{"required": 2, "approvers": ["role:approver"], "permissions": ["principal-manage", "token-manage"]}"#;
     let file = c.write_file("rule.json", rule);
     c.admin(&["access-rule", "set", "--file", &file]);
-    assert!(c.admin(&["access-rule", "show"]).contains("principal-manage"));
+    assert!(c
+        .admin(&["access-rule", "show"])
+        .contains("principal-manage"));
 
     // A puppet approver, a token for another principal, dropping the rule:
     // each only asks.
-    let out = c.run(None, &["principal", "create", "sock", "--role", "approver"], None);
+    let out = c.run(
+        None,
+        &["principal", "create", "sock", "--role", "approver"],
+        None,
+    );
     let create = pending_id(&out);
-    assert!(stderr(&out).contains("cluster's access rule"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cluster's access rule"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!c.admin(&["principal", "list"]).contains("sock"));
-    let out = c.run(None, &["token", "create", "--principal", "svc", "--ttl", "1h"], None);
+    let out = c.run(
+        None,
+        &["token", "create", "--principal", "svc", "--ttl", "1h"],
+        None,
+    );
     let mint = pending_id(&out);
     let svc_token = stdout(&out).trim().to_string();
     let early = c.run(Some(&svc_token), &["token", "whoami"], None);
-    assert_eq!(early.status.code(), Some(1), "the token works before approval");
+    assert_eq!(
+        early.status.code(),
+        Some(1),
+        "the token works before approval"
+    );
     assert!(stderr(&early).contains("token"), "{}", stderr(&early));
     let drop = pending_id(&c.run(None, &["access-rule", "clear"], None));
-    assert!(c.admin(&["access-rule", "show"]).contains("principal-manage"));
+    assert!(c
+        .admin(&["access-rule", "show"])
+        .contains("principal-manage"));
     let own = c.run(None, &["approval", "approve", &create], None);
     assert_ne!(own.status.code(), Some(0), "the admin approved itself");
 
@@ -921,6 +941,8 @@ fn under_the_access_rule_a_single_admin_cannot_make_an_approver_mint_a_token_or_
         assert_eq!(approval_status(&c, id), "executed");
     }
     assert!(c.admin(&["principal", "list"]).contains("sock"));
-    assert!(c.ok(Some(&svc_token), &["token", "whoami"], None).contains("svc"));
+    assert!(c
+        .ok(Some(&svc_token), &["token", "whoami"], None)
+        .contains("svc"));
     assert_eq!(c.admin(&["access-rule", "show"]).trim(), "null");
 }

@@ -523,7 +523,8 @@ impl Quorum {
                 StoredShare::Erase { receipt } => {
                     self.shares.erase(slot)?;
                     info!(key = %slot.key, version = %slot.version, epoch = slot.epoch.0, "erased a share of a destroyed or failed version, or of an epoch a refresh replaced");
-                    receipts.extend(receipt);
+                    // One receipt per version, whatever epochs it had.
+                    receipts.extend(receipt.filter(|r| !receipts.contains(r)));
                 }
                 StoredShare::Refuse(reason) => {
                     error!("refusing to serve a share: {reason}");

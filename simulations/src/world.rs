@@ -179,6 +179,8 @@ pub(crate) struct World {
     signed_intents: BTreeSet<[u8; 32]>,
     /// Unwrap proofs the compromised node saw as a holder (replay material).
     seen_proofs: Vec<IntentProof>,
+    /// Operation ids of the partial requests the compromised node forged.
+    forged_partials: BTreeSet<OpId>,
 }
 
 impl std::fmt::Debug for World {
@@ -277,6 +279,7 @@ impl World {
             unwrap_requests: BTreeMap::new(),
             signed_intents: BTreeSet::new(),
             seen_proofs: Vec::new(),
+            forged_partials: BTreeSet::new(),
             cfg,
         }
     }
@@ -813,7 +816,7 @@ impl World {
         if byz {
             self.keep_seen_proof(&request);
         } else if let Err(reason) = self.check_intent(to, &request, now_ms, state) {
-            if Some(to) == self.byzantine {
+            if self.forged_partials.contains(&request.op_id) && Some(to) == self.byzantine {
                 self.stats.partial_forgeries_refused += 1;
             }
             let reply = ProtocolMessage::PartialResponse {

@@ -145,10 +145,15 @@ pub fn stored_share(
             });
         return StoredShare::Erase { receipt };
     }
-    if epoch < v.epoch {
+    // An earlier epoch was replaced by a refresh every holder acked. A later
+    // one belongs to a refresh: kept while that refresh runs (its key set is
+    // not agreed yet), erased once the log shows it ended without it (the
+    // share was dealt after the refresh's start entry, which this node has
+    // therefore applied).
+    let refreshing = v.refresh.as_ref().is_some_and(|r| r.epoch == epoch);
+    if epoch < v.epoch || (epoch > v.epoch && !refreshing) {
         return StoredShare::Erase { receipt: None };
     }
-    // A later epoch is a refresh still running: its key set is not agreed yet.
     let (Some(bytes), true) = (&v.public_keys, epoch == v.epoch) else {
         return StoredShare::Keep;
     };

@@ -151,17 +151,34 @@ fn a_restarted_holder_keeps_good_shares_and_refuses_foreign_ones() {
         reason.contains("does not match the replicated commitments"),
         "{reason}"
     );
-    assert_eq!(fate(&c, 1, 1, 1), StoredShare::Keep, "a refresh under way");
+    assert_eq!(
+        fate(&c, 1, 1, 1),
+        StoredShare::Erase { receipt: None },
+        "a later epoch with no refresh running for it"
+    );
 }
 
 #[test]
 fn a_restarted_holder_erases_replaced_epochs_and_files_its_receipt_once() {
-    let mut c = Cluster::generated(2, 3, 42);
-    c.admin(Operation::Refresh {
+    let refresh = Operation::Refresh {
         name: KEY.into(),
         version: V1,
         timeout_ms: None,
-    });
+    };
+    // Node 3 says nothing: the refresh waits, and its epoch's shares are kept.
+    let mut waiting = Cluster::generated(2, 3, 43);
+    waiting.node_mut(3).muted = true;
+    waiting.admin(refresh.clone());
+    waiting.run_until_idle();
+    assert!(waiting.version(V1).refresh.is_some(), "the refresh waits");
+    assert_eq!(
+        fate(&waiting, 1, 1, 1),
+        StoredShare::Keep,
+        "a refresh under way"
+    );
+
+    let mut c = Cluster::generated(2, 3, 42);
+    c.admin(refresh);
     c.advance(60_000, 100, |c| c.version(V1).refresh.is_none());
     assert_eq!(c.version(V1).epoch, Epoch(1));
     let old = stored_share(c.state(), NodeId(1), (c.key().id, V1, Epoch(0)), || {

@@ -96,7 +96,6 @@ impl Permission {
         )
     }
 
-    /// Permissions an approval rule may cover.
     /// Permissions the cluster's access rule may cover: a single
     /// administrator must not create approvers, grant roles or mint tokens
     /// for others alone.
@@ -104,6 +103,7 @@ impl Permission {
         matches!(self, Permission::PrincipalManage | Permission::TokenManage)
     }
 
+    /// Permissions a key policy's approval rule may cover.
     pub fn may_need_approval(self) -> bool {
         matches!(
             self,

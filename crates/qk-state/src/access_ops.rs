@@ -29,6 +29,10 @@ pub const MAX_PENDING_APPROVALS_PER_PRINCIPAL: usize = 32;
 const MAX_POLICY_RULES: usize = 64;
 const MAX_RULE_PRINCIPALS: usize = 64;
 const MAX_CONTEXT_CONDITIONS: usize = 16;
+/// How long an approval request may wait: long enough to act on, short
+/// enough to expire.
+const MIN_APPROVAL_TTL_MS: u64 = 60_000;
+const MAX_APPROVAL_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
 const MAX_REASON_LEN: usize = 512;
 /// Longest token lifetime: one year.
 pub const MAX_TOKEN_TTL_MS: u64 = 366 * 24 * 3600 * 1000;
@@ -399,14 +403,17 @@ impl StateMachine {
                 roles,
                 disabled,
             } => {
-                let p = self
+                let before = self
                     .principals
-                    .get_mut(name)
+                    .get(name)
+                    .cloned()
                     .ok_or_else(|| no_principal(name))?;
                 let becomes_approver =
-                    roles.contains(&Role::Approver) && !p.roles.contains(&Role::Approver);
-                p.roles = roles.clone();
-                p.disabled = *disabled;
+                    roles.contains(&Role::Approver) && !before.roles.contains(&Role::Approver);
+                let mut after = before.clone();
+                after.roles = roles.clone();
+                after.disabled = *disabled;
+                self.change_principal(name, Some(after))?;
                 if becomes_approver {
                     // Tokens someone else issued must not carry the new
                     // approver's vote: the approver issues its own.
@@ -417,9 +424,10 @@ impl StateMachine {
                 Ok(Applied::Done)
             }
             Operation::DeletePrincipal { name } => {
-                self.principals
-                    .remove(name)
-                    .ok_or_else(|| no_principal(name))?;
+                if !self.principals.contains_key(name) {
+                    return Err(no_principal(name));
+                }
+                self.change_principal(name, None)?;
                 for t in self.tokens.values_mut().filter(|t| &t.principal == name) {
                     t.revoked_ms.get_or_insert(now);
                 }
@@ -602,6 +610,55 @@ impl StateMachine {
         Ok(Applied::Done)
     }
 
+    /// Replaces (or with `None` deletes) principal `name`, unless that
+    /// leaves an approval rule that could be met before with too few
+    /// eligible approvers: one approved change must not freeze everything
+    /// the rule covers, the rule itself included.
+    fn change_principal(
+        &mut self,
+        name: &str,
+        record: Option<PrincipalRecord>,
+    ) -> Result<(), StateError> {
+        let met_before = self.unmet_approval_rules();
+        let previous = match record {
+            Some(r) => self.principals.insert(name.to_string(), r),
+            None => self.principals.remove(name),
+        };
+        let broken: Vec<String> = self
+            .unmet_approval_rules()
+            .into_iter()
+            .filter(|rule| !met_before.contains(rule))
+            .collect();
+        if broken.is_empty() {
+            return Ok(());
+        }
+        match previous {
+            Some(p) => self.principals.insert(name.to_string(), p),
+            None => self.principals.remove(name),
+        };
+        Err(invalid(format!(
+            "this change to {name} would leave too few eligible approvers for {}; add another approver first",
+            broken.join(", ")
+        )))
+    }
+
+    /// The approval rules that too few eligible approvers could meet today.
+    fn unmet_approval_rules(&self) -> BTreeSet<String> {
+        let unmet = |r: &ApprovalRule| {
+            self.eligible_approvers(&r.approvers).len() < usize::from(r.required)
+        };
+        let keys = self.keys().filter_map(|k| {
+            let rule = k.policy.as_ref()?.approval.as_ref()?;
+            unmet(rule).then(|| format!("the approval rule of key {:?}", k.name))
+        });
+        let cluster = self
+            .access_rule
+            .as_ref()
+            .filter(|r| unmet(r))
+            .map(|_| "the cluster's access rule".to_string());
+        keys.chain(cluster).collect()
+    }
+
     fn set_access_rule(&mut self, rule: Option<&ApprovalRule>) -> Outcome {
         if let Some(rule) = rule {
             if let Some(bad) = rule
@@ -612,6 +669,11 @@ impl StateMachine {
                 return Err(invalid(format!(
                     "{bad} cannot be in the cluster's access rule (only principal-manage, token-manage); key permissions go in a key policy"
                 )));
+            }
+            if !rule.permissions.contains(&Permission::PrincipalManage) {
+                return Err(invalid(
+                    "the cluster's access rule must cover principal-manage: who may approve is decided by principals' roles",
+                ));
             }
             self.check_approval_rule(rule)?;
         }
@@ -657,6 +719,11 @@ impl StateMachine {
         }
         if a.permissions.is_empty() {
             return Err(invalid("an approval rule must name what it covers"));
+        }
+        if !(MIN_APPROVAL_TTL_MS..=MAX_APPROVAL_TTL_MS).contains(&a.ttl_ms) {
+            return Err(invalid(format!(
+                "an approval rule's ttl_ms must be {MIN_APPROVAL_TTL_MS}-{MAX_APPROVAL_TTL_MS} (1 minute to 30 days), so that approvers can act in time"
+            )));
         }
         let eligible = self.eligible_approvers(&a.approvers).len();
         if eligible < usize::from(a.required) {

@@ -1088,18 +1088,83 @@ fn the_access_rule_is_checked_when_saved() {
         matches!(&key_permission, Err(StateError::Invalid(m)) if m.contains("key-destroy") && m.contains("key policy")),
         "{key_permission:?}"
     );
-    let no_approvers = log.run("admin", access_rule(1, vec![Permission::TokenManage]));
+    let no_approvers = log.run("admin", access_rule(1, vec![Permission::PrincipalManage]));
     assert!(
         matches!(&no_approvers, Err(StateError::Invalid(m)) if m.contains("add approvers first")),
         "{no_approvers:?}"
     );
     log.principal("op", &[Role::Operator]);
     log.principal("ann", &[Role::Approver]);
-    let by_operator = log.run("op", access_rule(1, vec![Permission::TokenManage]));
+    let tokens_only = log.run("admin", access_rule(1, vec![Permission::TokenManage]));
+    assert!(
+        matches!(&tokens_only, Err(StateError::Invalid(m)) if m.contains("must cover principal-manage")),
+        "{tokens_only:?}"
+    );
+    let both = vec![Permission::PrincipalManage, Permission::TokenManage];
+    for ttl_ms in [0, 59_999, 31 * 24 * 3600 * 1000] {
+        let Operation::SetAccessRule {
+            rule: Some(mut rule),
+        } = access_rule(1, both.clone())
+        else {
+            unreachable!("access_rule builds a rule")
+        };
+        rule.ttl_ms = ttl_ms;
+        let op = Operation::SetAccessRule { rule: Some(rule) };
+        let refused = log.run("admin", op);
+        assert!(
+            matches!(&refused, Err(StateError::Invalid(m)) if m.contains("ttl_ms")),
+            "ttl {ttl_ms}: {refused:?}"
+        );
+    }
+    let by_operator = log.run("op", access_rule(1, both.clone()));
     assert!(
         matches!(by_operator, Err(StateError::Denied(_))),
         "{by_operator:?}"
     );
-    log.run("admin", access_rule(1, vec![Permission::TokenManage]))
+    log.run("admin", access_rule(1, both))
         .expect("a rule that can be met");
+}
+
+#[test]
+fn no_principal_change_leaves_an_approval_rule_without_enough_approvers() {
+    let mut log = Log::new();
+    log.key("k");
+    log.principal("ann", &[Role::Approver]);
+    log.principal("bob", &[Role::Approver]);
+    log.run("admin", approval_policy(2, vec![Permission::KeyDestroy]))
+        .expect("a two-approver rule on k");
+    let demote = Operation::UpdatePrincipal {
+        name: "bob".into(),
+        roles: [Role::KeyUser].into(),
+        disabled: false,
+    };
+    let refused = log.run("admin", demote);
+    assert!(
+        matches!(&refused, Err(StateError::Invalid(m)) if m.contains("bob") && m.contains("key \"k\"") && m.contains("add another approver first")),
+        "{refused:?}"
+    );
+    assert!(log
+        .sm
+        .principal("bob")
+        .expect("bob")
+        .roles
+        .contains(&Role::Approver));
+    let deleted = log.run("admin", Operation::DeletePrincipal { name: "ann".into() });
+    assert!(
+        matches!(deleted, Err(StateError::Invalid(_))),
+        "{deleted:?}"
+    );
+    let disabled = Operation::UpdatePrincipal {
+        name: "ann".into(),
+        roles: [Role::Approver].into(),
+        disabled: true,
+    };
+    assert!(
+        log.run("admin", disabled).is_err(),
+        "disabling ann breaks k's rule"
+    );
+    // With a third approver, one may go.
+    log.principal("cat", &[Role::Approver]);
+    log.run("admin", Operation::DeletePrincipal { name: "ann".into() })
+        .expect("two approvers remain");
 }

@@ -295,16 +295,12 @@ fn status_text(s: &ApprovalStatus) -> (&'static str, Option<String>) {
     }
 }
 
-/// What an approval lets happen, in words.
+/// What an approval lets happen, in words: everything an approver needs to
+/// know what it signs (whom a principal change touches and how, whose token
+/// for how long, the whole proposed rule or policy).
 pub fn action_text(a: &PendingAction) -> String {
     match a {
-        PendingAction::Operation(op) => {
-            let key = op.key_name().unwrap_or("-");
-            match op.version() {
-                Some(v) => format!("{} of key {key:?} version {}", op.name(), v.0),
-                None => format!("{} of key {key:?}", op.name()),
-            }
-        }
+        PendingAction::Operation(op) => operation_text(op),
         PendingAction::Decrypt {
             key,
             ciphertext_sha256,
@@ -313,6 +309,61 @@ pub fn action_text(a: &PendingAction) -> String {
             hex(ciphertext_sha256)
         ),
     }
+}
+
+fn operation_text(op: &qk_state::Operation) -> String {
+    use qk_state::Operation as O;
+    let roles = |r: &std::collections::BTreeSet<qk_state::Role>| {
+        let names: Vec<&str> = r.iter().map(|r| r.name()).collect();
+        format!("[{}]", names.join(", "))
+    };
+    let what = op.name();
+    match op {
+        O::CreatePrincipal { name, roles: r } => {
+            format!("{what}: principal {name:?} with roles {}", roles(r))
+        }
+        O::UpdatePrincipal {
+            name,
+            roles: r,
+            disabled,
+        } => format!(
+            "{what}: principal {name:?} to roles {}, {}",
+            roles(r),
+            if *disabled { "disabled" } else { "enabled" }
+        ),
+        O::DeletePrincipal { name } => {
+            format!("{what}: principal {name:?} (its tokens are revoked)")
+        }
+        O::IssueToken {
+            id,
+            principal,
+            description,
+            expires_at_ms,
+            ..
+        } => format!(
+            "{what}: token {id} for principal {principal:?} ({description:?}), expiring at {expires_at_ms} ms"
+        ),
+        O::SetAccessRule { rule } => match rule {
+            Some(rule) => format!("{what}: {}", json_text(rule)),
+            None => format!("{what}: remove the cluster's access rule"),
+        },
+        O::SetPolicy { name, policy } => match policy {
+            Some(policy) => format!("{what} of key {name:?}: {}", json_text(policy)),
+            None => format!("{what} of key {name:?}: remove the policy"),
+        },
+        op => {
+            let key = op.key_name().unwrap_or("-");
+            match op.version() {
+                Some(v) => format!("{what} of key {key:?} version {}", v.0),
+                None => format!("{what} of key {key:?}"),
+            }
+        }
+    }
+}
+
+/// The JSON text of a rule or policy inside an approval's description.
+fn json_text<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| format!("<unprintable: {e}>"))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -578,6 +629,48 @@ mod tests {
     #[test]
     fn hex_is_lowercase_two_digits() {
         assert_eq!(hex(&[0, 1, 0xab]), "0001ab");
+    }
+
+    #[test]
+    fn an_approval_says_exactly_what_it_lets_happen() {
+        use qk_state::{ApprovalRule, Operation, Permission, Role};
+        let op = |op: Operation| action_text(&PendingAction::Operation(Box::new(op)));
+        let grant = op(Operation::UpdatePrincipal {
+            name: "mallory".into(),
+            roles: [Role::Admin, Role::Approver].into(),
+            disabled: false,
+        });
+        assert!(
+            grant.contains("\"mallory\"") && grant.contains("approver"),
+            "{grant}"
+        );
+        let token = op(Operation::IssueToken {
+            id: "00000000000000d1".into(),
+            principal: "svc".into(),
+            description: "ci".into(),
+            secret_sha256: [7; 32],
+            verify_key: [5; 32],
+            expires_at_ms: 99,
+        });
+        assert!(
+            token.contains("\"svc\"") && token.contains("99 ms"),
+            "{token}"
+        );
+        assert!(!token.contains("0707"), "no secret hash: {token}");
+        let rule = op(Operation::SetAccessRule {
+            rule: Some(ApprovalRule {
+                required: 1,
+                approvers: vec!["mallory".into()],
+                permissions: vec![Permission::PrincipalManage],
+                ttl_ms: 60_000,
+            }),
+        });
+        assert!(
+            rule.contains("\"required\":1") && rule.contains("mallory"),
+            "{rule}"
+        );
+        let dropped = op(Operation::SetAccessRule { rule: None });
+        assert!(dropped.contains("remove"), "{dropped}");
     }
 
     #[test]

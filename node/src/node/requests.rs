@@ -407,7 +407,10 @@ impl Node {
             } => match response.result {
                 // Under the cluster's access rule: the token is the caller's
                 // to hand over once the approvers agree.
-                Ok(Applied::ApprovalRequested { id: approval, .. }) => self.read(|s| {
+                Ok(Applied::ApprovalRequested {
+                    id: approval,
+                    required,
+                }) => self.read(|s| {
                     let record = qk_state::TokenRecord {
                         id: id.clone(),
                         principal,
@@ -418,11 +421,30 @@ impl Node {
                         expires_at_ms,
                         revoked_ms: None,
                     };
+                    // As this node applied it; if it has not yet, the request
+                    // as filed: a pending token never looks issued.
+                    let filed = s.approval(&approval).cloned().unwrap_or_else(|| {
+                        qk_state::ApprovalRecord {
+                            id: approval.clone(),
+                            requester: client_name(peer).unwrap_or_default().to_string(),
+                            key: String::new(),
+                            permission: qk_state::Permission::TokenManage,
+                            action: qk_state::PendingAction::Operation(Box::new(op)),
+                            required,
+                            approvers: Default::default(),
+                            created_ms,
+                            expires_at_ms: created_ms.saturating_add(
+                                s.access_rule()
+                                    .map_or_else(qk_state::default_approval_ttl_ms, |r| r.ttl_ms),
+                            ),
+                            status: qk_state::ApprovalStatus::Pending,
+                        }
+                    });
                     ClientResponse::Token {
                         token: token(),
                         record,
                         log_index,
-                        approval: s.approvals().find(|a| a.id == approval).cloned(),
+                        approval: Some(filed),
                     }
                 }),
                 Ok(_) => self.read(|s| match s.tokens().find(|t| t.id == id) {

@@ -212,6 +212,7 @@ impl World {
             }
         };
         self.stats.partial_forgeries += 1;
+        self.forged_partials.insert(request.op_id);
         self.trace("forge-partial", &request.op_id.to_be_bytes());
         match ProtocolMessage::PartialRequest(request).encode() {
             Ok(bytes) => self.send(byz, to, bytes.to_vec()),

@@ -287,6 +287,7 @@ impl World {
                 fates.push((*slot, stored_share(a.machine(), id, *slot, load)));
             }
         });
+        let mut receipts = Vec::new();
         for (slot, fate) in fates {
             match fate {
                 StoredShare::Keep => {}
@@ -294,14 +295,15 @@ impl World {
                     if let Some(node) = self.nodes.get_mut(&id) {
                         node.disk.remove(&slot);
                     }
-                    if let Some(op) = receipt {
-                        self.propose(id.to_string(), op, Some(id));
-                    }
+                    receipts.extend(receipt.filter(|r| !receipts.contains(r)));
                 }
                 StoredShare::Refuse(reason) => {
                     self.fail(format!("{id} would refuse its own stored share: {reason}"));
                 }
             }
+        }
+        for op in receipts {
+            self.propose(id.to_string(), op, Some(id));
         }
     }
 
