@@ -229,6 +229,7 @@ fn raft_config(config: &Config) -> Result<Arc<openraft::Config>> {
         election_timeout_max: r.election_timeout_max_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_after_entries),
         max_in_snapshot_log_to_keep: r.keep_entries_after_snapshot,
+        max_payload_entries: crate::proposer::MAX_ENTRIES_PER_APPEND,
         ..Default::default()
     };
     Ok(Arc::new(c.validate().context("invalid [raft] settings")?))
@@ -1074,6 +1075,9 @@ impl Node {
                         leader_addr: node.map(|n| n.rpc_addr),
                     },
                 }
+            }
+            Err(e @ crate::proposer::WriteError::TooLarge { .. }) => {
+                ClientResponse::Error(e.to_string())
             }
             Err(e) => ClientResponse::Error(format!(
                 "write not committed: {e}; retry with the same request id"

@@ -19,9 +19,19 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 const MAX_IN_FLIGHT_BATCHES: usize = 2;
 /// Upper bound on the commands of one entry.
 const MAX_BATCH_COMMANDS: usize = 1024;
-/// Upper bound on the encoded commands of one entry (a larger single command
-/// still goes alone; the log's own entry limit then applies).
+/// Upper bound on the encoded commands of one entry (a single command up to
+/// [`MAX_COMMAND_BYTES`] still goes alone).
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// Upper bound on one encoded command: larger ones are refused before they
+/// reach the log, so that every entry fits in an AppendEntries frame
+/// (`qk_net::MAX_FRAME_LEN`, with [`MAX_ENTRIES_PER_APPEND`] entries each).
+pub const MAX_COMMAND_BYTES: usize = 2 * 1024 * 1024;
+/// Entries per AppendEntries (openraft's `max_payload_entries`).
+pub const MAX_ENTRIES_PER_APPEND: u64 = 16;
+const _: () = assert!(
+    (MAX_ENTRIES_PER_APPEND as usize) * (MAX_COMMAND_BYTES + MAX_BATCH_BYTES)
+        < qk_net::MAX_FRAME_LEN as usize
+);
 /// Writes that may wait for a batch before callers are held back.
 const QUEUE_DEPTH: usize = 16 * 1024;
 
@@ -33,6 +43,8 @@ pub enum WriteError {
     /// The node is shutting down; the write may or may not have been
     /// committed (a retry with the same request id applies it once).
     Stopped,
+    /// The command is larger than one log entry may be; never proposed.
+    TooLarge { bytes: usize },
     /// The state machine answered a different number of responses than the
     /// batch had commands (a bug; the commands may have been applied).
     ResponseCount { commands: usize, responses: usize },
@@ -58,6 +70,10 @@ impl fmt::Display for WriteError {
         match self {
             WriteError::Raft(e) => write!(f, "{e}"),
             WriteError::Stopped => write!(f, "the node is shutting down"),
+            WriteError::TooLarge { bytes } => write!(
+                f,
+                "the command is {bytes} bytes encoded, over the {MAX_COMMAND_BYTES}-byte limit of one log entry; send less in one request"
+            ),
             WriteError::ResponseCount {
                 commands,
                 responses,
@@ -101,6 +117,7 @@ impl Proposer {
     /// Proposes `command` (in the next batch) and waits until it is applied.
     pub async fn write(&self, command: Command) -> WriteResult {
         let encoded_bytes = postcard::to_allocvec(&command).map_or(usize::MAX, |b| b.len());
+        check_size(encoded_bytes)?;
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             command,
@@ -136,6 +153,15 @@ async fn run(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
             drop(slot);
         });
     }
+}
+
+fn check_size(encoded_bytes: usize) -> Result<(), WriteError> {
+    if encoded_bytes > MAX_COMMAND_BYTES {
+        return Err(WriteError::TooLarge {
+            bytes: encoded_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// `first` plus whatever is queued now, within the batch bounds. Returns the
@@ -194,5 +220,25 @@ async fn commit(raft: &Raft, batch: Vec<Pending>) {
                 let _ = reply.send(Err(WriteError::Raft(Box::new(e.clone()))));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_over_the_entry_limit_is_refused_with_its_size() {
+        check_size(MAX_COMMAND_BYTES).expect("at the limit");
+        let Err(e) = check_size(MAX_COMMAND_BYTES + 1) else {
+            panic!("one byte over the limit was accepted");
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains(&(MAX_COMMAND_BYTES + 1).to_string()),
+            "{text}"
+        );
+        assert!(text.contains("send less"), "{text}");
+        assert!(e.forward_to_leader().is_none(), "never forwarded");
     }
 }
