@@ -23,6 +23,8 @@ use tracing::{error, info, warn};
 
 /// How often the protocol's timeouts are driven.
 const TICK: Duration = Duration::from_millis(100);
+/// How often a failed share erase is tried again.
+const ERASE_RETRY: Duration = Duration::from_secs(2);
 
 /// The protocol and what it needs synchronously (called from the apply hook).
 pub struct QuorumCore {
@@ -351,31 +353,68 @@ impl Quorum {
                 }
             })
         };
-        while let Some(batch) = rx.recv().await {
-            // qk-protocol's contract: a later action of the batch (an ack,
-            // an erase receipt) may run only once the share write or erase
-            // before it is durable. A failure holds back the later
-            // proposals about the same key version; the rest runs.
-            let mut failed: Vec<(String, KeyVersion)> = Vec::new();
-            for action in batch {
-                if let Action::Propose(op) = &action {
-                    let about = op.key_name().zip(op.version());
-                    if about.is_some_and(|(k, v)| failed.iter().any(|f| f.0 == k && f.1 == v)) {
-                        error!(
-                            op = op.name(),
-                            "not proposed: the share write or erase before it failed"
-                        );
-                        continue;
-                    }
+        // A failed erase and the proposals that wait on it (its receipt),
+        // retried in order until the erase succeeds.
+        let mut held: Vec<Action> = Vec::new();
+        let mut retry = tokio::time::interval(ERASE_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                batch = rx.recv() => {
+                    let Some(batch) = batch else { break };
+                    let again = self.execute_batch(batch, &io);
+                    held.extend(again);
                 }
-                let about = share_action_of(&action);
-                if let Err(e) = self.execute(action, &io) {
-                    error!("{e}");
-                    failed.extend(about);
+                _ = retry.tick(), if !held.is_empty() => {
+                    let waiting = std::mem::take(&mut held);
+                    info!(actions = waiting.len(), "retrying a share erase that failed");
+                    held = self.execute_batch(waiting, &io);
                 }
             }
         }
         ticker.abort();
+    }
+
+    /// Runs a batch in order. qk-protocol's contract: a later action of the
+    /// batch (an ack, an erase receipt) may run only once the share write or
+    /// erase before it is durable. A failure holds back the later proposals
+    /// about the same key version; the rest runs. Returns a failed erase with
+    /// the proposals it held back, to retry: a share of a destroyed version
+    /// must not stay on disk because one erase failed.
+    fn execute_batch(self: &Arc<Self>, batch: Vec<Action>, io: &Arc<dyn Io>) -> Vec<Action> {
+        let mut failed: Vec<(String, KeyVersion)> = Vec::new();
+        let mut erase_failed: Vec<(String, KeyVersion)> = Vec::new();
+        let mut held = Vec::new();
+        for action in batch {
+            if let Action::Propose(op) = &action {
+                let about = op.key_name().zip(op.version());
+                let is = |list: &[(String, KeyVersion)]| {
+                    about.is_some_and(|(k, v)| list.iter().any(|f| f.0 == k && f.1 == v))
+                };
+                if is(&erase_failed) {
+                    held.push(action);
+                    continue;
+                }
+                if is(&failed) {
+                    error!(
+                        op = op.name(),
+                        "not proposed: the share write before it failed"
+                    );
+                    continue;
+                }
+            }
+            let about = share_action_of(&action);
+            let again = erase_again(&action);
+            if let Err(e) = self.execute(action, io) {
+                error!("{e}");
+                if again.is_some() {
+                    erase_failed.extend(about.clone());
+                }
+                failed.extend(about);
+                held.extend(again);
+            }
+        }
+        held
     }
 
     /// Runs one action; `Err` when a share write or erase failed, so the
@@ -543,6 +582,29 @@ impl Quorum {
     fn check_slot(&self, s: &StateMachine, slot: ShareSlot) -> StoredShare {
         let load = || self.shares.get(slot).map_err(|e| e.to_string());
         stored_share(s, self.core.me, (slot.key, slot.version, slot.epoch), load)
+    }
+}
+
+/// The same erase, to run again after it failed.
+fn erase_again(action: &Action) -> Option<Action> {
+    match action {
+        Action::EraseShare {
+            key,
+            name,
+            version,
+            epoch,
+        } => Some(Action::EraseShare {
+            key: *key,
+            name: name.clone(),
+            version: *version,
+            epoch: *epoch,
+        }),
+        Action::EraseVersion { key, name, version } => Some(Action::EraseVersion {
+            key: *key,
+            name: name.clone(),
+            version: *version,
+        }),
+        _ => None,
     }
 }
 

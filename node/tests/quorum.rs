@@ -404,6 +404,34 @@ async fn unreachable_holder_fails_generation_and_no_holder_keeps_a_share() {
         .all(|f| f.contains("-1-")));
 }
 
+/// A holder whose erase fails when its version is destroyed keeps trying:
+/// once the fault clears, the share is gone without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_erase_fails_retries_until_the_share_is_gone() {
+    let c = Cluster::start(bin(), 3, 100_000);
+    c.create(1, "k", 2, &[1, 2, 3]).await.expect("create");
+    c.wait_key(1, "k", enabled(1));
+    let shares = c.data_dir(3).join("shares");
+    let v1 = share_files(&c.data_dir(3))
+        .into_iter()
+        .find(|f| f.ends_with("-1-0.share"))
+        .expect("node 3 holds a share of v1");
+    // A directory where the erase first clears a temporary copy: it fails.
+    let blocker = shares.join(format!("{v1}.tmp"));
+    std::fs::create_dir(&blocker).expect("block the erase");
+    std::fs::write(blocker.join("x"), b"x").expect("a non-empty directory");
+    destroy_v1(&c, "k").await;
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        share_files(&c.data_dir(3)).contains(&v1),
+        "the erase was expected to fail while blocked"
+    );
+    std::fs::remove_dir_all(&blocker).expect("clear the fault");
+    wait_until("node 3 erased its share of v1 on a retry", || {
+        (!share_files(&c.data_dir(3)).contains(&v1)).then_some(())
+    });
+}
+
 /// A holder whose share store cannot write (its share directory replaced by
 /// a file) must not ack a key set it did not store: the version fails at its
 /// deadline naming that holder, instead of being enabled with a share that
