@@ -7,25 +7,57 @@ use std::time::Duration;
 
 use qk_state::{AuditEvent, Operation, MAX_AUDIT_BATCH};
 use qk_types::KeyVersion;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::error;
 
 use crate::quorum::Io;
 
 /// How long an event may wait for companions before its batch is proposed.
 const FLUSH_AFTER: Duration = Duration::from_millis(20);
+/// How long a caller waits for its event to be committed.
+const COMMIT_WAIT: Duration = Duration::from_secs(5);
 /// Events buffered before callers see backpressure (then: an error log).
 const QUEUE_LEN: usize = 65_536;
 
+/// An event for the trail, and who waits to know it is committed.
+pub struct Queued {
+    event: AuditEvent,
+    committed: Option<oneshot::Sender<bool>>,
+}
+
 #[derive(Clone)]
 pub struct AuditQueue {
-    tx: mpsc::Sender<AuditEvent>,
+    tx: mpsc::Sender<Queued>,
 }
 
 impl AuditQueue {
-    pub fn new() -> (AuditQueue, mpsc::Receiver<AuditEvent>) {
+    pub fn new() -> (AuditQueue, mpsc::Receiver<Queued>) {
         let (tx, rx) = mpsc::channel(QUEUE_LEN);
         (AuditQueue { tx }, rx)
+    }
+
+    /// Queues one event and waits until the batch that carries it is
+    /// committed: `false` when it was not within [`COMMIT_WAIT`] (no leader,
+    /// no quorum, the queue full), and then the caller must not release
+    /// what the event records.
+    pub async fn record_durable(
+        &self,
+        principal: &str,
+        operation: &str,
+        (key, version): (Option<&str>, Option<KeyVersion>),
+        outcome: String,
+    ) -> bool {
+        let event = AuditEvent::new(principal, operation, key, version, &outcome);
+        let (tx, rx) = oneshot::channel();
+        let queued = Queued {
+            event,
+            committed: Some(tx),
+        };
+        if self.tx.try_send(queued).is_err() {
+            error!(operation, "audit queue full or closed: nothing released");
+            return false;
+        }
+        matches!(tokio::time::timeout(COMMIT_WAIT, rx).await, Ok(Ok(true)))
     }
 
     /// Queues one event for the trail; `false` (and an error log) when the
@@ -39,7 +71,11 @@ impl AuditQueue {
         outcome: String,
     ) -> bool {
         let event = AuditEvent::new(principal, operation, key, version, &outcome);
-        let queued = self.tx.try_send(event).is_ok();
+        let queued = Queued {
+            event,
+            committed: None,
+        };
+        let queued = self.tx.try_send(queued).is_ok();
         if !queued {
             error!(
                 operation,
@@ -50,16 +86,31 @@ impl AuditQueue {
     }
 }
 
-pub async fn run(mut rx: mpsc::Receiver<AuditEvent>, io: Arc<dyn Io>) {
+pub async fn run(mut rx: mpsc::Receiver<Queued>, io: Arc<dyn Io>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + FLUSH_AFTER;
         while batch.len() < MAX_AUDIT_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(e)) => batch.push(e),
-                _ => break,
+            // A caller waits on this batch: take what is queued already and
+            // go (the proposer's group commit batches concurrent ones).
+            let next = if batch.iter().any(|q| q.committed.is_some()) {
+                rx.try_recv().ok()
+            } else {
+                tokio::time::timeout_at(deadline, rx.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            match next {
+                Some(q) => batch.push(q),
+                None => break,
             }
         }
-        io.propose(Operation::AuditBatch(batch)).await;
+        let (events, waiters): (Vec<AuditEvent>, Vec<Option<oneshot::Sender<bool>>>) =
+            batch.into_iter().map(|q| (q.event, q.committed)).unzip();
+        let committed = io.propose(Operation::AuditBatch(events)).await;
+        for waiter in waiters.into_iter().flatten() {
+            let _ = waiter.send(committed);
+        }
     }
 }

@@ -103,15 +103,18 @@ impl crate::quorum::Io for NodeIo {
         })
     }
 
-    fn propose(&self, op: Operation) -> qk_net::BoxFuture<'_, ()> {
+    fn propose(&self, op: Operation) -> qk_net::BoxFuture<'_, bool> {
         Box::pin(async move {
             let name = op.name();
             match self.0.write_own(op).await {
-                ClientResponse::Written { .. } => {}
-                other => warn!(
-                    operation = name,
-                    "protocol proposal not committed: {other:?}"
-                ),
+                ClientResponse::Written { response, .. } => response.result.is_ok(),
+                other => {
+                    warn!(
+                        operation = name,
+                        "protocol proposal not committed: {other:?}"
+                    );
+                    false
+                }
             }
         })
     }
@@ -317,7 +320,7 @@ impl Node {
     ) -> Result<(
         Node,
         tokio::sync::mpsc::UnboundedReceiver<Vec<qk_protocol::Action>>,
-        tokio::sync::mpsc::Receiver<qk_state::AuditEvent>,
+        tokio::sync::mpsc::Receiver<crate::audit::Queued>,
     )> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
@@ -600,7 +603,7 @@ impl Node {
                 ciphertext,
                 context,
                 ..
-            } => self.partial_authorized(peer, &ciphertext, context),
+            } => self.partial_authorized(peer, &ciphertext, context).await,
             ClientRequest::Rewrap {
                 ciphertext,
                 context,
@@ -825,7 +828,7 @@ impl Node {
         resp
     }
 
-    fn partial(
+    async fn partial(
         &self,
         peer: &Peer,
         text: &str,
@@ -848,7 +851,7 @@ impl Node {
             // This node authenticated the caller itself (client-side combining).
             proof: None,
         };
-        match self.quorum.recorded_partial(None, &request) {
+        match self.quorum.recorded_partial(None, &request).await {
             Ok(bytes) => ClientResponse::Partial(bytes),
             Err(reason) => {
                 ClientResponse::Error(format!("node {} refused a partial: {reason}", self.id))

@@ -113,7 +113,8 @@ pub struct Quorum {
 /// What the runtime needs from the node: sending to peers and proposing.
 pub trait Io: Send + Sync + 'static {
     fn send(&self, to: NodeId, bytes: Vec<u8>) -> qk_net::BoxFuture<'_, ()>;
-    fn propose(&self, op: Operation) -> qk_net::BoxFuture<'_, ()>;
+    /// `true` once `op` is committed and applied without error.
+    fn propose(&self, op: Operation) -> qk_net::BoxFuture<'_, bool>;
 }
 
 pub fn now_ms() -> u64 {
@@ -215,7 +216,11 @@ impl Quorum {
 
     /// This node's partial for another node's unwrap: only for the
     /// principal's own proof of exactly this ciphertext and context.
-    fn proven_partial(&self, from: NodeId, request: &PartialRequest) -> Result<Vec<u8>, String> {
+    async fn proven_partial(
+        &self,
+        from: NodeId,
+        request: &PartialRequest,
+    ) -> Result<Vec<u8>, String> {
         if let Err(reason) = self.check_proof(from, request) {
             warn!(
                 %from,
@@ -236,14 +241,15 @@ impl Quorum {
             );
             return Err(format!("node {}: {reason}", self.core.me));
         }
-        self.recorded_partial(Some(from), request)
+        self.recorded_partial(Some(from), request).await
     }
 
     /// This node's partial, with one audit record of the outcome naming the
     /// principal, key, version, this holder, the node that asked (`None`: the
     /// client itself, client-side combining) and the ciphertext and context
-    /// digests.
-    pub fn recorded_partial(
+    /// digests. Fail-closed: the partial is released only once that record
+    /// is committed to the replicated trail.
+    pub async fn recorded_partial(
         &self,
         asked_by: Option<NodeId>,
         request: &PartialRequest,
@@ -254,25 +260,34 @@ impl Quorum {
             Err(reason) => format!("refused: {reason}"),
         };
         let via = asked_by.map_or("the client itself".to_string(), |n| n.to_string());
-        let recorded = self.audit.record(
-            &request.principal,
-            "partial",
-            Some(&request.name),
-            Some(request.version),
-            format!(
-                "{verdict}; holder {}, asked by {via}; ciphertext sha256 {}, context sha256 {}",
-                self.core.me,
-                short_digest(&[&request.ciphertext]),
-                context_digest(&request.context),
-            ),
+        let outcome = format!(
+            "{verdict}; holder {}, asked by {via}; ciphertext sha256 {}, context sha256 {}",
+            self.core.me,
+            short_digest(&[&request.ciphertext]),
+            context_digest(&request.context),
         );
+        let what = (Some(request.name.as_str()), Some(request.version));
         match result {
-            // Fail closed: no record queued for the trail, no partial.
-            Ok(_) if !recorded => Err(format!(
-                "node {}: the audit queue is full, so no partial is released; retry shortly",
-                self.core.me
-            )),
-            other => other,
+            Ok(partial) => {
+                let durable = self
+                    .audit
+                    .record_durable(&request.principal, "partial", what, outcome)
+                    .await;
+                if durable {
+                    Ok(partial)
+                } else {
+                    Err(format!(
+                        "node {}: the audit record of this partial was not committed within 5 s, so no partial is released; retry when a majority of the cluster is up",
+                        self.core.me
+                    ))
+                }
+            }
+            Err(reason) => {
+                let (key, version) = what;
+                self.audit
+                    .record(&request.principal, "partial", key, version, outcome);
+                Err(reason)
+            }
         }
     }
 
@@ -455,7 +470,7 @@ impl Quorum {
                 let (me, io) = (self.clone(), io.clone());
                 tokio::spawn(async move {
                     let result = match me.applied.wait_for_holder(request.min_applied).await {
-                        Ok(_) => me.proven_partial(to, &request),
+                        Ok(_) => me.proven_partial(to, &request).await,
                         Err(behind) => Err(format!("node {}: {behind}", me.core.me)),
                     };
                     let answer = ProtocolMessage::PartialResponse {

@@ -404,6 +404,37 @@ async fn unreachable_holder_fails_generation_and_no_holder_keeps_a_share() {
         .all(|f| f.contains("-1-")));
 }
 
+/// Fail-closed audit: a holder releases its partial only once the audit
+/// record of it is committed; without a majority to commit it, it refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_partial_is_released_without_a_committed_audit_record() {
+    let mut c = Cluster::start(bin(), 3, 100_000);
+    c.create(1, "k", 2, &[1, 2, 3]).await.expect("create");
+    c.wait_key(1, "k", enabled(1));
+    let (ct, _) = c.encrypt(1, "k", CTX, b"audited").await.expect("encrypt");
+    let context: std::collections::BTreeMap<String, String> = CTX
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let partial = || qk_raft::ClientRequest::Partial {
+        ciphertext: ct.clone(),
+        context: context.clone(),
+        approval: None,
+    };
+    let released = c.request(1, partial()).await.expect("answered");
+    assert!(
+        matches!(released, qk_raft::ClientResponse::Partial(_)),
+        "{released:?}"
+    );
+    c.kill(2);
+    c.kill(3);
+    let refused = c.request(1, partial()).await.expect("answered");
+    let qk_raft::ClientResponse::Error(reason) = &refused else {
+        panic!("a partial without a committed record: {refused:?}");
+    };
+    assert!(reason.contains("audit record"), "{reason}");
+}
+
 /// A holder whose erase fails when its version is destroyed keeps trying:
 /// once the fault clears, the share is gone without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -317,7 +317,7 @@ impl Node {
         self.write(peer, credential, cmd).await
     }
 
-    pub(super) fn partial_authorized(
+    pub(super) async fn partial_authorized(
         &self,
         peer: &Peer,
         text: &str,
@@ -328,7 +328,7 @@ impl Node {
             Err(e) => return ClientResponse::Error(e),
         };
         match self.decide(peer, Permission::Decrypt, Some(&name), &context) {
-            Decision::Allow => self.partial(peer, text, context),
+            Decision::Allow => self.partial(peer, text, context).await,
             Decision::Deny(reason) => self.denied(peer, "partial", Some(&name), reason),
             Decision::NeedsApproval { .. } => self.denied(
                 peer,
