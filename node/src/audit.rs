@@ -87,28 +87,33 @@ impl AuditQueue {
 }
 
 pub async fn run(mut rx: mpsc::Receiver<Queued>, io: Arc<dyn Io>) {
+    // At most one batch per FLUSH_AFTER from this node: every batch is a
+    // signed command that every replica verifies, and counts among the
+    // requests the state remembers.
+    let mut last_flush = tokio::time::Instant::now() - FLUSH_AFTER;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + FLUSH_AFTER;
+        let now = tokio::time::Instant::now();
+        // A waiting caller (a partial held until its record commits) goes
+        // as soon as the rate allows; other events wait for companions.
+        let deadline = if batch[0].committed.is_some() {
+            now.max(last_flush + FLUSH_AFTER)
+        } else {
+            now + FLUSH_AFTER
+        };
         while batch.len() < MAX_AUDIT_BATCH {
-            // A caller waits on this batch: take what is queued already and
-            // go (the proposer's group commit batches concurrent ones).
-            let next = if batch.iter().any(|q| q.committed.is_some()) {
-                rx.try_recv().ok()
-            } else {
-                tokio::time::timeout_at(deadline, rx.recv())
-                    .await
-                    .ok()
-                    .flatten()
-            };
-            match next {
-                Some(q) => batch.push(q),
-                None => break,
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(q)) => batch.push(q),
+                _ => break,
             }
         }
+        last_flush = tokio::time::Instant::now();
         let (events, waiters): (Vec<AuditEvent>, Vec<Option<oneshot::Sender<bool>>>) =
             batch.into_iter().map(|q| (q.event, q.committed)).unzip();
-        let committed = io.propose(Operation::AuditBatch(events)).await;
+        // A leader without a majority never answers: give up with the
+        // waiters rather than stall every later batch behind this one.
+        let proposed = io.propose(Operation::AuditBatch(events));
+        let committed = matches!(tokio::time::timeout(COMMIT_WAIT, proposed).await, Ok(true));
         for waiter in waiters.into_iter().flatten() {
             let _ = waiter.send(committed);
         }

@@ -381,7 +381,7 @@ impl Quorum {
                     held.extend(again);
                 }
                 _ = retry.tick(), if !held.is_empty() => {
-                    let waiting = std::mem::take(&mut held);
+                    let waiting = self.still_to_erase(std::mem::take(&mut held));
                     info!(actions = waiting.len(), "retrying a share erase that failed");
                     held = self.execute_batch(waiting, &io);
                 }
@@ -430,6 +430,41 @@ impl Quorum {
             }
         }
         held
+    }
+
+    /// The held actions that still apply: an erase of one epoch's share is
+    /// dropped once the replicated state says to keep that slot (a later
+    /// refresh attempt for the same epoch stored a new share there), and so
+    /// are the proposals it held back. Destroyed and failed versions never
+    /// get a share again, so their erases always stay.
+    fn still_to_erase(&self, held: Vec<Action>) -> Vec<Action> {
+        let mut dropped: Vec<(String, KeyVersion)> = Vec::new();
+        let mut out = Vec::new();
+        for action in held {
+            if let Action::EraseShare {
+                key,
+                name,
+                version,
+                epoch,
+            } = &action
+            {
+                let mut fate = StoredShare::Keep;
+                self.with_state(|s| fate = self.check_slot(s, slot(*key, *version, *epoch)));
+                if !matches!(fate, StoredShare::Erase { .. }) {
+                    info!(key = %name, %version, epoch = epoch.0, "a held erase no longer applies; dropped");
+                    dropped.push((name.clone(), *version));
+                    continue;
+                }
+            }
+            if let Action::Propose(op) = &action {
+                let about = op.key_name().zip(op.version());
+                if about.is_some_and(|(k, v)| dropped.iter().any(|d| d.0 == k && d.1 == v)) {
+                    continue;
+                }
+            }
+            out.push(action);
+        }
+        out
     }
 
     /// Runs one action; `Err` when a share write or erase failed, so the
