@@ -373,14 +373,7 @@ pub async fn policy(ctx: &Ctx, cmd: PolicyCommand) -> Result<()> {
             write_output(None, output::to_json(&policy)?.as_bytes())
         }
         PolicyCommand::Set { key, file } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let policy: KeyPolicy = serde_json::from_str(&text).with_context(|| {
-                format!(
-                    "{} is not a key policy; see `qk policy set --help` for the format",
-                    file.display()
-                )
-            })?;
+            let policy: KeyPolicy = read_json(&file, "a key policy", "qk policy set")?;
             let view = api.set_policy(&key, Some(&policy)).await?;
             key_out(ctx, &view)
         }
@@ -391,19 +384,25 @@ pub async fn policy(ctx: &Ctx, cmd: PolicyCommand) -> Result<()> {
     }
 }
 
+/// A JSON document from `file`; the error names what it should have been
+/// and the command whose help shows the format.
+fn read_json<T: serde::de::DeserializeOwned>(file: &Path, what: &str, command: &str) -> Result<T> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not {what}; see `{command} --help` for the format",
+            file.display()
+        )
+    })
+}
+
 pub async fn access_rule(ctx: &Ctx, cmd: AccessRuleCommand) -> Result<()> {
     let api = &ctx.api;
     let rule = match cmd {
         AccessRuleCommand::Show => api.access_rule().await?,
         AccessRuleCommand::Set { file } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let rule: ApprovalRule = serde_json::from_str(&text).with_context(|| {
-                format!(
-                    "{} is not an approval rule; see `qk access-rule set --help` for the format",
-                    file.display()
-                )
-            })?;
+            let rule: ApprovalRule = read_json(&file, "an approval rule", "qk access-rule set")?;
             api.set_access_rule(Some(&rule)).await?
         }
         AccessRuleCommand::Clear => api.set_access_rule(None).await?,

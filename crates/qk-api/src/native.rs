@@ -476,12 +476,7 @@ async fn set_policy(
     Path(name): Path<String>,
     body: Body,
 ) -> Reply {
-    let body = body.map_err(body_failure)?;
-    let policy: Option<KeyPolicy> = serde_json::from_slice(&body).map_err(|e| {
-        Failure::invalid(format!(
-            "the body must be a KeyPolicy or null ({e}); see docs/API.md"
-        ))
-    })?;
+    let policy: Option<KeyPolicy> = optional_json(body, "a KeyPolicy")?;
     let op = Operation::SetPolicy {
         name: name.clone(),
         policy,
@@ -844,6 +839,20 @@ async fn whoami(State(state): State<AppState>, Authed(caller): Authed) -> Reply 
     }
 }
 
+/// A body that is `what` or `null`; a refusal names the field at fault.
+fn optional_json<T: serde::de::DeserializeOwned>(
+    body: Body,
+    what: &str,
+) -> Result<Option<T>, Refusal> {
+    let body = body.map_err(body_failure)?;
+    serde_json::from_slice(&body).map_err(|e| {
+        Failure::invalid(format!(
+            "the body must be {what} or null ({e}); see docs/API.md"
+        ))
+        .into()
+    })
+}
+
 // ---- the cluster's access rule ----
 
 async fn get_access_rule(State(state): State<AppState>, Authed(caller): Authed) -> Reply {
@@ -858,12 +867,7 @@ async fn set_access_rule(
     Authed(caller): Authed,
     body: Body,
 ) -> Reply {
-    let body = body.map_err(body_failure)?;
-    let rule: Option<ApprovalRule> = serde_json::from_slice(&body).map_err(|e| {
-        Failure::invalid(format!(
-            "the body must be an approval rule or null ({e}); see docs/API.md"
-        ))
-    })?;
+    let rule: Option<ApprovalRule> = optional_json(body, "an approval rule")?;
     state
         .write(&caller, Operation::SetAccessRule { rule })
         .await?;
