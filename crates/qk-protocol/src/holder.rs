@@ -110,8 +110,8 @@ pub fn authorize_partial(
 pub enum StoredShare {
     /// Serve it (or keep it for a refresh still under way).
     Keep,
-    /// Erase it: its version was destroyed or failed, or a refresh replaced
-    /// its epoch. `receipt` is this node's erase receipt to propose, when
+    /// Erase it: its version was destroyed or failed, or a completed
+    /// refresh replaced its epoch. `receipt` is this node's erase receipt to propose, when
     /// the version waits for it.
     Erase { receipt: Option<Operation> },
     /// Never serve it: it does not match the replicated commitments.
@@ -146,12 +146,12 @@ pub fn stored_share(
         return StoredShare::Erase { receipt };
     }
     // An earlier epoch was replaced by a refresh every holder acked. A later
-    // one belongs to a refresh: kept while that refresh runs (its key set is
-    // not agreed yet), erased once the log shows it ended without it (the
-    // share was dealt after the refresh's start entry, which this node has
-    // therefore applied).
-    let refreshing = v.refresh.as_ref().is_some_and(|r| r.epoch == epoch);
-    if epoch < v.epoch || (epoch > v.epoch && !refreshing) {
+    // one belongs to a refresh, and is kept: after a restart the applied
+    // state may not show that refresh yet (or its completion), so it cannot
+    // tell a refresh that ended from one it has not seen. A leftover of an
+    // abandoned attempt is overwritten by the next attempt, which deals the
+    // same epoch, and erased with its version.
+    if epoch < v.epoch {
         return StoredShare::Erase { receipt: None };
     }
     let (Some(bytes), true) = (&v.public_keys, epoch == v.epoch) else {
