@@ -1,6 +1,8 @@
 //! Batched audit of operations that do not otherwise go through the log
 //! (encrypt, decrypt, partials, refused requests): events are collected for
 //! up to `FLUSH_AFTER` or `MAX_AUDIT_BATCH` events and proposed as one entry.
+//! A partial waits until its event is committed (`record_durable`); its
+//! batch goes as soon as the pacing (`MIN_GAP`) allows.
 
 use std::sync::Arc;
 use std::time::Duration;
