@@ -174,6 +174,9 @@ pub(crate) struct World {
     unwrap_requests: BTreeMap<(NodeId, OpId), (Vec<u8>, EncryptionContext)>,
     /// `A_0` of every generation deal in the agreed log, by version.
     deals: BTreeMap<(String, KeyVersion), Vec<(NodeId, ProjectivePoint)>>,
+    /// The checker's own tally of the generation acks the agreed log
+    /// accepted: the key set each holder acked, by version.
+    acks: BTreeMap<(String, KeyVersion), BTreeMap<NodeId, Vec<u8>>>,
     /// Every unwrap a client signed ([`intent_digest`]): an honest holder
     /// releases a partial for no other request.
     signed_intents: BTreeSet<[u8; 32]>,
@@ -274,6 +277,7 @@ impl World {
             done_at: BTreeMap::new(),
             refresh_done: BTreeMap::new(),
             deals: BTreeMap::new(),
+            acks: BTreeMap::new(),
             root_set: BTreeSet::new(),
             settled_at: BTreeMap::new(),
             unwrap_requests: BTreeMap::new(),
@@ -614,11 +618,15 @@ impl World {
             self.stats.commands += 1;
             self.check_forgery(cmd, &resp);
             self.note_deal(cmd);
+            if resp.result.is_ok() {
+                self.note_ack(cmd);
+            }
             if let Ok(a) = &resp.result {
                 match a {
                     qk_state::Applied::VersionEnabled => {
                         self.stats.versions_enabled += 1;
                         self.note_settled(cmd);
+                        self.check_all_acked(cmd);
                         self.check_dkg_blame(cmd);
                     }
                     qk_state::Applied::VersionDestroyed => self.stats.versions_destroyed += 1,

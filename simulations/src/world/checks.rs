@@ -126,6 +126,53 @@ impl World {
         }
     }
 
+    /// An accepted generation ack: only from the holder it names.
+    pub(super) fn note_ack(&mut self, cmd: &Command) {
+        let Operation::Dkg {
+            name,
+            version,
+            from,
+            step: DkgStep::Ack { public_keys },
+            session: qk_state::DkgSession::Generation,
+        } = &cmd.op
+        else {
+            return;
+        };
+        if cmd.principal != from.to_string() {
+            self.fail(format!(
+                "an ack for {from} of {name:?} {version} was accepted from {}",
+                cmd.principal
+            ));
+        }
+        self.acks
+            .entry((name.clone(), *version))
+            .or_default()
+            .insert(*from, public_keys.clone());
+    }
+
+    /// The invariant: a version is enabled only once every one of its
+    /// holders acked, each the very key set the version is enabled with.
+    pub(super) fn check_all_acked(&mut self, cmd: &Command) {
+        let Operation::Dkg { name, version, .. } = &cmd.op else {
+            return;
+        };
+        let Some(v) = self.truth.key(name).and_then(|k| k.version(*version)) else {
+            return;
+        };
+        let acked = self.acks.get(&(name.clone(), *version));
+        let missing: Vec<NodeId> = v
+            .holders
+            .iter()
+            .copied()
+            .filter(|h| acked.and_then(|a| a.get(h)) != v.public_keys.as_ref())
+            .collect();
+        if !missing.is_empty() {
+            self.fail(format!(
+                "version {version} of {name:?} was enabled without the ack of {missing:?} for its key set"
+            ));
+        }
+    }
+
     /// When a version left `Generating` (for the scale study).
     pub(super) fn note_settled(&mut self, cmd: &Command) {
         let vk = match &cmd.op {
