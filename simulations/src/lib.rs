@@ -303,13 +303,16 @@ impl Driver {
 
     /// As a bootstrapping node does: node 1 proposes the initial admin until
     /// the log has it (the first proposals may precede the election). Then
-    /// the admin creates the workload's caller, "app", a key user.
+    /// the admin creates the workload's caller, "app", a key user, and
+    /// "guest", an auditor whose unwraps every holder must refuse.
     async fn create_admin(&self) {
         self.with(|w| w.schedule(50, Ev::Tick));
         let node_1 = ("node-1", Some(NodeId(1)));
         self.create_principal(node_1, "admin", qk_state::Role::Admin)
             .await;
         self.create_principal(("admin", None), "app", qk_state::Role::KeyUser)
+            .await;
+        self.create_principal(("admin", None), "guest", qk_state::Role::Auditor)
             .await;
     }
 

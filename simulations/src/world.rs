@@ -864,6 +864,11 @@ impl World {
             *op_id = request.op_id;
             if result.is_ok() && !byz {
                 self.check_released(id, to, &request);
+                if request.principal == "guest" {
+                    self.fail(format!(
+                        "holder {id} released a partial to guest, whose role gives no decrypt"
+                    ));
+                }
             }
         }
         match reply.encode() {
@@ -901,7 +906,7 @@ impl World {
                     self.fail(format!("unwrap {op_id} at {id} returned a wrong plaintext"));
                 }
                 (Ok(_), None) => self.fail(format!(
-                    "unwrap {op_id} at {id} succeeded under a context the ciphertext was not made for"
+                    "unwrap {op_id} at {id} succeeded, though it named a context the ciphertext was not made for or a principal that may not decrypt"
                 )),
                 (Err(_), None) => self.stats.attacks_refused += 1,
                 _ => {}
@@ -981,14 +986,14 @@ impl World {
     // ---- invariants ---------------------------------------------------------
 }
 
-/// The simulated PKI of run `seed`: node-1..node-`nodes`, the admin and the
-/// workload's caller "app",
+/// The simulated PKI of run `seed`: node-1..node-`nodes`, the admin, the
+/// workload's caller "app" and "guest" (an auditor, who may not decrypt),
 /// each enrolled with a key derived from the seed.
 fn sim_pki(seed: u64, nodes: u64) -> (KeyRoster, BTreeMap<String, Credential>) {
     let mut roster = KeyRoster::new();
     let principals = (1..=nodes)
         .map(|i| NodeId(i).to_string())
-        .chain(["admin".to_string(), "app".to_string()]);
+        .chain(["admin", "app", "guest"].map(String::from));
     let credentials = principals
         .filter_map(|name| {
             let mut h = Sha256::new();

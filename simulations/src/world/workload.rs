@@ -29,13 +29,22 @@ impl World {
                 let w = &self.wrapped[self.rng.random_range(0..self.wrapped.len())];
                 let (name, ct, pt) = (w.name.clone(), w.ciphertext.clone(), w.plaintext.clone());
                 let via = live[self.rng.random_range(0..live.len())];
-                if self.rng.random_range(0..10) == 0 {
-                    // The caller names another tenant's context.
-                    let evil = BTreeMap::from([("tenant".to_string(), "mallory".to_string())]);
-                    self.stats.attacks += 1;
-                    self.start_unwrap_with(via, &name, ct, None, evil);
-                } else {
-                    self.start_unwrap(via, &name, ct, pt);
+                match self.rng.random_range(0..20) {
+                    0 | 1 => {
+                        // The caller names another tenant's context.
+                        let evil = BTreeMap::from([("tenant".to_string(), "mallory".to_string())]);
+                        self.stats.attacks += 1;
+                        self.start_unwrap_with(via, &name, ct, None, (evil, "app"));
+                    }
+                    2 => {
+                        // A principal whose role gives no decrypt, with its own
+                        // valid proof: every holder's policy check refuses it.
+                        self.stats.attacks += 1;
+                        self.start_unwrap_with(via, &name, ct, None, (ctx(), "guest"));
+                    }
+                    _ => {
+                        self.start_unwrap(via, &name, ct, pt);
+                    }
                 }
             }
             80..=86 => self.rotate_some_key(),
@@ -377,25 +386,26 @@ impl World {
         ciphertext: Vec<u8>,
         expected: Vec<u8>,
     ) -> OpId {
-        self.start_unwrap_with(via, name, ciphertext, Some(expected), ctx())
+        self.start_unwrap_with(via, name, ciphertext, Some(expected), (ctx(), "app"))
     }
 
-    /// An unwrap; `expected` is `None` for an attack (a context other than
-    /// the one the ciphertext was made for), which must fail.
+    /// An unwrap by `principal`; `expected` is `None` for an attack (a
+    /// context other than the one the ciphertext was made for, or a
+    /// principal that may not decrypt), which must fail.
     pub(super) fn start_unwrap_with(
         &mut self,
         via: NodeId,
         name: &str,
         ciphertext: Vec<u8>,
         expected: Option<Vec<u8>>,
-        context: EncryptionContext,
+        (context, principal): (EncryptionContext, &str),
     ) -> OpId {
         self.next_op += 1;
         let op_id = self.next_op;
         self.unwrap_requests
             .insert((via, op_id), (ciphertext.clone(), context.clone()));
         self.stats.unwraps_started += 1;
-        let proof = self.sign_intent("app", &ciphertext, &context, via);
+        let proof = self.sign_intent(principal, &ciphertext, &context, via);
         let now_ms = self.clock_of(via);
         let Some(node) = self.nodes.get_mut(&via) else {
             return op_id;
@@ -416,7 +426,7 @@ impl World {
                     name: name.to_string(),
                     ciphertext,
                     context,
-                    principal: "app".into(),
+                    principal: principal.into(),
                     mode: UnwrapMode::ServerSide,
                     min_applied: 0,
                     proof,
