@@ -619,6 +619,19 @@ impl StateMachine {
         name: &str,
         record: Option<PrincipalRecord>,
     ) -> Result<(), StateError> {
+        // Only an eligible approver's change can leave a rule short; the
+        // common change (any other principal) skips the scan of every rule.
+        let was_approver = self
+            .principals
+            .get(name)
+            .is_some_and(|p| !p.disabled && p.roles.contains(&Role::Approver));
+        if !was_approver {
+            match record {
+                Some(r) => self.principals.insert(name.to_string(), r),
+                None => self.principals.remove(name),
+            };
+            return Ok(());
+        }
         let met_before = self.unmet_approval_rules();
         let previous = match record {
             Some(r) => self.principals.insert(name.to_string(), r),
