@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use qk_protocol::{
-    answer_partial, check_intent_proof, stored_share, token_signer, Action, Event, NodeProtocol,
-    OpId, PartialRequest, Plaintext, ProtocolConfig, ProtocolMessage, StoredShare, UnwrapError,
+    answer_partial, check_intent_proof, stored_share, Action, Event, NodeProtocol, OpId,
+    PartialRequest, Plaintext, ProtocolConfig, ProtocolMessage, StoredShare, UnwrapError,
     UnwrapMode, UnwrapRequest,
 };
 use qk_state::{Command, Operation, Response, StateMachine};
@@ -297,7 +297,9 @@ impl Quorum {
         let now_ms = now_ms();
         let token = |id: &str| {
             let mut signer = Err("no state".to_string());
-            self.with_state(|s| signer = token_signer(s, id, now_ms));
+            self.with_state(|s| {
+                signer = s.token_signer(id, now_ms).map_err(|e| e.to_string());
+            });
             signer
         };
         check_intent_proof(from, request, now_ms, self.grants.as_ref(), token)

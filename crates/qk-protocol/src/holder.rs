@@ -13,27 +13,10 @@ use sha2::{Digest, Sha256};
 
 use crate::message::PartialRequest;
 
-/// The principal and verify key of token `id`, if the token is live at
-/// `now_ms`. (The node reads it under its state lock; the signature checks
-/// of [`check_intent_proof`] run outside it.)
-pub fn token_signer(
-    state: &StateMachine,
-    id: &str,
-    now_ms: u64,
-) -> Result<(String, [u8; 32]), String> {
-    let token = state
-        .token(id)
-        .ok_or_else(|| format!("the proof names token {id}, which this node does not know"))?;
-    if token.revoked_ms.is_some() || token.expires_at_ms <= now_ms {
-        return Err(format!("the proof's token {id} is revoked or expired"));
-    }
-    Ok((token.principal.clone(), token.verify_key))
-}
-
 /// Checks that the principal a partial request names signed exactly this
 /// ciphertext and context, for node `from` (the node that sent the request)
 /// to combine, recently by this holder's clock. `token` resolves a token
-/// signer (see [`token_signer`]); `grants` checks a session grant against
+/// signer (`StateMachine::token_signer`); `grants` checks a session grant against
 /// the cluster's CA. A node's word about who asked is never enough.
 pub fn check_intent_proof(
     from: NodeId,

@@ -30,7 +30,7 @@ use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
 use rand_core::CryptoRng;
 
 pub use generation::{refresh_session_id, session_id};
-pub use holder::{authorize_partial, check_intent_proof, stored_share, token_signer, StoredShare};
+pub use holder::{authorize_partial, check_intent_proof, stored_share, StoredShare};
 pub use message::{MessageError, OpId, PartialRequest, ProtocolMessage};
 pub use unwrap::{
     answer_partial, share_index_of, Plaintext, UnwrapError, UnwrapMode, UnwrapRequest,

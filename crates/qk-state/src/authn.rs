@@ -165,10 +165,13 @@ impl StateMachine {
         Ok(proof.signed_ms)
     }
 
-    fn token_signer(&self, id: &str, at_ms: u64) -> Result<(String, [u8; 32]), ProofError> {
+    /// The principal and verify key of token `id`, if it is live at
+    /// `at_ms`: for a command's proof at apply, and for a holder checking a
+    /// decrypt proof (which reads only this under the state lock).
+    pub fn token_signer(&self, id: &str, at_ms: u64) -> Result<(String, [u8; 32]), ProofError> {
         let token = self.tokens.get(id).ok_or_else(|| {
             ProofError::Signer(format!(
-                "the proof names token {}, which does not exist",
+                "the proof names token {}, which this replica does not know",
                 bounded(id, 64)
             ))
         })?;

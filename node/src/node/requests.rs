@@ -388,13 +388,14 @@ impl Node {
                 return ClientResponse::Error(format!("could not derive the token's key: {e}"))
             }
         };
+        let secret_sha256: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         let created_ms = now_ms();
         let expires_at_ms = created_ms.saturating_add(ttl_ms);
         let op = Operation::IssueToken {
             id: id.clone(),
             principal: principal.clone(),
             description: description.clone(),
-            secret_sha256: Sha256::digest(secret.as_bytes()).into(),
+            secret_sha256,
             verify_key,
             expires_at_ms,
         };
@@ -415,7 +416,7 @@ impl Node {
                         id: id.clone(),
                         principal,
                         description,
-                        secret_sha256: Sha256::digest(secret.as_bytes()).into(),
+                        secret_sha256,
                         verify_key,
                         created_ms,
                         expires_at_ms,

@@ -10,7 +10,7 @@
 //! for exactly that ciphertext, context and requesting node.
 
 use qk_crypto::Ciphertext;
-use qk_protocol::{check_intent_proof, token_signer, PartialRequest};
+use qk_protocol::{check_intent_proof, PartialRequest};
 use qk_state::proof::{Intent, ProofError, SessionGrant};
 
 use super::*;
@@ -232,7 +232,7 @@ impl World {
         if self.cfg.bug == PlantedBug::SkipIntentCheck {
             return Ok(());
         }
-        let token = |id: &str| token_signer(state, id, now_ms);
+        let token = |id: &str| state.token_signer(id, now_ms).map_err(|e| e.to_string());
         check_intent_proof(from, request, now_ms, self.roster.as_ref(), token)
     }
 
