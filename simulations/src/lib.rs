@@ -51,7 +51,7 @@ impl NetProfile {
 }
 
 /// A bug planted in the simulator's own node adapter, to show the checker
-/// catches it.
+/// catches it (docs/SIMULATION.md, "Planted bugs").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlantedBug {
     None,
@@ -71,6 +71,66 @@ pub enum PlantedBug {
     /// Honest holders answer another node's partial request without
     /// checking the principal's proof (the node's word is taken).
     SkipIntentCheck,
+    /// Honest holders answer partials whatever the version's state
+    /// (disabled, compromised, pending destruction, destroying).
+    HolderUsability,
+    /// Honest holders answer partials without their own policy check of the
+    /// principal (the requesting node's check is trusted).
+    HolderAuthorization,
+    /// Honest holders ignore the key's minimum decryption version.
+    MinDecrypt,
+    /// Holders keep the old epoch's share when a refresh switches epochs.
+    RefreshErase,
+    /// Holders propose their erase receipt before erasing; the erase runs
+    /// later (and is lost if the node crashes first).
+    ReceiptBeforeErase,
+}
+
+impl PlantedBug {
+    /// Every planted bug, for the flag parser and the test that runs them all.
+    pub const ALL: [PlantedBug; 10] = [
+        PlantedBug::SwapApply,
+        PlantedBug::IgnoreErase,
+        PlantedBug::SkipProofCheck,
+        PlantedBug::TrustAnyGrant,
+        PlantedBug::SkipIntentCheck,
+        PlantedBug::HolderUsability,
+        PlantedBug::HolderAuthorization,
+        PlantedBug::MinDecrypt,
+        PlantedBug::RefreshErase,
+        PlantedBug::ReceiptBeforeErase,
+    ];
+
+    /// The name `qk-sim --plant NAME` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlantedBug::None => "none",
+            PlantedBug::SwapApply => "swap-apply",
+            PlantedBug::IgnoreErase => "ignore-erase",
+            PlantedBug::SkipProofCheck => "skip-proof-check",
+            PlantedBug::TrustAnyGrant => "trust-any-grant",
+            PlantedBug::SkipIntentCheck => "skip-intent-check",
+            PlantedBug::HolderUsability => "holder-usability",
+            PlantedBug::HolderAuthorization => "holder-authorization",
+            PlantedBug::MinDecrypt => "min-decrypt",
+            PlantedBug::RefreshErase => "refresh-erase",
+            PlantedBug::ReceiptBeforeErase => "receipt-before-erase",
+        }
+    }
+
+    /// The bug `name` names.
+    pub fn parse(name: &str) -> Result<PlantedBug, String> {
+        std::iter::once(PlantedBug::None)
+            .chain(PlantedBug::ALL)
+            .find(|b| b.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = PlantedBug::ALL.iter().map(|b| b.name()).collect();
+                format!(
+                    "no planted bug {name:?}; choose one of {}",
+                    names.join(", ")
+                )
+            })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -125,13 +185,8 @@ impl SimConfig {
         if !self.byzantine {
             s.push_str(" --no-byzantine");
         }
-        match self.bug {
-            PlantedBug::None => {}
-            PlantedBug::SwapApply => s.push_str(" --plant-swap-apply"),
-            PlantedBug::IgnoreErase => s.push_str(" --plant-ignore-erase"),
-            PlantedBug::SkipProofCheck => s.push_str(" --plant-skip-proof-check"),
-            PlantedBug::TrustAnyGrant => s.push_str(" --plant-trust-any-grant"),
-            PlantedBug::SkipIntentCheck => s.push_str(" --plant-skip-intent-check"),
+        if self.bug != PlantedBug::None {
+            s.push_str(&format!(" --plant {}", self.bug.name()));
         }
         s
     }
@@ -209,6 +264,14 @@ pub struct Stats {
     /// name without its proof of that request, and how many were refused.
     pub partial_forgeries: u64,
     pub partial_forgeries_refused: u64,
+    /// Unwraps a caller signed through the compromised node, which passed
+    /// them to the holders without its own checks (a version that may not
+    /// decrypt, a principal that may not), and the holders' refusals.
+    pub unchecked_partials: u64,
+    pub unchecked_partials_refused: u64,
+    /// Snapshots nodes installed from the leader (each followed by a
+    /// check of the node's share store against the new state).
+    pub snapshots_installed: u64,
     /// Root keys the checker reconstructed (and searched for).
     pub roots_reconstructed: u64,
 }

@@ -36,23 +36,12 @@ struct Args {
     /// No Byzantine holder.
     #[arg(long)]
     no_byzantine: bool,
-    /// Plant a bug: node 1's state machine applies entries 3 and 4 in swapped order.
-    #[arg(long)]
-    plant_swap_apply: bool,
-    /// Plant a bug: the simulated share store ignores every erase.
-    #[arg(long)]
-    plant_ignore_erase: bool,
-    /// Plant a bug: honest holders check the ciphertext proof against the
-    /// wrong context.
-    #[arg(long)]
-    plant_skip_proof_check: bool,
-    /// Plant a bug: the grant check at apply accepts any self-signed grant.
-    #[arg(long)]
-    plant_trust_any_grant: bool,
-    /// Plant a bug: honest holders release partials without the principal's
-    /// proof.
-    #[arg(long)]
-    plant_skip_intent_check: bool,
+    /// Plant a bug the checker must catch (docs/SIMULATION.md, "Planted
+    /// bugs"): swap-apply, ignore-erase, skip-proof-check, trust-any-grant,
+    /// skip-intent-check, holder-usability, holder-authorization,
+    /// min-decrypt, refresh-erase, receipt-before-erase.
+    #[arg(long, value_parser = PlantedBug::parse, default_value = "none")]
+    plant: PlantedBug,
     /// Print the scale table (one key; nodes 3 to 64, LAN and WAN) and exit.
     #[arg(long)]
     scale: bool,
@@ -85,21 +74,7 @@ fn main() -> ExitCode {
     };
     cfg.faults = !args.no_faults;
     cfg.byzantine = !args.no_byzantine;
-    if args.plant_swap_apply {
-        cfg.bug = PlantedBug::SwapApply;
-    }
-    if args.plant_ignore_erase {
-        cfg.bug = PlantedBug::IgnoreErase;
-    }
-    if args.plant_skip_proof_check {
-        cfg.bug = PlantedBug::SkipProofCheck;
-    }
-    if args.plant_trust_any_grant {
-        cfg.bug = PlantedBug::TrustAnyGrant;
-    }
-    if args.plant_skip_intent_check {
-        cfg.bug = PlantedBug::SkipIntentCheck;
-    }
+    cfg.bug = args.plant;
     let count = args.sweep.unwrap_or(1);
     let started = Instant::now();
     for seed in args.seed..args.seed.saturating_add(count) {
@@ -112,7 +87,7 @@ fn main() -> ExitCode {
         }
         let s = &out.stats;
         println!(
-            "seed {seed}: ok  trace {}  sim {} ms, {} steps, {} log entries, {} Raft msgs ({} duplicated), {} msgs ({} lost), keys {}, enabled {}, refreshed {}, destroyed {}, unwraps {} ok / {} failed, liveness checks {}, crashes {} (disk loss {}, unflushed entries lost {}), partitions {}, wrong partials blamed {}, wrong-context unwraps {} ({} refused), forged commands {} ({} refused), forged partial requests {} ({} refused), Byzantine DKGs {} (dealer excluded {}), roots checked {}",
+            "seed {seed}: ok  trace {}  sim {} ms, {} steps, {} log entries, {} Raft msgs ({} duplicated), {} msgs ({} lost), keys {}, enabled {}, refreshed {}, destroyed {}, unwraps {} ok / {} failed, liveness checks {}, crashes {} (disk loss {}, unflushed entries lost {}), partitions {}, wrong partials blamed {}, wrong-context unwraps {} ({} refused), forged commands {} ({} refused), forged partial requests {} ({} refused), unchecked partial requests {} ({} holder refusals), Byzantine DKGs {} (dealer excluded {}), snapshots installed {}, roots checked {}",
             out.trace_hex(),
             s.time_ms,
             s.steps,
@@ -139,8 +114,11 @@ fn main() -> ExitCode {
             s.forgeries_refused,
             s.partial_forgeries,
             s.partial_forgeries_refused,
+            s.unchecked_partials,
+            s.unchecked_partials_refused,
             s.dkg_byzantine_sessions,
             s.dkg_byzantine_blamed,
+            s.snapshots_installed,
             s.roots_reconstructed,
         );
     }

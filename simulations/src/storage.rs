@@ -271,6 +271,9 @@ pub enum Applied<'a> {
         command: &'a Command,
         response: &'a Response,
     },
+    /// A snapshot from the leader replaced the state (the node's install
+    /// hook): the commands it covers are never applied one by one here.
+    SnapshotInstalled { index: u64 },
 }
 
 /// The planted reordering: the index held back, and the entry once seen.
@@ -480,6 +483,10 @@ impl RaftStateMachine<TypeConfig> for MemSm {
         })?;
         self.disk.lock().map_err(|_| poisoned())?.snapshot = Some((meta.clone(), data));
         *self.state.write().map_err(|_| poisoned())? = new_state;
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        if let Some(h) = self.hook.lock().map_err(|_| poisoned())?.as_mut() {
+            h(Applied::SnapshotInstalled { index });
+        }
         Ok(())
     }
 

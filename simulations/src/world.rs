@@ -31,6 +31,7 @@ use crate::storage::{Applied, Hook, RaftDisk, SharedDisk};
 
 mod checks;
 mod forgery;
+mod planted;
 mod workload;
 
 use crate::{PlantedBug, SimConfig, Stats};
@@ -58,6 +59,9 @@ pub(crate) struct SimNode {
     /// Entries at or below this index were in the local log at (re)start:
     /// replays the protocol does not react to (as in the node).
     pub(crate) replay_upto: u64,
+    /// The share store was checked against the applied state since the
+    /// node last started (as the node's `reconcile_shares`).
+    pub(crate) reconciled: bool,
     audit_verified: u64,
     inflight: BTreeMap<OpId, InFlight>,
     pub(crate) skew_ms: u64,
@@ -96,6 +100,12 @@ pub(crate) enum Ev {
     Fault,
     Restart(NodeId),
     Heal,
+    /// A version's erase, run late (the receipt-before-erase planted bug).
+    LateErase {
+        id: NodeId,
+        key: KeyId,
+        version: KeyVersion,
+    },
 }
 
 /// Work a step asks the async driver to do (it needs to await).
@@ -184,6 +194,9 @@ pub(crate) struct World {
     seen_proofs: Vec<IntentProof>,
     /// Operation ids of the partial requests the compromised node forged.
     forged_partials: BTreeSet<OpId>,
+    /// Operation ids of the signed requests the compromised node passed on
+    /// to holders without its own checks.
+    unchecked_partials: BTreeSet<OpId>,
 }
 
 impl std::fmt::Debug for World {
@@ -222,6 +235,7 @@ impl World {
                     disk: BTreeMap::new(),
                     alive: false,
                     replay_upto: 0,
+                    reconciled: false,
                     audit_verified: 0,
                     inflight: BTreeMap::new(),
                     skew_ms,
@@ -284,6 +298,7 @@ impl World {
             signed_intents: BTreeSet::new(),
             seen_proofs: Vec::new(),
             forged_partials: BTreeSet::new(),
+            unchecked_partials: BTreeSet::new(),
             cfg,
         }
     }
@@ -358,6 +373,12 @@ impl World {
                     command,
                     response,
                 } => w.on_command(id, state, index, command, response),
+                Applied::SnapshotInstalled { index } => {
+                    w.trace(&format!("snapshot {id}"), &index.to_be_bytes());
+                    w.stats.snapshots_installed += 1;
+                    // As the node: check the share store against the new state.
+                    w.reconcile(id);
+                }
             }
         })
     }
@@ -620,6 +641,7 @@ impl World {
             self.note_deal(cmd);
             if resp.result.is_ok() {
                 self.note_ack(cmd);
+                self.check_receipt(cmd);
             }
             if let Ok(a) = &resp.result {
                 match a {
@@ -654,6 +676,13 @@ impl World {
             response: response.clone(),
         };
         self.drive_with(id, state, event);
+        if let (
+            Ok(qk_state::Applied::RefreshCompleted { .. }),
+            Operation::Dkg { name, version, .. },
+        ) = (&response.result, &cmd.op)
+        {
+            self.check_old_epochs(id, state, Some((name, *version)));
+        }
     }
 }
 
@@ -767,20 +796,8 @@ impl World {
                     version,
                     epoch,
                     ..
-                } => {
-                    if self.cfg.bug != PlantedBug::IgnoreErase {
-                        if let Some(n) = self.nodes.get_mut(&id) {
-                            n.disk.remove(&(key, version, epoch));
-                        }
-                    }
-                }
-                Action::EraseVersion { key, version, .. } => {
-                    if self.cfg.bug != PlantedBug::IgnoreErase {
-                        if let Some(n) = self.nodes.get_mut(&id) {
-                            n.disk.retain(|(k, v, _), _| (*k, *v) != (key, version));
-                        }
-                    }
-                }
+                } => self.erase_share(id, (key, version, epoch), state),
+                Action::EraseVersion { key, version, .. } => self.erase_version(id, key, version),
                 Action::AnswerPartial { to, request } => self.answer(id, to, request, state),
                 Action::UnwrapDone {
                     op_id,
@@ -860,15 +877,13 @@ impl World {
             }
         }
         let mut reply = answer_partial(state, id, share.as_ref(), &req, now_ms, &mut self.rng);
+        if !byz {
+            reply = self.planted_release((id, state, share.as_ref()), &req, now_ms, reply);
+        }
         if let ProtocolMessage::PartialResponse { op_id, result } = &mut reply {
             *op_id = request.op_id;
-            if result.is_ok() && !byz {
-                self.check_released(id, to, &request);
-                if request.principal == "guest" {
-                    self.fail(format!(
-                        "holder {id} released a partial to guest, whose role gives no decrypt"
-                    ));
-                }
+            if !byz {
+                self.check_answer(id, to, &request, result.is_ok(), (state, now_ms));
             }
         }
         match reply.encode() {
@@ -980,6 +995,7 @@ impl World {
             }
             Ev::Restart(id) => self.jobs.push(Job::Start(id)),
             Ev::Heal => self.blocked.clear(),
+            Ev::LateErase { id, key, version } => self.erase_now(id, key, version),
         }
     }
 

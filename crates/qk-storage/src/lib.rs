@@ -78,8 +78,8 @@ pub use error::StoreError;
 pub use log_store::{LogStore, MAX_REPLICATION_BATCH_BYTES};
 pub use shares::{SealKey, ShareSlot, ShareStore, ShareStoreError};
 pub use state_machine::{
-    apply_entry, decode_payload, encode_payload, AppliedState, ApplyHook, SnapshotBuilder,
-    StateMachineStore, StateReader,
+    apply_entry, decode_payload, encode_payload, AppliedState, ApplyHook, InstallHook,
+    SnapshotBuilder, StateMachineStore, StateReader,
 };
 
 pub type NodeId = qk_raft::NodeId;

@@ -140,6 +140,8 @@ struct Shared {
     snapshot_write: Mutex<()>,
     /// Called after each applied command, with the state as of that entry.
     hook: Mutex<Option<ApplyHook>>,
+    /// Called after a snapshot from the leader replaced the state.
+    install_hook: Mutex<Option<InstallHook>>,
     /// Checks the session grants commands are signed under (the cluster CA).
     grants: Arc<dyn GrantCheck>,
 }
@@ -149,6 +151,13 @@ struct Shared {
 /// response)`. Runs inside `apply` with the state locked: keep it short and
 /// never block on Raft from it.
 pub type ApplyHook = Box<dyn FnMut(&StateMachine, u64, &Command, &Response) + Send>;
+
+/// Observer of installed snapshots, with the last log index the snapshot
+/// covers. The commands it covers never reach the [`ApplyHook`], so
+/// whatever reacts to applies (erasing shares of destroyed versions and
+/// replaced epochs) must look at the new state as a whole. Runs inside
+/// `install_snapshot`: keep it short.
+pub type InstallHook = Box<dyn FnMut(u64) + Send>;
 
 impl Shared {
     fn read(&self) -> Result<RwLockReadGuard<'_, AppliedState>, StoreError> {
@@ -314,6 +323,7 @@ impl StateMachineStore {
                 state: RwLock::new(state),
                 snapshot_write: Mutex::new(()),
                 hook: Mutex::new(None),
+                install_hook: Mutex::new(None),
                 grants,
             }),
         }
@@ -322,6 +332,13 @@ impl StateMachineStore {
     /// Installs the observer of applied commands (replacing any previous one).
     pub fn set_apply_hook(&self, hook: ApplyHook) {
         if let Ok(mut slot) = self.shared.hook.lock() {
+            *slot = Some(hook);
+        }
+    }
+
+    /// Installs the observer of installed snapshots (replacing any previous one).
+    pub fn set_install_hook(&self, hook: InstallHook) {
+        if let Ok(mut slot) = self.shared.install_hook.lock() {
             *slot = Some(hook);
         }
     }
@@ -527,6 +544,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(fail)?;
         *self.shared.write().map_err(fail)? = new_state;
         tracing::info!(snapshot = %meta, bytes = data.len(), "installed snapshot");
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        if let Ok(mut hook) = self.shared.install_hook.lock() {
+            if let Some(h) = hook.as_mut() {
+                h(index);
+            }
+        }
         Ok(())
     }
 

@@ -296,6 +296,39 @@ fn snapshot_with_mismatched_meta_is_rejected() {
 }
 
 #[test]
+fn an_installed_snapshot_is_reported_to_the_install_hook_after_the_state_switched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    rt().block_on(async {
+        let (_log, mut sm) = open(dir.path(), no_signers()).expect("open");
+        sm.apply([blank(1, 1), blank(1, 2)]).await.expect("apply");
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+        let other = tempfile::tempdir().expect("tempdir");
+        let (_log2, mut sm2) = open(other.path(), no_signers()).expect("open");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (record, reader) = (seen.clone(), sm2.reader());
+        sm2.set_install_hook(Box::new(move |index| {
+            let applied = reader
+                .read(|a| a.last_applied().map(|l| l.index))
+                .ok()
+                .flatten();
+            if let Ok(mut v) = record.lock() {
+                v.push((index, applied));
+            }
+        }));
+        sm2.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .expect("install");
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen, vec![(2, Some(2))], "once, with the new state visible");
+    });
+}
+
+#[test]
 fn decode_checks_size_before_parsing() {
     let err = codec::decode::<u64>(&[0u8; 17], 16).expect_err("over the limit");
     assert!(err.contains("over the limit"), "{err}");

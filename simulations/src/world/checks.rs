@@ -1,9 +1,162 @@
 //! The invariant checker: what must hold after every step, at every
 //! apply and at quiescent points (docs/SIMULATION.md, "Invariants").
 
+use qk_protocol::{authorize_partial, PartialRequest};
+use qk_state::{KeyRecord, KeyVersionRecord};
+
 use super::*;
 
+/// A rule an honest holder keeps before it releases a partial, judged by
+/// the checker on the holder's applied state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ReleaseRule {
+    /// The version is enabled, or disabled as compromised with decryption
+    /// still allowed.
+    Usable,
+    /// The version is not below the key's minimum decryption version.
+    MinDecrypt,
+    /// The holder's own policy check of the principal passes
+    /// (`authorize_partial`, the node's code).
+    Authorized,
+}
+
+/// Why `record` may not decrypt by its state, if it may not. Written here
+/// apart from the protocol's own check, so a bug there shows.
+pub(super) fn unusable_state(record: &KeyVersionRecord) -> Option<String> {
+    match &record.state {
+        VersionState::Enabled => None,
+        VersionState::Disabled if record.compromised_decrypt_allowed => None,
+        other => Some(format!("is {}", other.name())),
+    }
+}
+
+/// Why `version` of `key` is below its minimum decryption version, if it is.
+pub(super) fn below_min_decrypt(key: &KeyRecord, version: KeyVersion) -> Option<String> {
+    (version < key.min_decrypt_version).then(|| {
+        format!(
+            "is below the key's minimum decryption version {}",
+            key.min_decrypt_version.0
+        )
+    })
+}
+
+/// The release rules `request` breaks in `state`, each with why.
+pub(super) fn broken_release_rules(
+    state: &StateMachine,
+    request: &PartialRequest,
+    now_ms: u64,
+) -> Vec<(ReleaseRule, String)> {
+    let Some(key) = state.key(&request.name) else {
+        return vec![(ReleaseRule::Usable, "has no key record".into())];
+    };
+    let mut broken = Vec::new();
+    match key.version(request.version) {
+        Some(record) => {
+            if let Some(why) = unusable_state(record) {
+                broken.push((ReleaseRule::Usable, why));
+            }
+        }
+        None => broken.push((ReleaseRule::Usable, "does not exist".into())),
+    }
+    if let Some(why) = below_min_decrypt(key, request.version) {
+        broken.push((ReleaseRule::MinDecrypt, why));
+    }
+    if let Err(reason) = authorize_partial(state, request, now_ms) {
+        let why = format!("{} may not unwrap: {reason}", request.principal);
+        broken.push((ReleaseRule::Authorized, why));
+    }
+    broken
+}
+
 impl World {
+    /// Honest holder `id` answered `to`'s partial `request` (`released` or
+    /// refused) in `state` at its clock `now_ms`. Invariants 9 and 13: a
+    /// partial only for a request its principal signed for `to`, for a
+    /// version that may decrypt at that point of the holder's log, and to a
+    /// principal the holder's own policy check allows ("guest" never).
+    pub(super) fn check_answer(
+        &mut self,
+        id: NodeId,
+        to: NodeId,
+        request: &PartialRequest,
+        released: bool,
+        (state, now_ms): (&StateMachine, u64),
+    ) {
+        if !released {
+            if self.unchecked_partials.contains(&request.op_id) {
+                self.stats.unchecked_partials_refused += 1;
+            }
+            return;
+        }
+        self.check_released(id, to, request);
+        if let Some((_, why)) = broken_release_rules(state, request, now_ms).first() {
+            self.fail(format!(
+                "holder {id} released a partial of {:?} version {} to {to}, which {why} in the holder's applied state",
+                request.name, request.version
+            ));
+        } else if request.principal == "guest" {
+            self.fail(format!(
+                "holder {id} released a partial to guest, whose role gives no decrypt"
+            ));
+        }
+    }
+
+    /// Invariant 14: an erase receipt commits only once its node's store
+    /// holds no share of the version.
+    pub(super) fn check_receipt(&mut self, cmd: &Command) {
+        let Operation::EraseReceipt {
+            name,
+            version,
+            node,
+        } = &cmd.op
+        else {
+            return;
+        };
+        let Some(key) = self.truth.key(name).map(|k| k.id) else {
+            return;
+        };
+        let kept = self
+            .nodes
+            .get(node)
+            .is_some_and(|n| n.disk.keys().any(|(k, v, _)| (*k, *v) == (key, *version)));
+        if kept {
+            self.fail(format!(
+                "{node}'s erase receipt for {name:?} version {version} committed while its store still holds a share of that version"
+            ));
+        }
+    }
+
+    /// Invariant 15: once node `id`'s applied state shows a refresh of a
+    /// version switched epochs, its store holds no share of an older epoch
+    /// of it (`only` limits the check to one version). A restarted node is
+    /// held to it once it has reconciled its store (after catching up).
+    pub(super) fn check_old_epochs(
+        &mut self,
+        id: NodeId,
+        state: &StateMachine,
+        only: Option<(&str, KeyVersion)>,
+    ) {
+        let Some(node) = self.nodes.get(&id).filter(|n| n.reconciled) else {
+            return;
+        };
+        let stale = state.keys().find_map(|k| {
+            k.versions
+                .iter()
+                .filter(|v| only.is_none_or(|(n, ver)| n == k.name && ver == v.version))
+                .find(|v| {
+                    node.disk
+                        .keys()
+                        .any(|(key, ver, e)| (*key, *ver) == (k.id, v.version) && *e < v.epoch)
+                })
+                .map(|v| (k.name.clone(), v.version, v.epoch))
+        });
+        if let Some((name, version, epoch)) = stale {
+            self.fail(format!(
+                "{id} still stores an old-epoch share of {name:?} version {version}, whose refresh switched to epoch {} in its applied state",
+                epoch.0
+            ));
+        }
+    }
     /// A holder returned a partial for unwrap `op_id` of node `to`: the
     /// ciphertext's proof must verify under the caller's context (else the
     /// holder decrypted an `R` moved from another ciphertext).
@@ -371,6 +524,11 @@ impl World {
                 return;
             }
         }
+        for id in self.live_ids() {
+            if let Some(sm) = self.nodes.get(&id).and_then(|n| n.sm.clone()) {
+                sm.read(|a| self.check_old_epochs(id, a.machine(), None));
+            }
+        }
     }
 
     /// The checker alone reconstructs roots, from the holders' share
@@ -438,6 +596,9 @@ impl World {
             let Some(rec) = key.version(version) else {
                 continue;
             };
+            if below_min_decrypt(key, version).is_some() {
+                continue;
+            }
             let sk = (key.id, version, rec.epoch);
             let ready = self
                 .nodes

@@ -220,6 +220,77 @@ impl World {
         }
     }
 
+    /// The compromised node as coordinator: a caller ("app", or now and
+    /// then "guest") really signed this unwrap through it, and it asks
+    /// every honest holder without the checks a coordinator makes, mostly
+    /// for a version that may not decrypt. Each holder's own checks decide.
+    pub(super) fn unchecked_unwrap(&mut self) {
+        let Some(byz) = self.byzantine else { return };
+        let barred: Vec<usize> = (0..self.wrapped.len())
+            .filter(|i| self.may_not_decrypt(&self.wrapped[*i].ciphertext))
+            .collect();
+        let pick = if !barred.is_empty() && self.rng.random_range(0..4) > 0 {
+            barred[self.rng.random_range(0..barred.len())]
+        } else {
+            self.rng.random_range(0..self.wrapped.len())
+        };
+        let principal = if self.rng.random_range(0..4) == 0 {
+            "guest"
+        } else {
+            "app"
+        };
+        let target = &self.wrapped[pick];
+        let (name, ciphertext) = (target.name.clone(), target.ciphertext.clone());
+        let Ok(ct) = Ciphertext::from_bytes(&ciphertext) else {
+            return;
+        };
+        let Some(v) = self.truth.key(&name).and_then(|k| k.version(ct.version)) else {
+            return;
+        };
+        let (holders, epoch) = (v.holders.clone(), v.epoch);
+        let proof = self.sign_intent(principal, &ciphertext, &ctx(), byz);
+        let request = PartialRequest {
+            op_id: self.rng.random(),
+            key: ct.key_id,
+            name,
+            version: ct.version,
+            ciphertext,
+            context: ctx(),
+            principal: principal.into(),
+            epoch: Some(epoch),
+            min_applied: 0,
+            proof: proof.map(Box::new),
+        };
+        self.stats.unchecked_partials += 1;
+        self.unchecked_partials.insert(request.op_id);
+        self.trace("unchecked-partial", &request.op_id.to_be_bytes());
+        let msg = ProtocolMessage::PartialRequest(request);
+        match msg.encode() {
+            Ok(bytes) => {
+                for to in holders.into_iter().filter(|h| *h != byz) {
+                    self.send(byz, to, bytes.to_vec());
+                }
+            }
+            Err(e) => self.fail(format!("an unchecked partial request does not encode: {e}")),
+        }
+    }
+
+    /// Whether the agreed state bars `ciphertext`'s version from decrypting.
+    fn may_not_decrypt(&self, ciphertext: &[u8]) -> bool {
+        let Ok(ct) = Ciphertext::from_bytes(ciphertext) else {
+            return false;
+        };
+        self.truth
+            .keys()
+            .find(|k| k.id == ct.key_id)
+            .is_some_and(|k| {
+                k.version(ct.version).is_some_and(|v| {
+                    super::checks::unusable_state(v).is_some()
+                        || super::checks::below_min_decrypt(k, ct.version).is_some()
+                })
+            })
+    }
+
     /// The honest holder's check of who asked (the node's
     /// `Quorum::check_proof`); skipped under the planted bug.
     pub(super) fn check_intent(

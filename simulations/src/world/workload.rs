@@ -42,12 +42,16 @@ impl World {
                         self.stats.attacks += 1;
                         self.start_unwrap_with(via, &name, ct, None, (ctx(), "guest"));
                     }
+                    3 | 4 if self.byzantine.is_some_and(|b| live.contains(&b)) => {
+                        self.unchecked_unwrap();
+                    }
                     _ => {
                         self.start_unwrap(via, &name, ct, pt);
                     }
                 }
             }
-            80..=86 => self.rotate_some_key(),
+            80..=84 => self.rotate_some_key(),
+            85 | 86 => self.change_version_state(),
             87..=90 => {
                 let enabled = self.enabled_versions();
                 if enabled.is_empty() {
@@ -98,6 +102,38 @@ impl World {
             },
             None,
         );
+    }
+
+    /// Disables, enables or marks compromised a version, or raises a key's
+    /// minimum decryption version: each changes what holders may release.
+    pub(super) fn change_version_state(&mut self) {
+        let versions: Vec<(String, KeyVersion, VersionState)> = self
+            .truth
+            .keys()
+            .flat_map(|k| {
+                let name = k.name.clone();
+                k.versions
+                    .iter()
+                    .map(move |v| (name.clone(), v.version, v.state.clone()))
+            })
+            .filter(|(_, _, state)| matches!(state, VersionState::Enabled | VersionState::Disabled))
+            .collect();
+        if versions.is_empty() {
+            return;
+        }
+        let (name, version, state) = versions[self.rng.random_range(0..versions.len())].clone();
+        let op = match (self.rng.random_range(0..10), state) {
+            (0..=3, VersionState::Enabled) => Operation::Disable { name, version },
+            (0..=5, VersionState::Disabled) => Operation::Enable { name, version },
+            (6 | 7, _) => Operation::MarkCompromised {
+                name,
+                version,
+                reason: "simulated leak".into(),
+                allow_decrypt: self.rng.random(),
+            },
+            _ => Operation::SetMinDecryptVersion { name, version },
+        };
+        self.propose("admin".into(), op, None);
     }
 
     /// Schedules destruction of a non-primary enabled version.
@@ -245,6 +281,7 @@ impl World {
         node.incarnation = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (fsync_ms, incarnation) = (node.fsync_ms, node.incarnation.clone());
         node.replay_upto = disk.lock().map(|d| d.last_index()).unwrap_or(0);
+        node.reconciled = false;
         node.proto = NodeProtocol::new(id, ProtocolConfig::default(), super::sim_dkg_key(id));
         let mut sm = crate::storage::MemSm::open(disk.clone(), hook, grants);
         if bug == PlantedBug::SwapApply && id == NodeId(1) {
@@ -314,6 +351,10 @@ impl World {
         for op in receipts {
             self.propose(id.to_string(), op, Some(id));
         }
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.reconciled = true;
+        }
+        sm.read(|a| self.check_old_epochs(id, a.machine(), None));
     }
 
     /// A key creation proposed by the admin client.
