@@ -84,11 +84,14 @@ pub enum PlantedBug {
     /// Holders propose their erase receipt before erasing; the erase runs
     /// later (and is lost if the node crashes first).
     ReceiptBeforeErase,
+    /// Honest DKG holders never check the shares they were dealt against
+    /// the dealer's commitments: they post no complaints.
+    SkipComplaints,
 }
 
 impl PlantedBug {
     /// Every planted bug, for the flag parser and the test that runs them all.
-    pub const ALL: [PlantedBug; 10] = [
+    pub const ALL: [PlantedBug; 11] = [
         PlantedBug::SwapApply,
         PlantedBug::IgnoreErase,
         PlantedBug::SkipProofCheck,
@@ -99,6 +102,7 @@ impl PlantedBug {
         PlantedBug::MinDecrypt,
         PlantedBug::RefreshErase,
         PlantedBug::ReceiptBeforeErase,
+        PlantedBug::SkipComplaints,
     ];
 
     /// The name `qk-sim --plant NAME` takes.
@@ -115,6 +119,7 @@ impl PlantedBug {
             PlantedBug::MinDecrypt => "min-decrypt",
             PlantedBug::RefreshErase => "refresh-erase",
             PlantedBug::ReceiptBeforeErase => "receipt-before-erase",
+            PlantedBug::SkipComplaints => "skip-complaints",
         }
     }
 

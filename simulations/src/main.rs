@@ -39,7 +39,7 @@ struct Args {
     /// Plant a bug the checker must catch (docs/SIMULATION.md, "Planted
     /// bugs"): swap-apply, ignore-erase, skip-proof-check, trust-any-grant,
     /// skip-intent-check, holder-usability, holder-authorization,
-    /// min-decrypt, refresh-erase, receipt-before-erase.
+    /// min-decrypt, refresh-erase, receipt-before-erase, skip-complaints.
     #[arg(long, value_parser = PlantedBug::parse, default_value = "none")]
     plant: PlantedBug,
     /// Print the scale table (one key; nodes 3 to 64, LAN and WAN) and exit.

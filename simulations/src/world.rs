@@ -638,10 +638,11 @@ impl World {
                 .apply_from_members(cmd, self.roster.as_ref(), &is_member);
             self.stats.commands += 1;
             self.check_forgery(cmd, &resp);
-            self.note_deal(cmd);
             if resp.result.is_ok() {
+                self.note_deal(cmd);
                 self.note_ack(cmd);
                 self.check_receipt(cmd);
+                self.check_complaints(cmd);
             }
             if let Ok(a) = &resp.result {
                 match a {
@@ -774,6 +775,25 @@ impl World {
                         version,
                         from,
                         step: DkgStep::Deal(bytes),
+                        session,
+                    };
+                    self.propose(id.to_string(), op, Some(id));
+                }
+                Action::Propose(Operation::Dkg {
+                    name,
+                    version,
+                    from,
+                    step: DkgStep::Complaints(_),
+                    session,
+                }) if self.cfg.bug == PlantedBug::SkipComplaints && !byz => {
+                    // The bug: the holder never checks the shares it was
+                    // dealt, so it has nothing to complain about.
+                    let step = DkgStep::Complaints(Vec::new());
+                    let op = Operation::Dkg {
+                        name,
+                        version,
+                        from,
+                        step,
                         session,
                     };
                     self.propose(id.to_string(), op, Some(id));

@@ -112,6 +112,7 @@ fn expected_violation(bug: PlantedBug) -> &'static str {
         PlantedBug::HolderAuthorization => "guest may not unwrap",
         PlantedBug::MinDecrypt => "below the key's minimum decryption version",
         PlantedBug::ReceiptBeforeErase => "committed while its store still holds a share",
+        PlantedBug::SkipComplaints => "posted no complaint against it",
     }
 }
 

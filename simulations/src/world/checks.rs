@@ -126,6 +126,48 @@ impl World {
         }
     }
 
+    /// Invariant 7 (its other half): an honest holder that was dealt a
+    /// wrong share by the Byzantine dealer, whose deal the log accepted,
+    /// complains against it (a holder restarted since is not held to it).
+    pub(super) fn check_complaints(&mut self, cmd: &Command) {
+        let Operation::Dkg {
+            name,
+            version,
+            from,
+            step: DkgStep::Complaints(list),
+            session: qk_state::DkgSession::Generation,
+        } = &cmd.op
+        else {
+            return;
+        };
+        let Some(byz) = self.byzantine else { return };
+        let vk = (name.clone(), *version);
+        let dealt_wrong = self
+            .nodes
+            .get(from)
+            .is_some_and(|n| n.corrupt_from_byz.contains(&vk));
+        let dealt = self
+            .deals
+            .get(&vk)
+            .is_some_and(|d| d.iter().any(|(dealer, _)| *dealer == byz));
+        let record = self.truth.key(name).and_then(|k| k.version(*version));
+        let Some(accused) = record.and_then(|r| qk_protocol::share_index_of(r, byz)) else {
+            return;
+        };
+        if !dealt_wrong || !dealt {
+            return;
+        }
+        let blamed = list.iter().any(|bytes| {
+            matches!(qk_crypto::PublicMessage::from_bytes(bytes),
+                Ok(qk_crypto::PublicMessage::Complaint(c)) if c.accused == accused)
+        });
+        if !blamed {
+            self.fail(format!(
+                "honest holder {from} was dealt a wrong share of {name:?} version {version} by {byz} but posted no complaint against it"
+            ));
+        }
+    }
+
     /// Invariant 15: once node `id`'s applied state shows a refresh of a
     /// version switched epochs, its store holds no share of an older epoch
     /// of it (`only` limits the check to one version). A restarted node is
