@@ -608,3 +608,37 @@ impl PendingUnwrap {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plaintext_gives_its_bytes_and_hides_them_from_debug() {
+        let p = Plaintext(Zeroizing::new(b"secret".to_vec()));
+        assert_eq!(format!("{p:?}"), "Plaintext(<redacted 6 bytes>)");
+        assert_eq!(p.expose(), b"secret");
+        assert_eq!(p.into_inner().as_slice(), b"secret");
+    }
+
+    #[test]
+    fn each_unwrap_asks_itself_first_then_the_others_rotated_by_op_and_node() {
+        let sorted: Vec<NodeId> = (1..=4).map(NodeId).collect();
+        assert_eq!(
+            ask_order(NodeId(2), 0, &sorted)[0],
+            NodeId(2),
+            "itself first"
+        );
+        for me in [NodeId(2), NodeId(5)] {
+            let others: Vec<NodeId> = sorted.iter().copied().filter(|n| *n != me).collect();
+            let len = others.len() as u64;
+            for op_id in 0..6u64 {
+                let order = ask_order(me, op_id, &sorted);
+                let first_other = order[usize::from(sorted.contains(&me))];
+                let shift = usize::try_from((op_id + me.0) % len).unwrap_or(0);
+                assert_eq!(first_other, others[shift], "me {me} op {op_id}");
+                assert_eq!(order.len(), sorted.len(), "every holder, once");
+            }
+        }
+    }
+}

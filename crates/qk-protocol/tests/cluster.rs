@@ -719,3 +719,36 @@ fn partial_request_for_another_epoch_is_refused_as_a_race_not_forged() {
     assert!(reason.contains("refresh completed meanwhile"), "{reason}");
     answer(&c, 1).expect("current epoch answered");
 }
+
+#[test]
+fn one_valid_partial_short_of_t_ends_the_unwrap_once_every_holder_answered() {
+    let mut c = Cluster::generated(2, 3, 19);
+    let ct = c.wrap(V1, b"payload");
+    let decoy = c.decoy_ciphertext();
+    c.node_mut(1).byzantine = Some(decoy.clone());
+    c.node_mut(3).byzantine = Some(decoy);
+    let op = c.start_unwrap(2, ct, "app");
+    c.run_until_idle();
+    let (result, faulty) = c.outcome(2, op).expect("all answered: no timeout needed");
+    let msg = result.as_ref().expect_err("one valid partial").to_string();
+    assert!(msg.contains("invalid partials: node-1, node-3"), "{msg}");
+    assert_eq!(faulty, &vec![NodeId(1), NodeId(3)]);
+}
+
+#[test]
+fn a_holder_passing_off_another_holders_partial_is_blamed_not_counted() {
+    let mut c = Cluster::generated(2, 3, 20);
+    let ct = c.wrap(V1, b"payload");
+    c.node_mut(2).dead = true;
+    c.node_mut(3).answers_as = Some(2);
+    let op = c.start_unwrap(1, ct, "app");
+    c.run_until_idle();
+    c.advance(6_000, 500, |c| c.outcome(1, op).is_some());
+    let (result, faulty) = c.outcome(1, op).expect("done");
+    let msg = result
+        .as_ref()
+        .expect_err("node 2's partial is no partial of node 3")
+        .to_string();
+    assert!(msg.contains("invalid partials: node-3"), "{msg}");
+    assert_eq!(faulty, &vec![NodeId(3)]);
+}

@@ -5,11 +5,16 @@
 mod common;
 
 use common::*;
-use qk_protocol::{check_intent_proof, stored_share, PartialRequest, StoredShare};
+use qk_protocol::{
+    answer_partial, authorize_partial, check_intent_proof, stored_share, PartialRequest,
+    ProtocolMessage, StoredShare,
+};
 use qk_state::authn::KeyRoster;
 use qk_state::proof::{Credential, Intent};
-use qk_state::Operation;
-use qk_types::{Epoch, NodeId};
+use qk_state::{ApprovalRule, KeyPolicy, Operation, PendingAction, Permission, Role};
+use qk_types::{Epoch, KeyVersion, NodeId};
+use rand::SeedableRng;
+use sha2::{Digest, Sha256};
 
 const NOW_MS: u64 = 1_700_000_000_000;
 
@@ -216,5 +221,149 @@ fn a_restarted_holder_erases_replaced_epochs_and_files_its_receipt_once() {
         fate(&c, 1, 1, 1),
         StoredShare::Erase { receipt: None },
         "node 1 already filed its receipt"
+    );
+}
+
+/// Puts the cluster's key under break-glass: each decrypt needs one
+/// approver's yes for exactly its ciphertext. "bob" is a second key user,
+/// "ann" the approver.
+fn break_glass(c: &mut Cluster) {
+    for (name, role) in [("ann", Role::Approver), ("bob", Role::KeyUser)] {
+        c.admin(Operation::CreatePrincipal {
+            name: name.into(),
+            roles: [role].into(),
+        });
+    }
+    c.admin(Operation::SetPolicy {
+        name: KEY.into(),
+        policy: Some(KeyPolicy {
+            rules: Vec::new(),
+            approval: Some(ApprovalRule {
+                required: 1,
+                approvers: vec!["role:approver".into()],
+                permissions: vec![Permission::Decrypt],
+                ttl_ms: 60_000,
+            }),
+        }),
+    });
+    c.run_until_idle();
+}
+
+/// `requester` asks to decrypt `ciphertext`; ann approves unless told not
+/// to. Returns the approval's expiry.
+fn ask_approval(c: &mut Cluster, requester: &str, ciphertext: &[u8], approve: bool) -> u64 {
+    let digest: [u8; 32] = Sha256::digest(ciphertext).into();
+    c.propose(
+        requester,
+        Operation::RequestApproval {
+            action: PendingAction::Decrypt {
+                key: KEY.into(),
+                ciphertext_sha256: digest,
+            },
+        },
+    );
+    c.run_until_idle();
+    let approval = c
+        .state()
+        .approvals()
+        .find(|a| a.requester == requester && matches!(&a.action, PendingAction::Decrypt { ciphertext_sha256, .. } if *ciphertext_sha256 == digest))
+        .expect("approval recorded")
+        .clone();
+    if approve {
+        c.propose("ann", Operation::Approve { id: approval.id });
+        c.run_until_idle();
+    }
+    approval.expires_at_ms
+}
+
+#[test]
+fn a_break_glass_partial_needs_an_approval_of_this_requester_for_this_ciphertext_still_valid() {
+    let mut c = Cluster::generated(2, 3, 61);
+    break_glass(&mut c);
+    let key = c.key().id;
+    let ct = c.wrap(V1, b"payroll");
+    let other = c.wrap(V1, b"pension");
+    let ask = |principal: &str, ciphertext: &[u8]| PartialRequest {
+        key,
+        ..request(ciphertext, principal)
+    };
+    let now = c.now;
+    let refused = authorize_partial(c.state(), &ask("app", &ct), now).expect_err("no approval");
+    assert!(refused.contains("no approval"), "{refused}");
+
+    // bob's approved request and app's unapproved one do not count for app.
+    ask_approval(&mut c, "bob", &ct, true);
+    ask_approval(&mut c, "app", &ct, false);
+    assert!(authorize_partial(c.state(), &ask("app", &ct), now).is_err());
+    assert!(authorize_partial(c.state(), &ask("bob", &ct), now).is_ok());
+
+    let expires = ask_approval(&mut c, "app", &ct, true);
+    assert!(authorize_partial(c.state(), &ask("app", &ct), now).is_ok());
+    assert!(authorize_partial(c.state(), &ask("app", &ct), expires - 1).is_ok());
+    assert!(
+        authorize_partial(c.state(), &ask("app", &ct), expires).is_err(),
+        "expired at its expiry"
+    );
+    assert!(
+        authorize_partial(c.state(), &ask("app", &other), now).is_err(),
+        "another ciphertext"
+    );
+}
+
+#[test]
+fn the_holders_usability_rules_follow_state_and_minimum_version() {
+    let mut c = Cluster::generated(2, 3, 62);
+    c.admin(Operation::Rotate {
+        name: KEY.into(),
+        holders: vec![NodeId(1), NodeId(2), NodeId(3)],
+        generation_timeout_ms: None,
+    });
+    c.run_until_idle();
+    let v2 = KeyVersion(2);
+    let key = c.key().id;
+    let old = c.wrap(V1, b"old");
+    let new = c.wrap(v2, b"new");
+    let answer = |c: &mut Cluster, ct: &[u8], version: KeyVersion| {
+        let req = PartialRequest {
+            key,
+            version,
+            epoch: Some(c.version(version).epoch),
+            ..request(ct, "app")
+        };
+        let share = c
+            .node(1)
+            .store
+            .get(&(key, version, c.version(version).epoch))
+            .cloned();
+        let (now, mut rng) = (c.now, rand::rngs::StdRng::seed_from_u64(7));
+        let reply = answer_partial(c.state(), NodeId(1), share.as_ref(), &req, now, &mut rng);
+        match reply {
+            ProtocolMessage::PartialResponse { result, .. } => result,
+            other => panic!("not a partial response: {other:?}"),
+        }
+    };
+    assert!(answer(&mut c, &old, V1).is_ok());
+
+    // The minimum decryption version itself still decrypts; below it not.
+    c.admin(Operation::SetMinDecryptVersion {
+        name: KEY.into(),
+        version: v2,
+    });
+    c.run_until_idle();
+    assert!(answer(&mut c, &new, v2).is_ok(), "at the minimum");
+    let below = answer(&mut c, &old, V1).expect_err("below the minimum");
+    assert!(below.contains("minimum decryption version"), "{below}");
+
+    // Compromised with decryption allowed: still decrypts; without: not.
+    c.admin(Operation::MarkCompromised {
+        name: KEY.into(),
+        version: v2,
+        reason: "test".into(),
+        allow_decrypt: true,
+    });
+    c.run_until_idle();
+    assert!(
+        answer(&mut c, &new, v2).is_ok(),
+        "compromised, decrypt allowed"
     );
 }

@@ -61,6 +61,9 @@ pub struct Node {
     pub muted: bool,
     /// Answers partial requests with a partial for `decoy` instead.
     pub byzantine: Option<Vec<u8>>,
+    /// Answers partial requests with this other node's partial (a valid
+    /// partial, under the other node's share index).
+    pub answers_as: Option<u64>,
 }
 
 pub struct Cluster {
@@ -108,6 +111,7 @@ impl Cluster {
                         dead: false,
                         muted: false,
                         byzantine: None,
+                        answers_as: None,
                     },
                 )
             })
@@ -327,7 +331,8 @@ impl Cluster {
                     node.erased.push((key, version));
                 }
                 Action::AnswerPartial { to, request } => {
-                    let node = self.nodes.get_mut(&id).expect("node");
+                    let as_id = self.nodes[&id].answers_as.map_or(id, NodeId);
+                    let node = &self.nodes[&as_id];
                     let epoch = node
                         .replica
                         .key(&request.name)
@@ -336,11 +341,11 @@ impl Cluster {
                         .unwrap_or_default();
                     let share = node.store.get(&(request.key, request.version, epoch));
                     let mut req = request.clone();
-                    if let Some(decoy) = &node.byzantine {
+                    if let Some(decoy) = &self.nodes[&id].byzantine {
                         req.ciphertext = decoy.clone();
                     }
                     let mut reply =
-                        answer_partial(&node.replica, id, share, &req, self.now, &mut self.rng);
+                        answer_partial(&node.replica, as_id, share, &req, self.now, &mut self.rng);
                     if let ProtocolMessage::PartialResponse { op_id, .. } = &mut reply {
                         *op_id = request.op_id;
                     }
