@@ -21,6 +21,9 @@ const FLUSH_AFTER: Duration = Duration::from_millis(20);
 const MIN_GAP: Duration = Duration::from_millis(5);
 /// How long a caller waits for its event to be committed.
 const COMMIT_WAIT: Duration = Duration::from_secs(5);
+/// The pause before a batch is proposed again after a refused proposal (no
+/// leader during an election, a leader that just stepped down).
+const PROPOSE_RETRY: Duration = Duration::from_millis(100);
 /// Events buffered before callers see backpressure (then: an error log).
 const QUEUE_LEN: usize = 65_536;
 
@@ -120,12 +123,87 @@ pub async fn run(mut rx: mpsc::Receiver<Queued>, io: Arc<dyn Io>) {
         last_flush = tokio::time::Instant::now();
         let (events, waiters): (Vec<AuditEvent>, Vec<Option<oneshot::Sender<bool>>>) =
             batch.into_iter().map(|q| (q.event, q.committed)).unzip();
-        // A leader without a majority never answers: give up with the
-        // waiters rather than stall every later batch behind this one.
-        let proposed = io.propose(Operation::AuditBatch(events));
-        let committed = matches!(tokio::time::timeout(COMMIT_WAIT, proposed).await, Ok(true));
+        let committed = commit_within(io.as_ref(), events, COMMIT_WAIT).await;
         for waiter in waiters.into_iter().flatten() {
             let _ = waiter.send(committed);
         }
+    }
+}
+
+/// Proposes `events` as one batch until it is committed or `wait` has
+/// passed. A refused proposal (no leader yet) is tried again, so a partial
+/// asked for during an election waits for the new leader instead of being
+/// refused at once; a leader without a majority never answers, and then the
+/// waiters are given up rather than stall every later batch behind this
+/// one. A batch whose commit was not reported (a leader change between
+/// append and answer) may be proposed twice: the trail then shows its
+/// events twice, never not at all.
+async fn commit_within(io: &dyn Io, events: Vec<AuditEvent>, wait: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let proposed = io.propose(Operation::AuditBatch(events.clone()));
+        match tokio::time::timeout_at(deadline, proposed).await {
+            Ok(true) => return true,
+            Err(_) => return false,
+            Ok(false) if tokio::time::Instant::now() + PROPOSE_RETRY >= deadline => return false,
+            Ok(false) => tokio::time::sleep(PROPOSE_RETRY).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// Refuses the first `refusals` proposals (no leader), then commits.
+    struct Election {
+        refusals: u32,
+        proposals: AtomicU32,
+    }
+
+    impl Io for Election {
+        fn send(&self, _: qk_types::NodeId, _: Vec<u8>) -> qk_net::BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+
+        fn propose(&self, _: Operation) -> qk_net::BoxFuture<'_, bool> {
+            let n = self.proposals.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move { n >= self.refusals })
+        }
+    }
+
+    fn event() -> Vec<AuditEvent> {
+        vec![AuditEvent::new(
+            "app",
+            "key.decrypt.partial",
+            Some("k"),
+            None,
+            "ok",
+        )]
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_refused_during_an_election_is_committed_by_the_next_leader() {
+        let io = Election {
+            refusals: 5,
+            proposals: AtomicU32::new(0),
+        };
+        assert!(commit_within(&io, event(), COMMIT_WAIT).await);
+        assert_eq!(io.proposals.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_no_leader_takes_within_the_wait_is_given_up() {
+        let io = Election {
+            refusals: u32::MAX,
+            proposals: AtomicU32::new(0),
+        };
+        let started = tokio::time::Instant::now();
+        assert!(!commit_within(&io, event(), COMMIT_WAIT).await);
+        assert!(started.elapsed() <= COMMIT_WAIT);
+        let tries = io.proposals.load(Ordering::SeqCst);
+        assert!((40..=51).contains(&tries), "{tries} proposals in 5 s");
     }
 }
