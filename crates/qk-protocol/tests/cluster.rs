@@ -752,3 +752,80 @@ fn a_holder_passing_off_another_holders_partial_is_blamed_not_counted() {
     assert!(msg.contains("invalid partials: node-3"), "{msg}");
     assert_eq!(faulty, &vec![NodeId(3)]);
 }
+
+/// The first command in the log that is `from`'s DKG step of `kind`.
+fn posted_step(c: &Cluster, from: u64, kind: &str) -> Operation {
+    c.log
+        .iter()
+        .map(|cmd| &cmd.op)
+        .find(|op| {
+            matches!(op, Operation::Dkg { from: f, step, .. } if *f == NodeId(from) && step.name() == kind)
+        })
+        .cloned()
+        .expect("step in the log")
+}
+
+#[test]
+fn a_holder_posting_another_holders_deal_or_complaint_is_not_counted_as_its_own() {
+    let mut c = Cluster::new(3, 21);
+    c.node_mut(3).muted = true;
+    c.cheating_dealers = vec![2]; // so node 1 has a complaint to copy
+    c.create_key(2, &[1, 2, 3]);
+    c.run_until_idle();
+    let Operation::Dkg {
+        name,
+        version,
+        step,
+        session,
+        ..
+    } = posted_step(&c, 2, "version.dkg.deal")
+    else {
+        unreachable!("a DKG step")
+    };
+    // Node 3 posts node 2's deal as its own.
+    c.propose(
+        "node-3",
+        Operation::Dkg {
+            name: name.clone(),
+            version,
+            from: NodeId(3),
+            step,
+            session,
+        },
+    );
+    c.run_until_idle();
+    let warned = |c: &Cluster, what: &str| c.node(1).warnings.iter().any(|w| w.contains(what));
+    assert!(
+        warned(&c, "posted a deal that is not its own"),
+        "{:?}",
+        c.node(1).warnings
+    );
+    // Once dealing closed, node 3 posts node 1's complaint list as its own.
+    c.node_mut(2).muted = true;
+    c.advance(30_000, 500, |c| {
+        c.version(V1).dkg.phase != DkgPhase::Dealing
+    });
+    let Operation::Dkg { step, .. } = posted_step(&c, 1, "version.dkg.complaints") else {
+        unreachable!("a DKG step")
+    };
+    assert!(
+        matches!(&step, qk_state::DkgStep::Complaints(list) if !list.is_empty()),
+        "node 1 complained about dealer 2"
+    );
+    c.propose(
+        "node-3",
+        Operation::Dkg {
+            name,
+            version,
+            from: NodeId(3),
+            step,
+            session,
+        },
+    );
+    c.run_until_idle();
+    assert!(
+        warned(&c, "posted a complaint not its own"),
+        "{:?}",
+        c.node(1).warnings
+    );
+}
