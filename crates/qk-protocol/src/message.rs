@@ -177,3 +177,19 @@ pub(crate) fn bounded_reason(mut reason: String) -> String {
     }
     reason
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_cut_to_the_limit_on_a_character_boundary() {
+        assert_eq!(bounded_reason("short".into()), "short");
+        let exact = "r".repeat(MAX_REASON_LEN);
+        assert_eq!(bounded_reason(exact.clone()), exact);
+        assert_eq!(bounded_reason("r".repeat(MAX_REASON_LEN + 5)), exact);
+        // A two-byte character straddling the limit goes whole.
+        let straddling = format!("{}é", "r".repeat(MAX_REASON_LEN - 1));
+        assert_eq!(bounded_reason(straddling), "r".repeat(MAX_REASON_LEN - 1));
+    }
+}

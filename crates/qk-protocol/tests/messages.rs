@@ -83,3 +83,97 @@ proptest! {
         let _ = ProtocolMessage::decode(&bytes);
     }
 }
+
+/// A request with every bounded field at its limit (no proof).
+fn largest_request() -> PartialRequest {
+    use qk_crypto::ecies::MAX_CIPHERTEXT_LEN;
+    use qk_protocol::message::*;
+    let context = (0..MAX_CONTEXT_ENTRIES)
+        .map(|i| {
+            let mut key = format!("{i:03}");
+            key.push_str(&"k".repeat(MAX_CONTEXT_KEY_LEN - key.len()));
+            (key, "v".repeat(MAX_CONTEXT_VALUE_LEN))
+        })
+        .collect();
+    PartialRequest {
+        name: "n".repeat(MAX_KEY_NAME_LEN),
+        ciphertext: vec![9; MAX_CIPHERTEXT_LEN],
+        context,
+        principal: "p".repeat(MAX_PRINCIPAL_LEN),
+        op_id: u64::MAX,
+        min_applied: u64::MAX,
+        ..request()
+    }
+}
+
+fn refused(req: PartialRequest) -> bool {
+    matches!(
+        ProtocolMessage::PartialRequest(req).encode(),
+        Err(MessageError::OutOfBounds(_))
+    )
+}
+
+#[test]
+fn the_largest_legal_request_fits_and_one_more_byte_in_any_field_is_refused() {
+    let max = largest_request();
+    let bytes = ProtocolMessage::PartialRequest(max.clone())
+        .encode()
+        .expect("at the limits");
+    assert!(bytes.len() <= MAX_MESSAGE_LEN, "{} bytes", bytes.len());
+    assert_eq!(
+        ProtocolMessage::decode(&bytes),
+        Ok(ProtocolMessage::PartialRequest(max.clone()))
+    );
+    let one_more = |edit: &dyn Fn(&mut PartialRequest)| {
+        let mut r = max.clone();
+        edit(&mut r);
+        refused(r)
+    };
+    assert!(one_more(&|r| r.ciphertext.push(0)));
+    assert!(one_more(&|r| r.name.push('n')));
+    assert!(one_more(&|r| r.principal.push('p')));
+    assert!(one_more(&|r| {
+        r.context.pop_first();
+        r.context.insert("k".repeat(257), "v".into());
+    }));
+    assert!(one_more(&|r| {
+        r.context.pop_first();
+        r.context.insert("k".into(), "v".repeat(1025));
+    }));
+    assert!(one_more(&|r| {
+        r.context.pop_first();
+        r.context.insert("a".into(), "b".into());
+        r.context.insert("c".into(), "d".into());
+    }));
+}
+
+#[test]
+fn a_response_at_its_limits_encodes_and_one_byte_more_is_refused() {
+    use qk_crypto::ecies::MAX_PARTIAL_LEN;
+    let partial = |len: usize| ProtocolMessage::PartialResponse {
+        op_id: 1,
+        result: Ok(vec![1; len]),
+    };
+    let reason = |len: usize| ProtocolMessage::PartialResponse {
+        op_id: 1,
+        result: Err("r".repeat(len)),
+    };
+    assert!(partial(MAX_PARTIAL_LEN).encode().is_ok());
+    assert!(partial(MAX_PARTIAL_LEN + 1).encode().is_err());
+    assert!(reason(MAX_REASON_LEN).encode().is_ok());
+    assert!(reason(MAX_REASON_LEN + 1).encode().is_err());
+}
+
+#[test]
+fn only_bytes_over_the_limit_are_refused_before_parsing() {
+    let at_limit = vec![0xff; MAX_MESSAGE_LEN];
+    assert!(matches!(
+        ProtocolMessage::decode(&at_limit),
+        Err(MessageError::Malformed(_))
+    ));
+    let over = vec![0xff; MAX_MESSAGE_LEN + 1];
+    assert!(matches!(
+        ProtocolMessage::decode(&over),
+        Err(MessageError::TooLarge { .. })
+    ));
+}
