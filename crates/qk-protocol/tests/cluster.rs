@@ -829,3 +829,46 @@ fn a_holder_posting_another_holders_deal_or_complaint_is_not_counted_as_its_own(
         c.node(1).warnings
     );
 }
+
+#[test]
+fn work_in_flight_is_counted_and_nothing_is_left_once_it_ends() {
+    let busy = |c: &Cluster, id: u64| {
+        let p = &c.node(id).proto;
+        (
+            p.active_generations(),
+            p.active_refreshes(),
+            p.pending_unwraps(),
+        )
+    };
+    // A generation waiting for a silent holder, then failed at its deadline.
+    let mut c = Cluster::new(3, 23);
+    c.node_mut(3).muted = true;
+    c.create_key(2, &[1, 2, 3]);
+    c.run_until_idle();
+    assert_eq!(busy(&c, 1), (1, 0, 0));
+    c.advance(120_000, 500, |c| {
+        c.version(V1).state != VersionState::Generating
+    });
+    assert!(matches!(c.version(V1).state, VersionState::Failed { .. }));
+    assert_eq!(busy(&c, 1), (0, 0, 0));
+
+    // A completed generation, a refresh abandoned at its deadline and an
+    // unwrap waiting for a partial.
+    let mut c = Cluster::generated(2, 3, 24);
+    assert_eq!(busy(&c, 1), (0, 0, 0));
+    let ct = c.wrap(V1, b"payload");
+    c.node_mut(3).muted = true;
+    refresh(&mut c);
+    c.run_until_idle();
+    assert_eq!(busy(&c, 1), (1, 1, 0));
+    c.node_mut(2).dead = true;
+    let op = c.start_unwrap(1, ct, "app");
+    c.run_until_idle();
+    assert_eq!(busy(&c, 1).2, 1, "waiting for a second partial");
+    c.advance(120_000, 500, |c| {
+        c.version(V1).refresh.is_none() && c.outcome(1, op).is_some()
+    });
+    assert!(c.version(V1).refresh.is_none(), "refresh ended");
+    assert_eq!(c.version(V1).epoch, Epoch(0), "abandoned");
+    assert_eq!(busy(&c, 1), (0, 0, 0));
+}
