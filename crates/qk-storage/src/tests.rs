@@ -271,18 +271,30 @@ fn garbage_snapshot_is_rejected_and_state_kept() {
     });
 }
 
+/// A snapshot of a store that applied two blank entries, with the stores
+/// (kept open while the snapshot is used).
+async fn snapshot_of_two_entries(
+    dir: &Path,
+) -> (
+    (crate::LogStore, crate::StateMachineStore),
+    openraft::Snapshot<qk_raft::TypeConfig>,
+) {
+    let (log, mut sm) = open(dir, no_signers()).expect("open");
+    sm.apply([blank(1, 1), blank(1, 2)]).await.expect("apply");
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    ((log, sm), snap)
+}
+
 #[test]
 fn snapshot_with_mismatched_meta_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     rt().block_on(async {
-        let (_log, mut sm) = open(dir.path(), no_signers()).expect("open");
-        sm.apply([blank(1, 1), blank(1, 2)]).await.expect("apply");
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("build");
+        let (_stores, snap) = snapshot_of_two_entries(dir.path()).await;
         let mut meta = snap.meta.clone();
         meta.last_log_id = Some(log_id(1, 7));
         let other = tempfile::tempdir().expect("tempdir");
@@ -299,14 +311,7 @@ fn snapshot_with_mismatched_meta_is_rejected() {
 fn an_installed_snapshot_is_reported_to_the_install_hook_after_the_state_switched() {
     let dir = tempfile::tempdir().expect("tempdir");
     rt().block_on(async {
-        let (_log, mut sm) = open(dir.path(), no_signers()).expect("open");
-        sm.apply([blank(1, 1), blank(1, 2)]).await.expect("apply");
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("build");
+        let (_stores, snap) = snapshot_of_two_entries(dir.path()).await;
         let other = tempfile::tempdir().expect("tempdir");
         let (_log2, mut sm2) = open(other.path(), no_signers()).expect("open");
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

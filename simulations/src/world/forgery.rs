@@ -166,31 +166,14 @@ impl World {
         if self.wrapped.is_empty() {
             return;
         }
-        let target = &self.wrapped[self.rng.random_range(0..self.wrapped.len())];
-        let (name, ciphertext) = (target.name.clone(), target.ciphertext.clone());
-        let Ok(ct) = Ciphertext::from_bytes(&ciphertext) else {
+        let pick = self.rng.random_range(0..self.wrapped.len());
+        let Some((mut request, holders)) = self.request_for(pick, "app", byz) else {
             return;
         };
-        let Some(v) = self.truth.key(&name).and_then(|k| k.version(ct.version)) else {
-            return;
-        };
-        let holders: Vec<NodeId> = v.holders.iter().copied().filter(|h| *h != byz).collect();
         if holders.is_empty() {
             return;
         }
         let to = holders[self.rng.random_range(0..holders.len())];
-        let mut request = PartialRequest {
-            op_id: self.rng.random(),
-            key: ct.key_id,
-            name,
-            version: ct.version,
-            ciphertext,
-            context: ctx(),
-            principal: "app".into(),
-            epoch: Some(v.epoch),
-            min_applied: 0,
-            proof: None,
-        };
         request.proof = match self.rng.random_range(0..3) {
             0 => None,
             // A proof another node's caller signed: its requester, or the
@@ -239,16 +222,39 @@ impl World {
         } else {
             "app"
         };
-        let target = &self.wrapped[pick];
+        let Some((mut request, holders)) = self.request_for(pick, principal, byz) else {
+            return;
+        };
+        let proof = self.sign_intent(principal, &request.ciphertext, &ctx(), byz);
+        request.proof = proof.map(Box::new);
+        self.stats.unchecked_partials += 1;
+        self.unchecked_partials.insert(request.op_id);
+        self.trace("unchecked-partial", &request.op_id.to_be_bytes());
+        let msg = ProtocolMessage::PartialRequest(request);
+        match msg.encode() {
+            Ok(bytes) => {
+                for to in holders {
+                    self.send(byz, to, bytes.to_vec());
+                }
+            }
+            Err(e) => self.fail(format!("an unchecked partial request does not encode: {e}")),
+        }
+    }
+
+    /// An unsigned partial request by `principal` for wrapped ciphertext
+    /// `pick`, under the workload's context, and its version's holders
+    /// other than `byz`.
+    fn request_for(
+        &mut self,
+        pick: usize,
+        principal: &str,
+        byz: NodeId,
+    ) -> Option<(PartialRequest, Vec<NodeId>)> {
+        let target = self.wrapped.get(pick)?;
         let (name, ciphertext) = (target.name.clone(), target.ciphertext.clone());
-        let Ok(ct) = Ciphertext::from_bytes(&ciphertext) else {
-            return;
-        };
-        let Some(v) = self.truth.key(&name).and_then(|k| k.version(ct.version)) else {
-            return;
-        };
-        let (holders, epoch) = (v.holders.clone(), v.epoch);
-        let proof = self.sign_intent(principal, &ciphertext, &ctx(), byz);
+        let ct = Ciphertext::from_bytes(&ciphertext).ok()?;
+        let v = self.truth.key(&name).and_then(|k| k.version(ct.version))?;
+        let holders = v.holders.iter().copied().filter(|h| *h != byz).collect();
         let request = PartialRequest {
             op_id: self.rng.random(),
             key: ct.key_id,
@@ -257,22 +263,11 @@ impl World {
             ciphertext,
             context: ctx(),
             principal: principal.into(),
-            epoch: Some(epoch),
+            epoch: Some(v.epoch),
             min_applied: 0,
-            proof: proof.map(Box::new),
+            proof: None,
         };
-        self.stats.unchecked_partials += 1;
-        self.unchecked_partials.insert(request.op_id);
-        self.trace("unchecked-partial", &request.op_id.to_be_bytes());
-        let msg = ProtocolMessage::PartialRequest(request);
-        match msg.encode() {
-            Ok(bytes) => {
-                for to in holders.into_iter().filter(|h| *h != byz) {
-                    self.send(byz, to, bytes.to_vec());
-                }
-            }
-            Err(e) => self.fail(format!("an unchecked partial request does not encode: {e}")),
-        }
+        Some((request, holders))
     }
 
     /// Whether the agreed state bars `ciphertext`'s version from decrypting.
