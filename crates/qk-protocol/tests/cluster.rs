@@ -872,3 +872,29 @@ fn work_in_flight_is_counted_and_nothing_is_left_once_it_ends() {
     assert_eq!(c.version(V1).epoch, Epoch(0), "abandoned");
     assert_eq!(busy(&c, 1), (0, 0, 0));
 }
+
+#[test]
+fn refresh_steps_that_arrive_while_a_holder_loads_its_share_are_kept_for_it() {
+    let mut c = Cluster::generated(2, 3, 25);
+    let id = c.key().id;
+    c.node_mut(1).slow_disk = true;
+    refresh(&mut c);
+    c.run_until_idle();
+    assert_eq!(c.node(1).share_loads.len(), 1, "node 1 waits for its share");
+    assert!(
+        c.log.iter().any(|cmd| matches!(&cmd.op,
+            Operation::Dkg { from, step: qk_state::DkgStep::Deal(_), .. } if *from != NodeId(1))),
+        "the other holders dealt meanwhile"
+    );
+    c.node_mut(1).slow_disk = false;
+    c.load_shares(1);
+    c.advance(60_000, 100, |c| c.version(V1).refresh.is_none());
+    assert_eq!(
+        c.version(V1).epoch,
+        Epoch(1),
+        "{:?}",
+        c.version(V1).last_refresh_failure
+    );
+    assert!(c.node(1).store.contains_key(&(id, V1, Epoch(1))));
+    assert_no_warnings(&c);
+}

@@ -64,6 +64,11 @@ pub struct Node {
     /// Answers partial requests with this other node's partial (a valid
     /// partial, under the other node's share index).
     pub answers_as: Option<u64>,
+    /// Holds `NeedShare` requests until [`Cluster::load_shares`] (as a node
+    /// whose disk read is slow), instead of answering at once.
+    pub slow_disk: bool,
+    /// The `NeedShare` requests held meanwhile.
+    pub share_loads: Vec<(KeyId, KeyVersion, Epoch)>,
 }
 
 pub struct Cluster {
@@ -112,6 +117,8 @@ impl Cluster {
                         muted: false,
                         byzantine: None,
                         answers_as: None,
+                        slow_disk: false,
+                        share_loads: Vec::new(),
                     },
                 )
             })
@@ -371,24 +378,41 @@ impl Cluster {
                     version,
                     epoch,
                     ..
-                } => {
+                } if self.nodes[&id].slow_disk => {
                     let node = self.nodes.get_mut(&id).expect("node");
-                    let share = node.store.get(&(key, version, epoch)).cloned();
-                    let actions = node.proto.handle(
-                        &node.replica,
-                        Event::ShareLoaded {
-                            key,
-                            version,
-                            epoch,
-                            share,
-                        },
-                        &mut self.rng,
-                    );
-                    self.run_actions(id, actions);
+                    node.share_loads.push((key, version, epoch));
                 }
+                Action::NeedShare {
+                    key,
+                    version,
+                    epoch,
+                    ..
+                } => self.load_share(id, (key, version, epoch)),
                 other => panic!("unexpected action {other:?}"),
             }
         }
+    }
+
+    /// Answers node `id`'s held `NeedShare` requests, and runs what follows.
+    pub fn load_shares(&mut self, id: u64) {
+        let loads = std::mem::take(&mut self.node_mut(id).share_loads);
+        for slot in loads {
+            self.load_share(NodeId(id), slot);
+        }
+        self.run_until_idle();
+    }
+
+    fn load_share(&mut self, id: NodeId, (key, version, epoch): (KeyId, KeyVersion, Epoch)) {
+        let node = self.nodes.get_mut(&id).expect("node");
+        let share = node.store.get(&(key, version, epoch)).cloned();
+        let loaded = Event::ShareLoaded {
+            key,
+            version,
+            epoch,
+            share,
+        };
+        let actions = node.proto.handle(&node.replica, loaded, &mut self.rng);
+        self.run_actions(id, actions);
     }
 
     /// Advances the clock in `step_ms` steps up to `total_ms`, ticking every
