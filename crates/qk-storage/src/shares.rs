@@ -434,4 +434,130 @@ mod tests {
             "bound to the seal key"
         );
     }
+
+    fn slot(key: u8, version: u32, epoch: u64) -> ShareSlot {
+        ShareSlot {
+            key: KeyId([key; 16]),
+            version: KeyVersion(version),
+            epoch: Epoch(epoch),
+        }
+    }
+
+    fn store(dir: &Path) -> ShareStore {
+        let key_path = dir.join("seal.key");
+        if !key_path.exists() {
+            SealKey::create_key_file(&key_path).expect("key file");
+        }
+        let seal = SealKey::load_key_file(&key_path).expect("key");
+        ShareStore::open(&dir.join("shares"), NodeId(1), seal).expect("open")
+    }
+
+    #[test]
+    fn each_slot_keeps_its_own_share_is_listed_and_is_erased_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let (_, shares) = qk_crypto::testing::generate(2, 3, &mut rand::rng());
+        let (a, b) = (slot(1, 1, 0), slot(1, 1, 1));
+        store.put(a, &shares[0]).expect("put a");
+        store.put(b, &shares[1]).expect("put b");
+        let got = |s| {
+            store
+                .get(s)
+                .expect("get")
+                .map(|k: KeyShare| k.to_secret_bytes().to_vec())
+        };
+        assert_eq!(got(a), Some(shares[0].to_secret_bytes().to_vec()));
+        assert_eq!(got(b), Some(shares[1].to_secret_bytes().to_vec()));
+        assert_eq!(store.slots().expect("slots"), vec![a, b]);
+        let sealed = fs::read(dir.path().join("shares").join(a.file_name())).expect("file");
+        let secret = shares[0].to_secret_bytes();
+        assert!(
+            !sealed.windows(secret.len()).any(|w| w == secret.as_slice()),
+            "sealed at rest"
+        );
+        assert!(store.erase(a).expect("erase"), "a share was there");
+        assert!(!store.erase(a).expect("erase again"), "nothing left");
+        assert_eq!(got(a), None);
+        assert_eq!(store.slots().expect("slots"), vec![b], "b untouched");
+        // After a restart, with the same seal key, b is still there.
+        drop(store);
+        assert_eq!(self::store(dir.path()).slots().expect("slots"), vec![b]);
+    }
+
+    #[test]
+    fn files_that_are_not_share_slots_are_not_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let shares = dir.path().join("shares");
+        let good = slot(3, 2, 5);
+        for stray in [
+            "notes.share".to_string(),
+            "0303-2-5.share".to_string(),
+            format!("{}-7", good.file_name()),
+            format!("{}-2-5-9.share", KeyId([3; 16])),
+            format!("{}-x-5.share", KeyId([3; 16])),
+        ] {
+            fs::write(shares.join(stray), b"x").expect("write");
+        }
+        assert!(store.slots().expect("slots").is_empty());
+        assert_eq!(ShareSlot::parse(&good.file_name()), Some(good));
+    }
+
+    #[test]
+    fn an_erase_that_cannot_remove_the_file_is_an_error_not_a_missing_share() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let s = slot(4, 1, 0);
+        // A directory where the share file should be: it exists, and
+        // cannot be overwritten or removed as a file.
+        fs::create_dir_all(dir.path().join("shares").join(s.file_name())).expect("mkdir");
+        assert!(store.erase(s).is_err());
+        // A file where the share directory should be: the share's path
+        // cannot even be looked up, which is not "no share".
+        let shares = dir.path().join("shares");
+        fs::remove_dir_all(&shares).expect("rm");
+        fs::write(&shares, b"not a directory").expect("write");
+        assert!(store.erase(slot(4, 2, 0)).is_err());
+    }
+
+    #[test]
+    fn the_seal_key_file_is_created_once_and_never_shown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("seal.key");
+        let key = SealKey::create_key_file(&path).expect("created");
+        assert_eq!(format!("{key:?}"), "SealKey(<redacted>)");
+        let again = SealKey::create_key_file(&path).expect_err("exists");
+        assert!(
+            matches!(again, ShareStoreError::KeyFileExists(_)),
+            "{again}"
+        );
+        let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_passphrase_key_needs_its_salt_and_a_damaged_salt_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pass = dir.path().join("pass");
+        private_file(&pass, b"correct horse\n");
+        let salt = dir.path().join("salt");
+        let derive = || SealKey::from_passphrase_file(&pass, &salt);
+        let first = derive().expect("salt created");
+        assert_eq!(fs::read(&salt).expect("salt").len(), SALT_LEN, "salt kept");
+        let second = derive().expect("salt read");
+        assert_eq!(
+            first.0.as_ref(),
+            second.0.as_ref(),
+            "same passphrase and salt"
+        );
+        fs::write(&salt, [1u8; SALT_LEN + 1]).expect("damage");
+        let err = derive().expect_err("a salt of the wrong length");
+        assert!(matches!(err, ShareStoreError::Malformed(_)), "{err}");
+        fs::remove_file(&salt).expect("rm");
+        fs::create_dir(&salt).expect("a directory in its place");
+        assert!(
+            derive().is_err(),
+            "an unreadable salt is an error, not a new salt"
+        );
+    }
 }
