@@ -504,7 +504,7 @@ mod tests {
     }
 
     #[test]
-    fn an_erase_that_cannot_remove_the_file_is_an_error_not_a_missing_share() {
+    fn a_share_file_that_cannot_be_looked_up_or_removed_is_an_error_not_a_missing_share() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = store(dir.path());
         let s = slot(4, 1, 0);
@@ -518,6 +518,7 @@ mod tests {
         fs::remove_dir_all(&shares).expect("rm");
         fs::write(&shares, b"not a directory").expect("write");
         assert!(store.erase(slot(4, 2, 0)).is_err());
+        assert!(store.get(slot(4, 2, 0)).is_err(), "nor is a read");
     }
 
     #[test]
