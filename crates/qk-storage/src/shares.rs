@@ -561,4 +561,37 @@ mod tests {
             "an unreadable salt is an error, not a new salt"
         );
     }
+
+    #[test]
+    fn a_sealed_share_opens_only_in_its_own_slot_on_its_own_node_and_intact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let (_, shares) = qk_crypto::testing::generate(2, 3, &mut rand::rng());
+        let (a, b) = (slot(5, 1, 0), slot(5, 2, 0));
+        store.put(a, &shares[0]).expect("put");
+        let dir_of = dir.path().join("shares");
+        let sealed = fs::read(dir_of.join(a.file_name())).expect("read");
+        // Moved to another slot's name: the slot is in the sealing's AAD.
+        fs::write(dir_of.join(b.file_name()), &sealed).expect("copy");
+        assert!(matches!(store.get(b), Err(ShareStoreError::Unseal { .. })));
+        // The same file on another node (same seal key): the node is too.
+        let seal = SealKey::load_key_file(&dir.path().join("seal.key")).expect("key");
+        let other = ShareStore::open(&dir_of, NodeId(2), seal).expect("open");
+        assert!(matches!(other.get(a), Err(ShareStoreError::Unseal { .. })));
+        // Truncated, grown past the bound, or without the magic: malformed.
+        let malformed = |bytes: &[u8]| {
+            fs::write(dir_of.join(a.file_name()), bytes).expect("write");
+            matches!(store.get(a), Err(ShareStoreError::Malformed(_)))
+        };
+        assert!(malformed(&sealed[..4 + NONCE_LEN - 1]));
+        assert!(malformed(
+            &[sealed.as_slice(), &vec![0; MAX_SEALED_LEN]].concat()
+        ));
+        assert!(malformed(&[b"XXXX".as_slice(), &sealed[4..]].concat()));
+        // The header alone passes the size checks and fails to open.
+        fs::write(dir_of.join(a.file_name()), &sealed[..4 + NONCE_LEN]).expect("write");
+        assert!(matches!(store.get(a), Err(ShareStoreError::Unseal { .. })));
+        fs::write(dir_of.join(a.file_name()), &sealed).expect("restore");
+        assert!(store.get(a).expect("opens").is_some());
+    }
 }
