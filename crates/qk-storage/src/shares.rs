@@ -588,9 +588,17 @@ mod tests {
             &[sealed.as_slice(), &vec![0; MAX_SEALED_LEN]].concat()
         ));
         assert!(malformed(&[b"XXXX".as_slice(), &sealed[4..]].concat()));
-        // The header alone passes the size checks and fails to open.
-        fs::write(dir_of.join(a.file_name()), &sealed[..4 + NONCE_LEN]).expect("write");
-        assert!(matches!(store.get(a), Err(ShareStoreError::Unseal { .. })));
+        // The header alone, or a file of exactly the bound, passes the size
+        // checks and fails to open.
+        for len in [4 + NONCE_LEN, MAX_SEALED_LEN] {
+            let mut bytes = sealed[..4 + NONCE_LEN].to_vec();
+            bytes.resize(len, 0);
+            fs::write(dir_of.join(a.file_name()), &bytes).expect("write");
+            assert!(
+                matches!(store.get(a), Err(ShareStoreError::Unseal { .. })),
+                "{len}"
+            );
+        }
         fs::write(dir_of.join(a.file_name()), &sealed).expect("restore");
         assert!(store.get(a).expect("opens").is_some());
     }
