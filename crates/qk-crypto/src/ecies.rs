@@ -63,10 +63,6 @@ impl Label {
         t.bytes(&canonical_context(context)?);
         Ok(Label(t.digest()))
     }
-
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
 }
 
 fn canonical_context(context: &EncryptionContext) -> Result<Vec<u8>, CryptoError> {

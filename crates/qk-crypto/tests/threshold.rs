@@ -266,3 +266,66 @@ fn oversized_inputs_are_refused_with_a_clear_error() {
     let err = wrap(&mut rng(1), &pk, KEY, V1, &ctx(&[("k", &long_value)]), b"x").expect_err("ctx");
     assert!(matches!(err, CryptoError::ContextTooLarge(_)));
 }
+
+#[test]
+fn the_size_bounds_are_exact_for_the_largest_plaintext_and_a_partial() {
+    use qk_crypto::ecies::{MAX_CIPHERTEXT_LEN, MAX_PARTIAL_LEN, MAX_PLAINTEXT_LEN};
+    let out = generate(2, 3, 77);
+    let keys = out.keys();
+    let context = ctx(&[("tenant", "acme")]);
+    let largest = vec![7u8; MAX_PLAINTEXT_LEN];
+    let ct =
+        wrap(&mut rng(2), &keys.public_key(), KEY, V1, &context, &largest).expect("at the bound");
+    let bytes = ct.to_bytes();
+    assert_eq!(
+        bytes.len(),
+        MAX_CIPHERTEXT_LEN,
+        "the bound is the largest ciphertext"
+    );
+    assert_eq!(
+        qk_crypto::Ciphertext::from_bytes(&bytes).expect("decodes"),
+        ct
+    );
+    let over = vec![7u8; MAX_PLAINTEXT_LEN + 1];
+    assert!(matches!(
+        wrap(&mut rng(3), &keys.public_key(), KEY, V1, &context, &over),
+        Err(CryptoError::PlaintextTooLarge { .. })
+    ));
+    let small = wrap(&mut rng(4), &keys.public_key(), KEY, V1, &context, b"k").expect("wrap");
+    let partial = &partials(keys, &out.shares(), &small, &context, 5)[0];
+    let bytes = partial.to_bytes();
+    assert_eq!(bytes.len(), MAX_PARTIAL_LEN, "a partial has one size");
+    assert_eq!(
+        PartialDecryption::from_bytes(&bytes).expect("decodes"),
+        *partial
+    );
+}
+
+#[test]
+fn an_encryption_context_is_bounded_in_entries_key_and_value_length() {
+    let out = generate(2, 3, 78);
+    let pk = out.keys().public_key();
+    let try_wrap = |context: &qk_crypto::EncryptionContext| {
+        wrap(&mut rng(6), &pk, KEY, V1, context, b"k").map(|_| ())
+    };
+    let entries = |n: usize| -> qk_crypto::EncryptionContext {
+        (0..n).map(|i| (format!("k{i}"), "v".to_string())).collect()
+    };
+    assert!(try_wrap(&entries(64)).is_ok());
+    assert!(matches!(
+        try_wrap(&entries(65)),
+        Err(CryptoError::ContextTooLarge(_))
+    ));
+    let one = |k: usize, v: usize| -> qk_crypto::EncryptionContext {
+        [("k".repeat(k), "v".repeat(v))].into()
+    };
+    assert!(try_wrap(&one(256, 1024)).is_ok());
+    assert!(matches!(
+        try_wrap(&one(257, 1)),
+        Err(CryptoError::ContextTooLarge(_))
+    ));
+    assert!(matches!(
+        try_wrap(&one(1, 1025)),
+        Err(CryptoError::ContextTooLarge(_))
+    ));
+}
