@@ -286,6 +286,23 @@ fn the_size_bounds_are_exact_for_the_largest_plaintext_and_a_partial() {
         qk_crypto::Ciphertext::from_bytes(&bytes).expect("decodes"),
         ct
     );
+    let text = ct.to_text();
+    assert_eq!(
+        qk_crypto::Ciphertext::from_text(&text).expect("text decodes"),
+        ct
+    );
+    let padded = format!("{text}{}", "A".repeat(8));
+    assert!(matches!(
+        qk_crypto::Ciphertext::from_text(&padded),
+        Err(qk_crypto::DecodeError::TooLarge {
+            what: "ciphertext text",
+            ..
+        })
+    ));
+    // An empty plaintext: a body of exactly the AEAD tag decodes.
+    let empty = wrap(&mut rng(8), &keys.public_key(), KEY, V1, &context, b"").expect("wrap");
+    let decoded = qk_crypto::Ciphertext::from_bytes(&empty.to_bytes()).expect("tag-only body");
+    assert_eq!(decoded, empty);
     let over = vec![7u8; MAX_PLAINTEXT_LEN + 1];
     assert!(matches!(
         wrap(&mut rng(3), &keys.public_key(), KEY, V1, &context, &over),
