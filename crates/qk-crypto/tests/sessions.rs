@@ -464,3 +464,32 @@ fn refresh_requires_a_matching_current_share() {
         .expect_err("foreign share");
     assert!(err.to_string().contains("does not match"), "{err}");
 }
+
+#[test]
+fn a_refresh_must_keep_the_dealers_receivers_and_threshold_of_the_version() {
+    let dkg = generate(2, 3, 31);
+    let keys = dkg.keys().clone();
+    let shares = dkg.shares();
+    let holders = keys.holders().to_vec();
+    let refused = |dealers: Vec<ShareIndex>, receivers: Vec<ShareIndex>, t: u16| {
+        let config = session(
+            6,
+            SessionKind::Refresh { old: keys.clone() },
+            dealers,
+            receivers,
+            t,
+        );
+        let me = config.receivers[0];
+        let share = shares.iter().find(|s| s.index() == me).cloned();
+        let key = Some(qk_crypto::testing::dkg_key(me));
+        qk_crypto::Participant::new(config, me, share, key).is_err()
+    };
+    let fewer: Vec<ShareIndex> = holders[..2].to_vec();
+    assert!(
+        !refused(holders.clone(), holders.clone(), 2),
+        "same holders and t"
+    );
+    assert!(refused(fewer.clone(), holders.clone(), 2), "other dealers");
+    assert!(refused(holders.clone(), fewer, 2), "other receivers");
+    assert!(refused(holders.clone(), holders, 3), "another threshold");
+}

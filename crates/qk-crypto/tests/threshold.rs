@@ -346,3 +346,46 @@ fn an_encryption_context_is_bounded_in_entries_key_and_value_length() {
         Err(CryptoError::ContextTooLarge(_))
     ));
 }
+
+#[test]
+fn verify_all_reports_every_bad_partial_and_optimistic_stops_at_t_good_ones() {
+    let out = generate(2, 3, 79);
+    let keys = out.keys();
+    let context = ctx(&[("tenant", "acme")]);
+    let ct = wrap(&mut rng(9), &keys.public_key(), KEY, V1, &context, b"dk").expect("wrap");
+    let all = partials(keys, &out.shares(), &ct, &context, 10);
+    let bad = {
+        let mut bytes = all[2].to_bytes();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1; // a proof that no longer verifies
+        PartialDecryption::from_bytes(&bytes).expect("still canonical")
+    };
+    // Two good partials first (one of them twice), then a bad one.
+    let given = [all[0].clone(), all[0].clone(), all[1].clone(), bad];
+    let verified = combine(keys, &ct, &context, &given, CombineMode::VerifyAll).expect("decrypts");
+    assert_eq!(verified.plaintext.as_slice(), b"dk");
+    assert_eq!(verified.invalid, vec![all[2].index]);
+    let fast = combine(keys, &ct, &context, &given, CombineMode::Optimistic).expect("decrypts");
+    assert_eq!(fast.plaintext.as_slice(), b"dk");
+    assert!(
+        fast.invalid.is_empty(),
+        "the first t distinct partials opened it"
+    );
+}
+
+#[test]
+fn a_partial_naming_another_key_or_version_is_refused() {
+    let out = generate(2, 3, 80);
+    let keys = out.keys();
+    let context = ctx(&[("tenant", "acme")]);
+    let ct = wrap(&mut rng(11), &keys.public_key(), KEY, V1, &context, b"dk").expect("wrap");
+    let label = ct.verify(&context).expect("label");
+    let good = partials(keys, &out.shares(), &ct, &context, 12)[0].clone();
+    qk_crypto::verify_partial(keys, &ct, &label, &good).expect("valid");
+    let mut other_version = good.clone();
+    other_version.version = qk_types::KeyVersion(2);
+    assert!(qk_crypto::verify_partial(keys, &ct, &label, &other_version).is_err());
+    let mut other_key = good;
+    other_key.key_id = qk_types::KeyId([9; 16]);
+    assert!(qk_crypto::verify_partial(keys, &ct, &label, &other_key).is_err());
+}
