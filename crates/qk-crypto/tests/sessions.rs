@@ -493,3 +493,101 @@ fn a_refresh_must_keep_the_dealers_receivers_and_threshold_of_the_version() {
     assert!(refused(holders.clone(), fewer, 2), "other receivers");
     assert!(refused(holders.clone(), holders, 3), "another threshold");
 }
+
+/// Holder 1 of `config`, started (its own deal made).
+fn started(config: &qk_crypto::SessionConfig, old: Option<KeyShare>) -> qk_crypto::Participant {
+    let me = config.receivers[0];
+    let key = Some(qk_crypto::testing::dkg_key(me));
+    let mut p = qk_crypto::Participant::new(config.clone(), me, old, key).expect("participant");
+    p.start(&mut rng(40)).expect("start");
+    p
+}
+
+/// Holder 2's honest deal in `config`.
+fn deal_of_holder_2(config: &qk_crypto::SessionConfig, old: Option<KeyShare>) -> qk_crypto::Deal {
+    let me = config.receivers[1];
+    let key = Some(qk_crypto::testing::dkg_key(me));
+    let mut p = qk_crypto::Participant::new(config.clone(), me, old, key).expect("participant");
+    p.start(&mut rng(41))
+        .expect("start")
+        .expect("a dealer deals")
+}
+
+#[test]
+fn a_deal_counts_only_in_its_session_once_started_and_in_its_shape() {
+    let (config, _) = generation(7, 3, 2);
+    let (other, _) = generation(8, 3, 2);
+    let deal = deal_of_holder_2(&config, None);
+    let msg = |d: &qk_crypto::Deal| PublicMessage::Deal(d.clone());
+
+    let me = config.receivers[0];
+    let key = Some(qk_crypto::testing::dkg_key(me));
+    let mut idle = qk_crypto::Participant::new(config.clone(), me, None, key).expect("new");
+    assert!(idle.handle_public(&msg(&deal)).is_err(), "before start");
+
+    let foreign = deal_of_holder_2(&other, None);
+    assert!(
+        started(&config, None)
+            .handle_public(&msg(&foreign))
+            .is_err(),
+        "another session"
+    );
+    let mut relabeled = deal.clone();
+    relabeled.session_id = other.session_id;
+    assert!(
+        started(&config, None)
+            .handle_public(&msg(&relabeled))
+            .is_err(),
+        "this session's deal, labelled with another"
+    );
+
+    let mut short = deal.clone();
+    short.commitments.pop();
+    assert!(
+        started(&config, None).handle_public(&msg(&short)).is_err(),
+        "t - 1 commitments"
+    );
+    let mut unproven = deal.clone();
+    unproven.pok = deal_of_holder_2(&other, None).pok;
+    assert!(
+        started(&config, None)
+            .handle_public(&msg(&unproven))
+            .is_err(),
+        "a foreign proof"
+    );
+
+    assert!(
+        started(&config, None).handle_public(&msg(&deal)).is_ok(),
+        "the honest deal"
+    );
+}
+
+#[test]
+fn a_refresh_deal_carries_t_minus_one_commitments_and_no_proof() {
+    let dkg = generate(2, 3, 42);
+    let keys = dkg.keys().clone();
+    let shares = dkg.shares();
+    let holders = keys.holders().to_vec();
+    let config = session(
+        9,
+        SessionKind::Refresh { old: keys },
+        holders.clone(),
+        holders,
+        2,
+    );
+    let deal = deal_of_holder_2(&config, Some(shares[1].clone()));
+    let mine = Some(shares[0].clone());
+    let msg = |d: &qk_crypto::Deal| PublicMessage::Deal(d.clone());
+    let (gen_config, _) = generation(9, 3, 2);
+    let mut with_proof = deal.clone();
+    with_proof.pok = deal_of_holder_2(&gen_config, None).pok;
+    assert!(started(&config, mine.clone())
+        .handle_public(&msg(&with_proof))
+        .is_err());
+    let mut long = deal.clone();
+    long.commitments.push(long.commitments[0]);
+    assert!(started(&config, mine.clone())
+        .handle_public(&msg(&long))
+        .is_err());
+    assert!(started(&config, mine).handle_public(&msg(&deal)).is_ok());
+}
