@@ -1168,3 +1168,67 @@ fn no_principal_change_leaves_an_approval_rule_without_enough_approvers() {
     log.run("admin", Operation::DeletePrincipal { name: "ann".into() })
         .expect("two approvers remain");
 }
+
+#[test]
+fn permission_names_parse_back_and_unknown_names_do_not() {
+    for p in Permission::ALL {
+        assert_eq!(Permission::parse(p.name()), Some(p));
+    }
+    assert_eq!(Permission::parse("decrypt-everything"), None);
+}
+
+#[test]
+fn a_refusal_names_the_principals_roles_and_the_roles_that_would_do() {
+    let mut log = Log::new();
+    log.principal("auditor-1", &[Role::Auditor]);
+    log.key("k");
+    let Decision::Deny(reason) =
+        log.sm
+            .authorize("auditor-1", Permission::Decrypt, Some("k"), &no_context())
+    else {
+        panic!("an auditor may not decrypt");
+    };
+    assert!(reason.contains("roles [auditor]"), "{reason}");
+    assert!(reason.contains("admin, key-user"), "{reason}");
+    log.principal("nobody", &[]);
+    let Decision::Deny(reason) =
+        log.sm
+            .authorize("nobody", Permission::Decrypt, Some("k"), &no_context())
+    else {
+        panic!("no roles, no decrypt");
+    };
+    assert!(reason.contains("no roles"), "{reason}");
+}
+
+#[test]
+fn a_token_record_never_shows_its_secret_hash_or_key_in_debug() {
+    let record = qk_state::TokenRecord {
+        id: "0123456789abcdef".into(),
+        principal: "svc".into(),
+        description: "ci".into(),
+        secret_sha256: [0xab; 32],
+        verify_key: [0xcd; 32],
+        created_ms: 1,
+        expires_at_ms: 2,
+        revoked_ms: None,
+    };
+    let shown = format!("{record:?}");
+    assert!(
+        shown.contains("0123456789abcdef") && shown.contains("svc"),
+        "{shown}"
+    );
+    assert!(!shown.contains("171") && !shown.contains("205"), "{shown}");
+    assert!(
+        !shown.contains("secret") && !shown.contains("verify_key"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn an_approval_rule_saved_without_a_ttl_waits_a_day() {
+    let rule: ApprovalRule = serde_json::from_str(
+        r#"{"required": 1, "approvers": ["role:approver"], "permissions": ["decrypt"]}"#,
+    )
+    .expect("an older rule without ttl_ms");
+    assert_eq!(rule.ttl_ms, 24 * 3600 * 1000);
+}
