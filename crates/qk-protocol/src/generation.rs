@@ -380,3 +380,54 @@ impl Generation {
         }
     }
 }
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+
+    #[test]
+    fn every_dkg_of_every_version_has_its_own_session() {
+        let (k, v) = (KeyId([1; 16]), KeyVersion(1));
+        let ids = [
+            session_of(k, v, DkgSession::Generation),
+            session_of(KeyId([2; 16]), v, DkgSession::Generation),
+            session_of(k, KeyVersion(2), DkgSession::Generation),
+            session_of(
+                k,
+                v,
+                DkgSession::Refresh {
+                    epoch: Epoch(1),
+                    attempt: 0,
+                },
+            ),
+            session_of(
+                k,
+                v,
+                DkgSession::Refresh {
+                    epoch: Epoch(1),
+                    attempt: 1,
+                },
+            ),
+            session_of(
+                k,
+                v,
+                DkgSession::Refresh {
+                    epoch: Epoch(2),
+                    attempt: 0,
+                },
+            ),
+            session_of(
+                k,
+                KeyVersion(2),
+                DkgSession::Refresh {
+                    epoch: Epoch(1),
+                    attempt: 0,
+                },
+            ),
+        ];
+        let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+        assert_eq!(ids[0], session_id(k, v, Epoch(0)));
+        assert_eq!(ids[3], refresh_session_id(k, v, Epoch(1), 0));
+    }
+}
