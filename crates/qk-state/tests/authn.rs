@@ -307,6 +307,11 @@ fn a_leader_cannot_stamp_a_time_far_from_the_signature() {
     let r = c.sm.apply_authenticated(&cmd, &c.roster);
     c.assert_refused(&r, "admin");
     assert!(c.sm.principal("mallory").is_none());
+    // Exactly the largest age allowed still counts.
+    cmd.time_ms = c.now + INTENT_MAX_AGE_MS;
+    let r = c.sm.apply_authenticated(&cmd, &c.roster);
+    r.result.expect("at the limit");
+    assert!(c.sm.principal("mallory").is_some());
 }
 
 #[test]
@@ -444,4 +449,31 @@ fn a_leader_cannot_apply_an_administrators_early_destroy_by_stamping_it_later() 
     // Signed once the waiting period is over, it applies.
     c.now += 1_000;
     c.signed(&admin, "admin", destroy).result.expect("due");
+}
+
+#[test]
+fn a_node_signs_only_while_it_is_a_member_and_principals_whatever_the_membership() {
+    let mut c = Cluster::new();
+    let node2 = c.node2.clone();
+    let receipt = || Operation::EraseReceipt {
+        name: "k".into(),
+        version: qk_types::KeyVersion(1),
+        node: qk_types::NodeId(2),
+    };
+    let only_node_1 = |n: qk_types::NodeId| n == qk_types::NodeId(1);
+    let mut cmd = c.command("node-2", receipt());
+    c.sign(&node2, &mut cmd);
+    let r = c.sm.apply_from_members(&cmd, &c.roster, &only_node_1);
+    let refused = format!("{:?}", r.result);
+    assert!(refused.contains("not a member"), "{refused}");
+    // As a member, its signature is judged as usual (no such key here).
+    let mut cmd = c.command("node-2", receipt());
+    c.sign(&node2, &mut cmd);
+    let r = c.sm.apply_from_members(&cmd, &c.roster, &|_| true);
+    assert!(!format!("{:?}", r.result).contains("not a member"), "{r:?}");
+    // A principal is no node: membership does not apply to it.
+    let mut cmd = c.command("admin", mallory());
+    c.sign(&c.admin.clone(), &mut cmd);
+    let r = c.sm.apply_from_members(&cmd, &c.roster, &|_| false);
+    r.result.expect("the admin's command applies");
 }
