@@ -525,41 +525,22 @@ fn a_deal_counts_only_in_its_session_once_started_and_in_its_shape() {
     let mut idle = qk_crypto::Participant::new(config.clone(), me, None, key).expect("new");
     assert!(idle.handle_public(&msg(&deal)).is_err(), "before start");
 
+    let refused = |d: &qk_crypto::Deal| started(&config, None).handle_public(&msg(d)).is_err();
     let foreign = deal_of_holder_2(&other, None);
-    assert!(
-        started(&config, None)
-            .handle_public(&msg(&foreign))
-            .is_err(),
-        "another session"
-    );
+    assert!(refused(&foreign), "another session");
     let mut relabeled = deal.clone();
     relabeled.session_id = other.session_id;
     assert!(
-        started(&config, None)
-            .handle_public(&msg(&relabeled))
-            .is_err(),
+        refused(&relabeled),
         "this session's deal, labelled with another"
     );
-
     let mut short = deal.clone();
     short.commitments.pop();
-    assert!(
-        started(&config, None).handle_public(&msg(&short)).is_err(),
-        "t - 1 commitments"
-    );
+    assert!(refused(&short), "t - 1 commitments");
     let mut unproven = deal.clone();
     unproven.pok = deal_of_holder_2(&other, None).pok;
-    assert!(
-        started(&config, None)
-            .handle_public(&msg(&unproven))
-            .is_err(),
-        "a foreign proof"
-    );
-
-    assert!(
-        started(&config, None).handle_public(&msg(&deal)).is_ok(),
-        "the honest deal"
-    );
+    assert!(refused(&unproven), "a foreign proof");
+    assert!(!refused(&deal), "the honest deal");
 }
 
 #[test]

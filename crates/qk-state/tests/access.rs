@@ -1181,22 +1181,20 @@ fn permission_names_parse_back_and_unknown_names_do_not() {
 fn a_refusal_names_the_principals_roles_and_the_roles_that_would_do() {
     let mut log = Log::new();
     log.principal("auditor-1", &[Role::Auditor]);
+    log.principal("nobody", &[]);
     log.key("k");
-    let Decision::Deny(reason) =
-        log.sm
-            .authorize("auditor-1", Permission::Decrypt, Some("k"), &no_context())
-    else {
-        panic!("an auditor may not decrypt");
-    };
+    let refusal =
+        |who: &str| match log
+            .sm
+            .authorize(who, Permission::Decrypt, Some("k"), &no_context())
+        {
+            Decision::Deny(reason) => reason,
+            other => panic!("{who} may not decrypt: {other:?}"),
+        };
+    let reason = refusal("auditor-1");
     assert!(reason.contains("roles [auditor]"), "{reason}");
     assert!(reason.contains("admin, key-user"), "{reason}");
-    log.principal("nobody", &[]);
-    let Decision::Deny(reason) =
-        log.sm
-            .authorize("nobody", Permission::Decrypt, Some("k"), &no_context())
-    else {
-        panic!("no roles, no decrypt");
-    };
+    let reason = refusal("nobody");
     assert!(reason.contains("no roles"), "{reason}");
 }
 
