@@ -113,12 +113,6 @@ impl NetError {
         }
     }
 
-    /// Whether the peer took the request but did not answer in time (a
-    /// connection was up; a large request on a slow link looks like this).
-    pub fn is_answer_timeout(&self) -> bool {
-        matches!(self, NetError::Timeout { .. })
-    }
-
     /// Whether the request was too large to send as one frame.
     pub fn is_too_large(&self) -> bool {
         matches!(

@@ -2,8 +2,8 @@
 //!
 //! Failures to reach a node map to [`RPCError::Unreachable`] (openraft then
 //! backs off with [`RaftNetwork::backoff`]); a malformed or unexpected answer
-//! maps to [`RPCError::Network`]; an AppendEntries too large for one frame,
-//! or not answered in time, maps to [`PayloadTooLarge`] so openraft splits it.
+//! maps to [`RPCError::Network`]; an AppendEntries too large for one frame
+//! maps to [`PayloadTooLarge`] so openraft splits it.
 
 use std::time::Duration;
 
@@ -136,20 +136,6 @@ impl RaftPeer {
     }
 }
 
-/// How a failed AppendEntries of `entries` entries is reported to openraft.
-/// Too big for one frame, or sent but not answered within the RPC timeout
-/// (the heartbeat interval: 16 entries of up to 2 MiB can take longer on a
-/// slow link): ask for half as many, which openraft retries at once and
-/// keeps for its next ten RPCs. A single entry that times out is an
-/// unreachable peer, backed off as before.
-fn append_entries_error(e: NetError, entries: u64) -> RpcErr {
-    if (e.is_too_large() || e.is_answer_timeout()) && entries > 1 {
-        RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2))
-    } else {
-        map_net_error(e)
-    }
-}
-
 fn map_net_error<E: std::error::Error>(e: NetError) -> RpcErr<E> {
     if e.is_unreachable() {
         RPCError::Unreachable(Unreachable::new(&e))
@@ -170,7 +156,11 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
             Ok(PeerResponse::AppendEntries(Ok(resp))) => Ok(resp),
             Ok(PeerResponse::AppendEntries(Err(e))) => Err(self.remote(e)),
             Ok(other) => Err(self.bad_response("AppendEntries", other)),
-            Err(e) => Err(append_entries_error(e, entries)),
+            // Too big for one frame: ask openraft to send half as many.
+            Err(e) if e.is_too_large() && entries > 1 => Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(entries / 2),
+            )),
+            Err(e) => Err(map_net_error(e)),
         }
     }
 
@@ -205,37 +195,5 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
     fn backoff(&self) -> Backoff {
         let cfg = self.cfg.clone();
         Backoff::new((1u32..).map(move |failures| cfg.backoff_delay(failures)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn timeout() -> NetError {
-        NetError::Timeout {
-            addr: "127.0.0.1:7101".into(),
-            after: Duration::from_millis(100),
-        }
-    }
-
-    #[test]
-    fn an_unanswered_batch_is_halved_and_an_unanswered_entry_backs_off() {
-        match append_entries_error(timeout(), 16) {
-            RPCError::PayloadTooLarge(p) => assert_eq!(p.entries_hint(), 8),
-            other => panic!("expected PayloadTooLarge, got {other:?}"),
-        }
-        assert!(matches!(
-            append_entries_error(timeout(), 1),
-            RPCError::Unreachable(_)
-        ));
-        let down = NetError::ConnectTimeout {
-            addr: "127.0.0.1:7101".into(),
-            after: Duration::from_millis(100),
-        };
-        assert!(
-            matches!(append_entries_error(down, 16), RPCError::Unreachable(_)),
-            "a peer that cannot be dialled is not sent smaller batches"
-        );
     }
 }
