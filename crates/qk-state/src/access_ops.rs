@@ -621,22 +621,12 @@ impl StateMachine {
     ) -> Result<(), StateError> {
         // Only an eligible approver's change can leave a rule short; the
         // common change (any other principal) skips the scan of every rule.
-        let was_approver = self
-            .principals
-            .get(name)
-            .is_some_and(|p| !p.disabled && p.roles.contains(&Role::Approver));
-        if !was_approver {
-            match record {
-                Some(r) => self.principals.insert(name.to_string(), r),
-                None => self.principals.remove(name),
-            };
+        if !self.principals.get(name).is_some_and(may_approve) {
+            self.put_principal(name, record);
             return Ok(());
         }
         let met_before = self.unmet_approval_rules();
-        let previous = match record {
-            Some(r) => self.principals.insert(name.to_string(), r),
-            None => self.principals.remove(name),
-        };
+        let previous = self.put_principal(name, record);
         let broken: Vec<String> = self
             .unmet_approval_rules()
             .into_iter()
@@ -645,14 +635,23 @@ impl StateMachine {
         if broken.is_empty() {
             return Ok(());
         }
-        match previous {
-            Some(p) => self.principals.insert(name.to_string(), p),
-            None => self.principals.remove(name),
-        };
+        self.put_principal(name, previous);
         Err(invalid(format!(
             "this change to {name} would leave too few eligible approvers for {}; add another approver first",
             broken.join(", ")
         )))
+    }
+
+    /// Stores (or with `None` removes) principal `name`; returns what was there.
+    fn put_principal(
+        &mut self,
+        name: &str,
+        record: Option<PrincipalRecord>,
+    ) -> Option<PrincipalRecord> {
+        match record {
+            Some(r) => self.principals.insert(name.to_string(), r),
+            None => self.principals.remove(name),
+        }
     }
 
     /// The approval rules that too few eligible approvers could meet today.
@@ -751,7 +750,7 @@ impl StateMachine {
     fn eligible_approvers(&self, patterns: &[String]) -> Vec<&str> {
         self.principals
             .values()
-            .filter(|p| !p.disabled && p.roles.contains(&Role::Approver))
+            .filter(|p| may_approve(p))
             .filter(|p| patterns.iter().any(|pat| matches_principal(pat, p)))
             .map(|p| p.name.as_str())
             .collect()
@@ -983,4 +982,9 @@ fn no_approval(id: &str) -> StateError {
     StateError::NotFound(format!(
         "no approval {id}; list approvals with `qk approval list`"
     ))
+}
+
+/// Whether `p` may approve at all: enabled and holding the approver role.
+fn may_approve(p: &PrincipalRecord) -> bool {
+    !p.disabled && p.roles.contains(&Role::Approver)
 }
