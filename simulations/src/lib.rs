@@ -87,11 +87,14 @@ pub enum PlantedBug {
     /// Honest DKG holders never check the shares they were dealt against
     /// the dealer's commitments: they post no complaints.
     SkipComplaints,
+    /// Coordinators combine as soon as partials from `t − 1` holders
+    /// arrived (a threshold off by one).
+    CombineShort,
 }
 
 impl PlantedBug {
     /// Every planted bug, for the flag parser and the test that runs them all.
-    pub const ALL: [PlantedBug; 11] = [
+    pub const ALL: [PlantedBug; 12] = [
         PlantedBug::SwapApply,
         PlantedBug::IgnoreErase,
         PlantedBug::SkipProofCheck,
@@ -103,6 +106,7 @@ impl PlantedBug {
         PlantedBug::RefreshErase,
         PlantedBug::ReceiptBeforeErase,
         PlantedBug::SkipComplaints,
+        PlantedBug::CombineShort,
     ];
 
     /// The name `qk-sim --plant NAME` takes.
@@ -120,6 +124,7 @@ impl PlantedBug {
             PlantedBug::RefreshErase => "refresh-erase",
             PlantedBug::ReceiptBeforeErase => "receipt-before-erase",
             PlantedBug::SkipComplaints => "skip-complaints",
+            PlantedBug::CombineShort => "combine-short",
         }
     }
 

@@ -45,6 +45,10 @@ pub(crate) type ShareKey = (KeyId, KeyVersion, Epoch);
 pub(crate) struct InFlight {
     expected: Option<Vec<u8>>,
     byz_partial_delivered: bool,
+    /// The key and version the ciphertext names (for the threshold).
+    key: (String, Option<KeyVersion>),
+    /// Holders whose partial (right or wrong) reached the coordinator.
+    partials_from: BTreeSet<NodeId>,
 }
 
 pub(crate) struct SimNode {
@@ -476,14 +480,17 @@ impl World {
         } = &msg
         {
             self.check_partial_allowed(from, to, *op_id);
-            if Some(from) == self.byzantine {
-                if let Some(f) = self
-                    .nodes
-                    .get_mut(&to)
-                    .and_then(|n| n.inflight.get_mut(op_id))
-                {
-                    f.byz_partial_delivered = true;
-                }
+            let byz = Some(from) == self.byzantine;
+            if let Some(f) = self
+                .nodes
+                .get_mut(&to)
+                .and_then(|n| n.inflight.get_mut(op_id))
+            {
+                f.byz_partial_delivered |= byz;
+                f.partials_from.insert(from);
+            }
+            if self.combine_short(to, *op_id) {
+                return;
             }
         }
         self.drive(to, Event::Message { from, msg });
@@ -823,7 +830,10 @@ impl World {
                     op_id,
                     result,
                     faulty,
-                } => self.unwrap_done(id, op_id, result.map(|p| p.expose().to_vec()), faulty),
+                } => {
+                    let result = result.map(|p| p.expose().to_vec());
+                    self.unwrap_done((id, state), op_id, result, faulty);
+                }
                 Action::NeedShare {
                     key,
                     version,
@@ -912,9 +922,9 @@ impl World {
         }
     }
 
-    fn unwrap_done(
+    pub(super) fn unwrap_done(
         &mut self,
-        id: NodeId,
+        (id, state): (NodeId, &StateMachine),
         op_id: OpId,
         result: Result<Vec<u8>, qk_protocol::UnwrapError>,
         faulty: Vec<NodeId>,
@@ -936,6 +946,7 @@ impl World {
         }
         self.unwrap_requests.remove(&(id, op_id));
         if let Some(flight) = &flight {
+            self.check_combined_from_t((id, state), op_id, flight, &result);
             match (&result, &flight.expected) {
                 (Ok(p), Some(exp)) if p != exp => {
                     self.fail(format!("unwrap {op_id} at {id} returned a wrong plaintext"));

@@ -113,6 +113,7 @@ fn expected_violation(bug: PlantedBug) -> &'static str {
         PlantedBug::MinDecrypt => "below the key's minimum decryption version",
         PlantedBug::ReceiptBeforeErase => "committed while its store still holds a share",
         PlantedBug::SkipComplaints => "posted no complaint against it",
+        PlantedBug::CombineShort => "below the threshold",
     }
 }
 

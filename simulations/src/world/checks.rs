@@ -1,7 +1,7 @@
 //! The invariant checker: what must hold after every step, at every
 //! apply and at quiescent points (docs/SIMULATION.md, "Invariants").
 
-use qk_protocol::{authorize_partial, PartialRequest};
+use qk_protocol::{authorize_partial, PartialRequest, UnwrapError};
 use qk_state::{KeyRecord, KeyVersionRecord};
 
 use super::*;
@@ -212,6 +212,36 @@ impl World {
         if !verifies {
             self.fail(format!(
                 "{holder} returned a partial for unwrap {op_id} of {to}, whose ciphertext proof does not verify under the caller's context"
+            ));
+        }
+    }
+
+    /// An unwrap that combined (it returned a plaintext, or partials that
+    /// did not open the ciphertext) had partials from at least `t`
+    /// holders, and a ciphertext the workload made always opens: fewer
+    /// than `t` partials can never make the key.
+    pub(super) fn check_combined_from_t(
+        &mut self,
+        (id, state): (NodeId, &StateMachine),
+        op_id: OpId,
+        flight: &InFlight,
+        result: &Result<Vec<u8>, UnwrapError>,
+    ) {
+        if !matches!(result, Ok(_) | Err(UnwrapError::Decrypt(_))) {
+            return;
+        }
+        let (name, version) = &flight.key;
+        let threshold = version
+            .and_then(|v| state.key(name)?.version(v))
+            .map(|r| usize::from(r.threshold));
+        let got = flight.partials_from.len();
+        if let Some(t) = threshold.filter(|t| got < *t) {
+            self.fail(format!(
+                "unwrap {op_id} at {id} combined after partials from {got} holders, below the threshold {t}"
+            ));
+        } else if let (Err(e), Some(_)) = (result, &flight.expected) {
+            self.fail(format!(
+                "unwrap {op_id} at {id} could not open a ciphertext the workload made: {e}"
             ));
         }
     }

@@ -3,7 +3,7 @@
 //! late. The checker must catch each; none of this runs without a bug.
 
 use qk_crypto::{partial_decrypt, Ciphertext};
-use qk_protocol::{share_index_of, PartialRequest};
+use qk_protocol::{share_index_of, PartialRequest, UnwrapError};
 
 use super::checks::{broken_release_rules, ReleaseRule};
 use super::*;
@@ -51,6 +51,39 @@ impl World {
             },
             None => reply,
         }
+    }
+
+    /// Under combine-short, the coordinator `at` combines as soon as
+    /// partials from `t − 1` holders reached it. They never make the key
+    /// (the AEAD does not open), so the unwrap ends in a decrypt error.
+    /// Returns whether the bug took the delivered partial.
+    pub(super) fn combine_short(&mut self, at: NodeId, op_id: OpId) -> bool {
+        if self.cfg.bug != PlantedBug::CombineShort || Some(at) == self.byzantine {
+            return false;
+        }
+        let Some(sm) = self.nodes.get(&at).and_then(|n| n.sm.clone()) else {
+            return false;
+        };
+        sm.read(|a| self.combine_short_with((at, a.machine()), op_id))
+            .unwrap_or(false)
+    }
+
+    fn combine_short_with(&mut self, (at, state): (NodeId, &StateMachine), op_id: OpId) -> bool {
+        let Some(flight) = self.nodes.get(&at).and_then(|n| n.inflight.get(&op_id)) else {
+            return false;
+        };
+        let (name, version) = &flight.key;
+        let threshold = version
+            .and_then(|v| state.key(name)?.version(v))
+            .map(|r| usize::from(r.threshold));
+        if threshold != Some(flight.partials_from.len() + 1) {
+            return false;
+        }
+        let opened = Err(UnwrapError::Decrypt(
+            qk_crypto::CryptoError::AeadFailure.to_string(),
+        ));
+        self.unwrap_done((at, state), op_id, opened, Vec::new());
+        true
     }
 
     /// Runs an `EraseShare` on `id`'s share store, unless the planted bug

@@ -447,6 +447,9 @@ impl World {
             .insert((via, op_id), (ciphertext.clone(), context.clone()));
         self.stats.unwraps_started += 1;
         let proof = self.sign_intent(principal, &ciphertext, &context, via);
+        let version = qk_crypto::Ciphertext::from_bytes(&ciphertext)
+            .ok()
+            .map(|c| c.version);
         let now_ms = self.clock_of(via);
         let Some(node) = self.nodes.get_mut(&via) else {
             return op_id;
@@ -456,6 +459,8 @@ impl World {
             InFlight {
                 expected,
                 byz_partial_delivered: false,
+                key: (name.to_string(), version),
+                partials_from: BTreeSet::new(),
             },
         );
         self.drive(
