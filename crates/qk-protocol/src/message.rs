@@ -30,7 +30,7 @@ pub const MAX_MESSAGE_LEN: usize = MAX_CIPHERTEXT_LEN
     + MAX_PRINCIPAL_LEN
     + MAX_KEY_NAME_LEN
     + qk_state::proof::MAX_PROOF_LEN
-    + 256;
+    + 128;
 
 /// A request for one holder's partial decryption.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

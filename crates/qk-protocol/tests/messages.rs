@@ -177,3 +177,41 @@ fn only_bytes_over_the_limit_are_refused_before_parsing() {
         Err(MessageError::TooLarge { .. })
     ));
 }
+
+/// The largest proof the bounds allow: a session grant with the largest
+/// certificate, principal and signatures.
+fn largest_proof() -> qk_state::proof::IntentProof {
+    use qk_state::proof::{IntentProof, SessionGrant, Signer};
+    IntentProof {
+        signer: Signer::Session(SessionGrant {
+            cert_der: vec![7; 4 * 1024],
+            principal: "p".repeat(128),
+            session_key: [5; 32],
+            expires_ms: u64::MAX,
+            signature: vec![6; 160],
+        }),
+        requester: u64::MAX,
+        time_ms: u64::MAX,
+        signature: vec![4; 160],
+    }
+}
+
+#[test]
+fn the_largest_request_with_the_largest_proof_fits_the_message_bound_closely() {
+    let mut max = largest_request();
+    max.proof = Some(Box::new(largest_proof()));
+    max.epoch = Some(qk_types::Epoch(u64::MAX));
+    max.version = KeyVersion(u32::MAX);
+    let bytes = ProtocolMessage::PartialRequest(max.clone())
+        .encode()
+        .expect("at the limits");
+    assert!(bytes.len() <= MAX_MESSAGE_LEN, "{} bytes", bytes.len());
+    assert_eq!(
+        ProtocolMessage::decode(&bytes),
+        Ok(ProtocolMessage::PartialRequest(max))
+    );
+    // The bound is the largest legal message plus a little slack, no more:
+    // a looser bound would let a peer make every node buffer more.
+    let slack = MAX_MESSAGE_LEN - bytes.len();
+    assert!(slack < 256, "{slack} bytes of slack over {} bytes", bytes.len());
+}
