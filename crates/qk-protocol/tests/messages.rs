@@ -213,5 +213,9 @@ fn the_largest_request_with_the_largest_proof_fits_the_message_bound_closely() {
     // The bound is the largest legal message plus a little slack, no more:
     // a looser bound would let a peer make every node buffer more.
     let slack = MAX_MESSAGE_LEN - bytes.len();
-    assert!(slack < 256, "{slack} bytes of slack over {} bytes", bytes.len());
+    assert!(
+        slack < 256,
+        "{slack} bytes of slack over {} bytes",
+        bytes.len()
+    );
 }

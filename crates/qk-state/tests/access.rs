@@ -833,6 +833,38 @@ fn issue_for(principal: &str, id: &str, now: u64) -> Operation {
 }
 
 #[test]
+fn a_token_lives_at_most_366_days() {
+    let mut log = Log::new();
+    log.principal("sock", &[Role::KeyUser]);
+    let year_ms: u64 = 366 * 24 * 3600 * 1000;
+    let issue = |id: &str, expires_at_ms: u64| match issue_for("sock", id, 0) {
+        Operation::IssueToken {
+            id,
+            principal,
+            description,
+            secret_sha256,
+            verify_key,
+            ..
+        } => Operation::IssueToken {
+            id,
+            principal,
+            description,
+            secret_sha256,
+            verify_key,
+            expires_at_ms,
+        },
+        _ => unreachable!("issue_for builds an IssueToken"),
+    };
+    let too_long = log.run("admin", issue("00000000000000c1", log.now + year_ms + 1));
+    assert!(
+        matches!(&too_long, Err(StateError::Invalid(m)) if m.contains("one year from now")),
+        "{too_long:?}"
+    );
+    log.run("admin", issue("00000000000000c2", log.now + year_ms))
+        .expect("a token of exactly 366 days");
+}
+
+#[test]
 fn one_admin_cannot_mint_approver_tokens_or_keep_tokens_across_an_approver_grant() {
     let mut log = Log::new();
     log.principal("ann", &[Role::Approver]);
@@ -1101,7 +1133,8 @@ fn the_access_rule_is_checked_when_saved() {
         "{tokens_only:?}"
     );
     let both = vec![Permission::PrincipalManage, Permission::TokenManage];
-    for ttl_ms in [0, 59_999, 31 * 24 * 3600 * 1000] {
+    const THIRTY_DAYS_MS: u64 = 30 * 24 * 3600 * 1000;
+    for ttl_ms in [0, 59_999, THIRTY_DAYS_MS + 1] {
         let Operation::SetAccessRule {
             rule: Some(mut rule),
         } = access_rule(1, both.clone())
@@ -1121,6 +1154,17 @@ fn the_access_rule_is_checked_when_saved() {
         matches!(by_operator, Err(StateError::Denied(_))),
         "{by_operator:?}"
     );
+    for ttl_ms in [60_000, THIRTY_DAYS_MS] {
+        let Operation::SetAccessRule {
+            rule: Some(mut rule),
+        } = access_rule(1, both.clone())
+        else {
+            unreachable!("access_rule builds a rule")
+        };
+        rule.ttl_ms = ttl_ms;
+        log.run("admin", Operation::SetAccessRule { rule: Some(rule) })
+            .unwrap_or_else(|e| panic!("ttl {ttl_ms} is within 1 minute to 30 days: {e}"));
+    }
     log.run("admin", access_rule(1, both))
         .expect("a rule that can be met");
 }
