@@ -271,6 +271,14 @@ impl NodeProtocol {
         self.unwraps.len()
     }
 
+    /// Refresh steps kept for participants still loading their share.
+    pub fn steps_waiting_for_shares(&self) -> usize {
+        self.awaiting_share
+            .values()
+            .map(|w| w.early_steps.len())
+            .sum()
+    }
+
     /// Handles one event against the replicated state and returns the
     /// actions to run, in order.
     pub fn handle<R: CryptoRng + ?Sized>(

@@ -898,3 +898,53 @@ fn refresh_steps_that_arrive_while_a_holder_loads_its_share_are_kept_for_it() {
     assert!(c.node(1).store.contains_key(&(id, V1, Epoch(1))));
     assert_no_warnings(&c);
 }
+
+#[test]
+fn a_holder_loading_its_share_keeps_at_most_136_early_refresh_steps() {
+    let mut c = Cluster::generated(2, 3, 26);
+    c.node_mut(1).slow_disk = true;
+    refresh(&mut c);
+    c.run_until_idle();
+    let deal = c
+        .log
+        .iter()
+        .find(|cmd| {
+            matches!(&cmd.op,
+            Operation::Dkg {
+                from,
+                step: qk_state::DkgStep::Deal(_),
+                session: qk_state::DkgSession::Refresh { .. },
+                ..
+            } if *from != NodeId(1))
+        })
+        .expect("another holder dealt for the refresh")
+        .clone();
+    let kept = c.node(1).proto.steps_waiting_for_shares();
+    assert!(kept > 0, "the deals applied meanwhile are kept");
+    // However many steps the log accepts while the share loads, the buffer
+    // must not grow the buffer past one deal and one complaint
+    // list per possible holder (64) plus 8 timed closes.
+    assert_eq!(qk_types::MAX_HOLDERS, 64);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let node = c.node_mut(1);
+    for i in 0..300 {
+        // As the state machine answers an accepted step (the replica here
+        // would refuse the repeat).
+        let response = qk_state::Response {
+            result: Ok(qk_state::Applied::Done),
+            audit_seq: 0,
+            duplicate: false,
+        };
+        let actions = node.proto.handle(
+            &node.replica,
+            qk_protocol::Event::Applied {
+                index: 10_000 + i,
+                command: deal.clone(),
+                response,
+            },
+            &mut rng,
+        );
+        assert!(actions.is_empty(), "{actions:?}");
+    }
+    assert_eq!(node.proto.steps_waiting_for_shares(), 136);
+}
