@@ -948,3 +948,61 @@ fn a_holder_loading_its_share_keeps_at_most_136_early_refresh_steps() {
     }
     assert_eq!(node.proto.steps_waiting_for_shares(), 136);
 }
+
+#[test]
+fn a_step_of_an_abandoned_refresh_attempt_is_not_taken_for_the_retry() {
+    let mut c = Cluster::generated(2, 3, 27);
+    c.node_mut(3).muted = true;
+    refresh(&mut c);
+    c.run_until_idle();
+    let old_deal = c
+        .log
+        .iter()
+        .find(|cmd| {
+            matches!(&cmd.op,
+            Operation::Dkg {
+                from,
+                step: qk_state::DkgStep::Deal(_),
+                session: qk_state::DkgSession::Refresh { .. },
+                ..
+            } if *from == NodeId(1))
+        })
+        .expect("node 1 dealt in the first attempt")
+        .clone();
+    c.advance(120_000, 500, |c| c.version(V1).refresh.is_none());
+    assert_eq!(
+        c.version(V1).epoch,
+        Epoch(0),
+        "the first attempt was abandoned"
+    );
+    c.node_mut(3).muted = false;
+    c.node_mut(1).muted = true; // the retry waits for node 1's deal
+    refresh(&mut c);
+    c.run_until_idle();
+    assert_eq!(
+        c.node(2).proto.active_refreshes(),
+        1,
+        "the retry runs at node 2"
+    );
+    // Even if the log handed node 2 the first attempt's deal as accepted,
+    // the retry's DKG must not see it (its session differs).
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let node = c.node_mut(2);
+    let actions = node.proto.handle(
+        &node.replica,
+        qk_protocol::Event::Applied {
+            index: 10_000,
+            command: old_deal,
+            response: qk_state::Response {
+                result: Ok(qk_state::Applied::Done),
+                audit_seq: 0,
+                duplicate: false,
+            },
+        },
+        &mut rng,
+    );
+    assert!(actions.is_empty(), "{actions:?}");
+    c.node_mut(1).muted = false;
+    c.advance(60_000, 100, |c| c.version(V1).refresh.is_none());
+    assert_eq!(c.version(V1).epoch, Epoch(1));
+}
