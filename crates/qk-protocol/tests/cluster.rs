@@ -1006,3 +1006,72 @@ fn a_step_of_an_abandoned_refresh_attempt_is_not_taken_for_the_retry() {
     c.advance(60_000, 100, |c| c.version(V1).refresh.is_none());
     assert_eq!(c.version(V1).epoch, Epoch(1));
 }
+
+#[test]
+fn a_key_creation_seen_at_or_after_its_generation_deadline_starts_no_dkg() {
+    for past_ms in [0, 1_000_000_000] {
+        let mut c = Cluster::new(3, 28);
+        c.run_until_idle();
+        // Node 3's clock is already at (or long past) the deadline the
+        // entry will carry, as for a node replaying an old entry.
+        let deadline_ms = c.now + qk_state::DEFAULT_GENERATION_TIMEOUT_MS;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let node = c.node_mut(3);
+        let late = qk_protocol::Event::Tick {
+            now_ms: deadline_ms + past_ms,
+        };
+        let actions = node.proto.handle(&node.replica, late, &mut rng);
+        assert!(actions.is_empty(), "{actions:?}");
+        c.create_key(2, &[1, 2, 3]);
+        c.run_until_idle();
+        let v = c.version(V1);
+        assert_eq!(v.generation_deadline_ms, deadline_ms);
+        assert_eq!(v.state, VersionState::Generating);
+        assert_eq!(c.node(3).proto.active_generations(), 0);
+        assert_eq!(c.node(1).proto.active_generations(), 1, "node 1 is on time");
+        let dealt_by_3 = c
+            .log
+            .iter()
+            .any(|cmd| matches!(&cmd.op, Operation::Dkg { from, .. } if *from == NodeId(3)));
+        assert!(
+            !dealt_by_3,
+            "node 3 started a DKG {past_ms} ms past its deadline"
+        );
+    }
+}
+
+#[test]
+fn a_refresh_seen_at_or_after_its_deadline_starts_nothing_at_that_holder() {
+    for past_ms in [0, 1_000_000_000] {
+        let mut c = Cluster::generated(2, 3, 29);
+        let deadline_ms = c.now + 60_000;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+        let node = c.node_mut(3);
+        let late = qk_protocol::Event::Tick {
+            now_ms: deadline_ms + past_ms,
+        };
+        node.proto.handle(&node.replica, late, &mut rng);
+        c.admin(Operation::Refresh {
+            name: KEY.into(),
+            version: V1,
+            timeout_ms: Some(60_000),
+        });
+        c.run_until_idle();
+        let refresh = c.version(V1).refresh.expect("refresh running");
+        assert_eq!(refresh.deadline_ms, deadline_ms);
+        assert_eq!(c.node(3).proto.active_refreshes(), 0);
+        assert!(c.node(3).share_loads.is_empty());
+        assert_eq!(c.node(1).proto.active_refreshes(), 1, "node 1 is on time");
+        let dealt_by_3 = c.log.iter().any(|cmd| {
+            matches!(&cmd.op, Operation::Dkg {
+                from,
+                session: qk_state::DkgSession::Refresh { .. },
+                ..
+            } if *from == NodeId(3))
+        });
+        assert!(
+            !dealt_by_3,
+            "node 3 refreshed {past_ms} ms past the deadline"
+        );
+    }
+}
