@@ -1075,3 +1075,70 @@ fn a_refresh_seen_at_or_after_its_deadline_starts_nothing_at_that_holder() {
         );
     }
 }
+
+/// Ticks node `id` at `now_ms` and says whether it proposed to fail the
+/// generation of V1.
+fn proposes_fail_at(c: &mut Cluster, id: u64, now_ms: u64) -> bool {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(now_ms);
+    let node = c.node_mut(id);
+    let tick = qk_protocol::Event::Tick { now_ms };
+    let actions = node.proto.handle(&node.replica, tick, &mut rng);
+    actions.iter().any(|a| {
+        matches!(a, qk_protocol::Action::Propose(Operation::FailGeneration { version, .. }) if *version == V1)
+    })
+}
+
+#[test]
+fn a_generation_past_its_deadline_is_failed_at_the_deadline_and_retried_on_schedule() {
+    let mut c = Cluster::new(4, 30);
+    c.node_mut(3).dead = true; // the version can never be enabled
+    c.create_key(2, &[1, 2, 3]);
+    c.run_until_idle();
+    let deadline_ms = c.version(V1).generation_deadline_ms;
+    let config = ProtocolConfig::default();
+    // A holder proposes at the deadline, then again every retry interval.
+    assert!(!proposes_fail_at(&mut c, 1, deadline_ms - 1));
+    assert!(proposes_fail_at(&mut c, 1, deadline_ms));
+    let retry_ms = config.retry_interval_ms;
+    assert!(!proposes_fail_at(&mut c, 1, deadline_ms + retry_ms - 1));
+    assert!(proposes_fail_at(&mut c, 1, deadline_ms + retry_ms));
+    // A node that holds no share of it waits a grace period longer.
+    let grace_ms = config.fail_grace_ms;
+    assert!(!proposes_fail_at(&mut c, 4, deadline_ms + grace_ms - 1));
+    assert!(proposes_fail_at(&mut c, 4, deadline_ms + grace_ms));
+}
+
+#[test]
+fn an_unwrap_with_too_few_holders_ends_exactly_at_its_deadline() {
+    let mut c = Cluster::generated(2, 3, 31);
+    let ct = c.wrap(V1, b"late");
+    c.node_mut(2).dead = true;
+    c.node_mut(3).dead = true;
+    let started_ms = c.now;
+    let op = c.start_unwrap(1, ct, "app");
+    c.run_until_idle();
+    assert!(c.outcome(1, op).is_none(), "waiting for a second partial");
+    let timeout_ms = ProtocolConfig::default().unwrap_timeout_ms;
+    let mut tick = |now_ms: u64| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(now_ms);
+        let node = c.node_mut(1);
+        let event = qk_protocol::Event::Tick { now_ms };
+        let actions = node.proto.handle(&node.replica, event, &mut rng);
+        actions.into_iter().find_map(|a| match a {
+            qk_protocol::Action::UnwrapDone { op_id, result, .. } if op_id == op => Some(result),
+            _ => None,
+        })
+    };
+    assert!(tick(started_ms + timeout_ms - 1).is_none());
+    let done = tick(started_ms + timeout_ms).expect("ends at the deadline");
+    assert!(
+        matches!(
+            &done,
+            Err(qk_protocol::UnwrapError::NotEnoughHolders {
+                timed_out: true,
+                ..
+            })
+        ),
+        "{done:?}"
+    );
+}
