@@ -1142,3 +1142,67 @@ fn an_unwrap_with_too_few_holders_ends_exactly_at_its_deadline() {
         "{done:?}"
     );
 }
+
+/// Ticks node `id` at `now_ms` and says whether it proposed DKG `step`.
+fn proposes_dkg_step_at(c: &mut Cluster, id: u64, now_ms: u64, step: &qk_state::DkgStep) -> bool {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(now_ms);
+    let node = c.node_mut(id);
+    let tick = qk_protocol::Event::Tick { now_ms };
+    let actions = node.proto.handle(&node.replica, tick, &mut rng);
+    actions.iter().any(
+        |a| matches!(a, qk_protocol::Action::Propose(Operation::Dkg { step: s, .. }) if s == step),
+    )
+}
+
+#[test]
+fn a_dkg_closes_dealing_and_finishes_at_its_timeouts_and_retries_on_schedule() {
+    use qk_state::DkgStep::{CloseDealing, Finish};
+    let mut c = Cluster::new(3, 32);
+    c.node_mut(3).dead = true; // its deal never comes, so only the timeouts move on
+    c.create_key(2, &[1, 2, 3]);
+    c.run_until_idle();
+    let config = ProtocolConfig::default();
+    let retry_ms = config.retry_interval_ms;
+    let close_ms = c.version(V1).dkg.started_ms + config.dealing_timeout_ms;
+    assert!(!proposes_dkg_step_at(
+        &mut c,
+        1,
+        close_ms - 1,
+        &CloseDealing
+    ));
+    assert!(proposes_dkg_step_at(&mut c, 1, close_ms, &CloseDealing));
+    assert!(!proposes_dkg_step_at(
+        &mut c,
+        1,
+        close_ms + retry_ms - 1,
+        &CloseDealing
+    ));
+    assert!(proposes_dkg_step_at(
+        &mut c,
+        1,
+        close_ms + retry_ms,
+        &CloseDealing
+    ));
+    // Node 2 closes dealing through the log; node 1 then waits for the
+    // complaint timeout, counted from the entry that closed dealing.
+    c.advance(60_000, 100, |c| {
+        c.version(V1).dkg.phase == DkgPhase::Complaints
+    });
+    assert_eq!(c.version(V1).dkg.phase, DkgPhase::Complaints);
+    let closed_ms = c.version(V1).dkg.closed_ms.expect("dealing closed");
+    let finish_ms = closed_ms + config.complaint_timeout_ms;
+    assert!(!proposes_dkg_step_at(&mut c, 1, finish_ms - 1, &Finish));
+    assert!(proposes_dkg_step_at(&mut c, 1, finish_ms, &Finish));
+    assert!(!proposes_dkg_step_at(
+        &mut c,
+        1,
+        finish_ms + retry_ms - 1,
+        &Finish
+    ));
+    assert!(proposes_dkg_step_at(
+        &mut c,
+        1,
+        finish_ms + retry_ms,
+        &Finish
+    ));
+}
