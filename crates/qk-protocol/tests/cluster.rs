@@ -1206,3 +1206,42 @@ fn a_dkg_closes_dealing_and_finishes_at_its_timeouts_and_retries_on_schedule() {
         &Finish
     ));
 }
+
+#[test]
+fn a_share_loaded_for_another_key_or_epoch_does_not_start_the_waiting_refresh() {
+    let mut c = Cluster::generated(2, 3, 33);
+    let id = c.key().id;
+    c.node_mut(1).slow_disk = true;
+    refresh(&mut c);
+    c.run_until_idle();
+    assert_eq!(c.node(1).share_loads, vec![(id, V1, Epoch(0))]);
+    let share = c.node(1).store.get(&(id, V1, Epoch(0))).cloned();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for (key, version, epoch) in [
+        (qk_types::KeyId([9; 16]), V1, Epoch(0)),
+        (id, V1, Epoch(7)),
+        (id, qk_types::KeyVersion(2), Epoch(0)),
+    ] {
+        let node = c.node_mut(1);
+        let loaded = qk_protocol::Event::ShareLoaded {
+            key,
+            version,
+            epoch,
+            share: share.clone(),
+        };
+        let actions = node.proto.handle(&node.replica, loaded, &mut rng);
+        assert!(
+            actions.is_empty(),
+            "{key:?} {version} {epoch:?}: {actions:?}"
+        );
+        assert_eq!(
+            node.proto.active_refreshes(),
+            0,
+            "still waiting for its own share"
+        );
+    }
+    c.node_mut(1).slow_disk = false;
+    c.load_shares(1);
+    c.advance(60_000, 100, |c| c.version(V1).refresh.is_none());
+    assert_eq!(c.version(V1).epoch, Epoch(1));
+}
