@@ -86,7 +86,7 @@ pub(crate) struct Generation {
     finish_proposed_ms: Option<u64>,
 }
 
-fn retry_due(last: Option<u64>, now: u64, interval: u64) -> bool {
+pub(crate) fn retry_due(last: Option<u64>, now: u64, interval: u64) -> bool {
     last.is_none_or(|t| now >= t.saturating_add(interval))
 }
 

@@ -174,6 +174,29 @@ struct Watch {
     proposed_ms: Option<u64>,
 }
 
+impl Watch {
+    fn new(deadline_ms: u64, holder: bool) -> Self {
+        Watch {
+            deadline_ms,
+            holder,
+            proposed_ms: None,
+        }
+    }
+
+    /// Whether to propose ending it now: at the deadline (a node holding no
+    /// share waits `fail_grace_ms` longer, so the holders go first), then
+    /// again every `retry_interval_ms` until the end is applied.
+    fn due(&mut self, now: u64, config: &ProtocolConfig) -> bool {
+        let grace = if self.holder { 0 } else { config.fail_grace_ms };
+        let due = now >= self.deadline_ms.saturating_add(grace)
+            && generation::retry_due(self.proposed_ms, now, config.retry_interval_ms);
+        if due {
+            self.proposed_ms = Some(now);
+        }
+        due
+    }
+}
+
 type VersionKey = (String, KeyVersion);
 
 /// A refresh of a version, watched by every node so it can be abandoned
@@ -183,9 +206,7 @@ struct RefreshWatch {
     attempt: u32,
     /// The epoch the refresh produces.
     epoch: Epoch,
-    deadline_ms: u64,
-    holder: bool,
-    proposed_ms: Option<u64>,
+    watch: Watch,
 }
 
 /// A refresh this node holds a share for, waiting for `Event::ShareLoaded`.
@@ -437,11 +458,7 @@ impl NodeProtocol {
         let holder = record.holders.contains(&self.me);
         self.watches.insert(
             vk.clone(),
-            Watch {
-                deadline_ms: record.generation_deadline_ms,
-                holder,
-                proposed_ms: None,
-            },
+            Watch::new(record.generation_deadline_ms, holder),
         );
         // An entry replayed long after its deadline starts nothing.
         if !holder || record.generation_deadline_ms <= self.now_ms {
@@ -536,9 +553,7 @@ impl NodeProtocol {
             RefreshWatch {
                 attempt,
                 epoch,
-                deadline_ms: refresh.deadline_ms,
-                holder,
-                proposed_ms: None,
+                watch: Watch::new(refresh.deadline_ms, holder),
             },
         );
         if !holder || refresh.deadline_ms <= self.now_ms {
@@ -784,17 +799,8 @@ impl NodeProtocol {
             actions.extend(g.on_tick(now, &self.config));
         }
         actions.extend(self.tick_refreshes(state, now));
-        let retry = self.config.retry_interval_ms;
         for ((name, version), w) in &mut self.watches {
-            let grace = if w.holder {
-                0
-            } else {
-                self.config.fail_grace_ms
-            };
-            let due = now >= w.deadline_ms.saturating_add(grace)
-                && w.proposed_ms.is_none_or(|t| now >= t.saturating_add(retry));
-            if due {
-                w.proposed_ms = Some(now);
+            if w.due(now, &self.config) {
                 actions.push(Action::Propose(Operation::FailGeneration {
                     name: name.clone(),
                     version: *version,
@@ -845,17 +851,8 @@ impl NodeProtocol {
         for g in self.refreshes.values_mut() {
             actions.extend(g.on_tick(now, &self.config));
         }
-        let retry = self.config.retry_interval_ms;
         for ((name, version), w) in &mut self.refresh_watches {
-            let grace = if w.holder {
-                0
-            } else {
-                self.config.fail_grace_ms
-            };
-            let due = now >= w.deadline_ms.saturating_add(grace)
-                && w.proposed_ms.is_none_or(|t| now >= t.saturating_add(retry));
-            if due {
-                w.proposed_ms = Some(now);
+            if w.watch.due(now, &self.config) {
                 actions.push(Action::Propose(Operation::AbandonRefresh {
                     name: name.clone(),
                     version: *version,

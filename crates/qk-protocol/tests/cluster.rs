@@ -1245,3 +1245,38 @@ fn a_share_loaded_for_another_key_or_epoch_does_not_start_the_waiting_refresh() 
     c.advance(60_000, 100, |c| c.version(V1).refresh.is_none());
     assert_eq!(c.version(V1).epoch, Epoch(1));
 }
+
+/// Ticks node `id` at `now_ms` and says whether it proposed to abandon the
+/// refresh of V1.
+fn proposes_abandon_at(c: &mut Cluster, id: u64, now_ms: u64) -> bool {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(now_ms);
+    let node = c.node_mut(id);
+    let tick = qk_protocol::Event::Tick { now_ms };
+    let actions = node.proto.handle(&node.replica, tick, &mut rng);
+    actions.iter().any(|a| {
+        matches!(a, qk_protocol::Action::Propose(Operation::AbandonRefresh { version, .. }) if *version == V1)
+    })
+}
+
+#[test]
+fn a_refresh_past_its_deadline_is_abandoned_at_the_deadline_and_retried_on_schedule() {
+    let mut c = Cluster::new(4, 34);
+    c.create_key(2, &[1, 2, 3]);
+    c.advance(60_000, 100, |c| {
+        c.version(V1).state == VersionState::Enabled
+    });
+    c.node_mut(3).dead = true; // the refresh can never complete
+    refresh(&mut c);
+    c.run_until_idle();
+    let deadline_ms = c.version(V1).refresh.expect("refresh running").deadline_ms;
+    let config = ProtocolConfig::default();
+    let retry_ms = config.retry_interval_ms;
+    assert!(!proposes_abandon_at(&mut c, 1, deadline_ms - 1));
+    assert!(proposes_abandon_at(&mut c, 1, deadline_ms));
+    assert!(!proposes_abandon_at(&mut c, 1, deadline_ms + retry_ms - 1));
+    assert!(proposes_abandon_at(&mut c, 1, deadline_ms + retry_ms));
+    // Node 4 holds no share of it: it waits a grace period longer.
+    let grace_ms = config.fail_grace_ms;
+    assert!(!proposes_abandon_at(&mut c, 4, deadline_ms + grace_ms - 1));
+    assert!(proposes_abandon_at(&mut c, 4, deadline_ms + grace_ms));
+}
