@@ -270,6 +270,22 @@ fn a_roster_grant_checks_only_for_its_enrolled_key() {
     };
     assert!(c.roster.check_grant(grant, c.now).is_ok());
     assert!(c.roster.check_grant(grant, DAY_MS).is_err(), "expired");
+    // The enrolled key, properly signed, but with a certificate attached:
+    // the roster vouches for bare keys only.
+    let mut with_cert = grant.clone();
+    with_cert.cert_der = vec![0x30, 0x00];
+    let node1_key = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[1; 32]).expect("seed");
+    with_cert.signature = node1_key
+        .sign(&with_cert.signed_message())
+        .as_ref()
+        .to_vec();
+    let refused = c.roster.check_grant(&with_cert, c.now);
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("not node-1's enrolled key")),
+        "{refused:?}"
+    );
 }
 
 #[test]
