@@ -509,20 +509,38 @@ impl NodeProtocol {
         if !failed {
             return;
         }
-        let Some(key) = state.key(&vk.0) else {
-            return;
-        };
-        let Some(record) = key.version(vk.1) else {
-            return;
-        };
-        if record.holders.contains(&self.me) {
-            actions.push(Action::EraseShare {
+        let epoch = state
+            .key(&vk.0)
+            .and_then(|k| k.version(vk.1))
+            .map(|r| r.epoch);
+        actions.extend(epoch.and_then(|e| self.erase_own_share(state, vk, e)));
+    }
+
+    /// Erases this node's share of `epoch` of the version, if it holds one.
+    fn erase_own_share(
+        &self,
+        state: &StateMachine,
+        vk: &VersionKey,
+        epoch: Epoch,
+    ) -> Option<Action> {
+        let key = state.key(&vk.0)?;
+        let record = key.version(vk.1)?;
+        record
+            .holders
+            .contains(&self.me)
+            .then(|| Action::EraseShare {
                 key: key.id,
                 name: vk.0.clone(),
                 version: vk.1,
-                epoch: record.epoch,
-            });
-        }
+                epoch,
+            })
+    }
+
+    /// Forgets every piece of a refresh of `vk` this node keeps.
+    fn drop_refresh(&mut self, vk: &VersionKey) {
+        self.refreshes.remove(vk);
+        self.refresh_watches.remove(vk);
+        self.awaiting_share.remove(vk);
     }
 
     /// A refresh started: every node watches its deadline; a holder asks
@@ -694,29 +712,13 @@ impl NodeProtocol {
         state: &StateMachine,
         actions: &mut Vec<Action>,
     ) {
-        self.refreshes.remove(vk);
-        self.refresh_watches.remove(vk);
-        self.awaiting_share.remove(vk);
-        let Some(key) = state.key(&vk.0) else {
-            return;
-        };
-        let Some(record) = key.version(vk.1) else {
-            return;
-        };
-        if !record.holders.contains(&self.me) {
-            return;
-        }
+        self.drop_refresh(vk);
         let erase = if completed {
             Epoch(epoch.0.saturating_sub(1))
         } else {
             epoch
         };
-        actions.push(Action::EraseShare {
-            key: key.id,
-            name: vk.0.clone(),
-            version: vk.1,
-            epoch: erase,
-        });
+        actions.extend(self.erase_own_share(state, vk, erase));
     }
 
     fn on_destroy(&mut self, state: &StateMachine, name: &str, version: KeyVersion) -> Vec<Action> {
@@ -732,9 +734,7 @@ impl NodeProtocol {
         // A refresh in progress ends here: it must not persist a new-epoch
         // share after the erase below.
         let vk = (name.to_string(), version);
-        self.refreshes.remove(&vk);
-        self.refresh_watches.remove(&vk);
-        self.awaiting_share.remove(&vk);
+        self.drop_refresh(&vk);
         vec![
             Action::EraseVersion {
                 key: key.id,
