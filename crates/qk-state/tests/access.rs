@@ -1154,19 +1154,28 @@ fn the_access_rule_is_checked_when_saved() {
         matches!(by_operator, Err(StateError::Denied(_))),
         "{by_operator:?}"
     );
-    for ttl_ms in [60_000, THIRTY_DAYS_MS] {
+    log.run("admin", access_rule(1, both))
+        .expect("a rule that can be met");
+}
+
+#[test]
+fn an_access_rule_takes_a_ttl_of_exactly_one_minute_or_thirty_days() {
+    for ttl_ms in [60_000, 30 * 24 * 3600 * 1000] {
+        let mut log = Log::new();
+        log.principal("ann", &[Role::Approver]);
+        let both = vec![Permission::PrincipalManage, Permission::TokenManage];
         let Operation::SetAccessRule {
             rule: Some(mut rule),
-        } = access_rule(1, both.clone())
+        } = access_rule(1, both)
         else {
             unreachable!("access_rule builds a rule")
         };
         rule.ttl_ms = ttl_ms;
         log.run("admin", Operation::SetAccessRule { rule: Some(rule) })
             .unwrap_or_else(|e| panic!("ttl {ttl_ms} is within 1 minute to 30 days: {e}"));
+        let set = log.sm.access_rule().map(|r| r.ttl_ms);
+        assert_eq!(set, Some(ttl_ms), "the rule took effect at once");
     }
-    log.run("admin", access_rule(1, both))
-        .expect("a rule that can be met");
 }
 
 #[test]
