@@ -260,12 +260,13 @@ impl Quorum {
             Err(reason) => format!("refused: {reason}"),
         };
         let via = asked_by.map_or("the client itself".to_string(), |n| n.to_string());
-        let outcome = format!(
-            "{verdict}; holder {}, asked by {via}; ciphertext sha256 {}, context sha256 {}",
+        let detail = format!(
+            "holder {}, asked by {via}; ciphertext sha256 {}, context sha256 {}",
             self.core.me,
             short_digest(&[&request.ciphertext]),
             context_digest(&request.context),
         );
+        let outcome = format!("{verdict}; {detail}");
         let what = (Some(request.name.as_str()), Some(request.version));
         match result {
             Ok(partial) => {
@@ -276,6 +277,15 @@ impl Quorum {
                 if durable {
                     Ok(partial)
                 } else {
+                    // The "ok" record may still commit later (a leader that
+                    // regains its majority): the trail then also says the
+                    // partial never left this node.
+                    let (key, version) = what;
+                    let withheld = format!(
+                        "withheld: its audit record was not committed within 5 s, so no partial was released; {detail}"
+                    );
+                    self.audit
+                        .record(&request.principal, "partial", key, version, withheld);
                     Err(format!(
                         "node {}: the audit record of this partial was not committed within 5 s, so no partial is released; retry when a majority of the cluster is up",
                         self.core.me

@@ -19,13 +19,23 @@ fn wait_records(
     what: &str,
     pred: impl Fn(&[AuditRecord]) -> bool,
 ) -> Vec<AuditRecord> {
+    wait_records_at(c, 1, what, pred)
+}
+
+/// Polls node `via`'s audit trail until `pred` holds for it.
+fn wait_records_at(
+    c: &Cluster,
+    via: u64,
+    what: &str,
+    pred: impl Fn(&[AuditRecord]) -> bool,
+) -> Vec<AuditRecord> {
     let h = tokio::runtime::Handle::current();
     wait_until(what, || {
         let req = ClientRequest::Audit {
             from_seq: 1,
             limit: 10_000,
         };
-        let answer = tokio::task::block_in_place(|| h.block_on(c.request(1, req)));
+        let answer = tokio::task::block_in_place(|| h.block_on(c.request(via, req)));
         match answer {
             Ok(ClientResponse::Audit(records)) if pred(&records) => Some(records),
             _ => None,
@@ -105,5 +115,55 @@ async fn every_partial_is_recorded_and_long_names_never_drop_records() {
         floods.len(),
         30,
         "every flood request recorded, its name cut"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_withheld_for_want_of_a_durable_record_is_recorded_as_withheld() {
+    let mut c = Cluster::start(Path::new(BIN), 3, 100_000);
+    c.create(1, "k", 2, &[1, 2, 3]).await.expect("create");
+    c.wait_key(1, "k", |k| {
+        k.version(KeyVersion(1))
+            .is_some_and(|v| v.state == VersionState::Enabled)
+    });
+    let (ct, _) = c.encrypt(1, "k", CTX, b"secret").await.expect("encrypt");
+    let leader = c
+        .wait_status(1, |s| s.leader.is_some())
+        .leader
+        .expect("leader");
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    for id in &followers {
+        c.stop(*id);
+    }
+    // The leader alone cannot commit its record of the partial: no partial.
+    let asked = ClientRequest::Partial {
+        ciphertext: ct.clone(),
+        context: ctx(CTX),
+        approval: None,
+    };
+    let answer = c.request(leader, asked).await;
+    assert!(
+        matches!(&answer, Ok(ClientResponse::Error(e)) if e.contains("not committed within 5 s")),
+        "{answer:?}"
+    );
+    for id in &followers {
+        c.restart(*id);
+    }
+    // Whatever the "ok" record became, the trail says the partial stayed.
+    let holder = format!("holder node-{leader}, asked by the client itself");
+    let records = wait_records_at(&c, leader, "the withheld record", |r| {
+        r.iter()
+            .any(|r| r.outcome.starts_with("withheld:") && r.outcome.contains(&holder))
+    });
+    let ok_then_withheld = records
+        .iter()
+        .filter(|r| r.operation == "partial" && r.outcome.contains(&holder))
+        .map(|r| r.outcome.split(';').next().unwrap_or_default())
+        .collect::<Vec<_>>();
+    assert!(
+        ok_then_withheld
+            .last()
+            .is_some_and(|o| o.starts_with("withheld")),
+        "{ok_then_withheld:?}"
     );
 }
