@@ -551,3 +551,205 @@ fn one_overlong_audit_field_is_cut_and_never_drops_its_neighbours() {
     let built = qk_state::AuditEvent::new("p", "decrypt", Some(&long_key), None, "ok");
     assert_eq!(built.key.map(|k| k.len()), Some(128));
 }
+
+fn from_node(n: u64, time_ms: u64, op: Operation) -> Command {
+    Command {
+        principal: "node-1".into(),
+        ..cmd(n, time_ms, op)
+    }
+}
+
+#[test]
+fn the_minimum_decryption_version_takes_effect_up_to_the_primary_and_no_further() {
+    let mut sm = machine();
+    let mut n = 0;
+    generated(&mut sm, "k", &mut n);
+    let set = |v: u32| Operation::SetMinDecryptVersion {
+        name: "k".into(),
+        version: KeyVersion(v),
+    };
+    let past_primary = sm.apply(&cmd(100, 30, set(2))).result;
+    assert!(
+        matches!(&past_primary, Err(StateError::Invalid(_))),
+        "{past_primary:?}"
+    );
+    sm.apply(&cmd(101, 31, set(1)))
+        .result
+        .expect("the primary itself");
+    let key = sm.key("k").expect("key");
+    assert_eq!(key.min_decrypt_version, V1);
+}
+
+#[test]
+fn a_rotation_period_of_at_least_five_seconds_is_taken() {
+    let mut sm = machine();
+    for (i, (period_ms, ok)) in [(4_999u64, false), (5_000, true)].into_iter().enumerate() {
+        let Operation::CreateKey(mut c) = create(&format!("r{i}")) else {
+            unreachable!("create builds a CreateKey")
+        };
+        c.rotation_period_ms = Some(period_ms);
+        let r = sm
+            .apply(&cmd(10 + i as u64, 1, Operation::CreateKey(c)))
+            .result;
+        assert_eq!(r.is_ok(), ok, "{period_ms} ms: {r:?}");
+    }
+}
+
+#[test]
+fn names_texts_and_tags_are_taken_at_their_limits_and_refused_past_them() {
+    let mut sm = machine();
+    let long = |n: usize| "n".repeat(n);
+    assert!(sm.apply(&cmd(1, 1, create(&long(128)))).result.is_ok());
+    assert!(sm.apply(&cmd(2, 1, create(&long(129)))).result.is_err());
+    let Operation::CreateKey(mut c) = create("texts") else {
+        unreachable!("create builds a CreateKey")
+    };
+    c.description = "d".repeat(1024);
+    assert!(sm
+        .apply(&cmd(3, 1, Operation::CreateKey(c.clone())))
+        .result
+        .is_ok());
+    c.name = "texts2".into();
+    c.description.push('d');
+    assert!(sm
+        .apply(&cmd(4, 1, Operation::CreateKey(c)))
+        .result
+        .is_err());
+    let tag = |value: usize| Operation::SetTag {
+        name: "texts".into(),
+        tag: "t".into(),
+        value: Some(vec![7; value]),
+    };
+    assert!(sm.apply(&cmd(5, 1, tag(4096))).result.is_ok());
+    assert!(sm.apply(&cmd(6, 1, tag(4097))).result.is_err());
+}
+
+#[test]
+fn key_count_and_digest_follow_the_state() {
+    let mut sm = machine();
+    assert_eq!(sm.key_count(), 0);
+    let empty = sm.digest();
+    assert_eq!(empty, machine().digest(), "same log, same digest");
+    sm.apply(&cmd(1, 1, create("a")));
+    sm.apply(&cmd(2, 1, create("b")));
+    assert_eq!(sm.key_count(), 2);
+    assert_ne!(sm.digest(), empty);
+}
+
+#[test]
+fn only_the_running_refresh_attempt_can_be_abandoned() {
+    let mut sm = machine();
+    let mut n = 0;
+    generated(&mut sm, "k", &mut n);
+    let refresh = Operation::Refresh {
+        name: "k".into(),
+        version: V1,
+        timeout_ms: None,
+    };
+    sm.apply(&cmd(100, 30, refresh))
+        .result
+        .expect("refresh starts");
+    let abandon = |attempt: u32| Operation::AbandonRefresh {
+        name: "k".into(),
+        version: V1,
+        attempt,
+        reason: "deadline".into(),
+    };
+    let stale = sm.apply(&from_node(101, 40_000, abandon(2))).result;
+    assert!(stale.is_err(), "{stale:?}");
+    assert!(sm
+        .key("k")
+        .and_then(|k| k.version(V1))
+        .is_some_and(|v| v.refresh.is_some()));
+    sm.apply(&from_node(102, 40_001, abandon(1)))
+        .result
+        .expect("the running attempt");
+    assert!(sm
+        .key("k")
+        .and_then(|k| k.version(V1))
+        .is_some_and(|v| v.refresh.is_none()));
+}
+
+#[test]
+fn an_empty_acked_key_set_is_refused() {
+    let mut sm = machine();
+    sm.apply(&cmd(1, 1, create("k")));
+    let log = common::dkg_until_enabled("k", V1, &[1, 2, 3], &[]);
+    let mut refused = None;
+    for (i, (from, op)) in log.into_iter().enumerate() {
+        let r = sm.apply(&Command {
+            principal: from,
+            ..cmd(10 + i as u64, 2, op.clone())
+        });
+        if matches!(
+            op,
+            Operation::Dkg {
+                step: DkgStep::Ack { .. },
+                ..
+            }
+        ) {
+            refused = Some(r.result);
+            break;
+        }
+    }
+    let refused = refused.expect("an ack was tried");
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("1-")),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn narrowing_operations_are_the_ones_that_can_take_access_away() {
+    let (name, version) = (String::from("k"), V1);
+    let narrowing = [
+        Operation::Disable {
+            name: name.clone(),
+            version,
+        },
+        Operation::SetMinDecryptVersion {
+            name: name.clone(),
+            version,
+        },
+        Operation::RevokeToken {
+            id: "00000000000000a1".into(),
+        },
+        Operation::DeletePrincipal { name: "p".into() },
+    ];
+    for op in &narrowing {
+        assert!(op.narrows_access(), "{op:?}");
+    }
+    let widening = [
+        Operation::Enable {
+            name: name.clone(),
+            version,
+        },
+        create("k"),
+        Operation::CreatePrincipal {
+            name: "p".into(),
+            roles: Default::default(),
+        },
+    ];
+    for op in &widening {
+        assert!(!op.narrows_access(), "{op:?}");
+    }
+}
+
+#[test]
+fn an_operation_names_its_version_only_when_it_has_one() {
+    let disable = Operation::Disable {
+        name: "k".into(),
+        version: KeyVersion(3),
+    };
+    assert_eq!(disable.version(), Some(KeyVersion(3)));
+    assert_eq!(create("k").version(), None);
+    let audit = Operation::Audit {
+        operation: "decrypt".into(),
+        key: Some("k".into()),
+        version: None,
+        outcome: "ok".into(),
+    };
+    assert_eq!(audit.key_name(), Some("k"));
+}
