@@ -1283,3 +1283,59 @@ fn an_approval_rule_saved_without_a_ttl_waits_a_day() {
     .expect("an older rule without ttl_ms");
     assert_eq!(rule.ttl_ms, 24 * 3600 * 1000);
 }
+
+#[test]
+fn only_node_followed_by_digits_speaks_as_a_node() {
+    let mut log = Log::new();
+    for name in ["node-", "node-x", "node-1x"] {
+        let r = log.run(name, Operation::Attest);
+        assert!(
+            matches!(&r, Err(StateError::Denied(m)) if m.contains("proposed by cluster nodes only")),
+            "{name}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn a_token_id_is_sixteen_hex_digits() {
+    let mut log = Log::new();
+    log.principal("sock", &[Role::KeyUser]);
+    for id in ["zzzzzzzzzzzzzzzz", "00000000000000a", "00000000000000a10"] {
+        let r = log.run("admin", issue_for("sock", id, log.now));
+        assert!(
+            matches!(&r, Err(StateError::Invalid(m)) if m.contains("16 new hex digits")),
+            "{id}: {r:?}"
+        );
+    }
+    log.run("admin", issue_for("sock", "00000000000000aF", log.now))
+        .expect("sixteen hex digits");
+}
+
+#[test]
+fn a_policy_takes_64_rules_of_64_principals_each() {
+    let mut log = Log::new();
+    log.key("k");
+    let rule = |i: usize| PolicyRule {
+        principals: (0..64).map(|p| format!("p{i}-{p}")).collect(),
+        permissions: vec![Permission::Decrypt],
+        context: BTreeMap::new(),
+    };
+    let policy = KeyPolicy {
+        rules: (0..64).map(rule).collect(),
+        approval: None,
+    };
+    let set = |policy: KeyPolicy| Operation::SetPolicy {
+        name: "k".into(),
+        policy: Some(policy),
+    };
+    log.run("admin", set(policy.clone()))
+        .expect("at the limits");
+    let mut too_many_rules = policy.clone();
+    too_many_rules.rules.push(rule(64));
+    assert!(log.run("admin", set(too_many_rules)).is_err());
+    let mut too_many_principals = policy;
+    too_many_principals.rules[0]
+        .principals
+        .push("one-more".into());
+    assert!(log.run("admin", set(too_many_principals)).is_err());
+}
