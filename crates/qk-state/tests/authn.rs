@@ -270,6 +270,19 @@ fn a_roster_grant_checks_only_for_its_enrolled_key() {
     };
     assert!(c.roster.check_grant(grant, c.now).is_ok());
     assert!(c.roster.check_grant(grant, DAY_MS).is_err(), "expired");
+    // A grant edited after signing (a longer life, another principal's
+    // name on it) no longer verifies.
+    let mut extended = grant.clone();
+    extended.expires_ms += DAY_MS;
+    assert!(c.roster.check_grant(&extended, c.now).is_err(), "extended");
+    let mut renamed = grant.clone();
+    renamed.principal = "node-2".into();
+    let node2_key = match &c.node2.signer {
+        Signer::Session(g) => g.session_key,
+        Signer::Token { .. } => panic!("a session credential"),
+    };
+    renamed.session_key = node2_key;
+    assert!(c.roster.check_grant(&renamed, c.now).is_err(), "renamed");
     // The enrolled key, properly signed, but with a certificate attached:
     // the roster vouches for bare keys only.
     let mut with_cert = grant.clone();
