@@ -451,4 +451,51 @@ mod tests {
         assert!(Credential::decode(&vec![0u8; MAX_CREDENTIAL_LEN + 1]).is_err());
         assert!(Credential::decode(&bytes[..bytes.len() - 1]).is_err());
     }
+
+    fn largest_proof() -> IntentProof {
+        IntentProof {
+            signer: Signer::Session(SessionGrant {
+                cert_der: vec![7; MAX_CERT_LEN],
+                principal: "p".repeat(MAX_PRINCIPAL_LEN),
+                session_key: [5; 32],
+                expires_ms: u64::MAX,
+                signature: vec![6; MAX_SIGNATURE_LEN],
+            }),
+            requester: u64::MAX,
+            time_ms: u64::MAX,
+            signature: vec![4; MAX_SIGNATURE_LEN],
+        }
+    }
+
+    #[test]
+    fn the_largest_proof_fits_its_bound_closely_and_one_byte_more_is_refused() {
+        let max = largest_proof();
+        assert_eq!(max.check_bounds(), Ok(()));
+        let encoded = postcard::to_allocvec(&max).expect("encodes");
+        assert!(encoded.len() <= MAX_PROOF_LEN, "{} bytes", encoded.len());
+        assert!(
+            MAX_PROOF_LEN - encoded.len() < 128,
+            "{} bytes",
+            encoded.len()
+        );
+        let Signer::Session(grant) = &max.signer else {
+            unreachable!("a session proof")
+        };
+        for edit in [
+            |g: &mut SessionGrant| g.cert_der.push(0),
+            |g: &mut SessionGrant| g.principal.push('p'),
+            |g: &mut SessionGrant| g.signature.push(0),
+        ] {
+            let mut g = grant.clone();
+            edit(&mut g);
+            let proof = IntentProof {
+                signer: Signer::Session(g),
+                ..max.clone()
+            };
+            assert!(proof.check_bounds().is_err());
+        }
+        let mut long_signature = max.clone();
+        long_signature.signature.push(0);
+        assert!(long_signature.check_bounds().is_err());
+    }
 }
