@@ -523,6 +523,32 @@ fn audit_batch_appends_one_chained_record_per_event() {
 }
 
 #[test]
+fn an_audit_batch_holds_up_to_its_limit() {
+    let mut sm = machine();
+    let event = qk_state::AuditEvent {
+        principal: "svc".into(),
+        operation: "decrypt".into(),
+        key: None,
+        version: None,
+        outcome: "ok".into(),
+    };
+    let full = vec![event.clone(); qk_state::MAX_AUDIT_BATCH];
+    let r = sm.apply(&cmd(1, 1, Operation::AuditBatch(full.clone())));
+    assert!(r.result.is_ok(), "{r:?}");
+    let mut over = full;
+    over.push(event);
+    let r = sm.apply(&cmd(2, 2, Operation::AuditBatch(over)));
+    assert!(r.result.is_err(), "{r:?}");
+}
+
+#[test]
+fn dkg_phases_have_their_names() {
+    use qk_state::DkgPhase;
+    let names = [DkgPhase::Dealing, DkgPhase::Complaints, DkgPhase::Finished].map(DkgPhase::name);
+    assert_eq!(names, ["dealing", "complaints", "finished"]);
+}
+
+#[test]
 fn one_overlong_audit_field_is_cut_and_never_drops_its_neighbours() {
     let mut sm = machine();
     let long_key = "k".repeat(300);
