@@ -779,3 +779,31 @@ fn an_operation_names_its_version_only_when_it_has_one() {
     };
     assert_eq!(audit.key_name(), Some("k"));
 }
+
+#[test]
+fn a_failed_generation_keeps_at_most_512_bytes_of_the_reporters_note() {
+    let mut sm = machine();
+    sm.apply(&cmd(1, 10, create("k")));
+    let note = "é".repeat(400); // 800 bytes, two per char
+    let fail = Operation::FailGeneration {
+        name: "k".into(),
+        version: V1,
+        reason: note,
+    };
+    sm.apply(&cmd(2, 40_000, fail))
+        .result
+        .expect("past the deadline");
+    let state = sm
+        .key("k")
+        .and_then(|k| k.version(V1))
+        .map(|v| v.state.clone());
+    let Some(VersionState::Failed { reason }) = state else {
+        panic!("{state:?}")
+    };
+    let reported = reason.split("reported: ").nth(1).expect("the note");
+    assert_eq!(
+        reported,
+        "é".repeat(256),
+        "cut to 512 bytes on a char boundary"
+    );
+}
