@@ -497,5 +497,14 @@ mod tests {
         let mut long_signature = max.clone();
         long_signature.signature.push(0);
         assert!(long_signature.check_bounds().is_err());
+        let token = |len: usize| IntentProof {
+            signer: Signer::Token {
+                id: "t".repeat(len),
+            },
+            ..max.clone()
+        };
+        assert_eq!(token(MAX_TOKEN_ID_LEN).check_bounds(), Ok(()));
+        assert!(token(MAX_TOKEN_ID_LEN + 1).check_bounds().is_err());
+        assert!(token(MAX_TOKEN_ID_LEN + 2).check_bounds().is_err());
     }
 }
