@@ -448,6 +448,21 @@ mod tests {
         assert_eq!(Credential::decode(&bytes).expect("decode"), cred);
         let printed = format!("{cred:?}");
         assert!(!printed.contains("7, 7"), "{printed}");
+        assert!(printed.contains("alice"), "{printed}");
+        let Signer::Session(grant) = &cred.signer else {
+            unreachable!("a session credential")
+        };
+        let other_seed = Credential::session([8u8; 32], grant.clone());
+        assert_ne!(other_seed, cred, "another seed, the same grant");
+        let other_signer = Credential::from_token("00000000000000a1", "s");
+        let same_seed_other_signer = Credential {
+            seed: cred.seed,
+            signer: other_signer.signer.clone(),
+        };
+        assert_ne!(
+            same_seed_other_signer, cred,
+            "the same seed, another signer"
+        );
         assert!(Credential::decode(&vec![0u8; MAX_CREDENTIAL_LEN + 1]).is_err());
         assert!(Credential::decode(&bytes[..bytes.len() - 1]).is_err());
     }
