@@ -807,3 +807,104 @@ fn a_failed_generation_keeps_at_most_512_bytes_of_the_reporters_note() {
         "cut to 512 bytes on a char boundary"
     );
 }
+
+/// The log of an honest refresh DKG of `name` v1 (attempt 1, epoch 1)
+/// whose holders ack `acks[i]`.
+fn refresh_log(name: &str, acks: &[Vec<u8>]) -> Vec<(String, Operation)> {
+    let session = qk_state::DkgSession::Refresh {
+        epoch: qk_types::Epoch(1),
+        attempt: 1,
+    };
+    let mut log = common::dkg_until_enabled(name, V1, &[1, 2, 3], &[]);
+    let mut acked = acks.iter();
+    for (_, op) in &mut log {
+        if let Operation::Dkg {
+            session: s, step, ..
+        } = op
+        {
+            *s = session;
+            if let DkgStep::Ack { public_keys } = step {
+                *public_keys = acked.next().cloned().unwrap_or_default();
+            }
+        }
+    }
+    log
+}
+
+#[test]
+fn a_refresh_completes_on_the_last_ack_of_the_same_public_key_and_not_before() {
+    // A key set long enough to hold a header, three indices and `C_0`.
+    let key_set: Vec<u8> = (0..90).collect();
+    for (label, last_ack) in [
+        ("same key", {
+            let mut k = key_set.clone();
+            k[60] ^= 1; // a commitment past `C_0` changes, as a refresh does
+            k
+        }),
+        ("another key", {
+            let mut k = key_set.clone();
+            k[44] ^= 1; // `C_0`, the public key, changes
+            k
+        }),
+    ] {
+        let mut sm = machine();
+        sm.apply(&cmd(1, 10, create("k")));
+        for (i, (from, op)) in common::dkg_until_enabled("k", V1, &[1, 2, 3], &key_set)
+            .into_iter()
+            .enumerate()
+        {
+            let r = sm.apply(&Command {
+                principal: from,
+                ..cmd(100 + i as u64, 20, op)
+            });
+            assert!(r.result.is_ok(), "{r:?}");
+        }
+        let refresh = Operation::Refresh {
+            name: "k".into(),
+            version: V1,
+            timeout_ms: None,
+        };
+        sm.apply(&cmd(200, 30, refresh))
+            .result
+            .expect("refresh starts");
+        // Every ack carries the same refreshed key set.
+        let acks = vec![last_ack.clone(); 3];
+        let mut outcomes = Vec::new();
+        for (i, (from, op)) in refresh_log("k", &acks).into_iter().enumerate() {
+            let is_ack = matches!(
+                op,
+                Operation::Dkg {
+                    step: DkgStep::Ack { .. },
+                    ..
+                }
+            );
+            let r = sm.apply(&Command {
+                principal: from,
+                ..cmd(300 + i as u64, 40, op)
+            });
+            if is_ack {
+                outcomes.push(r.result);
+            }
+        }
+        let v = sm.key("k").and_then(|k| k.version(V1)).expect("v1").clone();
+        if label == "same key" {
+            assert!(
+                matches!(
+                    outcomes[..],
+                    [
+                        Ok(Applied::Done),
+                        Ok(Applied::Done),
+                        Ok(Applied::RefreshCompleted { .. })
+                    ]
+                ),
+                "{label}: {outcomes:?}"
+            );
+            assert_eq!(v.epoch, qk_types::Epoch(1));
+            assert_eq!(v.public_keys, Some(last_ack));
+        } else {
+            assert!(v.refresh.is_none(), "{label}: abandoned");
+            assert_eq!(v.epoch, qk_types::Epoch(0), "{label}");
+            assert_eq!(v.public_keys, Some(key_set.clone()), "{label}");
+        }
+    }
+}
