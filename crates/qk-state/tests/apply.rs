@@ -908,3 +908,43 @@ fn a_refresh_completes_on_the_last_ack_of_the_same_public_key_and_not_before() {
         }
     }
 }
+
+#[test]
+fn a_key_expires_at_its_expiry_and_a_later_expiry_revives_it() {
+    let mut sm = machine();
+    let Operation::CreateKey(mut c) = create("k") else {
+        unreachable!("create builds a CreateKey")
+    };
+    c.expires_at_ms = Some(1_000);
+    sm.apply(&cmd(1, 10, Operation::CreateKey(c)))
+        .result
+        .expect("created");
+    // The holders vouch for the time, then node 1 proposes the expiry.
+    let expire_at = |sm: &mut StateMachine, n: u64, time_ms: u64| {
+        for node in 1..=3u64 {
+            let attest = Command {
+                principal: format!("node-{node}"),
+                ..cmd(n * 10 + node, time_ms, Operation::Attest)
+            };
+            assert!(sm.apply(&attest).result.is_ok());
+        }
+        let expire = Operation::Expire { name: "k".into() };
+        sm.apply(&from_node(n * 10, time_ms, expire)).result
+    };
+    assert!(expire_at(&mut sm, 2, 999).is_err(), "not yet");
+    expire_at(&mut sm, 3, 1_000).expect("at its expiry");
+    assert!(sm.key("k").is_some_and(|k| k.expired));
+    let reschedule = |expires_at_ms: u64| Operation::SetSchedule {
+        name: "k".into(),
+        rotation_period_ms: None,
+        expires_at_ms: Some(expires_at_ms),
+    };
+    sm.apply(&cmd(4, 2_000, reschedule(1_500)))
+        .result
+        .expect("set");
+    assert!(sm.key("k").is_some_and(|k| k.expired), "still in the past");
+    sm.apply(&cmd(5, 2_000, reschedule(5_000)))
+        .result
+        .expect("set");
+    assert!(sm.key("k").is_some_and(|k| !k.expired), "revived");
+}
