@@ -139,6 +139,21 @@ mod tests {
     }
 
     #[test]
+    fn the_rng_adapter_passes_every_draw_through() {
+        use rand_core::{Rng, TryRng};
+        let mut direct = StdRng::seed_from_u64(5);
+        let mut inner = StdRng::seed_from_u64(5);
+        let mut adapted = RngRef(&mut inner);
+        // A broken adapter would hand vsss-rs constant "randomness".
+        assert_eq!(adapted.try_next_u32(), Ok(direct.next_u32()));
+        assert_eq!(adapted.try_next_u64(), Ok(direct.next_u64()));
+        let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+        adapted.try_fill_bytes(&mut a).expect("infallible");
+        direct.fill_bytes(&mut b);
+        assert_eq!(a, b);
+    }
+
+    #[test]
     fn dealt_shares_verify_and_interpolate_to_the_secret() {
         let mut rng = StdRng::seed_from_u64(7);
         let secret = SecretScalar::random(&mut rng);
