@@ -1280,3 +1280,36 @@ fn a_refresh_past_its_deadline_is_abandoned_at_the_deadline_and_retried_on_sched
     assert!(!proposes_abandon_at(&mut c, 4, deadline_ms + grace_ms - 1));
     assert!(proposes_abandon_at(&mut c, 4, deadline_ms + grace_ms));
 }
+
+#[test]
+fn a_share_that_loads_after_its_refresh_attempt_was_replaced_starts_nothing() {
+    let mut c = Cluster::generated(2, 3, 35);
+    c.node_mut(1).slow_disk = true;
+    refresh(&mut c);
+    c.run_until_idle();
+    assert_eq!(c.node(1).share_loads.len(), 1, "node 1 waits for its share");
+    // Node 1's protocol misses what follows (its replica still applies it,
+    // as after a snapshot install): attempt 1 is abandoned, attempt 2 runs.
+    c.node_mut(1).dead = true;
+    c.advance(120_000, 500, |c| c.version(V1).refresh.is_none());
+    refresh(&mut c);
+    c.run_until_idle();
+    let running = c
+        .node(1)
+        .replica
+        .key(KEY)
+        .and_then(|k| k.version(V1).cloned());
+    assert_eq!(
+        running.and_then(|v| v.refresh).map(|r| r.attempt),
+        Some(2),
+        "node 1's replica sees attempt 2"
+    );
+    c.node_mut(1).dead = false;
+    c.node_mut(1).slow_disk = false;
+    c.load_shares(1);
+    assert_eq!(
+        c.node(1).proto.active_refreshes(),
+        0,
+        "the share asked for attempt 1 must not start a DKG under its session"
+    );
+}
