@@ -168,3 +168,43 @@ impl PublicKeySet {
         PublicKeySet::new(threshold, holders, commitments)
     }
 }
+
+#[cfg(test)]
+mod bound_tests {
+    use k256::Scalar;
+
+    use super::*;
+    use crate::secret::SecretScalar;
+
+    #[test]
+    fn the_largest_key_set_fits_its_bound_and_one_byte_more_is_refused_unread() {
+        let holders: Vec<ShareIndex> = (1..=MAX_HOLDERS)
+            .map(|i| ShareIndex::new(i).expect("index"))
+            .collect();
+        let commitments: Vec<ProjectivePoint> = (1..=u64::from(MAX_HOLDERS))
+            .map(|i| ProjectivePoint::GENERATOR * Scalar::from(i))
+            .collect();
+        let largest = PublicKeySet::new(MAX_HOLDERS, holders, commitments).expect("t = n = 64");
+        let mut bytes = largest.to_bytes();
+        assert_eq!(bytes.len(), MAX_PUBLIC_KEY_SET_LEN);
+        assert_eq!(PublicKeySet::from_bytes(&bytes).expect("decodes"), largest);
+        bytes.push(0);
+        assert!(matches!(
+            PublicKeySet::from_bytes(&bytes),
+            Err(CryptoError::Decode(DecodeError::TooLarge { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_key_share_fits_its_bound_and_one_byte_more_is_refused_unread() {
+        let index = ShareIndex::new(MAX_HOLDERS).expect("index");
+        let share = KeyShare::new(index, SecretScalar::new(Scalar::from(7u64)));
+        let mut bytes = share.to_secret_bytes().to_vec();
+        assert_eq!(bytes.len(), crate::secret::MAX_KEY_SHARE_LEN);
+        bytes.push(0);
+        assert!(matches!(
+            KeyShare::from_secret_bytes(&bytes),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+}
