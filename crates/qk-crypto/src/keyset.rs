@@ -196,6 +196,41 @@ mod bound_tests {
     }
 
     #[test]
+    fn a_key_set_decodes_only_with_2_to_n_of_at_most_64_holders() {
+        let set = |t: u16, n: u16| {
+            let holders = ShareIndex::first_n(n);
+            let commitments = (1..=u64::from(t))
+                .map(|i| ProjectivePoint::GENERATOR * Scalar::from(i))
+                .collect();
+            PublicKeySet::new(t, holders, commitments).expect("valid")
+        };
+        let two_of_three = set(2, 3);
+        let bytes = two_of_three.to_bytes();
+        assert_eq!(
+            PublicKeySet::from_bytes(&bytes).expect("2 of 3"),
+            two_of_three
+        );
+        let with_counts = |t: u16, n: u16| {
+            let mut b = bytes.clone();
+            b[2..4].copy_from_slice(&t.to_be_bytes());
+            b[4..6].copy_from_slice(&n.to_be_bytes());
+            PublicKeySet::from_bytes(&b)
+        };
+        for (t, n) in [
+            (1, 3),
+            (4, 3),
+            (2, MAX_HOLDERS + 1),
+            (MAX_HOLDERS + 2, MAX_HOLDERS + 1),
+        ] {
+            let refused = with_counts(t, n);
+            assert!(
+                matches!(&refused, Err(CryptoError::Decode(DecodeError::InvalidField { reason, .. })) if reason.contains("out of range")),
+                "t={t} n={n}: {refused:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_key_share_fits_its_bound_and_one_byte_more_is_refused_unread() {
         let index = ShareIndex::new(MAX_HOLDERS).expect("index");
         let share = KeyShare::new(index, SecretScalar::new(Scalar::from(7u64)));
