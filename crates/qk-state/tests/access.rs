@@ -411,6 +411,10 @@ fn denied_and_expired_approvals_never_run() {
         due.contains(&Operation::ExpireApproval { id: late.clone() }),
         "{due:?}"
     );
+    assert!(
+        !due.contains(&Operation::ExpireApproval { id: id.clone() }),
+        "the denied one is over already: {due:?}"
+    );
     assert!(log
         .run("ann", Operation::Approve { id: late.clone() })
         .is_err());
