@@ -1313,3 +1313,49 @@ fn a_share_that_loads_after_its_refresh_attempt_was_replaced_starts_nothing() {
         "the share asked for attempt 1 must not start a DKG under its session"
     );
 }
+
+#[test]
+fn a_holder_that_missed_the_refresh_completing_erases_the_old_epoch_at_its_next_tick() {
+    let mut c = Cluster::generated(2, 3, 36);
+    let id = c.key().id;
+    c.node_mut(3).muted = true; // its ack is lost: the refresh waits for it
+    refresh(&mut c);
+    c.advance(20_000, 100, |c| {
+        c.node(1).store.contains_key(&(id, V1, Epoch(1)))
+            && c.node(2).store.contains_key(&(id, V1, Epoch(1)))
+    });
+    let acked = c.log.iter().find_map(|cmd| match &cmd.op {
+        Operation::Dkg {
+            step: qk_state::DkgStep::Ack { public_keys },
+            session: session @ qk_state::DkgSession::Refresh { .. },
+            ..
+        } => Some((public_keys.clone(), *session)),
+        _ => None,
+    });
+    let (public_keys, session) = acked.expect("nodes 1 and 2 acked");
+    assert!(c.version(V1).refresh.is_some(), "waiting for node 3's ack");
+    // Node 3's ack arrives while node 1's protocol is down (its replica
+    // still applies the entry, as a snapshot install would bring it).
+    c.node_mut(3).muted = false;
+    c.node_mut(1).dead = true;
+    c.propose(
+        "node-3",
+        Operation::Dkg {
+            name: KEY.into(),
+            version: V1,
+            from: NodeId(3),
+            step: qk_state::DkgStep::Ack { public_keys },
+            session,
+        },
+    );
+    c.run_until_idle();
+    assert_eq!(c.version(V1).epoch, Epoch(1), "the refresh completed");
+    c.node_mut(1).dead = false;
+    c.advance(1_000, 100, |_| false);
+    let kept: Vec<_> = c.node(1).store.keys().copied().collect();
+    assert_eq!(
+        kept,
+        vec![(id, V1, Epoch(1))],
+        "node 1 keeps only the new epoch"
+    );
+}
