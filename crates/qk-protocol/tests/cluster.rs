@@ -899,54 +899,80 @@ fn refresh_steps_that_arrive_while_a_holder_loads_its_share_are_kept_for_it() {
     assert_no_warnings(&c);
 }
 
+/// Node `id`'s actions for a tick at `now_ms`.
+fn tick_at(c: &mut Cluster, id: u64, now_ms: u64) -> Vec<qk_protocol::Action> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(now_ms);
+    let node = c.node_mut(id);
+    let tick = qk_protocol::Event::Tick { now_ms };
+    node.proto.handle(&node.replica, tick, &mut rng)
+}
+
+/// Whether node `id`, ticked at `now_ms`, proposes an operation `pick` likes.
+fn proposes_at(c: &mut Cluster, id: u64, now_ms: u64, pick: impl Fn(&Operation) -> bool) -> bool {
+    tick_at(c, id, now_ms)
+        .iter()
+        .any(|a| matches!(a, qk_protocol::Action::Propose(op) if pick(op)))
+}
+
+/// The first refresh deal in the log from a holder `from` picks.
+fn refresh_deal(c: &Cluster, from: impl Fn(NodeId) -> bool) -> qk_state::Command {
+    c.log
+        .iter()
+        .find(|cmd| {
+            matches!(&cmd.op,
+            Operation::Dkg {
+                from: f,
+                step: qk_state::DkgStep::Deal(_),
+                session: qk_state::DkgSession::Refresh { .. },
+                ..
+            } if from(*f))
+        })
+        .expect("a refresh deal in the log")
+        .clone()
+}
+
+/// Node `id`'s actions for `command` applied and accepted (the answer the
+/// state machine gives an accepted step, whatever the replica would say).
+fn apply_as_accepted(
+    c: &mut Cluster,
+    id: u64,
+    command: qk_state::Command,
+    index: u64,
+) -> Vec<qk_protocol::Action> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(index);
+    let node = c.node_mut(id);
+    let response = qk_state::Response {
+        result: Ok(qk_state::Applied::Done),
+        audit_seq: 0,
+        duplicate: false,
+    };
+    let applied = qk_protocol::Event::Applied {
+        index,
+        command,
+        response,
+    };
+    node.proto.handle(&node.replica, applied, &mut rng)
+}
+
 #[test]
 fn a_holder_loading_its_share_keeps_at_most_136_early_refresh_steps() {
     let mut c = Cluster::generated(2, 3, 26);
     c.node_mut(1).slow_disk = true;
     refresh(&mut c);
     c.run_until_idle();
-    let deal = c
-        .log
-        .iter()
-        .find(|cmd| {
-            matches!(&cmd.op,
-            Operation::Dkg {
-                from,
-                step: qk_state::DkgStep::Deal(_),
-                session: qk_state::DkgSession::Refresh { .. },
-                ..
-            } if *from != NodeId(1))
-        })
-        .expect("another holder dealt for the refresh")
-        .clone();
+    let deal = refresh_deal(&c, |from| from != NodeId(1));
     let kept = c.node(1).proto.steps_waiting_for_shares();
     assert!(kept > 0, "the deals applied meanwhile are kept");
     // However many steps the log accepts while the share loads, the buffer
     // must not grow the buffer past one deal and one complaint
     // list per possible holder (64) plus 8 timed closes.
     assert_eq!(qk_types::MAX_HOLDERS, 64);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let node = c.node_mut(1);
     for i in 0..300 {
-        // As the state machine answers an accepted step (the replica here
-        // would refuse the repeat).
-        let response = qk_state::Response {
-            result: Ok(qk_state::Applied::Done),
-            audit_seq: 0,
-            duplicate: false,
-        };
-        let actions = node.proto.handle(
-            &node.replica,
-            qk_protocol::Event::Applied {
-                index: 10_000 + i,
-                command: deal.clone(),
-                response,
-            },
-            &mut rng,
-        );
+        // Accepted each time (the replica here would refuse the repeat).
+        let actions = apply_as_accepted(&mut c, 1, deal.clone(), 10_000 + i);
         assert!(actions.is_empty(), "{actions:?}");
     }
-    assert_eq!(node.proto.steps_waiting_for_shares(), 136);
+    assert_eq!(c.node(1).proto.steps_waiting_for_shares(), 136);
 }
 
 #[test]
@@ -955,20 +981,7 @@ fn a_step_of_an_abandoned_refresh_attempt_is_not_taken_for_the_retry() {
     c.node_mut(3).muted = true;
     refresh(&mut c);
     c.run_until_idle();
-    let old_deal = c
-        .log
-        .iter()
-        .find(|cmd| {
-            matches!(&cmd.op,
-            Operation::Dkg {
-                from,
-                step: qk_state::DkgStep::Deal(_),
-                session: qk_state::DkgSession::Refresh { .. },
-                ..
-            } if *from == NodeId(1))
-        })
-        .expect("node 1 dealt in the first attempt")
-        .clone();
+    let old_deal = refresh_deal(&c, |from| from == NodeId(1));
     c.advance(120_000, 500, |c| c.version(V1).refresh.is_none());
     assert_eq!(
         c.version(V1).epoch,
@@ -986,21 +999,7 @@ fn a_step_of_an_abandoned_refresh_attempt_is_not_taken_for_the_retry() {
     );
     // Even if the log handed node 2 the first attempt's deal as accepted,
     // the retry's DKG must not see it (its session differs).
-    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
-    let node = c.node_mut(2);
-    let actions = node.proto.handle(
-        &node.replica,
-        qk_protocol::Event::Applied {
-            index: 10_000,
-            command: old_deal,
-            response: qk_state::Response {
-                result: Ok(qk_state::Applied::Done),
-                audit_seq: 0,
-                duplicate: false,
-            },
-        },
-        &mut rng,
-    );
+    let actions = apply_as_accepted(&mut c, 2, old_deal, 10_000);
     assert!(actions.is_empty(), "{actions:?}");
     c.node_mut(1).muted = false;
     c.advance(60_000, 100, |c| c.version(V1).refresh.is_none());
@@ -1015,12 +1014,7 @@ fn a_key_creation_seen_at_or_after_its_generation_deadline_starts_no_dkg() {
         // Node 3's clock is already at (or long past) the deadline the
         // entry will carry, as for a node replaying an old entry.
         let deadline_ms = c.now + qk_state::DEFAULT_GENERATION_TIMEOUT_MS;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        let node = c.node_mut(3);
-        let late = qk_protocol::Event::Tick {
-            now_ms: deadline_ms + past_ms,
-        };
-        let actions = node.proto.handle(&node.replica, late, &mut rng);
+        let actions = tick_at(&mut c, 3, deadline_ms + past_ms);
         assert!(actions.is_empty(), "{actions:?}");
         c.create_key(2, &[1, 2, 3]);
         c.run_until_idle();
@@ -1045,12 +1039,7 @@ fn a_refresh_seen_at_or_after_its_deadline_starts_nothing_at_that_holder() {
     for past_ms in [0, 1_000_000_000] {
         let mut c = Cluster::generated(2, 3, 29);
         let deadline_ms = c.now + 60_000;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(10);
-        let node = c.node_mut(3);
-        let late = qk_protocol::Event::Tick {
-            now_ms: deadline_ms + past_ms,
-        };
-        node.proto.handle(&node.replica, late, &mut rng);
+        tick_at(&mut c, 3, deadline_ms + past_ms);
         c.admin(Operation::Refresh {
             name: KEY.into(),
             version: V1,
@@ -1076,16 +1065,14 @@ fn a_refresh_seen_at_or_after_its_deadline_starts_nothing_at_that_holder() {
     }
 }
 
-/// Ticks node `id` at `now_ms` and says whether it proposed to fail the
-/// generation of V1.
+/// Whether node `id`, ticked at `now_ms`, proposes to fail V1's generation.
 fn proposes_fail_at(c: &mut Cluster, id: u64, now_ms: u64) -> bool {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(now_ms);
-    let node = c.node_mut(id);
-    let tick = qk_protocol::Event::Tick { now_ms };
-    let actions = node.proto.handle(&node.replica, tick, &mut rng);
-    actions.iter().any(|a| {
-        matches!(a, qk_protocol::Action::Propose(Operation::FailGeneration { version, .. }) if *version == V1)
-    })
+    proposes_at(
+        c,
+        id,
+        now_ms,
+        |op| matches!(op, Operation::FailGeneration { version, .. } if *version == V1),
+    )
 }
 
 #[test]
@@ -1120,14 +1107,14 @@ fn an_unwrap_with_too_few_holders_ends_exactly_at_its_deadline() {
     assert!(c.outcome(1, op).is_none(), "waiting for a second partial");
     let timeout_ms = ProtocolConfig::default().unwrap_timeout_ms;
     let mut tick = |now_ms: u64| {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(now_ms);
-        let node = c.node_mut(1);
-        let event = qk_protocol::Event::Tick { now_ms };
-        let actions = node.proto.handle(&node.replica, event, &mut rng);
-        actions.into_iter().find_map(|a| match a {
-            qk_protocol::Action::UnwrapDone { op_id, result, .. } if op_id == op => Some(result),
-            _ => None,
-        })
+        tick_at(&mut c, 1, now_ms)
+            .into_iter()
+            .find_map(|a| match a {
+                qk_protocol::Action::UnwrapDone { op_id, result, .. } if op_id == op => {
+                    Some(result)
+                }
+                _ => None,
+            })
     };
     assert!(tick(started_ms + timeout_ms - 1).is_none());
     let done = tick(started_ms + timeout_ms).expect("ends at the deadline");
@@ -1143,14 +1130,13 @@ fn an_unwrap_with_too_few_holders_ends_exactly_at_its_deadline() {
     );
 }
 
-/// Ticks node `id` at `now_ms` and says whether it proposed DKG `step`.
+/// Whether node `id`, ticked at `now_ms`, proposes DKG `step`.
 fn proposes_dkg_step_at(c: &mut Cluster, id: u64, now_ms: u64, step: &qk_state::DkgStep) -> bool {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(now_ms);
-    let node = c.node_mut(id);
-    let tick = qk_protocol::Event::Tick { now_ms };
-    let actions = node.proto.handle(&node.replica, tick, &mut rng);
-    actions.iter().any(
-        |a| matches!(a, qk_protocol::Action::Propose(Operation::Dkg { step: s, .. }) if s == step),
+    proposes_at(
+        c,
+        id,
+        now_ms,
+        |op| matches!(op, Operation::Dkg { step: s, .. } if s == step),
     )
 }
 
@@ -1246,16 +1232,14 @@ fn a_share_loaded_for_another_key_or_epoch_does_not_start_the_waiting_refresh() 
     assert_eq!(c.version(V1).epoch, Epoch(1));
 }
 
-/// Ticks node `id` at `now_ms` and says whether it proposed to abandon the
-/// refresh of V1.
+/// Whether node `id`, ticked at `now_ms`, proposes to abandon V1's refresh.
 fn proposes_abandon_at(c: &mut Cluster, id: u64, now_ms: u64) -> bool {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(now_ms);
-    let node = c.node_mut(id);
-    let tick = qk_protocol::Event::Tick { now_ms };
-    let actions = node.proto.handle(&node.replica, tick, &mut rng);
-    actions.iter().any(|a| {
-        matches!(a, qk_protocol::Action::Propose(Operation::AbandonRefresh { version, .. }) if *version == V1)
-    })
+    proposes_at(
+        c,
+        id,
+        now_ms,
+        |op| matches!(op, Operation::AbandonRefresh { version, .. } if *version == V1),
+    )
 }
 
 #[test]
