@@ -106,6 +106,20 @@ fn largest_request() -> PartialRequest {
     }
 }
 
+/// Encodes `req` within the message bound, decodes it back, and gives its
+/// encoded length.
+fn fits_and_round_trips(req: &PartialRequest) -> usize {
+    let bytes = ProtocolMessage::PartialRequest(req.clone())
+        .encode()
+        .expect("at the limits");
+    assert!(bytes.len() <= MAX_MESSAGE_LEN, "{} bytes", bytes.len());
+    assert_eq!(
+        ProtocolMessage::decode(&bytes),
+        Ok(ProtocolMessage::PartialRequest(req.clone()))
+    );
+    bytes.len()
+}
+
 fn refused(req: PartialRequest) -> bool {
     matches!(
         ProtocolMessage::PartialRequest(req).encode(),
@@ -116,14 +130,7 @@ fn refused(req: PartialRequest) -> bool {
 #[test]
 fn the_largest_legal_request_fits_and_one_more_byte_in_any_field_is_refused() {
     let max = largest_request();
-    let bytes = ProtocolMessage::PartialRequest(max.clone())
-        .encode()
-        .expect("at the limits");
-    assert!(bytes.len() <= MAX_MESSAGE_LEN, "{} bytes", bytes.len());
-    assert_eq!(
-        ProtocolMessage::decode(&bytes),
-        Ok(ProtocolMessage::PartialRequest(max.clone()))
-    );
+    fits_and_round_trips(&max);
     let one_more = |edit: &dyn Fn(&mut PartialRequest)| {
         let mut r = max.clone();
         edit(&mut r);
@@ -202,20 +209,9 @@ fn the_largest_request_with_the_largest_proof_fits_the_message_bound_closely() {
     max.proof = Some(Box::new(largest_proof()));
     max.epoch = Some(qk_types::Epoch(u64::MAX));
     max.version = KeyVersion(u32::MAX);
-    let bytes = ProtocolMessage::PartialRequest(max.clone())
-        .encode()
-        .expect("at the limits");
-    assert!(bytes.len() <= MAX_MESSAGE_LEN, "{} bytes", bytes.len());
-    assert_eq!(
-        ProtocolMessage::decode(&bytes),
-        Ok(ProtocolMessage::PartialRequest(max))
-    );
+    let len = fits_and_round_trips(&max);
     // The bound is the largest legal message plus a little slack, no more:
     // a looser bound would let a peer make every node buffer more.
-    let slack = MAX_MESSAGE_LEN - bytes.len();
-    assert!(
-        slack < 256,
-        "{slack} bytes of slack over {} bytes",
-        bytes.len()
-    );
+    let slack = MAX_MESSAGE_LEN - len;
+    assert!(slack < 256, "{slack} bytes of slack over {len} bytes");
 }
