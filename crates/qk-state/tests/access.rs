@@ -1332,3 +1332,31 @@ fn a_policy_takes_64_rules_of_64_principals_each() {
         .push("one-more".into());
     assert!(log.run("admin", set(too_many_principals)).is_err());
 }
+
+#[test]
+fn an_approval_is_expired_at_its_expiry_and_not_a_millisecond_before() {
+    let mut log = Log::new();
+    log.principal("ann", &[Role::Approver]);
+    log.principal("bob", &[Role::Approver]);
+    log.run("admin", access_rule(1, vec![Permission::PrincipalManage]))
+        .expect("rule set");
+    let sock = Operation::CreatePrincipal {
+        name: "sock".into(),
+        roles: [Role::KeyUser].into(),
+    };
+    let id = requested_id(log.run("admin", sock));
+    let expires_at_ms = log.sm.approval(&id).expect("approval").expires_at_ms;
+    let expire = || Operation::ExpireApproval { id: id.clone() };
+    log.now = expires_at_ms - 1;
+    let early = log.run("node-1", expire());
+    assert!(
+        matches!(&early, Err(StateError::Invalid(m)) if m.contains("not pending past its expiry")),
+        "{early:?}"
+    );
+    log.now = expires_at_ms;
+    log.run("node-1", expire()).expect("at its expiry");
+    assert_eq!(
+        log.sm.approval(&id).expect("approval").status,
+        ApprovalStatus::Expired
+    );
+}
