@@ -1360,3 +1360,20 @@ fn an_approval_is_expired_at_its_expiry_and_not_a_millisecond_before() {
         ApprovalStatus::Expired
     );
 }
+
+#[test]
+fn an_ended_token_is_pruned_a_week_after_it_ended_and_not_before() {
+    let mut log = Log::new();
+    log.principal("sock", &[Role::KeyUser]);
+    log.run("admin", issue_for("sock", "00000000000000b7", log.now))
+        .expect("issued");
+    let ended_ms = log.now + 60_000; // issue_for's expiry
+    let week_ms: u64 = 7 * 24 * 3600 * 1000;
+    let prunes = |log: &Log, at: u64| {
+        log.sm
+            .maintenance_due(at)
+            .contains(&Operation::PruneRecords)
+    };
+    assert!(!prunes(&log, ended_ms + week_ms - 1));
+    assert!(prunes(&log, ended_ms + week_ms));
+}
