@@ -1377,3 +1377,38 @@ fn an_ended_token_is_pruned_a_week_after_it_ended_and_not_before() {
     assert!(!prunes(&log, ended_ms + week_ms - 1));
     assert!(prunes(&log, ended_ms + week_ms));
 }
+
+#[test]
+fn a_token_text_parses_only_with_a_16_digit_id_and_a_64_digit_secret() {
+    let (id, secret) = ("00000000000000a1", "ab".repeat(32));
+    let text = qk_state::token_text(id, &secret);
+    assert_eq!(qk_state::parse_token(&text), Some((id, secret.as_str())));
+    for bad in [
+        qk_state::token_text("00000000000000a", &secret),
+        qk_state::token_text("00000000000000zz", &secret),
+        qk_state::token_text(id, &"ab".repeat(31)),
+        qk_state::token_text(id, &format!("{}zz", "ab".repeat(31))),
+    ] {
+        assert_eq!(qk_state::parse_token(&bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn a_principal_name_is_1_to_128_plain_characters() {
+    let mut log = Log::new();
+    let create = |name: &str| Operation::CreatePrincipal {
+        name: name.into(),
+        roles: [Role::KeyUser].into(),
+    };
+    for bad in ["", "has space", "semi;colon", &"p".repeat(129)] {
+        let r = log.run("admin", create(bad));
+        assert!(
+            matches!(&r, Err(StateError::Invalid(m)) if m.contains("must be 1-128 characters")),
+            "{bad:?}: {r:?}"
+        );
+    }
+    log.run("admin", create(&"p".repeat(128)))
+        .expect("128 characters");
+    log.run("admin", create("svc-1_a.b@example"))
+        .expect("the allowed punctuation");
+}
