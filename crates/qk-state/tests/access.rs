@@ -1412,3 +1412,21 @@ fn a_principal_name_is_1_to_128_plain_characters() {
     log.run("admin", create("svc-1_a.b@example"))
         .expect("the allowed punctuation");
 }
+
+#[test]
+fn the_principal_list_names_every_principal() {
+    let mut log = Log::new();
+    log.principal("ann", &[Role::Approver]);
+    log.principal("svc", &[Role::KeyUser]);
+    let names: Vec<&str> = log.sm.principals().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["admin", "ann", "svc"]);
+    log.run("admin", issue_for("svc", "00000000000000c9", log.now))
+        .expect("issued");
+    let tokens: Vec<&str> = log.sm.tokens().map(|t| t.id.as_str()).collect();
+    assert_eq!(tokens, ["00000000000000c9"]);
+    log.run("admin", access_rule(1, vec![Permission::PrincipalManage]))
+        .expect("rule set");
+    let id = requested_id(log.run("admin", Operation::DeletePrincipal { name: "svc".into() }));
+    let approvals: Vec<&str> = log.sm.approvals().map(|a| a.id.as_str()).collect();
+    assert_eq!(approvals, [id.as_str()]);
+}
