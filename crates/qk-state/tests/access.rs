@@ -1424,6 +1424,8 @@ fn the_principal_list_names_every_principal() {
         .expect("issued");
     let tokens: Vec<&str> = log.sm.tokens().map(|t| t.id.as_str()).collect();
     assert_eq!(tokens, ["00000000000000c9"]);
+    let token = log.sm.token("00000000000000c9").map(|t| t.principal.as_str());
+    assert_eq!(token, Some("svc"));
     log.run("admin", access_rule(1, vec![Permission::PrincipalManage]))
         .expect("rule set");
     let id = requested_id(log.run("admin", Operation::DeletePrincipal { name: "svc".into() }));
