@@ -1362,6 +1362,65 @@ fn an_approval_is_expired_at_its_expiry_and_not_a_millisecond_before() {
 }
 
 #[test]
+fn a_denied_approval_is_not_expired_later() {
+    let mut log = Log::new();
+    log.principal("ann", &[Role::Approver]);
+    log.principal("bob", &[Role::Approver]);
+    log.run("admin", access_rule(1, vec![Permission::PrincipalManage]))
+        .expect("rule set");
+    let sock = Operation::CreatePrincipal {
+        name: "sock".into(),
+        roles: [Role::KeyUser].into(),
+    };
+    let id = requested_id(log.run("admin", sock));
+    let deny = Operation::Deny {
+        id: id.clone(),
+        reason: "no".into(),
+    };
+    log.run("ann", deny).expect("denied");
+    log.now = log.sm.approval(&id).expect("approval").expires_at_ms + 1;
+    let late = log.run("node-1", Operation::ExpireApproval { id: id.clone() });
+    assert!(late.is_err(), "{late:?}");
+    assert!(matches!(
+        log.sm.approval(&id).expect("approval").status,
+        ApprovalStatus::Denied { .. }
+    ));
+}
+
+#[test]
+fn a_token_description_and_a_rules_context_are_taken_at_their_limits() {
+    let mut log = Log::new();
+    log.principal("sock", &[Role::KeyUser]);
+    let mut issue = issue_for("sock", "00000000000000d1", log.now);
+    if let Operation::IssueToken { description, .. } = &mut issue {
+        *description = "d".repeat(512);
+    }
+    log.run("admin", issue).expect("a 512-byte description");
+    log.key("k");
+    let rule = PolicyRule {
+        principals: vec!["sock".into()],
+        permissions: vec![Permission::Decrypt],
+        context: (0..16).map(|i| (format!("c{i}"), "v".into())).collect(),
+    };
+    let policy = KeyPolicy {
+        rules: vec![rule],
+        approval: None,
+    };
+    let set = Operation::SetPolicy {
+        name: "k".into(),
+        policy: Some(policy.clone()),
+    };
+    log.run("admin", set).expect("16 context conditions");
+    let mut over = policy;
+    over.rules[0].context.insert("c16".into(), "v".into());
+    let set = Operation::SetPolicy {
+        name: "k".into(),
+        policy: Some(over),
+    };
+    assert!(log.run("admin", set).is_err(), "17 conditions");
+}
+
+#[test]
 fn an_ended_token_is_pruned_a_week_after_it_ended_and_not_before() {
     let mut log = Log::new();
     log.principal("sock", &[Role::KeyUser]);
@@ -1424,7 +1483,10 @@ fn the_principal_list_names_every_principal() {
         .expect("issued");
     let tokens: Vec<&str> = log.sm.tokens().map(|t| t.id.as_str()).collect();
     assert_eq!(tokens, ["00000000000000c9"]);
-    let token = log.sm.token("00000000000000c9").map(|t| t.principal.as_str());
+    let token = log
+        .sm
+        .token("00000000000000c9")
+        .map(|t| t.principal.as_str());
     assert_eq!(token, Some("svc"));
     log.run("admin", access_rule(1, vec![Permission::PrincipalManage]))
         .expect("rule set");

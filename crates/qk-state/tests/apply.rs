@@ -943,6 +943,13 @@ fn a_key_expires_at_its_expiry_and_a_later_expiry_revives_it() {
         .result
         .expect("set");
     assert!(sm.key("k").is_some_and(|k| k.expired), "still in the past");
+    sm.apply(&cmd(6, 2_000, reschedule(2_000)))
+        .result
+        .expect("set");
+    assert!(
+        sm.key("k").is_some_and(|k| k.expired),
+        "an expiry of now is past"
+    );
     sm.apply(&cmd(5, 2_000, reschedule(5_000)))
         .result
         .expect("set");
