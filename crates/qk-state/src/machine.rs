@@ -1384,3 +1384,17 @@ impl StateMachine {
         Ok(id)
     }
 }
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::bounded;
+
+    #[test]
+    fn bounded_cuts_at_the_character_boundary_at_or_below_the_limit() {
+        let text = format!("a{}", "é".repeat(100)); // 201 bytes; byte 128 splits an é
+        let cut = bounded(&text, 128);
+        assert_eq!(cut.len(), 127);
+        assert_eq!(cut, format!("a{}", "é".repeat(63)));
+        assert_eq!(bounded("short", 128), "short");
+    }
+}

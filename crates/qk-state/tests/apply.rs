@@ -542,6 +542,30 @@ fn an_audit_batch_holds_up_to_its_limit() {
 }
 
 #[test]
+fn dkg_steps_have_their_names() {
+    let steps = [
+        DkgStep::Deal(vec![]),
+        DkgStep::Complaints(vec![]),
+        DkgStep::CloseDealing,
+        DkgStep::Finish,
+        DkgStep::Ack {
+            public_keys: vec![],
+        },
+    ];
+    let names = steps.iter().map(DkgStep::name).collect::<Vec<_>>();
+    assert_eq!(
+        names,
+        [
+            "version.dkg.deal",
+            "version.dkg.complaints",
+            "version.dkg.close-dealing",
+            "version.dkg.finish",
+            "version.dkg.ack"
+        ]
+    );
+}
+
+#[test]
 fn dkg_phases_have_their_names() {
     use qk_state::DkgPhase;
     let names = [DkgPhase::Dealing, DkgPhase::Complaints, DkgPhase::Finished].map(DkgPhase::name);
