@@ -979,3 +979,92 @@ fn a_key_expires_at_its_expiry_and_a_later_expiry_revives_it() {
         .expect("set");
     assert!(sm.key("k").is_some_and(|k| !k.expired), "revived");
 }
+
+#[test]
+fn a_key_takes_64_tags_with_names_up_to_128_bytes() {
+    let mut sm = machine();
+    sm.apply(&cmd(1, 1, create("k")));
+    let tag = |n: u64, name: String| {
+        cmd(
+            n,
+            2,
+            Operation::SetTag {
+                name: "k".into(),
+                tag: name,
+                value: Some(vec![1]),
+            },
+        )
+    };
+    assert!(sm.apply(&tag(2, "t".repeat(128))).result.is_ok());
+    assert!(sm.apply(&tag(3, "t".repeat(129))).result.is_err());
+    for i in 0..63 {
+        let r = sm.apply(&tag(10 + i, format!("tag{i}"))).result;
+        assert!(r.is_ok(), "tag {i}: {r:?}");
+    }
+    let r = sm.apply(&tag(100, "one-too-many".into())).result;
+    assert!(r.is_err(), "a 65th tag: {r:?}");
+    let r = sm.apply(&tag(101, "tag0".into())).result;
+    assert!(r.is_ok(), "changing one of the 64: {r:?}");
+}
+
+#[test]
+fn a_disabled_version_is_not_refreshed_and_a_refresh_is_not_abandoned_early() {
+    let mut sm = machine();
+    let mut n = 0;
+    generated(&mut sm, "k", &mut n);
+    let refresh = || Operation::Refresh {
+        name: "k".into(),
+        version: V1,
+        timeout_ms: None,
+    };
+    let disable = Operation::Disable {
+        name: "k".into(),
+        version: V1,
+    };
+    sm.apply(&cmd(100, 30, disable)).result.expect("disabled");
+    assert!(sm.apply(&cmd(101, 31, refresh())).result.is_err());
+    let enable = Operation::Enable {
+        name: "k".into(),
+        version: V1,
+    };
+    sm.apply(&cmd(102, 32, enable)).result.expect("enabled");
+    sm.apply(&cmd(103, 33, refresh()))
+        .result
+        .expect("refresh starts");
+    let abandon = Operation::AbandonRefresh {
+        name: "k".into(),
+        version: V1,
+        attempt: 1,
+        reason: "too early".into(),
+    };
+    let early = sm.apply(&from_node(104, 100, abandon)).result;
+    assert!(early.is_err(), "{early:?}");
+}
+
+#[test]
+fn every_node_that_published_a_dkg_key_is_listed_and_oversized_acks_are_refused() {
+    let sm = machine();
+    let nodes: Vec<u64> = sm.dkg_key_nodes().map(|n| n.0).collect();
+    assert_eq!(nodes, (1..=8).collect::<Vec<u64>>());
+    let mut sm = machine();
+    sm.apply(&cmd(1, 1, create("k")));
+    let oversized = vec![1u8; qk_state::MAX_PUBLIC_KEYS_LEN + 1];
+    let log = common::dkg_until_enabled("k", V1, &[1, 2, 3], &oversized);
+    for (i, (from, op)) in log.into_iter().enumerate() {
+        let is_ack = matches!(
+            op,
+            Operation::Dkg {
+                step: DkgStep::Ack { .. },
+                ..
+            }
+        );
+        let r = sm.apply(&Command {
+            principal: from,
+            ..cmd(10 + i as u64, 2, op)
+        });
+        if is_ack {
+            assert!(r.result.is_err(), "{r:?}");
+            break;
+        }
+    }
+}
