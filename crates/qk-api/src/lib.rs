@@ -81,7 +81,8 @@ pub struct Caller {
     pub credential: Option<qk_state::proof::Credential>,
 }
 
-/// Numbers `GET /metrics` reports about the node.
+/// What the node knows of itself and its cluster, for `GET /metrics` and
+/// Vault's unauthenticated `sys/` endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Gauges {
     pub term: u64,
@@ -89,6 +90,10 @@ pub struct Gauges {
     pub key_count: u64,
     pub audit_len: u64,
     pub is_leader: bool,
+    /// Voting members of the cluster.
+    pub voters: u64,
+    /// The leader's HTTPS API address, when a leader is known.
+    pub leader_api_url: Option<String>,
 }
 
 /// The node behind the API.
@@ -100,7 +105,7 @@ pub trait Backend: Send + Sync + 'static {
     fn node_id(&self) -> u64;
     /// Ok(leader id) when the node knows a leader and has caught up; Err(reason) otherwise.
     fn readiness(&self) -> Result<u64, String>;
-    /// Gauges for /metrics: term, last_applied, key count, audit length, is_leader.
+    /// Term, last applied index, key count, audit length, leadership, voters.
     fn gauges(&self) -> Gauges;
     /// The node's last applied log index.
     fn applied_index(&self) -> u64;

@@ -313,7 +313,7 @@ impl Transition {
     }
 
     /// Whether the transition applies to a version (when none is named).
-    fn applies_to(self, v: &qk_state::KeyVersionRecord) -> bool {
+    pub(crate) fn applies_to(self, v: &qk_state::KeyVersionRecord) -> bool {
         use VersionState as S;
         match self {
             Transition::Disable => v.state == S::Enabled,

@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
@@ -27,7 +27,11 @@ use crate::native::{
     apply_transition, decode_b64, fetch_key, rotate_and_wait, secret_b64, secret_json,
     wait_generated, LifecycleBody, Transition,
 };
-use crate::{authenticate, parse_json, AppState, Caller, ConnPeer};
+use crate::{authenticate, AppState, Caller, ConnPeer};
+
+mod body;
+mod sys;
+mod tools;
 
 /// Key tag that allows `DELETE /v1/transit/keys/:name` ("true").
 pub const DELETION_ALLOWED_TAG: &str = "vault.deletion_allowed";
@@ -35,6 +39,10 @@ pub const DELETION_ALLOWED_TAG: &str = "vault.deletion_allowed";
 pub const VAULT_CONTEXT_KEY: &str = "vault_context";
 /// Most items in one `batch_input`.
 pub const MAX_BATCH_ITEMS: usize = 256;
+/// The one key type, as `transit/keys/:name` reports it: an ECIES key on
+/// secp256k1 (ElGamal key agreement, HKDF-SHA256, AES-256-GCM) whose
+/// private key exists only as Shamir shares on the holders.
+pub const KEY_TYPE: &str = "threshold-ecies-secp256k1";
 const VAULT_PREFIX: &str = "vault:v";
 
 type Body = Result<Bytes, BytesRejection>;
@@ -143,17 +151,64 @@ pub(crate) fn routes() -> Router<AppState> {
                 .delete(delete_key)
                 .fallback(method_not_allowed),
         )
-        .route("/v1/transit/keys/{name}/config", write_route(config))
+        .route(
+            "/v1/transit/keys/{name}/config",
+            write_route(config).get(read_key),
+        )
         .route("/v1/transit/keys/{name}/rotate", write_route(rotate))
+        .route("/v1/transit/keys/{name}/trim", write_route(trim))
+        .route(
+            "/v1/transit/cache-config",
+            write_route(cache_config).get(cache_config),
+        )
+        .route("/v1/transit/backup/{name}", any(no_export))
+        .route("/v1/transit/export/{kind}/{name}", any(no_export))
+        .route("/v1/transit/export/{kind}/{name}/{version}", any(no_export))
+        .route("/v1/transit/restore", any(no_export))
+        .route("/v1/transit/restore/{name}", any(no_export))
+        .route("/v1/transit/hmac/{*rest}", any(no_signing))
+        .route("/v1/transit/sign/{*rest}", any(no_signing))
+        .route("/v1/transit/verify/{*rest}", any(no_signing))
+        .route("/v1/transit/random", write_route(tools::random))
+        .route(
+            "/v1/transit/random/{segment}",
+            write_route(tools::random_one),
+        )
+        .route(
+            "/v1/transit/random/{source}/{bytes}",
+            write_route(tools::random_two),
+        )
+        .route("/v1/transit/hash", write_route(tools::hash))
+        .route(
+            "/v1/transit/hash/{algorithm}",
+            write_route(tools::hash_with),
+        )
         .route("/v1/transit/encrypt/{name}", write_route(encrypt))
         .route("/v1/transit/decrypt/{name}", write_route(decrypt))
         .route("/v1/transit/rewrap/{name}", write_route(rewrap))
         .route("/v1/transit/datakey/{kind}/{name}", write_route(datakey))
         .route(
             "/v1/auth/token/lookup-self",
-            get(lookup_self).fallback(method_not_allowed),
+            get(sys::lookup_self).fallback(method_not_allowed),
         )
-        .route("/v1/sys/health", get(health).fallback(method_not_allowed))
+        .route("/v1/auth/token/renew-self", write_route(sys::renew_self))
+        .route(
+            "/v1/sys/health",
+            get(sys::health).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/sys/seal-status",
+            get(sys::seal_status).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/sys/leader",
+            get(sys::leader).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/sys/mounts",
+            get(sys::mounts).fallback(method_not_allowed),
+        )
+        .route("/v1/sys/mounts/{*path}", write_route(sys::enable_mount))
         .route("/v1/{*rest}", any(unknown_path))
 }
 
@@ -223,24 +278,29 @@ fn deletion_allowed(key: &KeyRecord) -> bool {
         .is_some_and(|v| v.as_slice() == b"true")
 }
 
-/// Vault's key read shape.
+/// Vault's key read shape; `keys` lists the versions that may decrypt, as
+/// Vault's does.
 fn key_data(key: &KeyRecord) -> Value {
     let live = key.versions.iter().filter(|v| {
-        !matches!(
-            v.state,
-            VersionState::Destroyed | VersionState::Failed { .. }
-        )
+        v.version >= key.min_decrypt_version
+            && !matches!(
+                v.state,
+                VersionState::Destroyed | VersionState::Failed { .. }
+            )
     });
     let keys: Map<String, Value> = live
         .map(|v| (v.version.0.to_string(), json!(v.created_ms / 1000)))
         .collect();
     json!({
         "name": key.name,
-        "type": key.purpose,
+        "type": KEY_TYPE,
         "keys": keys,
         "latest_version": key.versions.last().map_or(0, |v| v.version.0),
+        "min_available_version": min_available_version(key),
         "min_decryption_version": key.min_decrypt_version.0.max(1),
         "min_encryption_version": 0,
+        "imported_key": false,
+        "soft_deleted": false,
         "deletion_allowed": deletion_allowed(key),
         "exportable": false,
         "allow_plaintext_backup": false,
@@ -277,20 +337,111 @@ async fn list_keys(
     }
 }
 
+/// The first version not trimmed (destroyed, being destroyed, or a failed
+/// generation) when the oldest versions are, else 0 as in Vault.
+fn min_available_version(key: &KeyRecord) -> u32 {
+    let gone = |s: &VersionState| {
+        matches!(
+            s,
+            VersionState::Destroyed
+                | VersionState::Destroying
+                | VersionState::PendingDestruction { .. }
+                | VersionState::Failed { .. }
+        )
+    };
+    let trimmed = key.versions.iter().take_while(|v| gone(&v.state)).count();
+    match key.versions.get(trimmed) {
+        Some(v) if trimmed > 0 => v.version.0,
+        _ => 0,
+    }
+}
+
+/// Options Vault offers that Quorumkey refuses rather than ignores.
+#[derive(Debug, Default, Deserialize)]
+struct KeyOptions {
+    #[serde(default, deserialize_with = "body::opt_bool")]
+    exportable: Option<bool>,
+    #[serde(default, deserialize_with = "body::opt_bool")]
+    allow_plaintext_backup: Option<bool>,
+    #[serde(default, deserialize_with = "body::opt_bool")]
+    derived: Option<bool>,
+    #[serde(default, deserialize_with = "body::opt_bool")]
+    convergent_encryption: Option<bool>,
+    #[serde(default, deserialize_with = "body::opt_u32")]
+    min_encryption_version: Option<u32>,
+}
+
+impl KeyOptions {
+    fn refuse_unsupported(&self) -> Result<(), VaultError> {
+        let refused = [
+            (self.exportable, "exportable", NO_EXPORT),
+            (
+                self.allow_plaintext_backup,
+                "allow_plaintext_backup",
+                NO_EXPORT,
+            ),
+            (
+                self.derived,
+                "derived",
+                "the encryption context is always bound to the ciphertext instead (see \
+                 docs/API.md, \"Vault Transit: differences\")",
+            ),
+            (
+                self.convergent_encryption,
+                "convergent_encryption",
+                "every encryption is randomized",
+            ),
+        ];
+        for (value, option, why) in refused {
+            if value == Some(true) {
+                return Err(VaultError::bad_request(format!(
+                    "{option} is not supported: {why}; leave it unset or false"
+                )));
+            }
+        }
+        if self.min_encryption_version.is_some_and(|v| v > 0) {
+            return Err(VaultError::bad_request(
+                "min_encryption_version is not supported: encryption always uses the latest \
+                 version; leave it unset or 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+const NO_EXPORT: &str = "no single party may hold a Quorumkey key: its private key exists only as \
+     Shamir shares on the holders, so it cannot be exported or backed up in the clear";
+
 #[derive(Debug, Default, Deserialize)]
 struct CreateBody {
     #[serde(rename = "type")]
     key_type: Option<String>,
     auto_rotate_period: Option<Value>,
+    #[serde(flatten)]
+    options: KeyOptions,
+}
+
+fn check_key_type(key_type: Option<&str>) -> Result<(), VaultError> {
+    match key_type.unwrap_or_default() {
+        "" | KEY_TYPE => Ok(()),
+        other => Err(VaultError::bad_request(format!(
+            "unsupported key type {other}: Quorumkey offers one type, {KEY_TYPE} (encryption \
+             and decryption by a quorum of holders; no signing, HMAC or export); omit type \
+             or pass type={KEY_TYPE}"
+        ))),
+    }
 }
 
 async fn create_key(
     State(state): State<AppState>,
     VaultCaller(caller): VaultCaller,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Reply {
-    let b: CreateBody = parse_json(body)?;
+    let b: CreateBody = body::parse(&headers, body)?;
+    check_key_type(b.key_type.as_deref())?;
+    b.options.refuse_unsupported()?;
     let rotation_period_ms = match &b.auto_rotate_period {
         Some(p) => parse_period_ms(p)?,
         None => None,
@@ -299,7 +450,7 @@ async fn create_key(
         name: name.clone(),
         description: String::new(),
         owner: caller.principal.clone(),
-        purpose: b.key_type.unwrap_or_else(|| "aes256-gcm96".to_owned()),
+        purpose: "encrypt".to_owned(),
         rotation_period_ms,
         expires_at_ms: None,
         threshold: 2,
@@ -353,18 +504,24 @@ async fn read_key(
 
 #[derive(Debug, Default, Deserialize)]
 struct ConfigBody {
+    #[serde(default, deserialize_with = "body::opt_u32")]
     min_decryption_version: Option<u32>,
+    #[serde(default, deserialize_with = "body::opt_bool")]
     deletion_allowed: Option<bool>,
     auto_rotate_period: Option<Value>,
+    #[serde(flatten)]
+    options: KeyOptions,
 }
 
 async fn config(
     State(state): State<AppState>,
     VaultCaller(caller): VaultCaller,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Reply {
-    let b: ConfigBody = parse_json(body)?;
+    let b: ConfigBody = body::parse(&headers, body)?;
+    b.options.refuse_unsupported()?;
     let key = fetch_key(&state, &caller, &name).await?;
     if let Some(v) = b.min_decryption_version {
         let op = Operation::SetMinDecryptVersion {
@@ -398,9 +555,10 @@ async fn rotate(
     State(state): State<AppState>,
     VaultCaller(caller): VaultCaller,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Reply {
-    let _: Value = parse_json(body)?;
+    let _: Map<String, Value> = body::parse(&headers, body)?;
     Ok(envelope(key_data(
         &rotate_and_wait(&state, &caller, &name).await?,
     )))
@@ -429,6 +587,85 @@ async fn delete_key(
         Err(r) => return Err(r.into()),
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct TrimBody {
+    #[serde(default, deserialize_with = "body::opt_u32")]
+    min_available_version: Option<u32>,
+}
+
+/// Versions below `min_available_version` are scheduled for quorum
+/// destruction at once; like Vault, it may not pass the minimum decryption
+/// version, so nothing still decryptable is trimmed.
+async fn trim(
+    State(state): State<AppState>,
+    VaultCaller(caller): VaultCaller,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let b: TrimBody = body::parse(&headers, body)?;
+    let key = fetch_key(&state, &caller, &name).await?;
+    let min_available = b
+        .min_available_version
+        .filter(|v| *v > 0)
+        .ok_or_else(|| VaultError::bad_request("missing or zero min_available_version"))?;
+    let min_decrypt = key.min_decrypt_version.0.max(1);
+    if min_available > min_decrypt {
+        return Err(VaultError::bad_request(format!(
+            "minimum available version {min_available} cannot be greater than the minimum \
+             decryption version {min_decrypt}; raise min_decryption_version first with \
+             transit/keys/{name}/config"
+        )));
+    }
+    let trimmed = key
+        .versions
+        .iter()
+        .filter(|v| v.version.0 < min_available && Transition::Destroy.applies_to(v));
+    let versions: Vec<u32> = trimmed.map(|v| v.version.0).collect();
+    for version in versions {
+        let body = LifecycleBody {
+            version: Some(version),
+            after_ms: Some(0),
+            ..LifecycleBody::default()
+        };
+        apply_transition(&state, &caller, &name, Transition::Destroy, &body).await?;
+    }
+    Ok(envelope(key_data(
+        &fetch_key(&state, &caller, &name).await?,
+    )))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct CacheConfigBody {
+    #[serde(default, deserialize_with = "body::opt_u64")]
+    size: Option<u64>,
+}
+
+/// Nodes keep no key cache to size (keys are read from the applied state),
+/// so the only size there is, 0, is answered and any other is refused.
+async fn cache_config(_: VaultCaller, headers: HeaderMap, body: Body) -> Reply {
+    let b: CacheConfigBody = body::parse(&headers, body)?;
+    if b.size.is_some_and(|s| s > 0) {
+        return Err(VaultError::bad_request(
+            "a cache size cannot be set: Quorumkey nodes read keys from their replicated \
+             state and keep no transit key cache; leave size unset or 0",
+        ));
+    }
+    Ok(envelope(json!({ "size": 0 })))
+}
+
+async fn no_export() -> VaultError {
+    VaultError::bad_request(format!(
+        "backup, restore and export are not offered: {NO_EXPORT}"
+    ))
+}
+
+async fn no_signing() -> VaultError {
+    VaultError::bad_request(format!(
+        "hmac, sign and verify are not offered: {KEY_TYPE} keys encrypt and decrypt only"
+    ))
 }
 
 // ---- data ----
@@ -555,8 +792,14 @@ async fn run_item(
     }
 }
 
-async fn run_data(state: AppState, caller: Caller, name: String, op: DataOp, body: Body) -> Reply {
-    let b: DataBody = parse_json(body)?;
+async fn run_data(
+    state: AppState,
+    caller: Caller,
+    name: String,
+    op: DataOp,
+    (headers, body): (HeaderMap, Body),
+) -> Reply {
+    let b: DataBody = body::parse(&headers, body)?;
     let Some(batch) = &b.batch_input else {
         let data = run_item(&state, &caller, &name, op, &b.item).await?;
         return Ok(respond_secret(data));
@@ -582,31 +825,35 @@ async fn encrypt(
     State(state): State<AppState>,
     VaultCaller(caller): VaultCaller,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Reply {
-    run_data(state, caller, name, DataOp::Encrypt, body).await
+    run_data(state, caller, name, DataOp::Encrypt, (headers, body)).await
 }
 
 async fn decrypt(
     State(state): State<AppState>,
     VaultCaller(caller): VaultCaller,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Reply {
-    run_data(state, caller, name, DataOp::Decrypt, body).await
+    run_data(state, caller, name, DataOp::Decrypt, (headers, body)).await
 }
 
 async fn rewrap(
     State(state): State<AppState>,
     VaultCaller(caller): VaultCaller,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Reply {
-    run_data(state, caller, name, DataOp::Rewrap, body).await
+    run_data(state, caller, name, DataOp::Rewrap, (headers, body)).await
 }
 
 #[derive(Debug, Default, Deserialize)]
 struct DataKeyBody {
+    #[serde(default, deserialize_with = "body::opt_u32")]
     bits: Option<u32>,
     context: Option<String>,
 }
@@ -615,6 +862,7 @@ async fn datakey(
     State(state): State<AppState>,
     VaultCaller(caller): VaultCaller,
     Path((kind, name)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Body,
 ) -> Reply {
     let with_plaintext = match kind.as_str() {
@@ -626,7 +874,7 @@ async fn datakey(
             ))
         }
     };
-    let b: DataKeyBody = parse_json(body)?;
+    let b: DataKeyBody = body::parse(&headers, body)?;
     let bytes = match b.bits.unwrap_or(256) {
         128 => 16,
         256 => 32,
@@ -658,101 +906,9 @@ async fn datakey(
     }
 }
 
-// ---- token and health ----
-
-/// RFC 3339 UTC text of a Unix time in seconds.
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-async fn lookup_self(State(state): State<AppState>, VaultCaller(caller): VaultCaller) -> Reply {
-    let req = ClientRequest::WhoAmI {
-        token_id: caller.token_id.clone(),
-    };
-    let (principal, token) = match state.read(&caller, req).await? {
-        ClientResponse::Identity { principal, token } => (principal, token),
-        other => return Err(Failure::unexpected("lookup-self", &other).into()),
-    };
-    let policies: Vec<&str> = principal.roles.iter().map(|r| r.name()).collect();
-    let now_s = now_ms() / 1000;
-    let (id, ttl, expire_time) = match &token {
-        Some(t) => (
-            t.id.clone(),
-            (t.expires_at_ms / 1000).saturating_sub(now_s),
-            json!(rfc3339(t.expires_at_ms / 1000)),
-        ),
-        None => (String::new(), 0, Value::Null),
-    };
-    Ok(envelope(json!({
-        "id": id,
-        "display_name": principal.name,
-        "policies": policies,
-        "ttl": ttl,
-        "expire_time": expire_time,
-        "entity_id": "",
-        "meta": null,
-    })))
-}
-
-#[derive(Debug, Deserialize)]
-struct HealthQuery {
-    standbyok: Option<bool>,
-}
-
-async fn health(
-    State(state): State<AppState>,
-    query: Result<Query<HealthQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let standby_ok = query.ok().and_then(|Query(q)| q.standbyok) == Some(true);
-    let ready = state.backend.readiness().is_ok();
-    let standby = !state.backend.gauges().is_leader;
-    let status = match (ready, standby) {
-        (false, _) => StatusCode::SERVICE_UNAVAILABLE,
-        (true, true) if !standby_ok => StatusCode::TOO_MANY_REQUESTS,
-        _ => StatusCode::OK,
-    };
-    let body = json!({
-        "initialized": true,
-        "sealed": false,
-        "standby": standby,
-        "performance_standby": false,
-        "replication_performance_mode": "disabled",
-        "replication_dr_mode": "disabled",
-        "server_time_utc": now_ms() / 1000,
-        "version": concat!("qk-", env!("CARGO_PKG_VERSION")),
-        "cluster_name": "quorumkey",
-        "cluster_id": "",
-    });
-    (status, Json(body)).into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_known_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-    }
 
     #[test]
     fn periods_parse() {

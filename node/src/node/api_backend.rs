@@ -79,6 +79,8 @@ impl Backend for ApiBackend {
             key_count: s.key_count,
             audit_len: s.audit_len,
             is_leader: s.leader == Some(s.node_id),
+            voters: s.voters.len() as u64,
+            leader_api_url: s.leader.and_then(|id| self.0.member_api_urls().remove(&id)),
         }
     }
 }

@@ -387,6 +387,8 @@ impl Backend for FakeBackend {
             key_count: self.store.lock().unwrap().keys.len() as u64,
             audit_len: 7,
             is_leader: true,
+            voters: 3,
+            leader_api_url: Some("https://127.0.0.1:7201".into()),
         }
     }
 
