@@ -9,93 +9,18 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Instant;
 
-use common::Cluster;
+use common::{print_logs, Cluster};
 
 const HVAC: &str = "hvac==2.4.0";
 
-fn ok(what: &str, out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// A venv under `root` with hvac installed; returns its python.
 fn venv_with_hvac(root: &Path) -> PathBuf {
-    let venv = root.join("venv");
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 (needed for the hvac test): {e}"));
-    ok("python3 -m venv", made);
-    let python = venv.join("bin").join("python");
-    let pip = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--timeout",
-            "30",
-            HVAC,
-        ])
-        .output()
-        .expect("the venv's python runs");
-    assert!(
-        pip.status.success(),
-        "pip install {HVAC} failed — is the Python package index reachable (proxy, \
-         PIP_INDEX_URL)? This test needs it and does not skip.\nstderr:\n{}",
-        String::from_utf8_lossy(&pip.stderr)
-    );
-    python
-}
-
-impl Cluster {
-    fn api_url(&self) -> String {
-        let profile =
-            std::fs::read_to_string(self.dir.join("profile.toml")).expect("profile.toml written");
-        profile
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once('=')?;
-                (k.trim() == "addr").then(|| v.trim().trim_matches('"').to_owned())
-            })
-            .unwrap_or_else(|| panic!("no addr in profile.toml:\n{profile}"))
-    }
-
-    fn admin_token(&self) -> String {
-        let out = ok(
-            "qk token create",
-            self.run(
-                None,
-                &[
-                    "token",
-                    "create",
-                    "--principal",
-                    "admin",
-                    "--ttl",
-                    "1h",
-                    "--output",
-                    "json",
-                ],
-                None,
-            ),
-        );
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("token create prints JSON");
-        let token = v["token"].as_str().unwrap_or_default().to_owned();
-        assert!(token.starts_with("qkt."), "token create printed {v}");
-        token
-    }
+    common::venv_with(&root.join("venv"), HVAC).unwrap_or_else(|e| {
+        panic!("{e}; this test needs python3 and the Python package index and does not skip")
+    })
 }
 
 #[test]
@@ -143,19 +68,4 @@ fn hvac_speaks_vault_transit_to_a_dev_cluster() {
         out.status
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ALL CHECKS PASSED"));
-}
-
-/// The last lines of each node log (the tempdir is gone after the test).
-fn print_logs(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        eprintln!("---- {} (last 40 lines)", entry.path().display());
-        for line in &lines[lines.len().saturating_sub(40)..] {
-            eprintln!("{line}");
-        }
-    }
 }

@@ -100,3 +100,109 @@ impl Cluster {
         qk(self.cwd(), token, args, stdin)
     }
 }
+
+/// A Python venv at `venv` with `package` (pip syntax) installed, made when
+/// missing; returns its python, or why it could not be made.
+pub fn venv_with(venv: &Path, package: &str) -> Result<PathBuf, String> {
+    let python = venv.join("bin").join("python");
+    let marker = venv.join(format!(".installed-{}", package.replace(['=', '/'], "_")));
+    if marker.is_file() {
+        return Ok(python);
+    }
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(venv)
+        .output()
+        .map_err(|e| format!("cannot run python3 -m venv: {e}"))?;
+    if !made.status.success() {
+        return Err(format!("python3 -m venv failed: {}", stderr(&made)));
+    }
+    let pip = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(["--timeout", "30", package])
+        .output()
+        .map_err(|e| format!("cannot run the venv's pip: {e}"))?;
+    if !pip.status.success() {
+        return Err(format!(
+            "pip install {package} failed (is the Python package index reachable? proxy, \
+             PIP_INDEX_URL): {}",
+            stderr(&pip)
+        ));
+    }
+    std::fs::write(&marker, b"").map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+    Ok(python)
+}
+
+/// `out`, or a panic showing what failed and its output.
+pub fn ok_output(what: &str, out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Cluster {
+    /// The HTTPS API address `qk dev up` wrote into the profile.
+    pub fn api_url(&self) -> String {
+        let profile =
+            std::fs::read_to_string(self.dir.join("profile.toml")).expect("profile.toml written");
+        profile
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                (k.trim() == "addr").then(|| v.trim().trim_matches('"').to_owned())
+            })
+            .unwrap_or_else(|| panic!("no addr in profile.toml:\n{profile}"))
+    }
+
+    /// A fresh one-hour token of the `admin` principal.
+    pub fn admin_token(&self) -> String {
+        let out = ok_output(
+            "qk token create",
+            self.run(
+                None,
+                &[
+                    "token",
+                    "create",
+                    "--principal",
+                    "admin",
+                    "--ttl",
+                    "1h",
+                    "--output",
+                    "json",
+                ],
+                None,
+            ),
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("token create prints JSON");
+        let token = v["token"].as_str().unwrap_or_default().to_owned();
+        assert!(token.starts_with("qkt."), "token create printed {v}");
+        token
+    }
+}
+
+/// The last lines of each node log (the tempdir is gone after the test).
+pub fn print_logs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!("---- {} (last 40 lines)", entry.path().display());
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("{line}");
+        }
+    }
+}

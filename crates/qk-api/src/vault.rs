@@ -75,6 +75,17 @@ impl IntoResponse for VaultError {
     }
 }
 
+/// A status a caller chose with one of Vault's `*code` parameters.
+fn chosen_status(code: u32, parameter: &str) -> Result<StatusCode, VaultError> {
+    u16::try_from(code)
+        .ok()
+        .filter(|c| (200..=599).contains(c))
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| {
+            VaultError::bad_request(format!("invalid {parameter} {code}; use 200 to 599"))
+        })
+}
+
 /// Vault's status for a failure: 401 is 403 (Vault's "permission denied"),
 /// 409 is 400 (Vault has no conflict status).
 /// A failure in Vault's error shape, for code outside the Vault handlers.
@@ -677,6 +688,8 @@ struct Item {
     ciphertext: Option<String>,
     context: Option<String>,
     approval_id: Option<String>,
+    /// Echoed back in the item's result, as Vault does.
+    reference: Option<String>,
 }
 
 impl Drop for Item {
@@ -692,6 +705,29 @@ struct DataBody {
     #[serde(flatten)]
     item: Item,
     batch_input: Option<Vec<Item>>,
+    /// The status of a batch where some items failed and some did not.
+    #[serde(default, deserialize_with = "body::opt_u32")]
+    partial_failure_response_code: Option<u32>,
+}
+
+/// A batch's status, as Vault decides it: 200 when every item succeeded;
+/// `partial_failure_response_code` (when given) if some did; otherwise 400
+/// for a caller's error in any item, 500 for the cluster's.
+fn batch_status(
+    succeeded: usize,
+    client_error: bool,
+    server_error: bool,
+    partial_code: Option<u32>,
+) -> Result<StatusCode, VaultError> {
+    let partial = partial_code
+        .map(|c| chosen_status(c, "partial_failure_response_code"))
+        .transpose()?;
+    Ok(match (client_error || server_error, partial) {
+        (false, _) => StatusCode::OK,
+        (true, Some(code)) if succeeded > 0 => code,
+        _ if client_error => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    })
 }
 
 fn context_of(vault_context: Option<&str>) -> Result<BTreeMap<String, String>, Failure> {
@@ -769,7 +805,12 @@ async fn run_item(
         DataOp::Encrypt => ClientRequest::Encrypt {
             name: name.to_owned(),
             context,
-            plaintext: decode_b64("plaintext", item.plaintext.as_deref().unwrap_or(""))?,
+            plaintext: decode_b64(
+                "plaintext",
+                item.plaintext
+                    .as_deref()
+                    .ok_or_else(|| VaultError::bad_request("missing plaintext to encrypt"))?,
+            )?,
         },
         DataOp::Decrypt => ClientRequest::Decrypt {
             ciphertext: from_vault_ciphertext(&field(&item.ciphertext, "ciphertext")?)?,
@@ -811,14 +852,31 @@ async fn run_data(
         )));
     }
     let mut results = Vec::with_capacity(batch.len());
+    let (mut succeeded, mut client_error, mut server_error) = (0, false, false);
     for item in batch {
-        let result = match run_item(&state, &caller, &name, op, item).await {
-            Ok(v) => v,
-            Err(e) => json!({ "error": e.message }),
+        let mut result = match run_item(&state, &caller, &name, op, item).await {
+            Ok(v) => {
+                succeeded += 1;
+                v
+            }
+            Err(e) => {
+                server_error |= e.status.is_server_error();
+                client_error |= !e.status.is_server_error();
+                json!({ "error": e.message })
+            }
         };
+        result["reference"] = json!(item.reference.as_deref().unwrap_or_default());
         results.push(result);
     }
-    Ok(respond_secret(json!({ "batch_results": results })))
+    let status = batch_status(
+        succeeded,
+        client_error,
+        server_error,
+        b.partial_failure_response_code,
+    )?;
+    let mut response = respond_secret(json!({ "batch_results": results }));
+    *response.status_mut() = status;
+    Ok(response)
 }
 
 async fn encrypt(
@@ -917,6 +975,26 @@ mod tests {
         assert_eq!(parse_period_ms(&json!("0")).ok(), Some(None));
         assert!(parse_period_ms(&json!("5y")).is_err());
         assert!(parse_period_ms(&json!("99999999999999999999d")).is_err());
+    }
+
+    #[test]
+    fn batch_status_follows_vault() {
+        let st = |ok, client, server, code| batch_status(ok, client, server, code).ok();
+        assert_eq!(st(2, false, false, None), Some(StatusCode::OK));
+        assert_eq!(st(2, false, false, Some(207)), Some(StatusCode::OK));
+        assert_eq!(st(1, true, false, None), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            st(1, true, false, Some(207)),
+            Some(StatusCode::MULTI_STATUS)
+        );
+        assert_eq!(st(0, true, false, Some(207)), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            st(1, false, true, None),
+            Some(StatusCode::INTERNAL_SERVER_ERROR)
+        );
+        assert_eq!(st(1, true, true, None), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(st(1, true, false, Some(99)), None);
+        assert_eq!(st(1, true, false, Some(70_000)), None);
     }
 
     #[test]

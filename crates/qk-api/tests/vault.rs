@@ -211,21 +211,24 @@ async fn encrypt_decrypt_single_and_batch() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["data"]["plaintext"], B64.encode(b"secret"));
 
-    // Batch: two good items and one bad one.
+    // Batch: two good items and one bad one answer 400, as in Vault, with
+    // every item's result and its reference.
     let r = vault(&h, Method::POST, "/v1/transit/encrypt/k")
         .json(&json!({"batch_input": [
-            {"plaintext": B64.encode(b"one")},
+            {"plaintext": B64.encode(b"one"), "reference": "first"},
             {"plaintext": "not base64!"},
             {"plaintext": B64.encode(b"two"), "context": ctx},
         ]}))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body: Value = r.json().await.unwrap();
     let results = body["data"]["batch_results"].as_array().unwrap().clone();
     assert_eq!(results.len(), 3);
     assert!(results[0]["ciphertext"].is_string());
+    assert_eq!(results[0]["reference"], "first");
+    assert_eq!(results[1]["reference"], "");
     assert!(results[1]["error"].is_string(), "{}", results[1]);
     assert!(results[2]["ciphertext"].is_string());
 
@@ -234,11 +237,11 @@ async fn encrypt_decrypt_single_and_batch() {
             {"ciphertext": results[0]["ciphertext"]},
             {"ciphertext": "vault:v1:garbage"},
             {"ciphertext": results[2]["ciphertext"], "context": ctx},
-        ]}))
+        ], "partial_failure_response_code": "207"}))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.status(), StatusCode::MULTI_STATUS);
     let body: Value = r.json().await.unwrap();
     let results = body["data"]["batch_results"].as_array().unwrap().clone();
     assert_eq!(results[0]["plaintext"], B64.encode(b"one"));
@@ -337,6 +340,13 @@ async fn cli_style_bodies_and_refused_options() {
     // The CLI's `k=v` arguments arrive as strings; a form body is accepted too.
     let (status, _) = answer(vault(&h, Method::PUT, "/v1/transit/keys/k").body("null")).await;
     assert_eq!(status, StatusCode::OK);
+    let (status, body) = answer(vault(&h, Method::POST, "/v1/transit/encrypt/k").body("{}")).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "no plaintext, nothing encrypted: {body}"
+    );
+    assert_eq!(body["errors"][0], "missing plaintext to encrypt");
     let config = json!({"deletion_allowed": "true", "min_decryption_version": "1"});
     let (status, body) =
         answer(vault(&h, Method::PUT, "/v1/transit/keys/k/config").json(&config)).await;

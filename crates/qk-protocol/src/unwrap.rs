@@ -78,6 +78,8 @@ pub struct UnwrapRequest {
 pub enum UnwrapError {
     #[error("ciphertext does not decode ({0}); pass the ciphertext exactly as wrap returned it")]
     BadCiphertext(String),
+    #[error("the ciphertext does not verify for this encryption context: Quorumkey binds the context to every ciphertext, so decrypt with exactly the context used to encrypt (otherwise the ciphertext was altered)")]
+    ContextMismatch,
     #[error("key {0:?} does not exist; list keys to see the inventory")]
     NoSuchKey(String),
     #[error("ciphertext was made under key id {found}, but key {name:?} has id {expected}; decrypt with the key the ciphertext names")]
@@ -445,6 +447,12 @@ impl PendingUnwrap {
         request
             .check_bounds()
             .map_err(|e| UnwrapError::BadCiphertext(e.to_string()))?;
+        // Holders check this too; checking first spares them a request that
+        // must fail, and names the cause.
+        ciphertext.verify(&req.context).map_err(|e| match e {
+            CryptoError::InvalidCiphertextProof => UnwrapError::ContextMismatch,
+            other => UnwrapError::BadCiphertext(other.to_string()),
+        })?;
         let mut pending = PendingUnwrap {
             deadline_ms,
             hedge_at_ms,

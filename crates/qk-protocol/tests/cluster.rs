@@ -487,6 +487,24 @@ fn disabled_or_missing_versions_fail_at_once() {
 }
 
 #[test]
+fn a_ciphertext_bound_to_another_context_fails_at_once_without_asking_holders() {
+    let mut c = Cluster::generated(2, 3, 41);
+    let other = std::collections::BTreeMap::from([("tenant".to_owned(), "other".to_owned())]);
+    let ct = c.wrap_for(V1, &other, b"payload");
+    let op = c.start_unwrap(1, ct, "app");
+    let (result, _) = c.outcome(1, op).expect("at once");
+    assert_eq!(
+        result.as_ref().expect_err("wrong context"),
+        &qk_protocol::UnwrapError::ContextMismatch
+    );
+    assert!(c.asked(1, op).is_empty(), "no holder is asked");
+    let ok = c.wrap(V1, b"payload");
+    let op = c.start_unwrap(1, ok, "app");
+    c.run_until_idle();
+    assert!(c.outcome(1, op).expect("done").0.is_ok());
+}
+
+#[test]
 fn runs_are_reproducible_from_the_seed() {
     let a = Cluster::generated(2, 3, 20);
     let b = Cluster::generated(2, 3, 20);

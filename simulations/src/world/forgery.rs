@@ -230,14 +230,45 @@ impl World {
         self.stats.unchecked_partials += 1;
         self.unchecked_partials.insert(request.op_id);
         self.trace("unchecked-partial", &request.op_id.to_be_bytes());
-        let msg = ProtocolMessage::PartialRequest(request);
-        match msg.encode() {
+        self.send_to_holders(byz, request, holders);
+    }
+
+    /// The byzantine node puts to the holders an unwrap of a wrapped
+    /// ciphertext under `context`, another tenant's, with the principal's
+    /// valid proof for it. An honest coordinator refuses such an unwrap
+    /// before asking anyone, so only a compromised node can send it; each
+    /// holder's own ciphertext-proof check must refuse it (invariant 9).
+    /// Returns whether it was sent.
+    pub(super) fn foreign_context_request(&mut self, context: EncryptionContext) -> bool {
+        let Some(byz) = self.byzantine else {
+            return false;
+        };
+        if self.wrapped.is_empty() {
+            return false;
+        }
+        let pick = self.rng.random_range(0..self.wrapped.len());
+        let Some((mut request, holders)) = self.request_for(pick, "app", byz) else {
+            return false;
+        };
+        let proof = self.sign_intent("app", &request.ciphertext, &context, byz);
+        request.proof = proof.map(Box::new);
+        request.context = context.clone();
+        self.unwrap_requests
+            .insert((byz, request.op_id), (request.ciphertext.clone(), context));
+        self.stats.attacks += 1;
+        self.trace("foreign-context-partial", &request.op_id.to_be_bytes());
+        self.send_to_holders(byz, request, holders);
+        true
+    }
+
+    fn send_to_holders(&mut self, byz: NodeId, request: PartialRequest, holders: Vec<NodeId>) {
+        match ProtocolMessage::PartialRequest(request).encode() {
             Ok(bytes) => {
                 for to in holders {
                     self.send(byz, to, bytes.to_vec());
                 }
             }
-            Err(e) => self.fail(format!("an unchecked partial request does not encode: {e}")),
+            Err(e) => self.fail(format!("a forged partial request does not encode: {e}")),
         }
     }
 

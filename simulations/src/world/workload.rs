@@ -31,10 +31,18 @@ impl World {
                 let via = live[self.rng.random_range(0..live.len())];
                 match self.rng.random_range(0..20) {
                     0 | 1 => {
-                        // The caller names another tenant's context.
+                        // The caller names another tenant's context: through
+                        // an honest coordinator, or put to the holders by the
+                        // compromised node.
                         let evil = BTreeMap::from([("tenant".to_string(), "mallory".to_string())]);
-                        self.stats.attacks += 1;
-                        self.start_unwrap_with(via, &name, ct, None, (evil, "app"));
+                        let byz_live = self.byzantine.is_some_and(|b| live.contains(&b));
+                        let sent_by_byzantine = byz_live
+                            && self.rng.random_bool(0.5)
+                            && self.foreign_context_request(evil.clone());
+                        if !sent_by_byzantine {
+                            self.stats.attacks += 1;
+                            self.start_unwrap_with(via, &name, ct, None, (evil, "app"));
+                        }
                     }
                     2 => {
                         // A principal whose role gives no decrypt, with its own

@@ -15,7 +15,9 @@ use sha2::Digest;
 use crate::errors::Failure;
 use crate::AppState;
 
-use super::{envelope, envelope_value, now_ms, Reply, VaultCaller, VaultError};
+use super::{
+    body, chosen_status, envelope, envelope_value, now_ms, Reply, VaultCaller, VaultError,
+};
 
 const VERSION: &str = concat!("qk-", env!("CARGO_PKG_VERSION"));
 const CLUSTER_NAME: &str = "quorumkey";
@@ -115,25 +117,28 @@ pub(crate) async fn renew_self(_: VaultCaller) -> VaultError {
 /// Vault's health parameters: which status answers which node state.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct HealthQuery {
+    #[serde(default, deserialize_with = "body::opt_bool")]
     standbyok: Option<bool>,
-    activecode: Option<u16>,
-    standbycode: Option<u16>,
-    sealedcode: Option<u16>,
-    uninitcode: Option<u16>,
-    drsecondarycode: Option<u16>,
-    performancestandbycode: Option<u16>,
+    #[serde(default, deserialize_with = "body::opt_u32")]
+    activecode: Option<u32>,
+    #[serde(default, deserialize_with = "body::opt_u32")]
+    standbycode: Option<u32>,
+    #[serde(default, deserialize_with = "body::opt_u32")]
+    sealedcode: Option<u32>,
+    #[serde(default, deserialize_with = "body::opt_u32")]
+    uninitcode: Option<u32>,
+    #[serde(default, deserialize_with = "body::opt_u32")]
+    drsecondarycode: Option<u32>,
+    #[serde(default, deserialize_with = "body::opt_u32")]
+    performancestandbycode: Option<u32>,
 }
 
-fn status_code(code: Option<u16>, default: StatusCode) -> Result<StatusCode, VaultError> {
-    match code {
-        None => Ok(default),
-        Some(c) => StatusCode::from_u16(c)
-            .ok()
-            .filter(|_| (200..=599).contains(&c))
-            .ok_or_else(|| {
-                VaultError::bad_request(format!("invalid status code {c}; use 200 to 599"))
-            }),
-    }
+fn status_code(
+    code: Option<u32>,
+    parameter: &str,
+    default: StatusCode,
+) -> Result<StatusCode, VaultError> {
+    code.map_or(Ok(default), |c| chosen_status(c, parameter))
 }
 
 /// The status `sys/health` answers: not ready answers `sealedcode` (Vault's
@@ -144,11 +149,15 @@ pub(crate) fn health_status(
     ready: bool,
     standby: bool,
 ) -> Result<StatusCode, VaultError> {
-    let active = status_code(q.activecode, StatusCode::OK)?;
-    let standby_code = status_code(q.standbycode, StatusCode::TOO_MANY_REQUESTS)?;
-    let not_ready = status_code(q.sealedcode, StatusCode::SERVICE_UNAVAILABLE)?;
-    for unused in [q.uninitcode, q.drsecondarycode, q.performancestandbycode] {
-        status_code(unused, StatusCode::OK)?;
+    let active = status_code(q.activecode, "activecode", StatusCode::OK)?;
+    let standby_code = status_code(q.standbycode, "standbycode", StatusCode::TOO_MANY_REQUESTS)?;
+    let not_ready = status_code(q.sealedcode, "sealedcode", StatusCode::SERVICE_UNAVAILABLE)?;
+    for (unused, parameter) in [
+        (q.uninitcode, "uninitcode"),
+        (q.drsecondarycode, "drsecondarycode"),
+        (q.performancestandbycode, "performancestandbycode"),
+    ] {
+        status_code(unused, parameter, StatusCode::OK)?;
     }
     Ok(match (ready, standby) {
         (false, _) => not_ready,
@@ -178,7 +187,6 @@ pub(crate) async fn health(
         "initialized": true,
         "sealed": false,
         "standby": standby,
-        "performance_standby": false,
         "replication_performance_mode": "disabled",
         "replication_dr_mode": "disabled",
         "server_time_utc": now_ms() / 1000,
@@ -295,6 +303,7 @@ mod tests {
             Some(StatusCode::SERVICE_UNAVAILABLE)
         );
         assert_eq!(st(&q("standbyok=true"), true, true), Some(StatusCode::OK));
+        assert_eq!(st(&q("standbyok=True"), true, true), Some(StatusCode::OK));
         assert_eq!(st(&q("standbycode=200"), true, true), Some(StatusCode::OK));
         assert_eq!(
             st(&q("activecode=204"), true, false),

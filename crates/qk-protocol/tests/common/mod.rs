@@ -445,9 +445,19 @@ impl Cluster {
     }
 
     pub fn wrap(&mut self, v: KeyVersion, plaintext: &[u8]) -> Vec<u8> {
+        self.wrap_for(v, &ctx(), plaintext)
+    }
+
+    /// A ciphertext of `plaintext` under version `v` bound to `context`.
+    pub fn wrap_for(
+        &mut self,
+        v: KeyVersion,
+        context: &EncryptionContext,
+        plaintext: &[u8],
+    ) -> Vec<u8> {
         let keys = self.public_keys(v);
         let id = self.key().id;
-        wrap(&mut self.rng, &keys.public_key(), id, v, &ctx(), plaintext)
+        wrap(&mut self.rng, &keys.public_key(), id, v, context, plaintext)
             .expect("wrap")
             .to_bytes()
     }
