@@ -198,6 +198,12 @@ pub enum ClusterCommand {
     /// Members, leader, term, each node's health and live holders per key version.
     #[command(after_help = "Examples:\n  qk cluster status\n  qk cluster status -o json")]
     Status,
+    /// Whether the node at --addr is ready (knows a leader, caught up); exits 0 if so, 1 if not.
+    /// Needs no credential: a health check for containers and load balancers.
+    #[command(
+        after_help = "Example:\n  qk cluster ready --addr https://127.0.0.1:8200 --ca-cert /pki/ca.pem"
+    )]
+    Ready,
 }
 
 #[derive(Subcommand, Debug)]

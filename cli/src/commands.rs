@@ -27,9 +27,22 @@ fn key_out(ctx: &Ctx, key: &KeyView) -> Result<()> {
     emit(ctx.format, key, output::key_detail)
 }
 
-pub async fn cluster(ctx: &Ctx, _cmd: ClusterCommand) -> Result<()> {
-    let health = ctx.api.cluster().await?;
-    emit(ctx.format, &health, output::cluster_text)
+pub async fn cluster(ctx: &Ctx, cmd: ClusterCommand) -> Result<()> {
+    match cmd {
+        ClusterCommand::Status => {
+            let health = ctx.api.cluster().await?;
+            emit(ctx.format, &health, output::cluster_text)
+        }
+        ClusterCommand::Ready => {
+            let base = ctx.api.base_url().to_owned();
+            let health = ctx.api.ready_at(&base).await.with_context(|| {
+                format!("node {base} is not ready; `qk cluster status` shows why")
+            })?;
+            emit(ctx.format, &health, |h| {
+                format!("node {} at {base} is {}\n", h.node_id, h.status)
+            })
+        }
+    }
 }
 
 pub async fn key(ctx: &Ctx, cmd: KeyCommand) -> Result<()> {

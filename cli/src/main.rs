@@ -64,6 +64,14 @@ fn report(e: &anyhow::Error) -> ExitCode {
 }
 
 fn connect(global: &GlobalArgs) -> Result<Ctx> {
+    connect_with(global, settings::Settings::api_config)
+}
+
+/// A context whose client is built by `config` from the resolved settings.
+fn connect_with(
+    global: &GlobalArgs,
+    config: fn(&settings::Settings, u64) -> Result<qk_client::http::ApiConfig>,
+) -> Result<Ctx> {
     let flags = settings::ConnFlags {
         addr: global.addr.clone(),
         token: global.token.clone(),
@@ -75,7 +83,7 @@ fn connect(global: &GlobalArgs) -> Result<Ctx> {
     let home = std::env::var_os("HOME").map(Into::into);
     let s = settings::resolve(flags, &|name| std::env::var(name).ok(), home)?;
     let timeout_ms = util::parse_duration_ms(&global.timeout)?;
-    let api = ApiClient::new(&s.api_config(timeout_ms)?)?;
+    let api = ApiClient::new(&config(&s, timeout_ms)?)?;
     Ok(Ctx {
         api,
         format: global.output,
@@ -99,6 +107,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "qk", &mut std::io::stdout());
             Ok(())
+        }
+        Command::Cluster(cmd @ ClusterCommand::Ready) => {
+            let ctx = connect_with(&cli.global, settings::Settings::probe_config)?;
+            commands::cluster(&ctx, cmd).await
         }
         other => {
             let ctx = connect(&cli.global)?;

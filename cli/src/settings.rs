@@ -177,10 +177,25 @@ fn url_list(addr: &str, nodes: &[String]) -> Vec<String> {
 }
 
 impl Settings {
-    pub fn api_config(&self, timeout_ms: u64) -> Result<ApiConfig> {
-        let ca_cert = self.ca_cert.clone().context(
+    fn ca_cert(&self) -> Result<PathBuf> {
+        self.ca_cert.clone().context(
             "no cluster CA certificate; pass --ca-cert FILE (or QK_CA_CERT), or start a cluster with `qk dev up`",
-        )?;
+        )
+    }
+
+    /// For unauthenticated probes (`qk cluster ready`): no credential.
+    pub fn probe_config(&self, timeout_ms: u64) -> Result<ApiConfig> {
+        Ok(ApiConfig {
+            urls: self.urls.clone(),
+            ca_cert: self.ca_cert()?,
+            client_identity: None,
+            token: None,
+            timeout_ms,
+        })
+    }
+
+    pub fn api_config(&self, timeout_ms: u64) -> Result<ApiConfig> {
+        let ca_cert = self.ca_cert()?;
         let client_identity = match (&self.client_cert, &self.client_key) {
             (Some(c), Some(k)) => Some((c.clone(), k.clone())),
             (None, None) => None,

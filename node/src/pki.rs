@@ -36,6 +36,22 @@ pub enum PkiCommand {
         #[arg(long)]
         name: String,
     },
+    /// One-shot PKI of a whole cluster, for containers: a CA, node
+    /// certificates 1..=NODES (host PREFIX<id>, 127.0.0.1 and localhost) and
+    /// a client certificate. When DIR already holds the CA, it checks that
+    /// every file is there and changes nothing, so it can run on every start.
+    ///
+    /// Example: qk-node pki cluster --dir /pki --nodes 3 --host-prefix qk --client admin
+    Cluster {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+        nodes: u64,
+        #[arg(long, default_value = "qk")]
+        host_prefix: String,
+        #[arg(long, default_value = "admin")]
+        client: String,
+    },
 }
 
 pub fn run(cmd: PkiCommand) -> Result<()> {
@@ -52,7 +68,59 @@ pub fn run(cmd: PkiCommand) -> Result<()> {
             let (cert, key) = issue_client(&dir, &name)?;
             println!("client {name}: {} {}", cert.display(), key.display());
         }
+        PkiCommand::Cluster {
+            dir,
+            nodes,
+            host_prefix,
+            client,
+        } => cluster(&dir, nodes, &host_prefix, &client)?,
     }
+    Ok(())
+}
+
+/// The files `pki cluster` writes into its directory.
+fn cluster_files(nodes: u64, client: &str) -> Vec<String> {
+    let mut files = vec!["ca.pem".to_owned(), "ca.key".to_owned()];
+    for id in 1..=nodes {
+        files.push(format!("node-{id}.pem"));
+        files.push(format!("node-{id}.key"));
+    }
+    files.push(format!("client-{client}.pem"));
+    files.push(format!("client-{client}.key"));
+    files
+}
+
+fn cluster(dir: &Path, nodes: u64, host_prefix: &str, client: &str) -> Result<()> {
+    if dir.join("ca.pem").exists() {
+        let missing: Vec<String> = cluster_files(nodes, client)
+            .into_iter()
+            .filter(|f| !dir.join(f).is_file())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "{} holds a CA but not {}; issue them with `qk-node pki issue-node` and \
+                 `issue-client`, or start from an empty directory",
+                dir.display(),
+                missing.join(", ")
+            );
+        }
+        println!("{} already holds the cluster PKI; kept", dir.display());
+        return Ok(());
+    }
+    init(dir)?;
+    for id in 1..=nodes {
+        let hosts = [
+            format!("{host_prefix}{id}"),
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+        ];
+        issue_node(dir, id, &hosts)?;
+    }
+    issue_client(dir, client)?;
+    println!(
+        "cluster PKI for nodes 1..={nodes} and client {client} written to {}",
+        dir.display()
+    );
     Ok(())
 }
 
@@ -104,4 +172,27 @@ pub fn issue_client(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
         .save(&cert, &key)
         .context("cannot save the client certificate")?;
     Ok((cert, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_pki_is_written_once_then_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = dir.path().join("pki");
+        cluster(&pki, 3, "qk", "admin").expect("first run writes");
+        let files = cluster_files(3, "admin");
+        assert_eq!(files.len(), 10);
+        for f in &files {
+            assert!(pki.join(f).is_file(), "{f}");
+        }
+        let ca = std::fs::read(pki.join("ca.pem")).expect("ca");
+        cluster(&pki, 3, "qk", "admin").expect("second run keeps");
+        assert_eq!(std::fs::read(pki.join("ca.pem")).expect("ca"), ca);
+        std::fs::remove_file(pki.join("node-2.key")).expect("remove");
+        let e = cluster(&pki, 3, "qk", "admin").expect_err("a missing file is named");
+        assert!(e.to_string().contains("node-2.key"), "{e}");
+    }
 }
