@@ -215,4 +215,66 @@ fn compose_cluster_serves_survives_node_loss_and_keeps_keys_across_restart() {
     assert_eq!(p.decrypts(&ct, &[]), "card 4111");
     let keys = stdout(&ok_output("qk key list", p.qk(&["key", "list"], None)));
     assert!(keys.contains("payments"), "{keys}");
+
+    rolling_upgrade(&p, &ct);
+}
+
+/// Replaces the nodes one at a time by containers of a new image while a
+/// client keeps decrypting: every decrypt succeeds, at worst after retries.
+fn rolling_upgrade(p: &Project, ct: &[u8]) {
+    let next = format!("{}-next", p.image);
+    ok_output("docker tag", p.docker(&["tag", &p.image, &next]));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (done, retried, failed) = std::thread::scope(|scope| {
+        let client = scope.spawn(|| decrypt_until(p, ct, &stop));
+        for (node, port) in ["qk1", "qk2", "qk3"].into_iter().zip(NODES) {
+            let up = Command::new("docker-compose")
+                .args(["-p", &p.name, "-f"])
+                .arg(root().join("deploy/compose/cluster-3.yml"))
+                .args(["up", "-d", "--no-deps", node])
+                .env("QK_IMAGE", &next)
+                .output()
+                .expect("docker-compose runs");
+            ok_output("docker-compose up (new image)", up);
+            p.wait_ready(&[port], "after replacing a node");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        client.join().expect("the client thread ends")
+    });
+    eprintln!("rolling upgrade: {done} decrypts, {retried} needed a retry, {failed} failed");
+    assert!(done > 0, "the client decrypted during the upgrade");
+    assert_eq!(
+        failed, 0,
+        "decrypts failed even after retries during the upgrade"
+    );
+    for node in ["qk1", "qk2", "qk3"] {
+        let image = p.docker(&["inspect", "-f", "{{.Config.Image}}", &p.container(node)]);
+        assert_eq!(stdout(&image).trim(), next, "{node} runs the new image");
+    }
+    let _ = p.docker(&["rmi", "-f", &next]);
+}
+
+/// Decrypts `ct` server-side until `stop`: (decrypts, retried, failed),
+/// where a decrypt fails only after 10 attempts 500 ms apart.
+fn decrypt_until(p: &Project, ct: &[u8], stop: &std::sync::atomic::AtomicBool) -> (u32, u32, u32) {
+    let (mut done, mut retried, mut failed) = (0, 0, 0);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let out = p.qk(&["decrypt", "--server-side", "--timeout", "10s"], Some(ct));
+            if out.status.success() && stdout(&out) == "card 4111" {
+                break;
+            }
+            if attempts == 10 {
+                eprintln!("decrypt failed 10 times: {}", stderr(&out));
+                failed += 1;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        done += 1;
+        retried += u32::from(attempts > 1);
+    }
+    (done, retried, failed)
 }
