@@ -10,143 +10,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::docker::{docker_answers, root, Project, NODES};
 use common::{ok_output, stderr, stdout};
-
-const NODES: [u16; 3] = [8201, 8202, 8203];
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn docker_answers() -> Result<(), String> {
-    let info = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .map_err(|e| format!("cannot run docker: {e}"))?;
-    if !info.status.success() {
-        return Err(format!("docker info failed: {}", stderr(&info).trim()));
-    }
-    let compose = Command::new("docker-compose").arg("version").output();
-    match compose {
-        Ok(o) if o.status.success() => Ok(()),
-        _ => Err("docker-compose is not installed".into()),
-    }
-}
-
-/// The compose project of this test; `down -v` and the image removal on drop.
-struct Project {
-    name: String,
-    image: String,
-    pki: tempfile::TempDir,
-}
-
-impl Project {
-    fn compose(&self, args: &[&str]) -> Output {
-        Command::new("docker-compose")
-            .args(["-p", &self.name, "-f"])
-            .arg(root().join("deploy/compose/cluster-3.yml"))
-            .args(args)
-            .env("QK_IMAGE", &self.image)
-            .output()
-            .expect("docker-compose runs")
-    }
-
-    fn container(&self, service: &str) -> String {
-        format!("{}_{service}_1", self.name)
-    }
-
-    fn docker(&self, args: &[&str]) -> Output {
-        Command::new("docker")
-            .args(args)
-            .output()
-            .expect("docker runs")
-    }
-
-    /// `qk` against the published API ports, as the admin client.
-    fn qk(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let addr: Vec<String> = NODES
-            .iter()
-            .map(|p| format!("https://127.0.0.1:{p}"))
-            .collect();
-        let dir = self.pki.path();
-        let mut all = vec![
-            "--addr".to_owned(),
-            addr.join(","),
-            "--ca-cert".to_owned(),
-            dir.join("ca.pem").display().to_string(),
-            "--client-cert".to_owned(),
-            dir.join("client-admin.pem").display().to_string(),
-            "--client-key".to_owned(),
-            dir.join("client-admin.key").display().to_string(),
-        ];
-        all.extend(args.iter().map(|a| (*a).to_owned()));
-        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        common::qk(dir, None, &refs, stdin)
-    }
-
-    fn ready(&self, port: u16) -> bool {
-        let addr = format!("https://127.0.0.1:{port}");
-        let ca = self.pki.path().join("ca.pem").display().to_string();
-        common::qk(
-            self.pki.path(),
-            None,
-            &[
-                "cluster",
-                "ready",
-                "--addr",
-                &addr,
-                "--ca-cert",
-                &ca,
-                "--timeout",
-                "3s",
-            ],
-            None,
-        )
-        .status
-        .success()
-    }
-
-    fn wait_ready(&self, ports: &[u16], what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !ports.iter().all(|p| self.ready(*p)) {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: nodes {ports:?} not ready within 120 s:\n{}",
-                stdout(&self.compose(&["logs", "--tail", "30"]))
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    fn copy_pki(&self) {
-        let pki = self.container("pki");
-        for file in ["ca.pem", "client-admin.pem", "client-admin.key"] {
-            let to = self.pki.path().join(file).display().to_string();
-            let from = format!("{pki}:/pki/{file}");
-            ok_output("docker cp", self.docker(&["cp", &from, &to]));
-        }
-    }
-
-    fn decrypts(&self, ciphertext: &[u8], extra: &[&str]) -> String {
-        let mut args = vec!["decrypt"];
-        args.extend(extra);
-        stdout(&ok_output("qk decrypt", self.qk(&args, Some(ciphertext))))
-    }
-}
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        let down = self.compose(&["down", "-v", "--timeout", "5"]);
-        if !down.status.success() {
-            eprintln!("docker-compose down failed: {}", stderr(&down));
-        }
-        let _ = self.docker(&["rmi", "-f", &self.image]);
-    }
-}
 
 #[test]
 fn compose_cluster_serves_survives_node_loss_and_keeps_keys_across_restart() {
@@ -154,24 +22,7 @@ fn compose_cluster_serves_survives_node_loss_and_keeps_keys_across_restart() {
         eprintln!("SKIPPED: the container test needs a Docker engine: {why}");
         return;
     }
-    let id = std::process::id();
-    let p = Project {
-        name: format!("qktest{id}"),
-        image: format!("quorumkey:test-{id}"),
-        pki: tempfile::tempdir().expect("tempdir"),
-    };
-    let started = Instant::now();
-    let build = Command::new("bash")
-        .arg(root().join("deploy/docker/build.sh"))
-        .arg(&p.image)
-        .output()
-        .expect("build.sh runs");
-    ok_output("deploy/docker/build.sh", build);
-    eprintln!("image built in {:?}", started.elapsed());
-
-    ok_output("docker-compose up", p.compose(&["up", "-d"]));
-    p.copy_pki();
-    p.wait_ready(&NODES, "after up");
+    let p = Project::build_and_start("deploy");
     let status = stdout(&ok_output(
         "qk cluster status",
         p.qk(&["cluster", "status"], None),
