@@ -268,6 +268,16 @@ pub enum KeyCommand {
         #[command(flatten)]
         version: VersionArg,
     },
+    /// Give every holder a new share of the same key (a new share epoch; waits for the quorum):
+    /// shares stolen before it no longer combine with shares taken after.
+    #[command(
+        after_help = "Examples:\n  qk key refresh payments\n  qk key refresh payments --version 2"
+    )]
+    Refresh {
+        name: String,
+        #[command(flatten)]
+        version: VersionArg,
+    },
     /// Allow a disabled key (or version) again.
     #[command(after_help = "Example:\n  qk key enable payments --version 1")]
     Enable {

@@ -63,6 +63,13 @@ pub async fn key(ctx: &Ctx, cmd: KeyCommand) -> Result<()> {
         }
         KeyCommand::Disable { name, version } => api.disable_key(&name, version.version).await?,
         KeyCommand::Enable { name, version } => api.enable_key(&name, version.version).await?,
+        KeyCommand::Refresh { name, version } => {
+            with_spinner(
+                "refreshing the shares (every holder takes part)",
+                api.refresh_key(&name, version.version),
+            )
+            .await?
+        }
         KeyCommand::MarkCompromised {
             name,
             reason,

@@ -121,6 +121,21 @@ fn key_lifecycle_and_data_through_the_cli() {
     );
     assert_eq!(again, b"card 4111");
 
+    // A share refresh: every version's holders move to a new epoch, and
+    // what was encrypted before still decrypts.
+    let refreshed = text(c.ok(&["key", "refresh", "payments", "-o", "json"], None));
+    let view: serde_json::Value = serde_json::from_str(&refreshed).expect("key JSON");
+    let epochs: Vec<u64> = view["versions"]
+        .as_array()
+        .map(|vs| vs.iter().filter_map(|v| v["epoch"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(epochs, [1, 1], "{refreshed}");
+    let after = c.ok(
+        &["decrypt", "--context", "tenant=acme"],
+        Some(ct.as_bytes()),
+    );
+    assert_eq!(after, b"card 4111");
+
     let dk = text(c.ok(&["datakey", "payments", "-o", "json"], None));
     assert!(
         dk.contains("\"plaintext\"") && dk.contains("\"ciphertext\""),

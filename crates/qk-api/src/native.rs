@@ -298,6 +298,8 @@ pub(crate) enum Transition {
     MarkCompromised,
     Destroy,
     CancelDestroy,
+    /// New shares of the same key for every holder (a new share epoch).
+    Refresh,
 }
 
 impl Transition {
@@ -308,6 +310,7 @@ impl Transition {
             "mark-compromised" => Transition::MarkCompromised,
             "destroy" => Transition::Destroy,
             "cancel-destroy" => Transition::CancelDestroy,
+            "refresh" => Transition::Refresh,
             _ => return None,
         })
     }
@@ -325,6 +328,7 @@ impl Transition {
                 matches!(v.state, S::Enabled | S::Disabled | S::Failed { .. })
             }
             Transition::CancelDestroy => matches!(v.state, S::PendingDestruction { .. }),
+            Transition::Refresh => v.state == S::Enabled && v.refresh.is_none(),
         }
     }
 
@@ -345,6 +349,11 @@ impl Transition {
                 after_ms: b.after_ms.unwrap_or(0),
             },
             Transition::CancelDestroy => Operation::CancelDestruction { name, version },
+            Transition::Refresh => Operation::Refresh {
+                name,
+                version,
+                timeout_ms: None,
+            },
         }
     }
 
@@ -412,9 +421,31 @@ async fn lifecycle(
     };
     let b: LifecycleBody = parse_json(body)?;
     t.check(&b)?;
-    ok(KeyView::from(
-        &apply_transition(&state, &caller, &name, t, &b).await?,
-    ))
+    let key = apply_transition(&state, &caller, &name, t, &b).await?;
+    if t == Transition::Refresh {
+        return ok(KeyView::from(
+            &wait_refreshed(&state, &caller, &name).await?,
+        ));
+    }
+    ok(KeyView::from(&key))
+}
+
+/// Waits (up to the generation wait) until no version of the key is being
+/// refreshed; answers the key as it is then.
+async fn wait_refreshed(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+) -> Result<KeyRecord, Refusal> {
+    let deadline = Instant::now() + GENERATION_WAIT;
+    loop {
+        let key = fetch_key(state, caller, name).await?;
+        let refreshing = key.versions.iter().any(|v| v.refresh.is_some());
+        if !refreshing || Instant::now() >= deadline {
+            return Ok(key);
+        }
+        tokio::time::sleep(GENERATION_POLL).await;
+    }
 }
 
 /// Deserializes a present field (even `null`) as `Some`.

@@ -462,6 +462,13 @@ impl ApiClient {
             .await
     }
 
+    /// New shares of the same key for every holder of the version (or of
+    /// every enabled version); waits for the holders.
+    pub async fn refresh_key(&self, name: &str, version: Option<u32>) -> Result<KeyView> {
+        self.key_action(name, "refresh", &VersionBody { version })
+            .await
+    }
+
     pub async fn enable_key(&self, name: &str, version: Option<u32>) -> Result<KeyView> {
         self.key_action(name, "enable", &VersionBody { version })
             .await
