@@ -152,6 +152,14 @@ where
     on(MethodFilter::POST.or(MethodFilter::PUT), handler).fallback(method_not_allowed)
 }
 
+fn read_route<H, T>(handler: H) -> MethodRouter<AppState>
+where
+    H: axum::handler::Handler<T, AppState>,
+    T: 'static,
+{
+    get(handler).fallback(method_not_allowed)
+}
+
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/transit/keys", any(list_keys))
@@ -198,27 +206,12 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/transit/decrypt/{name}", write_route(decrypt))
         .route("/v1/transit/rewrap/{name}", write_route(rewrap))
         .route("/v1/transit/datakey/{kind}/{name}", write_route(datakey))
-        .route(
-            "/v1/auth/token/lookup-self",
-            get(sys::lookup_self).fallback(method_not_allowed),
-        )
+        .route("/v1/auth/token/lookup-self", read_route(sys::lookup_self))
         .route("/v1/auth/token/renew-self", write_route(sys::renew_self))
-        .route(
-            "/v1/sys/health",
-            get(sys::health).fallback(method_not_allowed),
-        )
-        .route(
-            "/v1/sys/seal-status",
-            get(sys::seal_status).fallback(method_not_allowed),
-        )
-        .route(
-            "/v1/sys/leader",
-            get(sys::leader).fallback(method_not_allowed),
-        )
-        .route(
-            "/v1/sys/mounts",
-            get(sys::mounts).fallback(method_not_allowed),
-        )
+        .route("/v1/sys/health", read_route(sys::health))
+        .route("/v1/sys/seal-status", read_route(sys::seal_status))
+        .route("/v1/sys/leader", read_route(sys::leader))
+        .route("/v1/sys/mounts", read_route(sys::mounts))
         .route("/v1/sys/mounts/{*path}", write_route(sys::enable_mount))
         .route("/v1/{*rest}", any(unknown_path))
 }
@@ -237,11 +230,9 @@ async fn unknown_path() -> VaultError {
     }
 }
 
-/// A fresh request id in UUID text form.
-fn request_id() -> String {
-    let mut id = [0u8; 16];
-    rand::Rng::fill_bytes(&mut rand::rng(), &mut id);
-    let h = crate::views::hex(&id);
+/// 16 bytes in UUID text form (8-4-4-4-12 hex digits).
+fn uuid_text(bytes: &[u8; 16]) -> String {
+    let h = crate::views::hex(bytes);
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],
@@ -250,6 +241,13 @@ fn request_id() -> String {
         &h[16..20],
         &h[20..]
     )
+}
+
+/// A fresh request id in UUID text form.
+fn request_id() -> String {
+    let mut id = [0u8; 16];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut id);
+    uuid_text(&id)
 }
 
 fn envelope_value(data: Value) -> Value {

@@ -16,7 +16,8 @@ use crate::errors::Failure;
 use crate::AppState;
 
 use super::{
-    body, chosen_status, envelope, envelope_value, now_ms, Reply, VaultCaller, VaultError,
+    body, chosen_status, envelope, envelope_value, now_ms, uuid_text, Reply, VaultCaller,
+    VaultError,
 };
 
 const VERSION: &str = concat!("qk-", env!("CARGO_PKG_VERSION"));
@@ -49,15 +50,10 @@ pub(crate) fn rfc3339(secs: u64) -> String {
 
 /// A UUID-shaped text derived from `label` (stable across nodes and runs).
 fn stable_uuid(label: &str) -> String {
-    let h = crate::views::hex(&sha2::Sha256::digest(label.as_bytes()));
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let digest = sha2::Sha256::digest(label.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    uuid_text(&first)
 }
 
 pub(crate) async fn lookup_self(
