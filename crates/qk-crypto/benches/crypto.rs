@@ -185,6 +185,12 @@ fn bench_ops(c: &mut Criterion) {
         })
     });
 
+    // The coordinator's check before it asks any holder (each holder
+    // repeats it inside partial_decrypt).
+    group.bench_function("verify_ciphertext", |b| {
+        b.iter(|| black_box(&ct).verify(black_box(&ctx)).expect("valid"))
+    });
+
     let label = ct.verify(&ctx).expect("label");
     group.bench_function("verify_partial", |b| {
         b.iter(|| {
