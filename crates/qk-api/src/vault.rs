@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +18,7 @@ use base64::Engine as _;
 use qk_raft::{ClientRequest, ClientResponse};
 use qk_state::{KeyRecord, Operation, StateError, VersionState};
 use qk_types::KeyVersion;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use zeroize::Zeroize as _;
@@ -141,6 +142,41 @@ impl FromRequestParts<AppState> for VaultCaller {
         authenticate(state.backend.as_ref(), &parts.headers, peer)
             .map(VaultCaller)
             .map_err(VaultError::from)
+    }
+}
+
+/// A Vault request on one named key: its caller, the key name from the
+/// path, and the body read as the client sent it (`body::parse`).
+struct KeyCall<T> {
+    state: AppState,
+    caller: Caller,
+    name: String,
+    body: T,
+}
+
+impl<T> KeyCall<T> {
+    fn into_parts(self) -> (AppState, Caller, String, T) {
+        (self.state, self.caller, self.name, self.body)
+    }
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for KeyCall<T> {
+    type Rejection = VaultError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, VaultError> {
+        let (mut parts, raw) = req.into_parts();
+        let VaultCaller(caller) = VaultCaller::from_request_parts(&mut parts, state).await?;
+        let Path(name) = Path::<String>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| VaultError::bad_request(e.body_text()))?;
+        let headers = parts.headers.clone();
+        let bytes = Bytes::from_request(Request::from_parts(parts, raw), state).await;
+        Ok(KeyCall {
+            state: state.clone(),
+            caller,
+            name,
+            body: body::parse(&headers, bytes)?,
+        })
     }
 }
 
@@ -441,14 +477,8 @@ fn check_key_type(key_type: Option<&str>) -> Result<(), VaultError> {
     }
 }
 
-async fn create_key(
-    State(state): State<AppState>,
-    VaultCaller(caller): VaultCaller,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Reply {
-    let b: CreateBody = body::parse(&headers, body)?;
+async fn create_key(call: KeyCall<CreateBody>) -> Reply {
+    let (state, caller, name, b) = call.into_parts();
     check_key_type(b.key_type.as_deref())?;
     b.options.refuse_unsupported()?;
     let rotation_period_ms = match &b.auto_rotate_period {
@@ -522,14 +552,8 @@ struct ConfigBody {
     options: KeyOptions,
 }
 
-async fn config(
-    State(state): State<AppState>,
-    VaultCaller(caller): VaultCaller,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Reply {
-    let b: ConfigBody = body::parse(&headers, body)?;
+async fn config(call: KeyCall<ConfigBody>) -> Reply {
+    let (state, caller, name, b) = call.into_parts();
     b.options.refuse_unsupported()?;
     let key = fetch_key(&state, &caller, &name).await?;
     if let Some(v) = b.min_decryption_version {
@@ -560,14 +584,8 @@ async fn config(
     )))
 }
 
-async fn rotate(
-    State(state): State<AppState>,
-    VaultCaller(caller): VaultCaller,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Reply {
-    let _: Map<String, Value> = body::parse(&headers, body)?;
+async fn rotate(call: KeyCall<Map<String, Value>>) -> Reply {
+    let (state, caller, name, _) = call.into_parts();
     Ok(envelope(key_data(
         &rotate_and_wait(&state, &caller, &name).await?,
     )))
@@ -607,14 +625,8 @@ struct TrimBody {
 /// Versions below `min_available_version` are scheduled for quorum
 /// destruction at once; like Vault, it may not pass the minimum decryption
 /// version, so nothing still decryptable is trimmed.
-async fn trim(
-    State(state): State<AppState>,
-    VaultCaller(caller): VaultCaller,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Reply {
-    let b: TrimBody = body::parse(&headers, body)?;
+async fn trim(call: KeyCall<TrimBody>) -> Reply {
+    let (state, caller, name, b) = call.into_parts();
     let key = fetch_key(&state, &caller, &name).await?;
     let min_available = b
         .min_available_version
@@ -831,14 +843,8 @@ async fn run_item(
     }
 }
 
-async fn run_data(
-    state: AppState,
-    caller: Caller,
-    name: String,
-    op: DataOp,
-    (headers, body): (HeaderMap, Body),
-) -> Reply {
-    let b: DataBody = body::parse(&headers, body)?;
+async fn run_data(call: KeyCall<DataBody>, op: DataOp) -> Reply {
+    let (state, caller, name, b) = call.into_parts();
     let Some(batch) = &b.batch_input else {
         let data = run_item(&state, &caller, &name, op, &b.item).await?;
         return Ok(respond_secret(data));
@@ -877,34 +883,16 @@ async fn run_data(
     Ok(response)
 }
 
-async fn encrypt(
-    State(state): State<AppState>,
-    VaultCaller(caller): VaultCaller,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Reply {
-    run_data(state, caller, name, DataOp::Encrypt, (headers, body)).await
+async fn encrypt(call: KeyCall<DataBody>) -> Reply {
+    run_data(call, DataOp::Encrypt).await
 }
 
-async fn decrypt(
-    State(state): State<AppState>,
-    VaultCaller(caller): VaultCaller,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Reply {
-    run_data(state, caller, name, DataOp::Decrypt, (headers, body)).await
+async fn decrypt(call: KeyCall<DataBody>) -> Reply {
+    run_data(call, DataOp::Decrypt).await
 }
 
-async fn rewrap(
-    State(state): State<AppState>,
-    VaultCaller(caller): VaultCaller,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Reply {
-    run_data(state, caller, name, DataOp::Rewrap, (headers, body)).await
+async fn rewrap(call: KeyCall<DataBody>) -> Reply {
+    run_data(call, DataOp::Rewrap).await
 }
 
 #[derive(Debug, Default, Deserialize)]
