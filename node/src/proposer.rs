@@ -116,7 +116,7 @@ impl Proposer {
 
     /// Proposes `command` (in the next batch) and waits until it is applied.
     pub async fn write(&self, command: Command) -> WriteResult {
-        let encoded_bytes = postcard::to_allocvec(&command).map_or(usize::MAX, |b| b.len());
+        let encoded_bytes = encoded_len(&command);
         check_size(encoded_bytes)?;
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
@@ -153,6 +153,12 @@ async fn run(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
             drop(slot);
         });
     }
+}
+
+/// The command's encoded size, counted without encoding it (the log
+/// encodes it once, when the entry is written).
+fn encoded_len(command: &Command) -> usize {
+    postcard::experimental::serialized_size(command).unwrap_or(usize::MAX)
 }
 
 fn check_size(encoded_bytes: usize) -> Result<(), WriteError> {
@@ -226,6 +232,24 @@ async fn commit(raft: &Raft, batch: Vec<Pending>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_counted_size_is_the_encoded_size() {
+        let command = Command {
+            request_id: qk_state::RequestId([7; 16]),
+            time_ms: 1_700_000_000_000,
+            principal: "admin".into(),
+            op: qk_state::Operation::SetTag {
+                name: "payments".into(),
+                tag: "team".into(),
+                value: Some(vec![0xAB; 300]),
+            },
+            proof: None,
+        };
+        let encoded = postcard::to_allocvec(&command).expect("encodes");
+        assert_eq!(encoded_len(&command), encoded.len());
+        assert!(encoded.len() > 300);
+    }
 
     #[test]
     fn a_command_over_the_entry_limit_is_refused_with_its_size() {
