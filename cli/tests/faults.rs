@@ -30,6 +30,8 @@ use serde_json::Value;
 const KEYS: [&str; 3] = ["k0", "k1", "k2"];
 const CLIENTS: u64 = 3;
 const SERVICES: [&str; 3] = ["qk1", "qk2", "qk3"];
+/// Threads decrypting the acknowledged ciphertexts at the end.
+const CHECKERS: usize = 8;
 
 /// splitmix64: a small seeded generator, so a run is named by its seed.
 struct Rng(u64);
@@ -313,6 +315,25 @@ fn settled_versions(p: &Project) -> BTreeMap<String, Vec<(u64, String)>> {
     }
 }
 
+/// The violation, if any, in what checking `a` found.
+fn judge(a: &Acked, decrypted: Result<String, String>, destroyed: bool) -> Option<String> {
+    match (decrypted, destroyed) {
+        (Ok(text), true) => Some(format!(
+            "{} v{} is destroyed, yet its ciphertext decrypted (to {text:?})",
+            a.key, a.version
+        )),
+        (Ok(text), false) if text != a.plaintext => Some(format!(
+            "{} v{}: acknowledged {:?} decrypts to {text:?}",
+            a.key, a.version, a.plaintext
+        )),
+        (Err(e), false) => Some(format!(
+            "{} v{}: acknowledged {:?} does not decrypt: {e}",
+            a.key, a.version, a.plaintext
+        )),
+        _ => None,
+    }
+}
+
 fn check(p: &Project, h: &mut History) {
     let states = settled_versions(p);
     let destroyed = |key: &str, version: u64| {
@@ -321,34 +342,30 @@ fn check(p: &Project, h: &mut History) {
                 .any(|(v, s)| *v == version && matches!(s.as_str(), "destroyed" | "destroying"))
         })
     };
-    let acked = h.acked.clone();
-    // The first check may wait for holders to catch up; the rest get a few
-    // seconds each, and a run with many failures stops after 20.
-    let mut wait = Duration::from_secs(60);
-    for a in &acked {
-        if h.violations.len() >= 20 {
-            h.violations
-                .push("(stopped checking after 20 violations)".into());
-            break;
-        }
-        let decrypted = final_decrypt(p, &a.ciphertext, wait);
-        wait = Duration::from_secs(3);
-        match (decrypted, destroyed(&a.key, a.version)) {
-            (Ok(text), true) => h.violations.push(format!(
-                "{} v{} is destroyed, yet its ciphertext decrypted (to {text:?})",
-                a.key, a.version
-            )),
-            (Ok(text), false) if text != a.plaintext => h.violations.push(format!(
-                "{} v{}: acknowledged {:?} decrypts to {text:?}",
-                a.key, a.version, a.plaintext
-            )),
-            (Err(e), false) => h.violations.push(format!(
-                "{} v{}: acknowledged {:?} does not decrypt: {e}",
-                a.key, a.version, a.plaintext
-            )),
-            _ => {}
-        }
+    // The first check may wait for holders to catch up; then every
+    // acknowledged encryption is checked, by CHECKERS threads, each decrypt
+    // getting a few seconds; a run with many failures stops after 20.
+    if let Some(first) = h.acked.first() {
+        let _ = final_decrypt(p, &first.ciphertext, Duration::from_secs(60));
     }
+    let found = Mutex::new(Vec::new());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..CHECKERS {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(a) = h.acked.get(i) else { break };
+                if found.lock().expect("found").len() >= 20 {
+                    break;
+                }
+                let decrypted = final_decrypt(p, &a.ciphertext, Duration::from_secs(3));
+                if let Some(v) = judge(a, decrypted, destroyed(&a.key, a.version)) {
+                    found.lock().expect("found").push(v);
+                }
+            });
+        }
+    });
+    h.violations.extend(found.into_inner().expect("found"));
     for (key, version) in h.rotations.clone() {
         if !states
             .get(&key)
