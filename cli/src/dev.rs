@@ -98,6 +98,7 @@ fn write_config(dir: &Path, id: u64, base_port: u16) -> Result<Config> {
         seal: Default::default(),
         raft: RaftSettings::default(),
         auth: AuthSettings::default(),
+        start: Default::default(),
     };
     let path = config_path(dir, id);
     std::fs::write(&path, config.to_toml()?)

@@ -35,6 +35,7 @@ fn compose_cluster_serves_survives_node_loss_and_keeps_keys_across_restart() {
     );
     let ct = ct.stdout;
     assert_eq!(p.decrypts(&ct, &[]), "card 4111");
+    each_node_holds_only_its_own_secrets(&p);
 
     // Node loss: a 2-of-3 key still decrypts with one node killed.
     ok_output("docker kill", p.docker(&["kill", &p.container("qk3")]));
@@ -68,6 +69,30 @@ fn compose_cluster_serves_survives_node_loss_and_keeps_keys_across_restart() {
     assert!(keys.contains("payments"), "{keys}");
 
     rolling_upgrade(&p, &ct);
+}
+
+/// A node container sees the CA certificate, its own certificate, key and
+/// seal key, and nothing else of the PKI: not the CA key (which would mint
+/// an admin certificate), not another node's key, not the admin's; and its
+/// data volume holds no seal key, so a copy of it alone opens no share.
+fn each_node_holds_only_its_own_secrets(p: &Project) {
+    for (node, id) in [("qk1", 1), ("qk2", 2), ("qk3", 3)] {
+        for own in ["ca.pem", &format!("node-{id}.key"), "seal.key"] {
+            assert!(
+                p.has_file(node, &format!("/pki/{own}")),
+                "{node} lacks {own}"
+            );
+        }
+        let other = id % 3 + 1;
+        for foreign in [
+            "/pki/ca.key".to_owned(),
+            format!("/pki/node-{other}.key"),
+            "/pki/client-admin.key".to_owned(),
+            "/var/lib/quorumkey/seal.key".to_owned(),
+        ] {
+            assert!(!p.has_file(node, &foreign), "{node} can read {foreign}");
+        }
+    }
 }
 
 /// Replaces the nodes one at a time by containers of a new image while a

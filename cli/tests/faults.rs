@@ -1,14 +1,18 @@
 //! The fault suite: the 3-node compose cluster of real containers, a seeded
 //! workload of concurrent clients (encrypt, decrypt client- and server-side,
-//! rotate, schedule destruction) and a nemesis that kills, pauses,
-//! partitions and restarts containers and restarts one node on an empty
-//! volume. Then, with every fault healed, a checker proves:
+//! read, create, rotate, disable and enable, schedule destruction) and a
+//! nemesis that kills, pauses, partitions (both ways, and one way: a node
+//! that hears nothing from its peers while they still hear it) and restarts
+//! containers and restarts one node on an empty volume. Then, with every fault healed, a checker proves:
 //!
 //! - every acknowledged encryption under a version not destroyed decrypts
 //!   to its plaintext, and no decrypt ever returned another plaintext;
 //! - no ciphertext of a destroyed version decrypts;
-//! - every acknowledged rotation is on every node, and every node reports
-//!   the same versions and states for every key;
+//! - every acknowledged rotation and key creation is on every node, and every
+//!   node reports the same state and versions for every key;
+//! - per-key metadata reads (`qk key show` at one node, chosen at random)
+//!   are linearizable: the recorded history of reads and rotations passes
+//!   the check in `common/history.rs`;
 //! - no node process panicked.
 //!
 //! It prints a summary: operations by outcome, nemesis events, the seed.
@@ -17,6 +21,8 @@
 //! says SKIPPED and why, and passes.
 
 mod common;
+#[path = "common/history.rs"]
+mod history;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,7 +68,9 @@ struct Acked {
 #[derive(Default)]
 struct History {
     acked: Vec<Acked>,
-    rotations: Vec<(String, u64)>,
+    rotations: Vec<history::Rotation>,
+    reads: Vec<history::Read>,
+    created: Vec<String>,
     outcomes: BTreeMap<String, u64>,
     violations: Vec<String>,
     nemesis: Vec<String>,
@@ -89,11 +97,44 @@ fn json(out: &std::process::Output) -> Option<Value> {
         .flatten()
 }
 
+/// Milliseconds since the run started: the history's clock.
+fn since(t0: Instant) -> u64 {
+    t0.elapsed().as_millis() as u64
+}
+
+/// A client's view of the run.
+struct Client<'a> {
+    p: &'a Project,
+    h: &'a Mutex<History>,
+    t0: Instant,
+    id: u64,
+}
+
 /// One client operation, chosen by `rng`, recorded in `h`.
-fn client_step(p: &Project, rng: &mut Rng, client: u64, n: u64, h: &Mutex<History>) {
+fn client_step(c: &Client, rng: &mut Rng, n: u64) {
+    let (p, h, client) = (c.p, c.h, c.id);
     let roll = rng.below(100);
     let key = KEYS[rng.below(KEYS.len() as u64) as usize];
-    if roll < 45 {
+    if roll < 20 {
+        read_key(c, rng, key);
+    } else if roll < 23 {
+        let name = format!("c{client}-{n}");
+        let out = p.qk(&["key", "create", &name, "--timeout", "20s"], None);
+        let mut h = h.lock().expect("history");
+        h.count("create", out.status.success());
+        if out.status.success() {
+            h.created.push(name);
+        }
+    } else if roll < 25 {
+        // k1 is briefly disabled (its encryptions and decryptions refused),
+        // then enabled again; the run ends with it enabled.
+        let off = p.qk(&["key", "disable", "k1", "--timeout", "10s"], None);
+        std::thread::sleep(Duration::from_millis(rng.below(1000)));
+        let on = p.qk(&["key", "enable", "k1", "--timeout", "10s"], None);
+        let mut h = h.lock().expect("history");
+        h.count("disable k1", off.status.success());
+        h.count("enable k1", on.status.success());
+    } else if roll < 55 {
         let plaintext = format!("c{client}-{n}");
         let out = p.qk(
             &["encrypt", key, "-o", "json", "--timeout", "10s"],
@@ -114,7 +155,7 @@ fn client_step(p: &Project, rng: &mut Rng, client: u64, n: u64, h: &Mutex<Histor
                     .to_vec(),
             });
         }
-    } else if roll < 90 {
+    } else if roll < 88 {
         let pick = {
             let h = h.lock().expect("history");
             (!h.acked.is_empty()).then(|| h.acked[rng.below(h.acked.len() as u64) as usize].clone())
@@ -142,15 +183,20 @@ fn client_step(p: &Project, rng: &mut Rng, client: u64, n: u64, h: &Mutex<Histor
             ));
         }
     } else if roll < 97 {
+        let invoked_ms = since(c.t0);
         let v = json(&p.qk(
             &["key", "rotate", key, "-o", "json", "--timeout", "20s"],
             None,
         ));
+        let returned_ms = since(c.t0);
         let mut h = h.lock().expect("history");
         h.count("rotate", v.is_some());
-        if let Some(version) = v.and_then(|v| v["primary_version"].as_u64()) {
-            h.rotations.push((key.to_owned(), version));
-        }
+        let version = v.and_then(|v| v["primary_version"].as_u64());
+        h.rotations.push(history::Rotation {
+            key: key.to_owned(),
+            invoked_ms,
+            acknowledged: version.map(|v| (returned_ms, v)),
+        });
     } else {
         // Destruction of version 1 of k2 (once it has a newer primary).
         let out = p.qk(
@@ -173,12 +219,36 @@ fn client_step(p: &Project, rng: &mut Rng, client: u64, n: u64, h: &Mutex<Histor
     }
 }
 
-fn run_client(p: &Project, seed: u64, client: u64, stop: &AtomicBool, h: &Mutex<History>) {
-    let mut rng = Rng(seed.wrapping_mul(1000).wrapping_add(client));
+/// `qk key show` at one node: its primary version joins the history.
+fn read_key(c: &Client, rng: &mut Rng, key: &str) {
+    let node = NODES[rng.below(NODES.len() as u64) as usize];
+    let invoked_ms = since(c.t0);
+    let out = c.p.qk_at(
+        &format!("https://127.0.0.1:{node}"),
+        &["key", "show", key, "-o", "json", "--timeout", "5s"],
+        None,
+    );
+    let returned_ms = since(c.t0);
+    let version = json(&out).and_then(|v| v["primary_version"].as_u64());
+    let mut h = c.h.lock().expect("history");
+    h.count("read", version.is_some());
+    if let Some(version) = version {
+        h.reads.push(history::Read {
+            key: key.to_owned(),
+            invoked_ms,
+            returned_ms,
+            version,
+            node,
+        });
+    }
+}
+
+fn run_client(c: &Client, seed: u64, stop: &AtomicBool) {
+    let mut rng = Rng(seed.wrapping_mul(1000).wrapping_add(c.id));
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        client_step(p, &mut rng, client, n, h);
+        client_step(c, &mut rng, n);
     }
 }
 
@@ -188,7 +258,7 @@ fn nemesis_step(p: &Project, rng: &mut Rng, wiped: &mut bool) -> String {
     let (service, c) = (SERVICES[n], p.container(SERVICES[n]));
     let network = format!("{}_cluster", p.name);
     let hold = Duration::from_millis(3000 + rng.below(5000));
-    let event = match rng.below(5) {
+    let event = match rng.below(6) {
         0 => {
             let _ = p.docker(&["kill", &c]);
             std::thread::sleep(hold);
@@ -216,24 +286,84 @@ fn nemesis_step(p: &Project, rng: &mut Rng, wiped: &mut bool) -> String {
             let _ = p.compose(&["up", "-d", "--no-deps", service]);
             format!("wipe {service} (empty volume)")
         }
-        _ => {
+        4 => {
             let _ = p.docker(&["restart", "-t", "2", &c]);
             format!("restart {service}")
+        }
+        _ => {
+            let deaf = one_way(p, service);
+            std::thread::sleep(hold);
+            hear_again(p, service);
+            match deaf {
+                Ok(()) => format!("one-way {service} (hears nothing from its peers)"),
+                Err(why) => format!("one-way {service} not applied: {why}"),
+            }
         }
     };
     std::thread::sleep(Duration::from_millis(2000 + rng.below(3000)));
     event
 }
 
+/// The container's IP address on the cluster network.
+fn address(p: &Project, service: &str) -> String {
+    let format = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}";
+    stdout(&p.docker(&["inspect", "-f", format, &p.container(service)]))
+        .trim()
+        .to_owned()
+}
+
+/// iptables in `service`'s network namespace (the image has no shell or
+/// iptables; the host's run there through nsenter, which needs root).
+fn iptables_in(p: &Project, service: &str, rule: &[&str]) -> Result<(), String> {
+    let pid = stdout(&p.docker(&["inspect", "-f", "{{.State.Pid}}", &p.container(service)]));
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", pid.trim(), "-n", "iptables"])
+        .args(rule)
+        .output()
+        .map_err(|e| format!("cannot run nsenter: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(stderr(&out).trim().to_owned())
+    }
+}
+
+/// A one-way partition: `service` drops every packet from its peers, which
+/// still receive what it sends.
+fn one_way(p: &Project, service: &str) -> Result<(), String> {
+    for peer in SERVICES.into_iter().filter(|s| *s != service) {
+        let from = address(p, peer);
+        if from.is_empty() {
+            return Err(format!("{peer} has no address (not running)"));
+        }
+        iptables_in(p, service, &["-I", "INPUT", "-s", &from, "-j", "DROP"])?;
+    }
+    Ok(())
+}
+
+fn hear_again(p: &Project, service: &str) {
+    let _ = iptables_in(p, service, &["-F", "INPUT"]);
+}
+
 fn heal(p: &Project) {
     let network = format!("{}_cluster", p.name);
     for s in SERVICES {
+        hear_again(p, s);
         let c = p.container(s);
         let _ = p.docker(&["unpause", &c]);
         let _ = p.docker(&["network", "connect", &network, &c]);
         let _ = p.docker(&["start", &c]);
     }
     p.wait_ready(&NODES, "after the faults healed");
+    // The run ends with k1 enabled (a client may have left it disabled).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p.qk(&["key", "enable", "k1"], None).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "cannot enable k1 after the faults"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// Retries a server-side decrypt for up to `wait` (holders catching up).
@@ -251,39 +381,40 @@ fn final_decrypt(p: &Project, ct: &[u8], wait: Duration) -> Result<String, Strin
     }
 }
 
-/// Each key's versions and their states, as node `port` answers.
-fn versions_at(p: &Project, port: u16) -> BTreeMap<String, Vec<(u64, String)>> {
+/// Each key's versions and their states, as node `port` answers; version 0
+/// holds the key's own state.
+fn versions_at(p: &Project, port: u16, keys: &[String]) -> Versions {
     let addr = format!("https://127.0.0.1:{port}");
     let mut all = BTreeMap::new();
-    for key in KEYS {
+    for key in keys {
         let out = p.qk_at(&addr, &["key", "show", key, "-o", "json"], None);
         let v = json(&out).unwrap_or(Value::Null);
         let versions = v["versions"]
             .as_array()
             .map(|vs| {
-                vs.iter()
-                    .map(|x| {
+                let key_state = (0, v["state"].as_str().unwrap_or("?").to_owned());
+                std::iter::once(key_state)
+                    .chain(vs.iter().map(|x| {
                         let state = x["state"].as_str().unwrap_or("?").to_owned();
                         (x["version"].as_u64().unwrap_or(0), state)
-                    })
+                    }))
                     .collect()
             })
             .unwrap_or_default();
-        all.insert(key.to_owned(), versions);
+        all.insert(key.clone(), versions);
     }
     all
 }
 
 /// Whether node `port` reports the same versions and states as `expected`
 /// within 30 s (erase receipts and the last entries may still be applying).
-fn converges(
-    p: &Project,
-    port: u16,
-    expected: &BTreeMap<String, Vec<(u64, String)>>,
-) -> Result<(), String> {
+type Versions = BTreeMap<String, Vec<(u64, String)>>;
+
+fn converges(p: &Project, port: u16, expected: &Versions) -> Result<(), String> {
+    let keys: Vec<String> = expected.keys().cloned().collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let here = versions_at(p, port);
+        let here = versions_at(p, port, &keys);
         if &here == expected {
             return Ok(());
         }
@@ -298,10 +429,10 @@ fn converges(
 }
 
 /// The versions once no destruction is still under way (at most 60 s).
-fn settled_versions(p: &Project) -> BTreeMap<String, Vec<(u64, String)>> {
+fn settled_versions(p: &Project, keys: &[String]) -> Versions {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let states = versions_at(p, NODES[0]);
+        let states = versions_at(p, NODES[0], keys);
         let busy = states.values().flatten().any(|(_, s)| {
             matches!(
                 s.as_str(),
@@ -334,8 +465,10 @@ fn judge(a: &Acked, decrypted: Result<String, String>, destroyed: bool) -> Optio
     }
 }
 
-fn check(p: &Project, h: &mut History) {
-    let states = settled_versions(p);
+fn check(p: &Project, h: &mut History, initial: &BTreeMap<String, u64>) {
+    let mut keys: Vec<String> = KEYS.iter().map(|k| (*k).to_owned()).collect();
+    keys.extend(h.created.iter().cloned());
+    let states = settled_versions(p, &keys);
     let destroyed = |key: &str, version: u64| {
         states.get(key).is_some_and(|vs| {
             vs.iter()
@@ -366,7 +499,11 @@ fn check(p: &Project, h: &mut History) {
         }
     });
     h.violations.extend(found.into_inner().expect("found"));
-    for (key, version) in h.rotations.clone() {
+    for (key, version) in h
+        .rotations
+        .iter()
+        .filter_map(|r| Some((r.key.clone(), r.acknowledged?.1)))
+    {
         if !states
             .get(&key)
             .is_some_and(|vs| vs.iter().any(|(v, _)| *v == version))
@@ -375,6 +512,14 @@ fn check(p: &Project, h: &mut History) {
                 .push(format!("acknowledged rotation {key} v{version} is missing"));
         }
     }
+    for key in &h.created {
+        if states.get(key).is_none_or(|vs| vs.is_empty()) {
+            h.violations
+                .push(format!("acknowledged creation of {key} is missing"));
+        }
+    }
+    let linear = history::violations(initial, &h.reads, &h.rotations);
+    h.violations.extend(linear);
     for port in &NODES[1..] {
         if let Err(differs) = converges(p, *port, &states) {
             h.violations.push(differs);
@@ -401,14 +546,21 @@ fn faults_never_lose_an_acknowledged_write_or_revive_a_destroyed_version() {
         ok_output("qk key create", p.qk(&["key", "create", key], None));
     }
     ok_output("qk key rotate k2", p.qk(&["key", "rotate", "k2"], None));
+    let initial = BTreeMap::from([("k0".into(), 1), ("k1".into(), 1), ("k2".into(), 2)]);
 
     let history = Mutex::new(History::default());
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     std::thread::scope(|scope| {
-        for client in 0..CLIENTS {
-            let (p, stop, history) = (&p, &stop, &history);
-            scope.spawn(move || run_client(p, seed, client, stop, history));
+        for id in 0..CLIENTS {
+            let stop = &stop;
+            let c = Client {
+                p: &p,
+                h: &history,
+                t0: started,
+                id,
+            };
+            scope.spawn(move || run_client(&c, seed, stop));
         }
         let mut rng = Rng(seed ^ 0xFA17);
         let mut wiped = false;
@@ -423,12 +575,18 @@ fn faults_never_lose_an_acknowledged_write_or_revive_a_destroyed_version() {
     // Let scheduled destructions run and every node apply the last entries.
     std::thread::sleep(Duration::from_secs(5));
     let mut h = history.into_inner().expect("history");
-    check(&p, &mut h);
+    check(&p, &mut h, &initial);
 
     println!("fault suite: seed {seed}, {secs} s of nemesis activity");
     println!("operations: {:?}", h.outcomes);
     println!("acknowledged encryptions checked: {}", h.acked.len());
-    println!("rotations acknowledged: {}", h.rotations.len());
+    let acked_rotations = h.rotations.iter().filter(|r| r.acknowledged.is_some());
+    println!("rotations acknowledged: {}", acked_rotations.count());
+    println!("keys created: {}", h.created.len());
+    println!(
+        "metadata reads in the linearizability history: {}",
+        h.reads.len()
+    );
     let mut events: BTreeMap<String, u64> = BTreeMap::new();
     for e in &h.nemesis {
         let kind = e.split(' ').next().unwrap_or_default().to_owned();

@@ -34,6 +34,21 @@ pub struct Config {
     pub raft: RaftSettings,
     #[serde(default)]
     pub auth: AuthSettings,
+    #[serde(default)]
+    pub start: StartSettings,
+}
+
+/// How the node finds its cluster when `start` has neither `--bootstrap`
+/// nor `--join`: for orchestrators (a Kubernetes StatefulSet) that give
+/// every node the same command line and each its own config file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StartSettings {
+    /// As `--bootstrap`: a new one-node cluster when the data directory is
+    /// empty (ignored when it holds one).
+    pub bootstrap: bool,
+    /// As `--join ADDR`: ask the node at ADDR to add this one.
+    pub join: Option<String>,
 }
 
 /// Access control bootstrap.
@@ -157,6 +172,9 @@ impl Config {
         if self.seal.key_file.is_some() && self.seal.passphrase_file.is_some() {
             bail!("set either seal.key_file or seal.passphrase_file, not both");
         }
+        if self.start.bootstrap && self.start.join.is_some() {
+            bail!("set either start.bootstrap or start.join, not both");
+        }
         if r.snapshot_after_entries == 0 {
             bail!("raft.snapshot_after_entries must be 1 or more");
         }
@@ -225,4 +243,9 @@ rpc_timeout_ms = 2000
 # Created with the admin role when the cluster is bootstrapped; authenticate as
 # it with a client certificate of this name (`qk pki issue --client admin`).
 initial_admin = "admin"
+
+# [start]
+# What `qk-node start` does without --bootstrap or --join (the flags win):
+# bootstrap = true                    # a new cluster on an empty data directory
+# join = "kms1.example.com:7101"      # or ask this node to add this one
 "#;

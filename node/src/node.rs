@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use openraft::error::ForwardToLeader;
 use openraft::{ServerState, SnapshotPolicy};
 use qk_net::{CaCert, Credentials, Dialer, NetConfig, NetworkFactory, Peer, RpcHandler, Server};
 use qk_raft::{
@@ -144,6 +145,11 @@ pub fn net_config(request_timeout: Duration) -> NetConfig {
 
 pub async fn run(config_path: &Path, bootstrap: bool, join: Option<String>) -> Result<()> {
     let config = Config::load(config_path)?;
+    let (bootstrap, join) = if bootstrap || join.is_some() {
+        (bootstrap, join)
+    } else {
+        (config.start.bootstrap, config.start.join.clone())
+    };
     let (ca, creds) = load_tls(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
     if creds.peer() != &Peer::Node(config.node_id) {
         bail!(
@@ -569,7 +575,11 @@ impl Node {
         }
         match req {
             ClientRequest::Write(cmd) => self.write(peer, credential, cmd).await,
-            ClientRequest::GetKey { name } => self.get_key(peer, &name),
+            ClientRequest::GetKey { name } => match self.read_barrier().await {
+                Ok(()) => self.get_key(peer, &name),
+                Err(unavailable) => unavailable,
+            },
+            ClientRequest::ReadIndex => self.read_index().await,
             ClientRequest::ListKeys => self.list_keys(peer, false),
             ClientRequest::KeyInventory => self.list_keys(peer, true),
             ClientRequest::Audit { from_seq, limit } => {
@@ -1069,6 +1079,56 @@ impl Node {
             );
         }
         lagging
+    }
+
+    /// Makes the next read of the applied state linearizable: learns the
+    /// leader's read index (here when leading, else from the leader) and
+    /// waits to have applied it. A partitioned or lagging node answers
+    /// "unavailable" instead of serving a stale record.
+    async fn read_barrier(&self) -> Result<(), ClientResponse> {
+        let index = match self.raft.ensure_linearizable().await {
+            Ok(read_log_id) => read_log_id.map_or(0, |l| l.index),
+            Err(e) => match e.forward_to_leader::<QkNode>() {
+                Some(ForwardToLeader {
+                    leader_id: Some(leader),
+                    leader_node: Some(node),
+                }) => match self.forward(*leader, node, ClientRequest::ReadIndex).await {
+                    ClientResponse::ReadIndex(index) => index,
+                    other => return Err(other),
+                },
+                _ => {
+                    return Err(ClientResponse::Error(format!(
+                        "cannot confirm this read with the leader ({e}); the cluster may be \
+                         electing or lack a majority: retry shortly"
+                    )))
+                }
+            },
+        };
+        self.applied
+            .wait_for(index, CLIENT_INDEX_WAIT)
+            .await
+            .map(|_| ())
+            .map_err(|behind| {
+                ClientResponse::Error(format!(
+                    "this node is behind the leader ({behind}); retry shortly or ask another node"
+                ))
+            })
+    }
+
+    /// Leader side of [`Self::read_barrier`].
+    async fn read_index(&self) -> ClientResponse {
+        match self.raft.ensure_linearizable().await {
+            Ok(read_log_id) => ClientResponse::ReadIndex(read_log_id.map_or(0, |l| l.index)),
+            Err(e) => match e.forward_to_leader::<QkNode>() {
+                Some(f) => ClientResponse::NotLeader {
+                    leader: f.leader_id,
+                    leader_addr: f.leader_node.as_ref().map(|n| n.rpc_addr.clone()),
+                },
+                None => ClientResponse::Error(format!(
+                    "cannot confirm leadership for a read ({e}); retry shortly"
+                )),
+            },
+        }
     }
 
     async fn propose_or_forward(&self, peer: &Peer, cmd: Command) -> ClientResponse {

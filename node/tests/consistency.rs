@@ -141,3 +141,38 @@ async fn a_node_that_cannot_catch_up_says_it_is_behind() {
         other => panic!("answered from state older than the client saw: {other:?}"),
     }
 }
+
+/// Per-key metadata reads are linearizable, not only read-your-writes: a
+/// client that saw no write reads, at any node, every change acknowledged
+/// before its read began; a node cut off from the leader refuses to answer
+/// rather than serve what may be stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_reads_by_an_unrelated_client_see_every_acknowledged_write() {
+    let mut c = Cluster::start(bin(), 3, 100_000);
+    c.create(1, "k", 2, &[1, 2, 3]).await.expect("create");
+    for round in 0..ROUNDS {
+        c.op(1, tag(round)).await.expect("tag");
+        for via in [2, 3] {
+            let read = c
+                .request_fresh(via, ClientRequest::GetKey { name: "k".into() })
+                .await;
+            let Ok(ClientResponse::Key(Some(key))) = read else {
+                panic!("round {round}: node {via} answered {read:?}");
+            };
+            assert_eq!(
+                key.tags.get("round"),
+                Some(&round.to_string().into_bytes()),
+                "round {round}: node {via} served a read older than an acknowledged write"
+            );
+        }
+    }
+    c.kill(1);
+    c.kill(2);
+    let alone = c
+        .request_fresh(3, ClientRequest::GetKey { name: "k".into() })
+        .await;
+    match alone {
+        Ok(ClientResponse::Error(e)) => assert!(e.contains("retry"), "{e}"),
+        other => panic!("a node without a majority served a read: {other:?}"),
+    }
+}

@@ -147,9 +147,18 @@ impl Project {
         let pki = self.container("pki");
         for file in ["ca.pem", "client-admin.pem", "client-admin.key"] {
             let to = self.pki.path().join(file).display().to_string();
-            let from = format!("{pki}:/pki/{file}");
+            let from = format!("{pki}:/out/client-admin/{file}");
             ok_output("docker cp", self.docker(&["cp", &from, &to]));
         }
+    }
+
+    /// Whether `path` exists in `service`'s container (`docker cp` needs no
+    /// shell, which the scratch image lacks).
+    pub fn has_file(&self, service: &str, path: &str) -> bool {
+        let to = tempfile::tempdir().expect("tempdir");
+        let from = format!("{}:{path}", self.container(service));
+        let copy = self.docker(&["cp", &from, &to.path().display().to_string()]);
+        copy.status.success()
     }
 
     pub fn decrypts(&self, ciphertext: &[u8], extra: &[&str]) -> String {

@@ -70,7 +70,8 @@ pub type Raft = openraft::Raft<TypeConfig>;
 pub enum ClientRequest {
     /// Propose a command; answered once it is committed and applied.
     Write(Command),
-    /// Read one key's record (from this node's applied state).
+    /// Read one key's record: linearizable (the node first learns the
+    /// leader's read index and applies up to it).
     GetKey {
         name: String,
     },
@@ -149,6 +150,10 @@ pub enum ClientRequest {
     ClusterHealth,
     /// The cluster's access rule (principal and token management).
     GetAccessRule,
+    /// The leader's read index: the commit index once it has confirmed,
+    /// with a quorum, that it still leads. A node waits to have applied it
+    /// before a linearizable read. Answered by the leader only.
+    ReadIndex,
 }
 
 /// Secret bytes in a message (plaintext, data keys): zeroized on drop and
@@ -293,6 +298,8 @@ pub enum ClientResponse {
     Error(String),
     /// The cluster's access rule, if one is set.
     AccessRule(Option<ApprovalRule>),
+    /// The answer to [`ClientRequest::ReadIndex`].
+    ReadIndex(u64),
 }
 
 /// Every request that travels between nodes or from clients.
