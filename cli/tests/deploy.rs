@@ -36,6 +36,7 @@ fn compose_cluster_serves_survives_node_loss_and_keeps_keys_across_restart() {
     let ct = ct.stdout;
     assert_eq!(p.decrypts(&ct, &[]), "card 4111");
     each_node_holds_only_its_own_secrets(&p);
+    vault_round_trip_with_curl(&p);
 
     // Node loss: a 2-of-3 key still decrypts with one node killed.
     ok_output("docker kill", p.docker(&["kill", &p.container("qk3")]));
@@ -93,6 +94,64 @@ fn each_node_holds_only_its_own_secrets(p: &Project) {
             assert!(!p.has_file(node, &foreign), "{node} can read {foreign}");
         }
     }
+}
+
+/// As the README shows Vault clients: a token from `qk token create`, then
+/// Transit encrypt at node 2 and decrypt at node 3 with plain curl.
+fn vault_round_trip_with_curl(p: &Project) {
+    let created = ok_output(
+        "qk token create",
+        p.qk(
+            &[
+                "token",
+                "create",
+                "--principal",
+                "admin",
+                "--ttl",
+                "1h",
+                "-o",
+                "json",
+            ],
+            None,
+        ),
+    );
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).expect("json");
+    let token = created["token"].as_str().expect("token").to_owned();
+    let ca = p.pki.path().join("ca.pem");
+    let curl = |port: u16, path: &str, body: serde_json::Value| -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--cacert"])
+            .arg(&ca)
+            .args([
+                "-H",
+                &format!("X-Vault-Token: {token}"),
+                "-d",
+                &body.to_string(),
+            ])
+            .arg(format!("https://127.0.0.1:{port}/v1/transit/{path}"))
+            .output()
+            .expect("curl runs");
+        let out = ok_output("curl", out);
+        serde_json::from_slice(&out.stdout).expect("a JSON answer")
+    };
+    let plaintext = "Y2FyZCA0MTEx"; // base64 of "card 4111"
+    let sealed = curl(
+        NODES[1],
+        "encrypt/payments",
+        serde_json::json!({"plaintext": plaintext}),
+    );
+    let ciphertext = sealed["data"]["ciphertext"].as_str().expect("ciphertext");
+    assert!(ciphertext.starts_with("vault:v1:"), "{sealed}");
+    let opened = curl(
+        NODES[2],
+        "decrypt/payments",
+        serde_json::json!({"ciphertext": ciphertext}),
+    );
+    assert_eq!(
+        opened["data"]["plaintext"].as_str(),
+        Some(plaintext),
+        "{opened}"
+    );
 }
 
 /// Replaces the nodes one at a time by containers of a new image while a

@@ -1098,8 +1098,8 @@ impl Node {
                 },
                 _ => {
                     return Err(ClientResponse::Error(format!(
-                        "cannot confirm this read with the leader ({e}); the cluster may be \
-                         electing or lack a majority: retry shortly"
+                        "cannot reach the leader to confirm this read ({e}); the cluster may \
+                         be electing or lack a majority: retry shortly"
                     )))
                 }
             },
@@ -1125,7 +1125,7 @@ impl Node {
                     leader_addr: f.leader_node.as_ref().map(|n| n.rpc_addr.clone()),
                 },
                 None => ClientResponse::Error(format!(
-                    "cannot confirm leadership for a read ({e}); retry shortly"
+                    "cannot reach a majority to confirm leadership for a read ({e}); retry shortly"
                 )),
             },
         }
