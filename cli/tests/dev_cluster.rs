@@ -1,6 +1,6 @@
 //! `qk dev up|status|node stop|node start|down` with real node processes.
-//! The nodes run without the HTTPS API on this branch, so `--no-wait` skips
-//! the readiness probe; this checks process management and the profile.
+//! `--no-wait` skips the readiness probe (the e2e tests wait for a ready
+//! cluster); this checks process management and the profile.
 
 mod common;
 

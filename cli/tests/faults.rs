@@ -13,7 +13,8 @@
 //! - per-key metadata reads (`qk key show` of k0 or k2 at one node, chosen
 //!   at random) are linearizable: the recorded history of reads and rotations passes
 //!   the check in `common/history.rs`;
-//! - no node process panicked.
+//! - every node's copy of the audit chain verifies, and no node process
+//!   panicked.
 //!
 //! It prints a summary: operations by outcome, nemesis events, the seed.
 //! `QK_FAULTS_SECS` (default 180) sets how long the nemesis runs and
@@ -526,6 +527,16 @@ fn check(p: &Project, h: &mut History, initial: &BTreeMap<String, u64>) {
     for port in &NODES[1..] {
         if let Err(differs) = converges(p, *port, &states) {
             h.violations.push(differs);
+        }
+    }
+    // Each node's own copy of the audit chain still verifies.
+    for port in NODES {
+        let out = p.qk_at(&format!("https://127.0.0.1:{port}"), &["audit", "verify"], None);
+        if !out.status.success() {
+            h.violations.push(format!(
+                "the audit chain at {port} does not verify: {}",
+                stderr(&out).trim()
+            ));
         }
     }
     for s in SERVICES {
