@@ -575,11 +575,16 @@ impl Node {
         }
         match req {
             ClientRequest::Write(cmd) => self.write(peer, credential, cmd).await,
-            ClientRequest::GetKey { name } => match self.read_barrier().await {
-                Ok(()) => self.get_key(peer, &name),
-                Err(unavailable) => unavailable,
+            ClientRequest::GetKey { name } => self.get_key(peer, &name).await,
+            ClientRequest::ReadIndex => match peer {
+                Peer::Node(_) => self.read_index().await,
+                _ => self.denied(
+                    peer,
+                    "read-index",
+                    None,
+                    "only cluster nodes ask for the read index".to_owned(),
+                ),
             },
-            ClientRequest::ReadIndex => self.read_index().await,
             ClientRequest::ListKeys => self.list_keys(peer, false),
             ClientRequest::KeyInventory => self.list_keys(peer, true),
             ClientRequest::Audit { from_seq, limit } => {
@@ -1085,9 +1090,9 @@ impl Node {
     /// leader's read index (here when leading, else from the leader) and
     /// waits to have applied it. A partitioned or lagging node answers
     /// "unavailable" instead of serving a stale record.
-    async fn read_barrier(&self) -> Result<(), ClientResponse> {
-        let index = match self.raft.ensure_linearizable().await {
-            Ok(read_log_id) => read_log_id.map_or(0, |l| l.index),
+    pub(super) async fn read_barrier(&self) -> Result<(), ClientResponse> {
+        let index = match self.leader_read_index().await {
+            Ok(index) => index,
             Err(e) => match e.forward_to_leader::<QkNode>() {
                 Some(ForwardToLeader {
                     leader_id: Some(leader),
@@ -1115,10 +1120,34 @@ impl Node {
             })
     }
 
-    /// Leader side of [`Self::read_barrier`].
+    /// The read index when this node leads: the commit index once a
+    /// majority has confirmed it still leads (bounded in time; the caller
+    /// then waits to have applied it, also bounded).
+    async fn leader_read_index(
+        &self,
+    ) -> Result<
+        u64,
+        openraft::error::RaftError<NodeId, openraft::error::CheckIsLeaderError<NodeId, QkNode>>,
+    > {
+        let check = tokio::time::timeout(CLIENT_INDEX_WAIT, self.raft.get_read_log_id()).await;
+        match check {
+            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |l| l.index)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(openraft::error::RaftError::APIError(
+                openraft::error::CheckIsLeaderError::QuorumNotEnough(
+                    openraft::error::QuorumNotEnough {
+                        cluster: "a majority did not confirm within the read wait".to_owned(),
+                        got: Default::default(),
+                    },
+                ),
+            )),
+        }
+    }
+
+    /// Leader side of [`Self::read_barrier`], for member nodes.
     async fn read_index(&self) -> ClientResponse {
-        match self.raft.ensure_linearizable().await {
-            Ok(read_log_id) => ClientResponse::ReadIndex(read_log_id.map_or(0, |l| l.index)),
+        match self.leader_read_index().await {
+            Ok(index) => ClientResponse::ReadIndex(index),
             Err(e) => match e.forward_to_leader::<QkNode>() {
                 Some(f) => ClientResponse::NotLeader {
                     leader: f.leader_id,

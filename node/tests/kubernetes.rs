@@ -1,7 +1,8 @@
 //! deploy/kubernetes: every manifest parses, and the fields the node relies
-//! on agree with each other and with the per-pod configs: names, ports,
-//! mount paths, the start of each pod (bootstrap or join), the PKI mounted
-//! only into the init container, and the hardened security context.
+//! on agree with each other and with the per-node configs: names, ports,
+//! mount paths, the start of each node (bootstrap or join), a Secret of its
+//! own per node mounted only into the init container, and the hardened
+//! security context.
 
 use std::path::{Path, PathBuf};
 
@@ -87,15 +88,6 @@ fn port(container: &Yaml, name: &str) -> (i64, String) {
     )
 }
 
-fn pod_env_is_its_name(container: &Yaml) {
-    let env = named(&container["env"], "POD_NAME");
-    assert_eq!(
-        env["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
-        Some("metadata.name"),
-        "$(POD_NAME) must be the pod's own name"
-    );
-}
-
 fn hardened(container: &Yaml) {
     let sc = &container["securityContext"];
     assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
@@ -103,7 +95,7 @@ fn hardened(container: &Yaml) {
     assert_eq!(strs(&sc["capabilities"]["drop"]), ["ALL"]);
 }
 
-/// Each pod's config, parsed as the node parses it.
+/// Each node's config file, parsed as the node parses it, by file name.
 fn configs(config_map: &Yaml) -> Vec<(String, Config)> {
     let data = config_map["data"].as_hash().expect("data");
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -121,50 +113,46 @@ fn configs(config_map: &Yaml) -> Vec<(String, Config)> {
     out
 }
 
-#[test]
-fn kubernetes_manifests_agree_with_the_node_configs() {
-    let docs = manifests();
-    let sts = one(&docs, "StatefulSet", "quorumkey");
+/// What one node's StatefulSet says, checked on the way.
+struct NodeSet {
+    id: u64,
+    config_file: String,
+    secret: String,
+    data_dir: String,
+    pki_dir: String,
+    cluster_port: i64,
+    api_port: i64,
+    probe: Vec<String>,
+}
+
+fn node_set(sts: &Yaml, headless: &str) -> NodeSet {
+    let name = sts["metadata"]["name"].as_str().expect("name");
+    let id: u64 = name
+        .strip_prefix("quorumkey-")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("StatefulSet {name} is not quorumkey-<node id>"));
     let spec = &sts["spec"];
-    let pod = &spec["template"]["spec"];
-    let labels = &spec["template"]["metadata"]["labels"];
-    let app = labels["app.kubernetes.io/name"]
-        .as_str()
-        .expect("app label");
-
-    // Names and selectors.
-    let headless = one(
-        &docs,
-        "Service",
-        spec["serviceName"].as_str().expect("serviceName"),
-    );
-    assert_eq!(headless["spec"]["clusterIP"].as_str(), Some("None"));
     assert_eq!(
-        headless["spec"]["publishNotReadyAddresses"].as_bool(),
-        Some(true)
+        spec["replicas"].as_i64(),
+        Some(1),
+        "{name}: one pod per node"
     );
-    assert_eq!(spec["podManagementPolicy"].as_str(), Some("Parallel"));
-    let pdb = one(&docs, "PodDisruptionBudget", "quorumkey");
-    for selector in [
-        &spec["selector"]["matchLabels"],
-        &headless["spec"]["selector"],
-        &one(&docs, "Service", "quorumkey-api")["spec"]["selector"],
-        &pdb["spec"]["selector"]["matchLabels"],
-    ] {
-        assert_eq!(selector["app.kubernetes.io/name"].as_str(), Some(app));
-    }
-
-    // Containers: the node and the init container that installs its PKI.
+    assert_eq!(spec["serviceName"].as_str(), Some(headless), "{name}");
+    let pod = &spec["template"]["spec"];
     let node = named(&pod["containers"], "node");
     let init = named(&pod["initContainers"], "pki");
-    let (config_dir, pki_dir, data_dir, secret_dir) = (
-        mount_path(node, "config"),
-        mount_path(node, "pki"),
-        mount_path(node, "data"),
-        mount_path(init, "secret"),
-    );
-    let config_file = format!("{config_dir}/$(POD_NAME).toml");
+
+    // The config: one file of the ConfigMap, mounted as node.toml.
+    let config_dir = mount_path(node, "config");
+    assert_eq!(mount_path(init, "config"), config_dir, "{name}");
+    let config_file = format!("{config_dir}/node.toml");
+    let items = list(&named(&pod["volumes"], "config")["configMap"]["items"]);
+    assert_eq!(items.len(), 1, "{name} mounts exactly its own config");
+    assert_eq!(items[0]["path"].as_str(), Some("node.toml"));
     assert_eq!(strs(&node["args"]), ["start", "--config", &config_file]);
+
+    // The PKI: its own Secret, mounted only into the init container.
+    let secret_dir = mount_path(init, "secret");
     assert_eq!(
         strs(&init["args"]),
         [
@@ -176,32 +164,24 @@ fn kubernetes_manifests_agree_with_the_node_configs() {
             &secret_dir
         ]
     );
-    assert_eq!(mount_path(init, "config"), config_dir);
-    assert_eq!(mount_path(init, "pki"), pki_dir);
-    pod_env_is_its_name(node);
-    pod_env_is_its_name(init);
     assert!(
         mount(node, "secret").is_none(),
-        "the node must not see every node's keys"
+        "{name}: the node must not mount the Secret"
     );
+    let pki_dir = mount_path(node, "pki");
+    assert_eq!(mount_path(init, "pki"), pki_dir);
     assert_eq!(
         mount(node, "pki").expect("pki")["readOnly"].as_bool(),
         Some(true)
-    );
-    let secret = named(&pod["volumes"], "secret");
-    assert_eq!(
-        secret["secret"]["secretName"].as_str(),
-        Some("quorumkey-pki")
     );
     assert_eq!(
         named(&pod["volumes"], "pki")["emptyDir"]["medium"].as_str(),
         Some("Memory")
     );
-    let claims: Vec<&str> = list(&spec["volumeClaimTemplates"])
-        .iter()
-        .filter_map(|c| c["metadata"]["name"].as_str())
-        .collect();
-    assert_eq!(claims, ["data"]);
+    let secret = named(&pod["volumes"], "secret")["secret"]["secretName"]
+        .as_str()
+        .expect("secretName")
+        .to_owned();
 
     // Security: the image's unprivileged user, no API token, hardened.
     assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(false));
@@ -213,68 +193,129 @@ fn kubernetes_manifests_agree_with_the_node_configs() {
     hardened(node);
     hardened(init);
 
-    // Ports agree with the configs and the headless Service.
     let (cluster_port, cluster_protocol) = port(node, "cluster");
-    let (api_port, _) = port(node, "api");
     assert_eq!(cluster_protocol, "UDP", "Raft and cluster RPCs are QUIC");
-    let service_port = named(&headless["spec"]["ports"], "cluster");
-    assert_eq!(service_port["port"].as_i64(), Some(cluster_port));
-    assert_eq!(service_port["protocol"].as_str(), Some("UDP"));
-    let probe = strs(&node["readinessProbe"]["exec"]["command"]);
-    assert!(
-        probe.contains(&format!("https://127.0.0.1:{api_port}").as_str()),
-        "{probe:?}"
-    );
+    let claims: Vec<&str> = list(&spec["volumeClaimTemplates"])
+        .iter()
+        .filter_map(|c| c["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(claims, ["data"]);
+    NodeSet {
+        id,
+        config_file: items[0]["key"].as_str().expect("key").to_owned(),
+        secret,
+        data_dir: mount_path(node, "data"),
+        pki_dir,
+        cluster_port,
+        api_port: port(node, "api").0,
+        probe: strs(&node["readinessProbe"]["exec"]["command"])
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    }
+}
 
-    // One config per replica; pod quorumkey-N is node N+1; pod 0 bootstraps.
-    let replicas = spec["replicas"].as_i64().expect("replicas");
+/// The node's config agrees with its StatefulSet.
+fn config_agrees(set: &NodeSet, c: &Config, headless: &str, first: &str) {
+    let file = &set.config_file;
+    let host = format!("quorumkey-{}-0.{headless}", set.id);
+    assert_eq!(c.node_id, set.id, "{file}");
+    assert_eq!(c.listen.port() as i64, set.cluster_port, "{file}");
+    assert_eq!(
+        c.api_listen.map(|a| a.port() as i64),
+        Some(set.api_port),
+        "{file}"
+    );
+    assert_eq!(
+        c.advertise_addr(),
+        format!("{host}:{}", set.cluster_port),
+        "{file}"
+    );
+    assert_eq!(
+        c.api_url(),
+        format!("https://{host}:{}", set.api_port),
+        "{file}"
+    );
+    assert_eq!(c.data_dir, Path::new(&set.data_dir), "{file}");
+    for path in [&c.tls.ca_cert, &c.tls.cert, &c.tls.key] {
+        assert!(path.starts_with(&set.pki_dir), "{file}: {}", path.display());
+    }
+    let seal = c.seal.key_file.as_ref().expect("a seal key file");
+    assert!(
+        seal.starts_with(&set.pki_dir),
+        "{file}: the seal key is off the data volume"
+    );
+    let ca = c.tls.ca_cert.to_str().expect("utf-8");
+    assert!(set.probe.iter().any(|a| a == ca), "{:?}", set.probe);
+    let api = format!("https://127.0.0.1:{}", set.api_port);
+    assert!(set.probe.contains(&api), "{:?}", set.probe);
+    if set.id == 1 {
+        assert!(
+            c.start.bootstrap && c.start.join.is_none(),
+            "{file} bootstraps"
+        );
+    } else {
+        assert!(!c.start.bootstrap, "{file}: only node 1 bootstraps");
+        assert_eq!(c.start.join.as_deref(), Some(first), "{file}");
+    }
+}
+
+#[test]
+fn kubernetes_manifests_agree_with_the_node_configs() {
+    let docs = manifests();
+    let headless = one(&docs, "Service", "quorumkey");
+    let headless_name = "quorumkey";
+    assert_eq!(headless["spec"]["clusterIP"].as_str(), Some("None"));
+    assert_eq!(
+        headless["spec"]["publishNotReadyAddresses"].as_bool(),
+        Some(true)
+    );
+    let pdb = one(&docs, "PodDisruptionBudget", "quorumkey");
+    let sets: Vec<NodeSet> = docs
+        .iter()
+        .filter(|d| d["kind"].as_str() == Some("StatefulSet"))
+        .map(|sts| {
+            let labels = &sts["spec"]["template"]["metadata"]["labels"];
+            let app = labels["app.kubernetes.io/name"].as_str();
+            for selector in [
+                &headless["spec"]["selector"],
+                &one(&docs, "Service", "quorumkey-api")["spec"]["selector"],
+                &pdb["spec"]["selector"]["matchLabels"],
+            ] {
+                assert_eq!(selector["app.kubernetes.io/name"].as_str(), app);
+            }
+            node_set(sts, headless_name)
+        })
+        .collect();
+    let ids: Vec<u64> = sets.iter().map(|s| s.id).collect();
+    assert_eq!(
+        ids,
+        (1..=sets.len() as u64).collect::<Vec<_>>(),
+        "node ids 1..n in order"
+    );
+    assert!(sets.len() >= 3);
+    let secrets: std::collections::BTreeSet<&str> =
+        sets.iter().map(|s| s.secret.as_str()).collect();
+    assert_eq!(secrets.len(), sets.len(), "no two nodes share a Secret");
+
+    let service_port = named(&headless["spec"]["ports"], "cluster");
+    assert_eq!(service_port["port"].as_i64(), Some(sets[0].cluster_port));
+    assert_eq!(service_port["protocol"].as_str(), Some("UDP"));
+
     let configs = configs(one(&docs, "ConfigMap", "quorumkey-config"));
-    assert_eq!(configs.len() as i64, replicas);
-    let headless_name = headless["metadata"]["name"].as_str().expect("name");
-    let first = format!("quorumkey-0.{headless_name}:{cluster_port}");
-    for (ordinal, (file, c)) in configs.iter().enumerate() {
-        let pod_name = format!("quorumkey-{ordinal}");
-        let host = format!("{pod_name}.{headless_name}");
-        assert_eq!(file, &format!("{pod_name}.toml"));
-        assert_eq!(c.node_id, ordinal as u64 + 1, "{file}");
-        assert_eq!(c.listen.port() as i64, cluster_port, "{file}");
-        assert_eq!(
-            c.api_listen.map(|a| a.port() as i64),
-            Some(api_port),
-            "{file}"
-        );
-        assert_eq!(
-            c.advertise_addr(),
-            format!("{host}:{cluster_port}"),
-            "{file}"
-        );
-        assert_eq!(c.api_url(), format!("https://{host}:{api_port}"), "{file}");
-        assert_eq!(c.data_dir, Path::new(&data_dir), "{file}");
-        for path in [&c.tls.ca_cert, &c.tls.cert, &c.tls.key] {
-            assert!(path.starts_with(&pki_dir), "{file}: {}", path.display());
-        }
-        let seal = c.seal.key_file.as_ref().expect("a seal key file");
-        assert!(
-            seal.starts_with(&pki_dir),
-            "{file}: the seal key is off the data volume"
-        );
-        assert!(
-            probe.contains(&c.tls.ca_cert.to_str().expect("utf-8")),
-            "{probe:?}"
-        );
-        if ordinal == 0 {
-            assert!(
-                c.start.bootstrap && c.start.join.is_none(),
-                "{file} bootstraps"
-            );
-        } else {
-            assert!(!c.start.bootstrap, "{file}: only pod 0 bootstraps");
-            assert_eq!(c.start.join.as_deref(), Some(first.as_str()), "{file}");
-        }
+    assert_eq!(configs.len(), sets.len());
+    let first = format!("quorumkey-1-0.{headless_name}:{}", sets[0].cluster_port);
+    for set in &sets {
+        let (_, config) = configs
+            .iter()
+            .find(|(file, _)| *file == set.config_file)
+            .unwrap_or_else(|| panic!("no {} in the ConfigMap", set.config_file));
+        config_agrees(set, config, headless_name, &first);
     }
     // A voluntary disruption never takes the majority.
+    let n = sets.len() as i64;
     let max_unavailable = pdb["spec"]["maxUnavailable"]
         .as_i64()
         .expect("maxUnavailable");
-    assert!(max_unavailable >= 1 && max_unavailable <= replicas - (replicas / 2 + 1));
+    assert!(max_unavailable >= 1 && max_unavailable <= n - (n / 2 + 1));
 }

@@ -14,6 +14,7 @@
 //! bearer token (`Authorization: Bearer` or `X-Vault-Token`) wins over it.
 #![forbid(unsafe_code)]
 
+mod conn;
 pub mod errors;
 mod metrics;
 mod native;
@@ -46,7 +47,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use serde::de::DeserializeOwned;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -57,8 +58,10 @@ use crate::metrics::Metrics;
 
 /// Largest request body accepted (413 above it).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Most connections served at once; more are closed at accept.
+/// Most connections served at once; more are closed at accept (and at most
+/// [`MAX_CONNECTIONS_PER_IP`] from one address).
 pub const MAX_CONNECTIONS: usize = 1024;
+pub use conn::{IDLE_TIMEOUT, MAX_CONNECTIONS_PER_IP};
 /// Time a client has to finish the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to send an HTTP/1 request head.
@@ -247,7 +250,7 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let admission = conn::Admission::new();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -261,9 +264,13 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "HTTPS API at {MAX_CONNECTIONS} connections; closing a new one");
-            continue;
+        let slot = match admission.admit(remote.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                // Debug, not warn: a flood of refusals must not flood the log.
+                tracing::debug!(%remote, ?refused, "HTTPS API connection refused at accept");
+                continue;
+            }
         };
         let (acceptor, router, watcher) = (acceptor.clone(), router.clone(), graceful.watcher());
         tokio::spawn(async move {
@@ -290,18 +297,40 @@ async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, router: Router,
         Err(_) => return,
     };
     let peer = ConnPeer(client_name(tls.get_ref().1.peer_certificates()));
+    // The version ALPN agreed on (HTTP/1.1 without ALPN): no wait for a
+    // preface that an idle client never sends.
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let service = tower::ServiceExt::map_request(router, move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(peer.clone());
         req
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(error = %e, "HTTPS API connection ended with an error");
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let activity = conn::Activity::new();
+    let io = TokioIo::new(conn::Watched::new(tls, activity.clone()));
+    let served = watcher.watch(builder.serve_connection(io, TowerToHyperService::new(service)));
+    tokio::select! {
+        ended = served => {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "HTTPS API connection ended with an error");
+            }
+        }
+        () = conn::idle(&activity, IDLE_TIMEOUT) => {
+            tracing::debug!("HTTPS API connection closed after {IDLE_TIMEOUT:?} idle");
+        }
     }
 }
 

@@ -30,6 +30,9 @@ use crate::{authenticate, body_failure, parse_json, AppState, Caller, ConnPeer};
 const GENERATION_POLL: Duration = Duration::from_millis(50);
 /// Longest key creation and rotation wait for generation.
 const GENERATION_WAIT: Duration = Duration::from_secs(60);
+/// How long a key is read back after a committed change while its
+/// linearizable read cannot be confirmed (a leader lost just after).
+const READ_BACK_WAIT: Duration = Duration::from_secs(10);
 /// Most audit records one request returns.
 const MAX_AUDIT_LIMIT: u32 = 1000;
 /// Default threshold of a new key (the CLI's default too).
@@ -176,6 +179,34 @@ pub(crate) async fn fetch_key(
     }
 }
 
+/// Reads `name` after a committed change to it. A read the cluster cannot
+/// confirm right now is retried for [`READ_BACK_WAIT`]; a last failure says
+/// the change itself is committed, so that no one repeats it (a repeated
+/// rotation would make another version).
+async fn read_back(state: &AppState, caller: &Caller, name: &str) -> Result<KeyRecord, Refusal> {
+    let deadline = Instant::now() + READ_BACK_WAIT;
+    loop {
+        match fetch_key(state, caller, name).await {
+            Err(Refusal::Failed(f)) if f.code == ErrorCode::Unavailable => {
+                if Instant::now() >= deadline {
+                    return Err(Failure::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "the change to key {name:?} is committed, but reading the key back \
+                             failed: {}; do not repeat the change, check it with \
+                             `qk key show {name}`",
+                            f.message
+                        ),
+                    )
+                    .into());
+                }
+                tokio::time::sleep(GENERATION_POLL).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Polls until `version` of `name` leaves `generating` (or the wait ends).
 pub(crate) async fn wait_generated(
     state: &AppState,
@@ -185,7 +216,7 @@ pub(crate) async fn wait_generated(
 ) -> Result<KeyRecord, Refusal> {
     let deadline = Instant::now() + GENERATION_WAIT;
     loop {
-        let key = fetch_key(state, caller, name).await?;
+        let key = read_back(state, caller, name).await?;
         let generating = key
             .version(version)
             .is_some_and(|v| v.state == VersionState::Generating);
@@ -263,7 +294,7 @@ pub(crate) async fn rotate_and_wait(
     };
     match state.write(caller, op).await? {
         Applied::VersionCreated { version } => wait_generated(state, caller, name, version).await,
-        _ => fetch_key(state, caller, name).await,
+        _ => read_back(state, caller, name).await,
     }
 }
 
@@ -407,7 +438,7 @@ pub(crate) async fn apply_transition(
     for version in versions {
         state.write(caller, t.operation(name, version, b)).await?;
     }
-    fetch_key(state, caller, name).await
+    read_back(state, caller, name).await
 }
 
 async fn lifecycle(
@@ -439,7 +470,7 @@ async fn wait_refreshed(
 ) -> Result<KeyRecord, Refusal> {
     let deadline = Instant::now() + GENERATION_WAIT;
     loop {
-        let key = fetch_key(state, caller, name).await?;
+        let key = read_back(state, caller, name).await?;
         let refreshing = key.versions.iter().any(|v| v.refresh.is_some());
         if !refreshing || Instant::now() >= deadline {
             return Ok(key);

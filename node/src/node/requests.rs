@@ -155,9 +155,14 @@ impl Node {
         })
     }
 
-    pub(super) fn get_key(&self, peer: &Peer, name: &str) -> ClientResponse {
+    /// A key's record, linearizable: permission first (a caller without it
+    /// costs no leader round trip), then the read barrier.
+    pub(super) async fn get_key(&self, peer: &Peer, name: &str) -> ClientResponse {
         if let Err(denied) = self.require(peer, Permission::KeyRead, Some(name), "key.read") {
             return denied;
+        }
+        if let Err(unavailable) = self.read_barrier().await {
+            return unavailable;
         }
         self.read(|s| match s.key(name) {
             Some(k) => ClientResponse::Key(Some(k.clone())),

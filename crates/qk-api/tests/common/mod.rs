@@ -449,7 +449,7 @@ impl Harness {
         }
     }
 
-    fn tls(&self, identity: Option<&Credentials>) -> rustls::ClientConfig {
+    pub fn tls(&self, identity: Option<&Credentials>) -> rustls::ClientConfig {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -1,0 +1,74 @@
+//! The HTTPS listener under connection abuse, over real TLS: idle
+//! connections from one address (no client certificate is needed to
+//! connect) cannot take the listener from others, and an HTTP/1 connection
+//! that sends no request is closed after the header timeout.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Harness;
+use qk_api::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS_PER_IP};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpSocket;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// A TLS connection from `from` that never sends a request.
+async fn idle_tls(h: &Harness, from: IpAddr) -> std::io::Result<TlsStream<tokio::net::TcpStream>> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    let tcp = socket.connect(h.server.local_addr()).await?;
+    let connector = TlsConnector::from(Arc::new(h.tls(None)));
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .map_err(|_| std::io::Error::other("handshake timed out"))?
+}
+
+async fn live_from(h: &Harness, from: IpAddr) -> reqwest::StatusCode {
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(h.tls(None))
+        .local_address(from)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    client
+        .get(h.url("/api/v1/health/live"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_one_address_do_not_starve_the_others() {
+    let h = Harness::start().await;
+    let flooder: IpAddr = "127.0.0.1".parse().unwrap();
+    let honest: IpAddr = "127.0.0.2".parse().unwrap();
+    let mut idle = Vec::new();
+    let mut refused = 0;
+    for _ in 0..MAX_CONNECTIONS_PER_IP + 44 {
+        match idle_tls(&h, flooder).await {
+            Ok(stream) => idle.push(stream),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(idle.len(), MAX_CONNECTIONS_PER_IP, "{refused} refused");
+    assert_eq!(live_from(&h, honest).await, reqwest::StatusCode::OK);
+
+    // Each idle HTTP/1 connection is closed once the header timeout passes.
+    let deadline = HEADER_READ_TIMEOUT + Duration::from_secs(10);
+    for mut stream in idle {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(deadline, stream.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "an idle connection was still open after {deadline:?}: {read:?}"
+        );
+    }
+    assert_eq!(live_from(&h, flooder).await, reqwest::StatusCode::OK);
+}
