@@ -571,6 +571,33 @@ fn check(p: &Project, h: &mut History, initial: &BTreeMap<String, u64>) {
     }
 }
 
+/// What the run did and found, as printed at its end.
+fn summary(h: &History, seed: u64, secs: u64, took: Duration) -> String {
+    let acked_rotations = h.rotations.iter().filter(|r| r.acknowledged.is_some());
+    let mut events: BTreeMap<String, u64> = BTreeMap::new();
+    for e in &h.nemesis {
+        let kind = e.split(' ').next().unwrap_or_default().to_owned();
+        *events.entry(kind).or_default() += 1;
+    }
+    [
+        format!(
+            "fault suite: seed {seed}, {secs} s of nemesis activity, {} s from the first fault to the verdict",
+            took.as_secs()
+        ),
+        format!("operations: {:?}", h.outcomes),
+        format!("acknowledged encryptions checked: {}", h.acked.len()),
+        format!("rotations acknowledged: {}", acked_rotations.count()),
+        format!("keys created: {}", h.created.len()),
+        format!(
+            "metadata reads in the linearizability history: {}",
+            h.reads.len()
+        ),
+        format!("nemesis events: {} {events:?}", h.nemesis.len()),
+        format!("violations: {}", h.violations.len()),
+    ]
+    .join("\n")
+}
+
 #[test]
 fn faults_never_lose_an_acknowledged_write_or_revive_a_destroyed_version() {
     if let Err(why) = docker_answers() {
@@ -615,22 +642,13 @@ fn faults_never_lose_an_acknowledged_write_or_revive_a_destroyed_version() {
     let mut h = history.into_inner().expect("history");
     check(&p, &mut h, &initial);
 
-    println!("fault suite: seed {seed}, {secs} s of nemesis activity");
-    println!("operations: {:?}", h.outcomes);
-    println!("acknowledged encryptions checked: {}", h.acked.len());
-    let acked_rotations = h.rotations.iter().filter(|r| r.acknowledged.is_some());
-    println!("rotations acknowledged: {}", acked_rotations.count());
-    println!("keys created: {}", h.created.len());
-    println!(
-        "metadata reads in the linearizability history: {}",
-        h.reads.len()
-    );
-    let mut events: BTreeMap<String, u64> = BTreeMap::new();
-    for e in &h.nemesis {
-        let kind = e.split(' ').next().unwrap_or_default().to_owned();
-        *events.entry(kind).or_default() += 1;
+    let summary = summary(&h, seed, secs, started.elapsed());
+    println!("{summary}");
+    // Also in a file: `cargo test` shows a passing test's output to no one.
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("faults-summary.txt");
+    if let Err(e) = std::fs::write(&file, &summary) {
+        eprintln!("cannot write {}: {e}", file.display());
     }
-    println!("nemesis events: {} {events:?}", h.nemesis.len());
     assert!(
         h.violations.is_empty(),
         "seed {seed}: {} violations:\n{}",

@@ -84,3 +84,38 @@ fn a_deal_with_counts_or_a_proof_flag_out_of_range_is_refused() {
         small
     );
 }
+
+/// A refresh deal carries no proof of knowledge (flag 0); it must decode,
+/// alone and as a `PublicMessage`, to the same deal.
+#[test]
+fn a_refresh_deal_without_a_proof_of_knowledge_round_trips() {
+    let mut rng = StdRng::seed_from_u64(31);
+    let (keys, shares) = qk_crypto::testing::generate(2, 3, &mut rng);
+    let holders = keys.holders().to_vec();
+    let cfg = config(
+        [7; 32],
+        SessionKind::Refresh { old: keys.clone() },
+        holders.clone(),
+        holders.clone(),
+        2,
+    );
+    let first = holders[0];
+    let mut dealer = Participant::new(cfg, first, Some(shares[0].clone()), Some(dkg_key(first)))
+        .expect("participant");
+    let deal = dealer
+        .start(&mut rng)
+        .expect("start")
+        .expect("a refresh dealer deals");
+    assert!(
+        deal.pok.is_none(),
+        "a refresh deal has no proof of knowledge"
+    );
+    let bytes = deal.to_bytes();
+    assert_eq!(Deal::from_bytes(&bytes).expect("decodes"), deal);
+    let message = qk_crypto::PublicMessage::Deal(deal.clone());
+    assert_eq!(message.to_bytes(), bytes);
+    assert_eq!(
+        qk_crypto::PublicMessage::from_bytes(&bytes).expect("decodes"),
+        message
+    );
+}
