@@ -99,24 +99,7 @@ fn each_node_holds_only_its_own_secrets(p: &Project) {
 /// As the README shows Vault clients: a token from `qk token create`, then
 /// Transit encrypt at node 2 and decrypt at node 3 with plain curl.
 fn vault_round_trip_with_curl(p: &Project) {
-    let created = ok_output(
-        "qk token create",
-        p.qk(
-            &[
-                "token",
-                "create",
-                "--principal",
-                "admin",
-                "--ttl",
-                "1h",
-                "-o",
-                "json",
-            ],
-            None,
-        ),
-    );
-    let created: serde_json::Value = serde_json::from_slice(&created.stdout).expect("json");
-    let token = created["token"].as_str().expect("token").to_owned();
+    let token = common::token_printed(p.qk(&common::ADMIN_TOKEN_ARGS, None));
     let ca = p.pki.path().join("ca.pem");
     let curl = |port: u16, path: &str, body: serde_json::Value| -> serde_json::Value {
         let out = Command::new("curl")

@@ -134,6 +134,13 @@ mod tests {
         BTreeMap::from([("k".to_owned(), 1)])
     }
 
+    /// The one violation the history has.
+    fn the_violation(reads: &[Read], rotations: &[Rotation]) -> String {
+        let found = violations(&initial(), reads, rotations);
+        assert_eq!(found.len(), 1, "{found:?}");
+        found[0].clone()
+    }
+
     #[test]
     fn a_linearizable_history_passes() {
         let reads = [
@@ -159,30 +166,23 @@ mod tests {
 
     #[test]
     fn a_read_going_back_is_found() {
-        let reads = [read(10, 20, 2), read(25, 30, 1)];
-        let rotations = [rotation(5, None)];
-        let found = violations(&initial(), &reads, &rotations);
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with("read went back: k v1"), "{found:?}");
+        let found = the_violation(&[read(10, 20, 2), read(25, 30, 1)], &[rotation(5, None)]);
+        assert!(found.starts_with("read went back: k v1"), "{found}");
     }
 
     /// A rotation's acknowledgement is the primary version it read back,
     /// so it must not go back from an earlier read either.
     #[test]
     fn a_rotation_reporting_an_older_version_than_an_earlier_read_is_found() {
-        let reads = [read(10, 20, 2)];
         let rotations = [rotation(5, None), rotation(25, Some((40, 1)))];
-        let found = violations(&initial(), &reads, &rotations);
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with("read went back: k v1"), "{found:?}");
+        let found = the_violation(&[read(10, 20, 2)], &rotations);
+        assert!(found.starts_with("read went back: k v1"), "{found}");
     }
 
     #[test]
     fn a_read_from_the_future_is_found() {
-        let reads = [read(10, 20, 3)];
         let rotations = [rotation(5, Some((30, 2))), rotation(21, None)];
-        let found = violations(&initial(), &reads, &rotations);
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with("read from the future"), "{found:?}");
+        let found = the_violation(&[read(10, 20, 3)], &rotations);
+        assert!(found.starts_with("read from the future"), "{found}");
     }
 }

@@ -169,29 +169,30 @@ impl Cluster {
 
     /// A fresh one-hour token of the `admin` principal.
     pub fn admin_token(&self) -> String {
-        let out = ok_output(
-            "qk token create",
-            self.run(
-                None,
-                &[
-                    "token",
-                    "create",
-                    "--principal",
-                    "admin",
-                    "--ttl",
-                    "1h",
-                    "--output",
-                    "json",
-                ],
-                None,
-            ),
-        );
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("token create prints JSON");
-        let token = v["token"].as_str().unwrap_or_default().to_owned();
-        assert!(token.starts_with("qkt."), "token create printed {v}");
-        token
+        token_printed(self.run(None, &ADMIN_TOKEN_ARGS, None))
     }
+}
+
+/// `qk` arguments that mint a one-hour token of `admin`, printed as JSON.
+pub const ADMIN_TOKEN_ARGS: [&str; 8] = [
+    "token",
+    "create",
+    "--principal",
+    "admin",
+    "--ttl",
+    "1h",
+    "--output",
+    "json",
+];
+
+/// The token text a successful `qk token create --output json` printed.
+pub fn token_printed(out: Output) -> String {
+    let out = ok_output("qk token create", out);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("token create prints JSON");
+    let token = v["token"].as_str().unwrap_or_default().to_owned();
+    assert!(token.starts_with("qkt."), "token create printed {v}");
+    token
 }
 
 /// The last lines of each node log (the tempdir is gone after the test).
