@@ -1494,3 +1494,28 @@ fn the_principal_list_names_every_principal() {
     let approvals: Vec<&str> = log.sm.approvals().map(|a| a.id.as_str()).collect();
     assert_eq!(approvals, [id.as_str()]);
 }
+
+/// Only a grant of the approver role revokes the tokens others issued: a
+/// role change that grants no approver keeps them.
+#[test]
+fn a_role_change_without_the_approver_role_keeps_the_tokens() {
+    let mut log = Log::new();
+    log.principal("svc", &[Role::KeyUser]);
+    log.run("admin", issue_for("svc", "00000000000000f1", log.now))
+        .expect("a service token");
+    let change = Operation::UpdatePrincipal {
+        name: "svc".into(),
+        roles: [Role::KeyUser, Role::Auditor].into(),
+        disabled: false,
+    };
+    log.run("admin", change).expect("roles changed");
+    let token = log
+        .sm
+        .tokens()
+        .find(|t| t.id == "00000000000000f1")
+        .expect("token");
+    assert!(
+        token.revoked_ms.is_none(),
+        "still live: no approver role was granted"
+    );
+}
