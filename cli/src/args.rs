@@ -552,12 +552,15 @@ pub enum AuditCommand {
     },
     /// Verify the hash chain: on the cluster, or locally on an exported file.
     #[command(
-        after_help = "Examples:\n  qk audit verify\n  qk audit export --out audit.jsonl && qk audit verify --file audit.jsonl"
+        after_help = "Examples:\n  qk audit verify\n  qk audit verify --cross-check\n  qk audit export --out audit.jsonl && qk audit verify --file audit.jsonl\n  qk audit verify --file audit.jsonl --cross-check\n\n--cross-check asks every member for the last record checked: a trail rewritten on one node, or in an export, however consistent in itself, disagrees with the other nodes' copies. It passes when a majority of voters hold the same hash and none holds another."
     )]
     Verify {
         /// JSON lines written by `qk audit export`; verified here, offline.
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
+        /// Also compare the last record with every member's own copy.
+        #[arg(long)]
+        cross_check: bool,
     },
     /// Write every record as JSON lines.
     #[command(after_help = "Example:\n  qk audit export --out audit.jsonl")]

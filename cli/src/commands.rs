@@ -7,6 +7,8 @@ use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use qk_client::http::{ApiClient, HttpError};
+
+use crate::audit_check;
 use qk_client::views::*;
 use zeroize::Zeroizing;
 
@@ -453,26 +455,64 @@ pub async fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<()> {
             limit,
             follow,
         } => audit_tail(ctx, from, limit, follow).await,
-        AuditCommand::Verify { file: Some(file) } => {
+        AuditCommand::Verify {
+            file: Some(file),
+            cross_check,
+        } => {
             let views = crate::audit_file::read_jsonl(&file)?;
             let result = crate::audit_file::verify_views(&views)?;
-            emit(ctx.format, &result, |r| {
+            let local = |r: &crate::audit_file::LocalVerification| {
                 format!(
                     "ok: {} records from seq {} verify; head hash {}\n",
                     r.records,
                     r.first_seq.unwrap_or(0),
                     r.head_hash.clone().unwrap_or_else(|| "-".into())
                 )
-            })
+            };
+            let head = views.last().map(|v| (v.seq, v.hash.clone()));
+            match head.filter(|_| cross_check) {
+                None if cross_check => {
+                    bail!("{} holds no record to cross-check; export the trail again (`qk audit export`)", file.display())
+                }
+                None => emit(ctx.format, &result, local),
+                Some((seq, hash)) => {
+                    let check = audit_check::cross_check(&ctx.api, seq, &hash).await?;
+                    let both = serde_json::json!({ "file": result, "cross_check": check });
+                    emit(ctx.format, &both, |_| {
+                        local(&result) + &audit_check::text(&check)
+                    })?;
+                    audit_check::require(&check)
+                }
+            }
         }
-        AuditCommand::Verify { file: None } => {
+        AuditCommand::Verify {
+            file: None,
+            cross_check,
+        } => {
             let result = ctx.api.audit_verify().await?;
-            emit(ctx.format, &result, |r| {
+            let local = |r: &AuditVerified| {
                 format!(
                     "ok: {} records verify; head hash {}\n",
                     r.records, r.head_hash
                 )
-            })
+            };
+            if !cross_check {
+                return emit(ctx.format, &result, local);
+            }
+            if result.records == 0 {
+                bail!(
+                    "{} reports an empty audit trail, so there is nothing to cross-check; \
+                     ask another node (--addr)",
+                    ctx.api.base_url()
+                );
+            }
+            let check =
+                audit_check::cross_check(&ctx.api, result.records, &result.head_hash).await?;
+            let both = serde_json::json!({ "cluster": result, "cross_check": check });
+            emit(ctx.format, &both, |_| {
+                local(&result) + &audit_check::text(&check)
+            })?;
+            audit_check::require(&check)
         }
         AuditCommand::Export { out } => audit_export(ctx, out.as_deref()).await,
     }

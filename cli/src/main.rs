@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod audit_check;
 mod audit_file;
 mod commands;
 mod dev;
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{CommandFactory, Parser};
 use qk_client::http::{ApiClient, HttpError};
+use qk_types::ErrorKind;
 
 use args::*;
 use commands::Ctx;
@@ -22,6 +24,27 @@ use output::OutputFormat;
 
 /// Exit code when the request waits for approvers.
 const EXIT_APPROVAL_PENDING: u8 = 3;
+
+/// The exit code for a request the cluster refused, by the error's kind;
+/// the one place it is chosen (docs/API.md, "Exit codes"). 1 stays for
+/// every other failure and 2 for a usage error.
+fn exit_code_of(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Invalid | ErrorKind::TooLarge => 4,
+        ErrorKind::Unauthenticated => 5,
+        ErrorKind::Denied => 6,
+        ErrorKind::NotFound => 7,
+        ErrorKind::Conflict => 8,
+        ErrorKind::Unavailable => 9,
+        ErrorKind::Internal => 1,
+    }
+}
+
+/// The kind of the first error in the chain that names one.
+fn kind_of(e: &anyhow::Error) -> Option<ErrorKind> {
+    e.chain()
+        .find_map(|cause| cause.downcast_ref::<HttpError>().and_then(HttpError::kind))
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -60,7 +83,7 @@ fn report(e: &anyhow::Error) -> ExitCode {
         return ExitCode::from(EXIT_APPROVAL_PENDING);
     }
     eprintln!("error: {e:#}");
-    ExitCode::FAILURE
+    kind_of(e).map_or(ExitCode::FAILURE, |kind| ExitCode::from(exit_code_of(kind)))
 }
 
 fn connect(global: &GlobalArgs) -> Result<Ctx> {
@@ -216,6 +239,34 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_error_kind_has_its_own_exit_code_beside_the_fixed_ones() {
+        let mut seen = std::collections::BTreeMap::new();
+        for kind in ErrorKind::ALL {
+            let code = exit_code_of(kind);
+            assert!(code != 2 && code != EXIT_APPROVAL_PENDING, "{kind}");
+            if let Some(other) = seen.insert(code, kind) {
+                let shared = [ErrorKind::Invalid, ErrorKind::TooLarge];
+                assert!(
+                    shared.contains(&other) && shared.contains(&kind),
+                    "{kind} and {other}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_refusal_anywhere_in_the_chain_names_its_kind() {
+        let refused = HttpError::Api(qk_client::http::ApiError {
+            status: 409,
+            code: "conflict".into(),
+            message: "version 1 of key \"k\" is destroyed".into(),
+        });
+        let e = anyhow::Error::new(refused).context("cannot enable k");
+        assert_eq!(kind_of(&e), Some(ErrorKind::Conflict));
+        assert_eq!(kind_of(&anyhow::anyhow!("a local failure")), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{stderr, stdout, Cluster};
+use common::{stderr, stdout, Cluster, EXIT_DENIED, EXIT_INVALID, EXIT_UNAUTHENTICATED};
 use serde_json::Value;
 
 const EXIT_APPROVAL_PENDING: i32 = 3;
@@ -195,7 +195,7 @@ fn pending_id(out: &Output) -> String {
 
 fn is_denied(out: &Output) -> bool {
     let err = stderr(out).to_lowercase();
-    out.status.code() == Some(1) && (err.contains("denied") || err.contains("permission"))
+    out.status.code() == Some(EXIT_DENIED) && (err.contains("denied") || err.contains("permission"))
 }
 
 // ---------------------------------------------------------------------------
@@ -581,7 +581,12 @@ fn approval_flow_for_destroy_and_break_glass_decrypt() {
     let two = c.write_file("two.json", &rule(2));
     for bad in [&zero, &three] {
         let out = c.run(None, &["policy", "set", "k", "--file", bad], None);
-        assert_eq!(out.status.code(), Some(1), "policy {bad}: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_INVALID),
+            "policy {bad}: {}",
+            stderr(&out)
+        );
     }
     for key in ["k", "glass", "frozen"] {
         c.admin(&["policy", "set", key, "--file", &two]);
@@ -597,7 +602,7 @@ fn approval_flow_for_destroy_and_break_glass_decrypt() {
     let self_approve = c.run(Some(&op), &["approval", "approve", &id], None);
     assert_eq!(
         self_approve.status.code(),
-        Some(1),
+        Some(EXIT_DENIED),
         "{}",
         stderr(&self_approve)
     );
@@ -606,7 +611,7 @@ fn approval_flow_for_destroy_and_break_glass_decrypt() {
     let again = c.run(Some(&ann), &["approval", "approve", &id], None);
     assert_eq!(
         again.status.code(),
-        Some(1),
+        Some(EXIT_INVALID),
         "the same approver twice: {}",
         stderr(&again)
     );
@@ -634,7 +639,7 @@ fn approval_flow_for_destroy_and_break_glass_decrypt() {
     let client_side = c.run(Some(&ku), &["decrypt"], Some(ct.as_bytes()));
     assert_eq!(
         client_side.status.code(),
-        Some(1),
+        Some(EXIT_DENIED),
         "{}",
         stderr(&client_side)
     );
@@ -695,7 +700,7 @@ fn approval_flow_for_destroy_and_break_glass_decrypt() {
     );
     assert!(approval_status(&c, &denied).starts_with("denied"));
     let late = c.run(Some(&bob), &["approval", "approve", &denied], None);
-    assert_eq!(late.status.code(), Some(1), "{}", stderr(&late));
+    assert_eq!(late.status.code(), Some(EXIT_INVALID), "{}", stderr(&late));
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(version_states(&c, "frozen"), ["enabled"]);
     assert!(approval_status(&c, &denied).starts_with("denied"));
@@ -708,7 +713,7 @@ fn approval_flow_for_destroy_and_break_glass_decrypt() {
 
 fn is_unauthenticated(out: &Output) -> bool {
     let err = stderr(out).to_lowercase();
-    out.status.code() == Some(1)
+    out.status.code() == Some(EXIT_UNAUTHENTICATED)
         && ["unauthenticated", "token", "expired", "revoked", "401"]
             .iter()
             .any(|w| err.contains(w))
@@ -805,6 +810,54 @@ fn audit_chain_verifies_and_detects_tampering() {
     // The untouched export still verifies, and so does the cluster.
     c.admin(&["audit", "verify", "--file", &path]);
     c.admin(&["audit", "verify"]);
+
+    // Every member holds the same chain, and the export matches it.
+    let out = c.admin(&["audit", "verify", "--cross-check"]);
+    assert!(out.contains("3 of 3 voters agree"), "{out}");
+    let out = c.admin(&["audit", "verify", "--file", &path, "--cross-check"]);
+    assert!(out.contains("3 of 3 voters agree"), "{out}");
+
+    // A trail rewritten consistently from one record on (what a node with
+    // disk access could hand out) verifies alone, but not against the
+    // members' own copies.
+    let forged = rewritten_from(&lines, mid);
+    let f = write("rewritten.jsonl", &forged);
+    c.admin(&["audit", "verify", "--file", &f]);
+    let out = c.run(
+        None,
+        &["audit", "verify", "--file", &f, "--cross-check"],
+        None,
+    );
+    assert!(
+        !out.status.success(),
+        "a rewritten trail passed the cross-check"
+    );
+    let err = stderr(&out);
+    assert!(err.contains("differs") && err.contains("node 1"), "{err}");
+}
+
+/// The export's lines with record `from` edited and every hash from there on
+/// recomputed, so the chain is consistent in itself.
+fn rewritten_from(lines: &[&str], from: usize) -> Vec<String> {
+    use qk_client::views::AuditRecordView;
+    let mut records: Vec<qk_state::AuditRecord> = lines
+        .iter()
+        .map(|l| {
+            let view: AuditRecordView = serde_json::from_str(l).expect("record");
+            qk_state::AuditRecord::try_from(&view).expect("decodes")
+        })
+        .collect();
+    records[from].outcome = "ok (rewritten)".into();
+    for i in from..records.len() {
+        if i > 0 {
+            records[i].prev_hash = records[i - 1].hash;
+        }
+        records[i].hash = records[i].compute_hash();
+    }
+    records
+        .iter()
+        .map(|r| serde_json::to_string(&AuditRecordView::from(r)).expect("json"))
+        .collect()
 }
 
 #[test]
@@ -827,7 +880,7 @@ fn a_single_admin_cannot_satisfy_a_two_approver_rule_alone() {
         );
         assert_eq!(
             out.status.code(),
-            Some(1),
+            Some(EXIT_DENIED),
             "minted for {name}: {}",
             stdout(&out)
         );
@@ -867,7 +920,12 @@ fn a_policy_with_a_misspelled_field_is_refused_naming_it() {
         r#"{"aproval": {"required": 2, "approvers": ["role:approver"], "permissions": ["key-destroy"]}}"#,
     );
     let out = c.run(None, &["policy", "set", "k", "--file", &typo], None);
-    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "refused by qk itself: {}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("aproval"), "{}", stderr(&out));
     let shown = c.admin(&["policy", "show", "k"]);
     assert!(!shown.contains("approval"), "nothing was set: {shown}");
@@ -885,7 +943,12 @@ fn under_the_access_rule_a_single_admin_cannot_make_an_approver_mint_a_token_or_
         r#"{"required": 2, "aprovers": ["role:approver"], "permissions": ["token-manage"]}"#,
     );
     let out = c.run(None, &["access-rule", "set", "--file", &typo], None);
-    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "refused by qk itself: {}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("aprovers"), "{}", stderr(&out));
     let rule = r#"{"required": 2, "approvers": ["role:approver"], "permissions": ["principal-manage", "token-manage"]}"#;
     let file = c.write_file("rule.json", rule);
@@ -918,7 +981,7 @@ fn under_the_access_rule_a_single_admin_cannot_make_an_approver_mint_a_token_or_
     let early = c.run(Some(&svc_token), &["token", "whoami"], None);
     assert_eq!(
         early.status.code(),
-        Some(1),
+        Some(EXIT_UNAUTHENTICATED),
         "the token works before approval"
     );
     assert!(stderr(&early).contains("token"), "{}", stderr(&early));

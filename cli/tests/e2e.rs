@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Cluster;
+use common::{stderr, Cluster, EXIT_DENIED, EXIT_INVALID};
 
 /// A cluster of `nodes` on ports of its own: distinct per test of this
 /// process (they run in parallel) and per process.
@@ -80,7 +80,7 @@ fn key_lifecycle_and_data_through_the_cli() {
         &["decrypt", "--context", "tenant=evil"],
         Some(ct.as_bytes()),
     );
-    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(bad.status.code(), Some(EXIT_INVALID), "{}", stderr(&bad));
 
     // One holder down: 2 of 3 still decrypt.
     c.ok(
@@ -190,6 +190,6 @@ fn tokens_principals_and_whoami() {
     assert!(me.contains("\"alice\""), "{me}");
     // key-user may not create keys.
     let denied = c.run(None, &["key", "create", "nope", "--token", token], None);
-    assert_eq!(denied.status.code(), Some(1));
+    assert_eq!(denied.status.code(), Some(EXIT_DENIED));
     assert!(String::from_utf8_lossy(&denied.stderr).contains("denied"));
 }

@@ -12,7 +12,7 @@ use qk_types::KeyVersion;
 use tokio::sync::{mpsc, oneshot};
 use tracing::error;
 
-use crate::quorum::Io;
+use crate::io::Io;
 
 /// How long an event may wait for companions before its batch is proposed.
 const FLUSH_AFTER: Duration = Duration::from_millis(20);

@@ -6,6 +6,7 @@
 mod applied;
 mod audit;
 pub mod config;
+mod io;
 mod maintenance;
 pub mod node;
 pub mod pki;

@@ -1,30 +1,36 @@
-//! Wiring: storage, network, Raft, and the RPC handler.
+//! The node: its state and the RPC handler (client requests, Raft, the
+//! protocol), writes and read barriers, forwarding and joins. Start-up is in
+//! `node/startup.rs`, client requests in `node/requests.rs`, the unwrap path
+//! in `node/unwrap.rs`, the HTTPS API backend in `node/api_backend.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use openraft::error::ForwardToLeader;
-use openraft::{ServerState, SnapshotPolicy};
-use qk_net::{CaCert, Credentials, Dialer, NetConfig, NetworkFactory, Peer, RpcHandler, Server};
-use qk_raft::{
-    ClientRequest, ClientResponse, NodeId, NodeStatus, PeerRequest, PeerResponse, QkNode, Raft,
-};
+use openraft::ServerState;
+use qk_net::{Dialer, Peer, RpcHandler};
+use qk_raft::{NodeId, PeerRequest, PeerResponse, QkNode, Raft};
 use qk_state::proof::Credential;
 use qk_state::{Command, Operation, Permission, RequestId};
 use qk_types::NodeId as NodeIdT;
+use qk_types::{ErrorKind, RequestError};
+
+use qk_wire::{ClientRequest, ClientResponse, NodeStatus};
 
 use crate::applied::{AppliedIndex, CLIENT_INDEX_WAIT};
-use crate::quorum::{now_ms, Quorum, QuorumCore};
+use crate::io::now_ms;
+use crate::quorum::Quorum;
 use qk_storage::StateReader;
 use tracing::{info, warn};
 
-use crate::config::Config;
-
 mod api_backend;
 mod requests;
+mod startup;
+mod unwrap;
+
+pub use startup::run;
 
 /// Most audit records one request returns.
 const MAX_AUDIT_PAGE: u32 = 1000;
@@ -86,7 +92,7 @@ impl DigestCache {
 /// The protocol runtime's view of the node: send to peers, propose.
 struct NodeIo(Arc<Node>);
 
-impl crate::quorum::Io for NodeIo {
+impl crate::io::Io for NodeIo {
     fn send(&self, to: NodeIdT, bytes: Vec<u8>) -> qk_net::BoxFuture<'_, ()> {
         Box::pin(async move {
             let Some(addr) = self.0.member_addr(to.0) else {
@@ -123,183 +129,9 @@ impl crate::quorum::Io for NodeIo {
     }
 }
 
-/// Loads the cluster CA and this process's credentials.
-pub fn load_tls(ca: &Path, cert: &Path, key: &Path) -> Result<(CaCert, Credentials)> {
-    let ca =
-        CaCert::load(ca).with_context(|| format!("cannot load the cluster CA {}", ca.display()))?;
-    let creds = Credentials::load(cert, key).with_context(|| {
-        format!(
-            "cannot load certificate {} and key {}",
-            cert.display(),
-            key.display()
-        )
-    })?;
-    Ok((ca, creds))
-}
-
-pub fn net_config(request_timeout: Duration) -> NetConfig {
-    let mut cfg = NetConfig::default();
-    cfg.request_timeout = request_timeout;
-    cfg
-}
-
-pub async fn run(config_path: &Path, bootstrap: bool, join: Option<String>) -> Result<()> {
-    let config = Config::load(config_path)?;
-    let (bootstrap, join) = if bootstrap || join.is_some() {
-        (bootstrap, join)
-    } else {
-        (config.start.bootstrap, config.start.join.clone())
-    };
-    let (ca, creds) = load_tls(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
-    if creds.peer() != &Peer::Node(config.node_id) {
-        bail!(
-            "certificate {} is for {}, not node {}; issue one with `qk-node pki issue-node --id {}`",
-            config.tls.cert.display(),
-            creds.peer(),
-            config.node_id,
-            config.node_id
-        );
-    }
-    let (node, actions, audit_rx) = Node::start(&config, &ca, &creds).await?;
-    let node = Arc::new(node);
-    let io: Arc<dyn crate::quorum::Io> = Arc::new(NodeIo(node.clone()));
-    tokio::spawn(node.quorum.clone().run(io.clone(), actions));
-    tokio::spawn(crate::audit::run(audit_rx, io.clone()));
-    if bootstrap {
-        node.bootstrap(&config).await?;
-    }
-    let handler: Arc<dyn RpcHandler> = node.clone();
-    let server = Server::bind(
-        config.listen,
-        &ca,
-        &creds,
-        net_config(Duration::from_secs(30)),
-        handler,
-    )
-    .await
-    .with_context(|| format!("cannot listen on {}", config.listen))?;
-    info!(node_id = config.node_id, listen = %config.listen, "node started");
-    let api = match config.api_listen {
-        Some(addr) => {
-            let backend = Arc::new(api_backend::ApiBackend(node.clone()));
-            let api = qk_api::ApiServer::bind(addr, &creds, &ca, backend)
-                .await
-                .with_context(|| format!("cannot serve the HTTPS API on {addr}"))?;
-            info!(api = %config.api_url(), "HTTPS API listening");
-            Some(api)
-        }
-        None => None,
-    };
-    if let Some(seed) = join {
-        node.join_cluster(&config, &seed).await?;
-    }
-    tokio::spawn(crate::maintenance::run(node.clone(), io.clone()));
-    {
-        let node = node.clone();
-        tokio::spawn(async move { node.reconcile_shares(io).await });
-    }
-    shutdown_signal().await;
-    info!("shutting down");
-    if let Some(api) = api {
-        api.shutdown().await;
-    }
-    server.shutdown().await;
-    if let Err(e) = node.raft.shutdown().await {
-        warn!("raft shutdown: {e}");
-    }
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
-fn raft_config(config: &Config) -> Result<Arc<openraft::Config>> {
-    let r = &config.raft;
-    let c = openraft::Config {
-        cluster_name: "quorumkey".into(),
-        heartbeat_interval: r.heartbeat_interval_ms,
-        election_timeout_min: r.election_timeout_min_ms,
-        election_timeout_max: r.election_timeout_max_ms,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_after_entries),
-        max_in_snapshot_log_to_keep: r.keep_entries_after_snapshot,
-        max_payload_entries: crate::proposer::MAX_ENTRIES_PER_APPEND,
-        ..Default::default()
-    };
-    Ok(Arc::new(c.validate().context("invalid [raft] settings")?))
-}
-
-/// Opens storage, retrying briefly: a previous process may still hold the lock.
-async fn open_storage(
-    path: &Path,
-    grants: Arc<qk_net::GrantVerifier>,
-) -> Result<(qk_storage::LogStore, qk_storage::StateMachineStore)> {
-    let mut attempt = 0;
-    loop {
-        let p = path.to_path_buf();
-        let g = grants.clone();
-        match tokio::task::spawn_blocking(move || qk_storage::open(&p, g)).await? {
-            Ok(stores) => return Ok(stores),
-            Err(e) if attempt < 20 => {
-                attempt += 1;
-                warn!("storage not ready ({e}); retrying");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot open storage in {}", path.display()))
-            }
-        }
-    }
-}
-
-/// Opens the sealed share store with the node seal key.
-fn open_share_store(config: &Config, fresh: bool) -> Result<qk_storage::ShareStore> {
-    use qk_storage::SealKey;
-    let seal = match (&config.seal.passphrase_file, &config.seal.key_file) {
-        (Some(pass), _) => SealKey::from_passphrase_file(pass, &config.data_dir.join("seal.salt"))?,
-        (None, Some(file)) => SealKey::load_key_file(file)?,
-        (None, None) => {
-            let file = config.data_dir.join("seal.key");
-            if !file.exists() && fresh {
-                info!(path = %file.display(), "created the node seal key");
-                SealKey::create_key_file(&file)?
-            } else {
-                SealKey::load_key_file(&file).with_context(|| {
-                    format!(
-                        "cannot load the seal key {}; restore it from backup",
-                        file.display()
-                    )
-                })?
-            }
-        }
-    };
-    Ok(qk_storage::ShareStore::open(
-        &config.data_dir.join("shares"),
-        NodeIdT(config.node_id),
-        seal,
-    )?)
-}
-
 /// Operations only nodes propose (DKG steps, receipts, timeouts): a client
 /// certificate may not; a node may only speak for itself.
-fn authorize_write(peer: &Peer, cmd: &Command) -> std::result::Result<(), String> {
+fn authorize_write(peer: &Peer, cmd: &Command) -> std::result::Result<(), RequestError> {
     let protocol_op = matches!(
         cmd.op,
         Operation::Dkg { .. }
@@ -309,150 +141,20 @@ fn authorize_write(peer: &Peer, cmd: &Command) -> std::result::Result<(), String
             | Operation::PublishDkgKey { .. }
     );
     match peer {
-        Peer::Client(name) if protocol_op => Err(format!(
+        Peer::Client(name) if protocol_op => Err(RequestError::denied(format!(
             "client {name} may not propose {}; only cluster nodes do",
             cmd.op.name()
-        )),
-        Peer::Node(id) if protocol_op && cmd.principal != NodeIdT(*id).to_string() => Err(format!(
-            "node {id} may only propose protocol steps as itself"
-        )),
+        ))),
+        Peer::Node(id) if protocol_op && cmd.principal != NodeIdT(*id).to_string() => {
+            Err(RequestError::denied(format!(
+                "node {id} may only propose protocol steps as itself"
+            )))
+        }
         _ => Ok(()),
     }
 }
 
 impl Node {
-    async fn start(
-        config: &Config,
-        ca: &CaCert,
-        creds: &Credentials,
-    ) -> Result<(
-        Node,
-        tokio::sync::mpsc::UnboundedReceiver<Vec<qk_protocol::Action>>,
-        tokio::sync::mpsc::Receiver<crate::audit::Queued>,
-    )> {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("cannot create data directory {}", config.data_dir.display())
-        })?;
-        let fresh = !config.data_dir.join("raft").exists();
-        let grants =
-            Arc::new(qk_net::GrantVerifier::new(ca).context("cannot load the cluster CA")?);
-        let (log_store, sm_store) =
-            open_storage(&config.data_dir.join("raft"), grants.clone()).await?;
-        let state = sm_store.reader();
-        let shares = open_share_store(config, fresh)?;
-        let dkg_key = shares
-            .dkg_key()
-            .context("cannot derive this node's DKG key from its seal key")?;
-        let dkg_public_key = dkg_key.public_key().to_bytes().to_vec();
-        let replay_upto = {
-            use openraft::storage::RaftLogStorage;
-            let mut reader = log_store.clone();
-            let state = reader
-                .get_log_state()
-                .await
-                .context("cannot read the local Raft log")?;
-            state.last_log_id.map(|l| l.index).unwrap_or(0)
-        };
-        let (core, actions) = QuorumCore::new(NodeIdT(config.node_id), replay_upto, dkg_key);
-        let hook_core = core.clone();
-        sm_store.set_apply_hook(Box::new(move |s, index, cmd, resp| {
-            hook_core.on_applied(s, index, cmd, resp)
-        }));
-        let snapshot_installed = Arc::new(tokio::sync::Notify::new());
-        let installed = snapshot_installed.clone();
-        sm_store.set_install_hook(Box::new(move |_| installed.notify_one()));
-        let (applied_tx, applied) = AppliedIndex::channel();
-        let (audit, audit_rx) = crate::audit::AuditQueue::new();
-        let quorum = Arc::new(Quorum::new(
-            core,
-            state.clone(),
-            shares,
-            applied.clone(),
-            (grants, audit.clone()),
-        ));
-        let peers = Dialer::new(
-            ca,
-            creds,
-            net_config(Duration::from_millis(config.raft.rpc_timeout_ms)),
-        )
-        .context("cannot create the QUIC client endpoint")?;
-        let network = NetworkFactory::new(peers.clone());
-        let raft = Raft::new(
-            config.node_id,
-            raft_config(config)?,
-            network,
-            log_store,
-            sm_store,
-        )
-        .await
-        .context("cannot start Raft")?;
-        crate::applied::follow_raft(&raft, applied_tx);
-        Ok((
-            Node {
-                id: config.node_id,
-                proposer: crate::proposer::Proposer::spawn(raft.clone()),
-                raft,
-                state,
-                peers,
-                quorum,
-                audit,
-                applied,
-                digest: DigestCache::default(),
-                dkg_public_key,
-                snapshot_installed,
-            },
-            actions,
-            audit_rx,
-        ))
-    }
-
-    /// Initializes a one-node cluster and creates the initial admin, before
-    /// the node accepts any client (so no request can race the admin).
-    async fn bootstrap(&self, config: &Config) -> Result<()> {
-        if self.raft.is_initialized().await.unwrap_or(false) {
-            info!("cluster already initialized; --bootstrap ignored");
-        } else {
-            let mut members = BTreeMap::new();
-            members.insert(
-                self.id,
-                QkNode {
-                    rpc_addr: config.advertise_addr(),
-                    api_url: config.api_url(),
-                },
-            );
-            self.raft
-                .initialize(members)
-                .await
-                .context("cannot initialize the cluster")?;
-            info!("bootstrapped a new cluster");
-        }
-        self.ensure_initial_admin(&config.auth.initial_admin)
-            .await?;
-        self.publish_dkg_key().await
-    }
-
-    /// Publishes this node's DKG key before the bootstrap node serves
-    /// clients, so a key can be created at once. (Joining nodes publish
-    /// from the maintenance loop.)
-    async fn publish_dkg_key(&self) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while let Some(op) = self.dkg_key_to_publish() {
-            match self.write_own(op).await {
-                ClientResponse::Written { response, .. } => {
-                    if let Err(e) = response.result {
-                        bail!("cannot publish this node's DKG key: {e}; check the node log");
-                    }
-                    info!("published this node's DKG key");
-                }
-                other if tokio::time::Instant::now() > deadline => {
-                    bail!("cannot publish this node's DKG key: {other:?}; check the node log")
-                }
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        Ok(())
-    }
-
     /// Proposes `op` as this node (`node-N`), signed with its own session.
     async fn write_own(&self, op: Operation) -> ClientResponse {
         let cmd = Command {
@@ -463,96 +165,6 @@ impl Node {
             proof: None,
         };
         self.write(&Peer::Node(self.id), None, cmd).await
-    }
-
-    /// The `PublishDkgKey` this node still has to propose, if any: its key
-    /// is missing from the state, or is another one (the node lost its disk
-    /// and so its seal key).
-    pub(crate) fn dkg_key_to_publish(&self) -> Option<Operation> {
-        let node = NodeIdT(self.id);
-        let published = self
-            .state
-            .read(|a| a.machine().dkg_key(node) == Some(self.dkg_public_key.as_slice()))
-            .unwrap_or(false);
-        (!published).then(|| Operation::PublishDkgKey {
-            node,
-            public_key: self.dkg_public_key.clone(),
-        })
-    }
-
-    async fn ensure_initial_admin(&self, name: &str) -> Result<()> {
-        let has_principals = |node: &Node| {
-            node.state
-                .read(|a| a.machine().principals().next().is_some())
-                .unwrap_or(false)
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !has_principals(self) {
-            let op = Operation::CreatePrincipal {
-                name: name.to_string(),
-                roles: [qk_state::Role::Admin].into(),
-            };
-            let me = Peer::Node(self.id);
-            match self.write_as(&me, None, op).await {
-                ClientResponse::Written { response, .. } => match response.result {
-                    Ok(_) => info!(principal = name, "created the initial admin"),
-                    Err(e) => bail!(
-                        "cannot create the initial admin {name:?}: {e}; fix [auth] initial_admin"
-                    ),
-                },
-                other if tokio::time::Instant::now() > deadline => {
-                    bail!("cannot create the initial admin {name:?}: {other:?}; check the node log")
-                }
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        Ok(())
-    }
-
-    /// Asks the node at `seed` (forwarded to the leader) to add us as a voter.
-    async fn join_cluster(&self, config: &Config, seed: &str) -> Result<()> {
-        if self.is_member().await {
-            info!("already a member; --join ignored");
-            return Ok(());
-        }
-        let request = ClientRequest::Join {
-            node_id: self.id,
-            node: QkNode {
-                rpc_addr: config.advertise_addr(),
-                api_url: config.api_url(),
-            },
-        };
-        let mut delay = Duration::from_millis(200);
-        let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
-        loop {
-            match self
-                .peers
-                .any_node(seed)
-                .call(&PeerRequest::Client(request.clone()))
-                .await
-            {
-                Ok(PeerResponse::Client(ClientResponse::Joined)) => {
-                    info!(seed, "joined the cluster");
-                    return Ok(());
-                }
-                Ok(other) => warn!(seed, "join not accepted yet: {other:?}"),
-                Err(e) => warn!(seed, "join attempt failed: {e}"),
-            }
-            if tokio::time::Instant::now() + delay > deadline {
-                bail!("could not join the cluster through {seed} within {JOIN_TIMEOUT:?}; check that it runs and that this node's certificate is from the cluster CA");
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(3));
-        }
-    }
-
-    async fn is_member(&self) -> bool {
-        let metrics = self.raft.metrics().borrow().clone();
-        metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|id| id == self.id)
     }
 
     /// Runs a client request as `peer`; `credential` is the caller's signing
@@ -668,27 +280,6 @@ impl Node {
         }
     }
 
-    pub(crate) fn server_state(&self) -> ServerState {
-        self.raft.metrics().borrow().state
-    }
-
-    pub(crate) fn maintenance_due(&self, now_ms: u64) -> Vec<Operation> {
-        self.state
-            .read(|a| {
-                let m = a.machine();
-                m.maintenance_due(m.schedule_time_ms(now_ms))
-            })
-            .unwrap_or_default()
-    }
-
-    /// This node should vouch for its clock (see `Operation::Attest`).
-    pub(crate) fn needs_attestation(&self, now_ms: u64) -> bool {
-        let me = NodeIdT(self.id).to_string();
-        self.state
-            .read(|a| a.machine().needs_attestation(&me, now_ms))
-            .unwrap_or(false)
-    }
-
     fn member_api_urls(&self) -> BTreeMap<NodeId, String> {
         let m = self.raft.metrics().borrow().clone();
         m.membership_config
@@ -719,9 +310,9 @@ impl Node {
             Some((key.id, v.version, v.public_keys.clone()?))
         });
         let Ok(Some((id, version, keys))) = found else {
-            return ClientResponse::Error(format!(
+            return ClientResponse::Error(RequestError::conflict(format!(
                 "key {name:?} does not exist or has no enabled version; create it or wait for its generation to finish"
-            ));
+            )));
         };
         let wrapped = qk_crypto::PublicKeySet::from_bytes(&keys)
             .map_err(|e| e.to_string())
@@ -741,141 +332,8 @@ impl Node {
                 text: ct.to_text(),
                 version: version.0,
             },
-            Err(e) => ClientResponse::Error(format!("encryption failed: {e}")),
-        }
-    }
-
-    /// The caller's signature over this decrypt, made with the credential it
-    /// handed to this node (which must be its own).
-    fn prove(
-        &self,
-        principal: &str,
-        credential: Option<&Credential>,
-        ciphertext: &[u8],
-        context: &BTreeMap<String, String>,
-    ) -> std::result::Result<qk_state::proof::IntentProof, String> {
-        use qk_state::proof::{ProofError, Signer};
-        let credential =
-            credential.ok_or_else(|| ProofError::Missing(principal.to_string()).to_string())?;
-        let signer = match &credential.signer {
-            Signer::Token { id } => self
-                .state
-                .read(|a| a.machine().token(id).map(|t| t.principal.clone()))
-                .ok()
-                .flatten()
-                .unwrap_or_default(),
-            Signer::Session(grant) => grant.principal.clone(),
-        };
-        qk_state::proof::check_signer(signer, principal).map_err(|e| e.to_string())?;
-        let intent = qk_state::proof::Intent {
-            principal,
-            ciphertext,
-            context,
-        };
-        credential
-            .prove(&intent, self.id, now_ms())
-            .map_err(|e| e.to_string())
-    }
-
-    /// Decodes a `qk:v1:` ciphertext and names the key it was made under.
-    fn resolve_ciphertext(
-        &self,
-        text: &str,
-    ) -> std::result::Result<(qk_crypto::Ciphertext, String), String> {
-        let ct = qk_crypto::Ciphertext::from_text(text)
-            .map_err(|e| format!("ciphertext does not decode: {e}"))?;
-        let name = self
-            .key_name_for(&ct)
-            .ok_or_else(|| format!("no key with id {} in this cluster", ct.key_id))?;
-        Ok((ct, name))
-    }
-
-    fn key_name_for(&self, ct: &qk_crypto::Ciphertext) -> Option<String> {
-        self.state
-            .read(|a| {
-                a.machine()
-                    .keys()
-                    .find(|k| k.id == ct.key_id)
-                    .map(|k| k.name.clone())
-            })
-            .ok()
-            .flatten()
-    }
-
-    async fn decrypt(
-        &self,
-        peer: &Peer,
-        credential: Option<&Credential>,
-        text: &str,
-        context: BTreeMap<String, String>,
-    ) -> ClientResponse {
-        let (ct, name) = match self.resolve_ciphertext(text) {
-            Ok(found) => found,
-            Err(e) => return ClientResponse::Error(e),
-        };
-        let principal = requests::principal_name(peer);
-        let ciphertext = ct.to_bytes();
-        let proof = match self.prove(&principal, credential, &ciphertext, &context) {
-            Ok(proof) => proof,
-            Err(e) => return self.denied(peer, "decrypt", Some(&name), e),
-        };
-        let (outcome, faulty) = self
-            .quorum
-            .unwrap(name.clone(), ciphertext, context, principal, proof)
-            .await;
-        let blame = if faulty.is_empty() {
-            String::new()
-        } else {
-            let names: Vec<String> = faulty.iter().map(|n| n.to_string()).collect();
-            format!("; invalid partials from {}", names.join(", "))
-        };
-        let (resp, outcome) = match outcome {
-            Ok(plain) => (
-                ClientResponse::Plaintext(qk_raft::Redacted(plain.expose().to_vec())),
-                format!("ok{blame}"),
-            ),
-            Err(e) => (
-                ClientResponse::Error(format!("decryption failed: {e}")),
-                format!("refused: {e}{blame}"),
-            ),
-        };
-        self.audit.record(
-            &requests::principal_name(peer),
-            "decrypt",
-            Some(&name),
-            Some(ct.version),
-            outcome,
-        );
-        resp
-    }
-
-    async fn partial(
-        &self,
-        peer: &Peer,
-        text: &str,
-        context: BTreeMap<String, String>,
-    ) -> ClientResponse {
-        let (ct, name) = match self.resolve_ciphertext(text) {
-            Ok(found) => found,
-            Err(e) => return ClientResponse::Error(e),
-        };
-        let request = qk_protocol::PartialRequest {
-            op_id: 0,
-            key: ct.key_id,
-            name,
-            version: ct.version,
-            ciphertext: ct.to_bytes(),
-            context,
-            principal: requests::principal_name(peer),
-            epoch: None,
-            min_applied: self.applied.get(),
-            // This node authenticated the caller itself (client-side combining).
-            proof: None,
-        };
-        match self.quorum.recorded_partial(None, &request).await {
-            Ok(bytes) => ClientResponse::Partial(bytes),
-            Err(reason) => {
-                ClientResponse::Error(format!("node {} refused a partial: {reason}", self.id))
+            Err(e) => {
+                ClientResponse::Error(RequestError::internal(format!("encryption failed: {e}")))
             }
         }
     }
@@ -883,7 +341,7 @@ impl Node {
     /// Once this node has caught up with the log, erase shares of versions
     /// destroyed or failed meanwhile and check every other share; again
     /// after every snapshot installed from the leader.
-    async fn reconcile_shares(&self, io: Arc<dyn crate::quorum::Io>) {
+    async fn reconcile_shares(&self, io: Arc<dyn crate::io::Io>) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let m = self.raft.metrics().borrow().clone();
@@ -909,7 +367,9 @@ impl Node {
     fn read(&self, f: impl FnOnce(&qk_state::StateMachine) -> ClientResponse) -> ClientResponse {
         match self.state.read(|a| f(a.machine())) {
             Ok(r) => r,
-            Err(e) => ClientResponse::Error(format!("cannot read the local state: {e}")),
+            Err(e) => ClientResponse::Error(RequestError::internal(format!(
+                "cannot read the local state: {e}"
+            ))),
         }
     }
 
@@ -921,7 +381,12 @@ impl Node {
             .read(|a| {
                 let s = a.machine();
                 let index = a.last_applied().map_or(0, |l| l.index);
-                let digest = self.digest.at(index, || s.digest());
+                let digest = self.digest.at(index, || {
+                    s.digest().unwrap_or_else(|e| {
+                        tracing::error!("the state digest is unknown: {e}");
+                        [0; 32]
+                    })
+                });
                 let dkg_keys = s.dkg_key_nodes().map(|n| n.0).collect();
                 (digest, s.key_count() as u64, s.audit_len(), dkg_keys)
             })
@@ -1023,23 +488,28 @@ impl Node {
         peer: &Peer,
         credential: Option<&Credential>,
         cmd: &mut Command,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), RequestError> {
         let credential = match peer {
             Peer::Node(id) if *id != self.id => return Ok(()),
             Peer::Node(_) => self.peers.session().map_err(|e| {
-                format!("cannot sign this node's command: {e}; check the node certificate")
+                RequestError::internal(format!(
+                    "cannot sign this node's command: {e}; check the node certificate"
+                ))
             })?,
             Peer::Client(name) => credential.cloned().ok_or_else(|| {
-                format!(
-                    "the write carries no credential of {name}: every write is signed by its \
+                RequestError::new(
+                    ErrorKind::Unauthenticated,
+                    format!(
+                        "the write carries no credential of {name}: every write is signed by its \
                      author's own key; send a bearer token (`qk token create`), or use qk or \
                      qk-client, which sign with a session of the client certificate"
+                    ),
                 )
             })?,
         };
         let proof = credential
             .sign_command(cmd, cmd.time_ms)
-            .map_err(|e| format!("cannot sign the write: {e}"))?;
+            .map_err(|e| RequestError::invalid(format!("cannot sign the write: {e}")))?;
         cmd.proof = Some(Box::new(proof));
         Ok(())
     }
@@ -1102,10 +572,10 @@ impl Node {
                     other => return Err(other),
                 },
                 _ => {
-                    return Err(ClientResponse::Error(format!(
+                    return Err(ClientResponse::Error(RequestError::unavailable(format!(
                         "cannot reach the leader to confirm this read ({e}); the cluster may \
                          be electing or lack a majority: retry shortly"
-                    )))
+                    ))))
                 }
             },
         };
@@ -1114,9 +584,9 @@ impl Node {
             .await
             .map(|_| ())
             .map_err(|behind| {
-                ClientResponse::Error(format!(
+                ClientResponse::Error(RequestError::unavailable(format!(
                     "this node is behind the leader ({behind}); retry shortly or ask another node"
-                ))
+                )))
             })
     }
 
@@ -1153,9 +623,9 @@ impl Node {
                     leader: f.leader_id,
                     leader_addr: f.leader_node.as_ref().map(|n| n.rpc_addr.clone()),
                 },
-                None => ClientResponse::Error(format!(
+                None => ClientResponse::Error(RequestError::unavailable(format!(
                     "cannot reach a majority to confirm leadership for a read ({e}); retry shortly"
-                )),
+                ))),
             },
         }
     }
@@ -1182,11 +652,11 @@ impl Node {
                 }
             }
             Err(e @ crate::proposer::WriteError::TooLarge { .. }) => {
-                ClientResponse::Error(e.to_string())
+                ClientResponse::Error(RequestError::new(ErrorKind::TooLarge, e.to_string()))
             }
-            Err(e) => ClientResponse::Error(format!(
+            Err(e) => ClientResponse::Error(RequestError::unavailable(format!(
                 "write not committed: {e}; retry with the same request id"
-            )),
+            ))),
         }
     }
 
@@ -1198,22 +668,22 @@ impl Node {
             .await
         {
             Ok(PeerResponse::Client(r)) => r,
-            Ok(other) => {
-                ClientResponse::Error(format!("leader {leader} answered unexpectedly: {other:?}"))
-            }
-            Err(e) => ClientResponse::Error(format!(
+            Ok(other) => ClientResponse::Error(RequestError::internal(format!(
+                "leader {leader} answered unexpectedly: {other:?}"
+            ))),
+            Err(e) => ClientResponse::Error(RequestError::unavailable(format!(
                 "cannot reach leader {leader} at {}: {e}; retry shortly",
                 node.rpc_addr
-            )),
+            ))),
         }
     }
 
     /// Leader side of a join: the caller must be the node itself.
     async fn admit(&self, peer: &Peer, node_id: NodeId, node: QkNode) -> ClientResponse {
         if *peer != Peer::Node(node_id) {
-            return ClientResponse::Error(format!(
+            return ClientResponse::Error(RequestError::denied(format!(
                 "only node {node_id} itself (with its node certificate) may ask to join as {node_id}"
-            ));
+            )));
         }
         let metrics = self.raft.metrics().borrow().clone();
         if metrics.state != ServerState::Leader {
@@ -1237,17 +707,56 @@ impl Node {
             };
         }
         if let Err(e) = self.raft.add_learner(node_id, node, true).await {
-            return ClientResponse::Error(format!("cannot add node {node_id} as learner: {e}"));
+            return ClientResponse::Error(RequestError::unavailable(format!(
+                "cannot add node {node_id} as learner: {e}; retry the join"
+            )));
         }
         let mut voters: BTreeSet<NodeId> =
             metrics.membership_config.membership().voter_ids().collect();
         voters.insert(node_id);
         match self.raft.change_membership(voters, false).await {
             Ok(_) => ClientResponse::Joined,
-            Err(e) => ClientResponse::Error(format!(
+            Err(e) => ClientResponse::Error(RequestError::unavailable(format!(
                 "cannot promote node {node_id} to voter: {e}; retry the join"
-            )),
+            ))),
         }
+    }
+}
+
+impl crate::maintenance::Schedule for Node {
+    /// The `PublishDkgKey` this node still has to propose, if any: its key
+    /// is missing from the state, or is another one (the node lost its disk
+    /// and so its seal key).
+    fn dkg_key_to_publish(&self) -> Option<Operation> {
+        let node = NodeIdT(self.id);
+        let published = self
+            .state
+            .read(|a| a.machine().dkg_key(node) == Some(self.dkg_public_key.as_slice()))
+            .unwrap_or(false);
+        (!published).then(|| Operation::PublishDkgKey {
+            node,
+            public_key: self.dkg_public_key.clone(),
+        })
+    }
+
+    fn leads(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    fn maintenance_due(&self, now_ms: u64) -> Vec<Operation> {
+        self.state
+            .read(|a| {
+                let m = a.machine();
+                m.maintenance_due(m.schedule_time_ms(now_ms))
+            })
+            .unwrap_or_default()
+    }
+
+    fn needs_attestation(&self, now_ms: u64) -> bool {
+        let me = NodeIdT(self.id).to_string();
+        self.state
+            .read(|a| a.machine().needs_attestation(&me, now_ms))
+            .unwrap_or(false)
     }
 }
 
@@ -1291,7 +800,9 @@ impl RpcHandler for Node {
                     _,
                 ) => match self.applied.wait_for(min_applied, CLIENT_INDEX_WAIT).await {
                     Ok(_) => PeerResponse::Client(self.handle_client(&peer, None, request).await),
-                    Err(behind) => PeerResponse::Client(ClientResponse::Error(behind.to_string())),
+                    Err(behind) => PeerResponse::Client(ClientResponse::Error(
+                        RequestError::unavailable(behind.to_string()),
+                    )),
                 },
                 (
                     PeerRequest::ClientProven {
@@ -1304,7 +815,9 @@ impl RpcHandler for Node {
                     Ok(_) => PeerResponse::Client(
                         self.handle_client(&peer, Some(&credential), request).await,
                     ),
-                    Err(behind) => PeerResponse::Client(ClientResponse::Error(behind.to_string())),
+                    Err(behind) => PeerResponse::Client(ClientResponse::Error(
+                        RequestError::unavailable(behind.to_string()),
+                    )),
                 },
                 (PeerRequest::Protocol(bytes), Peer::Node(from)) => {
                     match self.quorum.on_message(NodeIdT(*from), &bytes) {

@@ -9,16 +9,18 @@ use std::time::Duration;
 
 use anyhow::Result;
 use qk_protocol::{
-    answer_partial, check_intent_proof, stored_share, Action, Event, NodeProtocol, OpId,
-    PartialRequest, Plaintext, ProtocolConfig, ProtocolMessage, StoredShare, UnwrapError,
-    UnwrapMode, UnwrapRequest,
+    check_intent_proof, holder_partial, stored_share, Action, Event, NodeProtocol, OpId,
+    PartialRequest, ProtocolConfig, ProtocolMessage, StoredShare, UnwrapError, UnwrapMode,
+    UnwrapRequest,
 };
-use qk_state::{Command, Operation, Response, StateMachine};
+use qk_state::proof::ProofError;
+use qk_state::{Command, Response, StateMachine};
 use qk_storage::{ShareSlot, ShareStore, StateReader};
-use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
+use qk_types::{Epoch, KeyId, KeyVersion, NodeId, RequestError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::applied::AppliedIndex;
+use crate::io::{now_ms, Io};
 use tracing::{error, info, warn};
 
 /// How often the protocol's timeouts are driven.
@@ -89,7 +91,7 @@ impl QuorumCore {
 }
 
 /// The outcome of a server-side unwrap.
-pub type UnwrapOutcome = Result<Plaintext, UnwrapError>;
+pub type UnwrapOutcome = Result<qk_types::Redacted, UnwrapError>;
 
 /// Where a finished unwrap is delivered: the outcome and any faulty holders.
 type Waiter = oneshot::Sender<(UnwrapOutcome, Vec<NodeId>)>;
@@ -108,20 +110,6 @@ pub struct Quorum {
     grants: Arc<qk_net::GrantVerifier>,
     /// Where a refused partial request is recorded.
     audit: crate::audit::AuditQueue,
-}
-
-/// What the runtime needs from the node: sending to peers and proposing.
-pub trait Io: Send + Sync + 'static {
-    fn send(&self, to: NodeId, bytes: Vec<u8>) -> qk_net::BoxFuture<'_, ()>;
-    /// `true` once `op` is committed and applied without error.
-    fn propose(&self, op: Operation) -> qk_net::BoxFuture<'_, bool>;
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn slot(key: KeyId, version: KeyVersion, epoch: Epoch) -> ShareSlot {
@@ -241,7 +229,9 @@ impl Quorum {
             );
             return Err(format!("node {}: {reason}", self.core.me));
         }
-        self.recorded_partial(Some(from), request).await
+        self.recorded_partial(Some(from), request)
+            .await
+            .map_err(|e| e.message)
     }
 
     /// This node's partial, with one audit record of the outcome naming the
@@ -253,7 +243,7 @@ impl Quorum {
         &self,
         asked_by: Option<NodeId>,
         request: &PartialRequest,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, RequestError> {
         let result = self.own_partial(request);
         let verdict = match &result {
             Ok(_) => "ok".to_string(),
@@ -286,10 +276,10 @@ impl Quorum {
                     );
                     self.audit
                         .record(&request.principal, "partial", key, version, withheld);
-                    Err(format!(
+                    Err(RequestError::unavailable(format!(
                         "node {}: the audit record of this partial was not committed within 5 s, so no partial is released; retry when a majority of the cluster is up",
                         self.core.me
-                    ))
+                    )))
                 }
             }
             Err(reason) => {
@@ -306,21 +296,24 @@ impl Quorum {
     fn check_proof(&self, from: NodeId, request: &PartialRequest) -> Result<(), String> {
         let now_ms = now_ms();
         let token = |id: &str| {
-            let mut signer = Err("no state".to_string());
-            self.with_state(|s| {
-                signer = s.token_signer(id, now_ms).map_err(|e| e.to_string());
-            });
+            let mut signer = Err(ProofError::Signer(
+                "this node cannot read its replicated state to check the token".into(),
+            ));
+            self.with_state(|s| signer = s.token_signer(id, now_ms));
             signer
         };
         check_intent_proof(from, request, now_ms, self.grants.as_ref(), token)
+            .map_err(|e| e.to_string())
     }
 
     /// This node's own partial, for client-side combining.
-    pub fn own_partial(&self, request: &PartialRequest) -> Result<Vec<u8>, String> {
-        let mut out = Err("no state".to_string());
+    pub fn own_partial(&self, request: &PartialRequest) -> Result<Vec<u8>, RequestError> {
+        let mut out = Err(RequestError::internal(
+            "this node cannot read its replicated state; see its log",
+        ));
         self.with_state(|s| {
             let share = self.load_share(s, request.key, request.version);
-            let msg = answer_partial(
+            out = holder_partial(
                 s,
                 self.core.me,
                 share.as_ref(),
@@ -328,10 +321,6 @@ impl Quorum {
                 now_ms(),
                 &mut rand::rng(),
             );
-            out = match msg {
-                ProtocolMessage::PartialResponse { result, .. } => result,
-                _ => Err("unexpected protocol answer".into()),
-            };
         });
         out
     }
@@ -342,7 +331,7 @@ impl Quorum {
         key: KeyId,
         version: KeyVersion,
     ) -> Option<qk_crypto::KeyShare> {
-        let record = s.keys().find(|k| k.id == key)?;
+        let record = s.key_by_id(key)?;
         let epoch = record.version(version)?.epoch;
         let slot = slot(key, version, epoch);
         if self
@@ -642,7 +631,7 @@ impl Quorum {
     }
 
     fn check_slot(&self, s: &StateMachine, slot: ShareSlot) -> StoredShare {
-        let load = || self.shares.get(slot).map_err(|e| e.to_string());
+        let load = || self.shares.get(slot);
         stored_share(s, self.core.me, (slot.key, slot.version, slot.epoch), load)
     }
 }

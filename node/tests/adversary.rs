@@ -5,11 +5,12 @@
 
 use std::path::Path;
 
-use qk_raft::{ClientRequest, ClientResponse, PeerRequest, PeerResponse};
+use qk_raft::{PeerRequest, PeerResponse};
 use qk_state::{Operation, VersionState};
 use qk_testkit::adversary::{self, write_outcome, Adversary};
 use qk_testkit::cluster::*;
 use qk_types::{KeyVersion, NodeId};
+use qk_wire::{ClientRequest, ClientResponse};
 
 const BIN: &str = env!("CARGO_BIN_EXE_qk-node");
 const CTX: &[(&str, &str)] = &[("tenant", "acme")];

@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use qk_raft::{ClientRequest, ClientResponse};
 use qk_state::{AuditRecord, VersionState};
 use qk_testkit::cluster::*;
-use qk_types::KeyVersion;
+use qk_types::{ErrorKind, KeyVersion};
+use qk_wire::{ClientRequest, ClientResponse};
 
 const BIN: &str = env!("CARGO_BIN_EXE_qk-node");
 const CTX: &[(&str, &str)] = &[("tenant", "acme")];
@@ -75,7 +75,7 @@ async fn every_partial_is_recorded_and_long_names_never_drop_records() {
         let flood = ClientRequest::Encrypt {
             name: long_name.clone(),
             context: ctx(CTX),
-            plaintext: qk_raft::Redacted(b"p".to_vec()),
+            plaintext: qk_wire::Redacted(b"p".to_vec()),
         };
         let answer = c.request(1, flood).await.expect("answered");
         assert!(!matches!(answer, ClientResponse::Ciphertext { .. }));
@@ -143,7 +143,8 @@ async fn a_partial_withheld_for_want_of_a_durable_record_is_recorded_as_withheld
     };
     let answer = c.request(leader, asked).await;
     assert!(
-        matches!(&answer, Ok(ClientResponse::Error(e)) if e.contains("not committed within 5 s")),
+        matches!(&answer, Ok(ClientResponse::Error(e))
+            if e.kind == ErrorKind::Unavailable && e.message.contains("not committed within 5 s")),
         "{answer:?}"
     );
     for id in &followers {

@@ -4,8 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use qk_raft::{ClientRequest, ClientResponse, PeerRequest};
+use qk_raft::PeerRequest;
 use qk_testkit::cluster::*;
+use qk_wire::{ClientRequest, ClientResponse};
 
 const BIN: &str = env!("CARGO_BIN_EXE_qk-node");
 

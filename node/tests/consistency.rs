@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use qk_raft::{ClientRequest, ClientResponse, Redacted};
 use qk_state::{Operation, Role, VersionState};
 use qk_testkit::cluster::*;
-use qk_types::KeyVersion;
+use qk_types::{ErrorKind, KeyVersion};
+use qk_wire::{ClientRequest, ClientResponse, Redacted};
 
 const BIN: &str = env!("CARGO_BIN_EXE_qk-node");
 const CTX: &[(&str, &str)] = &[("tenant", "acme")];
@@ -68,7 +68,7 @@ async fn writes_through_one_node_are_read_and_enforced_by_the_others() {
             approval: None,
         };
         match c.request_fresh(via, req).await.expect("answer") {
-            ClientResponse::Error(e) => assert!(e.contains("disabled"), "node {via}: {e}"),
+            ClientResponse::Error(e) => assert!(e.message.contains("disabled"), "node {via}: {e}"),
             other => panic!("node {via} decrypted with a disabled version: {other:?}"),
         }
     }
@@ -135,8 +135,10 @@ async fn a_node_that_cannot_catch_up_says_it_is_behind() {
         .expect("answer");
     match answer {
         ClientResponse::Error(e) => assert!(
-            e.contains("node is behind") && e.contains(&far.to_string()) && e.contains("retry"),
-            "{e}"
+            e.kind == ErrorKind::Unavailable
+                && e.message.contains("node is behind")
+                && e.message.contains(&far.to_string()),
+            "{e:?}"
         ),
         other => panic!("answered from state older than the client saw: {other:?}"),
     }
@@ -172,7 +174,10 @@ async fn key_reads_by_an_unrelated_client_see_every_acknowledged_write() {
         .request_fresh(3, ClientRequest::GetKey { name: "k".into() })
         .await;
     match alone {
-        Ok(ClientResponse::Error(e)) => assert!(e.contains("retry"), "{e}"),
+        Ok(ClientResponse::Error(e)) => assert!(
+            e.kind == ErrorKind::Unavailable && e.message.contains("retry"),
+            "{e:?}"
+        ),
         other => panic!("a node without a majority served a read: {other:?}"),
     }
 }

@@ -111,7 +111,7 @@ async fn lifecycle(n: u64, t: u16) {
     for id in stop.iter().chain([&extra]) {
         c.restart(*id);
     }
-    let leader_ok = |s: &qk_raft::NodeStatus| s.leader.is_some();
+    let leader_ok = |s: &qk_wire::NodeStatus| s.leader.is_some();
     c.wait_status(1, leader_ok);
     let plain = wait_until("decrypt after restart", || {
         let h = tokio::runtime::Handle::current();
@@ -416,23 +416,24 @@ async fn no_partial_is_released_without_a_committed_audit_record() {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let partial = || qk_raft::ClientRequest::Partial {
+    let partial = || qk_wire::ClientRequest::Partial {
         ciphertext: ct.clone(),
         context: context.clone(),
         approval: None,
     };
     let released = c.request(1, partial()).await.expect("answered");
     assert!(
-        matches!(released, qk_raft::ClientResponse::Partial(_)),
+        matches!(released, qk_wire::ClientResponse::Partial(_)),
         "{released:?}"
     );
     c.kill(2);
     c.kill(3);
     let refused = c.request(1, partial()).await.expect("answered");
-    let qk_raft::ClientResponse::Error(reason) = &refused else {
+    let qk_wire::ClientResponse::Error(reason) = &refused else {
         panic!("a partial without a committed record: {refused:?}");
     };
-    assert!(reason.contains("audit record"), "{reason}");
+    assert_eq!(reason.kind, qk_types::ErrorKind::Unavailable, "{reason}");
+    assert!(reason.message.contains("audit record"), "{reason}");
 }
 
 /// A holder whose erase fails when its version is destroyed keeps trying:

@@ -6,7 +6,7 @@
 //! node's `qk_raft::TypeConfig`) over a simulated network and in-memory
 //! storage with the node's durability rules, [`qk_state::StateMachine`] as
 //! the applied state, [`qk_protocol::NodeProtocol`] fed from the apply hook,
-//! ticks and messages, [`qk_protocol::answer_partial`] and `qk_crypto`.
+//! ticks and messages, [`qk_protocol::holder_partial`] and `qk_crypto`.
 //! Faults come from the seed: message loss, delay, duplication and
 //! reordering, symmetric and asymmetric partitions, crashes (the applied
 //! state is lost, the Raft disk and share store survive), loss of a whole
@@ -129,19 +129,18 @@ impl PlantedBug {
     }
 
     /// The bug `name` names.
-    pub fn parse(name: &str) -> Result<PlantedBug, String> {
+    pub fn parse(name: &str) -> Result<PlantedBug, UnknownBug> {
         std::iter::once(PlantedBug::None)
             .chain(PlantedBug::ALL)
             .find(|b| b.name() == name)
-            .ok_or_else(|| {
-                let names: Vec<&str> = PlantedBug::ALL.iter().map(|b| b.name()).collect();
-                format!(
-                    "no planted bug {name:?}; choose one of {}",
-                    names.join(", ")
-                )
-            })
+            .ok_or_else(|| UnknownBug(name.to_string()))
     }
 }
+
+/// A `--plant` name that names no planted bug.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no planted bug {0:?}; choose one of {names}", names = PlantedBug::ALL.map(|b| b.name()).join(", "))]
+pub struct UnknownBug(pub String);
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -407,7 +406,7 @@ impl Driver {
             });
             let until = self.with(|w| w.now()) + 200;
             while self.with(|w| w.now()) < until && !self.violated() {
-                if self.with(|w| w.truth.principal(name).is_some()) {
+                if self.with(|w| w.oracle.truth.principal(name).is_some()) {
                     return;
                 }
                 if !self.step().await {
@@ -426,7 +425,7 @@ impl Driver {
                 let missing: Vec<NodeId> = w
                     .ids()
                     .into_iter()
-                    .filter(|id| w.truth.dkg_key(*id).is_none())
+                    .filter(|id| w.oracle.truth.dkg_key(*id).is_none())
                     .collect();
                 for id in &missing {
                     let op = Operation::PublishDkgKey {
@@ -482,7 +481,7 @@ impl Driver {
 
     async fn run_jobs(&self) {
         loop {
-            let jobs = self.with(|w| std::mem::take(&mut w.jobs));
+            let jobs = self.with(|w| std::mem::take(&mut w.sched.jobs));
             if jobs.is_empty() {
                 return;
             }
@@ -505,9 +504,9 @@ impl Driver {
     /// scheduled at all.
     async fn step(&self) -> bool {
         loop {
-            let (next, notify) = self.with(|w| (w.next_event_at(), w.notify.clone()));
+            let (next, notify) = self.with(|w| (w.next_event_at(), w.sched.notify.clone()));
             let Some(at) = next else { return false };
-            let (now, start) = self.with(|w| (w.now(), w.start));
+            let (now, start) = self.with(|w| (w.now(), w.sched.start));
             if at <= now {
                 break;
             }
@@ -525,7 +524,7 @@ impl Driver {
     }
 
     fn violated(&self) -> bool {
-        self.with(|w| w.violation.is_some())
+        self.with(|w| w.oracle.violation.is_some())
     }
 
     async fn run(self) -> Outcome {
@@ -533,7 +532,7 @@ impl Driver {
         const QUIESCE_EVERY: u64 = 1_000;
         let steps = self.with(|w| w.cfg.steps);
         let mut since_check = 0;
-        while self.with(|w| w.step) < steps && !self.violated() {
+        while self.with(|w| w.sched.step) < steps && !self.violated() {
             if !self.step().await {
                 break;
             }
@@ -552,11 +551,11 @@ impl Driver {
     fn finish(&self) -> Outcome {
         self.with(|w| {
             let mut stats = w.stats.clone();
-            stats.steps = w.step;
+            stats.steps = w.sched.step;
             stats.time_ms = w.now();
-            let violation = w.violation.clone().map(|what| Violation {
+            let violation = w.oracle.violation.clone().map(|what| Violation {
                 seed: w.cfg.seed,
-                step: w.step,
+                step: w.sched.step,
                 time_ms: w.now(),
                 what,
                 replay: w.cfg.replay_command(),
@@ -575,13 +574,13 @@ impl Driver {
     async fn quiescent_check(&self) {
         let (loss, dup) = self.with(|w| {
             w.heal();
-            w.workload_on = false;
-            w.queue.retain(|_, ev| {
+            w.load.workload_on = false;
+            w.sched.queue.retain(|_, ev| {
                 !matches!(ev, Ev::Fault | Ev::Restart(_) | Ev::Heal | Ev::Workload)
             });
             for id in w.ids() {
                 if !w.nodes[&id].alive {
-                    w.jobs.push(Job::Start(id));
+                    w.sched.jobs.push(Job::Start(id));
                 }
             }
             w.set_loss(0, 0)
@@ -598,9 +597,9 @@ impl Driver {
             }
         }
         self.with(|w| {
-            w.probe.clear();
+            w.load.probe.clear();
             w.set_loss(loss, dup);
-            w.workload_on = true;
+            w.load.workload_on = true;
             w.schedule(10, Ev::Workload);
             if w.cfg.faults {
                 w.schedule(1_000, Ev::Fault);
@@ -614,8 +613,8 @@ impl Driver {
         let started = self.with(|w| {
             let i = w.wrap_one(name, version)?;
             let (ct, pt) = (
-                w.wrapped[i].ciphertext.clone(),
-                w.wrapped[i].plaintext.clone(),
+                w.load.wrapped[i].ciphertext.clone(),
+                w.load.wrapped[i].plaintext.clone(),
             );
             let live = w.live_ids();
             let via = live[w.rng.random_range(0..live.len())];
@@ -627,13 +626,14 @@ impl Driver {
             self.with(|w| w.fail(format!("cannot wrap under enabled {name:?} {version}")));
             return false;
         };
-        while !self.with(|w| w.probe.contains_key(&(via, op)) || w.now() >= end) && !self.violated()
+        while !self.with(|w| w.load.probe.contains_key(&(via, op)) || w.now() >= end)
+            && !self.violated()
         {
             if !self.step().await {
                 break;
             }
         }
-        self.with(|w| match w.probe.get(&(via, op)) {
+        self.with(|w| match w.load.probe.get(&(via, op)) {
             Some(Ok(p)) if *p == pt => true,
             other => {
                 let what = format!(

@@ -48,8 +48,8 @@ impl Driver {
     async fn quiet(cfg: SimConfig) -> Driver {
         let d = Driver::new(cfg).await;
         d.with(|w| {
-            w.workload_on = false;
-            w.queue.retain(|_, e| matches!(e, crate::Ev::Tick));
+            w.load.workload_on = false;
+            w.sched.queue.retain(|_, e| matches!(e, crate::Ev::Tick));
         });
         d.run_until_idle(60_000).await;
         d
@@ -80,10 +80,13 @@ pub fn scale(nodes: u64, threshold: u16, net: NetProfile, seed: u64) -> ScaleRes
             w.now()
         });
         let key = ("k0".to_string(), KeyVersion(1));
-        d.step_until(120_000, |w| w.settled_at.contains_key(&key))
+        d.step_until(120_000, |w| w.timeline.settled_at.contains_key(&key))
             .await;
         let (m1, rm1, c1, k1) = counters(&d);
-        r.dkg_ms = d.with(|w| w.settled_at.get(&key).copied()).unwrap_or(t0) - t0;
+        r.dkg_ms = d
+            .with(|w| w.timeline.settled_at.get(&key).copied())
+            .unwrap_or(t0)
+            - t0;
         (r.dkg_messages, r.dkg_raft_messages) = (m1 - m0, rm1 - rm0);
         (r.dkg_log_entries, r.dkg_commands) = (c1 - c0, k1 - k0);
         d.run_until_idle(60_000).await;
@@ -92,17 +95,17 @@ pub fn scale(nodes: u64, threshold: u16, net: NetProfile, seed: u64) -> ScaleRes
         let started = d.with(|w| {
             let i = w.wrap_one("k0", KeyVersion(1))?;
             let (ct, pt) = (
-                w.wrapped[i].ciphertext.clone(),
-                w.wrapped[i].plaintext.clone(),
+                w.load.wrapped[i].ciphertext.clone(),
+                w.load.wrapped[i].plaintext.clone(),
             );
             let op = w.start_unwrap(NodeId(1), "k0", ct, pt);
             Some((op, w.now()))
         });
         if let Some((op, t0)) = started {
-            d.step_until(30_000, |w| w.probe.contains_key(&(NodeId(1), op)))
+            d.step_until(30_000, |w| w.load.probe.contains_key(&(NodeId(1), op)))
                 .await;
             r.unwrap_ms = d
-                .with(|w| w.done_at.get(&(NodeId(1), op)).copied())
+                .with(|w| w.timeline.done_at.get(&(NodeId(1), op)).copied())
                 .unwrap_or(t0)
                 - t0;
             r.unwrap_messages = counters(&d).0 - m0;
@@ -123,10 +126,13 @@ pub fn scale(nodes: u64, threshold: u16, net: NetProfile, seed: u64) -> ScaleRes
             w.now()
         });
         let key = ("k0".to_string(), KeyVersion(1));
-        d.step_until(120_000, |w| w.refresh_done.contains_key(&key))
+        d.step_until(120_000, |w| w.timeline.refresh_done.contains_key(&key))
             .await;
         let (m1, rm1, c1, k1) = counters(&d);
-        r.refresh_ms = d.with(|w| w.refresh_done.get(&key).copied()).unwrap_or(t0) - t0;
+        r.refresh_ms = d
+            .with(|w| w.timeline.refresh_done.get(&key).copied())
+            .unwrap_or(t0)
+            - t0;
         (r.refresh_messages, r.refresh_raft_messages) = (m1 - m0, rm1 - rm0);
         (r.refresh_log_entries, r.refresh_commands) = (c1 - c0, k1 - k0);
         r
@@ -162,16 +168,18 @@ pub fn keys_study(
             w.now()
         });
         d.step_until(600_000, |w| {
-            names
-                .iter()
-                .all(|n| w.settled_at.contains_key(&(n.clone(), KeyVersion(1))))
+            names.iter().all(|n| {
+                w.timeline
+                    .settled_at
+                    .contains_key(&(n.clone(), KeyVersion(1)))
+            })
         })
         .await;
         let (m1, rm1, c1, k1) = counters(&d);
         let mut dkg: Vec<u64> = d.with(|w| {
             names
                 .iter()
-                .filter_map(|n| w.settled_at.get(&(n.clone(), KeyVersion(1))))
+                .filter_map(|n| w.timeline.settled_at.get(&(n.clone(), KeyVersion(1))))
                 .map(|t| t - t0)
                 .collect()
         });
@@ -180,7 +188,8 @@ pub fn keys_study(
             names
                 .iter()
                 .filter(|n| {
-                    w.truth
+                    w.oracle
+                        .truth
                         .key(n)
                         .and_then(|k| k.version(KeyVersion(1)))
                         .is_some_and(|v| v.state == VersionState::Enabled)
@@ -206,8 +215,8 @@ pub fn keys_study(
             for n in names.iter().take(200) {
                 if let Some(i) = w.wrap_one(n, KeyVersion(1)) {
                     let (ct, pt) = (
-                        w.wrapped[i].ciphertext.clone(),
-                        w.wrapped[i].plaintext.clone(),
+                        w.load.wrapped[i].ciphertext.clone(),
+                        w.load.wrapped[i].plaintext.clone(),
                     );
                     let via = live[(i * 7) % live.len()];
                     let op = w.start_unwrap(via, n, ct, pt);
@@ -217,13 +226,13 @@ pub fn keys_study(
         });
         d.step_until(60_000, |w| {
             ops.iter()
-                .all(|(v, o, _)| w.done_at.contains_key(&(*v, *o)))
+                .all(|(v, o, _)| w.timeline.done_at.contains_key(&(*v, *o)))
         })
         .await;
         let mut lat: Vec<u64> = d.with(|w| {
             ops.iter()
-                .filter(|(v, o, _)| matches!(w.probe.get(&(*v, *o)), Some(Ok(_))))
-                .filter_map(|(v, o, t)| w.done_at.get(&(*v, *o)).map(|d| d - t))
+                .filter(|(v, o, _)| matches!(w.load.probe.get(&(*v, *o)), Some(Ok(_))))
+                .filter_map(|(v, o, t)| w.timeline.done_at.get(&(*v, *o)).map(|d| d - t))
                 .collect()
         });
         lat.sort_unstable();

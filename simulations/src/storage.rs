@@ -500,3 +500,40 @@ impl RaftStateMachine<TypeConfig> for MemSm {
         }))
     }
 }
+
+#[cfg(test)]
+mod suite {
+    //! openraft's storage test suite, run against the simulator's stores (as
+    //! `qk-storage/tests/suite.rs` runs it against the node's).
+
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    use openraft::testing::{StoreBuilder, Suite};
+    use openraft::StorageError;
+    use qk_raft::{NodeId, TypeConfig};
+    use qk_state::authn::KeyRoster;
+
+    use super::{MemLog, MemSm, SharedDisk};
+
+    /// Every test of the suite gets a fresh simulated disk; flushes take no
+    /// virtual time.
+    struct MemBuilder;
+
+    impl StoreBuilder<TypeConfig, MemLog, MemSm, ()> for MemBuilder {
+        async fn build(&self) -> Result<((), MemLog, MemSm), StorageError<NodeId>> {
+            let disk = SharedDisk::default();
+            let alive = Arc::new(AtomicBool::new(true));
+            let log = MemLog::new(disk.clone(), 0, alive);
+            let sm = MemSm::open(disk, Box::new(|_| {}), Arc::new(KeyRoster::new()));
+            Ok(((), log, sm))
+        }
+    }
+
+    #[test]
+    fn openraft_storage_suite() {
+        if let Err(e) = Suite::test_all(MemBuilder) {
+            panic!("openraft storage suite failed on the simulator's stores: {e}");
+        }
+    }
+}

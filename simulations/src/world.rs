@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, Weak};
 use k256::{ProjectivePoint, Scalar};
 use qk_crypto::{wrap, EncryptionContext, KeyShare, PublicKeySet};
 use qk_protocol::{
-    answer_partial, Action, Event, NodeProtocol, OpId, ProtocolConfig, ProtocolMessage, UnwrapMode,
-    UnwrapRequest,
+    holder_partial, partial_response, Action, Event, NodeProtocol, OpId, ProtocolConfig,
+    ProtocolMessage, UnwrapMode, UnwrapRequest,
 };
 use qk_raft::{Batch, QkNode, Raft};
 use qk_state::authn::{GrantCheck, KeyRoster};
@@ -31,8 +31,17 @@ use crate::storage::{Applied, Hook, RaftDisk, SharedDisk};
 
 mod checks;
 mod forgery;
+mod network;
+mod oracle;
 mod planted;
+mod scheduler;
 mod workload;
+
+pub(crate) use forgery::Adversary;
+pub(crate) use network::Network;
+pub(crate) use oracle::Oracle;
+pub(crate) use scheduler::Scheduler;
+pub(crate) use workload::Workload;
 
 use crate::{PlantedBug, SimConfig, Stats};
 
@@ -130,84 +139,48 @@ fn ctx() -> EncryptionContext {
     BTreeMap::from([("tenant".to_string(), "sim".to_string())])
 }
 
-pub(crate) struct World {
-    pub(crate) cfg: SimConfig,
-    pub(crate) rng: StdRng,
-    pub(crate) start: Instant,
-    pub(crate) this: Weak<Mutex<World>>,
-    pub(crate) notify: Arc<Notify>,
-    seq: u64,
-    pub(crate) queue: BTreeMap<(u64, u64), Ev>,
-    pub(crate) nodes: BTreeMap<NodeId, SimNode>,
-    /// Hash of each log entry (index 0 first), as the first node applied it.
-    canon: Vec<[u8; 32]>,
-    /// The node whose apply extended `canon` last (its commands feed `truth`).
-    extender: Option<NodeId>,
-    /// The state after every applied entry of the agreed log.
-    pub(crate) truth: StateMachine,
-    /// The simulated PKI: every node's and the admin's enrolled key (the
-    /// cluster CA of a real node), and each one's credential.
-    pub(crate) roster: Arc<dyn GrantCheck>,
-    credentials: BTreeMap<String, Credential>,
-    /// Request ids of the commands the compromised node forged: none may
-    /// take effect.
-    forged: BTreeSet<RequestId>,
-    /// The admin's latest signed commands, as the compromised node saw
-    /// them in the log (material for replays).
-    seen_signed: Vec<Command>,
-    blocked: BTreeSet<(NodeId, NodeId)>,
-    loss_per_mille: u32,
-    dup_per_mille: u32,
-    next_request: u64,
-    pub(crate) next_op: OpId,
-    trace: Sha256,
-    pub(crate) stats: Stats,
-    pub(crate) step: u64,
-    roots: BTreeMap<ShareKey, [u8; 32]>,
-    decoys: BTreeMap<(KeyId, KeyVersion), Vec<u8>>,
-    pub(crate) wrapped: Vec<Wrapped>,
-    key_names: Vec<String>,
-    pub(crate) byzantine: Option<NodeId>,
-    pub(crate) probe: BTreeMap<(NodeId, OpId), Result<Vec<u8>, String>>,
-    pub(crate) violation: Option<String>,
-    due_destroy: Vec<(String, KeyVersion, u64)>,
-    pub(crate) workload_on: bool,
-    pub(crate) pending_proposals: u64,
-    /// Jobs for the driver (crashes and starts need to await).
-    pub(crate) jobs: Vec<Job>,
+/// When each unwrap, refresh and generation finished (the scale study).
+#[derive(Default)]
+pub(crate) struct Timeline {
     /// When each unwrap finished (for the scale study).
     pub(crate) done_at: BTreeMap<(NodeId, OpId), u64>,
     /// When each version's last refresh completed (for the scale study).
     pub(crate) refresh_done: BTreeMap<(String, KeyVersion), u64>,
     /// When each version left `Generating` (enabled or failed).
     pub(crate) settled_at: BTreeMap<(String, KeyVersion), u64>,
-    /// The roots' bytes, for searching messages and disks.
-    root_set: BTreeSet<[u8; 32]>,
-    /// Each unwrap's ciphertext and the caller's context, by (combining
-    /// node, op): the checker verifies `π` for every partial returned.
-    unwrap_requests: BTreeMap<(NodeId, OpId), (Vec<u8>, EncryptionContext)>,
-    /// `A_0` of every generation deal in the agreed log, by version.
-    deals: BTreeMap<(String, KeyVersion), Vec<(NodeId, ProjectivePoint)>>,
-    /// The checker's own tally of the generation acks the agreed log
-    /// accepted: the key set each holder acked, by version.
-    acks: BTreeMap<(String, KeyVersion), BTreeMap<NodeId, Vec<u8>>>,
-    /// Every unwrap a client signed ([`intent_digest`]): an honest holder
-    /// releases a partial for no other request.
-    signed_intents: BTreeSet<[u8; 32]>,
-    /// Unwrap proofs the compromised node saw as a holder (replay material).
-    seen_proofs: Vec<IntentProof>,
-    /// Operation ids of the partial requests the compromised node forged.
-    forged_partials: BTreeSet<OpId>,
-    /// Operation ids of the signed requests the compromised node passed on
-    /// to holders without its own checks.
-    unchecked_partials: BTreeSet<OpId>,
+}
+
+/// One simulated cluster: its nodes, and the scheduler, network, oracle,
+/// adversary and workload that drive and judge them.
+pub(crate) struct World {
+    pub(crate) cfg: SimConfig,
+    pub(crate) rng: StdRng,
+    pub(crate) this: Weak<Mutex<World>>,
+    pub(crate) nodes: BTreeMap<NodeId, SimNode>,
+    /// The simulated PKI: every node's and the admin's enrolled key (the
+    /// cluster CA of a real node), and each one's credential.
+    pub(crate) roster: Arc<dyn GrantCheck>,
+    pub(crate) trace: Sha256,
+    pub(crate) stats: Stats,
+    /// Simulated time and the event queue.
+    pub(crate) sched: Scheduler,
+    /// Partitions, loss and duplication between nodes.
+    pub(crate) net: Network,
+    /// The checker's own record of what the agreed log allows.
+    pub(crate) oracle: Oracle,
+    /// The compromised node's forgeries and the material it collected.
+    pub(crate) adversary: Adversary,
+    /// The seeded clients' keys, ciphertexts and pending requests.
+    pub(crate) load: Workload,
+    /// When things finished (for the scale study).
+    pub(crate) timeline: Timeline,
 }
 
 impl std::fmt::Debug for World {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("World")
             .field("seed", &self.cfg.seed)
-            .field("step", &self.step)
+            .field("step", &self.sched.step)
             .finish_non_exhaustive()
     }
 }
@@ -260,68 +233,66 @@ impl World {
         let (loss, dup) = if cfg.faults { (20, 20) } else { (0, 0) };
         World {
             rng,
-            start: Instant::now(),
             this,
-            notify: Arc::new(Notify::new()),
-            seq: 0,
-            queue: BTreeMap::new(),
             nodes,
-            canon: Vec::new(),
-            extender: None,
-            truth: StateMachine::new(),
             roster: forgery::grant_check(roster, cfg.bug),
-            credentials,
-            forged: BTreeSet::new(),
-            seen_signed: Vec::new(),
-            blocked: BTreeSet::new(),
-            loss_per_mille: loss,
-            dup_per_mille: dup,
-            next_request: 0,
-            next_op: 0,
             trace: Sha256::new(),
             stats: Stats::default(),
-            step: 0,
-            roots: BTreeMap::new(),
-            decoys: BTreeMap::new(),
-            wrapped: Vec::new(),
-            key_names: Vec::new(),
-            byzantine,
-            probe: BTreeMap::new(),
-            violation: None,
-            due_destroy: Vec::new(),
-            workload_on: true,
-            pending_proposals: 0,
-            jobs: Vec::new(),
-            done_at: BTreeMap::new(),
-            refresh_done: BTreeMap::new(),
-            deals: BTreeMap::new(),
-            acks: BTreeMap::new(),
-            root_set: BTreeSet::new(),
-            settled_at: BTreeMap::new(),
-            unwrap_requests: BTreeMap::new(),
-            signed_intents: BTreeSet::new(),
-            seen_proofs: Vec::new(),
-            forged_partials: BTreeSet::new(),
-            unchecked_partials: BTreeSet::new(),
             cfg,
+            sched: Scheduler::new(),
+            net: Network::new(loss, dup),
+            oracle: Oracle {
+                canon: Vec::new(),
+                extender: None,
+                truth: StateMachine::new(),
+                roots: BTreeMap::new(),
+                root_set: BTreeSet::new(),
+                decoys: BTreeMap::new(),
+                unwrap_requests: BTreeMap::new(),
+                deals: BTreeMap::new(),
+                acks: BTreeMap::new(),
+                signed_intents: BTreeSet::new(),
+                violation: None,
+            },
+            adversary: Adversary {
+                byzantine,
+                forged: BTreeSet::new(),
+                seen_signed: Vec::new(),
+                seen_proofs: Vec::new(),
+                forged_partials: BTreeSet::new(),
+                unchecked_partials: BTreeSet::new(),
+            },
+            load: Workload {
+                wrapped: Vec::new(),
+                key_names: Vec::new(),
+                due_destroy: Vec::new(),
+                workload_on: true,
+                pending_proposals: 0,
+                next_request: 0,
+                next_op: 0,
+                credentials,
+                probe: BTreeMap::new(),
+            },
+            timeline: Timeline {
+                done_at: BTreeMap::new(),
+                refresh_done: BTreeMap::new(),
+                settled_at: BTreeMap::new(),
+            },
         }
     }
 
     /// Simulated milliseconds (the paused tokio clock).
     pub(crate) fn now(&self) -> u64 {
-        EPOCH_MS + (Instant::now() - self.start).as_millis() as u64
+        self.sched.now()
     }
 
     pub(crate) fn schedule(&mut self, delay: u64, ev: Ev) {
-        self.seq += 1;
-        let at = self.now() + delay;
-        self.queue.insert((at, self.seq), ev);
-        self.notify.notify_one();
+        self.sched.push(delay, ev);
     }
 
     pub(crate) fn fail(&mut self, what: String) {
-        if self.violation.is_none() {
-            self.violation = Some(what);
+        if self.oracle.violation.is_none() {
+            self.oracle.violation = Some(what);
         }
     }
 
@@ -349,14 +320,11 @@ impl World {
     }
 
     pub(crate) fn heal(&mut self) {
-        self.blocked.clear();
+        self.net.heal();
     }
 
     pub(crate) fn set_loss(&mut self, loss: u32, dup: u32) -> (u32, u32) {
-        let old = (self.loss_per_mille, self.dup_per_mille);
-        self.loss_per_mille = loss;
-        self.dup_per_mille = dup;
-        old
+        self.net.set_loss(loss, dup)
     }
 
     /// The apply hook of node `id`, as the node installs its own.
@@ -387,115 +355,6 @@ impl World {
         })
     }
 
-    // ---- the network -------------------------------------------------
-
-    /// Decides the fate of one message from `from` to `to`: its delay, or
-    /// `None` if it is lost (partition, loss, dead receiver).
-    pub(crate) fn link(&mut self, from: NodeId, to: NodeId) -> Option<u64> {
-        if from == to {
-            return Some(0);
-        }
-        if self.blocked.contains(&(from, to))
-            || self.rng.random_range(0..1000) < self.loss_per_mille
-        {
-            return None;
-        }
-        Some(
-            self.rng
-                .random_range(self.cfg.net.min_delay_ms..=self.cfg.net.max_delay_ms),
-        )
-    }
-
-    /// Whether to deliver a copy of a Raft request, and after what delay.
-    pub(crate) fn duplicate_delay(&mut self) -> Option<u64> {
-        if self.rng.random_range(0..1000) >= self.dup_per_mille {
-            return None;
-        }
-        self.stats.raft_duplicates += 1;
-        Some(
-            self.rng
-                .random_range(self.cfg.net.min_delay_ms..=self.cfg.net.max_delay_ms),
-        )
-    }
-
-    /// The Raft of `to` if a message from `from` reaches it now.
-    pub(crate) fn reachable_raft(&self, from: NodeId, to: NodeId) -> Option<Raft> {
-        let node = self.nodes.get(&to)?;
-        if !node.alive || self.blocked.contains(&(from, to)) {
-            return None;
-        }
-        node.raft.clone()
-    }
-
-    /// Sends `bytes`; `dkg` is the session of a DKG share (kept for the
-    /// root search once the session's root is known).
-    fn send(&mut self, from: NodeId, to: NodeId, bytes: Vec<u8>) {
-        self.stats.messages_sent += 1;
-        self.check_secret_free("sent message", &bytes);
-        if from == to {
-            self.schedule(0, Ev::Deliver { from, to, bytes });
-            return;
-        }
-        let Some(d) = self.link(from, to) else {
-            self.stats.messages_lost += 1;
-            return;
-        };
-        if self.rng.random_range(0..1000) < self.dup_per_mille {
-            let d2 = self
-                .rng
-                .random_range(self.cfg.net.min_delay_ms..=self.cfg.net.max_delay_ms);
-            let copy = bytes.clone();
-            self.schedule(
-                d2,
-                Ev::Deliver {
-                    from,
-                    to,
-                    bytes: copy,
-                },
-            );
-        }
-        self.schedule(d, Ev::Deliver { from, to, bytes });
-    }
-
-    fn deliver(&mut self, from: NodeId, to: NodeId, bytes: Vec<u8>) {
-        let alive = self.nodes.get(&to).is_some_and(|n| n.alive);
-        if !alive || self.blocked.contains(&(from, to)) {
-            self.stats.messages_lost += 1;
-            return;
-        }
-        self.check_secret_free("delivered message", &bytes);
-        self.stats.messages_delivered += 1;
-        let now = self.now();
-        self.trace(&format!("deliver {from}->{to}@{now}"), &bytes);
-        let msg = match ProtocolMessage::decode(&bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                self.fail(format!("message from {from} to {to} does not decode: {e}"));
-                return;
-            }
-        };
-        if let ProtocolMessage::PartialResponse {
-            op_id,
-            result: Ok(_),
-        } = &msg
-        {
-            self.check_partial_allowed(from, to, *op_id);
-            let byz = Some(from) == self.byzantine;
-            if let Some(f) = self
-                .nodes
-                .get_mut(&to)
-                .and_then(|n| n.inflight.get_mut(op_id))
-            {
-                f.byz_partial_delivered |= byz;
-                f.partials_from.insert(from);
-            }
-            if self.combine_short(to, *op_id) {
-                return;
-            }
-        }
-        self.drive(to, Event::Message { from, msg });
-    }
-
     // ---- proposals through openraft ---------------------------------
 
     /// Proposes `op` through Raft: at `proposer` (a node's own proposal)
@@ -507,10 +366,10 @@ impl World {
             None if live.is_empty() => return,
             None => live[self.rng.random_range(0..live.len())],
         };
-        self.next_request += 1;
+        self.load.next_request += 1;
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&self.cfg.seed.to_be_bytes());
-        id[8..].copy_from_slice(&self.next_request.to_be_bytes());
+        id[8..].copy_from_slice(&self.load.next_request.to_be_bytes());
         let mut cmd = Command {
             request_id: RequestId(id),
             time_ms: 0,
@@ -520,10 +379,10 @@ impl World {
         };
         // Signed by its author, as the node signs with the caller's
         // credential or its own.
-        if let Some(credential) = self.credentials.get(&cmd.principal) {
+        if let Some(credential) = self.load.credentials.get(&cmd.principal) {
             cmd.proof = credential.sign_command(&cmd, self.now()).ok().map(Box::new);
         }
-        self.pending_proposals += 1;
+        self.load.pending_proposals += 1;
         self.enqueue(at, vec![(cmd, 0)]);
     }
 
@@ -532,7 +391,7 @@ impl World {
     /// committed, everything queued meanwhile goes into the next one).
     fn enqueue(&mut self, at: NodeId, cmds: Vec<(Command, u8)>) {
         let Some(node) = self.nodes.get_mut(&at).filter(|n| n.alive) else {
-            self.pending_proposals -= cmds.len() as u64;
+            self.load.pending_proposals -= cmds.len() as u64;
             return;
         };
         node.outbox.extend(cmds);
@@ -576,7 +435,7 @@ impl World {
             Some(_) => batch.into_iter().partition(|(_, hops)| *hops < 2),
             None => (Vec::new(), batch),
         };
-        self.pending_proposals -= dropped.len() as u64;
+        self.load.pending_proposals -= dropped.len() as u64;
         if let (Some(l), false) = (leader, forward.is_empty()) {
             match self.link(at, l) {
                 Some(d) => {
@@ -591,7 +450,7 @@ impl World {
                         });
                     }
                 }
-                None => self.pending_proposals -= forward.len() as u64,
+                None => self.load.pending_proposals -= forward.len() as u64,
             }
         }
         self.pump(at);
@@ -609,21 +468,21 @@ impl World {
     fn on_entry(&mut self, id: NodeId, index: u64, hash: [u8; 32]) {
         self.trace(&format!("apply {id} {index}"), &hash);
         let i = index as usize;
-        if i < self.canon.len() {
-            if self.canon[i] != hash {
+        if i < self.oracle.canon.len() {
+            if self.oracle.canon[i] != hash {
                 self.fail(format!(
                     "{id} applied a different entry at index {index} than other nodes did"
                 ));
             }
-            self.extender = None;
-        } else if i == self.canon.len() {
-            self.canon.push(hash);
-            self.extender = Some(id);
+            self.oracle.extender = None;
+        } else if i == self.oracle.canon.len() {
+            self.oracle.canon.push(hash);
+            self.oracle.extender = Some(id);
             self.stats.commits += 1;
         } else {
             self.fail(format!(
                 "{id} applied index {index} but only {} entries were ever applied",
-                self.canon.len()
+                self.oracle.canon.len()
             ));
         }
     }
@@ -636,11 +495,12 @@ impl World {
         cmd: &Command,
         response: &qk_state::Response,
     ) {
-        if self.extender == Some(id) && index as usize + 1 == self.canon.len() {
+        if self.oracle.extender == Some(id) && index as usize + 1 == self.oracle.canon.len() {
             // The simulated membership never changes: every node, always.
             let nodes = self.cfg.nodes;
             let is_member = move |n: NodeId| (1..=nodes).contains(&n.0);
             let resp = self
+                .oracle
                 .truth
                 .apply_from_members(cmd, self.roster.as_ref(), &is_member);
             self.stats.commands += 1;
@@ -665,7 +525,9 @@ impl World {
                         self.stats.refreshes_completed += 1;
                         if let Operation::Dkg { name, version, .. } = &cmd.op {
                             let now = self.now();
-                            self.refresh_done.insert((name.clone(), *version), now);
+                            self.timeline
+                                .refresh_done
+                                .insert((name.clone(), *version), now);
                         }
                     }
                     _ => {}
@@ -705,7 +567,7 @@ async fn write_batch(world: &Arc<Mutex<World>>, raft: Raft, at: NodeId, batch: V
     let leader = match raft.client_write(Batch(cmds)).await {
         Ok(_) => {
             if let Ok(mut w) = world.lock() {
-                w.pending_proposals -= batch.len() as u64;
+                w.load.pending_proposals -= batch.len() as u64;
                 w.batch_written(at, Vec::new(), None);
             }
             return;
@@ -760,7 +622,7 @@ impl World {
     }
 
     fn run_actions(&mut self, id: NodeId, actions: Vec<Action>, state: &StateMachine) {
-        let byz = Some(id) == self.byzantine;
+        let byz = Some(id) == self.adversary.byzantine;
         for action in actions {
             self.trace(&format!("action {id}"), format!("{action:?}").as_bytes());
             match action {
@@ -866,12 +728,14 @@ impl World {
         request: qk_protocol::PartialRequest,
         state: &StateMachine,
     ) {
-        let byz = Some(id) == self.byzantine;
+        let byz = Some(id) == self.adversary.byzantine;
         let now_ms = self.clock_of(id);
         if byz {
             self.keep_seen_proof(&request);
         } else if let Err(reason) = self.check_intent(to, &request, now_ms, state) {
-            if self.forged_partials.contains(&request.op_id) && Some(to) == self.byzantine {
+            if self.adversary.forged_partials.contains(&request.op_id)
+                && Some(to) == self.adversary.byzantine
+            {
                 self.stats.partial_forgeries_refused += 1;
             }
             let reply = ProtocolMessage::PartialResponse {
@@ -906,7 +770,8 @@ impl World {
                 req.ciphertext = decoy;
             }
         }
-        let mut reply = answer_partial(state, id, share.as_ref(), &req, now_ms, &mut self.rng);
+        let result = holder_partial(state, id, share.as_ref(), &req, now_ms, &mut self.rng);
+        let mut reply = partial_response(&req, result);
         if !byz {
             reply = self.planted_release((id, state, share.as_ref()), &req, now_ms, reply);
         }
@@ -929,7 +794,7 @@ impl World {
         result: Result<Vec<u8>, qk_protocol::UnwrapError>,
         faulty: Vec<NodeId>,
     ) {
-        let byz = self.byzantine;
+        let byz = self.adversary.byzantine;
         if let Some(f) = faulty.iter().find(|f| Some(**f) != byz) {
             self.fail(format!(
                 "unwrap {op_id} at {id} blamed honest holder {f} (faulty: {faulty:?})"
@@ -944,7 +809,7 @@ impl World {
                 self.stats.byzantine_blamed += 1;
             }
         }
-        self.unwrap_requests.remove(&(id, op_id));
+        self.oracle.unwrap_requests.remove(&(id, op_id));
         if let Some(flight) = &flight {
             self.check_combined_from_t((id, state), op_id, flight, &result);
             match (&result, &flight.expected) {
@@ -970,67 +835,11 @@ impl World {
             Err(_) => self.stats.unwraps_failed += 1,
         }
         let now = self.now();
-        self.done_at.insert((id, op_id), now);
-        self.probe
+        self.timeline.done_at.insert((id, op_id), now);
+        self.load
+            .probe
             .insert((id, op_id), result.map_err(|e| e.to_string()));
     }
-
-    // ---- events -----------------------------------------------------------
-
-    /// Pops and handles the next due event. Returns `false` if none is due.
-    pub(crate) fn step_event(&mut self) -> bool {
-        let now = self.now();
-        let due = self
-            .queue
-            .first_key_value()
-            .is_some_and(|((at, _), _)| *at <= now);
-        if !due {
-            return false;
-        }
-        let Some((_, ev)) = self.queue.pop_first() else {
-            return false;
-        };
-        self.step += 1;
-        self.handle_event(ev);
-        true
-    }
-
-    pub(crate) fn next_event_at(&self) -> Option<u64> {
-        self.queue.first_key_value().map(|((at, _), _)| *at)
-    }
-
-    fn handle_event(&mut self, ev: Ev) {
-        match ev {
-            Ev::Deliver { from, to, bytes } => self.deliver(from, to, bytes),
-            Ev::Tick => {
-                for id in self.live_ids() {
-                    let now_ms = self.clock_of(id);
-                    self.drive(id, Event::Tick { now_ms });
-                }
-                self.schedule(50, Ev::Tick);
-            }
-            Ev::Workload => {
-                if self.workload_on {
-                    if self.byzantine.is_some() && self.rng.random_range(0..100) < 5 {
-                        self.forge();
-                    }
-                    self.workload();
-                    let d = self.rng.random_range(100..600);
-                    self.schedule(d, Ev::Workload);
-                }
-            }
-            Ev::Fault => {
-                self.fault();
-                let d = self.rng.random_range(2_000..8_000);
-                self.schedule(d, Ev::Fault);
-            }
-            Ev::Restart(id) => self.jobs.push(Job::Start(id)),
-            Ev::Heal => self.blocked.clear(),
-            Ev::LateErase { id, key, version } => self.erase_now(id, key, version),
-        }
-    }
-
-    // ---- invariants ---------------------------------------------------------
 }
 
 /// The simulated PKI of run `seed`: node-1..node-`nodes`, the admin, the

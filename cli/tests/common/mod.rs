@@ -42,6 +42,11 @@ pub fn qk(cwd: &Path, token: Option<&str>, args: &[&str], stdin: Option<&[u8]>) 
     child.wait_with_output().expect("qk finishes")
 }
 
+/// `qk`'s exit codes for a refusal, by its kind (docs/API.md, "Exit codes").
+pub const EXIT_INVALID: i32 = 4;
+pub const EXIT_UNAUTHENTICATED: i32 = 5;
+pub const EXIT_DENIED: i32 = 6;
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -103,43 +108,8 @@ impl Cluster {
     }
 }
 
-/// A Python venv at `venv` with `package` (pip syntax) installed, made when
-/// missing; returns its python, or why it could not be made.
-pub fn venv_with(venv: &Path, package: &str) -> Result<PathBuf, String> {
-    let python = venv.join("bin").join("python");
-    let marker = venv.join(format!(".installed-{}", package.replace(['=', '/'], "_")));
-    if marker.is_file() {
-        return Ok(python);
-    }
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(venv)
-        .output()
-        .map_err(|e| format!("cannot run python3 -m venv: {e}"))?;
-    if !made.status.success() {
-        return Err(format!("python3 -m venv failed: {}", stderr(&made)));
-    }
-    let pip = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .args(["--timeout", "30", package])
-        .output()
-        .map_err(|e| format!("cannot run the venv's pip: {e}"))?;
-    if !pip.status.success() {
-        return Err(format!(
-            "pip install {package} failed (is the Python package index reachable? proxy, \
-             PIP_INDEX_URL): {}",
-            stderr(&pip)
-        ));
-    }
-    std::fs::write(&marker, b"").map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
-    Ok(python)
-}
+#[allow(unused_imports)] // used by the Vault tests only
+pub use qk_testkit::python::venv_with;
 
 /// `out`, or a panic showing what failed and its output.
 pub fn ok_output(what: &str, out: Output) -> Output {

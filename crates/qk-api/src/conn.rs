@@ -6,15 +6,15 @@
 //! [`crate::REQUEST_TIMEOUT`], shorter than the idle timeout, so a
 //! connection idle that long has no request left to answer.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use qk_net::admission::{AddressSlot, AddressSlots};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -30,15 +30,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(REQUEST_TIMEOUT.as_secs()
 #[derive(Debug)]
 pub struct Admission {
     total: Arc<Semaphore>,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    per_ip_limit: usize,
+    addresses: Arc<AddressSlots>,
 }
 
 /// One admitted connection; its slots are freed on drop.
 #[derive(Debug)]
 pub struct Slot {
-    admission: Arc<Admission>,
-    ip: IpAddr,
+    _address: AddressSlot,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -57,8 +55,7 @@ impl Admission {
     pub fn with_limits(total: usize, per_ip: usize) -> Arc<Admission> {
         Arc::new(Admission {
             total: Arc::new(Semaphore::new(total)),
-            per_ip: Mutex::new(HashMap::new()),
-            per_ip_limit: per_ip,
+            addresses: AddressSlots::new(per_ip),
         })
     }
 
@@ -68,39 +65,19 @@ impl Admission {
             .clone()
             .try_acquire_owned()
             .map_err(|_| Refused::Full)?;
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let count = per_ip.entry(ip).or_insert(0);
-        if *count >= self.per_ip_limit {
-            return Err(Refused::TooManyFrom(ip));
-        }
-        *count += 1;
+        let address = self
+            .addresses
+            .try_take(ip)
+            .ok_or(Refused::TooManyFrom(ip))?;
         Ok(Slot {
-            admission: self.clone(),
-            ip,
+            _address: address,
             _permit: permit,
         })
     }
 
     #[cfg(test)]
     fn open_from(&self, ip: IpAddr) -> usize {
-        let per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        per_ip.get(&ip).copied().unwrap_or(0)
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut per_ip = self
-            .admission
-            .per_ip
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = per_ip.get_mut(&self.ip) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
+        self.addresses.held_by(ip)
     }
 }
 

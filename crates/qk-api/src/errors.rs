@@ -4,60 +4,35 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use qk_raft::ClientResponse;
 use qk_state::{Applied, ApprovalRecord, StateError};
+use qk_wire::ClientResponse;
 use serde_json::json;
 
-/// Error codes of the native API (`{"error": {"code", "message"}}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorCode {
-    Invalid,
-    Unauthenticated,
-    Denied,
-    NotFound,
-    Conflict,
-    TooLarge,
-    Unavailable,
-    Internal,
-}
+pub use qk_types::{ErrorKind, RequestError};
 
-impl ErrorCode {
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorCode::Invalid => "invalid",
-            ErrorCode::Unauthenticated => "unauthenticated",
-            ErrorCode::Denied => "denied",
-            ErrorCode::NotFound => "not-found",
-            ErrorCode::Conflict => "conflict",
-            ErrorCode::TooLarge => "too-large",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Internal => "internal",
-        }
-    }
-
-    pub fn status(self) -> StatusCode {
-        match self {
-            ErrorCode::Invalid => StatusCode::BAD_REQUEST,
-            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ErrorCode::Denied => StatusCode::FORBIDDEN,
-            ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::Conflict => StatusCode::CONFLICT,
-            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+/// The HTTP status of an error kind; the one place it is chosen.
+pub fn http_status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::Denied => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
 /// A failed request: what failed and what to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
-    pub code: ErrorCode,
+    pub code: ErrorKind,
     pub message: String,
 }
 
 impl Failure {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorKind, message: impl Into<String>) -> Self {
         Failure {
             code,
             message: message.into(),
@@ -65,18 +40,18 @@ impl Failure {
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::Invalid, message)
+        Self::new(ErrorKind::Invalid, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::NotFound, message)
+        Self::new(ErrorKind::NotFound, message)
     }
 
     /// The backend answered something this endpoint does not expect.
     pub fn unexpected(what: &str, resp: &ClientResponse) -> Self {
         tracing::error!(endpoint = what, answer = ?variant_name(resp), "unexpected backend answer");
         Self::new(
-            ErrorCode::Internal,
+            ErrorKind::Internal,
             format!("the node gave an unexpected answer to {what}; see the node log and report it"),
         )
     }
@@ -104,6 +79,12 @@ pub enum Refusal {
     PendingId(String),
 }
 
+impl From<RequestError> for Failure {
+    fn from(e: RequestError) -> Self {
+        Failure::new(e.kind, e.message)
+    }
+}
+
 impl From<Failure> for Refusal {
     fn from(f: Failure) -> Self {
         Refusal::Failed(f)
@@ -120,23 +101,6 @@ pub enum Answer {
     Refused(Refusal),
 }
 
-/// Words in an error message that mean "retry later" (503).
-const UNAVAILABLE_MARKERS: [&str; 6] = [
-    "needed",
-    "node is behind",
-    "not committed",
-    "cannot reach",
-    "timed out",
-    "no leader",
-];
-
-/// Whether an unwrap failure says the holders refused the ciphertext's proof
-/// (wrong context, modified ciphertext): the caller's error, not a retryable
-/// outage, even though the message also says how many holders were needed.
-fn refused_as_bad_ciphertext(message: &str) -> bool {
-    message.contains(&qk_crypto::CryptoError::InvalidCiphertextProof.to_string())
-}
-
 /// The one mapping from backend answers to HTTP outcomes.
 pub fn classify(resp: ClientResponse) -> Answer {
     let fail = |code, msg: String| Answer::Refused(Refusal::Failed(Failure::new(code, msg)));
@@ -146,13 +110,13 @@ pub fn classify(resp: ClientResponse) -> Answer {
             Ok(applied) => Answer::Applied(applied),
             Err(e) => Answer::Refused(Refusal::Failed(state_failure(&e))),
         },
-        ClientResponse::Denied(msg) => fail(ErrorCode::Denied, msg),
-        ClientResponse::NotFound(msg) => fail(ErrorCode::NotFound, msg),
+        ClientResponse::Denied(msg) => fail(ErrorKind::Denied, msg),
+        ClientResponse::NotFound(msg) => fail(ErrorKind::NotFound, msg),
         ClientResponse::ApprovalPending(record) => {
             Answer::Refused(Refusal::Pending(Box::new(record)))
         }
         ClientResponse::NotLeader { leader, .. } => fail(
-            ErrorCode::Unavailable,
+            ErrorKind::Unavailable,
             match leader {
                 Some(id) => format!(
                     "node {id} is the leader and this node could not forward the request; retry"
@@ -160,40 +124,21 @@ pub fn classify(resp: ClientResponse) -> Answer {
                 None => "the cluster has no leader right now; retry in a few seconds".to_owned(),
             },
         ),
-        ClientResponse::Error(msg) => {
-            let lower = msg.to_ascii_lowercase();
-            let code = if refused_as_bad_ciphertext(&msg) {
-                ErrorCode::Invalid
-            } else if UNAVAILABLE_MARKERS.iter().any(|m| lower.contains(m)) {
-                ErrorCode::Unavailable
-            } else {
-                ErrorCode::Invalid
-            };
-            fail(code, msg)
-        }
+        ClientResponse::Error(e) => Answer::Refused(Refusal::Failed(e.into())),
         other => Answer::Reply(Box::new(other)),
     }
 }
 
 /// Status and code of a state machine refusal.
 pub fn state_failure(e: &StateError) -> Failure {
-    let code = match e {
-        StateError::NoSuchKey(_) | StateError::NoSuchVersion { .. } | StateError::NotFound(_) => {
-            ErrorCode::NotFound
-        }
-        StateError::KeyExists(_) | StateError::InvalidTransition { .. } => ErrorCode::Conflict,
-        StateError::Invalid(_) => ErrorCode::Invalid,
-        StateError::Denied(_) => ErrorCode::Denied,
-        _ => ErrorCode::Internal,
-    };
-    Failure::new(code, e.to_string())
+    Failure::new(e.kind(), e.to_string())
 }
 
 /// A native API error: `{"error": {"code", "message"}}`.
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code.name(), "message": self.message}});
-        (self.code.status(), axum::Json(body)).into_response()
+        (http_status(self.code), axum::Json(body)).into_response()
     }
 }
 
@@ -214,7 +159,7 @@ mod tests {
         }
     }
 
-    fn code_of(resp: ClientResponse) -> Option<ErrorCode> {
+    fn code_of(resp: ClientResponse) -> Option<ErrorKind> {
         match classify(resp) {
             Answer::Refused(Refusal::Failed(f)) => Some(f.code),
             _ => None,
@@ -248,13 +193,13 @@ mod tests {
         ];
         for (err, status) in cases {
             let code = code_of(written(Err(err.clone())));
-            assert_eq!(code.map(ErrorCode::status), Some(status), "{err:?}");
+            assert_eq!(code.map(http_status), Some(status), "{err:?}");
         }
     }
 
     #[test]
     fn client_responses_map_to_statuses() {
-        let status = |r| code_of(r).map(ErrorCode::status);
+        let status = |r| code_of(r).map(http_status);
         assert_eq!(
             status(ClientResponse::Denied("x".into())),
             Some(StatusCode::FORBIDDEN)
@@ -263,33 +208,19 @@ mod tests {
             status(ClientResponse::NotFound("x".into())),
             Some(StatusCode::NOT_FOUND)
         );
-        for msg in [
-            "2 partials needed, 1 answered",
-            "entry not committed",
-            "cannot reach node 2",
-            "request Timed Out",
-            "no leader",
-        ] {
+        // The kind decides, never the words: a message that sounds like an
+        // outage but was made as invalid stays 400, and the other way round.
+        for kind in ErrorKind::ALL {
+            let misleading = match kind {
+                ErrorKind::Unavailable => "the ciphertext is invalid",
+                _ => "no leader; cannot reach node 2; timed out; retry",
+            };
             assert_eq!(
-                status(ClientResponse::Error(msg.into())),
-                Some(StatusCode::SERVICE_UNAVAILABLE),
-                "{msg}"
+                status(ClientResponse::Error(RequestError::new(kind, misleading))),
+                Some(http_status(kind)),
+                "{kind}"
             );
         }
-        assert_eq!(
-            status(ClientResponse::Error("bad ciphertext".into())),
-            Some(StatusCode::BAD_REQUEST)
-        );
-        // Holders refused the ciphertext proof (wrong context): the caller's
-        // error, though the message also says how many holders were needed.
-        let proof = qk_crypto::CryptoError::InvalidCiphertextProof.to_string();
-        let refused = format!(
-            "unwrap failed: needed 2 holders, 2 of 3 answered (2 refused: node-1: {proof})"
-        );
-        assert_eq!(
-            status(ClientResponse::Error(refused)),
-            Some(StatusCode::BAD_REQUEST)
-        );
         assert_eq!(
             status(ClientResponse::NotLeader {
                 leader: None,

@@ -5,7 +5,7 @@
 //! - `GET /metrics` ([`metrics`]).
 //!
 //! The crate does no Raft and no cryptography: every request becomes one or
-//! more [`qk_raft::ClientRequest`]s run by a [`Backend`] as the authenticated
+//! more [`qk_wire::ClientRequest`]s run by a [`Backend`] as the authenticated
 //! [`Caller`]; the backend authorizes and audits.
 //!
 //! TLS is rustls with the ring provider. Client certificates are optional;
@@ -39,8 +39,9 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use qk_net::identity::peer_from_cert_der;
 use qk_net::{CaCert, Credentials, Peer};
-use qk_raft::{ClientRequest, ClientResponse};
 use qk_state::{Applied, Command, Operation, RequestId};
+use qk_types::RequestError;
+use qk_wire::{ClientRequest, ClientResponse};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -53,7 +54,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub use futures::future::BoxFuture;
 
-use crate::errors::{classify, Answer, ErrorCode, Failure, Refusal};
+use crate::errors::{classify, Answer, ErrorKind, Failure, Refusal};
 use crate::metrics::Metrics;
 
 /// Largest request body accepted (413 above it).
@@ -103,17 +104,19 @@ pub struct Gauges {
 pub trait Backend: Send + Sync + 'static {
     /// Runs one request as `caller` (the backend authorizes and audits).
     fn call(&self, caller: Caller, req: ClientRequest) -> BoxFuture<'_, ClientResponse>;
-    /// Checks a bearer token; Ok((principal, token_id)) or Err(message).
-    fn authenticate_token(&self, token: &str) -> Result<(String, String), String>;
+    /// Checks a bearer token: Ok((principal, token_id)), or why not
+    /// (unauthenticated, or unavailable when the node cannot tell).
+    fn authenticate_token(&self, token: &str) -> Result<(String, String), RequestError>;
     fn node_id(&self) -> u64;
-    /// Ok(leader id) when the node knows a leader and has caught up; Err(reason) otherwise.
-    fn readiness(&self) -> Result<u64, String>;
+    /// Ok(leader id) when the node knows a leader and has caught up;
+    /// otherwise why not (unavailable).
+    fn readiness(&self) -> Result<u64, RequestError>;
     /// Term, last applied index, key count, audit length, leadership, voters.
     fn gauges(&self) -> Gauges;
     /// The node's last applied log index.
     fn applied_index(&self) -> u64;
     /// Waits (bounded) until the node applied `index`; Err says it is behind.
-    fn wait_applied(&self, index: u64) -> BoxFuture<'_, Result<(), String>>;
+    fn wait_applied(&self, index: u64) -> BoxFuture<'_, Result<(), RequestError>>;
 }
 
 /// Why the API server could not start.
@@ -235,6 +238,7 @@ fn router(state: AppState) -> Router {
             state.clone(),
             session::read_your_writes,
         ))
+        .layer(axum::middleware::from_fn(refuse_announced_oversize))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
@@ -349,11 +353,17 @@ pub(crate) fn authenticate(
     headers: &HeaderMap,
     peer: Option<&ConnPeer>,
 ) -> Result<Caller, Failure> {
-    let unauthenticated = |m: String| Failure::new(ErrorCode::Unauthenticated, m);
+    let unauthenticated = |m: String| Failure::new(ErrorKind::Unauthenticated, m);
     if let Some(token) = header_token(headers).map_err(unauthenticated)? {
-        let (principal, token_id) = backend
-            .authenticate_token(token)
-            .map_err(|m| unauthenticated(format!("the token was refused: {m}")))?;
+        let (principal, token_id) =
+            backend
+                .authenticate_token(token)
+                .map_err(|e| match e.kind {
+                    ErrorKind::Unauthenticated => {
+                        unauthenticated(format!("the token was refused: {}", e.message))
+                    }
+                    _ => Failure::from(e),
+                })?;
         let credential = qk_state::parse_token(token)
             .map(|(id, secret)| qk_state::proof::Credential::from_token(id, secret));
         return Ok(Caller {
@@ -450,10 +460,36 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
     })
 }
 
+/// A request that announces a body over [`MAX_BODY_BYTES`] is refused at
+/// once, before any of it is read (the body limit alone would read up to the
+/// limit first, as slowly as the client sends it).
+async fn refuse_announced_oversize(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_none_or(|n| n <= MAX_BODY_BYTES as u64) {
+        return next.run(req).await;
+    }
+    let refusal = Failure::new(
+        ErrorKind::TooLarge,
+        format!("the request body is over {MAX_BODY_BYTES} bytes; send less per request"),
+    );
+    if req.uri().path().starts_with("/v1/") {
+        vault::failure_response(refusal)
+    } else {
+        axum::response::IntoResponse::into_response(refusal)
+    }
+}
+
 pub(crate) fn body_failure(r: BytesRejection) -> Failure {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
         Failure::new(
-            ErrorCode::TooLarge,
+            ErrorKind::TooLarge,
             format!("the request body is over {MAX_BODY_BYTES} bytes; send less per request"),
         )
     } else {
@@ -481,7 +517,7 @@ impl AppState {
         match classify(self.backend.call(caller.clone(), req).await) {
             Answer::Reply(r) => Ok(*r),
             Answer::Applied(_) => Err(Failure::new(
-                ErrorCode::Internal,
+                ErrorKind::Internal,
                 "the node answered a read with a write result; see the node log",
             )
             .into()),
@@ -520,7 +556,7 @@ impl AppState {
         match self.find_approval(caller, &id).await {
             Some(record) => Refusal::Pending(Box::new(record)),
             None => Failure::new(
-                ErrorCode::Internal,
+                ErrorKind::Internal,
                 format!("approval {id} was requested but could not be read back; list approvals"),
             )
             .into(),

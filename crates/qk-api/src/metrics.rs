@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::errors::{ErrorCode, Failure};
+use crate::errors::{ErrorKind, Failure};
 use crate::{AppState, Gauges, REQUEST_TIMEOUT};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -138,7 +138,7 @@ pub(crate) async fn track(State(state): State<AppState>, req: Request, next: Nex
     let response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(r) => r,
         Err(_) => Failure::new(
-            ErrorCode::Unavailable,
+            ErrorKind::Unavailable,
             format!(
                 "the request took longer than {} s; check the cluster's health and retry",
                 REQUEST_TIMEOUT.as_secs()
@@ -176,6 +176,6 @@ pub(crate) async fn serve(State(state): State<AppState>) -> Response {
             text,
         )
             .into_response(),
-        Err(_) => Failure::new(ErrorCode::Internal, "could not encode the metrics").into_response(),
+        Err(_) => Failure::new(ErrorKind::Internal, "could not encode the metrics").into_response(),
     }
 }

@@ -13,16 +13,17 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use qk_raft::{ClientRequest, ClientResponse, Redacted};
 use qk_state::{
-    Applied, ApprovalRule, CreateKey, KeyPolicy, KeyRecord, Operation, Role, VersionState,
+    Applied, ApprovalRule, CreateKey, KeyPolicy, KeyRecord, LifecycleChange, Operation, Role,
+    VersionState,
 };
 use qk_types::{KeyVersion, NodeId};
+use qk_wire::{ClientRequest, ClientResponse, Redacted};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use crate::errors::{ErrorCode, Failure, Refusal};
+use crate::errors::{ErrorKind, Failure, Refusal};
 use crate::views::{hex, ApprovalView, AuditRecordView, KeyView, PrincipalView, TokenView};
 use crate::{authenticate, body_failure, parse_json, AppState, Caller, ConnPeer};
 
@@ -127,6 +128,26 @@ fn unexpected(what: &str, r: &ClientResponse) -> Refusal {
     Failure::unexpected(what, r).into()
 }
 
+/// Answers a list read as `{"<field>": [views]}`; `list` finds the records
+/// in the backend's answer (`None` when it is another answer).
+async fn list_views<T, V>(
+    state: &AppState,
+    caller: &Caller,
+    request: ClientRequest,
+    field: &str,
+    list: fn(&ClientResponse) -> Option<&[T]>,
+) -> Reply
+where
+    V: serde::Serialize + for<'a> From<&'a T>,
+{
+    let answer = state.read(caller, request).await?;
+    let Some(records) = list(&answer) else {
+        return Err(unexpected(&format!("list {field}"), &answer));
+    };
+    let views: Vec<V> = records.iter().map(V::from).collect();
+    ok(json!({ field: views }))
+}
+
 async fn live(State(state): State<AppState>) -> Response {
     Json(json!({"status": "live", "node_id": state.backend.node_id()})).into_response()
 }
@@ -137,9 +158,9 @@ async fn ready(State(state): State<AppState>) -> Response {
         Ok(leader) => {
             Json(json!({"status": "ready", "node_id": node_id, "leader": leader})).into_response()
         }
-        Err(reason) => Failure::new(
-            ErrorCode::Unavailable,
-            format!("node {node_id} is not ready: {reason}"),
+        Err(e) => Failure::new(
+            e.kind,
+            format!("node {node_id} is not ready: {}", e.message),
         )
         .into_response(),
     }
@@ -187,10 +208,10 @@ async fn read_back(state: &AppState, caller: &Caller, name: &str) -> Result<KeyR
     let deadline = Instant::now() + READ_BACK_WAIT;
     loop {
         match fetch_key(state, caller, name).await {
-            Err(Refusal::Failed(f)) if f.code == ErrorCode::Unavailable => {
+            Err(Refusal::Failed(f)) if f.code == ErrorKind::Unavailable => {
                 if Instant::now() >= deadline {
                     return Err(Failure::new(
-                        ErrorCode::Unavailable,
+                        ErrorKind::Unavailable,
                         format!(
                             "the change to key {name:?} is committed, but reading the key back \
                              failed: {}; do not repeat the change, check it with \
@@ -346,21 +367,20 @@ impl Transition {
         })
     }
 
-    /// Whether the transition applies to a version (when none is named).
+    /// Whether the transition applies to a version (when none is named):
+    /// the state machine's own guard, except that a version already marked
+    /// compromised is not marked again unless named.
     pub(crate) fn applies_to(self, v: &qk_state::KeyVersionRecord) -> bool {
-        use VersionState as S;
-        match self {
-            Transition::Disable => v.state == S::Enabled,
-            Transition::Enable => v.state == S::Disabled && v.compromised.is_none(),
-            Transition::MarkCompromised => {
-                matches!(v.state, S::Enabled | S::Disabled) && v.compromised.is_none()
-            }
-            Transition::Destroy => {
-                matches!(v.state, S::Enabled | S::Disabled | S::Failed { .. })
-            }
-            Transition::CancelDestroy => matches!(v.state, S::PendingDestruction { .. }),
-            Transition::Refresh => v.state == S::Enabled && v.refresh.is_none(),
-        }
+        let change = match self {
+            Transition::Disable => LifecycleChange::Disable,
+            Transition::Enable => LifecycleChange::Enable,
+            Transition::MarkCompromised if v.compromised.is_some() => return false,
+            Transition::MarkCompromised => LifecycleChange::MarkCompromised,
+            Transition::Destroy => LifecycleChange::ScheduleDestruction,
+            Transition::CancelDestroy => LifecycleChange::CancelDestruction,
+            Transition::Refresh => LifecycleChange::Refresh,
+        };
+        change.allowed(v)
     }
 
     fn operation(self, name: &str, version: KeyVersion, b: &LifecycleBody) -> Operation {
@@ -430,7 +450,7 @@ pub(crate) async fn apply_transition(
     };
     if versions.is_empty() {
         return Err(Failure::new(
-            ErrorCode::Conflict,
+            ErrorKind::Conflict,
             format!("key {name:?} has no versions; nothing changed"),
         )
         .into());
@@ -767,13 +787,12 @@ async fn principal_view(
 }
 
 async fn list_principals(State(state): State<AppState>, Authed(caller): Authed) -> Reply {
-    match state.read(&caller, ClientRequest::ListPrincipals).await? {
-        ClientResponse::Principals(list) => {
-            let views: Vec<PrincipalView> = list.iter().map(PrincipalView::from).collect();
-            ok(json!({ "principals": views }))
-        }
-        other => Err(unexpected("list principals", &other)),
-    }
+    let request = ClientRequest::ListPrincipals;
+    list_views::<_, PrincipalView>(&state, &caller, request, "principals", |r| match r {
+        ClientResponse::Principals(list) => Some(list.as_slice()),
+        _ => None,
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -834,13 +853,12 @@ async fn delete_principal(
 }
 
 async fn list_tokens(State(state): State<AppState>, Authed(caller): Authed) -> Reply {
-    match state.read(&caller, ClientRequest::ListTokens).await? {
-        ClientResponse::Tokens(list) => {
-            let views: Vec<TokenView> = list.iter().map(TokenView::from).collect();
-            ok(json!({ "tokens": views }))
-        }
-        other => Err(unexpected("list tokens", &other)),
-    }
+    let request = ClientRequest::ListTokens;
+    list_views::<_, TokenView>(&state, &caller, request, "tokens", |r| match r {
+        ClientResponse::Tokens(list) => Some(list.as_slice()),
+        _ => None,
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -939,13 +957,12 @@ async fn set_access_rule(
 // ---- approvals and audit ----
 
 async fn list_approvals(State(state): State<AppState>, Authed(caller): Authed) -> Reply {
-    match state.read(&caller, ClientRequest::ListApprovals).await? {
-        ClientResponse::Approvals(list) => {
-            let views: Vec<ApprovalView> = list.iter().map(ApprovalView::from).collect();
-            ok(json!({ "approvals": views }))
-        }
-        other => Err(unexpected("list approvals", &other)),
-    }
+    let request = ClientRequest::ListApprovals;
+    list_views::<_, ApprovalView>(&state, &caller, request, "approvals", |r| match r {
+        ClientResponse::Approvals(list) => Some(list.as_slice()),
+        _ => None,
+    })
+    .await
 }
 
 async fn approval_view(state: &AppState, caller: &Caller, id: &str) -> Reply {
@@ -1026,8 +1043,8 @@ async fn audit_verify(State(state): State<AppState>, Authed(caller): Authed) -> 
         })),
         Ok(other) => Err(unexpected("audit verify", &other)),
         // A broken chain is reported as an error naming the first bad record.
-        Err(Refusal::Failed(f)) if f.code == ErrorCode::Invalid => {
-            Err(Failure::new(ErrorCode::Conflict, f.message).into())
+        Err(Refusal::Failed(f)) if f.code == ErrorKind::Invalid => {
+            Err(Failure::new(ErrorKind::Conflict, f.message).into())
         }
         Err(r) => Err(r),
     }

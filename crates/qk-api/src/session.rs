@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use qk_views::{INDEX_HEADER, NOT_APPLIED_HEADER};
 
-use crate::errors::{ErrorCode, Failure};
+use crate::errors::Failure;
 use crate::AppState;
 
 tokio::task_local! {
@@ -70,8 +70,8 @@ pub(crate) async fn read_your_writes(
         crate::authenticate(state.backend.as_ref(), req.headers(), peer).is_ok()
     };
     if authenticated {
-        if let Err(message) = state.backend.wait_applied(wanted).await {
-            return refuse(Failure::new(ErrorCode::Unavailable, message));
+        if let Err(behind) = state.backend.wait_applied(wanted).await {
+            return refuse(behind.into());
         }
     }
     let (not_applied, mut resp) = NOT_APPLIED

@@ -15,15 +15,15 @@ use axum::routing::{any, get, on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use qk_raft::{ClientRequest, ClientResponse};
 use qk_state::{KeyRecord, Operation, StateError, VersionState};
 use qk_types::KeyVersion;
+use qk_wire::{ClientRequest, ClientResponse};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use zeroize::Zeroize as _;
 
-use crate::errors::{state_failure, ErrorCode, Failure, Refusal};
+use crate::errors::{http_status, state_failure, ErrorKind, Failure, Refusal};
 use crate::native::{
     apply_transition, decode_b64, fetch_key, rotate_and_wait, secret_b64, secret_json,
     wait_generated, LifecycleBody, Transition,
@@ -40,6 +40,10 @@ pub const DELETION_ALLOWED_TAG: &str = "vault.deletion_allowed";
 pub const VAULT_CONTEXT_KEY: &str = "vault_context";
 /// Most items in one `batch_input`.
 pub const MAX_BATCH_ITEMS: usize = 256;
+
+/// Items of one batch in flight at once (answered in order). Bounded so that
+/// a few batches cannot take every unwrap slot of the node (1,024).
+const BATCH_PARALLELISM: usize = 8;
 /// The one key type, as `transit/keys/:name` reports it: an ECIES key on
 /// secp256k1 (ElGamal key agreement, HKDF-SHA256, AES-256-GCM) whose
 /// private key exists only as Shamir shares on the holders.
@@ -97,9 +101,9 @@ pub(crate) fn failure_response(f: Failure) -> Response {
 impl From<Failure> for VaultError {
     fn from(f: Failure) -> Self {
         let status = match f.code {
-            ErrorCode::Unauthenticated | ErrorCode::Denied => StatusCode::FORBIDDEN,
-            ErrorCode::Conflict | ErrorCode::Invalid => StatusCode::BAD_REQUEST,
-            other => other.status(),
+            ErrorKind::Unauthenticated | ErrorKind::Denied => StatusCode::FORBIDDEN,
+            ErrorKind::Conflict | ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+            other => http_status(other),
         };
         VaultError {
             status,
@@ -610,7 +614,7 @@ async fn delete_key(
     match apply_transition(&state, &caller, &name, Transition::Destroy, &body).await {
         Ok(_) => {}
         // Nothing left to destroy: already deleted.
-        Err(Refusal::Failed(f)) if f.code == ErrorCode::Conflict => {}
+        Err(Refusal::Failed(f)) if f.code == ErrorKind::Conflict => {}
         Err(r) => return Err(r.into()),
     }
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -754,7 +758,7 @@ fn context_of(vault_context: Option<&str>) -> Result<BTreeMap<String, String>, F
 fn to_vault_ciphertext(qk_text: &str, version: u32) -> Result<String, Failure> {
     let ct = qk_crypto::Ciphertext::from_text(qk_text).map_err(|e| {
         Failure::new(
-            ErrorCode::Internal,
+            ErrorKind::Internal,
             format!("the node returned an unreadable ciphertext: {e}"),
         )
     })?;
@@ -855,10 +859,18 @@ async fn run_data(call: KeyCall<DataBody>, op: DataOp) -> Reply {
             batch.len()
         )));
     }
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for chunk in batch.chunks(BATCH_PARALLELISM) {
+        let runs: Vec<_> = chunk
+            .iter()
+            .map(|item| run_item(&state, &caller, &name, op, item))
+            .collect();
+        outcomes.extend(futures::future::join_all(runs).await);
+    }
     let mut results = Vec::with_capacity(batch.len());
     let (mut succeeded, mut client_error, mut server_error) = (0, false, false);
-    for item in batch {
-        let mut result = match run_item(&state, &caller, &name, op, item).await {
+    for (item, outcome) in batch.iter().zip(outcomes) {
+        let mut result = match outcome {
             Ok(v) => {
                 succeeded += 1;
                 v

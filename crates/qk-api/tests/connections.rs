@@ -72,3 +72,40 @@ async fn idle_connections_from_one_address_do_not_starve_the_others() {
     }
     assert_eq!(live_from(&h, flooder).await, reqwest::StatusCode::OK);
 }
+
+/// Sends `head` on a fresh TLS connection and reads the status line
+/// (bounded: the test fails rather than waits if the server does not answer).
+async fn status_after(h: &Harness, head: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut tls = idle_tls(h, "127.0.0.1".parse().unwrap()).await.unwrap();
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .expect("the server answered before the body arrived")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_announced_over_the_limit_is_refused_before_it_is_sent() {
+    let h = Harness::start().await;
+    for (path, what) in [
+        ("/api/v1/keys/k/encrypt", "native"),
+        ("/v1/transit/encrypt/k", "vault"),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{{",
+            common::ALICE_TOKEN,
+            2 * 1024 * 1024
+        );
+        let status = status_after(&h, &head).await;
+        assert!(status.contains(" 413 "), "{what}: {status}");
+    }
+    h.server.shutdown().await;
+}

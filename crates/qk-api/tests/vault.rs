@@ -546,3 +546,44 @@ async fn sys_endpoints_random_and_hash() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     h.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_batch_larger_than_its_parallelism_answers_every_item_in_order() {
+    let h = Harness::start().await;
+    vault(&h, Method::POST, "/v1/transit/keys/k")
+        .send()
+        .await
+        .unwrap();
+    let items: Vec<Value> = (0..37)
+        .map(
+            |i| json!({"plaintext": B64.encode(format!("item-{i}")), "reference": format!("r{i}")}),
+        )
+        .collect();
+    let (status, body) = answer(
+        vault(&h, Method::POST, "/v1/transit/encrypt/k").json(&json!({"batch_input": items})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let encrypted = body["data"]["batch_results"].as_array().unwrap().clone();
+    assert_eq!(encrypted.len(), 37);
+    let inputs: Vec<Value> = encrypted
+        .iter()
+        .map(|r| json!({"ciphertext": r["ciphertext"], "reference": r["reference"]}))
+        .collect();
+    let (status, body) = answer(
+        vault(&h, Method::POST, "/v1/transit/decrypt/k").json(&json!({"batch_input": inputs})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let decrypted = body["data"]["batch_results"].as_array().unwrap();
+    for (i, result) in decrypted.iter().enumerate() {
+        assert_eq!(result["reference"], format!("r{i}"), "{result}");
+        assert_eq!(
+            result["plaintext"],
+            B64.encode(format!("item-{i}")),
+            "{result}"
+        );
+    }
+    assert_eq!(decrypted.len(), 37);
+    h.server.shutdown().await;
+}

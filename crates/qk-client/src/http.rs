@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use futures::stream::{FuturesUnordered, StreamExt};
 use qk_crypto::{combine, Ciphertext, CombineMode, PartialDecryption, PublicKeySet};
+use qk_types::ErrorKind;
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -25,17 +26,24 @@ pub struct ApiError {
     pub message: String,
 }
 
+impl ApiError {
+    /// The kind the server named, if this client knows it.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        ErrorKind::from_name(&self.code)
+    }
+}
+
 /// What to do about an error code.
 fn hint(code: &str) -> &'static str {
-    match code {
-        "unauthenticated" => "pass a client certificate (--client-cert, --client-key) issued by the cluster CA or a valid token (--token)",
-        "denied" => "ask an admin for a role or key policy that grants it (`qk principal update`, `qk policy set`)",
-        "not-found" => "check the name or id (`qk key list`, `qk principal list`, `qk approval list`)",
-        "conflict" => "check the current state (`qk key show NAME`)",
-        "unavailable" => "retry in a moment; `qk cluster status` shows which nodes are down",
-        "too-large" => "send less than 1 MiB per request",
-        "invalid" => "fix the request; see the command's --help",
-        _ => "see the node's log for details",
+    match ErrorKind::from_name(code) {
+        Some(ErrorKind::Unauthenticated) => "pass a client certificate (--client-cert, --client-key) issued by the cluster CA or a valid token (--token)",
+        Some(ErrorKind::Denied) => "ask an admin for a role or key policy that grants it (`qk principal update`, `qk policy set`)",
+        Some(ErrorKind::NotFound) => "check the name or id (`qk key list`, `qk principal list`, `qk approval list`)",
+        Some(ErrorKind::Conflict) => "check the current state (`qk key show NAME`)",
+        Some(ErrorKind::Unavailable) => "retry in a moment; `qk cluster status` shows which nodes are down",
+        Some(ErrorKind::TooLarge) => "send less than 1 MiB per request",
+        Some(ErrorKind::Invalid) => "fix the request; see the command's --help",
+        Some(ErrorKind::Internal) | None => "see the node's log for details",
     }
 }
 
@@ -53,7 +61,24 @@ pub enum HttpError {
     #[error("unexpected answer from {url}: {detail}")]
     Decode { url: String, detail: String },
     #[error("client-side decryption failed: {reason}; holders said: {holders}")]
-    Combine { reason: String, holders: String },
+    Combine {
+        kind: ErrorKind,
+        reason: String,
+        holders: String,
+    },
+}
+
+impl HttpError {
+    /// The kind of failure, where the cluster named one (or, for an
+    /// unreachable node, unavailable).
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            HttpError::Api(api) => api.kind(),
+            HttpError::Unreachable { .. } => Some(ErrorKind::Unavailable),
+            HttpError::Combine { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, HttpError>;
@@ -120,6 +145,8 @@ pub struct ApiClient {
 struct Session {
     index: std::sync::atomic::AtomicU64,
     not_applied_on: std::sync::Mutex<Vec<u64>>,
+    /// The node id in the certificate of the node that answered last.
+    answered_by: std::sync::Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -154,6 +181,7 @@ fn build_http(config: &ApiConfig) -> Result<reqwest::Client> {
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         .connect_timeout(Duration::from_secs(5))
+        .tls_info(true)
         .timeout(Duration::from_millis(config.timeout_ms));
     for root in roots {
         builder = builder.add_root_certificate(root);
@@ -294,6 +322,46 @@ impl ApiClient {
         }
     }
 
+    /// The same credentials, talking to the node at `url` only (no other
+    /// node tried) and answered from that node's own state (no index seen
+    /// elsewhere is asked for): to compare what each node holds.
+    pub fn at(&self, url: &str) -> Result<ApiClient> {
+        Ok(ApiClient {
+            urls: vec![parse_base(url)?],
+            session: Default::default(),
+            ..self.clone()
+        })
+    }
+
+    /// Every node address this client was configured with.
+    pub fn base_urls(&self) -> Vec<String> {
+        self.urls.iter().map(Url::to_string).collect()
+    }
+
+    /// The node id the last answering node's TLS certificate names (`None`
+    /// when it named no node).
+    pub fn answered_by(&self) -> Option<u64> {
+        *self
+            .session
+            .answered_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn note_answerer(&self, resp: &reqwest::Response) {
+        let node = resp
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|info| info.peer_certificate())
+            .and_then(|der| qk_net::identity::peer_from_cert_der(der).ok())
+            .and_then(|peer| peer.node_id());
+        *self
+            .session
+            .answered_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = node;
+    }
+
     /// The first (preferred) base URL.
     pub fn base_url(&self) -> &str {
         self.urls[0].as_str()
@@ -341,6 +409,7 @@ impl ApiClient {
             detail: error_chain(&e),
         })?;
         self.note_answer(resp.headers());
+        self.note_answerer(&resp);
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| HttpError::Unreachable {
             url: base.to_string(),
@@ -716,6 +785,7 @@ impl ApiClient {
         approval_id: Option<&str>,
     ) -> Result<ClientDecrypted> {
         let ct = Ciphertext::from_text(ciphertext.trim()).map_err(|e| HttpError::Combine {
+            kind: ErrorKind::Invalid,
             reason: format!("the ciphertext does not decode ({e}); pass the qk:v1:... text as encrypt printed it"),
             holders: "none asked".into(),
         })?;
@@ -745,16 +815,19 @@ impl ApiClient {
             .iter()
             .find(|k| k.id == id)
             .ok_or_else(|| HttpError::Combine {
+                kind: ErrorKind::NotFound,
                 reason: format!("no key with id {id} in this cluster (or you may not read it)"),
                 holders: "none asked".into(),
             })?;
         let version = key
             .version(ct.version.0)
             .ok_or_else(|| HttpError::Combine {
+                kind: ErrorKind::NotFound,
                 reason: format!("key {:?} has no version {}", key.name, ct.version.0),
                 holders: "none asked".into(),
             })?;
         let unusable = |why: String| HttpError::Combine {
+            kind: ErrorKind::Conflict,
             reason: format!("key {:?} version {}: {why}", key.name, version.version),
             holders: "none asked".into(),
         };
@@ -825,13 +898,20 @@ impl ApiClient {
             .collect();
         let mut partials = Vec::new();
         let mut refusals = Vec::new();
+        let mut kinds = Vec::new();
         let mut last_reason = format!("{} of {needed} partials gathered", 0);
         while let Some((id, answer)) = pending.next().await {
             match answer.map(|p| crate::bind_partial(&holders, id, p)) {
                 Ok(Ok(p)) => partials.push(p),
-                Ok(Err(refused)) => refusals.push(refused),
+                Ok(Err(refused)) => {
+                    refusals.push(refused);
+                    kinds.push(ErrorKind::Internal);
+                }
                 Err(HttpError::ApprovalPending(a)) => return Err(HttpError::ApprovalPending(a)),
-                Err(e) => refusals.push(format!("node {id}: {e}")),
+                Err(e) => {
+                    kinds.push(e.kind().unwrap_or(ErrorKind::Unavailable));
+                    refusals.push(format!("node {id}: {e}"));
+                }
             }
             if partials.len() < needed {
                 last_reason = format!("{} of {needed} partials gathered", partials.len());
@@ -843,6 +923,7 @@ impl ApiClient {
             }
         }
         Err(HttpError::Combine {
+            kind: refusals_kind(&kinds),
             reason: last_reason,
             holders: if refusals.is_empty() {
                 "every holder answered".into()
@@ -850,6 +931,17 @@ impl ApiClient {
                 refusals.join("; ")
             },
         })
+    }
+}
+
+/// The kind of a client-side decryption that gathered too few partials:
+/// the holders' own kind when they all refused alike (a wrong context is
+/// the caller's error everywhere), otherwise unavailable (retry when more
+/// holders answer).
+fn refusals_kind(kinds: &[ErrorKind]) -> ErrorKind {
+    match kinds.split_first() {
+        Some((first, rest)) if rest.iter().all(|k| k == first) => *first,
+        _ => ErrorKind::Unavailable,
     }
 }
 
@@ -983,4 +1075,33 @@ struct TokenBody<'a> {
 struct ReasonBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holders_refusing_alike_give_their_kind_and_mixed_refusals_mean_retry() {
+        assert_eq!(
+            refusals_kind(&[ErrorKind::Invalid, ErrorKind::Invalid]),
+            ErrorKind::Invalid
+        );
+        assert_eq!(
+            refusals_kind(&[ErrorKind::Denied, ErrorKind::Unavailable]),
+            ErrorKind::Unavailable
+        );
+        assert_eq!(refusals_kind(&[]), ErrorKind::Unavailable);
+    }
+
+    #[test]
+    fn an_unknown_error_code_has_no_kind_and_a_generic_hint() {
+        let api = ApiError {
+            status: 418,
+            code: "teapot".into(),
+            message: "no".into(),
+        };
+        assert_eq!(HttpError::Api(api.clone()).kind(), None);
+        assert!(api.to_string().contains("see the node's log"));
+    }
 }

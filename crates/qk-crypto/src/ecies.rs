@@ -176,8 +176,7 @@ impl Ciphertext {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::new(tag::CIPHERTEXT);
-        w.bytes(&self.key_id.0);
-        w.u32(self.version.0);
+        w.key_version(self.key_id, self.version);
         w.point(&self.r);
         self.proof.write(&mut w);
         w.bytes(&self.nonce);
@@ -188,8 +187,7 @@ impl Ciphertext {
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new("ciphertext", bytes, tag::CIPHERTEXT, MAX_CIPHERTEXT_LEN)?;
-        let key_id = KeyId(r.array()?);
-        let version = KeyVersion(r.u32()?);
+        let (key_id, version) = r.key_version()?;
         let r_point = r.point()?;
         let proof = SchnorrProof::read(&mut r)?;
         let nonce = r.array()?;
@@ -249,8 +247,7 @@ pub struct PartialDecryption {
 impl PartialDecryption {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::new(tag::PARTIAL);
-        w.bytes(&self.key_id.0);
-        w.u32(self.version.0);
+        w.key_version(self.key_id, self.version);
         w.index(self.index);
         w.point(&self.image);
         self.proof.write(&mut w);
@@ -259,8 +256,7 @@ impl PartialDecryption {
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new("partial decryption", bytes, tag::PARTIAL, MAX_PARTIAL_LEN)?;
-        let key_id = KeyId(r.array()?);
-        let version = KeyVersion(r.u32()?);
+        let (key_id, version) = r.key_version()?;
         let index = r.index()?;
         let image = r.point()?;
         let proof = DleqProof::read(&mut r)?;
@@ -420,6 +416,10 @@ fn open(
     partials: &[&PartialDecryption],
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let indices: Vec<ShareIndex> = partials.iter().map(|p| p.index).collect();
+    debug_assert!(
+        indices.iter().collect::<BTreeSet<_>>().len() == indices.len(),
+        "Lagrange interpolation needs distinct share indices"
+    );
     let lambdas = lagrange_at_zero(&indices);
     let terms: Vec<(ProjectivePoint, Scalar)> = partials
         .iter()

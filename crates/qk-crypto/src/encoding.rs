@@ -7,7 +7,7 @@
 use k256::elliptic_curve::group::GroupEncoding;
 use k256::elliptic_curve::PrimeField;
 use k256::{AffinePoint, CompressedPoint, FieldBytes, ProjectivePoint, Scalar};
-use qk_types::ShareIndex;
+use qk_types::{KeyId, KeyVersion, ShareIndex};
 
 use crate::error::DecodeError;
 
@@ -54,6 +54,11 @@ impl Writer {
     }
     pub(crate) fn index(&mut self, i: ShareIndex) {
         self.u16(i.get());
+    }
+    /// The key version a ciphertext or partial belongs to: id, then number.
+    pub(crate) fn key_version(&mut self, key_id: KeyId, version: KeyVersion) {
+        self.bytes(&key_id.0);
+        self.u32(version.0);
     }
     pub(crate) fn point(&mut self, p: &AffinePoint) {
         self.bytes(&p.to_bytes());
@@ -132,6 +137,11 @@ impl<'a> Reader<'a> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
+    /// Reads what [`Writer::key_version`] wrote.
+    pub(crate) fn key_version(&mut self) -> Result<(KeyId, KeyVersion), DecodeError> {
+        let key_id = KeyId(self.array()?);
+        Ok((key_id, KeyVersion(self.u32()?)))
+    }
     pub(crate) fn index(&mut self) -> Result<ShareIndex, DecodeError> {
         ShareIndex::new(self.u16()?).map_err(|_| DecodeError::InvalidField {
             what: self.what,

@@ -5,6 +5,10 @@ use k256::elliptic_curve::ops::Reduce;
 use k256::{AffinePoint, FieldBytes, Scalar};
 use sha2::{Digest, Sha256};
 
+/// Identifies one session (for example a hash of key id, version and epoch);
+/// every message carries it so messages of one session never count in another.
+pub type SessionId = [u8; 32];
+
 /// A SHA-256 transcript; every item is length-prefixed so item boundaries are
 /// unambiguous.
 #[derive(Clone, Debug)]

@@ -13,9 +13,7 @@ use crate::error::DecodeError;
 use crate::proof::{SchnorrProof, SCHNORR_PROOF_LEN};
 use crate::share_box::{SealedShare, ShareReveal, SEALED_SHARE_LEN, SHARE_REVEAL_LEN};
 
-/// Identifies one session (for example a hash of key id, version and epoch);
-/// every message carries it so messages of one session never count in another.
-pub type SessionId = [u8; 32];
+pub use crate::hash::SessionId;
 
 /// Largest encoded deal: 64 commitments, a proof and 64 sealed shares.
 pub const MAX_DEAL_LEN: usize = 2

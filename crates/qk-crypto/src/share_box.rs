@@ -24,8 +24,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::encoding::{decode_point, Reader, Writer, POINT_LEN, SCALAR_LEN};
 use crate::error::DecodeError;
+use crate::hash::SessionId;
 use crate::hash::Transcript;
-use crate::messages::SessionId;
 use crate::proof::{DleqProof, DleqStatement, SchnorrProof, SCHNORR_PROOF_LEN};
 use crate::secret::SecretScalar;
 

@@ -28,12 +28,21 @@ pub struct NetConfig {
     /// Server: most simultaneous connections; more are refused. A cluster has
     /// a handful of nodes plus its clients; this bounds memory per endpoint.
     pub max_connections: usize,
+    /// Server: most simultaneous connections from one IP address, so one
+    /// host cannot take every slot. Counted once QUIC has validated the
+    /// address (a spoofed source address takes none).
+    pub max_connections_per_address: usize,
+    /// Server: of `max_connections`, this many are kept for the cluster's
+    /// nodes; clients together hold at most the rest once their handshake
+    /// names them, so clients cannot keep a redialing node out.
+    pub node_reserved_connections: usize,
     /// Most simultaneous request streams per connection (QUIC flow control
     /// enforces it on the peer). Bounds the work one peer can queue.
     pub max_concurrent_streams: u32,
     /// Server: total bytes of request bodies being read or handled at once,
-    /// across all connections. With frames of up to [`crate::MAX_FRAME_LEN`]
-    /// this bounds the memory peers can make the server hold.
+    /// across all connections: half for the cluster's nodes, half for
+    /// clients, counted as the bytes arrive. Bounds the memory peers can make
+    /// the server hold, and clients cannot hold back Raft traffic.
     pub max_inflight_request_bytes: usize,
     /// Server: in-flight requests get this long to finish on shutdown before
     /// connections are closed.
@@ -53,6 +62,8 @@ impl Default for NetConfig {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             max_connections: 1024,
+            max_connections_per_address: 256,
+            node_reserved_connections: 64,
             max_concurrent_streams: 64,
             max_inflight_request_bytes: 256 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(5),

@@ -7,6 +7,8 @@
 //! memory.
 
 use quinn::{ReadError, ReadExactError, RecvStream, SendStream, WriteError};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Largest frame body accepted or sent: 64 MiB. The biggest legitimate
 /// messages are AppendEntries batches and InstallSnapshot chunks (openraft
@@ -41,6 +43,8 @@ pub enum FrameError {
     Write(#[from] WriteError),
     #[error("the stream was already closed")]
     Closed,
+    #[error("the server holds as many request bytes as it accepts at once; retry in a moment")]
+    Busy,
 }
 
 impl FrameError {
@@ -98,12 +102,81 @@ pub async fn read_frame_header(recv: &mut RecvStream) -> Result<u32, FrameError>
 
 /// Reads a body of `len` bytes (already checked by [`read_frame_header`]).
 pub async fn read_frame_body(recv: &mut RecvStream, len: u32) -> Result<Vec<u8>, FrameError> {
+    read_frame_body_within(recv, len, None).await
+}
+
+/// Bytes of a shared budget held by one frame being read, taken chunk by
+/// chunk as the body arrives (a header announcing a large frame takes
+/// nothing by itself), at most `cap` in all; given back on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Arc<Semaphore>,
+    cap: usize,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Reservation {
+    pub fn new(budget: Arc<Semaphore>, cap: usize) -> Reservation {
+        Reservation {
+            budget,
+            cap,
+            held: None,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    /// Takes `want` more bytes, or fails with [`FrameError::Busy`] when the
+    /// budget has not that many left: a frame never waits while holding
+    /// part of the budget (two waiting frames could hold it all between
+    /// them). Past the cap nothing more is taken, so one frame larger than
+    /// the whole budget can still be read.
+    fn take(&mut self, want: usize) -> Result<(), FrameError> {
+        let more = want.min(self.cap.saturating_sub(self.held()));
+        if more == 0 {
+            return Ok(());
+        }
+        let more = u32::try_from(more).map_err(|_| FrameError::Busy)?;
+        let permit = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(more)
+            .map_err(|_| FrameError::Busy)?;
+        match &mut self.held {
+            Some(held) => held.merge(permit),
+            None => self.held = Some(permit),
+        }
+        Ok(())
+    }
+}
+
+/// [`read_frame_body`], taking each chunk's bytes from `reservation` (when
+/// given) as it is received; a full budget ends the read with
+/// [`FrameError::Busy`].
+pub async fn read_frame_body_within(
+    recv: &mut RecvStream,
+    len: u32,
+    mut reservation: Option<&mut Reservation>,
+) -> Result<Vec<u8>, FrameError> {
     let len = check_len(u64::from(len))? as usize;
     let mut body = Vec::with_capacity(len.min(READ_CHUNK));
     while body.len() < len {
         let want = (len - body.len()).min(READ_CHUNK);
         match recv.read_chunk(want, true).await? {
-            Some(chunk) => body.extend_from_slice(&chunk.bytes),
+            Some(chunk) => {
+                // Counted once received (QUIC flow control bounds what a
+                // stream may have buffered before): the reservation follows
+                // the bytes held, never the length announced.
+                if let Some(r) = reservation.as_deref_mut() {
+                    r.take(chunk.bytes.len())?;
+                }
+                body.extend_from_slice(&chunk.bytes)
+            }
             None => {
                 return Err(FrameError::Truncated {
                     expected: len as u64,

@@ -16,6 +16,7 @@
 //! read after it is parsed before its length was checked.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -227,11 +227,7 @@ impl ClusterCa {
     /// issue more certificates.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
         let cert = CaCert::from_pem(cert_pem)?;
-        let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::InvalidPem {
-            what: "the CA private key",
-            reason: e.to_string(),
-        })?;
-        check_key_matches(&cert.der, &key, "CA")?;
+        let key = matching_key(key_pem, "the CA private key", &cert.der, "CA")?;
         let issuer = Issuer::from_ca_cert_der(&cert.der, key)
             .map_err(rcgen_err("read the CA certificate's issuer fields"))?;
         Ok(Self {
@@ -243,19 +239,13 @@ impl ClusterCa {
 
     /// Reads [`ClusterCa::from_pem`] from files.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, PkiError> {
-        let cert = read_pem_file(cert_path, "read the CA certificate")?;
-        let key = Zeroizing::new(read_pem_file(key_path, "read the CA private key")?);
+        let (cert, key) = read_pem_pair(cert_path, key_path, KeyFiles::CA)?;
         Self::from_pem(&cert, &key)
     }
 
     /// Writes the certificate (0644) and the private key (0600).
     pub fn save(&self, cert_path: &Path, key_path: &Path) -> Result<(), PkiError> {
-        write_file_atomic(
-            key_path,
-            self.key_pem.as_bytes(),
-            0o600,
-            "write the CA private key",
-        )?;
+        write_private_key(key_path, &self.key_pem, KeyFiles::CA)?;
         self.cert.save(cert_path)
     }
 
@@ -360,6 +350,58 @@ fn host_san(host: &str) -> Result<SanType, PkiError> {
     Ok(SanType::DnsName(ia5(host.to_owned(), host)?))
 }
 
+/// What a certificate and key pair is called in errors, per action.
+struct KeyFiles {
+    read_cert: &'static str,
+    read_key: &'static str,
+    write_key: &'static str,
+}
+
+impl KeyFiles {
+    const CA: KeyFiles = KeyFiles {
+        read_cert: "read the CA certificate",
+        read_key: "read the CA private key",
+        write_key: "write the CA private key",
+    };
+    const LEAF: KeyFiles = KeyFiles {
+        read_cert: "read the certificate",
+        read_key: "read the private key",
+        write_key: "write the private key",
+    };
+}
+
+/// Reads a certificate and its private key (PEM files); the key is zeroized
+/// when dropped.
+fn read_pem_pair(
+    cert_path: &Path,
+    key_path: &Path,
+    names: KeyFiles,
+) -> Result<(String, Zeroizing<String>), PkiError> {
+    let cert = read_pem_file(cert_path, names.read_cert)?;
+    let key = Zeroizing::new(read_pem_file(key_path, names.read_key)?);
+    Ok((cert, key))
+}
+
+/// Writes a private key readable by its owner only (0600).
+fn write_private_key(key_path: &Path, key_pem: &str, names: KeyFiles) -> Result<(), PkiError> {
+    write_file_atomic(key_path, key_pem.as_bytes(), 0o600, names.write_key)
+}
+
+/// Parses a private key (PEM) and checks that it is the key of `cert_der`.
+fn matching_key(
+    key_pem: &str,
+    what: &'static str,
+    cert_der: &[u8],
+    role: &'static str,
+) -> Result<KeyPair, PkiError> {
+    let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::InvalidPem {
+        what,
+        reason: e.to_string(),
+    })?;
+    check_key_matches(cert_der, &key, role)?;
+    Ok(key)
+}
+
 fn check_key_matches(cert_der: &[u8], key: &KeyPair, what: &'static str) -> Result<(), PkiError> {
     let (_, parsed) =
         x509_parser::parse_x509_certificate(cert_der).map_err(|e| PkiError::InvalidPem {
@@ -417,11 +459,7 @@ impl Credentials {
             reason: "no CERTIFICATE block found".to_owned(),
         })?;
         let peer = peer_from_cert_der(leaf)?;
-        let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::InvalidPem {
-            what: "the private key",
-            reason: e.to_string(),
-        })?;
-        check_key_matches(leaf, &key, "node or client")?;
+        matching_key(key_pem, "the private key", leaf, "node or client")?;
         Ok(Self {
             cert_pem: cert_pem.to_owned(),
             chain,
@@ -432,19 +470,13 @@ impl Credentials {
 
     /// Reads [`Credentials::from_pem`] from files.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, PkiError> {
-        let cert = read_pem_file(cert_path, "read the certificate")?;
-        let key = Zeroizing::new(read_pem_file(key_path, "read the private key")?);
+        let (cert, key) = read_pem_pair(cert_path, key_path, KeyFiles::LEAF)?;
         Self::from_pem(&cert, &key)
     }
 
     /// Writes the certificate (0644) and the private key (0600).
     pub fn save(&self, cert_path: &Path, key_path: &Path) -> Result<(), PkiError> {
-        write_file_atomic(
-            key_path,
-            self.key_pem.as_bytes(),
-            0o600,
-            "write the private key",
-        )?;
+        write_private_key(key_path, &self.key_pem, KeyFiles::LEAF)?;
         write_file_atomic(
             cert_path,
             self.cert_pem.as_bytes(),

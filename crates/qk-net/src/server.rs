@@ -14,9 +14,12 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::admission::AddressSlots;
 use crate::config::NetConfig;
 use crate::error::NetError;
-use crate::frame::{read_frame_body, read_frame_header, write_frame, FrameError};
+use crate::frame::{
+    read_frame_body_within, read_frame_header, write_frame, FrameError, Reservation,
+};
 use crate::identity::Peer;
 use crate::pki::{CaCert, Credentials};
 use crate::tls::{connection_peer, quic_server_config};
@@ -42,6 +45,9 @@ pub mod codes {
     pub const FRAME_TOO_LARGE: VarInt = VarInt::from_u32(2);
     /// The request was not finished in time.
     pub const TIMEOUT: VarInt = VarInt::from_u32(3);
+    /// The request-byte budget (or the clients' share of the connections)
+    /// was full; the request may be sent again.
+    pub const BUSY: VarInt = VarInt::from_u32(4);
 }
 
 /// A running server. Dropping it closes the endpoint at once; call
@@ -70,7 +76,15 @@ struct Shared {
     handler: Arc<dyn RpcHandler>,
     cfg: NetConfig,
     connections: Arc<Semaphore>,
-    request_bytes: Arc<Semaphore>,
+    /// Connections clients may hold: `max_connections` less the nodes'
+    /// reserve.
+    client_connections: Arc<Semaphore>,
+    addresses: Arc<AddressSlots>,
+    /// Bytes of request bodies held now, one budget for the cluster's nodes
+    /// (Raft and protocol traffic) and one for clients, so clients can never
+    /// hold back the cluster's own traffic.
+    node_request_bytes: Arc<Semaphore>,
+    client_request_bytes: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 }
@@ -151,10 +165,22 @@ impl Server {
                 creds.peer()
             )));
         }
-        if cfg.max_connections == 0 || cfg.max_inflight_request_bytes == 0 {
+        if cfg.max_connections == 0
+            || cfg.max_connections_per_address == 0
+            || cfg.max_inflight_request_bytes == 0
+        {
             return Err(NetError::Config(
-                "max_connections and max_inflight_request_bytes must be at least 1".to_owned(),
+                "max_connections, max_connections_per_address and max_inflight_request_bytes \
+                 must be at least 1"
+                    .to_owned(),
             ));
+        }
+        if cfg.node_reserved_connections >= cfg.max_connections {
+            return Err(NetError::Config(format!(
+                "node_reserved_connections ({}) must be below max_connections ({}), or no \
+                 client could connect",
+                cfg.node_reserved_connections, cfg.max_connections
+            )));
         }
         let server_config = quic_server_config(ca, creds, &cfg)?;
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key(creds)?));
@@ -183,9 +209,13 @@ impl Server {
         let shared = Arc::new(Shared {
             handler,
             connections: Arc::new(Semaphore::new(cfg.max_connections)),
-            request_bytes: Arc::new(Semaphore::new(
-                cfg.max_inflight_request_bytes.min(Semaphore::MAX_PERMITS),
+            client_connections: Arc::new(Semaphore::new(
+                cfg.max_connections
+                    .saturating_sub(cfg.node_reserved_connections),
             )),
+            addresses: AddressSlots::new(cfg.max_connections_per_address),
+            node_request_bytes: Arc::new(Semaphore::new(half_budget(&cfg))),
+            client_request_bytes: Arc::new(Semaphore::new(half_budget(&cfg))),
             cfg,
             shutdown: shutdown_rx,
             alive: alive_tx.clone(),
@@ -240,6 +270,12 @@ impl Drop for Server {
     }
 }
 
+/// Each of the two request-byte budgets: half of `max_inflight_request_bytes`
+/// (at least one byte).
+fn half_budget(cfg: &NetConfig) -> usize {
+    (cfg.max_inflight_request_bytes / 2).clamp(1, Semaphore::MAX_PERMITS)
+}
+
 async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -249,6 +285,24 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
             incoming = endpoint.accept() => incoming,
         };
         let Some(incoming) = incoming else { break };
+        // A client whose address is not validated yet gets a stateless Retry
+        // (no state kept, no slot taken); it comes back with a token.
+        if !incoming.remote_address_validated() && incoming.may_retry() {
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
+            continue;
+        }
+        let remote = incoming.remote_address();
+        let Some(address_slot) = shared.addresses.try_take(remote.ip()) else {
+            warn!(
+                %remote,
+                max = shared.cfg.max_connections_per_address,
+                "refusing connection: too many connections from this address"
+            );
+            incoming.refuse();
+            continue;
+        };
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             warn!(
                 remote = %incoming.remote_address(),
@@ -260,9 +314,8 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, address_slot);
             let _alive = shared.alive.clone();
-            let remote = incoming.remote_address();
             let connecting = match incoming.accept() {
                 Ok(c) => c,
                 Err(e) => {
@@ -289,6 +342,17 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
                     conn.close(codes::IDENTITY_REFUSED, b"certificate identity refused");
                     return;
                 }
+            };
+            let _client_slot = match &peer {
+                Peer::Node(_) => None,
+                Peer::Client(_) => match shared.client_connections.clone().try_acquire_owned() {
+                    Ok(slot) => Some(slot),
+                    Err(_) => {
+                        warn!(%remote, %peer, "refusing connection: the clients' share of the connections is taken");
+                        conn.close(codes::BUSY, b"too many client connections; retry later");
+                        return;
+                    }
+                },
             };
             debug!(%remote, %peer, "connection accepted");
             serve_connection(conn, peer, shared).await;
@@ -359,24 +423,25 @@ async fn exchange(peer: &Peer, send: &mut SendStream, recv: &mut RecvStream, sha
             return;
         }
     };
-    // Reserve the body's bytes from the server-wide budget before reading it.
-    // `len` is at most MAX_FRAME_LEN (checked), and the budget is at least
-    // that large unless configured smaller, in which case one request may use it all.
-    let budget = shared.request_bytes.clone();
-    let want = (len as usize)
-        .min(shared.cfg.max_inflight_request_bytes)
-        .max(1);
-    let Ok(want) = u32::try_from(want) else {
-        return;
+    // The body's bytes are taken from the peer's budget as they arrive, so a
+    // header announcing a large frame reserves nothing by itself. One request
+    // holds at most the whole budget (when it is configured below a frame).
+    let budget = match peer {
+        Peer::Node(_) => &shared.node_request_bytes,
+        Peer::Client(_) => &shared.client_request_bytes,
     };
-    let Ok(_reserved) = budget.acquire_many_owned(want).await else {
-        return;
-    };
-    let body = match read_frame_body(recv, len).await {
+    let mut reservation = Reservation::new(budget.clone(), half_budget(&shared.cfg));
+    let body = match read_frame_body_within(recv, len, Some(&mut reservation)).await {
         Ok(body) => body,
         Err(e @ FrameError::Truncated { .. }) => {
             debug!(%peer, error = %e, "truncated request frame");
             refuse(send, format!("bad request frame: {e}")).await;
+            return;
+        }
+        Err(e @ FrameError::Busy) => {
+            warn!(%peer, "refusing a request: the request-byte budget is full");
+            let _ = recv.stop(codes::BUSY);
+            refuse(send, e.to_string()).await;
             return;
         }
         Err(e) => {

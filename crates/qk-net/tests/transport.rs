@@ -16,7 +16,8 @@ use qk_net::{
     BoxFuture, CaCert, ClusterCa, Credentials, Dialer, NetConfig, NetError, NetworkFactory, Peer,
     RpcHandler, Server, MAX_FRAME_LEN,
 };
-use qk_raft::{decode, encode, ClientRequest, ClientResponse, PeerRequest, PeerResponse, QkNode};
+use qk_raft::{decode, encode, PeerRequest, PeerResponse, QkNode};
+use qk_wire::{ClientRequest, ClientResponse};
 
 /// Answers `GetKey { name }` with `[peer, name]`; `name == "sleep"` sleeps
 /// first; `ListKeys` panics; Raft RPCs only from nodes.
@@ -209,8 +210,17 @@ async fn raw_connection(
     ca: &ClusterCa,
     addr: SocketAddr,
 ) -> Result<(quinn::Endpoint, quinn::Connection)> {
+    raw_connection_from(ca, addr, localhost()).await
+}
+
+/// [`raw_connection`] from the local address `from`.
+async fn raw_connection_from(
+    ca: &ClusterCa,
+    addr: SocketAddr,
+    from: SocketAddr,
+) -> Result<(quinn::Endpoint, quinn::Connection)> {
     let creds: Credentials = ca.issue_client("raw")?;
-    let mut endpoint = quinn::Endpoint::client(localhost())?;
+    let mut endpoint = quinn::Endpoint::client(from)?;
     endpoint.set_default_client_config(qk_net::tls::quic_client_config(
         ca.cert(),
         &creds,
@@ -624,6 +634,164 @@ async fn a_stalled_request_stream_is_reset_by_the_server() -> Result<()> {
         "ok"
     );
     assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_address_holds_at_most_its_connections_while_others_connect() -> Result<()> {
+    let ca = ClusterCa::generate("qk test")?;
+    let mut cfg = fast_config();
+    cfg.max_connections_per_address = 2;
+    let creds = ca.issue_node(1, &["127.0.0.1"])?;
+    let handler = Arc::new(TestHandler::default());
+    let server = Server::bind(localhost(), ca.cert(), &creds, cfg, handler).await?;
+    let addr = server.local_addr();
+    let other = SocketAddr::from(([127, 0, 0, 2], 0));
+
+    let (_e1, first) = raw_connection(&ca, addr).await?;
+    let (_e2, _second) = raw_connection(&ca, addr).await?;
+    let third = raw_connection(&ca, addr).await;
+    ensure!(
+        third.is_err(),
+        "a third connection from 127.0.0.1 was accepted"
+    );
+
+    let (_e3, from_other) = raw_connection_from(&ca, addr, other).await?;
+    let resp = send_raw(&from_other, &frame(&encode(&get_key("k"))?)).await?;
+    ensure!(keys(resp)?[1] == "k", "127.0.0.2 is served");
+
+    // A closed connection gives its slot back.
+    first.close(0u32.into(), b"done");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match raw_connection(&ca, addr).await {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() > deadline => {
+                bail!("the slot of a closed connection was not given back: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Opens a stream on `conn` announcing a frame of `announced` bytes and
+/// sends the first `sent` of them (as far as the server lets it) from a task
+/// that keeps the stream open until aborted.
+async fn stalled_stream(
+    conn: &quinn::Connection,
+    announced: u32,
+    sent: usize,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let (mut send, recv) = conn.open_bi().await?;
+    send.write_all(&announced.to_be_bytes()).await?;
+    Ok(tokio::spawn(async move {
+        let _recv = recv;
+        let _ = send.write_all(&vec![0u8; sent]).await;
+        std::future::pending::<()>().await;
+    }))
+}
+
+#[tokio::test]
+async fn announced_bytes_reserve_nothing_and_clients_cannot_hold_back_nodes() -> Result<()> {
+    let ca = ClusterCa::generate("qk test")?;
+    let mut cfg = fast_config();
+    cfg.max_inflight_request_bytes = 8 * 1024 * 1024; // 4 MiB for nodes, 4 for clients
+    cfg.request_timeout = Duration::from_secs(60); // longer than any honest call may wait
+    let creds = ca.issue_node(1, &["127.0.0.1"])?;
+    let server = Server::bind(
+        localhost(),
+        ca.cert(),
+        &creds,
+        cfg,
+        Arc::new(TestHandler::default()),
+    )
+    .await?;
+    let addr = server.local_addr();
+    let node2 = Dialer::new(ca.cert(), &ca.issue_node(2, &["127.0.0.1"])?, fast_config())?;
+    let honest = Dialer::new(ca.cert(), &ca.issue_client("ops")?, fast_config())?;
+    let (_endpoint, conn) = raw_connection(&ca, addr).await?;
+
+    // Eight streams announce 4 MiB each and send nothing: no budget taken.
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        stalled.push(stalled_stream(&conn, 4 * 1024 * 1024, 0).await?);
+    }
+    keys(
+        honest
+            .any_node(&addr.to_string())
+            .call(&get_key("c"))
+            .await?,
+    )?;
+    keys(node2.node(1, &addr.to_string()).call(&get_key("n")).await?)?;
+
+    // Two streams really send 3 MiB each: the clients' budget is full (the
+    // second is refused as busy), and a node is still served.
+    for _ in 0..2 {
+        stalled.push(stalled_stream(&conn, 4 * 1024 * 1024, 3 * 1024 * 1024).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    keys(
+        node2
+            .node(1, &addr.to_string())
+            .call(&get_key("n2"))
+            .await?,
+    )?;
+
+    // Two node requests of 3 MiB at once into the nodes' 4 MiB: neither
+    // waits on the other holding part of the budget (no deadlock); one is
+    // served, the other at worst refused as busy, and a retry is served.
+    let node3 = Dialer::new(ca.cert(), &ca.issue_node(3, &["127.0.0.1"])?, fast_config())?;
+    let big = get_key(&"x".repeat(3 * 1024 * 1024));
+    let (to1_from2, to1_from3) = (
+        node2.node(1, &addr.to_string()),
+        node3.node(1, &addr.to_string()),
+    );
+    let (a, b) = tokio::join!(to1_from2.call(&big), to1_from3.call(&big));
+    let served = [a, b]
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(keys)
+        .filter(Result::is_ok)
+        .count();
+    ensure!(served >= 1, "neither large node request was served");
+    keys(to1_from3.call(&big).await?)?;
+    for task in stalled {
+        task.abort();
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn clients_cannot_take_the_connections_kept_for_nodes() -> Result<()> {
+    let ca = ClusterCa::generate("qk test")?;
+    let mut cfg = fast_config();
+    cfg.max_connections = 3;
+    cfg.node_reserved_connections = 1;
+    let creds = ca.issue_node(1, &["127.0.0.1"])?;
+    let server = Server::bind(
+        localhost(),
+        ca.cert(),
+        &creds,
+        cfg,
+        Arc::new(TestHandler::default()),
+    )
+    .await?;
+    let addr = server.local_addr();
+    let (_e1, c1) = raw_connection(&ca, addr).await?;
+    let (_e2, _c2) = raw_connection(&ca, addr).await?;
+    // A third client completes its handshake and is closed at once.
+    let (_e3, c3) = raw_connection(&ca, addr).await?;
+    let refused = send_raw(&c3, &frame(&encode(&get_key("k"))?)).await;
+    ensure!(refused.is_err(), "a third client was served: {refused:?}");
+    // The node still gets the slot kept for it.
+    let node2 = Dialer::new(ca.cert(), &ca.issue_node(2, &["127.0.0.1"])?, fast_config())?;
+    keys(node2.node(1, &addr.to_string()).call(&get_key("n")).await?)?;
+    // The first clients are served as before.
+    keys(send_raw(&c1, &frame(&encode(&get_key("c"))?)).await?)?;
     server.shutdown().await;
     Ok(())
 }

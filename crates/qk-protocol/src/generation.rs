@@ -14,7 +14,7 @@ use qk_types::{Epoch, KeyId, KeyVersion, NodeId, ShareIndex};
 use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
 
-use crate::unwrap::share_index_of;
+use crate::holder::share_index_of;
 use crate::{Action, ProtocolConfig};
 
 /// `SHA-256("qk/dkg" ‖ key id ‖ version ‖ epoch)`: every message of the

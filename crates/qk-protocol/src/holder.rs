@@ -6,9 +6,10 @@ use qk_crypto::{KeyShare, PublicKeySet};
 use qk_state::authn::GrantCheck;
 use qk_state::proof::{check_signer, Intent, ProofError, Signer};
 use qk_state::{
-    ApprovalStatus, Decision, Operation, PendingAction, Permission, StateMachine, VersionState,
+    ApprovalStatus, Decision, KeyVersionRecord, Operation, PendingAction, Permission, StateMachine,
+    VersionState,
 };
-use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
+use qk_types::{Epoch, KeyId, KeyVersion, NodeId, RequestError, ShareIndex};
 use sha2::{Digest, Sha256};
 
 use crate::message::PartialRequest;
@@ -23,41 +24,38 @@ pub fn check_intent_proof(
     request: &PartialRequest,
     now_ms: u64,
     grants: &dyn GrantCheck,
-    token: impl FnOnce(&str) -> Result<(String, [u8; 32]), String>,
-) -> Result<(), String> {
+    token: impl FnOnce(&str) -> Result<(String, [u8; 32]), ProofError>,
+) -> Result<(), ProofError> {
     let principal = &request.principal;
     let proof = request
         .proof
         .as_ref()
-        .ok_or_else(|| ProofError::Missing(principal.clone()).to_string())?;
+        .ok_or_else(|| ProofError::Missing(principal.clone()))?;
     let (signer, key) = match &proof.signer {
         Signer::Token { id } => token(id)?,
         Signer::Session(grant) => {
-            grants
-                .check_grant(grant, now_ms)
-                .map_err(|e| e.to_string())?;
+            grants.check_grant(grant, now_ms)?;
             (grant.principal.clone(), grant.session_key)
         }
     };
-    check_signer(signer, principal).map_err(|e| e.to_string())?;
+    check_signer(signer, principal)?;
     let intent = Intent {
         principal,
         ciphertext: &request.ciphertext,
         context: &request.context,
     };
-    proof
-        .verify(&key, &intent, from.0, now_ms)
-        .map_err(|e| e.to_string())
+    proof.verify(&key, &intent, from.0, now_ms)
 }
 
 /// The holder's own policy check before it computes a partial: the
 /// requester may decrypt with this key and context, and for a break-glass
-/// key holds an unexpired approval for exactly this ciphertext.
+/// key holds an unexpired approval for exactly this ciphertext. A refusal
+/// is `denied`, its message the reason.
 pub fn authorize_partial(
     state: &StateMachine,
     request: &PartialRequest,
     now_ms: u64,
-) -> Result<(), String> {
+) -> Result<(), RequestError> {
     let decision = state.authorize(
         &request.principal,
         Permission::Decrypt,
@@ -66,7 +64,7 @@ pub fn authorize_partial(
     );
     match decision {
         Decision::Allow => Ok(()),
-        Decision::Deny(reason) => Err(reason),
+        Decision::Deny(reason) => Err(RequestError::denied(reason)),
         Decision::NeedsApproval { .. } => {
             let digest: [u8; 32] = Sha256::digest(&request.ciphertext).into();
             let approved = state.approvals().any(|a| {
@@ -82,10 +80,18 @@ pub fn authorize_partial(
             if approved {
                 Ok(())
             } else {
-                Err("the key is break-glass and this decrypt has no approval".into())
+                Err(RequestError::denied(
+                    "the key is break-glass and this decrypt has no approval",
+                ))
             }
         }
     }
+}
+
+/// Holder `node` of a version has Shamir index `k + 1`, `k` its position
+/// in the holder list sorted by node id.
+pub fn share_index_of(record: &KeyVersionRecord, node: NodeId) -> Option<ShareIndex> {
+    ShareIndex::of_holder(&record.holders, node)
 }
 
 /// What a node does with a share it finds in its store at start.
@@ -104,13 +110,13 @@ pub enum StoredShare {
 /// The fate of this node's share of `key` `version` at `epoch`, judged on
 /// the replicated state. `load` reads the share; it is called only when
 /// the share has to be checked against the version's commitments.
-pub fn stored_share(
+pub fn stored_share<E: std::fmt::Display>(
     state: &StateMachine,
     me: NodeId,
     (key, version, epoch): (KeyId, KeyVersion, Epoch),
-    load: impl FnOnce() -> Result<Option<KeyShare>, String>,
+    load: impl FnOnce() -> Result<Option<KeyShare>, E>,
 ) -> StoredShare {
-    let Some(record) = state.keys().find(|k| k.id == key) else {
+    let Some(record) = state.key_by_id(key) else {
         return StoredShare::Keep;
     };
     let Some(v) = record.version(version) else {
@@ -150,7 +156,7 @@ pub fn stored_share(
             return StoredShare::Refuse(format!("{what}: replicated key set unreadable: {e}"))
         }
     };
-    let mine = crate::share_index_of(v, me);
+    let mine = share_index_of(v, me);
     match load() {
         Ok(Some(share)) if Some(share.index()) != mine => StoredShare::Refuse(format!(
             "the stored share of {what} has index {}, not this node's; restore this node's own share store or reshare the key",

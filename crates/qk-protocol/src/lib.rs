@@ -18,25 +18,27 @@
 mod generation;
 mod holder;
 pub mod message;
+mod run;
 mod unwrap;
 
 use std::collections::BTreeMap;
 
-use qk_crypto::{DkgSecretKey, KeyShare};
+use qk_crypto::{DkgPublicKey, DkgSecretKey, KeyShare};
 use qk_state::{
-    Applied, Command, DkgPhase, DkgSession, Operation, Response, StateMachine, VersionState,
+    Applied, Command, DkgSession, KeyVersionRecord, Operation, Response, StateMachine, VersionState,
 };
-use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
+use qk_types::{Epoch, KeyId, KeyVersion, NodeId, Redacted, ShareIndex};
 use rand_core::CryptoRng;
 
 pub use generation::{refresh_session_id, session_id};
-pub use holder::{authorize_partial, check_intent_proof, stored_share, StoredShare};
-pub use message::{MessageError, OpId, PartialRequest, ProtocolMessage};
-pub use unwrap::{
-    answer_partial, share_index_of, Plaintext, UnwrapError, UnwrapMode, UnwrapRequest,
+pub use holder::{
+    authorize_partial, check_intent_proof, share_index_of, stored_share, StoredShare,
 };
+pub use message::{MessageError, OpId, PartialRequest, ProtocolMessage};
+pub use unwrap::{holder_partial, partial_response, UnwrapError, UnwrapMode, UnwrapRequest};
 
 use generation::{Generation, StartDkg};
+use run::{AwaitingShare, DkgEnd, DkgRun, EarlyStep, Part, RunKind, VersionKey, Watch};
 use unwrap::{PendingUnwrap, Progress};
 
 /// Timeouts and bounds. Times are milliseconds; DKG phase timeouts count
@@ -143,13 +145,13 @@ pub enum Action {
         version: KeyVersion,
     },
     /// Load the share of `request`'s version from the sealed store, call
-    /// [`answer_partial`] and send its result to `to`.
+    /// [`holder_partial`] and send its [`partial_response`] to `to`.
     AnswerPartial { to: NodeId, request: PartialRequest },
     /// An unwrap finished. `faulty` names holders whose partial was invalid
     /// (for the audit record and metrics), also when the unwrap succeeded.
     UnwrapDone {
         op_id: OpId,
-        result: Result<Plaintext, UnwrapError>,
+        result: Result<Redacted, UnwrapError>,
         faulty: Vec<NodeId>,
     },
     /// Something worth logging: a faulty peer, a refused DKG message.
@@ -165,78 +167,6 @@ pub enum Action {
     },
 }
 
-/// A version being generated, watched by every node so it can be failed
-/// when its deadline passes.
-#[derive(Debug)]
-struct Watch {
-    deadline_ms: u64,
-    holder: bool,
-    proposed_ms: Option<u64>,
-}
-
-impl Watch {
-    fn new(deadline_ms: u64, holder: bool) -> Self {
-        Watch {
-            deadline_ms,
-            holder,
-            proposed_ms: None,
-        }
-    }
-
-    /// Whether to propose ending it now: at the deadline (a node holding no
-    /// share waits `fail_grace_ms` longer, so the holders go first), then
-    /// again every `retry_interval_ms` until the end is applied.
-    fn due(&mut self, now: u64, config: &ProtocolConfig) -> bool {
-        let grace = if self.holder { 0 } else { config.fail_grace_ms };
-        let due = now >= self.deadline_ms.saturating_add(grace)
-            && generation::retry_due(self.proposed_ms, now, config.retry_interval_ms);
-        if due {
-            self.proposed_ms = Some(now);
-        }
-        due
-    }
-}
-
-type VersionKey = (String, KeyVersion);
-
-/// A refresh of a version, watched by every node so it can be abandoned
-/// when its deadline passes.
-#[derive(Debug)]
-struct RefreshWatch {
-    attempt: u32,
-    /// The epoch the refresh produces.
-    epoch: Epoch,
-    watch: Watch,
-}
-
-/// A refresh this node holds a share for, waiting for `Event::ShareLoaded`.
-#[derive(Debug)]
-struct AwaitingShare {
-    key: KeyId,
-    session: DkgSession,
-    /// The epoch of the share asked for (the version's current one).
-    epoch: Epoch,
-    started_ms: u64,
-    /// Every holder's DKG key as of the `Refresh` entry.
-    receiver_keys: BTreeMap<qk_types::ShareIndex, qk_crypto::DkgPublicKey>,
-    /// Steps of this refresh applied before the share was loaded, replayed
-    /// in order once the participant starts.
-    early_steps: Vec<EarlyStep>,
-}
-
-/// A refresh step applied while this node's share was loading.
-#[derive(Debug)]
-struct EarlyStep {
-    from: NodeId,
-    step: qk_state::DkgStep,
-    time_ms: u64,
-    phase: Option<DkgPhase>,
-}
-
-/// At most this many steps wait for a share to load: one deal and one
-/// complaint list per holder, and a few timed closes.
-const MAX_EARLY_STEPS: usize = 2 * qk_types::MAX_HOLDERS as usize + 8;
-
 /// One node's protocol state.
 #[derive(Debug)]
 pub struct NodeProtocol {
@@ -244,12 +174,8 @@ pub struct NodeProtocol {
     config: ProtocolConfig,
     /// Latest time seen in a tick or request (to skip stale replays).
     now_ms: u64,
-    generations: BTreeMap<VersionKey, Generation>,
-    watches: BTreeMap<VersionKey, Watch>,
-    /// Refresh DKGs this node takes part in.
-    refreshes: BTreeMap<VersionKey, Generation>,
-    refresh_watches: BTreeMap<VersionKey, RefreshWatch>,
-    awaiting_share: BTreeMap<VersionKey, AwaitingShare>,
+    /// The DKG of each version in generation or refresh.
+    runs: BTreeMap<VersionKey, DkgRun>,
     unwraps: BTreeMap<OpId, PendingUnwrap>,
     /// Opens the DKG shares dealers seal to this node.
     dkg_key: DkgSecretKey,
@@ -263,11 +189,7 @@ impl NodeProtocol {
             me,
             config,
             now_ms: 0,
-            generations: BTreeMap::new(),
-            watches: BTreeMap::new(),
-            refreshes: BTreeMap::new(),
-            refresh_watches: BTreeMap::new(),
-            awaiting_share: BTreeMap::new(),
+            runs: BTreeMap::new(),
             unwraps: BTreeMap::new(),
             dkg_key,
         }
@@ -279,12 +201,19 @@ impl NodeProtocol {
 
     /// DKGs this node takes part in right now.
     pub fn active_generations(&self) -> usize {
-        self.generations.len() + self.refreshes.len()
+        self.runs
+            .values()
+            .filter(|r| r.participant().is_some())
+            .count()
     }
 
     /// Refresh DKGs this node takes part in right now.
     pub fn active_refreshes(&self) -> usize {
-        self.refreshes.len()
+        self.runs
+            .values()
+            .filter_map(DkgRun::participant)
+            .filter(|g| g.dkg != DkgSession::Generation)
+            .count()
     }
 
     /// Unwraps waiting for partials.
@@ -294,9 +223,12 @@ impl NodeProtocol {
 
     /// Refresh steps kept for participants still loading their share.
     pub fn steps_waiting_for_shares(&self) -> usize {
-        self.awaiting_share
+        self.runs
             .values()
-            .map(|w| w.early_steps.len())
+            .map(|r| match &r.part {
+                Part::AwaitingShare(w) => w.early_steps.len(),
+                _ => 0,
+            })
             .sum()
     }
 
@@ -363,73 +295,35 @@ impl NodeProtocol {
                     version,
                     from,
                     step,
-                    session: session @ DkgSession::Refresh { epoch, .. },
+                    session,
                 },
                 outcome,
             ) => {
                 let vk = (name.clone(), *version);
-                let phase = refresh_phase(state, name, *version);
-                let mut actions = match self.refreshes.get_mut(&vk) {
-                    Some(g) if g.dkg == *session => g.on_step(*from, step, cmd.time_ms, phase, rng),
-                    _ => {
-                        self.keep_early_step(&vk, *session, *from, step, cmd.time_ms, phase);
-                        Vec::new()
-                    }
+                let early = EarlyStep {
+                    from: *from,
+                    step: step.clone(),
+                    time_ms: cmd.time_ms,
+                    phase: run::dkg_phase(state, name, *version, *session),
                 };
-                match outcome {
-                    Applied::RefreshCompleted { .. } => {
-                        self.end_refresh(&vk, *epoch, true, state, &mut actions)
-                    }
-                    Applied::RefreshAbandoned { .. } => {
-                        self.end_refresh(&vk, *epoch, false, state, &mut actions)
-                    }
-                    _ => {}
-                }
-                actions
-            }
-            (
-                Operation::AbandonRefresh { name, version, .. },
-                Applied::RefreshAbandoned { epoch, .. },
-            ) => {
-                let mut actions = Vec::new();
-                self.end_refresh(
-                    &(name.clone(), *version),
-                    *epoch,
-                    false,
-                    state,
-                    &mut actions,
-                );
-                actions
-            }
-            (
-                Operation::Dkg {
-                    name,
-                    version,
-                    from,
-                    step,
-                    session: DkgSession::Generation,
-                },
-                outcome,
-            ) => {
-                let vk = (name.clone(), *version);
-                let phase = generation_phase(state, name, *version);
-                let mut actions = match self.generations.get_mut(&vk) {
-                    Some(g) => g.on_step(*from, step, cmd.time_ms, phase, rng),
+                let mut actions = match self.runs.get_mut(&vk) {
+                    Some(run) => run.on_step(*session, early, rng),
                     None => Vec::new(),
                 };
-                match outcome {
-                    Applied::VersionEnabled => self.end_generation(&vk, false, state, &mut actions),
-                    Applied::GenerationFailed { .. } => {
-                        self.end_generation(&vk, true, state, &mut actions)
-                    }
-                    _ => {}
+                if let Some(end) = DkgEnd::of(outcome) {
+                    self.end_dkg(&vk, end, state, &mut actions);
                 }
                 actions
             }
-            (Operation::FailGeneration { name, version, .. }, _) => {
-                let failed = matches!(applied, Applied::GenerationFailed { .. });
+            (
+                Operation::AbandonRefresh { name, version, .. }
+                | Operation::FailGeneration { name, version, .. },
+                outcome,
+            ) => {
                 let mut actions = Vec::new();
-                self.end_generation(&(name.clone(), *version), failed, state, &mut actions);
+                if let Some(end) = DkgEnd::of(outcome) {
+                    self.end_dkg(&(name.clone(), *version), end, state, &mut actions);
+                }
                 actions
             }
             (Operation::Destroy { name, version }, _) => self.on_destroy(state, name, *version),
@@ -455,23 +349,17 @@ impl NodeProtocol {
             return Vec::new();
         }
         let vk = (name.to_string(), version);
-        let holder = record.holders.contains(&self.me);
-        self.watches.insert(
-            vk.clone(),
-            Watch::new(record.generation_deadline_ms, holder),
-        );
-        // An entry replayed long after its deadline starts nothing.
-        if !holder || record.generation_deadline_ms <= self.now_ms {
-            return Vec::new();
-        }
-        let receiver_keys = match generation::receiver_keys(state, record) {
-            Ok(keys) => keys,
-            Err(e) => {
-                return vec![Action::Warning(format!(
+        let deadline_ms = record.generation_deadline_ms;
+        let receiver_keys =
+            match self.begin_run(state, record, &vk, RunKind::Generation, deadline_ms) {
+                None => return Vec::new(),
+                Some(Ok(keys)) => keys,
+                Some(Err(e)) => {
+                    return vec![Action::Warning(format!(
                 "cannot start the DKG of key {name:?} {version}: {e}; it will fail at its deadline"
             ))]
-            }
-        };
+                }
+            };
         let start = StartDkg {
             me: self.me,
             name,
@@ -485,7 +373,7 @@ impl NodeProtocol {
         };
         match Generation::start(start, rng) {
             Ok((g, actions)) => {
-                self.generations.insert(vk, g);
+                self.start_part(&vk, Part::Running(Box::new(g)));
                 actions
             }
             Err(e) => vec![Action::Warning(format!(
@@ -494,26 +382,20 @@ impl NodeProtocol {
         }
     }
 
-    /// Drops a finished DKG; on failure every holder erases whatever share
-    /// it may have stored (erasing a missing share is a no-op, which also
-    /// covers a node that restarted mid-DKG).
-    fn end_generation(
+    /// Drops the run `end` finishes and erases the share that end leaves
+    /// behind.
+    fn end_dkg(
         &mut self,
         vk: &VersionKey,
-        failed: bool,
+        end: DkgEnd,
         state: &StateMachine,
         actions: &mut Vec<Action>,
     ) {
-        self.generations.remove(vk);
-        self.watches.remove(vk);
-        if !failed {
-            return;
+        if self.runs.get(vk).is_some_and(|run| end.ends(run.kind)) {
+            self.runs.remove(vk);
         }
-        let epoch = state
-            .key(&vk.0)
-            .and_then(|k| k.version(vk.1))
-            .map(|r| r.epoch);
-        actions.extend(epoch.and_then(|e| self.erase_own_share(state, vk, e)));
+        let erase = end.erase(state, vk);
+        actions.extend(erase.and_then(|epoch| self.erase_own_share(state, vk, epoch)));
     }
 
     /// Erases this node's share of `epoch` of the version, if it holds one.
@@ -534,13 +416,6 @@ impl NodeProtocol {
                 version: vk.1,
                 epoch,
             })
-    }
-
-    /// Forgets every piece of a refresh of `vk` this node keeps.
-    fn drop_refresh(&mut self, vk: &VersionKey) {
-        self.refreshes.remove(vk);
-        self.refresh_watches.remove(vk);
-        self.awaiting_share.remove(vk);
     }
 
     /// A refresh started: every node watches its deadline; a holder asks
@@ -564,37 +439,26 @@ impl NodeProtocol {
             return Vec::new();
         };
         let vk = (name.to_string(), version);
-        let holder = record.holders.contains(&self.me);
-        self.refreshes.remove(&vk);
-        self.refresh_watches.insert(
-            vk.clone(),
-            RefreshWatch {
-                attempt,
-                epoch,
-                watch: Watch::new(refresh.deadline_ms, holder),
-            },
-        );
-        if !holder || refresh.deadline_ms <= self.now_ms {
-            return Vec::new();
-        }
-        let receiver_keys = match generation::receiver_keys(state, record) {
-            Ok(keys) => keys,
-            Err(e) => {
+        let kind = RunKind::Refresh { attempt, epoch };
+        let receiver_keys = match self.begin_run(state, record, &vk, kind, refresh.deadline_ms) {
+            None => return Vec::new(),
+            Some(Ok(keys)) => keys,
+            Some(Err(e)) => {
                 return vec![Action::Warning(format!(
                     "cannot refresh key {name:?} {version}: {e}; the refresh will be abandoned at its deadline"
                 ))]
             }
         };
-        self.awaiting_share.insert(
-            vk,
-            AwaitingShare {
+        self.start_part(
+            &vk,
+            Part::AwaitingShare(AwaitingShare {
                 key: key.id,
                 session: refresh.session(),
                 epoch: record.epoch,
                 started_ms: time_ms,
                 receiver_keys,
                 early_steps: Vec::new(),
-            },
+            }),
         );
         vec![Action::NeedShare {
             key: key.id,
@@ -615,14 +479,17 @@ impl NodeProtocol {
         rng: &mut R,
     ) -> Vec<Action> {
         let Some(vk) = self
-            .awaiting_share
+            .runs
             .iter()
-            .find(|((_, v), a)| *v == version && a.key == key_id && a.epoch == epoch)
+            .find(|((_, v), run)| {
+                *v == version
+                    && matches!(&run.part, Part::AwaitingShare(a) if a.key == key_id && a.epoch == epoch)
+            })
             .map(|(vk, _)| vk.clone())
         else {
             return Vec::new(); // not asked for, or the refresh ended meanwhile
         };
-        let Some(waiting) = self.awaiting_share.remove(&vk) else {
+        let Some(waiting) = self.take_awaiting(&vk) else {
             return Vec::new();
         };
         let name = vk.0.as_str();
@@ -668,7 +535,7 @@ impl NodeProtocol {
                         rng,
                     ));
                 }
-                self.refreshes.insert(vk, g);
+                self.start_part(&vk, Part::Running(Box::new(g)));
                 actions
             }
             Err(e) => vec![Action::Warning(format!(
@@ -677,48 +544,45 @@ impl NodeProtocol {
         }
     }
 
-    /// Keeps a step of a refresh whose participant waits for its share.
-    fn keep_early_step(
+    /// Every node watches a new run's deadline; a holder still in time gets
+    /// every holder's DKG key to take part, or why it cannot. `None`: this
+    /// node only watches (an entry replayed after its deadline starts
+    /// nothing).
+    fn begin_run(
         &mut self,
+        state: &StateMachine,
+        record: &KeyVersionRecord,
         vk: &VersionKey,
-        session: DkgSession,
-        from: NodeId,
-        step: &qk_state::DkgStep,
-        time_ms: u64,
-        phase: Option<DkgPhase>,
-    ) {
-        if let Some(waiting) = self
-            .awaiting_share
-            .get_mut(vk)
-            .filter(|w| w.session == session && w.early_steps.len() < MAX_EARLY_STEPS)
-        {
-            waiting.early_steps.push(EarlyStep {
-                from,
-                step: step.clone(),
-                time_ms,
-                phase,
-            });
+        kind: RunKind,
+        deadline_ms: u64,
+    ) -> Option<Result<BTreeMap<ShareIndex, DkgPublicKey>, String>> {
+        let holder = record.holders.contains(&self.me);
+        let watch = Watch::new(deadline_ms, holder);
+        let part = Part::Watcher;
+        self.runs.insert(vk.clone(), DkgRun { kind, watch, part });
+        if !holder || deadline_ms <= self.now_ms {
+            return None;
+        }
+        Some(generation::receiver_keys(state, record))
+    }
+
+    /// This node's part in the run of `vk` begins (or moves on).
+    fn start_part(&mut self, vk: &VersionKey, part: Part) {
+        if let Some(run) = self.runs.get_mut(vk) {
+            run.part = part;
         }
     }
 
-    /// Drops a finished refresh producing `epoch`. Completed: holders erase
-    /// the share of the epoch before; abandoned: the new share (erasing a
-    /// missing share is a no-op).
-    fn end_refresh(
-        &mut self,
-        vk: &VersionKey,
-        epoch: Epoch,
-        completed: bool,
-        state: &StateMachine,
-        actions: &mut Vec<Action>,
-    ) {
-        self.drop_refresh(vk);
-        let erase = if completed {
-            Epoch(epoch.0.saturating_sub(1))
-        } else {
-            epoch
-        };
-        actions.extend(self.erase_own_share(state, vk, erase));
+    /// The refresh of `vk` stops waiting for this node's share.
+    fn take_awaiting(&mut self, vk: &VersionKey) -> Option<AwaitingShare> {
+        let run = self.runs.get_mut(vk)?;
+        match std::mem::replace(&mut run.part, Part::Watcher) {
+            Part::AwaitingShare(waiting) => Some(waiting),
+            other => {
+                run.part = other;
+                None
+            }
+        }
     }
 
     fn on_destroy(&mut self, state: &StateMachine, name: &str, version: KeyVersion) -> Vec<Action> {
@@ -734,7 +598,13 @@ impl NodeProtocol {
         // A refresh in progress ends here: it must not persist a new-epoch
         // share after the erase below.
         let vk = (name.to_string(), version);
-        self.drop_refresh(&vk);
+        if self
+            .runs
+            .get(&vk)
+            .is_some_and(|run| run.kind != RunKind::Generation)
+        {
+            self.runs.remove(&vk);
+        }
         vec![
             Action::EraseVersion {
                 key: key.id,
@@ -775,38 +645,16 @@ impl NodeProtocol {
 
     fn on_tick(&mut self, state: &StateMachine, now: u64) -> Vec<Action> {
         let mut actions = Vec::new();
-        // Versions that left `Generating` without this node seeing the entry
-        // (for example after a snapshot install).
-        let ended: Vec<(VersionKey, bool)> = self
-            .watches
-            .keys()
-            .filter_map(|vk| {
-                let st = state
-                    .key(&vk.0)
-                    .and_then(|k| k.version(vk.1))
-                    .map(|r| &r.state);
-                match st {
-                    Some(VersionState::Generating) => None,
-                    Some(VersionState::Failed { .. }) => Some((vk.clone(), true)),
-                    _ => Some((vk.clone(), false)),
-                }
-            })
+        let ended: Vec<(VersionKey, DkgEnd)> = self
+            .runs
+            .iter()
+            .filter_map(|(vk, run)| Some((vk.clone(), run.ended_in(state, vk)?)))
             .collect();
-        for (vk, failed) in ended {
-            self.end_generation(&vk, failed, state, &mut actions);
+        for (vk, end) in ended {
+            self.end_dkg(&vk, end, state, &mut actions);
         }
-        for g in self.generations.values_mut() {
-            actions.extend(g.on_tick(now, &self.config));
-        }
-        actions.extend(self.tick_refreshes(state, now));
-        for ((name, version), w) in &mut self.watches {
-            if w.due(now, &self.config) {
-                actions.push(Action::Propose(Operation::FailGeneration {
-                    name: name.clone(),
-                    version: *version,
-                    reason: format!("{} saw the deadline pass", self.me),
-                }));
-            }
+        for (vk, run) in &mut self.runs {
+            actions.extend(run.on_tick(vk, self.me, now, &self.config));
         }
         let expired: Vec<OpId> = self
             .unwraps
@@ -826,40 +674,6 @@ impl NodeProtocol {
         for p in self.unwraps.values_mut() {
             let ask = p.on_tick(now);
             actions.extend(partial_requests(p.request(), ask));
-        }
-        actions
-    }
-
-    fn tick_refreshes(&mut self, state: &StateMachine, now: u64) -> Vec<Action> {
-        let mut actions = Vec::new();
-        // Refreshes that ended without this node seeing the entry.
-        let ended: Vec<(VersionKey, Epoch, bool)> = self
-            .refresh_watches
-            .iter()
-            .filter_map(|(vk, w)| {
-                let record = state.key(&vk.0).and_then(|k| k.version(vk.1));
-                let running = record
-                    .and_then(|r| r.refresh.as_ref())
-                    .is_some_and(|r| r.attempt == w.attempt);
-                let completed = record.is_some_and(|r| r.epoch >= w.epoch);
-                (!running).then(|| (vk.clone(), w.epoch, completed))
-            })
-            .collect();
-        for (vk, epoch, completed) in ended {
-            self.end_refresh(&vk, epoch, completed, state, &mut actions);
-        }
-        for g in self.refreshes.values_mut() {
-            actions.extend(g.on_tick(now, &self.config));
-        }
-        for ((name, version), w) in &mut self.refresh_watches {
-            if w.watch.due(now, &self.config) {
-                actions.push(Action::Propose(Operation::AbandonRefresh {
-                    name: name.clone(),
-                    version: *version,
-                    attempt: w.attempt,
-                    reason: format!("{} saw the deadline pass", self.me),
-                }));
-            }
         }
         actions
     }
@@ -903,16 +717,4 @@ fn partial_requests(request: &PartialRequest, to: Vec<NodeId>) -> Vec<Action> {
             msg: ProtocolMessage::PartialRequest(request.clone()),
         })
         .collect()
-}
-
-/// The phase of a version's generation DKG in the replicated state.
-fn generation_phase(state: &StateMachine, name: &str, version: KeyVersion) -> Option<DkgPhase> {
-    let record = state.key(name)?.version(version)?;
-    (record.state == VersionState::Generating).then_some(record.dkg.phase)
-}
-
-/// The phase of a version's refresh DKG in the replicated state.
-fn refresh_phase(state: &StateMachine, name: &str, version: KeyVersion) -> Option<DkgPhase> {
-    let record = state.key(name)?.version(version)?;
-    record.refresh.as_ref().map(|r| r.dkg.phase)
 }

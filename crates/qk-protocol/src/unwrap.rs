@@ -5,41 +5,21 @@
 //! first `t` have not all answered validly after
 //! [`ProtocolConfig::hedge_ms`](crate::ProtocolConfig::hedge_ms), or at once
 //! when an asked holder refuses, sends an invalid partial, or the combination
-//! fails. The holder side is [`answer_partial`], a pure function the node
+//! fails. The holder side is [`holder_partial`], a pure function the node
 //! calls with the share it loaded from its sealed store.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use qk_crypto::{
     combine, partial_decrypt, Ciphertext, CombineMode, CryptoError, EncryptionContext, KeyShare,
     PartialDecryption, PublicKeySet,
 };
 use qk_state::{KeyRecord, KeyVersionRecord, StateMachine, VersionState};
-use qk_types::{KeyVersion, NodeId, ShareIndex};
+use qk_types::{KeyVersion, NodeId, Redacted, RequestError, ShareIndex};
 use rand_core::CryptoRng;
-use zeroize::Zeroizing;
 
+use crate::holder::share_index_of;
 use crate::message::{bounded_reason, OpId, PartialRequest, ProtocolMessage};
-
-/// A decrypted plaintext: zeroized on drop, `<redacted>` in `Debug`.
-pub struct Plaintext(Zeroizing<Vec<u8>>);
-
-impl Plaintext {
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-
-    pub fn into_inner(self) -> Zeroizing<Vec<u8>> {
-        self.0
-    }
-}
-
-impl fmt::Debug for Plaintext {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Plaintext(<redacted {} bytes>)", self.0.len())
-    }
-}
 
 /// Where the partials are combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +106,23 @@ pub enum UnwrapError {
     DuplicateOp(OpId),
 }
 
+impl UnwrapError {
+    /// What kind of failure this is for the client that asked.
+    pub fn kind(&self) -> qk_types::ErrorKind {
+        use qk_types::ErrorKind;
+        match self {
+            UnwrapError::BadCiphertext(_)
+            | UnwrapError::ContextMismatch
+            | UnwrapError::WrongKey { .. }
+            | UnwrapError::Decrypt(_) => ErrorKind::Invalid,
+            UnwrapError::NoSuchKey(_) | UnwrapError::NoSuchVersion { .. } => ErrorKind::NotFound,
+            UnwrapError::Destroyed { .. } | UnwrapError::NotUsable { .. } => ErrorKind::Conflict,
+            UnwrapError::NotEnoughHolders { .. } | UnwrapError::Busy(_) => ErrorKind::Unavailable,
+            UnwrapError::CorruptKeySet { .. } | UnwrapError::DuplicateOp(_) => ErrorKind::Internal,
+        }
+    }
+}
+
 fn refusal_suffix(refused: &[(NodeId, String)]) -> String {
     if refused.is_empty() {
         return String::new();
@@ -144,12 +141,6 @@ fn invalid_suffix(invalid: &[NodeId]) -> String {
         invalid.len(),
         names.join(", ")
     )
-}
-
-/// Holder `node` of a version has Shamir index `k + 1`, `k` its position
-/// in the holder list sorted by node id.
-pub fn share_index_of(record: &KeyVersionRecord, node: NodeId) -> Option<ShareIndex> {
-    ShareIndex::of_holder(&record.holders, node)
 }
 
 /// Why a version cannot serve partials, or `None` when it can decrypt:
@@ -196,26 +187,36 @@ pub(crate) fn unusable(
     }
 }
 
+/// The answer to `request` on the wire: [`holder_partial`]'s partial, or
+/// its refusal's message.
+pub fn partial_response(
+    request: &PartialRequest,
+    result: Result<Vec<u8>, RequestError>,
+) -> ProtocolMessage {
+    ProtocolMessage::PartialResponse {
+        op_id: request.op_id,
+        result: result.map_err(|e| e.message),
+    }
+}
+
 /// The holder's side of an unwrap: checks the principal's permission
 /// ([`authorize_partial`](crate::authorize_partial), at this holder's
 /// `now_ms`), the key version's state and the ciphertext proof (inside
-/// `partial_decrypt`), then returns a `PartialResponse` with the partial or
-/// the refusal reason. Whether the principal asked at all is checked before
+/// `partial_decrypt`), then returns the partial's bytes or why this holder
+/// gives none, with the refusal's kind (its message bounded for the wire).
+/// Whether the principal asked at all is checked before
 /// ([`check_intent_proof`](crate::check_intent_proof)) when another node
 /// sent the request.
-pub fn answer_partial<R: CryptoRng + ?Sized>(
+pub fn holder_partial<R: CryptoRng + ?Sized>(
     state: &StateMachine,
     me: NodeId,
     share: Option<&KeyShare>,
     request: &PartialRequest,
     now_ms: u64,
     rng: &mut R,
-) -> ProtocolMessage {
-    let result = partial_for(state, me, share, request, now_ms, rng).map_err(bounded_reason);
-    ProtocolMessage::PartialResponse {
-        op_id: request.op_id,
-        result,
-    }
+) -> Result<Vec<u8>, RequestError> {
+    partial_for(state, me, share, request, now_ms, rng)
+        .map_err(|e| RequestError::new(e.kind, bounded_reason(e.message)))
 }
 
 fn partial_for<R: CryptoRng + ?Sized>(
@@ -225,63 +226,65 @@ fn partial_for<R: CryptoRng + ?Sized>(
     req: &PartialRequest,
     now_ms: u64,
     rng: &mut R,
-) -> Result<Vec<u8>, String> {
-    req.check_bounds().map_err(|e| e.to_string())?;
+) -> Result<Vec<u8>, RequestError> {
+    let typed = |e: UnwrapError| RequestError::new(e.kind(), e.to_string());
+    req.check_bounds()
+        .map_err(|e| RequestError::invalid(e.to_string()))?;
     let key = state
         .key(&req.name)
-        .ok_or_else(|| UnwrapError::NoSuchKey(req.name.clone()).to_string())?;
+        .ok_or_else(|| typed(UnwrapError::NoSuchKey(req.name.clone())))?;
     if key.id != req.key {
-        return Err(UnwrapError::WrongKey {
+        return Err(typed(UnwrapError::WrongKey {
             name: req.name.clone(),
             expected: key.id.to_string(),
             found: req.key.to_string(),
-        }
-        .to_string());
+        }));
     }
-    crate::holder::authorize_partial(state, req, now_ms).map_err(|reason| {
-        format!(
-            "principal {:?} is not authorized to unwrap with key {:?}: {reason}",
-            req.principal, req.name
-        )
+    crate::holder::authorize_partial(state, req, now_ms).map_err(|refusal| {
+        RequestError::denied(format!(
+            "principal {:?} is not authorized to unwrap with key {:?}: {}",
+            req.principal, req.name, refusal.message
+        ))
     })?;
     let record = key.version(req.version).ok_or_else(|| {
-        UnwrapError::NoSuchVersion {
+        typed(UnwrapError::NoSuchVersion {
             name: req.name.clone(),
             version: req.version,
-        }
-        .to_string()
+        })
     })?;
     if let Some(e) = unusable(key, req.version, record) {
-        return Err(e.to_string());
+        return Err(typed(e));
     }
     if let Some(asked) = req.epoch.filter(|e| *e != record.epoch) {
-        return Err(format!(
+        return Err(RequestError::unavailable(format!(
             "{me} holds version {} of key {:?} at share epoch {}, the request is for epoch {} (a refresh completed meanwhile); retry the unwrap",
             req.version, req.name, record.epoch.0, asked.0
-        ));
+        )));
     }
     let index = share_index_of(record, me).ok_or_else(|| {
-        format!(
+        RequestError::invalid(format!(
             "{me} is not a holder of version {} of key {:?}; ask its holders",
             req.version, req.name
-        )
+        ))
     })?;
     let share = share.ok_or_else(|| {
-        format!(
+        RequestError::unavailable(format!(
             "{me} has no share of version {} of key {:?} (lost or erased); restore the node's share store or reshare",
             req.version, req.name
-        )
+        ))
     })?;
     if share.index() != index {
-        return Err(format!(
+        return Err(RequestError::internal(format!(
             "{me}'s stored share has index {} but this node is {index} of the version; the share store is inconsistent",
             share.index().get()
-        ));
+        )));
     }
-    let keys = version_keys(&req.name, req.version, record).map_err(|e| e.to_string())?;
-    let holder_key = keys.holder_key(index).map_err(|e| e.to_string())?;
+    let keys = version_keys(&req.name, req.version, record).map_err(typed)?;
+    let holder_key = keys
+        .holder_key(index)
+        .map_err(|e| RequestError::internal(e.to_string()))?;
     let ct = Ciphertext::from_bytes(&req.ciphertext)
-        .map_err(|e| UnwrapError::BadCiphertext(e.to_string()).to_string())?;
+        .map_err(|e| typed(UnwrapError::BadCiphertext(e.to_string())))?;
     let partial = partial_decrypt(
         rng,
         share,
@@ -291,7 +294,7 @@ fn partial_for<R: CryptoRng + ?Sized>(
         &ct,
         &req.context,
     )
-    .map_err(|e| format!("{me} refuses the partial: {e}"))?;
+    .map_err(|e| RequestError::invalid(format!("{me} refuses the partial: {e}")))?;
     Ok(partial.to_bytes())
 }
 
@@ -369,7 +372,7 @@ pub(crate) struct PendingUnwrap {
 pub(crate) enum Progress {
     /// Still waiting; send the request to these holders (often none).
     Waiting(Vec<NodeId>),
-    Done(Result<Plaintext, UnwrapError>, Vec<NodeId>),
+    Done(Result<Redacted, UnwrapError>, Vec<NodeId>),
 }
 
 /// The order in which `me` asks the holders for operation `op_id`: itself
@@ -575,7 +578,10 @@ impl PendingUnwrap {
         ) {
             Ok(out) => {
                 self.mark_invalid(&out.invalid);
-                Some(Progress::Done(Ok(Plaintext(out.plaintext)), self.faulty()))
+                Some(Progress::Done(
+                    Ok(Redacted::from(out.plaintext)),
+                    self.faulty(),
+                ))
             }
             Err(CryptoError::NotEnoughPartials { invalid, .. }) => {
                 self.mark_invalid(&invalid);
@@ -620,14 +626,6 @@ impl PendingUnwrap {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_plaintext_gives_its_bytes_and_hides_them_from_debug() {
-        let p = Plaintext(Zeroizing::new(b"secret".to_vec()));
-        assert_eq!(format!("{p:?}"), "Plaintext(<redacted 6 bytes>)");
-        assert_eq!(p.expose(), b"secret");
-        assert_eq!(p.into_inner().as_slice(), b"secret");
-    }
 
     #[test]
     fn each_unwrap_asks_itself_first_then_the_others_rotated_by_op_and_node() {

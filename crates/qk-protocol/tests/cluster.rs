@@ -5,7 +5,9 @@
 mod common;
 
 use common::*;
-use qk_protocol::{answer_partial, PartialRequest, ProtocolConfig, ProtocolMessage};
+use qk_protocol::{
+    holder_partial, partial_response, PartialRequest, ProtocolConfig, ProtocolMessage,
+};
 use qk_state::{DkgPhase, Operation, VersionState};
 use qk_types::{Epoch, NodeId};
 use rand::SeedableRng;
@@ -280,7 +282,7 @@ fn destroy_erases_every_share_and_later_unwraps_fail() {
         proof: None,
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
-    let reply = answer_partial(
+    let result = holder_partial(
         &c.node(1).replica,
         NodeId(1),
         Some(&kept),
@@ -288,6 +290,7 @@ fn destroy_erases_every_share_and_later_unwraps_fail() {
         c.now,
         &mut rng,
     );
+    let reply = partial_response(&req, result);
     let ProtocolMessage::PartialResponse {
         result: Err(reason),
         ..
@@ -715,7 +718,7 @@ fn partial_request_for_another_epoch_is_refused_as_a_race_not_forged() {
             proof: None,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let reply = answer_partial(
+        let result = holder_partial(
             &c.node(2).replica,
             NodeId(2),
             Some(&share),
@@ -723,6 +726,7 @@ fn partial_request_for_another_epoch_is_refused_as_a_race_not_forged() {
             c.now,
             &mut rng,
         );
+        let reply = partial_response(&req, result);
         let ProtocolMessage::PartialResponse { result, .. } = reply else {
             panic!("expected a partial response, got {reply:?}");
         };
@@ -1359,5 +1363,37 @@ fn a_holder_that_missed_the_refresh_completing_erases_the_old_epoch_at_its_next_
         kept,
         vec![(id, V1, Epoch(1))],
         "node 1 keeps only the new epoch"
+    );
+}
+
+#[test]
+fn a_holder_that_missed_the_failure_entry_erases_its_share_on_the_next_tick() {
+    // Node 3 never acks, so the generation fails at its deadline; node 1
+    // stored its share, then applies the failure without seeing the entry
+    // (as after a snapshot install) and must still erase the share.
+    let mut c = Cluster::new(3, 31);
+    c.node_mut(3).muted = true;
+    c.create_key(2, &[1, 2, 3]);
+    c.run_until_idle();
+    let id = c.key().id;
+    c.advance(60_000, 100, |c| c.node(1).persisted.contains(&(id, V1)));
+    assert!(
+        c.node(1).persisted.contains(&(id, V1)),
+        "node 1 stored its share"
+    );
+    c.node_mut(1).dead = true;
+    c.advance(120_000, 500, |c| {
+        matches!(c.version(V1).state, VersionState::Failed { .. })
+    });
+    assert!(matches!(c.version(V1).state, VersionState::Failed { .. }));
+    assert!(
+        !c.node(1).erased.contains(&(id, V1)),
+        "node 1 saw nothing yet"
+    );
+    c.node_mut(1).dead = false;
+    c.advance(1_000, 100, |c| c.node(1).erased.contains(&(id, V1)));
+    assert!(
+        c.node(1).erased.contains(&(id, V1)),
+        "the failed generation's share stays on node 1's disk"
     );
 }

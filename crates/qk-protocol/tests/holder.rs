@@ -6,11 +6,11 @@ mod common;
 
 use common::*;
 use qk_protocol::{
-    answer_partial, authorize_partial, check_intent_proof, stored_share, PartialRequest,
-    ProtocolMessage, StoredShare,
+    authorize_partial, check_intent_proof, holder_partial, stored_share, PartialRequest,
+    StoredShare,
 };
 use qk_state::authn::KeyRoster;
-use qk_state::proof::{Credential, Intent};
+use qk_state::proof::{Credential, Intent, ProofError};
 use qk_state::{ApprovalRule, KeyPolicy, Operation, PendingAction, Permission, Role};
 use qk_types::{Epoch, KeyVersion, NodeId};
 use rand::SeedableRng;
@@ -53,8 +53,8 @@ fn roster() -> (KeyRoster, Credential, Credential) {
 }
 
 fn check(roster: &KeyRoster, from: u64, req: &PartialRequest) -> Result<(), String> {
-    let no_tokens = |id: &str| Err(format!("no token {id}"));
-    check_intent_proof(NodeId(from), req, NOW_MS, roster, no_tokens)
+    let no_tokens = |id: &str| Err(ProofError::Signer(format!("no token {id}")));
+    check_intent_proof(NodeId(from), req, NOW_MS, roster, no_tokens).map_err(|e| e.to_string())
 }
 
 #[test]
@@ -99,10 +99,11 @@ fn a_partial_needs_the_principals_own_proof_of_exactly_this_request() {
         &honest,
         NOW_MS + 3_600_000,
         &roster,
-        |_: &str| Err("no tokens".to_string()),
+        |_: &str| Err(ProofError::Signer("no tokens".into())),
     )
     .expect_err("an hour-old proof");
-    assert!(stale.contains("clock"), "{stale}");
+    assert!(matches!(stale, ProofError::Stale { .. }), "{stale}");
+    assert!(stale.to_string().contains("clock"), "{stale}");
 }
 
 #[test]
@@ -126,7 +127,7 @@ fn fate(c: &Cluster, node: u64, epoch: u64, share_of: u64) -> StoredShare {
     let id = c.key().id;
     let share = c.node(share_of).store.get(&(id, V1, Epoch(epoch))).cloned();
     stored_share(c.state(), NodeId(node), (id, V1, Epoch(epoch)), || {
-        Ok(share)
+        Ok::<_, String>(share)
     })
 }
 
@@ -186,9 +187,14 @@ fn a_restarted_holder_erases_replaced_epochs_and_files_its_receipt_once() {
     c.admin(refresh);
     c.advance(60_000, 100, |c| c.version(V1).refresh.is_none());
     assert_eq!(c.version(V1).epoch, Epoch(1));
-    let old = stored_share(c.state(), NodeId(1), (c.key().id, V1, Epoch(0)), || {
-        panic!("an obsolete share needs no check")
-    });
+    let old = stored_share(
+        c.state(),
+        NodeId(1),
+        (c.key().id, V1, Epoch(0)),
+        || -> Result<Option<qk_crypto::KeyShare>, String> {
+            panic!("an obsolete share needs no check")
+        },
+    );
     assert_eq!(old, StoredShare::Erase { receipt: None });
 
     c.admin(Operation::ScheduleDestruction {
@@ -289,7 +295,8 @@ fn a_break_glass_partial_needs_an_approval_of_this_requester_for_this_ciphertext
     };
     let now = c.now;
     let refused = authorize_partial(c.state(), &ask("app", &ct), now).expect_err("no approval");
-    assert!(refused.contains("no approval"), "{refused}");
+    assert!(refused.message.contains("no approval"), "{refused}");
+    assert_eq!(refused.kind, qk_types::ErrorKind::Denied);
 
     // bob's approved request and app's unapproved one do not count for app.
     ask_approval(&mut c, "bob", &ct, true);
@@ -336,11 +343,8 @@ fn the_holders_usability_rules_follow_state_and_minimum_version() {
             .get(&(key, version, c.version(version).epoch))
             .cloned();
         let (now, mut rng) = (c.now, rand::rngs::StdRng::seed_from_u64(7));
-        let reply = answer_partial(c.state(), NodeId(1), share.as_ref(), &req, now, &mut rng);
-        match reply {
-            ProtocolMessage::PartialResponse { result, .. } => result,
-            other => panic!("not a partial response: {other:?}"),
-        }
+        holder_partial(c.state(), NodeId(1), share.as_ref(), &req, now, &mut rng)
+            .map_err(|e| e.message)
     };
     assert!(answer(&mut c, &old, V1).is_ok());
 

@@ -1,12 +1,12 @@
-//! openraft type configuration and the RPC messages of Quorumkey nodes.
+//! openraft type configuration, command batching, and the frames nodes
+//! exchange (Raft RPCs, protocol messages, and client messages from
+//! `qk-wire` wrapped for transport).
 //!
 //! Raft RPCs and client requests share one framed request/response protocol
 //! over mutual-TLS QUIC (`qk-net`). Bodies are postcard-encoded; decoding is
 //! bounded by the frame limit before parsing.
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::io::Cursor;
 
 use openraft::error::{InstallSnapshotError, RaftError};
@@ -14,29 +14,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use qk_state::{
-    ApprovalRecord, ApprovalRule, AuditRecord, Command, KeyRecord, PrincipalRecord, Response,
-    TokenRecord,
-};
+use qk_state::{Command, Response};
+use qk_wire::{ClientRequest, ClientResponse};
 use serde::{Deserialize, Serialize};
 
-pub type NodeId = u64;
-
-/// Where a member listens.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QkNode {
-    /// `host:port` of the node's QUIC endpoint (Raft and cluster RPCs).
-    pub rpc_addr: String,
-    /// `https://host:port` of the node's HTTPS API (empty if it has none).
-    #[serde(default)]
-    pub api_url: String,
-}
-
-impl fmt::Display for QkNode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.rpc_addr)
-    }
-}
+pub use qk_wire::{NodeId, QkNode};
 
 /// The payload of one Raft log entry: client commands applied in order.
 ///
@@ -64,243 +46,6 @@ openraft::declare_raft_types!(
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;
-
-/// Requests a client (CLI, tests, benchmarks, other nodes) can send a node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ClientRequest {
-    /// Propose a command; answered once it is committed and applied.
-    Write(Command),
-    /// Read one key's record: linearizable (the node first learns the
-    /// leader's read index and applies up to it).
-    GetKey {
-        name: String,
-    },
-    /// Names of all keys, sorted.
-    ListKeys,
-    /// Audit records from `from_seq`, at most `limit` (capped by the node).
-    Audit {
-        from_seq: u64,
-        limit: u32,
-    },
-    /// This node's view: id, leader, term, last applied index, state digest.
-    Status,
-    /// Add a node as a learner, then promote it to voter (leader only).
-    Join {
-        node_id: NodeId,
-        node: QkNode,
-    },
-    /// Wrap `plaintext` under the key's newest enabled version (no quorum).
-    Encrypt {
-        name: String,
-        context: BTreeMap<String, String>,
-        plaintext: Redacted,
-    },
-    /// Unwrap with server-side combining: the node gathers `t` partials.
-    /// For a break-glass key, `approval` names the approved request.
-    Decrypt {
-        ciphertext: String,
-        context: BTreeMap<String, String>,
-        approval: Option<String>,
-    },
-    /// This node's own partial decryption, for client-side combining. The
-    /// answer is an encoded `qk_crypto::PartialDecryption`.
-    Partial {
-        ciphertext: String,
-        context: BTreeMap<String, String>,
-        approval: Option<String>,
-    },
-    /// Full records of every key (the inventory), sorted by name.
-    KeyInventory,
-    /// A fresh random data key of `bytes` bytes (16..=64), returned in the
-    /// clear and wrapped under the key's newest enabled version.
-    DataKey {
-        name: String,
-        bytes: u16,
-        context: BTreeMap<String, String>,
-    },
-    /// Decrypts (quorum) and wraps again under the key's newest version,
-    /// without the plaintext leaving the node. `to_key` defaults to the
-    /// ciphertext's own key.
-    Rewrap {
-        ciphertext: String,
-        context: BTreeMap<String, String>,
-        to_key: Option<String>,
-    },
-    /// Makes a bearer token for `principal`; the secret is returned once.
-    IssueToken {
-        principal: String,
-        ttl_ms: u64,
-        description: String,
-    },
-    /// Checks a bearer token; answers the principal it belongs to.
-    Authenticate {
-        token: Redacted,
-    },
-    ListPrincipals,
-    ListTokens,
-    ListApprovals,
-    /// The caller's own principal record (and token, when `token_id` is set).
-    WhoAmI {
-        token_id: Option<String>,
-    },
-    /// Verifies this node's audit chain from the first record.
-    AuditVerify,
-    /// Members with their reachability, and per key version how many
-    /// holders answer.
-    ClusterHealth,
-    /// The cluster's access rule (principal and token management).
-    GetAccessRule,
-    /// The leader's read index: the commit index once it has confirmed,
-    /// with a quorum, that it still leads. A node waits to have applied it
-    /// before a linearizable read. Answered by the leader only.
-    ReadIndex,
-}
-
-/// Secret bytes in a message (plaintext, data keys): zeroized on drop and
-/// never printed by `Debug`.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Redacted(pub Vec<u8>);
-
-impl fmt::Debug for Redacted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "<redacted {} bytes>", self.0.len())
-    }
-}
-
-impl Drop for Redacted {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.0);
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    pub node_id: NodeId,
-    pub leader: Option<NodeId>,
-    pub term: u64,
-    pub last_applied: Option<u64>,
-    pub last_log_index: Option<u64>,
-    pub voters: Vec<NodeId>,
-    pub learners: Vec<NodeId>,
-    /// Every member's RPC address.
-    pub addrs: BTreeMap<NodeId, String>,
-    /// SHA-256 of the applied state, to compare replicas.
-    pub state_digest: [u8; 32],
-    /// The applied log index `state_digest` is of: the digest is computed
-    /// at most once a second, so it may lag `last_applied` by that much.
-    pub digest_index: u64,
-    pub key_count: u64,
-    pub audit_len: u64,
-    /// Nodes whose DKG key is in the applied state (a key can be generated
-    /// only over holders listed here).
-    #[serde(default)]
-    pub dkg_keys: Vec<NodeId>,
-}
-
-/// One member as seen from the answering node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberHealth {
-    pub node_id: NodeId,
-    pub rpc_addr: String,
-    pub api_url: String,
-    pub voter: bool,
-    /// Answered a status request within the timeout.
-    pub reachable: bool,
-    pub last_applied: Option<u64>,
-    pub term: Option<u64>,
-}
-
-/// Per key version: how many of its holders answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VersionHealth {
-    pub key: String,
-    pub version: u32,
-    pub state: String,
-    pub threshold: u16,
-    pub holders: Vec<NodeId>,
-    pub live_holders: Vec<NodeId>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterHealth {
-    pub status: NodeStatus,
-    pub members: Vec<MemberHealth>,
-    pub versions: Vec<VersionHealth>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ClientResponse {
-    /// The command was committed and applied at `log_index` (send it back
-    /// as the minimum index of later requests: read-your-writes). For a
-    /// revocation, `not_applied_on` lists the members that had not applied
-    /// it when the answer was sent (empty: in force on every node).
-    Written {
-        log_index: u64,
-        response: Response,
-        not_applied_on: Vec<NodeId>,
-    },
-    Key(Option<KeyRecord>),
-    Keys(Vec<String>),
-    Audit(Vec<AuditRecord>),
-    Status(NodeStatus),
-    Joined,
-    /// `qk:v1:` text of the ciphertext, and the version that wrapped it.
-    Ciphertext {
-        text: String,
-        version: u32,
-    },
-    Plaintext(Redacted),
-    /// An encoded partial decryption (client-side combining).
-    Partial(Vec<u8>),
-    KeyRecords(Vec<KeyRecord>),
-    DataKey {
-        plaintext: Redacted,
-        ciphertext: String,
-        version: u32,
-    },
-    /// A new token: `token` is the only copy of its text. `log_index` is
-    /// where its issue was applied (as for `Written`). With `approval`, the
-    /// issue waits for that approval (the cluster's access rule): the token
-    /// authenticates once it is approved, and `record` is what it will be.
-    Token {
-        token: Redacted,
-        record: TokenRecord,
-        log_index: u64,
-        approval: Option<ApprovalRecord>,
-    },
-    Principal(PrincipalRecord),
-    Principals(Vec<PrincipalRecord>),
-    Tokens(Vec<TokenRecord>),
-    Approvals(Vec<ApprovalRecord>),
-    Identity {
-        principal: PrincipalRecord,
-        token: Option<TokenRecord>,
-    },
-    /// The chain verified: `records` records, the last one's hash.
-    AuditVerified {
-        records: u64,
-        head_hash: [u8; 32],
-    },
-    ClusterHealth(ClusterHealth),
-    /// The request waits for approval `approval.id`; it runs (or, for a
-    /// decrypt, may be retried with the id) once approved.
-    ApprovalPending(ApprovalRecord),
-    /// Authentication or authorization refused the request (audited).
-    Denied(String),
-    /// What the request names does not exist.
-    NotFound(String),
-    /// This node is not the leader; retry at the leader if known.
-    NotLeader {
-        leader: Option<NodeId>,
-        leader_addr: Option<String>,
-    },
-    /// The request failed; the message says what to do.
-    Error(String),
-    /// The cluster's access rule, if one is set.
-    AccessRule(Option<ApprovalRule>),
-    /// The answer to [`ClientRequest::ReadIndex`].
-    ReadIndex(u64),
-}
 
 /// Every request that travels between nodes or from clients.
 #[derive(Debug, Serialize, Deserialize)]
@@ -360,33 +105,6 @@ impl PeerRequest {
     }
 }
 
-impl ClientRequest {
-    /// The request needs the caller's own signature: it asks holders for
-    /// partials of a ciphertext (released only for the caller's proof), or
-    /// it writes a command (applied only with its author's proof).
-    pub fn needs_credential(&self) -> bool {
-        matches!(
-            self,
-            ClientRequest::Decrypt { .. }
-                | ClientRequest::Rewrap { .. }
-                | ClientRequest::Write(_)
-                | ClientRequest::IssueToken { .. }
-        )
-    }
-}
-
-impl ClientResponse {
-    /// The log index a write was applied at (`None` for other answers).
-    pub fn log_index(&self) -> Option<u64> {
-        match self {
-            ClientResponse::Written { log_index, .. } | ClientResponse::Token { log_index, .. } => {
-                Some(*log_index)
-            }
-            _ => None,
-        }
-    }
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerResponse {
     /// A protocol message was accepted for processing.
@@ -419,4 +137,25 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
     postcard::from_bytes(bytes).map_err(|e| CodecError::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qk_types::{ErrorKind, RequestError};
+
+    #[test]
+    fn a_forwarded_refusal_keeps_its_kind() {
+        for kind in ErrorKind::ALL {
+            let sent = PeerResponse::Client(ClientResponse::Error(RequestError::new(
+                kind,
+                "no leader; retry",
+            )));
+            let got: PeerResponse = decode(&encode(&sent).expect("encodes")).expect("decodes");
+            let PeerResponse::Client(ClientResponse::Error(e)) = got else {
+                panic!("{got:?}");
+            };
+            assert_eq!(e.kind, kind);
+        }
+    }
 }

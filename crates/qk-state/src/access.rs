@@ -276,50 +276,6 @@ pub struct KeyPolicy {
     pub approval: Option<ApprovalRule>,
 }
 
-/// What an approval, once granted, lets happen.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PendingAction {
-    /// A log operation, applied as the requester when the last approval lands.
-    Operation(Box<crate::Operation>),
-    /// One decryption of this ciphertext (break-glass key); the requester
-    /// retries with the approval id once it is approved.
-    Decrypt {
-        key: String,
-        ciphertext_sha256: [u8; 32],
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ApprovalStatus {
-    Pending,
-    /// Enough approvals; a decrypt approval waits to be used once.
-    Approved,
-    /// The approved operation was applied; the text is its outcome.
-    Executed(String),
-    /// A break-glass decrypt approval was used.
-    Consumed,
-    Denied {
-        by: String,
-        reason: String,
-    },
-    Expired,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApprovalRecord {
-    pub id: String,
-    pub requester: String,
-    pub key: String,
-    pub permission: Permission,
-    pub action: PendingAction,
-    pub required: u16,
-    pub approvers: BTreeSet<String>,
-    pub created_ms: u64,
-    pub expires_at_ms: u64,
-    pub status: ApprovalStatus,
-}
-
 /// The verdict on one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -406,4 +362,21 @@ pub(crate) fn check_access(
             }
         ))
     }
+}
+
+/// `node-N`: a cluster node speaking for itself (authenticated by the node
+/// layer; client principals may not carry such a name).
+pub(crate) fn is_node_principal(principal: &str) -> bool {
+    principal
+        .strip_prefix("node-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The node a `node-N` principal names.
+pub(crate) fn node_of_principal(principal: &str) -> Option<qk_types::NodeId> {
+    principal
+        .strip_prefix("node-")
+        .filter(|_| is_node_principal(principal))
+        .and_then(|n| n.parse::<u64>().ok())
+        .map(qk_types::NodeId)
 }

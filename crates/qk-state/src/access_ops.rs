@@ -3,15 +3,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use qk_types::RequestError;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::access::{
-    check_access, matches_principal, ApprovalRecord, ApprovalRule, ApprovalStatus, Decision,
-    KeyPolicy, PendingAction, Permission, PrincipalRecord, Role, TokenRecord,
+    check_access, is_node_principal, matches_principal, ApprovalRule, Decision, KeyPolicy,
+    Permission, PrincipalRecord, Role, TokenRecord,
 };
-use crate::command::{Applied, Command, Operation, StateError, PRUNE_AFTER_MS};
-use crate::machine::{invalid, StateMachine};
+use crate::approval::{ApprovalRecord, ApprovalStatus};
+use crate::command::{Applied, Command, Operation, PendingAction, StateError, PRUNE_AFTER_MS};
+use crate::machine::{check_rotation_period, invalid, StateMachine};
 use crate::model::VersionState;
 
 type Outcome = Result<Applied, StateError>;
@@ -52,23 +54,6 @@ pub fn parse_token(token: &str) -> Option<(&str, &str)> {
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
-}
-
-/// `node-N`: a cluster node speaking for itself (authenticated by the node
-/// layer; client principals may not carry such a name).
-pub(crate) fn is_node_principal(principal: &str) -> bool {
-    principal
-        .strip_prefix("node-")
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// The node a `node-N` principal names.
-pub(crate) fn node_of_principal(principal: &str) -> Option<qk_types::NodeId> {
-    principal
-        .strip_prefix("node-")
-        .filter(|_| is_node_principal(principal))
-        .and_then(|n| n.parse::<u64>().ok())
-        .map(qk_types::NodeId)
 }
 
 fn check_principal_name(name: &str) -> Result<(), StateError> {
@@ -170,27 +155,32 @@ impl StateMachine {
         &self,
         token: &str,
         now_ms: u64,
-    ) -> Result<(&PrincipalRecord, &TokenRecord), String> {
-        let refused =
-            "token not accepted; ask an administrator for a valid token (`qk token create`)";
-        let (id, secret) = parse_token(token).ok_or(refused)?;
-        let record = self.tokens.get(id).ok_or(refused)?;
+    ) -> Result<(&PrincipalRecord, &TokenRecord), RequestError> {
+        let refused = || {
+            RequestError::unauthenticated(
+                "token not accepted; ask an administrator for a valid token (`qk token create`)",
+            )
+        };
+        let (id, secret) = parse_token(token).ok_or_else(refused)?;
+        let record = self.tokens.get(id).ok_or_else(refused)?;
         let matches: bool = sha256(secret.as_bytes())
             .ct_eq(&record.secret_sha256)
             .into();
         if !matches {
-            return Err(refused.into());
+            return Err(refused());
         }
+        let stale = |what: &str| {
+            RequestError::unauthenticated(format!("token {id} {what}; ask for a new one"))
+        };
         if record.revoked_ms.is_some() {
-            return Err(format!("token {id} was revoked; ask for a new one"));
+            return Err(stale("was revoked"));
         }
         if record.expires_at_ms <= now_ms {
-            return Err(format!("token {id} expired; ask for a new one"));
+            return Err(stale("expired"));
         }
-        let principal = self
-            .principals
-            .get(&record.principal)
-            .ok_or_else(|| format!("the principal of token {id} no longer exists"))?;
+        let principal = self.principals.get(&record.principal).ok_or_else(|| {
+            RequestError::unauthenticated(format!("the principal of token {id} no longer exists"))
+        })?;
         Ok((principal, record))
     }
 
@@ -957,18 +947,6 @@ impl StateMachine {
             return Err(invalid("an approval id collided with a stored one; retry"));
         }
         Ok(id)
-    }
-}
-
-/// Shortest rotation period: each rotation is a DKG across the holders.
-pub const MIN_ROTATION_PERIOD_MS: u64 = 5_000;
-
-pub(crate) fn check_rotation_period(period: Option<u64>) -> Result<(), StateError> {
-    match period {
-        Some(p) if p < MIN_ROTATION_PERIOD_MS => Err(invalid(format!(
-            "a rotation period must be at least {MIN_ROTATION_PERIOD_MS} ms"
-        ))),
-        _ => Ok(()),
     }
 }
 

@@ -14,30 +14,19 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
 use crate::command::{Command, Operation, RequestId, Response, StateError};
-use crate::machine::{bounded, MAX_FRESH_REQUESTS, MAX_NAME_LEN};
+use crate::limits::{bounded, MAX_FRESH_REQUESTS, MAX_NAME_LEN};
 use crate::proof::{
     check_proof_bounds, check_signer, verify_ed25519, Credential, ProofError, SessionGrant, Signer,
     INTENT_MAX_AGE_MS,
 };
 use crate::{AuditRecord, StateMachine, GENESIS_HASH};
 
+pub use crate::proof::CommandProof;
+
 const COMMAND_DOMAIN: &[u8] = b"quorumkey command v1\0";
 /// The audit name of a command whose author is not proven.
 pub const UNAUTHENTICATED: &str = "unauthenticated";
-
-/// A command author's signature over the principal, the request id, the
-/// operation and the time it signed at. The leader's log time is not
-/// covered (the leader stamps it later); apply accepts the proof only within
-/// [`INTENT_MAX_AGE_MS`] of the log time.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandProof {
-    pub signer: Signer,
-    pub signed_ms: u64,
-    pub signature: Vec<u8>,
-}
 
 /// Checks a session grant's certificate: it chains to the cluster CA, is
 /// valid at `at_ms`, names `grant.principal`, and signed the grant. The same
@@ -114,7 +103,7 @@ impl StateMachine {
         grants: &dyn GrantCheck,
         is_member: &dyn Fn(qk_types::NodeId) -> bool,
     ) -> Response {
-        let node = crate::access_ops::node_of_principal(&cmd.principal);
+        let node = crate::access::node_of_principal(&cmd.principal);
         if let Some(node) = node.filter(|n| !is_member(*n)) {
             let e = format!(
                 "{node} is not a member of the cluster at this point of the log, so its certificate signs nothing here"

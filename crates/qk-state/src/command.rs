@@ -2,7 +2,7 @@
 
 use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
 
-use crate::access::{ApprovalRule, KeyPolicy, PendingAction, Role};
+use crate::access::{ApprovalRule, KeyPolicy, Role};
 use crate::model::DkgSession;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -22,7 +22,7 @@ pub struct Command {
     pub op: Operation,
     /// The author's signature ([`crate::authn`]); checked at apply.
     #[serde(default)]
-    pub proof: Option<Box<crate::authn::CommandProof>>,
+    pub proof: Option<Box<crate::proof::CommandProof>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,7 +273,7 @@ impl AuditEvent {
         version: Option<KeyVersion>,
         outcome: &str,
     ) -> AuditEvent {
-        use crate::machine::{bounded, MAX_NAME_LEN, MAX_TEXT_LEN};
+        use crate::limits::{bounded, MAX_NAME_LEN, MAX_TEXT_LEN};
         AuditEvent {
             principal: bounded(principal, MAX_NAME_LEN),
             operation: bounded(operation, MAX_NAME_LEN),
@@ -481,6 +481,21 @@ pub enum StateError {
     NotFound(String),
 }
 
+impl StateError {
+    /// What kind of failure this is for a client (status, exit code).
+    pub fn kind(&self) -> qk_types::ErrorKind {
+        use qk_types::ErrorKind;
+        match self {
+            StateError::NoSuchKey(_)
+            | StateError::NoSuchVersion { .. }
+            | StateError::NotFound(_) => ErrorKind::NotFound,
+            StateError::KeyExists(_) | StateError::InvalidTransition { .. } => ErrorKind::Conflict,
+            StateError::Invalid(_) => ErrorKind::Invalid,
+            StateError::Denied(_) => ErrorKind::Denied,
+        }
+    }
+}
+
 /// The result of applying a command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
@@ -536,5 +551,18 @@ pub enum Applied {
     Approved {
         remaining: u16,
         outcome: Option<String>,
+    },
+}
+
+/// What an approval, once granted, lets happen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PendingAction {
+    /// A log operation, applied as the requester when the last approval lands.
+    Operation(Box<Operation>),
+    /// One decryption of this ciphertext (break-glass key); the requester
+    /// retries with the approval id once it is approved.
+    Decrypt {
+        key: String,
+        ciphertext_sha256: [u8; 32],
     },
 }

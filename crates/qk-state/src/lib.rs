@@ -8,30 +8,36 @@
 
 mod access;
 mod access_ops;
+mod approval;
 mod audit;
 pub mod authn;
 mod command;
+mod key_table;
+mod lifecycle;
+mod limits;
 mod machine;
 mod model;
 pub mod proof;
 
 pub use access::{
-    default_approval_ttl_ms, ApprovalRecord, ApprovalRule, ApprovalStatus, Decision, KeyPolicy,
-    PendingAction, Permission, PolicyRule, PrincipalRecord, Role, TokenRecord,
+    default_approval_ttl_ms, ApprovalRule, Decision, KeyPolicy, Permission, PolicyRule,
+    PrincipalRecord, Role, TokenRecord,
 };
 pub use access_ops::{
-    parse_token, token_text, MAX_PENDING_APPROVALS_PER_PRINCIPAL, MAX_TOKEN_TTL_MS,
-    MIN_ROTATION_PERIOD_MS, TOKEN_PREFIX,
+    parse_token, token_text, MAX_PENDING_APPROVALS_PER_PRINCIPAL, MAX_TOKEN_TTL_MS, TOKEN_PREFIX,
 };
+pub use approval::{ApprovalRecord, ApprovalStatus};
 pub use audit::{verify_chain, AuditRecord, ChainError, GENESIS_HASH};
 pub use command::{
-    Applied, AuditEvent, Command, CreateKey, DkgStep, Operation, RequestId, Response, StateError,
-    DEFAULT_GENERATION_TIMEOUT_MS, DKG_COMPLAINT_TIMEOUT_MS, DKG_DEALING_TIMEOUT_MS,
-    MAX_AUDIT_BATCH, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS, MIN_GENERATION_TIMEOUT_MS,
-    PRUNE_AFTER_MS,
+    Applied, AuditEvent, Command, CreateKey, DkgStep, Operation, PendingAction, RequestId,
+    Response, StateError, DEFAULT_GENERATION_TIMEOUT_MS, DKG_COMPLAINT_TIMEOUT_MS,
+    DKG_DEALING_TIMEOUT_MS, MAX_AUDIT_BATCH, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS,
+    MIN_GENERATION_TIMEOUT_MS, PRUNE_AFTER_MS,
 };
+pub use lifecycle::LifecycleChange;
+pub use limits::{MAX_FRESH_REQUESTS, MAX_REMEMBERED_REQUESTS};
 pub use machine::{
-    StateMachine, ATTEST_EVERY_MS, MAX_FRESH_REQUESTS, MAX_PUBLIC_KEYS_LEN, MAX_REMEMBERED_REQUESTS,
+    StateMachine, ATTEST_EVERY_MS, MAX_KEYS, MAX_PUBLIC_KEYS_LEN, MIN_ROTATION_PERIOD_MS,
 };
 pub use model::{
     DkgPhase, DkgRecord, DkgSession, KeyRecord, KeyVersionRecord, RefreshRecord, VersionState,

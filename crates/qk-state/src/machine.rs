@@ -12,17 +12,16 @@ use crate::command::{
     DEFAULT_GENERATION_TIMEOUT_MS, DKG_COMPLAINT_TIMEOUT_MS, DKG_DEALING_TIMEOUT_MS,
     MAX_AUDIT_BATCH, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS, MIN_GENERATION_TIMEOUT_MS,
 };
+use crate::key_table::KeyTable;
+use crate::lifecycle::LifecycleChange;
+use crate::limits::{
+    bounded, MAX_FRESH_REQUESTS, MAX_NAME_LEN, MAX_REMEMBERED_REQUESTS, MAX_TEXT_LEN,
+};
 use crate::model::{
     DkgPhase, DkgRecord, DkgSession, KeyRecord, KeyVersionRecord, RefreshRecord, VersionState,
 };
 use crate::proof::INTENT_MAX_AGE_MS;
 
-/// How many request ids are remembered for deduplication (oldest forgotten
-/// first). A client retries within seconds; this covers far more than that.
-pub const MAX_REMEMBERED_REQUESTS: usize = 100_000;
-/// Most requests remembered at once: past it (all of them applied within a
-/// proof's lifetime) new commands are refused until older ones age out.
-pub const MAX_FRESH_REQUESTS: usize = 4 * MAX_REMEMBERED_REQUESTS;
 /// How far a node's vouched time may fall behind before it attests.
 pub const ATTEST_EVERY_MS: u64 = 60_000;
 /// While a scheduled step waits for the vouched time, a node vouches for its
@@ -47,8 +46,6 @@ fn dedup_key(cmd: &Command) -> RequestId {
     key.copy_from_slice(&digest[..16]);
     RequestId(key)
 }
-pub(crate) const MAX_NAME_LEN: usize = 128;
-pub(crate) const MAX_TEXT_LEN: usize = 1024;
 const MAX_TAGS: usize = 64;
 const MAX_TAG_VALUE_LEN: usize = 4096;
 /// Largest encoded public key set a version stores (64 holders: 2246 bytes).
@@ -56,10 +53,26 @@ pub const MAX_PUBLIC_KEYS_LEN: usize = 4096;
 /// Longest operator-supplied note kept in a failure reason.
 const MAX_REASON_LEN: usize = 512;
 const MAX_VERSIONS: usize = 10_000;
+/// Shortest rotation period: each rotation is a DKG across the holders.
+pub const MIN_ROTATION_PERIOD_MS: u64 = 5_000;
+
+pub(crate) fn check_rotation_period(period: Option<u64>) -> Result<(), StateError> {
+    match period {
+        Some(p) if p < MIN_ROTATION_PERIOD_MS => Err(invalid(format!(
+            "a rotation period must be at least {MIN_ROTATION_PERIOD_MS} ms"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Most keys the cluster holds, so no caller can grow the replicated state
+/// (and every snapshot) without end. A key whose versions are all destroyed
+/// still counts: its record stays in the inventory and the audit.
+pub const MAX_KEYS: usize = 100_000;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateMachine {
-    keys: BTreeMap<String, KeyRecord>,
+    keys: KeyTable,
     requests: BTreeMap<RequestId, Response>,
     /// Each remembered dedup key with the log time until which a proof of
     /// its command can be fresh.
@@ -72,7 +85,7 @@ pub struct StateMachine {
     audit: Vec<AuditRecord>,
     pub(crate) principals: BTreeMap<String, crate::access::PrincipalRecord>,
     pub(crate) tokens: BTreeMap<String, crate::access::TokenRecord>,
-    pub(crate) approvals: BTreeMap<String, crate::access::ApprovalRecord>,
+    pub(crate) approvals: BTreeMap<String, crate::approval::ApprovalRecord>,
     /// Ids handed out so far (key ids, approval ids). Each id hashes this
     /// counter, so ids are unique by construction: a client's request id
     /// (reused, or chosen to collide) never decides them.
@@ -152,16 +165,6 @@ pub(crate) fn check_name(name: &str) -> Result<(), StateError> {
     Ok(())
 }
 
-/// At most `max` bytes of `text` (cut at a character boundary), for names a
-/// refused command carries into its audit record.
-pub(crate) fn bounded(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
-}
-
 fn check_holders(threshold: u16, holders: &[NodeId]) -> Result<(), StateError> {
     let distinct: BTreeSet<&NodeId> = holders.iter().collect();
     if distinct.len() != holders.len() {
@@ -189,7 +192,7 @@ impl StateMachine {
     /// Applies `cmd`, whose author signed it at `signed_ms`.
     pub(crate) fn apply_signed_at(&mut self, cmd: &Command, signed_ms: u64) -> Response {
         self.applying = SigningTime(signed_ms);
-        if crate::access_ops::is_node_principal(&cmd.principal) {
+        if crate::access::is_node_principal(&cmd.principal) {
             self.attest(&cmd.principal, signed_ms);
         }
         let key = dedup_key(cmd);
@@ -203,6 +206,11 @@ impl StateMachine {
             (Operation::AuditBatch(events), Ok(_)) => self.append_events(cmd, events),
             _ => self.append_audit(cmd, &result),
         };
+        debug_assert_eq!(
+            self.audit.last().map(|r| r.seq),
+            Some(audit_seq),
+            "every applied command ends with its own audit record"
+        );
         let response = Response {
             result,
             audit_seq,
@@ -298,7 +306,7 @@ impl StateMachine {
 
     /// Node `node` should vouch for its clock now ([`Operation::Attest`]):
     /// more requests are remembered than are kept in the long run, and its
-    /// last signing time is [`ATTEST_EVERY_MS`] behind `now_ms`; or a
+    /// last signing time is more than [`ATTEST_EVERY_MS`] behind `now_ms`; or a
     /// scheduled step is due by `now_ms` but not yet by the vouched time,
     /// and its last signing time is [`ATTEST_WAIT_MS`] behind.
     pub fn needs_attestation(&self, node: &str, now_ms: u64) -> bool {
@@ -308,8 +316,7 @@ impl StateMachine {
         // Only a node whose clock counts (a live holder) vouches for the
         // schedule, at most every ATTEST_WAIT_MS.
         let counts = || {
-            crate::access_ops::node_of_principal(node)
-                .is_some_and(|n| self.live_holders().contains(&n))
+            crate::access::node_of_principal(node).is_some_and(|n| self.live_holders().contains(&n))
         };
         ids || (behind(ATTEST_WAIT_MS) && self.schedule_waits_for_vouched_time(now_ms) && counts())
     }
@@ -339,7 +346,7 @@ impl StateMachine {
     /// to the vouched time; a principal's at the earlier of the leader's
     /// stamp and the principal's own signing time.
     pub(crate) fn trigger_ms(&self, cmd: &Command) -> u64 {
-        if crate::access_ops::is_node_principal(&cmd.principal) {
+        if crate::access::is_node_principal(&cmd.principal) {
             self.schedule_time_ms(cmd.time_ms)
         } else {
             // A principal's step counts from when the principal signed it:
@@ -485,14 +492,13 @@ impl StateMachine {
                 reason,
             } => self.fail_generation(name, *version, reason, now),
             Operation::Disable { name, version } => {
-                self.with_version(name, *version, "disable", |v| {
-                    (v.state == VersionState::Enabled).then(|| v.state = VersionState::Disabled)
+                self.apply_change(name, *version, LifecycleChange::Disable, |v| {
+                    v.state = VersionState::Disabled
                 })
             }
             Operation::Enable { name, version } => {
-                self.with_version(name, *version, "enable", |v| {
-                    (v.state == VersionState::Disabled && v.compromised.is_none())
-                        .then(|| v.state = VersionState::Enabled)
+                self.apply_change(name, *version, LifecycleChange::Enable, |v| {
+                    v.state = VersionState::Enabled
                 })
             }
             Operation::MarkCompromised {
@@ -500,12 +506,10 @@ impl StateMachine {
                 version,
                 reason,
                 allow_decrypt,
-            } => self.with_version(name, *version, "mark compromised", |v| {
-                matches!(v.state, VersionState::Enabled | VersionState::Disabled).then(|| {
-                    v.state = VersionState::Disabled;
-                    v.compromised = Some(reason.clone());
-                    v.compromised_decrypt_allowed = *allow_decrypt;
-                })
+            } => self.apply_change(name, *version, LifecycleChange::MarkCompromised, |v| {
+                v.state = VersionState::Disabled;
+                v.compromised = Some(reason.clone());
+                v.compromised_decrypt_allowed = *allow_decrypt;
             }),
             Operation::SetMinDecryptVersion { name, version } => {
                 self.set_min_decrypt_version(name, *version)
@@ -514,21 +518,14 @@ impl StateMachine {
                 name,
                 version,
                 after_ms,
-            } => self.with_version(name, *version, "schedule destruction", |v| {
-                matches!(
-                    v.state,
-                    VersionState::Enabled | VersionState::Disabled | VersionState::Failed { .. }
-                )
-                .then(|| {
-                    v.state = VersionState::PendingDestruction {
-                        due_ms: now.saturating_add(*after_ms),
-                    }
-                })
+            } => self.apply_change(name, *version, LifecycleChange::ScheduleDestruction, |v| {
+                v.state = VersionState::PendingDestruction {
+                    due_ms: now.saturating_add(*after_ms),
+                }
             }),
             Operation::CancelDestruction { name, version } => {
-                self.with_version(name, *version, "cancel destruction", |v| {
-                    matches!(v.state, VersionState::PendingDestruction { .. })
-                        .then(|| v.state = VersionState::Disabled)
+                self.apply_change(name, *version, LifecycleChange::CancelDestruction, |v| {
+                    v.state = VersionState::Disabled
                 })
             }
             Operation::Destroy { name, version } => {
@@ -571,37 +568,39 @@ impl StateMachine {
         }
         check_holders(c.threshold, &c.holders)?;
         self.check_dkg_keys(&c.holders)?;
-        crate::access_ops::check_rotation_period(c.rotation_period_ms)?;
-        if self.keys.contains_key(&c.name) {
+        check_rotation_period(c.rotation_period_ms)?;
+        if self.keys.contains_name(&c.name) {
             return Err(StateError::KeyExists(c.name.clone()));
+        }
+        if self.keys.len() >= MAX_KEYS {
+            return Err(invalid(format!(
+                "the cluster holds {MAX_KEYS} keys, its limit; rotate an existing key instead (a key holds up to {MAX_VERSIONS} versions) or use another cluster"
+            )));
         }
         let id = self.unique_key_id(request)?;
         let version = KeyVersion(1);
-        self.keys.insert(
-            c.name.clone(),
-            KeyRecord {
-                id,
-                name: c.name.clone(),
-                description: c.description.clone(),
-                owner: c.owner.clone(),
-                purpose: c.purpose.clone(),
-                created_ms: now,
-                rotation_period_ms: c.rotation_period_ms,
-                expires_at_ms: c.expires_at_ms,
-                last_rotated_ms: now,
-                versions: vec![new_version(
-                    version,
-                    now,
-                    DEFAULT_GENERATION_TIMEOUT_MS,
-                    c.threshold,
-                    &c.holders,
-                )],
-                tags: BTreeMap::new(),
-                min_decrypt_version: KeyVersion(0),
-                policy: None,
-                expired: false,
-            },
-        );
+        self.keys.insert(KeyRecord {
+            id,
+            name: c.name.clone(),
+            description: c.description.clone(),
+            owner: c.owner.clone(),
+            purpose: c.purpose.clone(),
+            created_ms: now,
+            rotation_period_ms: c.rotation_period_ms,
+            expires_at_ms: c.expires_at_ms,
+            last_rotated_ms: now,
+            versions: vec![new_version(
+                version,
+                now,
+                DEFAULT_GENERATION_TIMEOUT_MS,
+                c.threshold,
+                &c.holders,
+            )],
+            tags: BTreeMap::new(),
+            min_decrypt_version: KeyVersion(0),
+            policy: None,
+            expired: false,
+        });
         Ok(Applied::KeyCreated { id, version })
     }
 
@@ -656,9 +655,9 @@ impl StateMachine {
         now: u64,
     ) -> Outcome {
         let timeout_ms = check_timeout(timeout_ms)?;
-        let v = self.version_of(name, version)?;
+        let v = self.version_mut(name, version)?;
         if v.state != VersionState::Enabled || v.public_keys.is_none() {
-            return Err(transition_error(name, v, "refresh"));
+            return Err(transition_error(name, v, LifecycleChange::Refresh.action()));
         }
         if let Some(r) = &v.refresh {
             return Err(invalid(format!(
@@ -666,6 +665,7 @@ impl StateMachine {
                 r.epoch.0, r.attempt
             )));
         }
+        debug_assert!(LifecycleChange::Refresh.allowed(v));
         let epoch = Epoch(
             v.epoch
                 .0
@@ -695,7 +695,7 @@ impl StateMachine {
         note: &str,
         now: u64,
     ) -> Outcome {
-        let v = self.version_of(name, version)?;
+        let v = self.version_mut(name, version)?;
         let Some(r) = v.refresh.as_ref().filter(|r| r.attempt == attempt) else {
             return Err(invalid(format!(
                 "version {version} of key {name:?} has no refresh attempt {attempt} in progress"
@@ -749,19 +749,6 @@ impl StateMachine {
         Ok(Applied::VersionCreated { version })
     }
 
-    fn version_of(
-        &mut self,
-        name: &str,
-        version: KeyVersion,
-    ) -> Result<&mut KeyVersionRecord, StateError> {
-        self.key_mut(name)?
-            .version_mut(version)
-            .ok_or_else(|| StateError::NoSuchVersion {
-                name: name.to_string(),
-                version: version.0,
-            })
-    }
-
     fn dkg_step(
         &mut self,
         cmd: &Command,
@@ -777,7 +764,7 @@ impl StateMachine {
                 cmd.principal
             )));
         }
-        let v = self.version_of(name, version)?;
+        let v = self.version_mut(name, version)?;
         if !v.holders.contains(&from) {
             return Err(invalid(format!(
                 "{from} is not a holder of version {version} of key {name:?}"
@@ -810,7 +797,7 @@ impl StateMachine {
         note: &str,
         now: u64,
     ) -> Outcome {
-        let v = self.version_of(name, version)?;
+        let v = self.version_mut(name, version)?;
         if v.state != VersionState::Generating {
             return Err(transition_error(name, v, "fail generation"));
         }
@@ -840,6 +827,24 @@ impl StateMachine {
 
     /// Runs `change` on a version; `change` returns `None` when the version's
     /// state does not allow the action.
+    /// Applies a client's lifecycle change if its guard allows it
+    /// ([`LifecycleChange::allowed`]), else refuses naming the state.
+    fn apply_change(
+        &mut self,
+        name: &str,
+        version: KeyVersion,
+        change: LifecycleChange,
+        apply: impl FnOnce(&mut KeyVersionRecord),
+    ) -> Outcome {
+        let v = self.version_mut(name, version)?;
+        if !change.allowed(v) {
+            let before = v.clone();
+            return Err(transition_error(name, &before, change.action()));
+        }
+        apply(v);
+        Ok(Applied::Done)
+    }
+
     fn with_version(
         &mut self,
         name: &str,
@@ -954,6 +959,11 @@ impl StateMachine {
         self.keys.values()
     }
 
+    /// The key a ciphertext or request names by id (no scan of the keys).
+    pub fn key_by_id(&self, id: KeyId) -> Option<&KeyRecord> {
+        self.keys.by_id(id)
+    }
+
     /// Audit records with `seq >= from_seq`, at most `limit`.
     pub fn audit_records(&self, from_seq: u64, limit: usize) -> &[AuditRecord] {
         let start = usize::try_from(from_seq.saturating_sub(1)).unwrap_or(usize::MAX);
@@ -967,15 +977,16 @@ impl StateMachine {
     }
 
     /// A hash of the whole state, to compare replicas.
-    pub fn digest(&self) -> [u8; 32] {
+    pub fn digest(&self) -> Result<[u8; 32], StateError> {
         let mut h = Sha256::new();
-        h.update(self.to_bytes());
-        h.finalize().into()
+        h.update(self.to_bytes()?);
+        Ok(h.finalize().into())
     }
 
-    /// Snapshot encoding.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).unwrap_or_default()
+    /// The whole state encoded (what replicas compare); an encoding failure
+    /// is reported, never replaced by empty bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, StateError> {
+        postcard::to_allocvec(self).map_err(|e| invalid(format!("cannot encode the state: {e}")))
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateError> {
@@ -1206,13 +1217,9 @@ fn dkg_record_step(
             if phase != DkgPhase::Dealing {
                 return Err(wrong_phase("a deal"));
             }
-            if !dkg.dealt.insert(from) {
-                return Err(invalid(format!(
-                    "{from} already dealt for this {what}; the first deal stands"
-                )));
-            }
+            let twice = || format!("{from} already dealt for this {what}; the first deal stands");
             // By rule: the last holder's deal closes dealing.
-            if dkg.dealt.len() == n {
+            if post_once(&mut dkg.dealt, from, n, twice)? {
                 dkg.phase = DkgPhase::Complaints;
                 dkg.closed_ms = Some(now);
             }
@@ -1234,14 +1241,10 @@ fn dkg_record_step(
             if phase != DkgPhase::Complaints {
                 return Err(wrong_phase("complaints"));
             }
-            if !dkg.complained.insert(from) {
-                return Err(invalid(format!(
-                    "{from} already posted its complaints for this {what}"
-                )));
-            }
+            let twice = || format!("{from} already posted its complaints for this {what}");
             // Complaints prove themselves: once every holder posted its
             // list there is nothing left to wait for.
-            if dkg.complained.len() == n {
+            if post_once(&mut dkg.complained, from, n, twice)? {
                 dkg.phase = DkgPhase::Finished;
             }
         }
@@ -1251,12 +1254,10 @@ fn dkg_record_step(
             }
             // By rule, never on one holder's say: only at the timeout.
             let due = dkg.started_ms.saturating_add(DKG_DEALING_TIMEOUT_MS);
-            if now < due {
-                return Err(invalid(format!(
-                    "dealing of this {what} closes when all {n} holders dealt ({} did) or at log time {due} ms (now {now} ms)",
-                    dkg.dealt.len()
-                )));
-            }
+            let dealt = dkg.dealt.len();
+            not_before(now, due, |due| {
+                format!("dealing of this {what} closes when all {n} holders dealt ({dealt} did) or at log time {due} ms (now {now} ms)")
+            })?;
             dkg.phase = DkgPhase::Complaints;
             dkg.closed_ms = Some(now);
         }
@@ -1266,15 +1267,36 @@ fn dkg_record_step(
             }
             let closed = dkg.closed_ms.unwrap_or(dkg.started_ms);
             let due = closed.saturating_add(DKG_COMPLAINT_TIMEOUT_MS);
-            if now < due {
-                return Err(invalid(format!(
-                    "the complaint phase of this {what} ends when all {n} holders posted their complaints ({} did) or at log time {due} ms (now {now} ms)",
-                    dkg.complained.len()
-                )));
-            }
+            let posted = dkg.complained.len();
+            not_before(now, due, |due| {
+                format!("the complaint phase of this {what} ends when all {n} holders posted their complaints ({posted} did) or at log time {due} ms (now {now} ms)")
+            })?;
             dkg.phase = DkgPhase::Finished;
         }
         DkgStep::Ack { .. } => return Err(invalid("an ack is applied by its DKG's own rule")),
+    }
+    Ok(())
+}
+
+/// Records `from`'s one step of a DKG phase in `posted` (refused, with
+/// `twice`'s message, if it already posted); `Ok(true)` once all `n`
+/// holders have.
+fn post_once(
+    posted: &mut BTreeSet<NodeId>,
+    from: NodeId,
+    n: usize,
+    twice: impl FnOnce() -> String,
+) -> Result<bool, StateError> {
+    if !posted.insert(from) {
+        return Err(invalid(twice()));
+    }
+    Ok(posted.len() == n)
+}
+
+/// Refuses a timeout step before log time `due` ms, with `early`'s message.
+fn not_before(now: u64, due: u64, early: impl FnOnce(u64) -> String) -> Result<(), StateError> {
+    if now < due {
+        return Err(invalid(early(due)));
     }
     Ok(())
 }
@@ -1378,7 +1400,7 @@ impl StateMachine {
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest[..16]);
         let id = KeyId(id);
-        if self.keys.values().any(|k| k.id == id) {
+        if self.keys.contains_id(id) {
             return Err(invalid("a key id collided with an existing one; retry"));
         }
         Ok(id)
@@ -1387,7 +1409,7 @@ impl StateMachine {
 
 #[cfg(test)]
 mod bounded_tests {
-    use super::bounded;
+    use crate::limits::bounded;
 
     #[test]
     fn bounded_cuts_at_the_character_boundary_at_or_below_the_limit() {

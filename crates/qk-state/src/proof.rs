@@ -125,6 +125,17 @@ impl SessionGrant {
     }
 }
 
+/// A command author's signature over the principal, the request id, the
+/// operation and the time it signed at. The leader's log time is not
+/// covered (the leader stamps it later); apply accepts the proof only within
+/// [`INTENT_MAX_AGE_MS`] of the log time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandProof {
+    pub signer: Signer,
+    pub signed_ms: u64,
+    pub signature: Vec<u8>,
+}
+
 /// Whose key signed a proof.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Signer {
@@ -521,5 +532,52 @@ mod tests {
         assert_eq!(token(MAX_TOKEN_ID_LEN).check_bounds(), Ok(()));
         assert!(token(MAX_TOKEN_ID_LEN + 1).check_bounds().is_err());
         assert!(token(MAX_TOKEN_ID_LEN + 2).check_bounds().is_err());
+    }
+
+    #[test]
+    fn an_intent_exactly_the_largest_age_old_is_accepted_and_one_ms_older_is_not() {
+        let secret = "ab".repeat(32);
+        let key = token_verify_key(&secret).expect("key");
+        let context = ctx(&[]);
+        let asked = intent("alice", b"ct", &context);
+        let signed_ms = 1_000_000;
+        let proof = Credential::from_token("0011223344556677", &secret)
+            .prove(&asked, 1, signed_ms)
+            .expect("sign");
+        for now_ms in [signed_ms + INTENT_MAX_AGE_MS, signed_ms - INTENT_MAX_AGE_MS] {
+            assert_eq!(proof.verify(&key, &asked, 1, now_ms), Ok(()));
+        }
+        assert_eq!(
+            proof.verify(&key, &asked, 1, signed_ms + INTENT_MAX_AGE_MS + 1),
+            Err(ProofError::Stale {
+                age_ms: INTENT_MAX_AGE_MS + 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_credential_of_8_kib_is_not_refused_for_its_size_and_one_byte_more_is() {
+        let size_error = |len: usize| {
+            matches!(
+                Credential::decode(&vec![0u8; len]),
+                Err(ProofError::Malformed(m)) if m.ends_with("at most 8192")
+            )
+        };
+        assert!(!size_error(8 * 1024));
+        assert!(size_error(8 * 1024 + 1));
+    }
+
+    #[test]
+    fn a_grant_takes_a_certificate_of_up_to_4_kib_and_a_proof_is_at_most_4672_bytes() {
+        assert_eq!(MAX_PROOF_LEN, 4672);
+        let Signer::Session(grant) = largest_proof().signer else {
+            unreachable!("a session proof")
+        };
+        let with_cert = |len: usize| SessionGrant {
+            cert_der: vec![7; len],
+            ..grant.clone()
+        };
+        assert_eq!(with_cert(4 * 1024).check_bounds(), Ok(()));
+        assert!(with_cert(4 * 1024 + 1).check_bounds().is_err());
     }
 }

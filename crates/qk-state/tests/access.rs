@@ -489,7 +489,7 @@ fn tokens_are_stored_hashed_expire_and_revoke() {
         expires_at_ms: log.now + 10_000,
     };
     log.run("admin", issue).expect("issued");
-    let snapshot = log.sm.to_bytes();
+    let snapshot = log.sm.to_bytes().expect("encodes");
     assert!(
         !snapshot
             .windows(secret.len())
@@ -514,7 +514,8 @@ fn tokens_are_stored_hashed_expire_and_revoke() {
         .sm
         .authenticate_token(&token, log.now)
         .expect_err("revoked");
-    assert!(e.contains("revoked"));
+    assert!(e.message.contains("revoked"), "{e}");
+    assert_eq!(e.kind, qk_types::ErrorKind::Unauthenticated);
     let Some(t) = log.sm.tokens().next() else {
         panic!("token kept")
     };

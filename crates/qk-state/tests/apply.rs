@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use qk_state::{
     verify_chain, Applied, ChainError, Command, CreateKey, DkgStep, Operation, RequestId,
-    StateError, StateMachine, VersionState, GENESIS_HASH,
+    StateError, StateMachine, VersionState, GENESIS_HASH, MAX_KEYS,
 };
 use qk_types::{KeyVersion, NodeId};
 
@@ -406,7 +406,7 @@ fn snapshot_round_trips() {
     let mut sm = machine();
     let mut n = 0;
     generated(&mut sm, "snap", &mut n);
-    let back = StateMachine::from_bytes(&sm.to_bytes()).expect("decode");
+    let back = StateMachine::from_bytes(&sm.to_bytes().expect("encodes")).expect("decode");
     assert_eq!(back, sm);
     assert_eq!(back.digest(), sm.digest());
     assert!(StateMachine::from_bytes(&[0xff, 0xff, 0xff]).is_err());
@@ -1067,4 +1067,175 @@ fn every_node_that_published_a_dkg_key_is_listed_and_oversized_acks_are_refused(
             break;
         }
     }
+}
+
+fn last_record(sm: &StateMachine) -> qk_state::AuditRecord {
+    sm.audit_records(sm.audit_len(), 1)[0].clone()
+}
+
+#[test]
+fn a_refused_key_creation_or_approval_request_is_recorded_under_its_key() {
+    let mut sm = machine();
+    sm.apply(&cmd(1, 1, create("k"))).result.expect("created");
+    let again = sm.apply(&cmd(2, 2, create("k")));
+    assert!(matches!(again.result, Err(StateError::KeyExists(_))));
+    assert_eq!(last_record(&sm).key.as_deref(), Some("k"));
+    let decrypt = qk_state::PendingAction::Decrypt {
+        key: "k".into(),
+        ciphertext_sha256: [0; 32],
+    };
+    let disable = qk_state::PendingAction::Operation(Box::new(Operation::Disable {
+        name: "other".into(),
+        version: V1,
+    }));
+    for (n, (action, key)) in [(decrypt, "k"), (disable, "other")].into_iter().enumerate() {
+        let ask = Operation::RequestApproval { action };
+        let r = sm.apply(&cmd(3 + n as u64, 3, ask));
+        assert!(r.result.is_err(), "{r:?}");
+        let record = last_record(&sm);
+        assert_eq!(record.operation, "approval.request");
+        assert_eq!(record.key.as_deref(), Some(key));
+    }
+}
+
+#[test]
+fn a_nodes_audit_event_is_recorded_as_reported() {
+    let mut sm = machine();
+    let audit = Operation::Audit {
+        operation: "decrypt".into(),
+        key: Some("k".into()),
+        version: Some(KeyVersion(2)),
+        outcome: "ok: 3 partials".into(),
+    };
+    let r = sm.apply(&cmd(1, 1, audit.clone()));
+    assert_eq!(r.result, Ok(Applied::Done));
+    let record = last_record(&sm);
+    assert_eq!(record.principal, "node-1");
+    assert_eq!(record.operation, "decrypt");
+    assert_eq!(record.key.as_deref(), Some("k"));
+    assert_eq!(record.version, Some(KeyVersion(2)));
+    assert_eq!(record.outcome, "ok: 3 partials");
+    let refused = sm.apply(&Command {
+        principal: "admin".into(),
+        ..cmd(2, 2, audit)
+    });
+    assert!(matches!(refused.result, Err(StateError::Denied(_))));
+    let record = last_record(&sm);
+    assert_eq!((record.operation.as_str(), record.key), ("audit", None));
+    assert_eq!(record.version, Some(KeyVersion(2)));
+}
+
+#[test]
+fn a_note_is_cut_at_a_character_boundary_and_one_at_the_limit_is_kept_whole() {
+    let reported = |note: String| {
+        let mut sm = machine();
+        sm.apply(&cmd(1, 10, create("k")));
+        let fail = Operation::FailGeneration {
+            name: "k".into(),
+            version: V1,
+            reason: note,
+        };
+        let r = sm.apply(&cmd(2, 40_000, fail)).result;
+        let Ok(Applied::GenerationFailed { reason }) = r else {
+            panic!("{r:?}")
+        };
+        reason
+            .split("reported: ")
+            .nth(1)
+            .expect("the note")
+            .to_string()
+    };
+    let across = format!("a{}", "é".repeat(400)); // byte 512 splits an é
+    assert_eq!(reported(across), format!("a{}", "é".repeat(255)));
+    let at_limit = format!("ab{}", "é".repeat(255)); // 512 bytes
+    assert_eq!(reported(at_limit.clone()), at_limit);
+}
+
+#[test]
+fn version_states_have_their_names() {
+    let states = [
+        VersionState::Generating,
+        VersionState::Enabled,
+        VersionState::Disabled,
+        VersionState::PendingDestruction { due_ms: 1 },
+        VersionState::Destroying,
+        VersionState::Destroyed,
+        VersionState::Failed { reason: "r".into() },
+    ];
+    let names = states.iter().map(VersionState::name).collect::<Vec<_>>();
+    assert_eq!(
+        names,
+        [
+            "generating",
+            "enabled",
+            "disabled",
+            "pending-destruction",
+            "destroying",
+            "destroyed",
+            "failed"
+        ]
+    );
+}
+
+#[test]
+fn a_three_of_five_version_is_destroyed_by_exactly_three_erase_receipts() {
+    let mut sm = machine();
+    let holders = [1, 2, 3, 4, 5];
+    let Operation::CreateKey(mut c) = create("k") else {
+        unreachable!("a key creation")
+    };
+    c.threshold = 3;
+    c.holders = holders.iter().map(|h| NodeId(*h)).collect();
+    sm.apply(&cmd(1, 10, Operation::CreateKey(c)))
+        .result
+        .expect("created");
+    enable(&mut sm, "k", V1, &holders, 20);
+    let schedule = Operation::ScheduleDestruction {
+        name: "k".into(),
+        version: V1,
+        after_ms: 1000,
+    };
+    sm.apply(&cmd(2, 30, schedule)).result.expect("scheduled");
+    let destroy = Operation::Destroy {
+        name: "k".into(),
+        version: V1,
+    };
+    sm.apply(&cmd(3, 1030, destroy)).result.expect("destroying");
+    let receipt = |node: u64| Operation::EraseReceipt {
+        name: "k".into(),
+        version: V1,
+        node: NodeId(node),
+    };
+    for node in [5, 2] {
+        let r = sm.apply(&cmd(10 + node, 1040, receipt(node))).result;
+        assert_eq!(r, Ok(Applied::Done), "receipt of node-{node}");
+    }
+    let state = |sm: &StateMachine| {
+        sm.key("k")
+            .and_then(|k| k.version(V1))
+            .map(|v| v.state.clone())
+    };
+    assert_eq!(state(&sm), Some(VersionState::Destroying));
+    let r = sm.apply(&cmd(20, 1050, receipt(4))).result;
+    assert_eq!(r, Ok(Applied::VersionDestroyed));
+    assert_eq!(state(&sm), Some(VersionState::Destroyed));
+}
+
+#[test]
+fn the_key_count_is_bounded_and_the_refusal_says_what_to_do() {
+    let mut sm = machine();
+    for n in 0..MAX_KEYS as u64 {
+        let r = sm.apply(&cmd(n + 1, 1_000, create(&format!("k{n}"))));
+        assert!(r.result.is_ok(), "key {n}: {r:?}");
+    }
+    let r = sm.apply(&cmd(u64::MAX - 1, 1_000, create("one-too-many")));
+    let Err(StateError::Invalid(message)) = &r.result else {
+        panic!("a key past the limit must be refused as invalid: {r:?}");
+    };
+    assert!(
+        message.contains("100000 keys") && message.contains("rotate"),
+        "{message}"
+    );
+    assert!(r.audit_seq > 0, "the refusal is audited");
+    assert_eq!(sm.key_count(), MAX_KEYS);
 }

@@ -544,3 +544,68 @@ fn a_node_publishes_only_its_own_dkg_key_and_keys_gate_generation() {
         "{err}"
     );
 }
+
+/// How a failure reason names an acked key set: the first 6 bytes of its
+/// ack digest, in hex.
+fn short_hex(public_keys: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"qk/ack")
+        .chain_update(public_keys)
+        .finalize();
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn a_generation_failed_on_disagreeing_acks_names_each_key_set_and_its_holders() {
+    let mut log = created();
+    to_finished(&mut log);
+    let ack = |keys: u8| DkgStep::Ack {
+        public_keys: vec![keys; 100],
+    };
+    log.step(1, 1_040, ack(1)).expect("ack");
+    let r = log.step(3, 1_041, ack(2));
+    let Ok(Applied::GenerationFailed { reason }) = r else {
+        panic!("expected failure, got {r:?}");
+    };
+    // Listed in the order of the key sets' digests.
+    let mut sets = [
+        (short_hex(&[1; 100]), "node-1"),
+        (short_hex(&[2; 100]), "node-3"),
+    ];
+    sets.sort();
+    let groups: Vec<String> = sets
+        .iter()
+        .map(|(hex, node)| format!("{node} acked key set {hex}"))
+        .collect();
+    assert!(
+        reason.contains(&format!("({})", groups.join("; "))),
+        "{reason}"
+    );
+}
+
+#[test]
+fn the_cluster_keeps_dkg_keys_of_up_to_1024_nodes() {
+    let mut sm = StateMachine::new();
+    let mut publish = |node: u64, attempt: u8| {
+        let mut id = [attempt; 16];
+        id[8..].copy_from_slice(&node.to_be_bytes());
+        sm.apply(&Command {
+            request_id: RequestId(id),
+            time_ms: 0,
+            principal: NodeId(node).to_string(),
+            op: Operation::PublishDkgKey {
+                node: NodeId(node),
+                public_key: common::dkg_public_key(1),
+            },
+            proof: None,
+        })
+        .result
+    };
+    for node in 1..=1024 {
+        publish(node, 0).expect("below the limit");
+    }
+    let refused = publish(1025, 0).expect_err("past the limit");
+    assert!(refused.to_string().contains("limit"), "{refused}");
+    publish(7, 1).expect("a known node replaces its key at the limit");
+}

@@ -129,6 +129,7 @@ fn digest(sm: &StateMachineStore) -> [u8; 32] {
     sm.reader()
         .read(|s| s.machine().digest())
         .expect("read the state")
+        .expect("encode the state")
 }
 
 /// Reopens `dir`, as the node does: sled releases the directory lock from

@@ -1,11 +1,17 @@
 //! Identifiers and small shared types for Quorumkey.
 //!
-//! Every type here is plain data: no I/O, no clock, no secrets.
+//! Every type here is plain data: no I/O, no clock; the one secret type,
+//! [`Redacted`], is zeroized on drop and hidden from `Debug`.
 #![forbid(unsafe_code)]
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+mod error;
+pub use error::{ErrorKind, RequestError};
+mod secret;
+pub use secret::Redacted;
 
 /// The largest holder set a key version can have. Bounds every per-holder
 /// loop and every decoder that reads a holder list.

@@ -15,13 +15,13 @@ use qk_state::{
 use qk_types::KeyVersion;
 use serde::{Deserialize, Serialize};
 
-/// Per key version: how many of its holders answer (`GET /api/v1/cluster`).
-pub use qk_raft::VersionHealth;
 /// An M-of-N approval rule: a key policy's, or the cluster's access rule
 /// (`GET/PUT /api/v1/access-rule`).
 pub use qk_state::ApprovalRule;
 /// A key's access policy; the server's JSON form is the replicated record's.
 pub use qk_state::KeyPolicy;
+/// Per key version: how many of its holders answer (`GET /api/v1/cluster`).
+pub use qk_wire::VersionHealth;
 
 /// Read-your-writes over HTTPS. Every answer carries the answering node's
 /// applied log index in this header (after a write: at least the write's);

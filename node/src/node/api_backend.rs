@@ -5,9 +5,16 @@ use std::sync::Arc;
 
 use qk_api::{Backend, BoxFuture, Caller, Gauges};
 use qk_net::Peer;
-use qk_raft::{ClientRequest, ClientResponse};
+use qk_types::RequestError;
+use qk_wire::{ClientRequest, ClientResponse};
 
 use super::Node;
+use crate::maintenance::Schedule;
+
+/// A node is ready while it applies at most this many entries behind its
+/// own log. Under load the newest entries are always a few appends ahead of
+/// apply; a node restoring or catching up is thousands behind.
+const READY_MAX_APPLY_LAG_ENTRIES: u64 = 64;
 
 #[derive(Debug)]
 pub struct ApiBackend(pub Arc<Node>);
@@ -28,7 +35,7 @@ impl Backend for ApiBackend {
         })
     }
 
-    fn authenticate_token(&self, token: &str) -> Result<(String, String), String> {
+    fn authenticate_token(&self, token: &str) -> Result<(String, String), RequestError> {
         self.0.authenticate_token(token)
     }
 
@@ -36,22 +43,24 @@ impl Backend for ApiBackend {
         self.0.id
     }
 
-    fn readiness(&self) -> Result<u64, String> {
+    fn readiness(&self) -> Result<u64, RequestError> {
         let m = self.0.raft.metrics().borrow().clone();
-        let leader = m
-            .current_leader
-            .ok_or("no leader is known; the cluster may be electing or lack a majority")?;
-        let applied = m.last_applied.map(|l| l.index);
-        if applied < m.last_log_index {
-            return Err(format!(
-                "catching up: applied {applied:?} of {:?} log entries",
-                m.last_log_index
-            ));
+        let leader = m.current_leader.ok_or_else(|| {
+            RequestError::unavailable(
+                "no leader is known; the cluster may be electing or lack a majority",
+            )
+        })?;
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let logged = m.last_log_index.unwrap_or(0);
+        if logged.saturating_sub(applied) > READY_MAX_APPLY_LAG_ENTRIES {
+            return Err(RequestError::unavailable(format!(
+                "catching up: applied {applied} of {logged} log entries"
+            )));
         }
         if self.0.dkg_key_to_publish().is_some() {
-            return Err(
-                "this node has not published its DKG key yet (it does once it is a member); keys cannot be generated with it as a holder until then".into(),
-            );
+            return Err(RequestError::unavailable(
+                "this node has not published its DKG key yet (it does once it is a member); keys cannot be generated with it as a holder until then",
+            ));
         }
         Ok(leader)
     }
@@ -60,14 +69,14 @@ impl Backend for ApiBackend {
         self.0.applied.get()
     }
 
-    fn wait_applied(&self, index: u64) -> BoxFuture<'_, Result<(), String>> {
+    fn wait_applied(&self, index: u64) -> BoxFuture<'_, Result<(), RequestError>> {
         Box::pin(async move {
             self.0
                 .applied
                 .wait_for(index, crate::applied::CLIENT_INDEX_WAIT)
                 .await
                 .map(|_| ())
-                .map_err(|behind| behind.to_string())
+                .map_err(|behind| RequestError::unavailable(behind.to_string()))
         })
     }
 

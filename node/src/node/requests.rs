@@ -9,20 +9,19 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use qk_net::Peer;
-use qk_raft::{
-    ClientRequest, ClientResponse, ClusterHealth, MemberHealth, PeerRequest, PeerResponse,
-    Redacted, VersionHealth,
-};
+use qk_raft::{PeerRequest, PeerResponse};
 use qk_state::proof::Credential;
 use qk_state::{
-    Applied, Command, Decision, Operation, PendingAction, Permission, RequestId, StateMachine,
-    VersionState,
+    Applied, Command, Decision, Operation, Permission, RequestId, StateMachine, VersionState,
 };
-use qk_types::KeyVersion;
+use qk_types::{KeyVersion, RequestError};
+use qk_wire::{
+    ClientRequest, ClientResponse, ClusterHealth, MemberHealth, Redacted, VersionHealth,
+};
 use sha2::{Digest, Sha256};
 
 use super::Node;
-use crate::quorum::now_ms;
+use crate::io::now_ms;
 
 /// How long a member may take to answer a health probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -180,9 +179,9 @@ impl Node {
         context: &BTreeMap<String, String>,
     ) -> ClientResponse {
         if !(MIN_DATA_KEY_BYTES..=MAX_DATA_KEY_BYTES).contains(&bytes) {
-            return ClientResponse::Error(format!(
+            return ClientResponse::Error(RequestError::invalid(format!(
                 "a data key is {MIN_DATA_KEY_BYTES} to {MAX_DATA_KEY_BYTES} bytes, not {bytes}"
-            ));
+            )));
         }
         let mut plaintext = Redacted(vec![0u8; usize::from(bytes)]);
         rand::fill(&mut plaintext.0[..]);
@@ -235,73 +234,12 @@ impl Node {
         resp
     }
 
-    /// Server-side decrypt with authorization and, for break-glass keys,
-    /// approval: without an approval id it asks for one; with one it uses it.
-    pub(super) async fn decrypt_authorized(
-        &self,
-        peer: &Peer,
-        credential: Option<&Credential>,
-        text: &str,
-        context: BTreeMap<String, String>,
-        approval: Option<String>,
-    ) -> ClientResponse {
-        let (ct, name) = match self.resolve_ciphertext(text) {
-            Ok(found) => found,
-            Err(e) => return ClientResponse::Error(e),
-        };
-        match self.decide(peer, Permission::Decrypt, Some(&name), &context) {
-            Decision::Allow => {}
-            Decision::Deny(reason) => return self.denied(peer, "decrypt", Some(&name), reason),
-            Decision::NeedsApproval { .. } => {
-                if let Err(resp) = self
-                    .break_glass(peer, credential, &ct, &name, approval)
-                    .await
-                {
-                    return resp;
-                }
-            }
-        }
-        self.decrypt(peer, credential, text, context).await
-    }
-
-    /// Asks for approval of this decrypt, or uses the approval named.
-    async fn break_glass(
-        &self,
-        peer: &Peer,
-        credential: Option<&Credential>,
-        ct: &qk_crypto::Ciphertext,
-        name: &str,
-        approval: Option<String>,
-    ) -> Result<(), ClientResponse> {
-        let ciphertext_sha256 = ciphertext_digest(ct);
-        let op = match approval {
-            Some(id) => Operation::ConsumeApproval {
-                id,
-                ciphertext_sha256,
-            },
-            None => Operation::RequestApproval {
-                action: PendingAction::Decrypt {
-                    key: name.to_string(),
-                    ciphertext_sha256,
-                },
-            },
-        };
-        match self.write_as(peer, credential, op).await {
-            ClientResponse::Written { response, .. } => match response.result {
-                Ok(Applied::ApprovalRequested { id, .. }) => Err(self.approval_pending(&id)),
-                Ok(_) => Ok(()),
-                Err(e) => Err(ClientResponse::Denied(e.to_string())),
-            },
-            other => Err(other),
-        }
-    }
-
     pub(super) fn approval_pending(&self, id: &str) -> ClientResponse {
         self.read(|s| match s.approval(id) {
             Some(a) => ClientResponse::ApprovalPending(a.clone()),
-            None => ClientResponse::Error(format!(
+            None => ClientResponse::Error(RequestError::unavailable(format!(
                 "approval {id} was requested but is not visible yet; list approvals"
-            )),
+            ))),
         })
     }
 
@@ -322,61 +260,6 @@ impl Node {
         self.write(peer, credential, cmd).await
     }
 
-    pub(super) async fn partial_authorized(
-        &self,
-        peer: &Peer,
-        text: &str,
-        context: BTreeMap<String, String>,
-    ) -> ClientResponse {
-        let name = match self.resolve_ciphertext(text) {
-            Ok((_, name)) => name,
-            Err(e) => return ClientResponse::Error(e),
-        };
-        match self.decide(peer, Permission::Decrypt, Some(&name), &context) {
-            Decision::Allow => self.partial(peer, text, context).await,
-            Decision::Deny(reason) => self.denied(peer, "partial", Some(&name), reason),
-            Decision::NeedsApproval { .. } => self.denied(
-                peer,
-                "partial",
-                Some(&name),
-                format!("key {name:?} is break-glass: each decrypt is approved and runs server-side (`qk decrypt --server-side --approval ID`)"),
-            ),
-        }
-    }
-
-    /// Decrypts with the quorum and wraps again under the newest version
-    /// of `to_key` (default: the same key); the plaintext stays here.
-    pub(super) async fn rewrap(
-        &self,
-        peer: &Peer,
-        credential: Option<&Credential>,
-        text: &str,
-        context: BTreeMap<String, String>,
-        to_key: Option<String>,
-    ) -> ClientResponse {
-        let (ct, name) = match self.resolve_ciphertext(text) {
-            Ok(found) => found,
-            Err(e) => return ClientResponse::Error(e),
-        };
-        let target = to_key.unwrap_or_else(|| name.clone());
-        match self.decide(peer, Permission::Decrypt, Some(&name), &context) {
-            Decision::Allow => {}
-            Decision::Deny(reason) => return self.denied(peer, "rewrap", Some(&name), reason),
-            Decision::NeedsApproval { .. } => {
-                let reason = "the key is break-glass: decrypt with an approval, then encrypt";
-                return self.denied(peer, "rewrap", Some(&name), reason.into());
-            }
-        }
-        let plain = match self
-            .decrypt(peer, credential, &ct.to_text(), context.clone())
-            .await
-        {
-            ClientResponse::Plaintext(p) => p,
-            other => return other,
-        };
-        self.encrypt_as(peer, "rewrap", &target, &context, &plain.0)
-    }
-
     pub(super) async fn issue_token(
         &self,
         peer: &Peer,
@@ -390,7 +273,9 @@ impl Node {
         let verify_key = match qk_state::proof::token_verify_key(&secret) {
             Ok(key) => key,
             Err(e) => {
-                return ClientResponse::Error(format!("could not derive the token's key: {e}"))
+                return ClientResponse::Error(RequestError::internal(format!(
+                    "could not derive the token's key: {e}"
+                )))
             }
         };
         let secret_sha256: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
@@ -460,10 +345,9 @@ impl Node {
                         log_index,
                         approval: None,
                     },
-                    None => ClientResponse::Error(
-                        "the token was issued but is not visible on this node yet; list tokens"
-                            .into(),
-                    ),
+                    None => ClientResponse::Error(RequestError::unavailable(
+                        "the token was issued but is not visible on this node yet; list tokens",
+                    )),
                 }),
                 Err(e) => written_error(e),
             },
@@ -472,14 +356,14 @@ impl Node {
     }
 
     /// Checks a bearer token against this node's state and clock.
-    pub fn authenticate_token(&self, token: &str) -> Result<(String, String), String> {
+    pub fn authenticate_token(&self, token: &str) -> Result<(String, String), RequestError> {
         self.state
             .read(|a| {
                 a.machine()
                     .authenticate_token(token, now_ms())
                     .map(|(p, t)| (p.name.clone(), t.id.clone()))
             })
-            .map_err(|e| format!("cannot read the local state: {e}"))?
+            .map_err(|e| RequestError::unavailable(format!("cannot read the local state: {e}")))?
     }
 
     pub(super) fn authenticate(&self, token: &[u8]) -> ClientResponse {
@@ -491,13 +375,13 @@ impl Node {
                 principal: p.clone(),
                 token: Some(t.clone()),
             },
-            Err(e) => ClientResponse::Denied(e),
+            Err(e) => ClientResponse::Denied(e.message),
         })
     }
 
     pub(super) fn who_am_i(&self, peer: &Peer, token_id: Option<String>) -> ClientResponse {
         let Some(name) = client_name(peer) else {
-            return ClientResponse::Error("nodes have no principal record".into());
+            return ClientResponse::Error(RequestError::invalid("nodes have no principal record"));
         };
         self.read(|s| match s.principal(name) {
             Some(p) => ClientResponse::Identity {
@@ -570,10 +454,10 @@ impl Node {
                     records: records.len() as u64,
                     head_hash: records.last().map(|r| r.hash).unwrap_or(qk_state::GENESIS_HASH),
                 },
-                Err(e) => ClientResponse::Error(format!(
+                Err(e) => ClientResponse::Error(RequestError::internal(format!(
                     "the audit chain of node {} does not verify: {e}; compare with other nodes and restore this node from a healthy one",
                     self.id
-                )),
+                ))),
             }
         })
     }
@@ -646,7 +530,7 @@ impl Node {
         })
     }
 
-    async fn probe(&self, id: u64, addr: &str) -> Option<qk_raft::NodeStatus> {
+    async fn probe(&self, id: u64, addr: &str) -> Option<qk_wire::NodeStatus> {
         if id == self.id {
             return Some(self.status());
         }
@@ -663,7 +547,7 @@ fn written_error(e: qk_state::StateError) -> ClientResponse {
     match e {
         qk_state::StateError::Denied(r) => ClientResponse::Denied(r),
         qk_state::StateError::NotFound(r) => ClientResponse::NotFound(r),
-        other => ClientResponse::Error(other.to_string()),
+        other => ClientResponse::Error(RequestError::new(other.kind(), other.to_string())),
     }
 }
 

@@ -61,8 +61,8 @@ pub(super) fn broken_release_rules(
     if let Some(why) = below_min_decrypt(key, request.version) {
         broken.push((ReleaseRule::MinDecrypt, why));
     }
-    if let Err(reason) = authorize_partial(state, request, now_ms) {
-        let why = format!("{} may not unwrap: {reason}", request.principal);
+    if let Err(refusal) = authorize_partial(state, request, now_ms) {
+        let why = format!("{} may not unwrap: {}", request.principal, refusal.message);
         broken.push((ReleaseRule::Authorized, why));
     }
     broken
@@ -83,7 +83,7 @@ impl World {
         (state, now_ms): (&StateMachine, u64),
     ) {
         if !released {
-            if self.unchecked_partials.contains(&request.op_id) {
+            if self.adversary.unchecked_partials.contains(&request.op_id) {
                 self.stats.unchecked_partials_refused += 1;
             }
             return;
@@ -112,7 +112,7 @@ impl World {
         else {
             return;
         };
-        let Some(key) = self.truth.key(name).map(|k| k.id) else {
+        let Some(key) = self.oracle.truth.key(name).map(|k| k.id) else {
             return;
         };
         let kept = self
@@ -140,17 +140,24 @@ impl World {
         else {
             return;
         };
-        let Some(byz) = self.byzantine else { return };
+        let Some(byz) = self.adversary.byzantine else {
+            return;
+        };
         let vk = (name.clone(), *version);
         let dealt_wrong = self
             .nodes
             .get(from)
             .is_some_and(|n| n.corrupt_from_byz.contains(&vk));
         let dealt = self
+            .oracle
             .deals
             .get(&vk)
             .is_some_and(|d| d.iter().any(|(dealer, _)| *dealer == byz));
-        let record = self.truth.key(name).and_then(|k| k.version(*version));
+        let record = self
+            .oracle
+            .truth
+            .key(name)
+            .and_then(|k| k.version(*version));
         let Some(accused) = record.and_then(|r| qk_protocol::share_index_of(r, byz)) else {
             return;
         };
@@ -203,7 +210,7 @@ impl World {
     /// ciphertext's proof must verify under the caller's context (else the
     /// holder decrypted an `R` moved from another ciphertext).
     pub(super) fn check_partial_allowed(&mut self, holder: NodeId, to: NodeId, op_id: OpId) {
-        let Some((ct, context)) = self.unwrap_requests.get(&(to, op_id)) else {
+        let Some((ct, context)) = self.oracle.unwrap_requests.get(&(to, op_id)) else {
             return;
         };
         let verifies = qk_crypto::Ciphertext::from_bytes(ct)
@@ -263,6 +270,7 @@ impl World {
             return bytes.to_vec();
         };
         let Some(holders) = self
+            .oracle
             .truth
             .key(name)
             .and_then(|k| k.version(version))
@@ -300,7 +308,9 @@ impl World {
         let Operation::Dkg { name, version, .. } = &cmd.op else {
             return;
         };
-        let Some(byz) = self.byzantine else { return };
+        let Some(byz) = self.adversary.byzantine else {
+            return;
+        };
         let vk = (name.clone(), *version);
         let receivers: Vec<NodeId> = self
             .nodes
@@ -308,13 +318,14 @@ impl World {
             .filter(|(id, n)| **id != byz && n.corrupt_from_byz.contains(&vk))
             .map(|(id, _)| *id)
             .collect();
-        let deals = self.deals.get(&vk).cloned().unwrap_or_default();
+        let deals = self.oracle.deals.get(&vk).cloned().unwrap_or_default();
         // Subsets are enumerated: only for small holder sets.
         if receivers.is_empty() || deals.len() > 12 {
             return;
         }
         self.stats.dkg_byzantine_sessions += 1;
         let Some(pk) = self
+            .oracle
             .truth
             .key(name)
             .and_then(|k| k.version(*version))
@@ -369,7 +380,8 @@ impl World {
                 cmd.principal
             ));
         }
-        self.acks
+        self.oracle
+            .acks
             .entry((name.clone(), *version))
             .or_default()
             .insert(*from, public_keys.clone());
@@ -381,10 +393,15 @@ impl World {
         let Operation::Dkg { name, version, .. } = &cmd.op else {
             return;
         };
-        let Some(v) = self.truth.key(name).and_then(|k| k.version(*version)) else {
+        let Some(v) = self
+            .oracle
+            .truth
+            .key(name)
+            .and_then(|k| k.version(*version))
+        else {
             return;
         };
-        let acked = self.acks.get(&(name.clone(), *version));
+        let acked = self.oracle.acks.get(&(name.clone(), *version));
         let missing: Vec<NodeId> = v
             .holders
             .iter()
@@ -406,7 +423,7 @@ impl World {
             _ => return,
         };
         let now = self.now();
-        self.settled_at.entry(vk).or_insert(now);
+        self.timeline.settled_at.entry(vk).or_insert(now);
     }
 
     /// Records the `A_0` of each generation deal the agreed log accepts.
@@ -423,7 +440,11 @@ impl World {
         };
         if let Ok(qk_crypto::PublicMessage::Deal(d)) = qk_crypto::PublicMessage::from_bytes(bytes) {
             if let Some(a0) = d.commitments.first() {
-                let list = self.deals.entry((name.clone(), *version)).or_default();
+                let list = self
+                    .oracle
+                    .deals
+                    .entry((name.clone(), *version))
+                    .or_default();
                 if !list.iter().any(|(f, _)| f == from) {
                     list.push((*from, ProjectivePoint::from(*a0)));
                 }
@@ -434,7 +455,7 @@ impl World {
     /// Nothing left to do: no message, proposal, DKG, refresh or unwrap in
     /// flight, every live node applied what the others did.
     pub(crate) fn is_idle(&self) -> bool {
-        let busy_queue = self.queue.values().any(|e| !matches!(e, Ev::Tick));
+        let busy_queue = self.sched.queue.values().any(|e| !matches!(e, Ev::Tick));
         let applied: Vec<Option<u64>> = self
             .nodes
             .values()
@@ -443,21 +464,22 @@ impl World {
             .map(|r| r.metrics().borrow().last_applied.map(|l| l.index))
             .collect();
         let caught_up = applied.windows(2).all(|w| w[0] == w[1])
-            && applied.first().copied().flatten().map(|i| i + 1) == Some(self.canon.len() as u64);
+            && applied.first().copied().flatten().map(|i| i + 1)
+                == Some(self.oracle.canon.len() as u64);
         let busy_nodes = self.nodes.values().any(|n| {
             n.alive && (n.proto.active_generations() > 0 || n.proto.pending_unwraps() > 0)
         });
-        let busy_versions = self.truth.keys().any(|k| {
+        let busy_versions = self.oracle.truth.keys().any(|k| {
             k.versions
                 .iter()
                 .any(|v| v.state == VersionState::Generating || v.refresh.is_some())
         });
         !busy_queue
-            && self.pending_proposals == 0
+            && self.load.pending_proposals == 0
             && caught_up
             && !busy_nodes
             && !busy_versions
-            && self.jobs.is_empty()
+            && self.sched.jobs.is_empty()
     }
 
     /// Every invariant cheap enough to check after each step (applied logs
@@ -465,7 +487,7 @@ impl World {
     pub(crate) fn check(&mut self) {
         self.check_rafts_running();
         self.check_audit_chains();
-        if self.violation.is_some() {
+        if self.oracle.violation.is_some() {
             return;
         }
         self.learn_roots();
@@ -477,7 +499,7 @@ impl World {
                 }
             }
         }
-        for k in self.truth.keys() {
+        for k in self.oracle.truth.keys() {
             for v in &k.versions {
                 if v.state != VersionState::Destroyed {
                     continue;
@@ -566,7 +588,7 @@ impl World {
 
     /// Whether `bytes` contain any known root (one set lookup per window).
     pub(super) fn holds_root(&self, bytes: &[u8]) -> bool {
-        bytes.windows(32).any(|w| self.root_set.contains(w))
+        bytes.windows(32).any(|w| self.oracle.root_set.contains(w))
     }
 
     pub(crate) fn check_secret_free(&mut self, what: &str, bytes: &[u8]) {
@@ -579,16 +601,22 @@ impl World {
     /// (at quiescent points: it is costly).
     pub(crate) fn check_disks_and_states(&mut self) {
         let mut images = Vec::new();
+        let mut unencodable = Vec::new();
         for (id, n) in &self.nodes {
             if let Ok(d) = n.raft_disk.lock() {
                 images.extend(d.images().into_iter().map(|b| (*id, "Raft disk", b)));
             }
             if let Some(sm) = &n.sm {
-                if let Some(b) = sm.read(|a| a.machine().to_bytes()) {
-                    images.push((*id, "applied state", b));
+                match sm.read(|a| a.machine().to_bytes()) {
+                    Some(Ok(b)) => images.push((*id, "applied state", b)),
+                    Some(Err(e)) => unencodable.push(format!("node {id}: {e}")),
+                    None => {}
                 }
             }
             images.push((*id, "protocol state", format!("{:?}", n.proto).into_bytes()));
+        }
+        if let Some(what) = unencodable.into_iter().next() {
+            self.fail(what);
         }
         for (id, what, bytes) in images {
             if self.holds_root(&bytes) {
@@ -607,10 +635,10 @@ impl World {
     /// stores, for each enabled version (once per epoch).
     pub(super) fn learn_roots(&mut self) {
         let mut todo = Vec::new();
-        for k in self.truth.keys() {
+        for k in self.oracle.truth.keys() {
             for v in &k.versions {
                 let sk = (k.id, v.version, v.epoch);
-                if v.state == VersionState::Enabled && !self.roots.contains_key(&sk) {
+                if v.state == VersionState::Enabled && !self.oracle.roots.contains_key(&sk) {
                     todo.push((sk, v.threshold, v.public_keys.clone()));
                 }
             }
@@ -651,8 +679,8 @@ impl World {
             }
             let mut bytes = [0u8; 32];
             bytes.copy_from_slice(&root.to_bytes());
-            self.roots.insert(sk, bytes);
-            self.root_set.insert(bytes);
+            self.oracle.roots.insert(sk, bytes);
+            self.oracle.root_set.insert(bytes);
             self.stats.roots_reconstructed += 1;
         }
     }
@@ -662,7 +690,7 @@ impl World {
     pub(crate) fn usable_versions(&self) -> Vec<(String, KeyVersion, usize)> {
         let mut out = Vec::new();
         for (name, version) in self.enabled_versions() {
-            let Some(key) = self.truth.key(&name) else {
+            let Some(key) = self.oracle.truth.key(&name) else {
                 continue;
             };
             let Some(rec) = key.version(version) else {
@@ -676,7 +704,7 @@ impl World {
                 .nodes
                 .iter()
                 .filter(|(id, n)| {
-                    n.alive && Some(**id) != self.byzantine && n.disk.contains_key(&sk)
+                    n.alive && Some(**id) != self.adversary.byzantine && n.disk.contains_key(&sk)
                 })
                 .count();
             if ready >= usize::from(rec.threshold) {

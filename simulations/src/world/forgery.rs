@@ -15,6 +15,24 @@ use qk_state::proof::{Intent, ProofError, SessionGrant};
 
 use super::*;
 
+/// The compromised node (if the run has one) and what it forged or saw.
+pub(crate) struct Adversary {
+    pub(crate) byzantine: Option<NodeId>,
+    /// Request ids of the commands the compromised node forged: none may
+    /// take effect.
+    pub(crate) forged: BTreeSet<RequestId>,
+    /// The admin's latest signed commands, as the compromised node saw
+    /// them in the log (material for replays).
+    pub(crate) seen_signed: Vec<Command>,
+    /// Unwrap proofs the compromised node saw as a holder (replay material).
+    pub(crate) seen_proofs: Vec<IntentProof>,
+    /// Operation ids of the partial requests the compromised node forged.
+    pub(crate) forged_partials: BTreeSet<OpId>,
+    /// Operation ids of the signed requests the compromised node passed on
+    /// to holders without its own checks.
+    pub(crate) unchecked_partials: BTreeSet<OpId>,
+}
+
 /// What the cluster checks grants with: the roster, or (planted bug) any
 /// grant signed by its own session key.
 pub(super) fn grant_check(roster: KeyRoster, bug: PlantedBug) -> Arc<dyn GrantCheck> {
@@ -43,12 +61,14 @@ const REPLAY_POOL: usize = 8;
 impl World {
     /// One forged command from the compromised node, proposed at it.
     pub(super) fn forge(&mut self) {
-        let Some(byz) = self.byzantine else { return };
+        let Some(byz) = self.adversary.byzantine else {
+            return;
+        };
         if !self.live_ids().contains(&byz) {
             return;
         }
         let own = byz.to_string();
-        let Some(own_key) = self.credentials.get(&own).cloned() else {
+        let Some(own_key) = self.load.credentials.get(&own).cloned() else {
             return;
         };
         let kind = self.rng.random_range(0..6);
@@ -74,12 +94,12 @@ impl World {
             },
         };
         self.stats.forgeries += 1;
-        self.forged.insert(forged.request_id);
+        self.adversary.forged.insert(forged.request_id);
         self.trace(
             "forge",
             format!("{kind} {:?}", forged.request_id).as_bytes(),
         );
-        self.pending_proposals += 1;
+        self.load.pending_proposals += 1;
         self.enqueue(byz, vec![(forged, 0)]);
     }
 
@@ -99,7 +119,7 @@ impl World {
     /// An ack of a made-up key set in an honest holder's name, for a
     /// version whose DKG is running.
     fn forged_ack(&mut self, byz: NodeId) -> Option<(String, Operation)> {
-        let (name, version, holder) = self.truth.keys().find_map(|k| {
+        let (name, version, holder) = self.oracle.truth.keys().find_map(|k| {
             k.versions
                 .iter()
                 .find(|v| v.state == VersionState::Generating)
@@ -122,11 +142,11 @@ impl World {
 
     /// One of the admin's signed commands under a new request id.
     fn replay(&mut self) -> Option<Command> {
-        if self.seen_signed.is_empty() {
+        if self.adversary.seen_signed.is_empty() {
             return None;
         }
-        let i = self.rng.random_range(0..self.seen_signed.len());
-        let mut cmd = self.seen_signed[i].clone();
+        let i = self.rng.random_range(0..self.adversary.seen_signed.len());
+        let mut cmd = self.adversary.seen_signed[i].clone();
         cmd.request_id = RequestId(self.rng.random());
         Some(cmd)
     }
@@ -134,7 +154,7 @@ impl World {
     /// After the agreed apply of `cmd`: a forged command must have been
     /// refused; the admin's applied commands feed the attacker's replays.
     pub(super) fn check_forgery(&mut self, cmd: &Command, resp: &qk_state::Response) {
-        if self.forged.contains(&cmd.request_id) {
+        if self.adversary.forged.contains(&cmd.request_id) {
             if resp.result.is_ok() {
                 self.fail(format!(
                     "a forged command took effect: {} in the name of {} (request {:?})",
@@ -148,10 +168,10 @@ impl World {
             return;
         }
         if cmd.principal == "admin" && resp.result.is_ok() && cmd.proof.is_some() {
-            if self.seen_signed.len() >= REPLAY_POOL {
-                self.seen_signed.remove(0);
+            if self.adversary.seen_signed.len() >= REPLAY_POOL {
+                self.adversary.seen_signed.remove(0);
             }
-            self.seen_signed.push(cmd.clone());
+            self.adversary.seen_signed.push(cmd.clone());
         }
     }
 }
@@ -163,10 +183,10 @@ impl World {
     /// A partial request for a wrapped ciphertext, in the name of "app",
     /// from the compromised node to an honest holder of its version.
     fn forge_partial_request(&mut self, byz: NodeId, own_key: &Credential) {
-        if self.wrapped.is_empty() {
+        if self.load.wrapped.is_empty() {
             return;
         }
-        let pick = self.rng.random_range(0..self.wrapped.len());
+        let pick = self.rng.random_range(0..self.load.wrapped.len());
         let Some((mut request, holders)) = self.request_for(pick, "app", byz) else {
             return;
         };
@@ -178,9 +198,9 @@ impl World {
             0 => None,
             // A proof another node's caller signed: its requester, or the
             // ciphertext it covers, is not this one.
-            1 if !self.seen_proofs.is_empty() => {
-                let i = self.rng.random_range(0..self.seen_proofs.len());
-                Some(Box::new(self.seen_proofs[i].clone()))
+            1 if !self.adversary.seen_proofs.is_empty() => {
+                let i = self.rng.random_range(0..self.adversary.seen_proofs.len());
+                Some(Box::new(self.adversary.seen_proofs[i].clone()))
             }
             _ => {
                 let intent = Intent {
@@ -195,7 +215,7 @@ impl World {
             }
         };
         self.stats.partial_forgeries += 1;
-        self.forged_partials.insert(request.op_id);
+        self.adversary.forged_partials.insert(request.op_id);
         self.trace("forge-partial", &request.op_id.to_be_bytes());
         match ProtocolMessage::PartialRequest(request).encode() {
             Ok(bytes) => self.send(byz, to, bytes.to_vec()),
@@ -208,14 +228,16 @@ impl World {
     /// every honest holder without the checks a coordinator makes, mostly
     /// for a version that may not decrypt. Each holder's own checks decide.
     pub(super) fn unchecked_unwrap(&mut self) {
-        let Some(byz) = self.byzantine else { return };
-        let barred: Vec<usize> = (0..self.wrapped.len())
-            .filter(|i| self.may_not_decrypt(&self.wrapped[*i].ciphertext))
+        let Some(byz) = self.adversary.byzantine else {
+            return;
+        };
+        let barred: Vec<usize> = (0..self.load.wrapped.len())
+            .filter(|i| self.may_not_decrypt(&self.load.wrapped[*i].ciphertext))
             .collect();
         let pick = if !barred.is_empty() && self.rng.random_range(0..4) > 0 {
             barred[self.rng.random_range(0..barred.len())]
         } else {
-            self.rng.random_range(0..self.wrapped.len())
+            self.rng.random_range(0..self.load.wrapped.len())
         };
         let principal = if self.rng.random_range(0..4) == 0 {
             "guest"
@@ -228,7 +250,7 @@ impl World {
         let proof = self.sign_intent(principal, &request.ciphertext, &ctx(), byz);
         request.proof = proof.map(Box::new);
         self.stats.unchecked_partials += 1;
-        self.unchecked_partials.insert(request.op_id);
+        self.adversary.unchecked_partials.insert(request.op_id);
         self.trace("unchecked-partial", &request.op_id.to_be_bytes());
         self.send_to_holders(byz, request, holders);
     }
@@ -240,20 +262,21 @@ impl World {
     /// holder's own ciphertext-proof check must refuse it (invariant 9).
     /// Returns whether it was sent.
     pub(super) fn foreign_context_request(&mut self, context: EncryptionContext) -> bool {
-        let Some(byz) = self.byzantine else {
+        let Some(byz) = self.adversary.byzantine else {
             return false;
         };
-        if self.wrapped.is_empty() {
+        if self.load.wrapped.is_empty() {
             return false;
         }
-        let pick = self.rng.random_range(0..self.wrapped.len());
+        let pick = self.rng.random_range(0..self.load.wrapped.len());
         let Some((mut request, holders)) = self.request_for(pick, "app", byz) else {
             return false;
         };
         let proof = self.sign_intent("app", &request.ciphertext, &context, byz);
         request.proof = proof.map(Box::new);
         request.context = context.clone();
-        self.unwrap_requests
+        self.oracle
+            .unwrap_requests
             .insert((byz, request.op_id), (request.ciphertext.clone(), context));
         self.stats.attacks += 1;
         self.trace("foreign-context-partial", &request.op_id.to_be_bytes());
@@ -281,10 +304,14 @@ impl World {
         principal: &str,
         byz: NodeId,
     ) -> Option<(PartialRequest, Vec<NodeId>)> {
-        let target = self.wrapped.get(pick)?;
+        let target = self.load.wrapped.get(pick)?;
         let (name, ciphertext) = (target.name.clone(), target.ciphertext.clone());
         let ct = Ciphertext::from_bytes(&ciphertext).ok()?;
-        let v = self.truth.key(&name).and_then(|k| k.version(ct.version))?;
+        let v = self
+            .oracle
+            .truth
+            .key(&name)
+            .and_then(|k| k.version(ct.version))?;
         let holders = v.holders.iter().copied().filter(|h| *h != byz).collect();
         let request = PartialRequest {
             op_id: self.rng.random(),
@@ -306,7 +333,8 @@ impl World {
         let Ok(ct) = Ciphertext::from_bytes(ciphertext) else {
             return false;
         };
-        self.truth
+        self.oracle
+            .truth
             .keys()
             .find(|k| k.id == ct.key_id)
             .is_some_and(|k| {
@@ -329,17 +357,18 @@ impl World {
         if self.cfg.bug == PlantedBug::SkipIntentCheck {
             return Ok(());
         }
-        let token = |id: &str| state.token_signer(id, now_ms).map_err(|e| e.to_string());
+        let token = |id: &str| state.token_signer(id, now_ms);
         check_intent_proof(from, request, now_ms, self.roster.as_ref(), token)
+            .map_err(|e| e.to_string())
     }
 
     /// The compromised node, as a holder, keeps the proofs it is shown.
     pub(super) fn keep_seen_proof(&mut self, request: &PartialRequest) {
         let Some(proof) = &request.proof else { return };
-        if self.seen_proofs.len() >= PROOF_POOL {
-            self.seen_proofs.remove(0);
+        if self.adversary.seen_proofs.len() >= PROOF_POOL {
+            self.adversary.seen_proofs.remove(0);
         }
-        self.seen_proofs.push(proof.as_ref().clone());
+        self.adversary.seen_proofs.push(proof.as_ref().clone());
     }
 
     /// The invariant: holder `id` released a partial to `to` only for a
@@ -351,7 +380,7 @@ impl World {
             &request.context,
             to,
         );
-        if !self.signed_intents.contains(&digest) {
+        if !self.oracle.signed_intents.contains(&digest) {
             self.fail(format!(
                 "holder {id} released a partial to {to} for a request {} never signed (key {:?} version {})",
                 request.principal, request.name, request.version
@@ -374,12 +403,13 @@ impl World {
         };
         let time_ms = self.clock_of(requester);
         let proof = self
+            .load
             .credentials
             .get(principal)?
             .prove(&intent, requester.0, time_ms)
             .ok()?;
         let digest = intent_digest(principal, ciphertext, context, requester);
-        self.signed_intents.insert(digest);
+        self.oracle.signed_intents.insert(digest);
         Some(proof)
     }
 }

@@ -58,7 +58,7 @@ impl World {
     /// (the AEAD does not open), so the unwrap ends in a decrypt error.
     /// Returns whether the bug took the delivered partial.
     pub(super) fn combine_short(&mut self, at: NodeId, op_id: OpId) -> bool {
-        if self.cfg.bug != PlantedBug::CombineShort || Some(at) == self.byzantine {
+        if self.cfg.bug != PlantedBug::CombineShort || Some(at) == self.adversary.byzantine {
             return false;
         }
         let Some(sm) = self.nodes.get(&at).and_then(|n| n.sm.clone()) else {

@@ -3,13 +3,31 @@
 use super::*;
 use qk_protocol::{stored_share, StoredShare};
 
+/// The seeded clients: their keys, ciphertexts, planned destructions and
+/// the answers to their requests.
+pub(crate) struct Workload {
+    /// Every acknowledged encryption, with its plaintext.
+    pub(crate) wrapped: Vec<Wrapped>,
+    pub(crate) key_names: Vec<String>,
+    /// Versions scheduled for destruction, with the time they are due.
+    pub(crate) due_destroy: Vec<(String, KeyVersion, u64)>,
+    /// Off once the run winds down (quiescence checks).
+    pub(crate) workload_on: bool,
+    pub(crate) pending_proposals: u64,
+    pub(crate) next_request: u64,
+    pub(crate) next_op: OpId,
+    pub(crate) credentials: BTreeMap<String, Credential>,
+    /// The outcome of each unwrap, by (combining node, op).
+    pub(crate) probe: BTreeMap<(NodeId, OpId), Result<Vec<u8>, String>>,
+}
+
 impl World {
     pub(super) fn workload(&mut self) {
         let roll = self.rng.random_range(0..100);
         match roll {
-            0..=14 if self.key_names.len() < self.cfg.max_keys => {
-                let name = format!("k{}", self.key_names.len());
-                self.key_names.push(name.clone());
+            0..=14 if self.load.key_names.len() < self.cfg.max_keys => {
+                let name = format!("k{}", self.load.key_names.len());
+                self.load.key_names.push(name.clone());
                 self.stats.keys_created += 1;
                 self.create_key(&name);
             }
@@ -23,10 +41,10 @@ impl World {
             }
             40..=79 => {
                 let live = self.live_ids();
-                if self.wrapped.is_empty() || live.is_empty() {
+                if self.load.wrapped.is_empty() || live.is_empty() {
                     return;
                 }
-                let w = &self.wrapped[self.rng.random_range(0..self.wrapped.len())];
+                let w = &self.load.wrapped[self.rng.random_range(0..self.load.wrapped.len())];
                 let (name, ct, pt) = (w.name.clone(), w.ciphertext.clone(), w.plaintext.clone());
                 let via = live[self.rng.random_range(0..live.len())];
                 match self.rng.random_range(0..20) {
@@ -35,7 +53,7 @@ impl World {
                         // an honest coordinator, or put to the holders by the
                         // compromised node.
                         let evil = BTreeMap::from([("tenant".to_string(), "mallory".to_string())]);
-                        let byz_live = self.byzantine.is_some_and(|b| live.contains(&b));
+                        let byz_live = self.adversary.byzantine.is_some_and(|b| live.contains(&b));
                         let sent_by_byzantine = byz_live
                             && self.rng.random_bool(0.5)
                             && self.foreign_context_request(evil.clone());
@@ -50,7 +68,7 @@ impl World {
                         self.stats.attacks += 1;
                         self.start_unwrap_with(via, &name, ct, None, (ctx(), "guest"));
                     }
-                    3 | 4 if self.byzantine.is_some_and(|b| live.contains(&b)) => {
+                    3 | 4 if self.adversary.byzantine.is_some_and(|b| live.contains(&b)) => {
                         self.unchecked_unwrap();
                     }
                     _ => {
@@ -80,10 +98,10 @@ impl World {
             91..=94 => self.schedule_destruction(),
             _ => {
                 let now = self.now();
-                let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.due_destroy)
+                let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.load.due_destroy)
                     .into_iter()
                     .partition(|(_, _, at)| *at <= now);
-                self.due_destroy = rest;
+                self.load.due_destroy = rest;
                 for (name, version, _) in due {
                     self.propose("admin".into(), Operation::Destroy { name, version }, None);
                 }
@@ -92,11 +110,11 @@ impl World {
     }
 
     pub(super) fn rotate_some_key(&mut self) {
-        if self.key_names.is_empty() {
+        if self.load.key_names.is_empty() {
             return;
         }
-        let name = self.key_names[self.rng.random_range(0..self.key_names.len())].clone();
-        let versions = self.truth.key(&name).map_or(0, |k| k.versions.len());
+        let name = self.load.key_names[self.rng.random_range(0..self.load.key_names.len())].clone();
+        let versions = self.oracle.truth.key(&name).map_or(0, |k| k.versions.len());
         if versions >= 3 {
             return;
         }
@@ -116,6 +134,7 @@ impl World {
     /// minimum decryption version: each changes what holders may release.
     pub(super) fn change_version_state(&mut self) {
         let versions: Vec<(String, KeyVersion, VersionState)> = self
+            .oracle
             .truth
             .keys()
             .flat_map(|k| {
@@ -147,6 +166,7 @@ impl World {
     /// Schedules destruction of a non-primary enabled version.
     pub(super) fn schedule_destruction(&mut self) {
         let candidates: Vec<(String, KeyVersion)> = self
+            .oracle
             .truth
             .keys()
             .flat_map(|k| {
@@ -171,7 +191,7 @@ impl World {
             None,
         );
         let at = self.now() + 1_000;
-        self.due_destroy.push((name, version, at));
+        self.load.due_destroy.push((name, version, at));
     }
 
     pub(super) fn fault(&mut self) {
@@ -196,7 +216,7 @@ impl World {
 
     /// A random side cut off from the rest; sometimes in one direction only.
     pub(super) fn partition(&mut self, ids: &[NodeId]) {
-        if !self.blocked.is_empty() {
+        if !self.net.blocked.is_empty() {
             return;
         }
         self.stats.partitions += 1;
@@ -211,9 +231,9 @@ impl World {
                 if side.contains(b) {
                     continue;
                 }
-                self.blocked.insert((*a, *b));
+                self.net.blocked.insert((*a, *b));
                 if !asymmetric {
-                    self.blocked.insert((*b, *a));
+                    self.net.blocked.insert((*b, *a));
                 }
             }
         }
@@ -233,7 +253,7 @@ impl World {
             .map(|r| r.metrics().borrow().last_applied.map(|l| l.index))
             .collect();
         alive
-            && self.blocked.is_empty()
+            && self.net.blocked.is_empty()
             && last.windows(2).all(|w| w[0] == w[1])
             && last.len() == self.nodes.len()
     }
@@ -247,7 +267,7 @@ impl World {
             return;
         };
         node.alive = false;
-        self.pending_proposals -= node.outbox.len() as u64;
+        self.load.pending_proposals -= node.outbox.len() as u64;
         node.outbox.clear();
         node.incarnation
             .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -268,7 +288,7 @@ impl World {
             node.raft_disk = new_disk();
             node.audit_verified = 0;
         }
-        self.jobs.push(Job::Crash(id));
+        self.sched.jobs.push(Job::Crash(id));
     }
 
     /// A node that (re)starts: what the node does before serving. Returns
@@ -333,11 +353,7 @@ impl World {
         let mut fates = Vec::new();
         sm.read(|a| {
             for (slot, bytes) in &slots {
-                let load = || {
-                    KeyShare::from_secret_bytes(bytes)
-                        .map(Some)
-                        .map_err(|e| e.to_string())
-                };
+                let load = || KeyShare::from_secret_bytes(bytes).map(Some);
                 fates.push((*slot, stored_share(a.machine(), id, *slot, load)));
             }
         });
@@ -388,12 +404,12 @@ impl World {
         let plaintext: Vec<u8> = (0..24).map(|_| self.rng.random::<u8>()).collect();
         let ct = self.wrap_bytes(name, version, &plaintext)?;
         self.stats.wraps += 1;
-        self.wrapped.push(Wrapped {
+        self.load.wrapped.push(Wrapped {
             name: name.to_string(),
             ciphertext: ct,
             plaintext,
         });
-        Some(self.wrapped.len() - 1)
+        Some(self.load.wrapped.len() - 1)
     }
 
     /// `plaintext` wrapped under `name` `version` with the workload's context.
@@ -403,7 +419,7 @@ impl World {
         version: KeyVersion,
         plaintext: &[u8],
     ) -> Option<Vec<u8>> {
-        let key = self.truth.key(name)?;
+        let key = self.oracle.truth.key(name)?;
         let id = key.id;
         let keys = PublicKeySet::from_bytes(key.version(version)?.public_keys.as_deref()?).ok()?;
         let ct = wrap(
@@ -419,12 +435,12 @@ impl World {
     }
 
     pub(super) fn decoy(&mut self, name: &str, version: KeyVersion) -> Option<Vec<u8>> {
-        let id = self.truth.key(name)?.id;
-        if let Some(d) = self.decoys.get(&(id, version)) {
+        let id = self.oracle.truth.key(name)?.id;
+        if let Some(d) = self.oracle.decoys.get(&(id, version)) {
             return Some(d.clone());
         }
         let ct = self.wrap_bytes(name, version, b"decoy")?;
-        self.decoys.insert((id, version), ct.clone());
+        self.oracle.decoys.insert((id, version), ct.clone());
         Some(ct)
     }
 
@@ -449,9 +465,10 @@ impl World {
         expected: Option<Vec<u8>>,
         (context, principal): (EncryptionContext, &str),
     ) -> OpId {
-        self.next_op += 1;
-        let op_id = self.next_op;
-        self.unwrap_requests
+        self.load.next_op += 1;
+        let op_id = self.load.next_op;
+        self.oracle
+            .unwrap_requests
             .insert((via, op_id), (ciphertext.clone(), context.clone()));
         self.stats.unwraps_started += 1;
         let proof = self.sign_intent(principal, &ciphertext, &context, via);
@@ -492,7 +509,7 @@ impl World {
 
     pub(crate) fn enabled_versions(&self) -> Vec<(String, KeyVersion)> {
         let mut out = Vec::new();
-        for k in self.truth.keys() {
+        for k in self.oracle.truth.keys() {
             for v in &k.versions {
                 if v.state == VersionState::Enabled {
                     out.push((k.name.clone(), v.version));

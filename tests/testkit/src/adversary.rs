@@ -10,8 +10,9 @@ use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::Vote;
 use qk_net::{BoxFuture, CaCert, Credentials, Dialer, NetConfig, Peer, RpcHandler, Server};
 use qk_protocol::ProtocolMessage;
-use qk_raft::{ClientRequest, ClientResponse, PeerRequest, PeerResponse};
+use qk_raft::{PeerRequest, PeerResponse};
 use qk_state::{Command as SmCommand, Operation, RequestId};
+use qk_wire::{ClientRequest, ClientResponse};
 use tokio::sync::mpsc;
 
 use crate::cluster::{dialer, qk, Cluster};

@@ -9,9 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use qk_net::{CaCert, Credentials, Dialer, NetConfig};
-use qk_raft::{ClientRequest, ClientResponse, NodeStatus, PeerRequest, PeerResponse};
+use qk_raft::{PeerRequest, PeerResponse};
 use qk_state::{Command as SmCommand, CreateKey, Operation, RequestId};
 use qk_types::NodeId;
+use qk_wire::{ClientRequest, ClientResponse, NodeStatus};
 
 /// Runs `qk-node` with `args` and asserts success.
 pub fn qk(bin: &Path, args: &[&str]) {
@@ -404,7 +405,7 @@ impl Cluster {
         let req = ClientRequest::Encrypt {
             name: name.into(),
             context: ctx(context),
-            plaintext: qk_raft::Redacted(plaintext.to_vec()),
+            plaintext: qk_wire::Redacted(plaintext.to_vec()),
         };
         match self.request(via, req).await? {
             ClientResponse::Ciphertext { text, version } => Ok((text, version)),
@@ -426,7 +427,7 @@ impl Cluster {
         };
         match self.request(via, req).await? {
             ClientResponse::Plaintext(p) => Ok(p.0.clone()),
-            ClientResponse::Error(e) => Err(e),
+            ClientResponse::Error(e) => Err(e.message),
             other => Err(format!("{other:?}")),
         }
     }

@@ -3,5 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adversary;
+pub mod bench;
 pub mod cluster;
+pub mod python;
 pub mod stats;

@@ -83,3 +83,58 @@ where
     }
     summarize(all, concurrency, start.elapsed(), errors)
 }
+
+/// Runs `op(worker, n)` in `concurrency` workers, each calling it again as
+/// soon as its last call returned, for `warmup` and then `measure`. Only
+/// calls that start inside the measured window count; the window ends when
+/// the last of them returns. `op` returns success.
+pub async fn load_timed<F, Fut>(
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+    op: F,
+) -> LoadResult
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let begin = Instant::now() + warmup;
+    let end = begin + measure;
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let op = op.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut latencies, mut errors, mut last) = (Vec::new(), 0, begin);
+            for n in 0u64.. {
+                let t = Instant::now();
+                if t >= end {
+                    break;
+                }
+                let ok = op(w, n).await;
+                if t >= begin {
+                    last = Instant::now();
+                    match ok {
+                        true => latencies.push(last - t),
+                        false => errors += 1,
+                    }
+                }
+            }
+            (latencies, errors, last)
+        }));
+    }
+    let (mut all, mut errors, mut last) = (Vec::new(), 0, begin);
+    for w in workers {
+        if let Ok((l, e, done)) = w.await {
+            all.extend(l);
+            errors += e;
+            last = last.max(done);
+        }
+    }
+    summarize(
+        all,
+        concurrency,
+        last.saturating_duration_since(begin),
+        errors,
+    )
+}

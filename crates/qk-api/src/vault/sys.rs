@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use qk_raft::{ClientRequest, ClientResponse};
+use qk_wire::{ClientRequest, ClientResponse};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::Digest;

@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 
 use qk_api::{ApiServer, Backend, BoxFuture, Caller, Gauges};
 use qk_net::{ClusterCa, Credentials};
-use qk_raft::{ClientRequest, ClientResponse, Redacted};
 use qk_state::{
     Applied, ApprovalRecord, ApprovalStatus, Command, KeyRecord, KeyVersionRecord, Operation,
     PendingAction, Permission, PrincipalRecord, Response, Role, StateError, TokenRecord,
     VersionState,
 };
-use qk_types::{Epoch, KeyId, KeyVersion, NodeId};
+use qk_types::{Epoch, KeyId, KeyVersion, NodeId, RequestError};
+use qk_wire::{ClientRequest, ClientResponse, Redacted};
 
 /// Token of principal `alice` (admin).
 pub const ALICE_TOKEN: &str = "qkt.t1.alicesecret";
@@ -247,7 +247,9 @@ impl Store {
             return ClientResponse::NotFound(format!("key {name:?} does not exist"));
         };
         let Some(v) = k.primary_version() else {
-            return ClientResponse::Error(format!("key {name:?} has no enabled version"));
+            return ClientResponse::Error(RequestError::conflict(format!(
+                "key {name:?} has no enabled version"
+            )));
         };
         let ct = qk_crypto::wrap(
             &mut rand::rng(),
@@ -268,10 +270,10 @@ impl Store {
     fn unwrap(&self, ciphertext: &str, context: &BTreeMap<String, String>) -> ClientResponse {
         match self.wrapped.get(ciphertext) {
             Some((p, c)) if c == context => ClientResponse::Plaintext(Redacted(p.clone())),
-            Some(_) => ClientResponse::Error(
-                "the ciphertext does not verify under this encryption context".into(),
-            ),
-            None => ClientResponse::Error("the ciphertext is not valid".into()),
+            Some(_) => ClientResponse::Error(RequestError::invalid(
+                "the ciphertext does not verify under this encryption context",
+            )),
+            None => ClientResponse::Error(RequestError::invalid("the ciphertext is not valid")),
         }
     }
 
@@ -287,7 +289,7 @@ impl Store {
                 ClientResponse::KeyRecords(self.keys.values().cloned().collect())
             }
             ClientRequest::Encrypt { name, .. } if name == "down" => ClientResponse::Error(
-                "cannot reach a quorum of holders: 2 needed, 1 answered".into(),
+                RequestError::unavailable("cannot reach a quorum of holders: 2 needed, 1 answered"),
             ),
             ClientRequest::Encrypt {
                 name,
@@ -342,7 +344,9 @@ impl Store {
                     revoked_ms: None,
                 }),
             },
-            other => ClientResponse::Error(format!("{other:?} is not served by the fake")),
+            other => ClientResponse::Error(RequestError::internal(format!(
+                "{other:?} is not served by the fake"
+            ))),
         }
     }
 }
@@ -364,11 +368,11 @@ impl Backend for FakeBackend {
         })
     }
 
-    fn authenticate_token(&self, token: &str) -> Result<(String, String), String> {
+    fn authenticate_token(&self, token: &str) -> Result<(String, String), RequestError> {
         match token {
             ALICE_TOKEN => Ok(("alice".into(), "t1".into())),
             MALLORY_TOKEN => Ok(("mallory".into(), "t2".into())),
-            _ => Err("unknown token".into()),
+            _ => Err(RequestError::unauthenticated("unknown token")),
         }
     }
 
@@ -376,7 +380,7 @@ impl Backend for FakeBackend {
         1
     }
 
-    fn readiness(&self) -> Result<u64, String> {
+    fn readiness(&self) -> Result<u64, RequestError> {
         Ok(1)
     }
 
@@ -396,14 +400,14 @@ impl Backend for FakeBackend {
         FAKE_APPLIED
     }
 
-    fn wait_applied(&self, index: u64) -> BoxFuture<'_, Result<(), String>> {
+    fn wait_applied(&self, index: u64) -> BoxFuture<'_, Result<(), RequestError>> {
         Box::pin(async move {
             if index <= FAKE_APPLIED {
                 Ok(())
             } else {
-                Err(format!(
+                Err(RequestError::unavailable(format!(
                     "node is behind: it has applied log index {FAKE_APPLIED}, the request needs {index}; retry"
-                ))
+                )))
             }
         })
     }

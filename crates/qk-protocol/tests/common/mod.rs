@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use qk_crypto::{wrap, Ciphertext, EncryptionContext, KeyShare, PublicKeySet};
 use qk_protocol::{
-    answer_partial, Action, Event, NodeProtocol, OpId, ProtocolConfig, ProtocolMessage,
-    UnwrapError, UnwrapMode, UnwrapRequest,
+    holder_partial, partial_response, Action, Event, NodeProtocol, OpId, ProtocolConfig,
+    ProtocolMessage, UnwrapError, UnwrapMode, UnwrapRequest,
 };
 use qk_state::{
     Command, CreateKey, DkgStep, KeyRecord, KeyVersionRecord, Operation, RequestId, StateMachine,
@@ -351,8 +351,9 @@ impl Cluster {
                     if let Some(decoy) = &self.nodes[&id].byzantine {
                         req.ciphertext = decoy.clone();
                     }
-                    let mut reply =
-                        answer_partial(&node.replica, as_id, share, &req, self.now, &mut self.rng);
+                    let result =
+                        holder_partial(&node.replica, as_id, share, &req, self.now, &mut self.rng);
+                    let mut reply = partial_response(&req, result);
                     if let ProtocolMessage::PartialResponse { op_id, .. } = &mut reply {
                         *op_id = request.op_id;
                     }

@@ -6,16 +6,18 @@
 //! Run: `cargo build --release -p qk-node -p qk-testkit && target/release/qk-bench-meta`
 //! (needs `etcd` on PATH: `apt-get install etcd-server`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
-use qk_raft::{ClientRequest, ClientResponse, PeerRequest, PeerResponse};
+use qk_raft::{PeerRequest, PeerResponse};
 use qk_state::{Command as SmCommand, Operation, RequestId};
+use qk_testkit::bench::{cores, cpu_model, sibling_binary};
 use qk_testkit::cluster::{create_key, free_port, Cluster};
 use qk_testkit::stats::{load, LoadResult};
+use qk_wire::{ClientRequest, ClientResponse};
 use serde_json::json;
 
 const VALUE_BYTES: usize = 256;
@@ -29,18 +31,6 @@ fn ops_for(concurrency: usize) -> usize {
     } else {
         20_000
     }
-}
-
-fn sibling_binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.with_file_name(name);
-    if !path.exists() {
-        bail!(
-            "{} not found; build it first: cargo build --release -p qk-node",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 fn request_id(n: u64) -> RequestId {
@@ -247,18 +237,6 @@ async fn bench_etcd(peer_tls: bool) -> Result<Vec<LoadResult>> {
     Ok(out)
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let bin = sibling_binary("qk-node")?;
@@ -272,7 +250,7 @@ async fn main() -> Result<()> {
         "benchmark": "replicated metadata writes, 3 nodes on loopback, fsync on",
         "value_bytes": VALUE_BYTES,
         "cpu": cpu_model(),
-        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cores": cores(),
         "quorumkey": { "c1": qk[0], "c64": qk[1] },
         "etcd": { "version": etcd_version(), "api": "v3 JSON gateway over HTTP/1.1", "c1": etcd[0], "c64": etcd[1] },
         "etcd_peer_tls": { "api": "v3 JSON gateway over HTTP/1.1, members over TLS", "c1": etcd_tls[0], "c64": etcd_tls[1] },

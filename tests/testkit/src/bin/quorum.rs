@@ -7,7 +7,7 @@
 //! Run: `cargo build --release -p qk-node -p qk-testkit && target/release/qk-bench-quorum`
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,11 +16,13 @@ use qk_crypto::{
     combine, partial_decrypt, wrap, Ciphertext, CombineMode, KeyShare, PartialDecryption,
     PublicKeySet,
 };
-use qk_raft::{ClientRequest, ClientResponse, PeerRequest, PeerResponse};
+use qk_raft::{PeerRequest, PeerResponse};
 use qk_state::VersionState;
+use qk_testkit::bench::{cores, sibling_binary};
 use qk_testkit::cluster::{ctx, Cluster};
 use qk_testkit::stats::{load, LoadResult};
 use qk_types::{KeyId, KeyVersion};
+use qk_wire::{ClientRequest, ClientResponse};
 use serde_json::json;
 
 const CTX: &[(&str, &str)] = &[("tenant", "bench")];
@@ -32,17 +34,6 @@ fn ops(concurrency: usize) -> usize {
     } else {
         4000
     }
-}
-
-fn sibling_binary(name: &str) -> Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name(name);
-    if !path.exists() {
-        bail!(
-            "{} not found; build it first: cargo build --release -p qk-node",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 /// Median time of `f` over `runs` runs, in microseconds.
@@ -197,9 +188,7 @@ async fn bench_cluster(bin: &Path, n: u64, t: u16) -> Result<serde_json::Value> 
     }
     let (wrap_us, partial_us, combine_us) = crypto_costs(t, n as u16);
     let unwrap_cpu_us = f64::from(t) * partial_us + combine_us;
-    let cores = std::thread::available_parallelism()
-        .map(|c| c.get())
-        .unwrap_or(1) as f64;
+    let cores = cores().max(1) as f64;
     let crypto_bound_ops = cores * 1e6 / unwrap_cpu_us;
     let get = |k: &str| {
         results
@@ -237,7 +226,7 @@ async fn main() -> Result<()> {
     let five = bench_cluster(&bin, 5, 3).await?;
     let report = json!({
         "benchmark": "quorum operations on loopback clusters",
-        "cores": std::thread::available_parallelism().map(|c| c.get()).unwrap_or(0),
+        "cores": cores(),
         "clusters": [three, five],
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
