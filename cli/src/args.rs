@@ -91,6 +91,9 @@ pub enum Command {
     /// Bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// AWS KMS-compatible access (boto3, AWS SDKs, the AWS Encryption SDK).
+    #[command(subcommand)]
+    Kms(KmsCommand),
     /// Per-key access policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -473,6 +476,39 @@ pub enum TokenCommand {
     /// Who the current credential authenticates as.
     #[command(after_help = "Example:\n  qk token whoami")]
     Whoami,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KmsCommand {
+    /// AWS access keys (SigV4) for the KMS endpoint.
+    #[command(subcommand)]
+    Credentials(KmsCredentialsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KmsCredentialsCommand {
+    /// Create an AWS access key for a principal, bound to one node; prints
+    /// the environment an AWS SDK needs (the secret is shown only once).
+    #[command(
+        after_help = "Examples:\n  eval \"$(qk kms credentials create --principal app --ttl 30d)\"\n  python3 -c 'import boto3; print(boto3.client(\"kms\").list_keys())'\n\nThe key is accepted only by the node that issued it (the first address of\nthe profile, or --node-url): its secret is derived from that node's seal\nkey, so no other node can check or forge its signatures."
+    )]
+    Create {
+        #[arg(long)]
+        principal: String,
+        #[arg(long, value_name = "DUR")]
+        ttl: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// The node to bind the key to (its https:// API URL).
+        #[arg(long, value_name = "URL")]
+        node_url: Option<String>,
+        /// The AWS region clients sign for (any name; ARNs carry it).
+        #[arg(long, default_value = "us-east-1")]
+        region: String,
+    },
+    /// Revoke an AWS access key now.
+    #[command(after_help = "Example:\n  qk kms credentials revoke QK1X3F9C0A1B22334455")]
+    Revoke { access_key_id: String },
 }
 
 #[derive(Subcommand, Debug)]

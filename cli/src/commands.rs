@@ -23,6 +23,9 @@ pub struct Ctx {
     pub api: ApiClient,
     pub format: OutputFormat,
     pub default_threshold: Option<u16>,
+    /// The cluster CA certificate, for the environment printed for other
+    /// clients (`qk kms credentials create`).
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 fn key_out(ctx: &Ctx, key: &KeyView) -> Result<()> {
@@ -327,6 +330,108 @@ fn done(ctx: &Ctx, message: &str) -> Result<()> {
     emit(ctx.format, &Done { ok: true, message }, |d| {
         format!("{}\n", d.message)
     })
+}
+
+/// What an AWS SDK needs to reach the KMS endpoint of `endpoint` with `key`.
+fn aws_environment(
+    key: &CreatedAwsCredential,
+    endpoint: &str,
+    region: &str,
+    ca_cert: Option<&Path>,
+) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("AWS_ACCESS_KEY_ID", key.access_key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY", key.secret_access_key.clone()),
+        ("AWS_DEFAULT_REGION", region.to_owned()),
+        (
+            "AWS_ENDPOINT_URL_KMS",
+            endpoint.trim_end_matches('/').to_owned(),
+        ),
+    ];
+    if let Some(ca) = ca_cert {
+        env.push(("AWS_CA_BUNDLE", ca.display().to_string()));
+    }
+    env
+}
+
+pub async fn kms(ctx: &Ctx, cmd: KmsCommand) -> Result<()> {
+    let KmsCommand::Credentials(cmd) = cmd;
+    match cmd {
+        KmsCredentialsCommand::Create {
+            principal,
+            ttl,
+            description,
+            node_url,
+            region,
+        } => {
+            let ttl_ms = parse_duration_ms(&ttl)?;
+            let endpoint = match node_url {
+                Some(url) => url,
+                None => ctx
+                    .api
+                    .base_urls()
+                    .into_iter()
+                    .next()
+                    .context("no node address; pass --node-url https://HOST:PORT or --addr")?,
+            };
+            let api = ctx.api.at(&endpoint)?;
+            let created = api
+                .create_aws_credential(&principal, ttl_ms, description.as_deref())
+                .await
+                .with_context(|| {
+                    format!(
+                        "could not create the access key at {endpoint} (it is bound to the node \
+                         that issues it; pass --node-url to choose a reachable node)"
+                    )
+                })?;
+            let env = aws_environment(&created, &endpoint, &region, ctx.ca_cert.as_deref());
+            let text = Zeroizing::new(match ctx.format {
+                OutputFormat::Json => {
+                    let env: std::collections::BTreeMap<_, _> = env.iter().cloned().collect();
+                    let mut value = serde_json::to_value(&created)?;
+                    value["env"] = serde_json::to_value(env)?;
+                    format!("{}\n", serde_json::to_string_pretty(&value)?)
+                }
+                OutputFormat::Table => env
+                    .iter()
+                    .map(|(name, value)| format!("export {name}={}\n", shell_quote(value)))
+                    .collect(),
+            });
+            write_output(None, text.as_bytes())?;
+            eprintln!(
+                "AWS access key {} for {} is accepted by node {} only and expires {}; the secret \
+                 above is shown only once",
+                created.access_key_id,
+                created.record.principal,
+                created.node,
+                format_time_ms(created.record.expires_at_ms)
+            );
+            match created.approval.clone() {
+                Some(approval) => Err(HttpError::ApprovalPending(Box::new(approval)).into()),
+                None => Ok(()),
+            }
+        }
+        KmsCredentialsCommand::Revoke { access_key_id } => {
+            let token_id = access_key_id
+                .strip_prefix("QK")
+                .and_then(|rest| rest.split_once('X'))
+                .map(|(_, id)| id.to_ascii_lowercase())
+                .filter(|id| !id.is_empty())
+                .with_context(|| {
+                    format!(
+                        "{access_key_id} is not a Quorumkey AWS access key id (QK<node>X<id>); \
+                         list them with `qk token list`"
+                    )
+                })?;
+            ctx.api.revoke_token(&token_id).await?;
+            done(ctx, &format!("AWS access key {access_key_id} revoked"))
+        }
+    }
+}
+
+/// `value` quoted for a POSIX shell.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
 }
 
 pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> Result<()> {

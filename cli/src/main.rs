@@ -111,6 +111,7 @@ fn connect_with(
         api,
         format: global.output,
         default_threshold: s.threshold,
+        ca_cert: s.ca_cert.clone(),
     })
 }
 
@@ -168,6 +169,7 @@ async fn run_api(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Rewrap(args) => commands::rewrap(ctx, args).await,
         Command::Principal(cmd) => commands::principal(ctx, cmd).await,
         Command::Token(cmd) => commands::token(ctx, cmd).await,
+        Command::Kms(cmd) => commands::kms(ctx, cmd).await,
         Command::Policy(cmd) => commands::policy(ctx, cmd).await,
         Command::AccessRule(cmd) => commands::access_rule(ctx, cmd).await,
         Command::Approval(cmd) => commands::approval(ctx, cmd).await,

@@ -249,10 +249,17 @@ impl Node {
                 principal,
                 ttl_ms,
                 description,
+                kind,
             } => {
-                self.issue_token(peer, credential, principal, ttl_ms, description)
-                    .await
+                let token = crate::node::requests::NewToken {
+                    principal,
+                    ttl_ms,
+                    description,
+                    kind,
+                };
+                self.issue_token(peer, credential, token).await
             }
+            ClientRequest::GetKeyById { id } => self.get_key_by_id(peer, id).await,
             ClientRequest::Authenticate { token } => self.authenticate(&token.0),
             ClientRequest::WhoAmI { token_id } => self.who_am_i(peer, token_id),
             req @ (ClientRequest::ListPrincipals

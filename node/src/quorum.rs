@@ -121,6 +121,16 @@ fn slot(key: KeyId, version: KeyVersion, epoch: Epoch) -> ShareSlot {
 }
 
 impl Quorum {
+    /// A secret only this node can derive (see
+    /// [`ShareStore::gateway_secret`]).
+    pub fn gateway_secret(
+        &self,
+        purpose: &str,
+        id: &str,
+    ) -> Result<zeroize::Zeroizing<[u8; 32]>, qk_storage::ShareStoreError> {
+        self.shares.gateway_secret(purpose, id)
+    }
+
     pub fn new(
         core: Arc<QuorumCore>,
         state: StateReader,

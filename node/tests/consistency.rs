@@ -87,6 +87,7 @@ async fn a_revoked_token_is_refused_by_every_node_once_the_revoke_is_acknowledge
             principal: "app".into(),
             ttl_ms: 3_600_000,
             description: format!("round {round}"),
+            kind: qk_wire::CredentialKind::Bearer,
         };
         let (token, id) = match c.request(1, issue).await.expect("issue") {
             ClientResponse::Token { token, record, .. } => (token, record.id),

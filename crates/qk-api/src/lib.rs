@@ -16,6 +16,7 @@
 
 mod conn;
 pub mod errors;
+mod kms;
 mod metrics;
 mod native;
 mod session;
@@ -74,6 +75,19 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Longest bearer token text looked at.
 const MAX_TOKEN_LEN: usize = 512;
 
+/// 16 bytes in UUID text form (8-4-4-4-12 hex digits).
+pub(crate) fn uuid_text(bytes: &[u8; 16]) -> String {
+    let h = views::hex(bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 /// Who a request runs as.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
@@ -117,6 +131,18 @@ pub trait Backend: Send + Sync + 'static {
     fn applied_index(&self) -> u64;
     /// Waits (bounded) until the node applied `index`; Err says it is behind.
     fn wait_applied(&self, index: u64) -> BoxFuture<'_, Result<(), RequestError>>;
+    /// The secret of AWS access key `token_id`, re-derived by this node (its
+    /// issuer), with the token's expiry; unauthenticated when no such token
+    /// exists (the caller then checks the signature and the token itself).
+    fn aws_secret(&self, token_id: &str) -> Result<AwsSecret, RequestError>;
+}
+
+/// An AWS access key's secret, as the node that issued it derives it.
+#[derive(Debug)]
+pub struct AwsSecret {
+    /// The secret access key (text, zeroized on drop).
+    pub secret: qk_wire::Redacted,
+    pub expires_at_ms: u64,
 }
 
 /// Why the API server could not start.
@@ -232,6 +258,7 @@ fn router(state: AppState) -> Router {
     Router::new()
         .merge(native::routes())
         .merge(vault::routes())
+        .merge(kms::routes())
         .route("/metrics", axum::routing::get(metrics::serve))
         .fallback(native::not_found)
         .layer(axum::middleware::from_fn_with_state(

@@ -18,7 +18,7 @@ use qk_state::{
     VersionState,
 };
 use qk_types::{KeyVersion, NodeId};
-use qk_wire::{ClientRequest, ClientResponse, Redacted};
+use qk_wire::{ClientRequest, ClientResponse, CredentialKind, Redacted};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
@@ -71,6 +71,7 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/api/v1/kms/credentials", post(create_aws_credential))
         .route("/api/v1/whoami", get(whoami))
         .route(
             "/api/v1/access-rule",
@@ -582,11 +583,16 @@ pub(crate) fn secret_b64(secret: &Redacted) -> Zeroizing<String> {
 
 /// A JSON answer holding secret text; the text is zeroized after encoding.
 pub(crate) fn secret_json(value: Value) -> Response {
+    secret_json_as(value, "application/json")
+}
+
+/// [`secret_json`] with another content type.
+pub(crate) fn secret_json_as(value: Value, content_type: &'static str) -> Response {
     let body = Zeroizing::new(serde_json::to_vec(&value).unwrap_or_default());
     let mut value = value;
     scrub(&mut value);
     (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        [(axum::http::header::CONTENT_TYPE, content_type)],
         body.to_vec(),
     )
         .into_response()
@@ -870,14 +876,22 @@ struct CreateTokenBody {
     description: String,
 }
 
-async fn create_token(State(state): State<AppState>, Authed(caller): Authed, body: Body) -> Reply {
-    let b: CreateTokenBody = parse_json(body)?;
+/// Issues a token of `kind`; the answer's fields (the secret among them)
+/// come from `fields`, given the token text and its record.
+async fn issue_token(
+    state: &AppState,
+    caller: &Caller,
+    b: CreateTokenBody,
+    kind: CredentialKind,
+    fields: impl FnOnce(&str, &qk_state::TokenRecord) -> Value,
+) -> Reply {
     let req = ClientRequest::IssueToken {
         principal: b.principal,
         ttl_ms: b.ttl_ms,
         description: b.description,
+        kind,
     };
-    match state.read(&caller, req).await? {
+    match state.read(caller, req).await? {
         ClientResponse::Token {
             token,
             record,
@@ -885,16 +899,52 @@ async fn create_token(State(state): State<AppState>, Authed(caller): Authed, bod
             ..
         } => {
             let text = Zeroizing::new(String::from_utf8_lossy(&token.0).into_owned());
-            let mut response = secret_json(json!({
-                "token": text.as_str(),
-                "record": TokenView::from(&record),
-                "approval": approval.as_ref().map(ApprovalView::from),
-            }));
+            let mut answer = fields(&text, &record);
+            answer["record"] = json!(TokenView::from(&record));
+            answer["approval"] = json!(approval.as_ref().map(ApprovalView::from));
+            let mut response = secret_json(answer);
             *response.status_mut() = StatusCode::CREATED;
             Ok(response)
         }
         other => Err(unexpected("issue token", &other)),
     }
+}
+
+async fn create_token(State(state): State<AppState>, Authed(caller): Authed, body: Body) -> Reply {
+    let b: CreateTokenBody = parse_json(body)?;
+    issue_token(
+        &state,
+        &caller,
+        b,
+        CredentialKind::Bearer,
+        |text, _| json!({ "token": text }),
+    )
+    .await
+}
+
+/// An AWS access key bound to this node (see `crate::kms`).
+async fn create_aws_credential(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    body: Body,
+) -> Reply {
+    let b: CreateTokenBody = parse_json(body)?;
+    let node = state.backend.node_id();
+    issue_token(
+        &state,
+        &caller,
+        b,
+        CredentialKind::AwsSigV4,
+        |text, record| {
+            let secret = qk_state::parse_token(text).map_or("", |(_, secret)| secret);
+            json!({
+                "access_key_id": crate::kms::access_key_id(node, &record.id),
+                "secret_access_key": secret,
+                "node": node,
+            })
+        },
+    )
+    .await
 }
 
 async fn revoke_token(

@@ -28,7 +28,7 @@ use crate::native::{
     apply_transition, decode_b64, fetch_key, rotate_and_wait, secret_b64, secret_json,
     wait_generated, LifecycleBody, Transition,
 };
-use crate::{authenticate, AppState, Caller, ConnPeer};
+use crate::{authenticate, uuid_text, AppState, Caller, ConnPeer};
 
 mod body;
 mod sys;
@@ -268,19 +268,6 @@ async fn unknown_path() -> VaultError {
         status: StatusCode::NOT_FOUND,
         message: String::new(),
     }
-}
-
-/// 16 bytes in UUID text form (8-4-4-4-12 hex digits).
-fn uuid_text(bytes: &[u8; 16]) -> String {
-    let h = crate::views::hex(bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
 }
 
 /// A fresh request id in UUID text form.

@@ -725,6 +725,22 @@ impl ApiClient {
         self.post(&["api", "v1", "tokens"], &body).await
     }
 
+    /// An AWS access key for `principal`, bound to the node this client
+    /// reaches (pin one with [`ApiClient::at`]).
+    pub async fn create_aws_credential(
+        &self,
+        principal: &str,
+        ttl_ms: u64,
+        description: Option<&str>,
+    ) -> Result<CreatedAwsCredential> {
+        let body = TokenBody {
+            principal,
+            ttl_ms,
+            description,
+        };
+        self.post(&["api", "v1", "kms", "credentials"], &body).await
+    }
+
     pub async fn revoke_token(&self, id: &str) -> Result<()> {
         self.delete(&["api", "v1", "tokens", id]).await
     }

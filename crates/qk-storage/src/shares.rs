@@ -264,6 +264,29 @@ impl ShareStore {
         Ok(DkgSecretKey::from_seed(&seed))
     }
 
+    /// A secret this node alone can recompute for `id` (HKDF-SHA256 of the
+    /// seal key, bound to the node id and `purpose`): the secret of a
+    /// shared-secret credential bound to this node (an AWS SigV4 secret
+    /// access key), kept nowhere but re-derived when a request needs it.
+    /// Another seal key derives other secrets, so such credentials do not
+    /// survive the loss of the seal key.
+    pub fn gateway_secret(
+        &self,
+        purpose: &str,
+        id: &str,
+    ) -> Result<Zeroizing<[u8; 32]>, ShareStoreError> {
+        let hk =
+            hkdf::Hkdf::<sha2::Sha256>::new(Some(b"qk/gateway-secret/v1"), self.seal.0.as_ref());
+        let mut info = self.node.0.to_be_bytes().to_vec();
+        info.extend_from_slice(purpose.as_bytes());
+        info.push(0);
+        info.extend_from_slice(id.as_bytes());
+        let mut secret = Zeroizing::new([0u8; 32]);
+        hk.expand(&info, secret.as_mut())
+            .map_err(|e| ShareStoreError::Kdf(e.to_string()))?;
+        Ok(secret)
+    }
+
     /// Seals and stores a share, synced to disk before returning.
     pub fn put(&self, slot: ShareSlot, share: &KeyShare) -> Result<(), ShareStoreError> {
         let mut nonce = [0u8; NONCE_LEN];
@@ -433,6 +456,35 @@ mod tests {
             open(&other_path, 1),
             "bound to the seal key"
         );
+    }
+
+    #[test]
+    fn gateway_secrets_follow_the_seal_key_the_node_the_purpose_and_the_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_path = dir.path().join("seal.key");
+        private_file(&key_path, &[7u8; SEAL_KEY_LEN]);
+        let other_path = dir.path().join("other.key");
+        private_file(&other_path, &[8u8; SEAL_KEY_LEN]);
+        let derive = |path: &Path, node: u64, purpose: &str, id: &str| {
+            let seal = SealKey::load_key_file(path).expect("key");
+            let store =
+                ShareStore::open(&dir.path().join("shares"), NodeId(node), seal).expect("open");
+            *store.gateway_secret(purpose, id).expect("derive")
+        };
+        let base = derive(&key_path, 1, "aws", "ab");
+        assert_eq!(base, derive(&key_path, 1, "aws", "ab"), "stable");
+        assert_ne!(base, derive(&key_path, 2, "aws", "ab"), "bound to the node");
+        assert_ne!(
+            base,
+            derive(&other_path, 1, "aws", "ab"),
+            "bound to the seal key"
+        );
+        assert_ne!(
+            base,
+            derive(&key_path, 1, "aw", "sab"),
+            "purpose and id are delimited"
+        );
+        assert_ne!(base, derive(&key_path, 1, "aws", "ac"), "bound to the id");
     }
 
     fn slot(key: u8, version: u32, epoch: u64) -> ShareSlot {

@@ -231,6 +231,31 @@ pub struct CreatedToken {
     pub approval: Option<ApprovalView>,
 }
 
+/// The answer to `POST /api/v1/kms/credentials`: an AWS access key bound to
+/// node `node`; the only time the secret is shown.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedAwsCredential {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// The node that issued the key: the only one that accepts it.
+    pub node: u64,
+    pub record: TokenView,
+    #[serde(default)]
+    pub approval: Option<ApprovalView>,
+}
+
+impl std::fmt::Debug for CreatedAwsCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedAwsCredential")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("node", &self.node)
+            .field("record", &self.record)
+            .field("approval", &self.approval)
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for CreatedToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CreatedToken")

@@ -101,10 +101,14 @@ pub enum ClientRequest {
         to_key: Option<String>,
     },
     /// Makes a bearer token for `principal`; the secret is returned once.
+    /// An [`CredentialKind::AwsSigV4`] token's secret is derived by the
+    /// issuing node (see `qk_storage::ShareStore::gateway_secret`) so that
+    /// node, and no other, can check AWS signatures made with it.
     IssueToken {
         principal: String,
         ttl_ms: u64,
         description: String,
+        kind: CredentialKind,
     },
     /// Checks a bearer token; answers the principal it belongs to.
     Authenticate {
@@ -128,6 +132,22 @@ pub enum ClientRequest {
     /// with a quorum, that it still leads. A node waits to have applied it
     /// before a linearizable read. Answered by the leader only.
     ReadIndex,
+    /// Read one key's record by its id (linearizable, as `GetKey`).
+    GetKeyById {
+        id: qk_types::KeyId,
+    },
+}
+
+/// What a token is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CredentialKind {
+    /// A bearer token (`qkt.<id>.<random secret>`), accepted by every node.
+    #[default]
+    Bearer,
+    /// An AWS access key (SigV4) bound to the node that issued it: its
+    /// secret is re-derived from that node's seal key, so only that node
+    /// can check (and so forge) signatures made with it.
+    AwsSigV4,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

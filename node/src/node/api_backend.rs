@@ -80,6 +80,10 @@ impl Backend for ApiBackend {
         })
     }
 
+    fn aws_secret(&self, token_id: &str) -> Result<qk_api::AwsSecret, RequestError> {
+        self.0.aws_secret(token_id)
+    }
+
     fn gauges(&self) -> Gauges {
         let s = self.0.status();
         Gauges {

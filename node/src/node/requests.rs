@@ -16,7 +16,8 @@ use qk_state::{
 };
 use qk_types::{KeyVersion, RequestError};
 use qk_wire::{
-    ClientRequest, ClientResponse, ClusterHealth, MemberHealth, Redacted, VersionHealth,
+    ClientRequest, ClientResponse, ClusterHealth, CredentialKind, MemberHealth, Redacted,
+    VersionHealth,
 };
 use sha2::{Digest, Sha256};
 
@@ -156,6 +157,26 @@ impl Node {
 
     /// A key's record, linearizable: permission first (a caller without it
     /// costs no leader round trip), then the read barrier.
+    pub(super) async fn get_key_by_id(&self, peer: &Peer, id: qk_types::KeyId) -> ClientResponse {
+        if let Err(unavailable) = self.read_barrier().await {
+            return unavailable;
+        }
+        let found = self.read(|s| match s.key_by_id(id) {
+            Some(k) => ClientResponse::Key(Some(k.clone())),
+            None => ClientResponse::NotFound(format!(
+                "no key has id {id}; list keys to see the inventory"
+            )),
+        });
+        if let ClientResponse::Key(Some(key)) = &found {
+            if let Err(denied) =
+                self.require(peer, Permission::KeyRead, Some(&key.name), "key.read")
+            {
+                return denied;
+            }
+        }
+        found
+    }
+
     pub(super) async fn get_key(&self, peer: &Peer, name: &str) -> ClientResponse {
         if let Err(denied) = self.require(peer, Permission::KeyRead, Some(name), "key.read") {
             return denied;
@@ -260,16 +281,70 @@ impl Node {
         self.write(peer, credential, cmd).await
     }
 
+    /// The secret of token `id`: random for a bearer token; for an AWS
+    /// credential, derived from this node's seal key so that only this node
+    /// can check its signatures.
+    fn token_secret(
+        &self,
+        kind: CredentialKind,
+        id: &str,
+    ) -> Result<zeroize::Zeroizing<String>, RequestError> {
+        match kind {
+            CredentialKind::Bearer => Ok(zeroize::Zeroizing::new(hex(&rand::random::<[u8; 32]>()))),
+            CredentialKind::AwsSigV4 => self.aws_secret_of(id),
+        }
+    }
+
+    /// The secret and expiry of AWS access key `token_id` (this node's
+    /// derivation; whether this node issued it shows when the caller checks
+    /// the token with that secret).
+    pub(crate) fn aws_secret(&self, token_id: &str) -> Result<qk_api::AwsSecret, RequestError> {
+        let expires_at_ms = self
+            .state
+            .read(|a| a.machine().token(token_id).map(|t| t.expires_at_ms))
+            .map_err(|e| RequestError::unavailable(format!("cannot read the local state: {e}")))?
+            .ok_or_else(|| RequestError::unauthenticated("no such access key"))?;
+        let secret = self.aws_secret_of(token_id)?;
+        Ok(qk_api::AwsSecret {
+            secret: Redacted(secret.as_bytes().to_vec()),
+            expires_at_ms,
+        })
+    }
+
+    /// The AWS secret access key of token `id` as this node derives it.
+    pub(crate) fn aws_secret_of(
+        &self,
+        id: &str,
+    ) -> Result<zeroize::Zeroizing<String>, RequestError> {
+        let derived = self
+            .quorum
+            .gateway_secret(AWS_SECRET_PURPOSE, id)
+            .map_err(|e| {
+                RequestError::internal(format!("could not derive the AWS credential's secret: {e}"))
+            })?;
+        Ok(zeroize::Zeroizing::new(hex(derived.as_ref())))
+    }
+
     pub(super) async fn issue_token(
         &self,
         peer: &Peer,
         credential: Option<&Credential>,
-        principal: String,
-        ttl_ms: u64,
-        description: String,
+        token: NewToken,
     ) -> ClientResponse {
+        let NewToken {
+            principal,
+            ttl_ms,
+            mut description,
+            kind,
+        } = token;
         let id: String = hex(&rand::random::<[u8; 8]>());
-        let secret = zeroize::Zeroizing::new(hex(&rand::random::<[u8; 32]>()));
+        let secret = match self.token_secret(kind, &id) {
+            Ok(secret) => secret,
+            Err(e) => return ClientResponse::Error(e),
+        };
+        if kind == CredentialKind::AwsSigV4 {
+            description = format!("AWS access key bound to node {}: {description}", self.id);
+        }
         let verify_key = match qk_state::proof::token_verify_key(&secret) {
             Ok(key) => key,
             Err(e) => {
@@ -554,3 +629,15 @@ fn written_error(e: qk_state::StateError) -> ClientResponse {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// What `IssueToken` asks for.
+#[derive(Debug)]
+pub(crate) struct NewToken {
+    pub principal: String,
+    pub ttl_ms: u64,
+    pub description: String,
+    pub kind: CredentialKind,
+}
+
+/// HKDF purpose of the AWS secret access keys this node derives.
+const AWS_SECRET_PURPOSE: &str = "aws-sigv4-secret-access-key";

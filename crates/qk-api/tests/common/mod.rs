@@ -400,6 +400,11 @@ impl Backend for FakeBackend {
         FAKE_APPLIED
     }
 
+    /// The fake node issued no AWS access keys.
+    fn aws_secret(&self, _token_id: &str) -> Result<qk_api::AwsSecret, RequestError> {
+        Err(RequestError::unauthenticated("no such access key"))
+    }
+
     fn wait_applied(&self, index: u64) -> BoxFuture<'_, Result<(), RequestError>> {
         Box::pin(async move {
             if index <= FAKE_APPLIED {
