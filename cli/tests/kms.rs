@@ -90,6 +90,24 @@ fn boto3_and_the_aws_encryption_sdk_use_the_kms_endpoint() {
         }
         ok_output("qk principal create", c.run(Some(&admin), &args, None));
     }
+    let refused = c.run(
+        Some(&admin),
+        &[
+            "kms",
+            "credentials",
+            "create",
+            "--principal",
+            "admin",
+            "--ttl",
+            "1h",
+        ],
+        None,
+    );
+    assert!(
+        !refused.status.success() && common::stderr(&refused).contains("has the admin role"),
+        "an AWS key for an admin must be refused: {}",
+        common::stderr(&refused)
+    );
     let svc = credential(&c, &admin, "svc", "1h");
     assert_eq!(svc["node"], 1, "bound to the profile's first node: {svc}");
     let expired = credential(&c, &admin, "svc", "1s");

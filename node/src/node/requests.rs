@@ -311,6 +311,35 @@ impl Node {
         })
     }
 
+    /// AWS access keys are shared secrets: the node that checks them could
+    /// forge them, so they are not issued to principals whose roles change
+    /// access control or approve (docs/THREATS.md, "Shared-secret front doors").
+    fn check_aws_principal(&self, principal: &str) -> Result<(), RequestError> {
+        use qk_state::Role;
+        let roles = self
+            .state
+            .read(|a| a.machine().principal(principal).map(|p| p.roles.clone()))
+            .map_err(|e| RequestError::unavailable(format!("cannot read the local state: {e}")))?
+            .ok_or_else(|| {
+                RequestError::not_found(format!(
+                    "principal {principal} does not exist; create it with `qk principal create`"
+                ))
+            })?;
+        match [Role::Admin, Role::Approver]
+            .into_iter()
+            .find(|r| roles.contains(r))
+        {
+            Some(role) => Err(RequestError::invalid(format!(
+                "principal {principal} has the {} role; AWS access keys are shared secrets the \
+                 issuing node could use, so they are issued only to principals without the admin \
+                 or approver role: create a principal for the service (for example with the \
+                 operator and key-user roles)",
+                role.name()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The AWS secret access key of token `id` as this node derives it.
     pub(crate) fn aws_secret_of(
         &self,
@@ -343,6 +372,9 @@ impl Node {
             Err(e) => return ClientResponse::Error(e),
         };
         if kind == CredentialKind::AwsSigV4 {
+            if let Err(refused) = self.check_aws_principal(&principal) {
+                return ClientResponse::Error(refused);
+            }
             description = format!("AWS access key bound to node {}: {description}", self.id);
         }
         let verify_key = match qk_state::proof::token_verify_key(&secret) {
