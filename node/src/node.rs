@@ -260,6 +260,7 @@ impl Node {
                 self.issue_token(peer, credential, token).await
             }
             ClientRequest::GetKeyById { id } => self.get_key_by_id(peer, id).await,
+            ClientRequest::GetKeyByAlias { alias } => self.get_key_by_alias(peer, &alias).await,
             ClientRequest::Authenticate { token } => self.authenticate(&token.0),
             ClientRequest::WhoAmI { token_id } => self.who_am_i(peer, token_id),
             req @ (ClientRequest::ListPrincipals

@@ -125,6 +125,30 @@ def keys_and_data(kms) -> dict:
     return {"key_id": key_id, "arn": arn, "blob": blob, "ctx": ctx}
 
 
+def aliases(kms, k: dict) -> None:
+    kms.create_alias(AliasName="alias/orders", TargetKeyId=k["key_id"])
+    enc = kms.encrypt(KeyId="alias/orders", Plaintext=b"via alias")
+    check(enc["KeyId"] == k["arn"], "CreateAlias: Encrypt by the alias uses its key")
+    listed = {a["AliasName"]: a["TargetKeyId"] for a in kms.list_aliases()["Aliases"]}
+    check(listed.get("alias/orders") == k["key_id"], "ListAliases lists it", listed)
+    expect_error("AlreadyExistsException", "a second alias/orders",
+                 kms.create_alias, AliasName="alias/orders", TargetKeyId=k["key_id"])
+    name = next(a for a, t in listed.items() if t == k["key_id"] and a != "alias/orders")
+    expect_error("AlreadyExistsException", "an alias equal to a key's name",
+                 kms.create_alias, AliasName=name, TargetKeyId=k["key_id"])
+    other = kms.create_key(Description="orders v2")["KeyMetadata"]
+    kms.update_alias(AliasName="alias/orders", TargetKeyId=other["KeyId"])
+    enc = kms.encrypt(KeyId="alias/orders", Plaintext=b"via alias")
+    check(enc["KeyId"] == other["Arn"], "UpdateAlias moves it to another key")
+    kms.delete_alias(AliasName="alias/orders")
+    expect_error("NotFoundException", "the deleted alias",
+                 kms.encrypt, KeyId="alias/orders", Plaintext=b"x")
+    expect_error("NotFoundException", "UpdateAlias of an alias that does not exist",
+                 kms.update_alias, AliasName="alias/none", TargetKeyId=k["key_id"])
+    expect_error("ValidationException", "DeleteAlias of a key's name",
+                 kms.delete_alias, AliasName=name)
+
+
 def rotation(kms, k: dict) -> None:
     status = kms.get_key_rotation_status(KeyId=k["key_id"])
     check(status["KeyRotationEnabled"] is False, "rotation is off at first", status)
@@ -174,8 +198,6 @@ def refusals(kms, k: dict) -> None:
                  kms.describe_key, KeyId="00000000-0000-0000-0000-000000000000")
     expect_error("NotFoundException", "an unknown alias",
                  kms.encrypt, KeyId="alias/no-such-key", Plaintext=b"x")
-    expect_error("UnsupportedOperationException", "CreateAlias",
-                 kms.create_alias, AliasName="alias/x", TargetKeyId=k["key_id"])
     access, secret = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
     forged = client_with(f"{access}:{secret[:-1]}{'0' if secret[-1] != '0' else '1'}")
     expect_error("InvalidSignatureException", "a request signed with the wrong secret",
@@ -220,6 +242,7 @@ def encryption_sdk(k: dict) -> None:
 def main() -> None:
     kms = boto3.client("kms")
     k = keys_and_data(kms)
+    aliases(kms, k)
     rotation(kms, k)
     lifecycle(kms, k)
     refusals(kms, k)

@@ -82,6 +82,7 @@ fn permission_of(op: &Operation) -> Option<Permission> {
     Some(match op {
         O::CreateKey(_) => P::KeyCreate,
         O::SetTag { .. } | O::SetMinDecryptVersion { .. } | O::Refresh { .. } => P::KeyConfigure,
+        O::SetAlias { .. } => P::KeyConfigure,
         O::SetSchedule { .. } => P::KeyConfigure,
         O::Rotate { .. } => P::KeyRotate,
         O::Disable { .. } => P::KeyDisable,

@@ -242,6 +242,27 @@ pub enum Operation {
     SetAccessRule {
         rule: Option<ApprovalRule>,
     },
+    /// Adds, moves or removes an alias (another name a key is found by, as
+    /// AWS KMS aliases). Aliases are unique across keys and never equal a
+    /// key's name; one is kept on its key as the tag `alias/<alias>`.
+    SetAlias {
+        /// The key the alias is put on (`Create`, `Move`) or taken off (`Delete`).
+        name: String,
+        alias: String,
+        change: AliasChange,
+    },
+}
+
+/// What [`Operation::SetAlias`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AliasChange {
+    /// A new alias (refused when it exists).
+    Create,
+    /// An existing alias moves to the key (also needs `key-configure` on the
+    /// key it leaves).
+    Move,
+    /// The alias is removed from the key.
+    Delete,
 }
 
 /// How long revoked or expired tokens and finished approvals stay listed.
@@ -397,6 +418,7 @@ impl Operation {
             Operation::PruneRecords => "records.prune",
             Operation::Attest => "node.attest",
             Operation::PublishDkgKey { .. } => "node.publish-dkg-key",
+            Operation::SetAlias { .. } => "key.set-alias",
             Operation::SetAccessRule { .. } => "cluster.set-access-rule",
         }
     }
@@ -422,7 +444,8 @@ impl Operation {
             | Operation::SetPolicy { name, .. }
             | Operation::SetSchedule { name, .. }
             | Operation::ScheduledRotate { name, .. }
-            | Operation::Expire { name } => Some(name),
+            | Operation::Expire { name }
+            | Operation::SetAlias { name, .. } => Some(name),
             Operation::Audit { key, .. } => key.as_deref(),
             Operation::RequestApproval {
                 action: PendingAction::Decrypt { key, .. },
@@ -479,6 +502,8 @@ pub enum StateError {
     Denied(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("alias {0:?} already exists (as an alias or a key name); choose another or move it")]
+    AliasExists(String),
 }
 
 impl StateError {
@@ -489,7 +514,9 @@ impl StateError {
             StateError::NoSuchKey(_)
             | StateError::NoSuchVersion { .. }
             | StateError::NotFound(_) => ErrorKind::NotFound,
-            StateError::KeyExists(_) | StateError::InvalidTransition { .. } => ErrorKind::Conflict,
+            StateError::KeyExists(_)
+            | StateError::AliasExists(_)
+            | StateError::InvalidTransition { .. } => ErrorKind::Conflict,
             StateError::Invalid(_) => ErrorKind::Invalid,
             StateError::Denied(_) => ErrorKind::Denied,
         }

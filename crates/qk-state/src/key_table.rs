@@ -16,6 +16,15 @@ pub(crate) struct KeyTable {
     by_name: BTreeMap<String, KeyRecord>,
     /// Each key's id → its name. A key's id never changes once inserted.
     by_id: BTreeMap<KeyId, String>,
+    /// Each alias → the name of the key whose tags hold it.
+    by_alias: BTreeMap<String, String>,
+}
+
+/// The tag that holds an alias on its key.
+pub(crate) const ALIAS_TAG_PREFIX: &str = "alias/";
+
+fn alias_of_tag(tag: &str) -> Option<&str> {
+    tag.strip_prefix(ALIAS_TAG_PREFIX)
 }
 
 impl KeyTable {
@@ -31,6 +40,29 @@ impl KeyTable {
 
     pub(crate) fn by_id(&self, id: KeyId) -> Option<&KeyRecord> {
         self.by_id.get(&id).and_then(|name| self.by_name.get(name))
+    }
+
+    pub(crate) fn by_alias(&self, alias: &str) -> Option<&KeyRecord> {
+        self.by_alias
+            .get(alias)
+            .and_then(|name| self.by_name.get(name))
+    }
+
+    /// Puts `alias` on key `to` (taking it off the key that had it), or with
+    /// `None` removes it. The caller checked that `to` exists.
+    pub(crate) fn set_alias(&mut self, alias: &str, to: Option<&str>) {
+        let tag = format!("{ALIAS_TAG_PREFIX}{alias}");
+        if let Some(from) = self.by_alias.remove(alias) {
+            if let Some(key) = self.by_name.get_mut(&from) {
+                key.tags.remove(&tag);
+            }
+        }
+        if let Some(to) = to {
+            if let Some(key) = self.by_name.get_mut(to) {
+                key.tags.insert(tag, Vec::new());
+                self.by_alias.insert(alias.to_owned(), to.to_owned());
+            }
+        }
     }
 
     pub(crate) fn contains_name(&self, name: &str) -> bool {
@@ -66,7 +98,18 @@ impl TryFrom<BTreeMap<String, KeyRecord>> for KeyTable {
     /// or forged snapshot: no create ever makes one).
     fn try_from(by_name: BTreeMap<String, KeyRecord>) -> Result<Self, String> {
         let mut by_id = BTreeMap::new();
+        let mut by_alias = BTreeMap::new();
         for (name, record) in &by_name {
+            // Applied commands never make a second holder of an alias or an
+            // alias equal to a key name; a tag a state from before aliases
+            // carried is passed over the same way on every replica.
+            for alias in record.tags.keys().filter_map(|t| alias_of_tag(t)) {
+                if !by_name.contains_key(alias) {
+                    by_alias
+                        .entry(alias.to_owned())
+                        .or_insert_with(|| name.clone());
+                }
+            }
             if *name != record.name {
                 return Err(format!(
                     "key {name:?} is stored under the name {:?}",
@@ -77,7 +120,11 @@ impl TryFrom<BTreeMap<String, KeyRecord>> for KeyTable {
                 return Err(format!("two keys share the id {}", record.id));
             }
         }
-        Ok(KeyTable { by_name, by_id })
+        Ok(KeyTable {
+            by_name,
+            by_id,
+            by_alias,
+        })
     }
 }
 

@@ -29,8 +29,8 @@ pub use access_ops::{
 pub use approval::{ApprovalRecord, ApprovalStatus};
 pub use audit::{verify_chain, AuditRecord, ChainError, GENESIS_HASH};
 pub use command::{
-    Applied, AuditEvent, Command, CreateKey, DkgStep, Operation, PendingAction, RequestId,
-    Response, StateError, DEFAULT_GENERATION_TIMEOUT_MS, DKG_COMPLAINT_TIMEOUT_MS,
+    AliasChange, Applied, AuditEvent, Command, CreateKey, DkgStep, Operation, PendingAction,
+    RequestId, Response, StateError, DEFAULT_GENERATION_TIMEOUT_MS, DKG_COMPLAINT_TIMEOUT_MS,
     DKG_DEALING_TIMEOUT_MS, MAX_AUDIT_BATCH, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS,
     MIN_GENERATION_TIMEOUT_MS, PRUNE_AFTER_MS,
 };

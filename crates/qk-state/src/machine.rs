@@ -6,13 +6,14 @@ use qk_types::{Epoch, KeyId, KeyVersion, NodeId, ThresholdParams};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::access::{Decision, Permission};
 use crate::audit::{AuditRecord, GENESIS_HASH};
 use crate::command::{
-    Applied, AuditEvent, Command, CreateKey, DkgStep, Operation, RequestId, Response, StateError,
-    DEFAULT_GENERATION_TIMEOUT_MS, DKG_COMPLAINT_TIMEOUT_MS, DKG_DEALING_TIMEOUT_MS,
+    AliasChange, Applied, AuditEvent, Command, CreateKey, DkgStep, Operation, RequestId, Response,
+    StateError, DEFAULT_GENERATION_TIMEOUT_MS, DKG_COMPLAINT_TIMEOUT_MS, DKG_DEALING_TIMEOUT_MS,
     MAX_AUDIT_BATCH, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS, MIN_GENERATION_TIMEOUT_MS,
 };
-use crate::key_table::KeyTable;
+use crate::key_table::{KeyTable, ALIAS_TAG_PREFIX};
 use crate::lifecycle::LifecycleChange;
 use crate::limits::{
     bounded, MAX_FRESH_REQUESTS, MAX_NAME_LEN, MAX_REMEMBERED_REQUESTS, MAX_TEXT_LEN,
@@ -151,6 +152,22 @@ fn transition_error_at(name: &str, version: KeyVersion, state: &str, action: &st
         state: state.to_string(),
         action: action.to_string(),
     }
+}
+
+/// Aliases are AWS's: letters, digits, `/`, `_` and `-`, not `aws/…`,
+/// short enough that `alias/<alias>` is a tag name.
+fn check_alias(alias: &str) -> Result<(), StateError> {
+    let max = MAX_NAME_LEN - ALIAS_TAG_PREFIX.len();
+    let ok_chars = alias
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/'));
+    if alias.is_empty() || alias.len() > max || !ok_chars || alias.starts_with("aws/") {
+        return Err(invalid(format!(
+            "alias {alias:?} must be 1-{max} characters of A-Z a-z 0-9 / _ - and not begin \
+             with aws/"
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) fn check_name(name: &str) -> Result<(), StateError> {
@@ -463,6 +480,11 @@ impl StateMachine {
         match &cmd.op {
             Operation::CreateKey(c) => self.create_key(cmd.request_id, now, c),
             Operation::SetTag { name, tag, value } => self.set_tag(name, tag, value.as_deref()),
+            Operation::SetAlias {
+                name,
+                alias,
+                change,
+            } => self.set_alias(cmd, name, alias, *change),
             Operation::Rotate {
                 name,
                 holders,
@@ -572,6 +594,9 @@ impl StateMachine {
         if self.keys.contains_name(&c.name) {
             return Err(StateError::KeyExists(c.name.clone()));
         }
+        if self.keys.by_alias(&c.name).is_some() {
+            return Err(StateError::AliasExists(c.name.clone()));
+        }
         if self.keys.len() >= MAX_KEYS {
             return Err(invalid(format!(
                 "the cluster holds {MAX_KEYS} keys, its limit; rotate an existing key instead (a key holds up to {MAX_VERSIONS} versions) or use another cluster"
@@ -624,6 +649,12 @@ impl StateMachine {
     }
 
     fn set_tag(&mut self, name: &str, tag: &str, value: Option<&[u8]>) -> Outcome {
+        if tag.starts_with(ALIAS_TAG_PREFIX) {
+            return Err(invalid(format!(
+                "tags named {ALIAS_TAG_PREFIX}* hold aliases; set aliases with SetAlias (the \
+                 KMS CreateAlias, UpdateAlias and DeleteAlias)"
+            )));
+        }
         let key = self.key_mut(name)?;
         if tag.is_empty() || tag.len() > MAX_NAME_LEN {
             return Err(invalid(format!("tag names are 1-{MAX_NAME_LEN} bytes")));
@@ -645,6 +676,77 @@ impl StateMachine {
             }
         }
         Ok(Applied::Done)
+    }
+
+    /// The key that alias `alias` names, if any.
+    pub fn key_by_alias(&self, alias: &str) -> Option<&KeyRecord> {
+        self.keys.by_alias(alias)
+    }
+
+    fn set_alias(
+        &mut self,
+        cmd: &Command,
+        name: &str,
+        alias: &str,
+        change: AliasChange,
+    ) -> Outcome {
+        check_alias(alias)?;
+        let key = self
+            .key(name)
+            .ok_or_else(|| StateError::NoSuchKey(name.to_string()))?;
+        let owner = self.keys.by_alias(alias).map(|k| k.name.clone());
+        match (change, owner.as_deref()) {
+            (AliasChange::Create, Some(_)) => {
+                return Err(StateError::AliasExists(alias.to_string()))
+            }
+            (AliasChange::Create, None) if self.keys.contains_name(alias) => {
+                return Err(StateError::AliasExists(alias.to_string()))
+            }
+            (AliasChange::Move, Some(from)) if from != name => self.may_configure(cmd, from)?,
+            (AliasChange::Delete, Some(on)) if on == name => {
+                self.keys.set_alias(alias, None);
+                return Ok(Applied::Done);
+            }
+            (AliasChange::Move | AliasChange::Delete, None) => {
+                return Err(StateError::NotFound(format!(
+                    "alias {alias:?} does not exist"
+                )))
+            }
+            (AliasChange::Delete, Some(on)) => {
+                return Err(StateError::NotFound(format!(
+                    "alias {alias:?} is on key {on:?}, not on {name:?}"
+                )))
+            }
+            _ => {}
+        }
+        if key.tags.len() >= MAX_TAGS {
+            return Err(invalid(format!(
+                "a key has at most {MAX_TAGS} tags and aliases"
+            )));
+        }
+        self.keys.set_alias(alias, Some(name));
+        Ok(Applied::Done)
+    }
+
+    /// Moving an alias takes it from a key too: the author must be allowed
+    /// to configure that key as well (the command's own key was checked).
+    fn may_configure(&self, cmd: &Command, name: &str) -> Result<(), StateError> {
+        if cmd.principal.starts_with("node-") {
+            return Err(StateError::Denied("nodes do not move aliases".into()));
+        }
+        match self.authorize(
+            &cmd.principal,
+            Permission::KeyConfigure,
+            Some(name),
+            &BTreeMap::new(),
+        ) {
+            Decision::Allow => Ok(()),
+            Decision::Deny(why) => Err(StateError::Denied(why)),
+            Decision::NeedsApproval { .. } => Err(StateError::Denied(format!(
+                "configuring key {name:?} needs approval; move the alias in two steps \
+                 (delete, then create) so each key's rule applies"
+            ))),
+        }
     }
 
     fn start_refresh(

@@ -1520,3 +1520,101 @@ fn a_role_change_without_the_approver_role_keeps_the_tokens() {
         "still live: no approver role was granted"
     );
 }
+
+#[test]
+fn aliases_are_unique_never_a_key_name_and_moving_one_needs_both_keys() {
+    use qk_state::AliasChange::{Create, Delete, Move};
+    let mut log = Log::new();
+    log.key("a");
+    log.key("b");
+    log.principal("ops", &[Role::Operator]);
+    let alias = |name: &str, alias: &str, change| Operation::SetAlias {
+        name: name.into(),
+        alias: alias.into(),
+        change,
+    };
+    log.run("ops", alias("a", "orders", Create))
+        .expect("created");
+    assert_eq!(
+        log.sm.key_by_alias("orders").map(|k| k.name.as_str()),
+        Some("a")
+    );
+    let taken = log.run("ops", alias("b", "orders", Create));
+    assert_eq!(taken, Err(StateError::AliasExists("orders".into())));
+    let a_name = log.run("ops", alias("a", "b", Create));
+    assert_eq!(
+        a_name,
+        Err(StateError::AliasExists("b".into())),
+        "a key's name is no alias"
+    );
+    let key_named_alias = log.run("admin", common::create_key("orders", &[1, 2, 3]));
+    assert_eq!(
+        key_named_alias,
+        Err(StateError::AliasExists("orders".into()))
+    );
+    let by_tag = Operation::SetTag {
+        name: "a".into(),
+        tag: "alias/other".into(),
+        value: Some(Vec::new()),
+    };
+    assert!(matches!(
+        log.run("admin", by_tag),
+        Err(StateError::Invalid(_))
+    ));
+    for bad in ["", "aws/x", "a b", &"x".repeat(200)] {
+        let refused = log.run("ops", alias("a", bad, Create));
+        assert!(matches!(refused, Err(StateError::Invalid(_))), "{bad:?}");
+    }
+
+    // Only the admin may configure "a" now: ops cannot take the alias off it.
+    let policy = KeyPolicy {
+        rules: vec![PolicyRule {
+            principals: vec!["admin".into()],
+            permissions: vec![Permission::KeyConfigure],
+            context: BTreeMap::new(),
+        }],
+        approval: None,
+    };
+    let set = Operation::SetPolicy {
+        name: "a".into(),
+        policy: Some(policy),
+    };
+    log.run("admin", set).expect("policy set");
+    let moved = log.run("ops", alias("b", "orders", Move));
+    assert!(matches!(moved, Err(StateError::Denied(_))), "{moved:?}");
+    assert_eq!(
+        log.sm.key_by_alias("orders").map(|k| k.name.as_str()),
+        Some("a")
+    );
+    log.run("admin", alias("b", "orders", Move)).expect("moved");
+    assert_eq!(
+        log.sm.key_by_alias("orders").map(|k| k.name.as_str()),
+        Some("b")
+    );
+    assert!(!log
+        .sm
+        .key("a")
+        .expect("a")
+        .tags
+        .contains_key("alias/orders"));
+
+    let decoded = StateMachine::from_bytes(&log.sm.to_bytes().expect("encode")).expect("decode");
+    assert_eq!(
+        decoded.key_by_alias("orders").map(|k| k.name.as_str()),
+        Some("b")
+    );
+    let wrong_key = log.run("admin", alias("a", "orders", Delete));
+    assert!(
+        matches!(wrong_key, Err(StateError::NotFound(_))),
+        "{wrong_key:?}"
+    );
+    let unknown = log.run("ops", alias("b", "none", Move));
+    assert!(
+        matches!(unknown, Err(StateError::NotFound(_))),
+        "{unknown:?}"
+    );
+    log.run("ops", alias("b", "orders", Delete))
+        .expect("deleted");
+    assert!(log.sm.key_by_alias("orders").is_none());
+    assert!(log.sm.key("b").expect("b").tags.is_empty());
+}

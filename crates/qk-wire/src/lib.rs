@@ -136,6 +136,11 @@ pub enum ClientRequest {
     GetKeyById {
         id: qk_types::KeyId,
     },
+    /// Read the record of the key an alias names, or else of the key with
+    /// that name (linearizable, as `GetKey`).
+    GetKeyByAlias {
+        alias: String,
+    },
 }
 
 /// What a token is for.

@@ -158,14 +158,34 @@ impl Node {
     /// A key's record, linearizable: permission first (a caller without it
     /// costs no leader round trip), then the read barrier.
     pub(super) async fn get_key_by_id(&self, peer: &Peer, id: qk_types::KeyId) -> ClientResponse {
+        self.get_key_found(peer, |s| s.key_by_id(id), || format!("no key has id {id}"))
+            .await
+    }
+
+    pub(super) async fn get_key_by_alias(&self, peer: &Peer, alias: &str) -> ClientResponse {
+        self.get_key_found(
+            peer,
+            |s| s.key_by_alias(alias).or_else(|| s.key(alias)),
+            || format!("no alias or key is named {alias:?}"),
+        )
+        .await
+    }
+
+    /// A linearizable read of the key `find` picks, if the caller may read it.
+    async fn get_key_found(
+        &self,
+        peer: &Peer,
+        find: impl Fn(&StateMachine) -> Option<&qk_state::KeyRecord>,
+        missing: impl Fn() -> String,
+    ) -> ClientResponse {
         if let Err(unavailable) = self.read_barrier().await {
             return unavailable;
         }
-        let found = self.read(|s| match s.key_by_id(id) {
+        let found = self.read(|s| match find(s) {
             Some(k) => ClientResponse::Key(Some(k.clone())),
-            None => ClientResponse::NotFound(format!(
-                "no key has id {id}; list keys to see the inventory"
-            )),
+            None => {
+                ClientResponse::NotFound(format!("{}; list keys to see the inventory", missing()))
+            }
         });
         if let ClientResponse::Key(Some(key)) = &found {
             if let Err(denied) =

@@ -2,14 +2,15 @@
 //! sends (docs/API.md, "AWS KMS").
 //!
 //! Keys are named by their id (the UUID form of the Quorumkey key id), its
-//! ARN, or an alias: every key's name is its alias, `alias/<name>`.
+//! ARN, or an alias: `alias/<alias>` names the key an alias is on
+//! (`Operation::SetAlias`), or else the key with that name.
 
 use std::collections::BTreeMap;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use qk_crypto::Ciphertext;
-use qk_state::{KeyRecord, Operation, VersionState};
+use qk_state::{AliasChange, KeyRecord, Operation, StateError, VersionState};
 use qk_types::{KeyId, KeyVersion};
 use qk_wire::{ClientRequest, ClientResponse, Redacted};
 use serde::de::DeserializeOwned;
@@ -18,13 +19,13 @@ use serde_json::{json, Value};
 use zeroize::Zeroize as _;
 
 use super::{Call, KmsError, ACCOUNT_ID};
-use crate::errors::{ErrorKind, Failure, Refusal};
-use crate::native::{
-    apply_transition, fetch_key, rotate_and_wait, wait_generated, LifecycleBody, Transition,
-};
+use crate::errors::{state_failure, ErrorKind, Failure, Refusal};
+use crate::native::{apply_transition, rotate_and_wait, wait_generated, LifecycleBody, Transition};
 use crate::uuid_text;
 
 const ALGORITHM: &str = "SYMMETRIC_DEFAULT";
+/// How AWS names an alias, and the tag that holds one on its key.
+const ALIAS_TAG: &str = "alias/";
 /// Key tags set through this API carry this prefix (AWS tag keys are up to
 /// 128 characters; with the prefix, Quorumkey's tag names are too).
 const TAG_PREFIX: &str = "kms.tag.";
@@ -65,14 +66,9 @@ pub(crate) async fn dispatch(
         "TagResource" => tag(call, parse(input)?).await,
         "UntagResource" => untag(call, parse(input)?).await,
         "ListResourceTags" => list_tags(call, parse(input)?).await,
-        "CreateAlias" | "UpdateAlias" | "DeleteAlias" => Err(KmsError::new(
-            "UnsupportedOperationException",
-            format!(
-                "{operation} is not supported: every Quorumkey key's name is its alias \
-                 (alias/<name>, listed by ListAliases), and keys are not renamed; create a key \
-                 with the name you want with `qk key create NAME` and use alias/NAME"
-            ),
-        )),
+        "CreateAlias" => set_alias(call, parse(input)?, AliasChange::Create).await,
+        "UpdateAlias" => set_alias(call, parse(input)?, AliasChange::Move).await,
+        "DeleteAlias" => set_alias(call, parse(input)?, AliasChange::Delete).await,
         other => Err(KmsError::new(
             "UnsupportedOperationException",
             format!(
@@ -92,7 +88,8 @@ fn parse<T: DeserializeOwned>(input: Value) -> Result<T, KmsError> {
 /// How a request names a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum KeyRef {
-    Name(String),
+    /// `alias/<alias>`: an alias, or else a key's name.
+    Alias(String),
     Id(KeyId),
 }
 
@@ -105,7 +102,7 @@ fn key_ref(text: &str) -> Result<KeyRef, KmsError> {
         None => text,
     };
     if let Some(name) = resource.strip_prefix("alias/") {
-        return Ok(KeyRef::Name(name.to_owned()));
+        return Ok(KeyRef::Alias(name.to_owned()));
     }
     let id = resource.strip_prefix("key/").unwrap_or(resource);
     parse_uuid(id).map(KeyRef::Id).ok_or_else(|| {
@@ -144,7 +141,14 @@ fn deleted(key: &KeyRecord) -> bool {
 /// The key a reference names (NotFoundException when none, or deleted).
 async fn resolve(call: &Call, text: &str) -> Result<KeyRecord, KmsError> {
     let key = match key_ref(text)? {
-        KeyRef::Name(name) => fetch_key(&call.state, &call.caller, &name).await?,
+        KeyRef::Alias(alias) => match call
+            .state
+            .read(&call.caller, ClientRequest::GetKeyByAlias { alias })
+            .await?
+        {
+            ClientResponse::Key(Some(k)) => k,
+            other => return Err(Failure::unexpected("a key read", &other).into()),
+        },
         KeyRef::Id(id) => match call
             .state
             .read(&call.caller, ClientRequest::GetKeyById { id })
@@ -165,10 +169,7 @@ async fn resolve(call: &Call, text: &str) -> Result<KeyRecord, KmsError> {
 
 /// The key's name, read only when the request names it by id.
 async fn key_name(call: &Call, text: &str) -> Result<String, KmsError> {
-    match key_ref(text)? {
-        KeyRef::Name(name) => Ok(name),
-        KeyRef::Id(_) => Ok(resolve(call, text).await?.name),
-    }
+    Ok(resolve(call, text).await?.name)
 }
 
 /// AWS's key state, and the deletion date when deletion is pending.
@@ -380,7 +381,7 @@ async fn check_key_matches(
     };
     let named = match key_ref(key_id)? {
         KeyRef::Id(id) => id,
-        KeyRef::Name(_) => resolve(call, key_id).await?.id,
+        KeyRef::Alias(_) => resolve(call, key_id).await?.id,
     };
     if named == actual {
         Ok(())
@@ -748,27 +749,88 @@ async fn list_keys(call: &Call, b: ListIn) -> Result<Value, KmsError> {
     Ok(page("Keys", items, limit))
 }
 
+/// A key's aliases: its name, and the aliases its tags hold.
+fn aliases_of(key: &KeyRecord) -> impl Iterator<Item = &str> {
+    let set = key.tags.keys().filter_map(|t| t.strip_prefix(ALIAS_TAG));
+    std::iter::once(key.name.as_str()).chain(set)
+}
+
 async fn list_aliases(call: &Call, b: ListIn) -> Result<Value, KmsError> {
     let limit = b.limit()?;
     let only = match &b.key_id {
         Some(k) => Some(resolve(call, k).await?.id),
         None => None,
     };
-    let keys = live_keys(call, b.marker.as_deref()).await?;
-    let items = keys
+    let keys = live_keys(call, None).await?;
+    let mut items: Vec<(String, Value)> = keys
         .iter()
         .filter(|k| only.is_none_or(|id| id == k.id))
-        .map(|k| {
+        .flat_map(|k| aliases_of(k).map(move |alias| (alias, k)))
+        .filter(|(alias, _)| b.marker.as_deref().is_none_or(|m| *alias > m))
+        .map(|(alias, k)| {
             let entry = json!({
-                "AliasName": format!("alias/{}", k.name),
-                "AliasArn": format!("arn:aws:kms:{}:{ACCOUNT_ID}:alias/{}", call.region, k.name),
+                "AliasName": format!("alias/{alias}"),
+                "AliasArn": format!("arn:aws:kms:{}:{ACCOUNT_ID}:alias/{alias}", call.region),
                 "TargetKeyId": uuid_text(&k.id.0),
-                "CreationDate": k.created_ms as f64 / 1000.0,
             });
-            (k.name.clone(), entry)
+            (alias.to_owned(), entry)
         })
         .collect();
+    items.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(page("Aliases", items, limit))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AliasIn {
+    alias_name: String,
+    target_key_id: Option<String>,
+}
+
+impl AliasIn {
+    fn alias(&self) -> Result<&str, KmsError> {
+        self.alias_name
+            .strip_prefix(ALIAS_TAG)
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| KmsError::validation("AliasName must begin with alias/"))
+    }
+
+    fn target(&self) -> Result<&str, KmsError> {
+        self.target_key_id
+            .as_deref()
+            .ok_or_else(|| KmsError::validation("TargetKeyId is required"))
+    }
+}
+
+async fn set_alias(call: &Call, b: AliasIn, change: AliasChange) -> Result<Value, KmsError> {
+    let alias = b.alias()?.to_owned();
+    let name = match change {
+        AliasChange::Delete => {
+            let key = resolve(call, &b.alias_name).await?;
+            if key.name == alias {
+                return Err(KmsError::validation(format!(
+                    "{} is the name of key {}, not an alias that can be deleted",
+                    b.alias_name,
+                    uuid_text(&key.id.0)
+                )));
+            }
+            key.name
+        }
+        AliasChange::Create | AliasChange::Move => key_name(call, b.target()?).await?,
+    };
+    let exists = state_failure(&StateError::AliasExists(alias.clone()));
+    let op = Operation::SetAlias {
+        name,
+        alias,
+        change,
+    };
+    match call.state.write(&call.caller, op).await {
+        Ok(_) => Ok(json!({})),
+        Err(Refusal::Failed(f)) if f == exists => {
+            Err(KmsError::new("AlreadyExistsException", f.message))
+        }
+        Err(r) => Err(r.into()),
+    }
 }
 
 async fn lifecycle(call: &Call, b: KeyIn, t: Transition) -> Result<Value, KmsError> {
@@ -992,11 +1054,11 @@ mod tests {
         assert_eq!(key_ref(&key_arn("eu-west-1", id)), Ok(KeyRef::Id(id)));
         assert_eq!(
             key_ref("alias/payments"),
-            Ok(KeyRef::Name("payments".into()))
+            Ok(KeyRef::Alias("payments".into()))
         );
         assert_eq!(
             key_ref("arn:aws:kms:us-east-1:000000000000:alias/payments"),
-            Ok(KeyRef::Name("payments".into()))
+            Ok(KeyRef::Alias("payments".into()))
         );
         for bad in [
             "",
