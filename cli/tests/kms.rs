@@ -60,6 +60,54 @@ fn pair(v: &Value) -> String {
     )
 }
 
+/// A key `gated` whose decryption needs one approver's approval, and a
+/// token of principal `approver` (self-issued with its client certificate).
+fn gated_key_and_approver(c: &Cluster) -> String {
+    let ok = |what: &str, args: &[&str]| ok_output(what, c.run(None, args, None));
+    ok(
+        "principal create",
+        &["principal", "create", "approver", "--role", "approver"],
+    );
+    let pki = c.dir.join("pki");
+    let pki_s = pki.to_string_lossy().into_owned();
+    ok(
+        "pki issue",
+        &["pki", "issue", "--dir", &pki_s, "--client", "approver"],
+    );
+    let cert = pki
+        .join("client-approver.pem")
+        .to_string_lossy()
+        .into_owned();
+    let key = pki
+        .join("client-approver.key")
+        .to_string_lossy()
+        .into_owned();
+    let args = [
+        "--client-cert",
+        &cert,
+        "--client-key",
+        &key,
+        "token",
+        "create",
+        "--principal",
+        "approver",
+        "--ttl",
+        "1h",
+        "-o",
+        "json",
+    ];
+    let token = common::token_printed(c.run(None, &args, None));
+    ok("key create", &["key", "create", "gated"]);
+    let rule = r#"{"rules": [], "approval": {"required": 1, "approvers": ["role:approver"], "permissions": ["decrypt"]}}"#;
+    let file = c.cwd().join("gated.json");
+    std::fs::write(&file, rule).expect("policy file");
+    ok(
+        "policy set",
+        &["policy", "set", "gated", "--file", &file.to_string_lossy()],
+    );
+    token
+}
+
 /// The API URL of the dev cluster's second node (the profile names node 1).
 fn second_node_url(first: &str) -> String {
     let (host, port) = first.rsplit_once(':').expect("url with a port");
@@ -122,6 +170,7 @@ fn boto3_and_the_aws_encryption_sdk_use_the_kms_endpoint() {
         ),
     );
     let reader = credential(&c, &admin, "reader", "1h");
+    let approver = gated_key_and_approver(&c);
     std::thread::sleep(Duration::from_secs(2));
 
     let env: BTreeMap<String, String> =
@@ -143,6 +192,9 @@ fn boto3_and_the_aws_encryption_sdk_use_the_kms_endpoint() {
         .env("QK_REVOKED_KEY", pair(&revoked))
         .env("QK_READER_KEY", pair(&reader))
         .env("QK_OTHER_NODE_URL", second_node_url(&url))
+        .env("QK_BIN", env!("CARGO_BIN_EXE_qk"))
+        .env("QK_CWD", c.cwd())
+        .env("QK_APPROVER_TOKEN", &approver)
         .env("NO_PROXY", "127.0.0.1,localhost")
         .env("no_proxy", "127.0.0.1,localhost")
         .env("PYTHONUNBUFFERED", "1")

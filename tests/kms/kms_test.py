@@ -10,12 +10,16 @@ boto3 and aws-encryption-sdk). The AWS_* environment is the one
   QK_REVOKED_KEY     "<access key id>:<secret>" of a revoked key
   QK_READER_KEY      "<access key id>:<secret>" of a principal with no data rights
   QK_OTHER_NODE_URL  another node's HTTPS API (where the key is not accepted)
+  QK_BIN, QK_CWD     the qk binary and the directory of the cluster's profile
+  QK_APPROVER_TOKEN  a token of an approver (key `gated` decrypts with approval)
 
 Prints one line per check; exits 1 on the first failed check.
 """
 
 import base64
 import os
+import re
+import subprocess
 import sys
 import time
 import traceback
@@ -215,6 +219,27 @@ def refusals(kms, k: dict) -> None:
                  reader.decrypt, CiphertextBlob=k["blob"], EncryptionContext=k["ctx"])
 
 
+def approvals(kms) -> None:
+    blob = kms.encrypt(KeyId="alias/gated", Plaintext=b"break glass")["CiphertextBlob"]
+    try:
+        kms.decrypt(CiphertextBlob=blob)
+        fail("a decrypt under an approval rule was answered without approval")
+    except botocore.exceptions.ClientError as e:
+        message = e.response["Error"]["Message"]
+        check(e.response["Error"]["Code"] == "AccessDeniedException",
+              "a decrypt under an approval rule waits for approval", message)
+    approval = re.search(r"approval (\S+) is pending", message).group(1)
+    subprocess.run(
+        [os.environ["QK_BIN"], "--token", os.environ["QK_APPROVER_TOKEN"], "approval", "approve",
+         approval],
+        cwd=os.environ["QK_CWD"], check=True, capture_output=True,
+    )
+    plain = kms.decrypt(CiphertextBlob=blob, GrantTokens=[approval])["Plaintext"]
+    check(plain == b"break glass", "once approved, the approval id as grant token decrypts")
+    expect_error("AccessDeniedException", "an approval used a second time",
+                 kms.decrypt, CiphertextBlob=blob, GrantTokens=[approval])
+
+
 def encryption_sdk(k: dict) -> None:
     client = aws_encryption_sdk.EncryptionSDKClient(
         commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT
@@ -246,6 +271,7 @@ def main() -> None:
     rotation(kms, k)
     lifecycle(kms, k)
     refusals(kms, k)
+    approvals(kms)
     encryption_sdk(k)
     print("ALL CHECKS PASSED", flush=True)
 

@@ -107,8 +107,9 @@ impl From<Refusal> for KmsError {
             KmsError::new(
                 "AccessDeniedException",
                 format!(
-                    "this request needs approval: approval {id} is pending; retry once \
-                     approvers approved it (`qk approval approve {id}`)"
+                    "this request needs approval: approval {id} is pending; once approvers \
+                     approved it (`qk approval approve {id}`), send the request again with \
+                     GrantTokens=[\"{id}\"]"
                 ),
             )
         };

@@ -252,10 +252,28 @@ fn check_algorithm(algorithm: Option<&str>) -> Result<(), KmsError> {
 fn refuse_grants_and_dry_runs(grants: &[String], dry_run: bool) -> Result<(), KmsError> {
     if !grants.is_empty() {
         return Err(KmsError::validation(
-            "grant tokens are not supported: Quorumkey authorizes by principal, role and key \
-             policy; leave GrantTokens out",
+            "grant tokens are not supported here: Quorumkey authorizes by principal, role and \
+             key policy (a decrypt takes one grant token, an approved approval's id); leave \
+             GrantTokens out",
         ));
     }
+    refuse_dry_run(dry_run)
+}
+
+/// A decrypt's grant token is the id of the approval that allows it (a key
+/// whose policy puts decryption under M-of-N approval).
+fn approval_of(grants: &[String], dry_run: bool) -> Result<Option<String>, KmsError> {
+    refuse_dry_run(dry_run)?;
+    match grants {
+        [] => Ok(None),
+        [id] => Ok(Some(id.clone())),
+        _ => Err(KmsError::validation(
+            "a decrypt takes one grant token: the id of the approval that allows it",
+        )),
+    }
+}
+
+fn refuse_dry_run(dry_run: bool) -> Result<(), KmsError> {
     if dry_run {
         return Err(KmsError::validation(
             "DryRun is not supported; send the request without it",
@@ -358,11 +376,11 @@ struct DecryptIn {
 }
 
 async fn decrypt(call: &Call, b: DecryptIn) -> Result<Value, KmsError> {
-    refuse_grants_and_dry_runs(&b.grant_tokens, b.dry_run)?;
+    let approval = approval_of(&b.grant_tokens, b.dry_run)?;
     check_algorithm(b.encryption_algorithm.as_deref())?;
     let ct = read_blob(&b.ciphertext_blob)?;
     check_key_matches(call, b.key_id.as_deref(), ct.key_id).await?;
-    let plaintext = unwrap(call, &ct, b.encryption_context).await?;
+    let plaintext = unwrap(call, &ct, b.encryption_context, approval).await?;
     Ok(json!({
         "KeyId": key_arn(&call.region, ct.key_id),
         "Plaintext": crate::native::secret_b64(&plaintext).as_str(),
@@ -401,11 +419,12 @@ async fn unwrap(
     call: &Call,
     ct: &Ciphertext,
     context: BTreeMap<String, String>,
+    approval: Option<String>,
 ) -> Result<Redacted, KmsError> {
     let req = ClientRequest::Decrypt {
         ciphertext: ct.to_text(),
         context,
-        approval: None,
+        approval,
     };
     match call.state.read(&call.caller, req).await {
         Ok(ClientResponse::Plaintext(p)) => Ok(p),
@@ -437,12 +456,12 @@ struct ReEncryptIn {
 
 /// Decrypts and encrypts again on this node; the plaintext never leaves it.
 async fn re_encrypt(call: &Call, b: ReEncryptIn) -> Result<Value, KmsError> {
-    refuse_grants_and_dry_runs(&b.grant_tokens, b.dry_run)?;
+    let approval = approval_of(&b.grant_tokens, b.dry_run)?;
     check_algorithm(b.source_encryption_algorithm.as_deref())?;
     check_algorithm(b.destination_encryption_algorithm.as_deref())?;
     let ct = read_blob(&b.ciphertext_blob)?;
     check_key_matches(call, b.source_key_id.as_deref(), ct.key_id).await?;
-    let plaintext = unwrap(call, &ct, b.source_encryption_context).await?;
+    let plaintext = unwrap(call, &ct, b.source_encryption_context, approval).await?;
     let text = wrap(
         call,
         &b.destination_key_id,
