@@ -597,6 +597,25 @@ pub enum AuditCommand {
         /// Also compare the last record with every member's own copy.
         #[arg(long)]
         cross_check: bool,
+        /// Signed checkpoints (`qk audit checkpoint`) to check the file
+        /// against, offline, with the cluster CA certificate (--ca-cert).
+        #[arg(long, value_name = "FILE", requires = "file")]
+        checkpoints: Option<PathBuf>,
+        /// Distinct nodes whose checkpoints must vouch for the file.
+        #[arg(long, default_value_t = 2, requires = "checkpoints")]
+        min_signers: usize,
+    },
+    /// Ask every member to sign its audit head (JSON lines): with an export
+    /// taken just before, proof the trail is what the nodes recorded.
+    #[command(
+        after_help = "Example:\n  qk audit export --out audit.jsonl\n  qk audit checkpoint --file audit.jsonl --out audit.checkpoints\n  qk audit verify --file audit.jsonl --checkpoints audit.checkpoints --ca-cert ca.pem"
+    )]
+    Checkpoint {
+        /// Sign the last record of this export (default: each node's last record).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        #[arg(long = "out", value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Write every record as JSON lines.
     #[command(after_help = "Example:\n  qk audit export --out audit.jsonl")]

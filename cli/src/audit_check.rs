@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use qk_client::http::ApiClient;
+use qk_client::views::ClusterHealth;
 use serde::Serialize;
 
 /// Tries for a member that has not applied the record yet.
@@ -58,11 +59,10 @@ pub struct CrossCheck {
     pub members: Vec<MemberVerdict>,
 }
 
-/// Asks every member (and every address this client was configured with,
-/// so an answer that leaves members out cannot shrink the check) for its
-/// record `seq` and compares it with `hash`.
-pub async fn cross_check(api: &ApiClient, seq: u64, hash: &str) -> Result<CrossCheck> {
-    let hash = hash.to_ascii_lowercase();
+/// Every member's API address (with the id the cluster gives it), and every
+/// address this client was configured with, so an answer that leaves
+/// members out cannot shrink a check.
+pub async fn targets(api: &ApiClient) -> Result<(ClusterHealth, Vec<(Option<u64>, String)>)> {
     let health = api.cluster().await?;
     let mut targets: Vec<(Option<u64>, String)> = health
         .members
@@ -77,6 +77,15 @@ pub async fn cross_check(api: &ApiClient, seq: u64, hash: &str) -> Result<CrossC
             targets.push((None, url));
         }
     }
+    Ok((health, targets))
+}
+
+/// Asks every member (and every address this client was configured with,
+/// so an answer that leaves members out cannot shrink the check) for its
+/// record `seq` and compares it with `hash`.
+pub async fn cross_check(api: &ApiClient, seq: u64, hash: &str) -> Result<CrossCheck> {
+    let hash = hash.to_ascii_lowercase();
+    let (health, targets) = targets(api).await?;
     let asks = targets
         .iter()
         .map(|(claimed, url)| ask(api, *claimed, url, seq, &hash));

@@ -562,7 +562,58 @@ pub async fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<()> {
         } => audit_tail(ctx, from, limit, follow).await,
         AuditCommand::Verify {
             file: Some(file),
+            checkpoints: Some(checkpoints),
+            min_signers,
+            ..
+        } => {
+            let views = crate::audit_file::read_jsonl(&file)?;
+            let result = crate::audit_file::verify_views(&views)?;
+            let ca = ctx.ca_cert.as_deref().context(
+                "checking checkpoints needs the cluster CA certificate; pass --ca-cert FILE",
+            )?;
+            let signed = crate::audit_proof::read_checkpoints(&checkpoints)?;
+            let verdict = crate::audit_proof::verify(&views, &signed, ca, min_signers)?;
+            let both = serde_json::json!({ "file": result, "checkpoints": verdict });
+            emit(ctx.format, &both, |_| {
+                format!(
+                    "ok: {} records verify; head hash {}\n{}",
+                    result.records,
+                    result.head_hash.clone().unwrap_or_else(|| "-".into()),
+                    crate::audit_proof::text(&verdict)
+                )
+            })?;
+            crate::audit_proof::require(&verdict)
+        }
+        AuditCommand::Checkpoint { file, out } => {
+            let seq = match &file {
+                Some(f) => crate::audit_file::read_jsonl(f)?
+                    .last()
+                    .map(|r| r.seq)
+                    .with_context(|| format!("{} holds no audit record", f.display()))?,
+                None => 0,
+            };
+            let (signed, failed) = crate::audit_proof::gather(&ctx.api, seq).await?;
+            let mut text = String::new();
+            for cp in &signed {
+                text.push_str(&serde_json::to_string(cp)?);
+                text.push('\n');
+            }
+            write_output(out.as_deref(), text.as_bytes())?;
+            for cp in &signed {
+                eprintln!(
+                    "node {} signed record {} (hash {})",
+                    cp.node, cp.seq, cp.hash
+                );
+            }
+            for f in &failed {
+                eprintln!("warning: no checkpoint from {f}");
+            }
+            Ok(())
+        }
+        AuditCommand::Verify {
+            file: Some(file),
             cross_check,
+            ..
         } => {
             let views = crate::audit_file::read_jsonl(&file)?;
             let result = crate::audit_file::verify_views(&views)?;
@@ -593,6 +644,7 @@ pub async fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<()> {
         AuditCommand::Verify {
             file: None,
             cross_check,
+            ..
         } => {
             let result = ctx.api.audit_verify().await?;
             let local = |r: &AuditVerified| {

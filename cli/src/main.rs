@@ -4,6 +4,7 @@
 mod args;
 mod audit_check;
 mod audit_file;
+mod audit_proof;
 mod commands;
 mod dev;
 mod output;

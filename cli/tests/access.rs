@@ -834,6 +834,88 @@ fn audit_chain_verifies_and_detects_tampering() {
     );
     let err = stderr(&out);
     assert!(err.contains("differs") && err.contains("node 1"), "{err}");
+
+    signed_checkpoints_prove_an_export_offline(&c, &path, &f);
+}
+
+/// Checkpoints signed by the nodes' certificates let a reader holding only
+/// the CA certificate tell the export from a consistent rewrite, offline.
+fn signed_checkpoints_prove_an_export_offline(c: &Cluster, export: &str, rewritten: &str) {
+    let cps = c.cwd().join("audit.checkpoints");
+    let cps_s = cps.to_string_lossy().into_owned();
+    c.admin(&["audit", "checkpoint", "--file", export, "--out", &cps_s]);
+    let lines: Vec<String> = std::fs::read_to_string(&cps)
+        .expect("checkpoints")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 3, "one checkpoint per node: {lines:?}");
+    let ca = c
+        .dir
+        .join("pki")
+        .join("ca.pem")
+        .to_string_lossy()
+        .into_owned();
+    // Offline: no cluster address, the CA certificate alone.
+    let offline = |file: &str, checkpoints: &str, extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "verify",
+            "--file",
+            file,
+            "--checkpoints",
+            checkpoints,
+            "--ca-cert",
+            &ca,
+            "--addr",
+            "https://127.0.0.1:1",
+        ];
+        args.extend_from_slice(extra);
+        c.run(None, &args, None)
+    };
+    let out = offline(export, &cps_s, &[]);
+    assert!(
+        out.status.success(),
+        "the export with its checkpoints: {}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("3 of at least 2 nodes vouch"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = offline(rewritten, &cps_s, &[]);
+    assert!(
+        !out.status.success(),
+        "a rewritten trail passed its checkpoints"
+    );
+    assert!(stderr(&out).contains("was altered"), "{}", stderr(&out));
+
+    let write = |name: &str, lines: &[String]| {
+        let p = c.cwd().join(name);
+        std::fs::write(&p, lines.join("\n") + "\n").expect("write");
+        p.to_string_lossy().into_owned()
+    };
+    let one = write("one.checkpoints", &lines[..1]);
+    let out = offline(export, &one, &[]);
+    assert!(!out.status.success(), "one node's checkpoint was enough");
+    assert!(stderr(&out).contains("fewer than 2"), "{}", stderr(&out));
+    assert!(offline(export, &one, &["--min-signers", "1"])
+        .status
+        .success());
+
+    // A checkpoint whose hash is changed to match a rewrite no longer verifies.
+    let mut forged: Value = serde_json::from_str(&lines[0]).expect("checkpoint");
+    forged["hash"] = Value::String("ab".repeat(32));
+    let forged = write("forged.checkpoints", &[forged.to_string()]);
+    let out = offline(export, &forged, &["--min-signers", "1"]);
+    assert!(!out.status.success(), "a forged checkpoint verified");
+    assert!(
+        stderr(&out).contains("does not verify against the CA"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// The export's lines with record `from` edited and every hash from there on

@@ -59,6 +59,8 @@ pub struct Node {
     dkg_public_key: Vec<u8>,
     /// Woken when a snapshot from the leader replaced the applied state.
     snapshot_installed: Arc<tokio::sync::Notify>,
+    /// This node's certificate and key: it signs its audit checkpoints.
+    identity: qk_net::Credentials,
 }
 
 /// How often the state digest may be recomputed. It hashes the whole state,
@@ -211,6 +213,7 @@ impl Node {
                 })
             }
             ClientRequest::AuditVerify => self.audit_verify(peer),
+            ClientRequest::AuditCheckpoint { seq } => self.audit_checkpoint(peer, seq),
             ClientRequest::Status => ClientResponse::Status(self.status()),
             ClientRequest::ClusterHealth => self.cluster_health(peer).await,
             ClientRequest::Join { node_id, node } => self.admit(peer, node_id, node).await,

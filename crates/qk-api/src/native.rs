@@ -82,6 +82,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/approvals/{id}/deny", post(deny))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/audit/verify", get(audit_verify))
+        .route("/api/v1/audit/checkpoint", get(audit_checkpoint))
 }
 
 /// The authenticated caller of a native request (401 otherwise).
@@ -1081,6 +1082,26 @@ async fn audit(
             ok(json!({ "records": views }))
         }
         other => Err(unexpected("audit", &other)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CheckpointQuery {
+    #[serde(default)]
+    seq: u64,
+}
+
+async fn audit_checkpoint(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    Query(q): Query<CheckpointQuery>,
+) -> Reply {
+    match state
+        .read(&caller, ClientRequest::AuditCheckpoint { seq: q.seq })
+        .await?
+    {
+        ClientResponse::Checkpoint(cp) => ok(crate::views::AuditCheckpointView::from(&cp)),
+        other => Err(unexpected("audit checkpoint", &other)),
     }
 }
 

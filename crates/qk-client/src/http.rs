@@ -771,6 +771,19 @@ impl ApiClient {
 
     // ---- audit ----
 
+    /// The answering node's signed statement of its audit record `seq`
+    /// (0: its last record).
+    pub async fn audit_checkpoint(&self, seq: u64) -> Result<AuditCheckpointView> {
+        let query = [("seq", seq.to_string())];
+        self.json(Call {
+            method: Method::GET,
+            path: &["api", "v1", "audit", "checkpoint"],
+            query: &query,
+            body: None,
+        })
+        .await
+    }
+
     pub async fn audit(&self, from_seq: u64, limit: u32) -> Result<Vec<AuditRecordView>> {
         let query = [("from", from_seq.to_string()), ("limit", limit.to_string())];
         let page: AuditPage = self

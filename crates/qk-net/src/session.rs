@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qk_state::proof::{Credential, ProofError, SessionGrant, SESSION_MAX_TTL_MS};
+use qk_state::{AuditCheckpoint, MAX_CHECKPOINT_PART_LEN};
 use rcgen::{KeyPair, SigningKey};
 use ring::rand::SecureRandom;
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -61,6 +62,39 @@ impl Credentials {
             signature,
         };
         Ok(Credential::session(*seed, grant))
+    }
+}
+
+impl Credentials {
+    /// This node's signed statement that audit record `seq` has `hash`.
+    pub fn sign_checkpoint(
+        &self,
+        seq: u64,
+        hash: [u8; 32],
+        now_ms: u64,
+    ) -> Result<AuditCheckpoint, PkiError> {
+        let fail = |reason: String| PkiError::Session { reason };
+        let Peer::Node(node) = *self.peer() else {
+            return Err(fail(
+                "only a node certificate signs audit checkpoints".into(),
+            ));
+        };
+        let cert_der = self
+            .cert_chain()
+            .first()
+            .map(|c| c.to_vec())
+            .ok_or_else(|| fail("the credentials hold no certificate".into()))?;
+        let message = AuditCheckpoint::message(node, seq, &hash, now_ms);
+        let key = KeyPair::from_pem(self.key_pem()).map_err(|e| fail(e.to_string()))?;
+        let signature = key.sign(&message).map_err(|e| fail(e.to_string()))?;
+        Ok(AuditCheckpoint {
+            node,
+            seq,
+            hash,
+            signed_ms: now_ms,
+            cert_der,
+            signature,
+        })
     }
 }
 
@@ -198,6 +232,34 @@ impl GrantVerifier {
             )));
         }
         Ok(())
+    }
+
+    /// Ok when `cp` is signed by the key of a node certificate of this CA,
+    /// valid when it signed, that names node `cp.node`.
+    pub fn verify_checkpoint(&self, cp: &AuditCheckpoint) -> Result<(), ProofError> {
+        if cp.cert_der.len() > MAX_CHECKPOINT_PART_LEN
+            || cp.signature.len() > MAX_CHECKPOINT_PART_LEN
+        {
+            return Err(ProofError::Malformed("the checkpoint is too large".into()));
+        }
+        let cert = CertificateDer::from(cp.cert_der.as_slice());
+        let at = UnixTime::since_unix_epoch(Duration::from_millis(cp.signed_ms));
+        self.verifier
+            .verify_client_cert(&cert, &[], at)
+            .map_err(|e| {
+                ProofError::Signer(format!("the checkpoint's certificate is not valid: {e}"))
+            })?;
+        match peer_from_cert_der(&cp.cert_der) {
+            Ok(Peer::Node(id)) if id == cp.node => {}
+            Ok(peer) => {
+                return Err(ProofError::WrongPrincipal {
+                    signer: peer.uri(),
+                    principal: format!("node {}", cp.node),
+                })
+            }
+            Err(e) => return Err(ProofError::Signer(e.to_string())),
+        }
+        verify_cert_signature(&cp.cert_der, &cp.signed_message(), &cp.signature)
     }
 
     fn remembered(&self, digest: &[u8; 32]) -> Option<Validity> {
@@ -345,6 +407,41 @@ mod tests {
         let mut admin = grant;
         admin.principal = "admin".into();
         assert!(verifier.verify(&admin, now).is_err(), "not a principal");
+    }
+
+    #[test]
+    fn a_checkpoint_verifies_only_as_signed_by_its_own_node_of_this_ca() {
+        let ca = ClusterCa::generate("test").expect("ca");
+        let node = ca.issue_node(2, &["127.0.0.1"]).expect("node");
+        let verifier = GrantVerifier::new(ca.cert()).expect("verifier");
+        let cp = node.sign_checkpoint(7, [9; 32], now_ms()).expect("signed");
+        assert_eq!((cp.node, cp.seq), (2, 7));
+        verifier
+            .verify_checkpoint(&cp)
+            .expect("a node's own checkpoint");
+        let tampered = |f: &dyn Fn(&mut AuditCheckpoint)| {
+            let mut c = cp.clone();
+            f(&mut c);
+            verifier.verify_checkpoint(&c).is_err()
+        };
+        assert!(tampered(&|c| c.hash = [8; 32]), "another hash");
+        assert!(tampered(&|c| c.seq = 8), "another record");
+        assert!(tampered(&|c| c.node = 1), "another node's name");
+        assert!(tampered(&|c| c.signed_ms += 1), "another time");
+        let other_ca = ClusterCa::generate("other").expect("ca");
+        let stranger = other_ca.issue_node(2, &["127.0.0.1"]).expect("node");
+        let foreign = stranger
+            .sign_checkpoint(7, [9; 32], now_ms())
+            .expect("signed");
+        assert!(
+            verifier.verify_checkpoint(&foreign).is_err(),
+            "another CA's node"
+        );
+        let alice = ca.issue_client("alice").expect("alice");
+        assert!(
+            alice.sign_checkpoint(7, [9; 32], now_ms()).is_err(),
+            "clients sign none"
+        );
     }
 
     #[test]

@@ -10,6 +10,51 @@ use crate::command::RequestId;
 /// The `prev_hash` of the first record.
 pub const GENESIS_HASH: [u8; 32] = [0u8; 32];
 
+/// Largest encoded checkpoint part accepted (a node certificate, a signature).
+pub const MAX_CHECKPOINT_PART_LEN: usize = 4096;
+const CHECKPOINT_DOMAIN: &[u8] = b"quorumkey audit checkpoint v1\0";
+
+/// A node's signed statement that record `seq` of its audit trail has hash
+/// `hash`, by its node certificate's key at `signed_ms`: an export carries
+/// these so that a reader holding only the cluster CA certificate can tell
+/// it matches what the nodes themselves recorded (`qk audit checkpoint`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheckpoint {
+    pub node: u64,
+    pub seq: u64,
+    pub hash: [u8; 32],
+    pub signed_ms: u64,
+    /// The node certificate (DER) whose key signed.
+    pub cert_der: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+impl std::fmt::Debug for AuditCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditCheckpoint")
+            .field("node", &self.node)
+            .field("seq", &self.seq)
+            .field("signed_ms", &self.signed_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditCheckpoint {
+    /// The bytes a node's certificate key signs.
+    pub fn message(node: u64, seq: u64, hash: &[u8; 32], signed_ms: u64) -> Vec<u8> {
+        let mut m = CHECKPOINT_DOMAIN.to_vec();
+        m.extend_from_slice(&node.to_be_bytes());
+        m.extend_from_slice(&seq.to_be_bytes());
+        m.extend_from_slice(hash);
+        m.extend_from_slice(&signed_ms.to_be_bytes());
+        m
+    }
+
+    pub fn signed_message(&self) -> Vec<u8> {
+        Self::message(self.node, self.seq, &self.hash, self.signed_ms)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub seq: u64,

@@ -27,7 +27,9 @@ pub use access_ops::{
     parse_token, token_text, MAX_PENDING_APPROVALS_PER_PRINCIPAL, MAX_TOKEN_TTL_MS, TOKEN_PREFIX,
 };
 pub use approval::{ApprovalRecord, ApprovalStatus};
-pub use audit::{verify_chain, AuditRecord, ChainError, GENESIS_HASH};
+pub use audit::{
+    verify_chain, AuditCheckpoint, AuditRecord, ChainError, GENESIS_HASH, MAX_CHECKPOINT_PART_LEN,
+};
 pub use command::{
     AliasChange, Applied, AuditEvent, Command, CreateKey, DkgStep, Operation, PendingAction,
     RequestId, Response, StateError, DEFAULT_GENERATION_TIMEOUT_MS, DKG_COMPLAINT_TIMEOUT_MS,

@@ -419,6 +419,64 @@ pub struct AuditRecordView {
     pub hash: String,
 }
 
+/// `GET /api/v1/audit/checkpoint`: a node's signed statement of its audit
+/// head, one JSON line of `qk audit checkpoint`'s output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCheckpointView {
+    pub node: u64,
+    pub seq: u64,
+    /// Hex, 32 bytes: the record's hash.
+    pub hash: String,
+    pub signed_ms: u64,
+    /// Base64 of the node certificate (DER).
+    pub cert_der: String,
+    /// Base64 of the signature by the certificate's key.
+    pub signature: String,
+}
+
+impl From<&qk_state::AuditCheckpoint> for AuditCheckpointView {
+    fn from(c: &qk_state::AuditCheckpoint) -> Self {
+        AuditCheckpointView {
+            node: c.node,
+            seq: c.seq,
+            hash: hex(&c.hash),
+            signed_ms: c.signed_ms,
+            cert_der: B64.encode(&c.cert_der),
+            signature: B64.encode(&c.signature),
+        }
+    }
+}
+
+impl TryFrom<&AuditCheckpointView> for qk_state::AuditCheckpoint {
+    type Error = String;
+
+    fn try_from(v: &AuditCheckpointView) -> Result<Self, String> {
+        let hash = (v.hash.len() == 64)
+            .then(|| {
+                let mut h = [0u8; 32];
+                for (i, b) in h.iter_mut().enumerate() {
+                    *b = u8::from_str_radix(v.hash.get(2 * i..2 * i + 2)?, 16).ok()?;
+                }
+                Some(h)
+            })
+            .flatten()
+            .ok_or("the hash is not 64 hex digits")?;
+        let b64 = |what: &str, text: &str| {
+            B64.decode(text)
+                .map_err(|_| format!("{what} is not base64"))
+        };
+        Ok(qk_state::AuditCheckpoint {
+            node: v.node,
+            seq: v.seq,
+            hash,
+            signed_ms: v.signed_ms,
+            cert_der: b64("cert_der", &v.cert_der)?,
+            signature: b64("signature", &v.signature)?,
+        })
+    }
+}
+
 impl From<&AuditRecord> for AuditRecordView {
     fn from(r: &AuditRecord) -> Self {
         AuditRecordView {

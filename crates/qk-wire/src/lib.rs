@@ -141,6 +141,11 @@ pub enum ClientRequest {
     GetKeyByAlias {
         alias: String,
     },
+    /// This node signs, with its node certificate's key, the hash of its
+    /// audit record `seq` (0: its last record) (`qk audit checkpoint`).
+    AuditCheckpoint {
+        seq: u64,
+    },
 }
 
 /// What a token is for.
@@ -283,6 +288,8 @@ pub enum ClientResponse {
     AccessRule(Option<ApprovalRule>),
     /// The answer to [`ClientRequest::ReadIndex`].
     ReadIndex(u64),
+    /// This node's signed statement about its audit head.
+    Checkpoint(qk_state::AuditCheckpoint),
 }
 
 impl ClientRequest {

@@ -589,6 +589,42 @@ impl Node {
         })
     }
 
+    /// This node's signed statement of its audit record `seq` (0: its last).
+    pub(super) fn audit_checkpoint(&self, peer: &Peer, seq: u64) -> ClientResponse {
+        if let Err(denied) = self.require(peer, Permission::AuditRead, None, "audit.checkpoint") {
+            return denied;
+        }
+        let record = self.state.read(|a| {
+            let m = a.machine();
+            let seq = if seq == 0 { m.audit_len() } else { seq };
+            m.audit_records(seq, 1)
+                .first()
+                .filter(|r| r.seq == seq)
+                .map(|r| (r.seq, r.hash))
+        });
+        let (seq, hash) = match record {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                return ClientResponse::Error(RequestError::unavailable(format!(
+                    "node {} has not applied audit record {seq} yet; retry shortly",
+                    self.id
+                )))
+            }
+            Err(e) => {
+                return ClientResponse::Error(RequestError::unavailable(format!(
+                    "cannot read the local state: {e}"
+                )))
+            }
+        };
+        match self.identity.sign_checkpoint(seq, hash, now_ms()) {
+            Ok(cp) => ClientResponse::Checkpoint(cp),
+            Err(e) => ClientResponse::Error(RequestError::internal(format!(
+                "node {} could not sign its audit checkpoint: {e}",
+                self.id
+            ))),
+        }
+    }
+
     /// Members and their reachability; per key version, its live holders.
     pub(super) async fn cluster_health(&self, peer: &Peer) -> ClientResponse {
         // Client-side decryption needs the members' API addresses: callers

@@ -276,6 +276,7 @@ impl Node {
                 digest: DigestCache::default(),
                 dkg_public_key,
                 snapshot_installed,
+                identity: creds.clone(),
             },
             actions,
             audit_rx,
