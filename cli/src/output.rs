@@ -394,6 +394,7 @@ mod tests {
             state: "enabled".into(),
             policy: None,
             tags: Default::default(),
+            aliases: Vec::new(),
             versions: vec![VersionView {
                 version: 1,
                 state: "enabled".into(),

@@ -213,6 +213,22 @@ fn boto3_and_the_aws_encryption_sdk_use_the_kms_endpoint() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ALL CHECKS PASSED"));
     audit_names_the_principal(&c, &admin);
+    no_bearer_use(&c, &svc, &url);
+}
+
+/// The secret access key is no bearer token, at its node or any other.
+fn no_bearer_use(c: &Cluster, svc: &Value, url: &str) {
+    let id = svc["record"]["id"].as_str().expect("token id");
+    let secret = svc["secret_access_key"].as_str().expect("secret");
+    let token = format!("qkt.{id}.{secret}");
+    for node in [url.to_owned(), second_node_url(url)] {
+        let out = c.run(Some(&token), &["--addr", &node, "token", "whoami"], None);
+        assert!(
+            !out.status.success() && common::stderr(&out).contains("not a bearer token"),
+            "the AWS secret worked as a bearer token at {node}: {}",
+            common::stderr(&out)
+        );
+    }
 }
 
 /// The KMS calls are in the audit as `svc`'s, as the native API's would be.

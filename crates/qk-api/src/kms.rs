@@ -217,7 +217,7 @@ fn authenticate(
     let (principal, token_id) =
         state
             .backend
-            .authenticate_token(&token)
+            .authenticate_aws_token(&token)
             .map_err(|e| match e.kind {
                 ErrorKind::Unauthenticated => unrecognized(e.message),
                 _ => KmsError::from(Failure::from(e)),

@@ -135,6 +135,9 @@ pub trait Backend: Send + Sync + 'static {
     /// issuer), with the token's expiry; unauthenticated when no such token
     /// exists (the caller then checks the signature and the token itself).
     fn aws_secret(&self, token_id: &str) -> Result<AwsSecret, RequestError>;
+    /// Checks an AWS access key's token (`qkt.<id>.<derived secret>`), as
+    /// `authenticate_token` checks a bearer token (which this refuses).
+    fn authenticate_aws_token(&self, token: &str) -> Result<(String, String), RequestError>;
 }
 
 /// An AWS access key's secret, as the node that issued it derives it.

@@ -39,6 +39,26 @@ const MAX_REASON_LEN: usize = 512;
 /// Longest token lifetime: one year.
 pub const MAX_TOKEN_TTL_MS: u64 = 366 * 24 * 3600 * 1000;
 
+/// The first 8 of the 16 hex digits of every AWS access key's token id
+/// (`qk kms credentials create`): such a token is no bearer token, is
+/// refused to principals that administer or approve, and is revoked when
+/// its principal gains either role. Nodes draw bearer token ids that do not
+/// start with it; a legacy id that did (one in 2^32) is treated alike.
+pub const AWS_TOKEN_ID_MARKER: &str = "a3b5c7d9";
+
+/// Whether token `id` is an AWS access key's.
+pub fn is_aws_token_id(id: &str) -> bool {
+    id.starts_with(AWS_TOKEN_ID_MARKER)
+}
+
+/// Roles that change access control or approve: a shared-secret credential
+/// (one its verifying node could forge) never carries them.
+fn administers(roles: &BTreeSet<Role>) -> Option<Role> {
+    [Role::Admin, Role::Approver]
+        .into_iter()
+        .find(|r| roles.contains(r))
+}
+
 /// The text a caller presents for token `id` with `secret_hex`.
 pub fn token_text(id: &str, secret_hex: &str) -> String {
     format!("{TOKEN_PREFIX}{id}.{secret_hex}")
@@ -152,7 +172,34 @@ impl StateMachine {
     }
 
     /// Checks a bearer token at `now_ms` and names its principal.
+    /// A bearer token (never an AWS access key's token).
     pub fn authenticate_token(
+        &self,
+        token: &str,
+        now_ms: u64,
+    ) -> Result<(&PrincipalRecord, &TokenRecord), RequestError> {
+        if parse_token(token).is_some_and(|(id, _)| is_aws_token_id(id)) {
+            return Err(RequestError::unauthenticated(
+                "this is an AWS access key's secret, not a bearer token: sign AWS KMS requests \
+                 with it (SigV4) at the node that issued it",
+            ));
+        }
+        self.check_token(token, now_ms)
+    }
+
+    /// An AWS access key's token, given the secret its node derived.
+    pub fn authenticate_aws_token(
+        &self,
+        token: &str,
+        now_ms: u64,
+    ) -> Result<(&PrincipalRecord, &TokenRecord), RequestError> {
+        if !parse_token(token).is_some_and(|(id, _)| is_aws_token_id(id)) {
+            return Err(RequestError::unauthenticated("not an AWS access key"));
+        }
+        self.check_token(token, now_ms)
+    }
+
+    fn check_token(
         &self,
         token: &str,
         now_ms: u64,
@@ -401,6 +448,8 @@ impl StateMachine {
                     .ok_or_else(|| no_principal(name))?;
                 let becomes_approver =
                     roles.contains(&Role::Approver) && !before.roles.contains(&Role::Approver);
+                let gains_admin =
+                    administers(roles).is_some() && administers(&before.roles).is_none();
                 let mut after = before.clone();
                 after.roles = roles.clone();
                 after.disabled = *disabled;
@@ -409,6 +458,13 @@ impl StateMachine {
                     // Tokens someone else issued must not carry the new
                     // approver's vote: the approver issues its own.
                     for t in self.tokens.values_mut().filter(|t| &t.principal == name) {
+                        t.revoked_ms.get_or_insert(now);
+                    }
+                }
+                if gains_admin {
+                    // Its AWS access keys' issuing nodes could act with them.
+                    let aws = |t: &&mut TokenRecord| &t.principal == name && is_aws_token_id(&t.id);
+                    for t in self.tokens.values_mut().filter(aws) {
                         t.revoked_ms.get_or_insert(now);
                     }
                 }
@@ -563,6 +619,18 @@ impl StateMachine {
                 "{principal} is an approver: only {principal} itself issues its tokens \
                  (`qk token create` with its own client certificate), so that every \
                  approval comes from the approver's own credential"
+            )));
+        }
+        if let Some(role) = self
+            .principals
+            .get(principal)
+            .filter(|_| is_aws_token_id(id))
+            .and_then(|p| administers(&p.roles))
+        {
+            return Err(StateError::Denied(format!(
+                "{principal} has the {role} role: AWS access keys are shared secrets their \
+                 issuing node could use, so principals that administer or approve get none; \
+                 issue the key to a service principal (for example operator and key-user)"
             )));
         }
         let id_ok = id.len() == TOKEN_ID_LEN && id.bytes().all(|b| b.is_ascii_hexdigit());

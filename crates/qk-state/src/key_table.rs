@@ -9,22 +9,24 @@ use std::collections::BTreeMap;
 use qk_types::KeyId;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::model::KeyRecord;
+use crate::model::{KeyRecord, ALIASES_TAG};
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct KeyTable {
     by_name: BTreeMap<String, KeyRecord>,
     /// Each key's id → its name. A key's id never changes once inserted.
     by_id: BTreeMap<KeyId, String>,
-    /// Each alias → the name of the key whose tags hold it.
+    /// Each alias → the name of the key it is on (`KeyRecord::aliases`).
     by_alias: BTreeMap<String, String>,
 }
 
-/// The tag that holds an alias on its key.
-pub(crate) const ALIAS_TAG_PREFIX: &str = "alias/";
-
-fn alias_of_tag(tag: &str) -> Option<&str> {
-    tag.strip_prefix(ALIAS_TAG_PREFIX)
+fn write_aliases(key: &mut KeyRecord, aliases: &[String]) {
+    if aliases.is_empty() {
+        key.tags.remove(ALIASES_TAG);
+    } else {
+        key.tags
+            .insert(ALIASES_TAG.to_owned(), aliases.join("\n").into_bytes());
+    }
 }
 
 impl KeyTable {
@@ -51,15 +53,21 @@ impl KeyTable {
     /// Puts `alias` on key `to` (taking it off the key that had it), or with
     /// `None` removes it. The caller checked that `to` exists.
     pub(crate) fn set_alias(&mut self, alias: &str, to: Option<&str>) {
-        let tag = format!("{ALIAS_TAG_PREFIX}{alias}");
         if let Some(from) = self.by_alias.remove(alias) {
             if let Some(key) = self.by_name.get_mut(&from) {
-                key.tags.remove(&tag);
+                let kept: Vec<String> = key
+                    .aliases()
+                    .filter(|a| *a != alias)
+                    .map(str::to_owned)
+                    .collect();
+                write_aliases(key, &kept);
             }
         }
         if let Some(to) = to {
             if let Some(key) = self.by_name.get_mut(to) {
-                key.tags.insert(tag, Vec::new());
+                let mut all: Vec<String> = key.aliases().map(str::to_owned).collect();
+                all.push(alias.to_owned());
+                write_aliases(key, &all);
                 self.by_alias.insert(alias.to_owned(), to.to_owned());
             }
         }
@@ -100,14 +108,12 @@ impl TryFrom<BTreeMap<String, KeyRecord>> for KeyTable {
         let mut by_id = BTreeMap::new();
         let mut by_alias = BTreeMap::new();
         for (name, record) in &by_name {
-            // Applied commands never make a second holder of an alias or an
-            // alias equal to a key name; a tag a state from before aliases
-            // carried is passed over the same way on every replica.
-            for alias in record.tags.keys().filter_map(|t| alias_of_tag(t)) {
-                if !by_name.contains_key(alias) {
-                    by_alias
-                        .entry(alias.to_owned())
-                        .or_insert_with(|| name.clone());
+            // Only SetAlias writes aliases (SetTag refuses the tag's empty
+            // name), keeping them unique and apart from key names: a
+            // snapshot that breaks that is damaged or forged.
+            for alias in record.aliases() {
+                if by_alias.insert(alias.to_owned(), name.clone()).is_some() {
+                    return Err(format!("two keys share the alias {alias:?}"));
                 }
             }
             if *name != record.name {
@@ -119,6 +125,9 @@ impl TryFrom<BTreeMap<String, KeyRecord>> for KeyTable {
             if by_id.insert(record.id, name.clone()).is_some() {
                 return Err(format!("two keys share the id {}", record.id));
             }
+        }
+        if let Some(alias) = by_alias.keys().find(|a| by_name.contains_key(*a)) {
+            return Err(format!("the alias {alias:?} is also a key's name"));
         }
         Ok(KeyTable {
             by_name,

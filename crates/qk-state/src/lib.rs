@@ -24,7 +24,8 @@ pub use access::{
     PrincipalRecord, Role, TokenRecord,
 };
 pub use access_ops::{
-    parse_token, token_text, MAX_PENDING_APPROVALS_PER_PRINCIPAL, MAX_TOKEN_TTL_MS, TOKEN_PREFIX,
+    is_aws_token_id, parse_token, token_text, AWS_TOKEN_ID_MARKER,
+    MAX_PENDING_APPROVALS_PER_PRINCIPAL, MAX_TOKEN_TTL_MS, TOKEN_PREFIX,
 };
 pub use approval::{ApprovalRecord, ApprovalStatus};
 pub use audit::{
@@ -43,4 +44,5 @@ pub use machine::{
 };
 pub use model::{
     DkgPhase, DkgRecord, DkgSession, KeyRecord, KeyVersionRecord, RefreshRecord, VersionState,
+    ALIASES_TAG,
 };

@@ -13,7 +13,7 @@ use crate::command::{
     StateError, DEFAULT_GENERATION_TIMEOUT_MS, DKG_COMPLAINT_TIMEOUT_MS, DKG_DEALING_TIMEOUT_MS,
     MAX_AUDIT_BATCH, MAX_DKG_MESSAGE_LEN, MAX_GENERATION_TIMEOUT_MS, MIN_GENERATION_TIMEOUT_MS,
 };
-use crate::key_table::{KeyTable, ALIAS_TAG_PREFIX};
+use crate::key_table::KeyTable;
 use crate::lifecycle::LifecycleChange;
 use crate::limits::{
     bounded, MAX_FRESH_REQUESTS, MAX_NAME_LEN, MAX_REMEMBERED_REQUESTS, MAX_TEXT_LEN,
@@ -154,10 +154,13 @@ fn transition_error_at(name: &str, version: KeyVersion, state: &str, action: &st
     }
 }
 
-/// Aliases are AWS's: letters, digits, `/`, `_` and `-`, not `aws/…`,
-/// short enough that `alias/<alias>` is a tag name.
+/// Most aliases on one key (they share one tag value).
+const MAX_ALIASES_PER_KEY: usize = 16;
+
+/// Aliases are AWS's: letters, digits, `/`, `_` and `-`, not `aws/…`, and
+/// with `alias/` in front at most a key name's length.
 fn check_alias(alias: &str) -> Result<(), StateError> {
-    let max = MAX_NAME_LEN - ALIAS_TAG_PREFIX.len();
+    let max = MAX_NAME_LEN - "alias/".len();
     let ok_chars = alias
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/'));
@@ -649,12 +652,6 @@ impl StateMachine {
     }
 
     fn set_tag(&mut self, name: &str, tag: &str, value: Option<&[u8]>) -> Outcome {
-        if tag.starts_with(ALIAS_TAG_PREFIX) {
-            return Err(invalid(format!(
-                "tags named {ALIAS_TAG_PREFIX}* hold aliases; set aliases with SetAlias (the \
-                 KMS CreateAlias, UpdateAlias and DeleteAlias)"
-            )));
-        }
         let key = self.key_mut(name)?;
         if tag.is_empty() || tag.len() > MAX_NAME_LEN {
             return Err(invalid(format!("tag names are 1-{MAX_NAME_LEN} bytes")));
@@ -719,9 +716,14 @@ impl StateMachine {
             }
             _ => {}
         }
-        if key.tags.len() >= MAX_TAGS {
+        if key.aliases().count() >= MAX_ALIASES_PER_KEY {
             return Err(invalid(format!(
-                "a key has at most {MAX_TAGS} tags and aliases"
+                "a key has at most {MAX_ALIASES_PER_KEY} aliases"
+            )));
+        }
+        if key.tags.len() >= MAX_TAGS && !key.tags.contains_key(crate::model::ALIASES_TAG) {
+            return Err(invalid(format!(
+                "a key has at most {MAX_TAGS} tags, its aliases counting as one"
             )));
         }
         self.keys.set_alias(alias, Some(name));

@@ -206,7 +206,21 @@ pub struct KeyRecord {
     pub expired: bool,
 }
 
+/// The tag that holds a key's aliases, one per line. Its empty name is one
+/// `SetTag` has always refused, so only `SetAlias` ever wrote it.
+pub const ALIASES_TAG: &str = "";
+
 impl KeyRecord {
+    /// The aliases on this key (`Operation::SetAlias`).
+    pub fn aliases(&self) -> impl Iterator<Item = &str> {
+        self.tags
+            .get(ALIASES_TAG)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .unwrap_or_default()
+            .split('\n')
+            .filter(|a| !a.is_empty())
+    }
+
     /// Log time of the next scheduled rotation, if the key has a schedule.
     pub fn next_rotation_ms(&self) -> Option<u64> {
         let period = self.rotation_period_ms?;

@@ -1535,6 +1535,8 @@ fn aliases_are_unique_never_a_key_name_and_moving_one_needs_both_keys() {
     };
     log.run("ops", alias("a", "orders", Create))
         .expect("created");
+    let on_a: Vec<&str> = log.sm.key("a").expect("a").aliases().collect();
+    assert_eq!(on_a, ["orders"]);
     assert_eq!(
         log.sm.key_by_alias("orders").map(|k| k.name.as_str()),
         Some("a")
@@ -1552,13 +1554,18 @@ fn aliases_are_unique_never_a_key_name_and_moving_one_needs_both_keys() {
         key_named_alias,
         Err(StateError::AliasExists("orders".into()))
     );
-    let by_tag = Operation::SetTag {
+    // Tags make no aliases: any name is an ordinary tag, and the empty name
+    // that holds a key's aliases is refused to SetTag.
+    let tag = |tag: &str| Operation::SetTag {
         name: "a".into(),
-        tag: "alias/other".into(),
-        value: Some(Vec::new()),
+        tag: tag.into(),
+        value: Some(b"other".to_vec()),
     };
+    log.run("admin", tag("alias/other"))
+        .expect("an ordinary tag");
+    assert!(log.sm.key_by_alias("other").is_none());
     assert!(matches!(
-        log.run("admin", by_tag),
+        log.run("admin", tag("")),
         Err(StateError::Invalid(_))
     ));
     for bad in ["", "aws/x", "a b", &"x".repeat(200)] {
@@ -1617,4 +1624,57 @@ fn aliases_are_unique_never_a_key_name_and_moving_one_needs_both_keys() {
         .expect("deleted");
     assert!(log.sm.key_by_alias("orders").is_none());
     assert!(log.sm.key("b").expect("b").tags.is_empty());
+}
+
+#[test]
+fn aws_access_keys_are_no_bearer_tokens_and_never_carry_admin_or_approver_roles() {
+    let mut log = Log::new();
+    log.principal("svc", &[Role::Operator, Role::KeyUser]);
+    let secret = "cd".repeat(32);
+    let aws_id = format!("{}00000001", qk_state::AWS_TOKEN_ID_MARKER);
+    let issue = |principal: &str, id: &str, now: u64| Operation::IssueToken {
+        id: id.into(),
+        principal: principal.into(),
+        description: "aws".into(),
+        secret_sha256: Sha256::digest(secret.as_bytes()).into(),
+        verify_key: qk_state::proof::token_verify_key(&secret).expect("key"),
+        expires_at_ms: now + 60_000,
+    };
+    let refused = log.run("admin", issue("admin", &aws_id, log.now));
+    assert!(
+        matches!(refused, Err(StateError::Denied(ref m)) if m.contains("admin role")),
+        "{refused:?}"
+    );
+    log.run("admin", issue("svc", &aws_id, log.now))
+        .expect("issued to a service");
+    let bearer_id = "0123456789abcdef";
+    log.run("admin", issue("svc", bearer_id, log.now))
+        .expect("a bearer token");
+
+    let aws = qk_state::token_text(&aws_id, &secret);
+    let bearer = qk_state::token_text(bearer_id, &secret);
+    assert!(
+        log.sm.authenticate_token(&aws, log.now).is_err(),
+        "no bearer use"
+    );
+    assert!(log.sm.authenticate_aws_token(&aws, log.now).is_ok());
+    assert!(
+        log.sm.authenticate_aws_token(&bearer, log.now).is_err(),
+        "no SigV4 use"
+    );
+    assert!(log.sm.authenticate_token(&bearer, log.now).is_ok());
+
+    // Gaining the admin role revokes the principal's AWS keys, not its
+    // bearer tokens.
+    let promote = Operation::UpdatePrincipal {
+        name: "svc".into(),
+        roles: [Role::Admin].into(),
+        disabled: false,
+    };
+    log.run("admin", promote).expect("promoted");
+    assert!(
+        log.sm.authenticate_aws_token(&aws, log.now).is_err(),
+        "revoked"
+    );
+    assert!(log.sm.authenticate_token(&bearer, log.now).is_ok());
 }

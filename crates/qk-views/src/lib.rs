@@ -69,6 +69,9 @@ pub struct KeyView {
     pub policy: Option<KeyPolicy>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Other names the key is found by (AWS KMS aliases).
+    #[serde(default)]
+    pub aliases: Vec<String>,
     #[serde(default)]
     pub versions: Vec<VersionView>,
 }
@@ -98,8 +101,10 @@ impl From<&qk_state::KeyRecord> for KeyView {
             tags: k
                 .tags
                 .iter()
+                .filter(|(name, _)| name.as_str() != qk_state::ALIASES_TAG)
                 .map(|(name, value)| (name.clone(), B64.encode(value)))
                 .collect(),
+            aliases: k.aliases().map(str::to_owned).collect(),
             versions: k.versions.iter().map(VersionView::from).collect(),
         }
     }

@@ -84,6 +84,10 @@ impl Backend for ApiBackend {
         self.0.aws_secret(token_id)
     }
 
+    fn authenticate_aws_token(&self, token: &str) -> Result<(String, String), RequestError> {
+        self.0.authenticate_aws_token(token)
+    }
+
     fn gauges(&self) -> Gauges {
         let s = self.0.status();
         Gauges {

@@ -140,9 +140,14 @@ impl Node {
         }
     }
 
-    pub(super) fn list_keys(&self, peer: &Peer, full: bool) -> ClientResponse {
+    /// The keys the caller may read, linearizable like a key read (a list
+    /// right after a write shows it, on whichever node answers).
+    pub(super) async fn list_keys(&self, peer: &Peer, full: bool) -> ClientResponse {
         if let Err(denied) = self.require(peer, Permission::KeyRead, None, "key.list") {
             return denied;
+        }
+        if let Err(unavailable) = self.read_barrier().await {
+            return unavailable;
         }
         self.read(|s| {
             let names = self.readable(peer, s);
@@ -171,13 +176,17 @@ impl Node {
         .await
     }
 
-    /// A linearizable read of the key `find` picks, if the caller may read it.
+    /// A linearizable read of the key `find` picks, if the caller may read it
+    /// (by role first, so an unknown id or alias tells a stranger nothing).
     async fn get_key_found(
         &self,
         peer: &Peer,
         find: impl Fn(&StateMachine) -> Option<&qk_state::KeyRecord>,
         missing: impl Fn() -> String,
     ) -> ClientResponse {
+        if let Err(denied) = self.require(peer, Permission::KeyRead, None, "key.read") {
+            return denied;
+        }
         if let Err(unavailable) = self.read_barrier().await {
             return unavailable;
         }
@@ -331,35 +340,6 @@ impl Node {
         })
     }
 
-    /// AWS access keys are shared secrets: the node that checks them could
-    /// forge them, so they are not issued to principals whose roles change
-    /// access control or approve (docs/THREATS.md, "Shared-secret front doors").
-    fn check_aws_principal(&self, principal: &str) -> Result<(), RequestError> {
-        use qk_state::Role;
-        let roles = self
-            .state
-            .read(|a| a.machine().principal(principal).map(|p| p.roles.clone()))
-            .map_err(|e| RequestError::unavailable(format!("cannot read the local state: {e}")))?
-            .ok_or_else(|| {
-                RequestError::not_found(format!(
-                    "principal {principal} does not exist; create it with `qk principal create`"
-                ))
-            })?;
-        match [Role::Admin, Role::Approver]
-            .into_iter()
-            .find(|r| roles.contains(r))
-        {
-            Some(role) => Err(RequestError::invalid(format!(
-                "principal {principal} has the {} role; AWS access keys are shared secrets the \
-                 issuing node could use, so they are issued only to principals without the admin \
-                 or approver role: create a principal for the service (for example with the \
-                 operator and key-user roles)",
-                role.name()
-            ))),
-            None => Ok(()),
-        }
-    }
-
     /// The AWS secret access key of token `id` as this node derives it.
     pub(crate) fn aws_secret_of(
         &self,
@@ -386,15 +366,12 @@ impl Node {
             mut description,
             kind,
         } = token;
-        let id: String = hex(&rand::random::<[u8; 8]>());
+        let id = token_id(kind);
         let secret = match self.token_secret(kind, &id) {
             Ok(secret) => secret,
             Err(e) => return ClientResponse::Error(e),
         };
         if kind == CredentialKind::AwsSigV4 {
-            if let Err(refused) = self.check_aws_principal(&principal) {
-                return ClientResponse::Error(refused);
-            }
             description = format!("AWS access key bound to node {}: {description}", self.id);
         }
         let verify_key = match qk_state::proof::token_verify_key(&secret) {
@@ -480,6 +457,18 @@ impl Node {
             },
             other => other,
         }
+    }
+
+    /// Checks an AWS access key's token (its secret as this node derives
+    /// it) against this node's state and clock.
+    pub fn authenticate_aws_token(&self, token: &str) -> Result<(String, String), RequestError> {
+        self.state
+            .read(|a| {
+                a.machine()
+                    .authenticate_aws_token(token, now_ms())
+                    .map(|(p, t)| (p.name.clone(), t.id.clone()))
+            })
+            .map_err(|e| RequestError::unavailable(format!("cannot read the local state: {e}")))?
     }
 
     /// Checks a bearer token against this node's state and clock.
@@ -729,3 +718,21 @@ pub(crate) struct NewToken {
 
 /// HKDF purpose of the AWS secret access keys this node derives.
 const AWS_SECRET_PURPOSE: &str = "aws-sigv4-secret-access-key";
+
+/// A fresh token id: an AWS access key's carries
+/// [`qk_state::AWS_TOKEN_ID_MARKER`], a bearer token's never does.
+fn token_id(kind: CredentialKind) -> String {
+    match kind {
+        CredentialKind::AwsSigV4 => format!(
+            "{}{}",
+            qk_state::AWS_TOKEN_ID_MARKER,
+            hex(&rand::random::<[u8; 4]>())
+        ),
+        CredentialKind::Bearer => loop {
+            let id = hex(&rand::random::<[u8; 8]>());
+            if !qk_state::is_aws_token_id(&id) {
+                return id;
+            }
+        },
+    }
+}

@@ -24,7 +24,7 @@ use crate::native::{apply_transition, rotate_and_wait, wait_generated, Lifecycle
 use crate::uuid_text;
 
 const ALGORITHM: &str = "SYMMETRIC_DEFAULT";
-/// How AWS names an alias, and the tag that holds one on its key.
+/// How AWS names an alias.
 const ALIAS_TAG: &str = "alias/";
 /// Key tags set through this API carry this prefix (AWS tag keys are up to
 /// 128 characters; with the prefix, Quorumkey's tag names are too).
@@ -301,7 +301,7 @@ fn read_blob(blob: &str) -> Result<Ciphertext, KmsError> {
         .map_err(|e| invalid(&format!("the ciphertext does not decode: {e}")))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct EncryptIn {
     key_id: String,
@@ -313,6 +313,14 @@ struct EncryptIn {
     encryption_algorithm: Option<String>,
     #[serde(default)]
     dry_run: bool,
+}
+
+impl std::fmt::Debug for EncryptIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptIn")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for EncryptIn {
@@ -768,10 +776,9 @@ async fn list_keys(call: &Call, b: ListIn) -> Result<Value, KmsError> {
     Ok(page("Keys", items, limit))
 }
 
-/// A key's aliases: its name, and the aliases its tags hold.
+/// A key's aliases: its name, and the aliases set on it.
 fn aliases_of(key: &KeyRecord) -> impl Iterator<Item = &str> {
-    let set = key.tags.keys().filter_map(|t| t.strip_prefix(ALIAS_TAG));
-    std::iter::once(key.name.as_str()).chain(set)
+    std::iter::once(key.name.as_str()).chain(key.aliases())
 }
 
 async fn list_aliases(call: &Call, b: ListIn) -> Result<Value, KmsError> {

@@ -115,7 +115,6 @@ impl Authorization {
 }
 
 /// The request as received.
-#[derive(Debug)]
 pub(crate) struct Received<'a> {
     pub method: &'a str,
     pub path: &'a str,
@@ -126,6 +125,17 @@ pub(crate) struct Received<'a> {
     pub body: &'a [u8],
 }
 
+/// The body may hold plaintext: it is never printed.
+impl std::fmt::Debug for Received<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("body_len", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Checks `auth`'s signature of `req` with `secret` at `now_ms`.
 pub(crate) fn verify(
     auth: &Authorization,
@@ -133,13 +143,25 @@ pub(crate) fn verify(
     secret: &str,
     now_ms: u64,
 ) -> Result<(), SigError> {
-    for needed in ["host", "x-amz-date"] {
+    // The operation is named by X-Amz-Target: unsigned, a captured request
+    // could be replayed as another operation on the same body.
+    for needed in ["host", "x-amz-date", "x-amz-target"] {
         if !auth.signed_headers.iter().any(|h| h == needed) {
             return Err(SigError::Incomplete(format!(
                 "the {needed} header must be signed"
             )));
         }
     }
+    check_signature(auth, req, secret, now_ms)
+}
+
+/// The signature check itself, whatever headers were signed.
+fn check_signature(
+    auth: &Authorization,
+    req: &Received<'_>,
+    secret: &str,
+    now_ms: u64,
+) -> Result<(), SigError> {
     let amz_date = header_text(req.headers, "x-amz-date")
         .ok_or_else(|| SigError::Incomplete("no X-Amz-Date header".into()))?;
     let signed_ms = parse_amz_date(&amz_date)
@@ -334,7 +356,28 @@ mod tests {
             authority: None,
             body: b"",
         };
-        verify(&auth, &req, secret, now_ms)
+        check_signature(&auth, &req, secret, now_ms)
+    }
+
+    #[test]
+    fn a_request_must_sign_its_operation() {
+        let auth = Authorization::parse(EXAMPLE_AUTH).expect("parses");
+        let headers = example_headers();
+        let req = Received {
+            method: "GET",
+            path: "/",
+            query: Some("Action=ListUsers&Version=2010-05-08"),
+            headers: &headers,
+            authority: None,
+            body: b"",
+        };
+        let refused = verify(&auth, &req, EXAMPLE_SECRET, EXAMPLE_NOW_MS);
+        assert_eq!(
+            refused,
+            Err(SigError::Incomplete(
+                "the x-amz-target header must be signed".into()
+            ))
+        );
     }
 
     #[test]

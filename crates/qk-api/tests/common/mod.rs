@@ -405,6 +405,10 @@ impl Backend for FakeBackend {
         Err(RequestError::unauthenticated("no such access key"))
     }
 
+    fn authenticate_aws_token(&self, _token: &str) -> Result<(String, String), RequestError> {
+        Err(RequestError::unauthenticated("no such access key"))
+    }
+
     fn wait_applied(&self, index: u64) -> BoxFuture<'_, Result<(), RequestError>> {
         Box::pin(async move {
             if index <= FAKE_APPLIED {
