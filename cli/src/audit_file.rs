@@ -14,6 +14,16 @@ pub fn to_record(v: &AuditRecordView) -> Result<AuditRecord> {
 }
 
 pub fn read_jsonl(path: &Path) -> Result<Vec<AuditRecordView>> {
+    read_lines(path, "an audit record", "qk audit export")
+}
+
+/// One `T` per non-empty JSON line of `path`; an error names the line and
+/// the command (`made_by`) that writes such files.
+pub fn read_lines<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+    made_by: &str,
+) -> Result<Vec<T>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut out = Vec::new();
@@ -22,14 +32,14 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<AuditRecordView>> {
         if line.trim().is_empty() {
             continue;
         }
-        let view = serde_json::from_str(&line).with_context(|| {
+        let value = serde_json::from_str(&line).with_context(|| {
             format!(
-                "{} line {} is not an audit record; use a file written by `qk audit export`",
+                "{} line {} is not {what}; use a file written by `{made_by}`",
                 path.display(),
                 i + 1
             )
         })?;
-        out.push(view);
+        out.push(value);
     }
     Ok(out)
 }

@@ -4,7 +4,6 @@
 //! (`qk audit verify --file F --checkpoints C`).
 
 use std::collections::BTreeSet;
-use std::io::BufRead;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -63,23 +62,7 @@ pub async fn gather(api: &ApiClient, seq: u64) -> Result<(Vec<AuditCheckpointVie
 }
 
 pub fn read_checkpoints(path: &Path) -> Result<Vec<AuditCheckpointView>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        out.push(serde_json::from_str(&line).with_context(|| {
-            format!(
-                "{} line {} is not a checkpoint; use a file written by `qk audit checkpoint`",
-                path.display(),
-                i + 1
-            )
-        })?);
-    }
-    Ok(out)
+    crate::audit_file::read_lines(path, "a checkpoint", "qk audit checkpoint")
 }
 
 /// What the checkpoints say about an exported trail.

