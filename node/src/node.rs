@@ -199,8 +199,8 @@ impl Node {
                     "only cluster nodes ask for the read index".to_owned(),
                 ),
             },
-            ClientRequest::ListKeys => self.list_keys(peer, false).await,
-            ClientRequest::KeyInventory => self.list_keys(peer, true).await,
+            ClientRequest::ListKeys => self.list_keys(peer, false),
+            ClientRequest::KeyInventory => self.list_keys(peer, true),
             ClientRequest::Audit { from_seq, limit } => {
                 if let Err(denied) = self.require(peer, Permission::AuditRead, None, "audit.read") {
                     return denied;

@@ -140,14 +140,9 @@ impl Node {
         }
     }
 
-    /// The keys the caller may read, linearizable like a key read (a list
-    /// right after a write shows it, on whichever node answers).
-    pub(super) async fn list_keys(&self, peer: &Peer, full: bool) -> ClientResponse {
+    pub(super) fn list_keys(&self, peer: &Peer, full: bool) -> ClientResponse {
         if let Err(denied) = self.require(peer, Permission::KeyRead, None, "key.list") {
             return denied;
-        }
-        if let Err(unavailable) = self.read_barrier().await {
-            return unavailable;
         }
         self.read(|s| {
             let names = self.readable(peer, s);
