@@ -412,11 +412,8 @@ pub async fn kms(ctx: &Ctx, cmd: KmsCommand) -> Result<()> {
             }
         }
         KmsCredentialsCommand::Revoke { access_key_id } => {
-            let token_id = access_key_id
-                .strip_prefix("QK")
-                .and_then(|rest| rest.split_once('X'))
-                .map(|(_, id)| id.to_ascii_lowercase())
-                .filter(|id| !id.is_empty())
+            let token_id = qk_client::views::parse_aws_access_key_id(&access_key_id)
+                .map(|(_, id)| id)
                 .with_context(|| {
                     format!(
                         "{access_key_id} is not a Quorumkey AWS access key id (QK<node>X<id>); \

@@ -24,6 +24,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::errors::{ErrorKind, Failure, Refusal};
+use crate::views::parse_aws_access_key_id as parse_access_key_id;
 use crate::{AppState, Caller};
 use sigv4::{Authorization, Received, SigError};
 
@@ -32,9 +33,6 @@ use sigv4::{Authorization, Received, SigError};
 pub const ACCOUNT_ID: &str = "000000000000";
 const TARGET_PREFIX: &str = "TrentService.";
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
-/// Prefix of every access key id; then the issuing node's id, `X`, and the
-/// token id in upper case.
-const ACCESS_KEY_PREFIX: &str = "QK";
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/", post(handle))
@@ -130,26 +128,6 @@ impl From<SigError> for KmsError {
         };
         KmsError::new(kind, e.to_string())
     }
-}
-
-/// `QK<node>X<TOKEN ID>`: the access key id of token `token_id` issued by `node`.
-pub fn access_key_id(node: u64, token_id: &str) -> String {
-    format!(
-        "{ACCESS_KEY_PREFIX}{node}X{}",
-        token_id.to_ascii_uppercase()
-    )
-}
-
-/// The node and token an access key id names.
-fn parse_access_key_id(text: &str) -> Option<(u64, String)> {
-    let (node, token) = text.strip_prefix(ACCESS_KEY_PREFIX)?.split_once('X')?;
-    let node: u64 = node.parse().ok()?;
-    let valid = !token.is_empty()
-        && token.len() <= 64
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
-    valid.then(|| (node, token.to_ascii_lowercase()))
 }
 
 fn now_ms() -> u64 {
@@ -304,6 +282,7 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::views::aws_access_key_id as access_key_id;
 
     #[test]
     fn access_key_ids_name_their_node_and_token() {

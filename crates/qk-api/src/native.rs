@@ -939,7 +939,7 @@ async fn create_aws_credential(
         |text, record| {
             let secret = qk_state::parse_token(text).map_or("", |(_, secret)| secret);
             json!({
-                "access_key_id": crate::kms::access_key_id(node, &record.id),
+                "access_key_id": crate::views::aws_access_key_id(node, &record.id),
                 "secret_access_key": secret,
                 "node": node,
             })

@@ -39,6 +39,31 @@ pub const NOT_APPLIED_HEADER: &str = "x-qk-not-applied-on";
 pub const SESSION_HEADER: &str = "x-qk-session";
 
 /// Lowercase hex, two digits a byte.
+/// Prefix of every AWS access key id; then the issuing node's id, `X`, and
+/// the token id in upper case.
+const ACCESS_KEY_PREFIX: &str = "QK";
+
+/// `QK<node>X<TOKEN ID>`: the AWS access key id of token `token_id` issued
+/// by `node` (`qk kms credentials create`).
+pub fn aws_access_key_id(node: u64, token_id: &str) -> String {
+    format!(
+        "{ACCESS_KEY_PREFIX}{node}X{}",
+        token_id.to_ascii_uppercase()
+    )
+}
+
+/// The node and token id an AWS access key id names.
+pub fn parse_aws_access_key_id(text: &str) -> Option<(u64, String)> {
+    let (node, token) = text.strip_prefix(ACCESS_KEY_PREFIX)?.split_once('X')?;
+    let node: u64 = node.parse().ok()?;
+    let valid = !token.is_empty()
+        && token.len() <= 64
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
+    valid.then(|| (node, token.to_ascii_lowercase()))
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
