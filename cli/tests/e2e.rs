@@ -193,3 +193,88 @@ fn tokens_principals_and_whoami() {
     assert_eq!(denied.status.code(), Some(EXIT_DENIED));
     assert!(String::from_utf8_lossy(&denied.stderr).contains("denied"));
 }
+
+/// `POST {node}/api/v1/keys/{key}/rotate` with curl, as `token`, naming the
+/// request `request_id`: the HTTP status and the body.
+fn curl_rotate(c: &Cluster, node: &str, key: &str, token: &str, request_id: &str) -> (u16, String) {
+    let profile: toml::Value =
+        toml::from_str(&std::fs::read_to_string(c.dir.join("profile.toml")).expect("profile"))
+            .expect("profile toml");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}", "--cacert"])
+        .arg(profile["ca_cert"].as_str().expect("ca_cert"))
+        .args(["-H", &format!("authorization: Bearer {token}")])
+        .args(["-H", &format!("x-qk-request-id: {request_id}")])
+        .args(["-H", "content-type: application/json", "-d", "{}"])
+        .arg(format!(
+            "{}/api/v1/keys/{key}/rotate",
+            node.trim_end_matches('/')
+        ))
+        .output()
+        .expect("curl runs");
+    let all = text(out.stdout);
+    let (body, status) = all.rsplit_once('\n').expect("status line");
+    let body = format!("{body}{}", String::from_utf8_lossy(&out.stderr));
+    (status.trim().parse().expect("http status"), body)
+}
+
+fn primary_version(body: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["primary_version"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{body}"))
+}
+
+/// qk-client sends a write to the next node when the first gives no
+/// answer, under the same request id: a node that did apply it must not
+/// apply it again (the fault suite once saw two versions from one
+/// `qk key rotate`).
+#[test]
+fn a_write_sent_again_under_its_request_id_is_applied_once() {
+    let c = up(3);
+    c.ok(&["key", "create", "once"], None);
+    let token = c.admin_token();
+    let profile: toml::Value =
+        toml::from_str(&std::fs::read_to_string(c.dir.join("profile.toml")).expect("profile"))
+            .expect("profile toml");
+    let nodes: Vec<&str> = profile["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n.as_str().expect("node url"))
+        .collect();
+    assert_eq!(nodes.len(), 3, "{profile}");
+    let first = "00112233445566778899aabbccddeeff";
+    let (status, body) = curl_rotate(&c, nodes[0], "once", &token, first);
+    assert_eq!((status, primary_version(&body)), (200, 2), "{body}");
+    let (status, body) = curl_rotate(&c, nodes[1], "once", &token, first);
+    assert_eq!(
+        (status, primary_version(&body)),
+        (200, 2),
+        "sent again: {body}"
+    );
+    let show = text(c.ok(&["key", "show", "once", "-o", "json"], None));
+    let versions = serde_json::from_str::<serde_json::Value>(&show).expect("json")["versions"]
+        .as_array()
+        .map(Vec::len);
+    assert_eq!(versions, Some(2), "one rotation, two versions: {show}");
+    let (status, body) = curl_rotate(
+        &c,
+        nodes[2],
+        "once",
+        &token,
+        "ffeeddccbbaa99887766554433221100",
+    );
+    assert_eq!(
+        (status, primary_version(&body)),
+        (200, 3),
+        "a new request: {body}"
+    );
+    for bad in ["xyz", "+0112233445566778899aabbccddeeff", "00112233"] {
+        let (status, body) = curl_rotate(&c, nodes[0], "once", &token, bad);
+        assert_eq!(status, 400, "request id {bad:?}: {body}");
+        assert!(body.contains("x-qk-request-id"), "{body}");
+    }
+    let show = text(c.ok(&["key", "show", "once", "-o", "json"], None));
+    assert_eq!(primary_version(&show), 3, "{show}");
+}

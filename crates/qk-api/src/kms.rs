@@ -204,6 +204,7 @@ fn authenticate(
         principal,
         credential: Some(qk_state::proof::Credential::from_token(&token_id, &text)),
         token_id: Some(token_id),
+        request_ids: crate::RequestIds::default(),
     })
 }
 

@@ -97,6 +97,81 @@ pub struct Caller {
     /// The caller's signing key (from its token, or the session its client
     /// certificate granted): every decrypt it asks for is signed with it.
     pub credential: Option<qk_state::proof::Credential>,
+    /// The ids this request's writes are proposed under.
+    pub request_ids: RequestIds,
+}
+
+/// Where a request's writes get their request ids: fresh random ones, or,
+/// when the client named its request ([`qk_views::REQUEST_ID_HEADER`]), ids
+/// derived from that name in the order the handler writes. The state
+/// machine remembers ids per principal, so the same request sent again
+/// (to another node, after an answer was lost) has each of its writes
+/// applied once, and one principal's name never answers for another's.
+#[derive(Clone, Debug, Default)]
+pub struct RequestIds {
+    named: Option<RequestId>,
+    written: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl PartialEq for RequestIds {
+    fn eq(&self, other: &Self) -> bool {
+        self.named == other.named
+    }
+}
+
+impl Eq for RequestIds {}
+
+impl RequestIds {
+    /// The ids of a request the client named `id`.
+    pub fn named(id: RequestId) -> Self {
+        RequestIds {
+            named: Some(id),
+            written: Arc::default(),
+        }
+    }
+
+    /// The id of the handler's next write.
+    fn next(&self) -> RequestId {
+        use sha2::Digest as _;
+        let Some(base) = self.named else {
+            return new_request_id();
+        };
+        match self
+            .written
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => base,
+            n => {
+                let digest = sha2::Sha256::new()
+                    .chain_update(b"quorumkey request id step v1\0")
+                    .chain_update(base.0)
+                    .chain_update(n.to_be_bytes())
+                    .finalize();
+                let mut id = [0u8; 16];
+                id.copy_from_slice(&digest[..16]);
+                RequestId(id)
+            }
+        }
+    }
+}
+
+/// The ids of a request's writes, from its [`qk_views::REQUEST_ID_HEADER`].
+fn request_ids(headers: &HeaderMap) -> Result<RequestIds, Failure> {
+    let Some(value) = headers.get(qk_views::REQUEST_ID_HEADER) else {
+        return Ok(RequestIds::default());
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(qk_views::parse_request_id)
+        .map(|id| RequestIds::named(RequestId(id)))
+        .ok_or_else(|| {
+            Failure::invalid(format!(
+                "the {} header must be 32 hex digits (16 bytes): send a fresh random value \
+                 per request and the same value when sending that request again, or none",
+                qk_views::REQUEST_ID_HEADER
+            ))
+        })
 }
 
 /// What the node knows of itself and its cluster, for `GET /metrics` and
@@ -268,7 +343,7 @@ fn router(state: AppState) -> Router {
             state.clone(),
             session::read_your_writes,
         ))
-        .layer(axum::middleware::from_fn(refuse_announced_oversize))
+        .layer(axum::middleware::from_fn(read_body_first))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
@@ -400,6 +475,7 @@ pub(crate) fn authenticate(
             principal,
             token_id: Some(token_id),
             credential,
+            request_ids: request_ids(headers)?,
         });
     }
     match peer.and_then(|p| p.0.clone()) {
@@ -407,6 +483,7 @@ pub(crate) fn authenticate(
             credential: session_credential(headers, &principal).map_err(unauthenticated)?,
             principal,
             token_id: None,
+            request_ids: request_ids(headers)?,
         }),
         None => Err(unauthenticated(
             "no credential: send `Authorization: Bearer qkt.<id>.<secret>` or `X-Vault-Token`, \
@@ -490,10 +567,16 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
     })
 }
 
-/// A request that announces a body over [`MAX_BODY_BYTES`] is refused at
-/// once, before any of it is read (the body limit alone would read up to the
-/// limit first, as slowly as the client sends it).
-async fn refuse_announced_oversize(
+/// How long a request body may take to arrive once its headers have.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads the whole request body before anything answers it. A request that
+/// announces a body over [`MAX_BODY_BYTES`] is refused at once, before any
+/// of it is read. Read first because a refusal sent before the body was
+/// read (a bad credential, say) ends the HTTP/2 stream with a reset that
+/// some clients (curl 7.88) report as a framing error instead of the
+/// answer.
+async fn read_body_first(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -502,18 +585,58 @@ async fn refuse_announced_oversize(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_none_or(|n| n <= MAX_BODY_BYTES as u64) {
-        return next.run(req).await;
+    let too_large = || {
+        Failure::new(
+            ErrorKind::TooLarge,
+            format!("the request body is over {MAX_BODY_BYTES} bytes; send less per request"),
+        )
+    };
+    let vault = req.uri().path().starts_with("/v1/");
+    let refuse = |refusal: Failure| {
+        if vault {
+            vault::failure_response(refusal)
+        } else {
+            axum::response::IntoResponse::into_response(refusal)
+        }
+    };
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return refuse(too_large());
     }
-    let refusal = Failure::new(
-        ErrorKind::TooLarge,
-        format!("the request body is over {MAX_BODY_BYTES} bytes; send less per request"),
-    );
-    if req.uri().path().starts_with("/v1/") {
-        vault::failure_response(refusal)
-    } else {
-        axum::response::IntoResponse::into_response(refusal)
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read_bounded(body, announced)).await {
+        Ok(Ok(Some(bytes))) => {
+            let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+            next.run(req).await
+        }
+        Ok(Ok(None)) => refuse(too_large()),
+        Ok(Err(e)) => refuse(Failure::invalid(format!(
+            "could not read the request body ({e}); send it again"
+        ))),
+        Err(_) => refuse(Failure::invalid(format!(
+            "the request body did not arrive within {} s of its headers; send it at once",
+            BODY_READ_TIMEOUT.as_secs()
+        ))),
     }
+}
+
+/// The body, or `None` once it passes [`MAX_BODY_BYTES`]. Sized up front
+/// when announced, so a plaintext is not left behind in regrown buffers.
+async fn read_bounded(
+    body: axum::body::Body,
+    announced: Option<u64>,
+) -> Result<Option<Vec<u8>>, axum::Error> {
+    use futures::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let capacity = announced.map_or(0, |n| n.min(MAX_BODY_BYTES as u64) as usize);
+    let mut bytes = Vec::with_capacity(capacity);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+            return Ok(None);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Some(bytes))
 }
 
 pub(crate) fn body_failure(r: BytesRejection) -> Failure {
@@ -558,7 +681,7 @@ impl AppState {
     /// Proposes one operation; the backend stamps time and principal.
     pub(crate) async fn write(&self, caller: &Caller, op: Operation) -> Result<Applied, Refusal> {
         let command = Command {
-            request_id: new_request_id(),
+            request_id: caller.request_ids.next(),
             time_ms: 0,
             principal: String::new(),
             op,
@@ -606,5 +729,23 @@ impl AppState {
             ClientResponse::Approvals(list) => list.into_iter().find(|a| a.id == id),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_requests_writes_get_distinct_ids_that_a_resend_repeats() {
+        let base = RequestId([9; 16]);
+        let (first, again) = (RequestIds::named(base), RequestIds::named(base));
+        let ids: Vec<RequestId> = (0..3).map(|_| first.next()).collect();
+        let resent: Vec<RequestId> = (0..3).map(|_| again.next()).collect();
+        assert_eq!(ids, resent);
+        assert_eq!(ids[0], base);
+        assert!(ids[1] != ids[0] && ids[2] != ids[1] && ids[2] != ids[0]);
+        let unnamed = RequestIds::default();
+        assert_ne!(unnamed.next(), unnamed.next());
     }
 }

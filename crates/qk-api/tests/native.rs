@@ -430,3 +430,47 @@ async fn session_index_is_answered_and_waited_for() {
         .contains("node is behind"));
     h.server.shutdown().await;
 }
+
+/// A request named by `X-Qk-Request-Id` writes under that id (sent again,
+/// the same id: the state machine answers it as applied); an unnamed one
+/// under a fresh id each time; a malformed name is refused before anything
+/// reaches the backend.
+#[tokio::test]
+async fn a_named_request_writes_under_its_id() {
+    let h = Harness::start().await;
+    assert_eq!(create_key(&h, "k1").await.status(), StatusCode::CREATED);
+    let rotate = |id: Option<&'static str>| {
+        let mut r = h
+            .client()
+            .post(h.url("/api/v1/keys/k1/rotate"))
+            .bearer_auth(ALICE_TOKEN);
+        if let Some(id) = id {
+            r = r.header("x-qk-request-id", id);
+        }
+        r.send()
+    };
+    let named = "00112233445566778899AABBCCDDEEFF";
+    for _ in 0..2 {
+        assert_eq!(rotate(Some(named)).await.unwrap().status(), StatusCode::OK);
+    }
+    for _ in 0..2 {
+        assert_eq!(rotate(None).await.unwrap().status(), StatusCode::OK);
+    }
+    let ids = h.backend.write_ids();
+    assert_eq!(ids.len(), 5, "create and four rotations");
+    let expected: [u8; 16] = core::array::from_fn(|i| 0x11 * i as u8);
+    assert_eq!((ids[1], ids[2]), (expected, expected));
+    assert!(ids[3] != ids[4] && ids[3] != expected && ids[4] != expected);
+    let calls = h.backend.calls().len();
+    for bad in ["xyz", "+0112233445566778899aabbccddeeff", "0011"] {
+        let r = rotate(Some(bad)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("x-qk-request-id"));
+    }
+    assert_eq!(h.backend.calls().len(), calls, "refused at the edge");
+    h.server.shutdown().await;
+}

@@ -379,9 +379,17 @@ impl ApiClient {
         url
     }
 
-    async fn send_to(&self, base: &Url, call: &Call<'_>) -> Result<(StatusCode, Vec<u8>)> {
+    async fn send_to(
+        &self,
+        base: &Url,
+        call: &Call<'_>,
+        request_id: Option<&str>,
+    ) -> Result<(StatusCode, Vec<u8>)> {
         let url = Self::url(base, call.path, call.query);
         let mut req = self.http.request(call.method.clone(), url.clone());
+        if let Some(id) = request_id {
+            req = req.header(qk_views::REQUEST_ID_HEADER, id);
+        }
         if let Some(token) = &self.token {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", **token))
                 .map_err(|_| {
@@ -418,11 +426,15 @@ impl ApiClient {
         Ok((status, bytes.to_vec()))
     }
 
-    /// Sends to the first reachable base URL (a refusal is not retried elsewhere).
+    /// Sends to the first reachable base URL (a refusal is not retried
+    /// elsewhere). Every attempt carries the same request id: a node may
+    /// have applied a write whose answer never came back, and the next node
+    /// then answers it as applied instead of applying it again.
     async fn send(&self, call: Call<'_>) -> Result<Vec<u8>> {
+        let request_id = qk_views::hex(&rand::random::<[u8; 16]>());
         let mut last = None;
         for base in &self.urls {
-            match self.send_to(base, &call).await {
+            match self.send_to(base, &call, Some(&request_id)).await {
                 Ok((status, bytes)) => return check(base, status, bytes),
                 Err(e @ HttpError::Unreachable { .. }) => last = Some(e),
                 Err(e) => return Err(e),
@@ -491,7 +503,7 @@ impl ApiClient {
             query: &[],
             body: None,
         };
-        let (status, bytes) = self.send_to(&base, &call).await?;
+        let (status, bytes) = self.send_to(&base, &call, None).await?;
         decode(base.as_str(), &check(&base, status, bytes)?)
     }
 
@@ -898,7 +910,7 @@ impl ApiClient {
             query: &[],
             body: Some(encode(body)?),
         };
-        let (status, bytes) = self.send_to(base, &call).await?;
+        let (status, bytes) = self.send_to(base, &call, None).await?;
         let answer: PartialAnswer = decode(base.as_str(), &check(base, status, bytes)?)?;
         let raw = B64.decode(&answer.partial).map_err(|e| HttpError::Decode {
             url: base.to_string(),

@@ -38,7 +38,19 @@ pub const NOT_APPLIED_HEADER: &str = "x-qk-not-applied-on";
 /// Callers with a token need no session: the token derives their key.
 pub const SESSION_HEADER: &str = "x-qk-session";
 
-/// Lowercase hex, two digits a byte.
+/// A name the client gives its request (32 hex digits, 16 bytes): a node
+/// proposes the request's writes under ids derived from it, so that the
+/// same request sent again (to another node, after an answer was lost) is
+/// applied once and answered as the first time. Without it every write
+/// gets a fresh id, and a resent write is a second write.
+pub const REQUEST_ID_HEADER: &str = "x-qk-request-id";
+
+/// The 16 bytes a [`REQUEST_ID_HEADER`] value names; `None` unless it is
+/// exactly 32 hex digits.
+pub fn parse_request_id(text: &str) -> Option<[u8; 16]> {
+    hex_bytes::<16>(text, 0, "request_id").ok()
+}
+
 /// Prefix of every AWS access key id; then the issuing node's id, `X`, and
 /// the token id in upper case.
 const ACCESS_KEY_PREFIX: &str = "QK";
@@ -64,6 +76,7 @@ pub fn parse_aws_access_key_id(text: &str) -> Option<(u64, String)> {
     valid.then(|| (node, token.to_ascii_lowercase()))
 }
 
+/// Lowercase hex, two digits a byte.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -572,7 +585,8 @@ fn hex_bytes<const N: usize>(
     field: &'static str,
 ) -> Result<[u8; N], BadAuditField> {
     let bad = || BadAuditField { seq, field, len: N };
-    if text.len() != 2 * N || !text.is_ascii() {
+    // Digits only: `from_str_radix` would also take a sign.
+    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
     let mut out = [0u8; N];

@@ -27,6 +27,8 @@ struct Store {
     /// ciphertext text -> (plaintext, context)
     wrapped: BTreeMap<String, (Vec<u8>, BTreeMap<String, String>)>,
     calls: Vec<(String, String)>,
+    /// The request id of every write, in order.
+    write_ids: Vec<[u8; 16]>,
 }
 
 /// Answers ClientRequests from a small map of keys. Generation finishes on
@@ -42,6 +44,11 @@ impl FakeBackend {
     /// (principal, request kind) of every call so far.
     pub fn calls(&self) -> Vec<(String, String)> {
         self.store.lock().unwrap().calls.clone()
+    }
+
+    /// The request id of every write so far.
+    pub fn write_ids(&self) -> Vec<[u8; 16]> {
+        self.store.lock().unwrap().write_ids.clone()
     }
 }
 
@@ -279,7 +286,10 @@ impl Store {
 
     fn answer(&mut self, caller: &Caller, req: ClientRequest) -> ClientResponse {
         match req {
-            ClientRequest::Write(cmd) => self.write(cmd),
+            ClientRequest::Write(cmd) => {
+                self.write_ids.push(cmd.request_id.0);
+                self.write(cmd)
+            }
             ClientRequest::GetKey { name } => {
                 self.finish_generation();
                 ClientResponse::Key(self.keys.get(&name).cloned())
