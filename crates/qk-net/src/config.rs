@@ -32,6 +32,12 @@ pub struct NetConfig {
     /// host cannot take every slot. Counted once QUIC has validated the
     /// address (a spoofed source address takes none).
     pub max_connections_per_address: usize,
+    /// Server: most handshakes in progress from one IP address (counted,
+    /// like connections, once QUIC has validated the address): clients of
+    /// one host that stall their handshakes (each may take
+    /// `connect_timeout`) hold this many slots at most, never the host's
+    /// whole share of the connections.
+    pub max_handshakes_per_address: usize,
     /// Server: of `max_connections`, this many are kept for the cluster's
     /// nodes; clients together hold at most the rest once their handshake
     /// names them, so clients cannot keep a redialing node out.
@@ -63,6 +69,7 @@ impl Default for NetConfig {
             backoff_max: Duration::from_secs(2),
             max_connections: 1024,
             max_connections_per_address: 256,
+            max_handshakes_per_address: 16,
             node_reserved_connections: 64,
             max_concurrent_streams: 64,
             max_inflight_request_bytes: 256 * 1024 * 1024,

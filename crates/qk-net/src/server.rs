@@ -80,6 +80,8 @@ struct Shared {
     /// reserve.
     client_connections: Arc<Semaphore>,
     addresses: Arc<AddressSlots>,
+    /// Handshakes in progress per address.
+    handshakes: Arc<AddressSlots>,
     /// Bytes of request bodies held now, one budget for the cluster's nodes
     /// (Raft and protocol traffic) and one for clients, so clients can never
     /// hold back the cluster's own traffic.
@@ -214,6 +216,7 @@ impl Server {
                     .saturating_sub(cfg.node_reserved_connections),
             )),
             addresses: AddressSlots::new(cfg.max_connections_per_address),
+            handshakes: AddressSlots::new(cfg.max_handshakes_per_address),
             node_request_bytes: Arc::new(Semaphore::new(half_budget(&cfg))),
             client_request_bytes: Arc::new(Semaphore::new(half_budget(&cfg))),
             cfg,
@@ -303,6 +306,15 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
             incoming.refuse();
             continue;
         };
+        let Some(handshake_slot) = shared.handshakes.try_take(remote.ip()) else {
+            warn!(
+                %remote,
+                max = shared.cfg.max_handshakes_per_address,
+                "refusing connection: too many handshakes in progress from this address"
+            );
+            incoming.refuse();
+            continue;
+        };
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             warn!(
                 remote = %incoming.remote_address(),
@@ -323,7 +335,9 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
                     return;
                 }
             };
-            let conn = match tokio::time::timeout(shared.cfg.connect_timeout, connecting).await {
+            let handshake = tokio::time::timeout(shared.cfg.connect_timeout, connecting).await;
+            drop(handshake_slot);
+            let conn = match handshake {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(e)) => {
                     // Includes peers whose certificate does not chain to the CA.

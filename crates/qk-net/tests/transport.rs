@@ -795,3 +795,117 @@ async fn clients_cannot_take_the_connections_kept_for_nodes() -> Result<()> {
     server.shutdown().await;
     Ok(())
 }
+
+/// Accepts any server certificate after `stall`, blocking its thread: a
+/// client whose handshake hangs half-way (the server has sent its flight
+/// and waits for the client's).
+#[derive(Debug)]
+struct StallingVerifier {
+    stall: Duration,
+}
+
+impl rustls::client::danger::ServerCertVerifier for StallingVerifier {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        std::thread::sleep(self.stall);
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A handshake with `addr` that stalls for `stall` once the server has
+/// answered, on a thread (and runtime) of its own.
+fn stalled_handshake(addr: SocketAddr, stall: Duration) -> std::thread::JoinHandle<Result<()>> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS13])?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(StallingVerifier { stall }))
+                .with_no_client_auth();
+            tls.alpn_protocols = vec![qk_net::tls::ALPN.to_vec()];
+            let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+            let mut endpoint = quinn::Endpoint::client(localhost())?;
+            endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+            // It fails in the end (no client certificate): only the stall counts.
+            let _ = endpoint
+                .connect(addr, qk_net::identity::ANY_NODE_SERVER_NAME)?
+                .await;
+            Ok(())
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_hold_at_most_their_share_of_an_address_and_others_are_served(
+) -> Result<()> {
+    let ca = ClusterCa::generate("qk test")?;
+    let mut cfg = fast_config();
+    cfg.max_handshakes_per_address = 2;
+    cfg.connect_timeout = Duration::from_secs(10);
+    let creds = ca.issue_node(1, &["127.0.0.1"])?;
+    let handler = Arc::new(TestHandler::default());
+    let server = Server::bind(localhost(), ca.cert(), &creds, cfg, handler).await?;
+    let addr = server.local_addr();
+    let stall = Duration::from_secs(4);
+    let stallers = [
+        stalled_handshake(addr, stall),
+        stalled_handshake(addr, stall),
+    ];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let third = raw_connection(&ca, addr).await;
+    ensure!(
+        third.is_err(),
+        "a third handshake from 127.0.0.1 was admitted while two stalled"
+    );
+    let other = SocketAddr::from(([127, 0, 0, 2], 0));
+    let (_e, from_other) = raw_connection_from(&ca, addr, other).await?;
+    let resp = send_raw(&from_other, &frame(&encode(&get_key("k"))?)).await?;
+    ensure!(keys(resp)?[1] == "k", "127.0.0.2 is served");
+
+    for s in stallers {
+        tokio::task::spawn_blocking(move || s.join())
+            .await?
+            .map_err(|_| anyhow!("a stalling client panicked"))??;
+    }
+    // The stalled handshakes ended (failed): their slots are back.
+    let (_e, again) = raw_connection(&ca, addr).await?;
+    let resp = send_raw(&again, &frame(&encode(&get_key("k"))?)).await?;
+    ensure!(keys(resp)?[1] == "k", "127.0.0.1 is served again");
+    server.shutdown().await;
+    Ok(())
+}
