@@ -23,6 +23,10 @@ use crate::{MAX_CONNECTIONS, REQUEST_TIMEOUT};
 
 /// Most connections from one IP address at once.
 pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Most of those that may be in their TLS handshake at once: clients of one
+/// host that stall their handshakes (each may take
+/// [`crate::TLS_HANDSHAKE_TIMEOUT`]) hold this many slots, not 256.
+pub const MAX_HANDSHAKES_PER_IP: usize = 16;
 /// A connection that has read no byte for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(REQUEST_TIMEOUT.as_secs() + 30);
 
@@ -31,6 +35,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(REQUEST_TIMEOUT.as_secs()
 pub struct Admission {
     total: Arc<Semaphore>,
     addresses: Arc<AddressSlots>,
+    handshakes: Arc<AddressSlots>,
 }
 
 /// One admitted connection; its slots are freed on drop.
@@ -38,6 +43,14 @@ pub struct Admission {
 pub struct Slot {
     _address: AddressSlot,
     _permit: OwnedSemaphorePermit,
+    handshake: Option<AddressSlot>,
+}
+
+impl Slot {
+    /// The TLS handshake is over (done or failed): its slot is free.
+    pub fn handshake_over(&mut self) {
+        self.handshake = None;
+    }
 }
 
 /// Why a connection was not admitted.
@@ -45,17 +58,23 @@ pub struct Slot {
 pub enum Refused {
     Full,
     TooManyFrom(IpAddr),
+    TooManyHandshakesFrom(IpAddr),
 }
 
 impl Admission {
     pub fn new() -> Arc<Admission> {
-        Admission::with_limits(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP)
+        Admission::with_limits(
+            MAX_CONNECTIONS,
+            MAX_CONNECTIONS_PER_IP,
+            MAX_HANDSHAKES_PER_IP,
+        )
     }
 
-    pub fn with_limits(total: usize, per_ip: usize) -> Arc<Admission> {
+    pub fn with_limits(total: usize, per_ip: usize, handshakes_per_ip: usize) -> Arc<Admission> {
         Arc::new(Admission {
             total: Arc::new(Semaphore::new(total)),
             addresses: AddressSlots::new(per_ip),
+            handshakes: AddressSlots::new(handshakes_per_ip),
         })
     }
 
@@ -69,9 +88,14 @@ impl Admission {
             .addresses
             .try_take(ip)
             .ok_or(Refused::TooManyFrom(ip))?;
+        let handshake = self
+            .handshakes
+            .try_take(ip)
+            .ok_or(Refused::TooManyHandshakesFrom(ip))?;
         Ok(Slot {
             _address: address,
             _permit: permit,
+            handshake: Some(handshake),
         })
     }
 
@@ -182,7 +206,7 @@ mod tests {
 
     #[test]
     fn one_address_cannot_take_every_slot() {
-        let admission = Admission::with_limits(4, 2);
+        let admission = Admission::with_limits(4, 2, 2);
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let first = admission.admit(a).expect("first");
         let _second = admission.admit(a).expect("second");
@@ -200,7 +224,7 @@ mod tests {
 
     #[test]
     fn a_refused_address_does_not_keep_a_global_slot() {
-        let admission = Admission::with_limits(2, 1);
+        let admission = Admission::with_limits(2, 1, 1);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let _first = admission.admit(a).expect("first");
         for _ in 0..10 {
@@ -209,6 +233,23 @@ mod tests {
         admission
             .admit("10.0.0.2".parse().unwrap())
             .expect("the refusals gave their global slot back");
+    }
+
+    #[test]
+    fn an_address_has_only_so_many_handshakes_in_progress() {
+        let admission = Admission::with_limits(8, 4, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut first = admission.admit(a).expect("first");
+        let _second = admission.admit(a).expect("second");
+        assert_eq!(
+            admission.admit(a).unwrap_err(),
+            Refused::TooManyHandshakesFrom(a)
+        );
+        first.handshake_over();
+        let _third = admission
+            .admit(a)
+            .expect("a finished handshake frees its slot");
+        assert_eq!(admission.open_from(a), 3, "the connections stay counted");
     }
 
     #[tokio::test(start_paused = true)]

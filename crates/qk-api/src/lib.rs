@@ -63,7 +63,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Most connections served at once; more are closed at accept (and at most
 /// [`MAX_CONNECTIONS_PER_IP`] from one address).
 pub const MAX_CONNECTIONS: usize = 1024;
-pub use conn::{IDLE_TIMEOUT, MAX_CONNECTIONS_PER_IP};
+pub use conn::{IDLE_TIMEOUT, MAX_CONNECTIONS_PER_IP, MAX_HANDSHAKES_PER_IP};
 /// Time a client has to finish the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to send an HTTP/1 request head.
@@ -383,8 +383,7 @@ async fn accept_loop(
         };
         let (acceptor, router, watcher) = (acceptor.clone(), router.clone(), graceful.watcher());
         tokio::spawn(async move {
-            serve_connection(tcp, acceptor, router, watcher).await;
-            drop(slot);
+            serve_connection(tcp, acceptor, router, watcher, slot).await;
         });
     }
     drop(listener);
@@ -396,8 +395,17 @@ async fn accept_loop(
     }
 }
 
-async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, router: Router, watcher: Watcher) {
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+/// Serves one admitted connection; its `slot` is held until it closes.
+async fn serve_connection(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    router: Router,
+    watcher: Watcher,
+    mut slot: conn::Slot,
+) {
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+    slot.handshake_over();
+    let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "HTTPS API TLS handshake failed");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Harness;
-use qk_api::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS_PER_IP};
+use qk_api::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS_PER_IP, MAX_HANDSHAKES_PER_IP};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpSocket;
 use tokio_rustls::client::TlsStream;
@@ -108,4 +108,43 @@ async fn a_body_announced_over_the_limit_is_refused_before_it_is_sent() {
         assert!(status.contains(" 413 "), "{what}: {status}");
     }
     h.server.shutdown().await;
+}
+
+/// Clients that open TCP connections and never start their TLS handshake
+/// hold [`MAX_HANDSHAKES_PER_IP`] slots of their address, not its 256: the
+/// next connection from that address is closed at once, another address is
+/// served, and once the stalled ones are gone the address is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_hold_at_most_their_share_of_an_address() {
+    let h = Harness::start().await;
+    let staller: IpAddr = "127.0.0.1".parse().unwrap();
+    let connect = || async {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(staller, 0)).unwrap();
+        socket.connect(h.server.local_addr()).await.unwrap()
+    };
+    let mut stalled = Vec::new();
+    for _ in 0..MAX_HANDSHAKES_PER_IP {
+        stalled.push(connect().await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut next = connect().await;
+    let read = tokio::time::timeout(Duration::from_secs(3), next.read(&mut [0u8; 1])).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a connection past the stalled handshakes' share was kept: {read:?}"
+    );
+    assert_eq!(
+        live_from(&h, "127.0.0.2".parse().unwrap()).await,
+        reqwest::StatusCode::OK
+    );
+    drop(stalled);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while idle_tls(&h, staller).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled handshakes' slots were not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
