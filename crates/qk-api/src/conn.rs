@@ -101,7 +101,7 @@ impl Admission {
 
     #[cfg(test)]
     fn open_from(&self, ip: IpAddr) -> usize {
-        self.addresses.held_by(ip)
+        self.addresses.held_by(&ip)
     }
 }
 

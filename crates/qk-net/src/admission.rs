@@ -2,62 +2,69 @@
 //! by the HTTPS listener in `qk-api`). Slots are counted by IP address,
 //! after QUIC has validated the address (a Retry round trip), so one host
 //! cannot take every slot of the server and a spoofed source address takes
-//! none.
+//! none. The same counter, keyed by a client's certificate name, bounds the
+//! requests one client has in flight.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-/// The slots each address holds.
+/// The slots each key (an address, a client) holds.
 #[derive(Debug)]
-pub struct AddressSlots {
-    max_per_address: usize,
-    held: Mutex<HashMap<IpAddr, usize>>,
+pub struct KeyedSlots<K> {
+    max_per_key: usize,
+    held: Mutex<HashMap<K, usize>>,
 }
 
 /// One held slot; given back on drop.
 #[derive(Debug)]
-pub struct AddressSlot {
-    slots: Arc<AddressSlots>,
-    ip: IpAddr,
+pub struct KeyedSlot<K: Eq + Hash> {
+    slots: Arc<KeyedSlots<K>>,
+    key: K,
 }
 
-impl AddressSlots {
-    pub fn new(max_per_address: usize) -> Arc<AddressSlots> {
-        Arc::new(AddressSlots {
-            max_per_address,
+/// Slots per client address.
+pub type AddressSlots = KeyedSlots<IpAddr>;
+/// One address's slot.
+pub type AddressSlot = KeyedSlot<IpAddr>;
+
+impl<K: Eq + Hash + Clone> KeyedSlots<K> {
+    pub fn new(max_per_key: usize) -> Arc<KeyedSlots<K>> {
+        Arc::new(KeyedSlots {
+            max_per_key,
             held: Mutex::new(HashMap::new()),
         })
     }
 
-    /// A slot for `ip`, unless it already holds the most it may.
-    pub fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+    /// A slot for `key`, unless it already holds the most it may.
+    pub fn try_take(self: &Arc<Self>, key: K) -> Option<KeyedSlot<K>> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let count = held.entry(ip).or_insert(0);
-        if *count >= self.max_per_address {
+        let count = held.entry(key.clone()).or_insert(0);
+        if *count >= self.max_per_key {
             return None;
         }
         *count += 1;
-        Some(AddressSlot {
+        Some(KeyedSlot {
             slots: self.clone(),
-            ip,
+            key,
         })
     }
 
-    /// The slots `ip` holds now.
-    pub fn held_by(&self, ip: IpAddr) -> usize {
+    /// The slots `key` holds now.
+    pub fn held_by(&self, key: &K) -> usize {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.get(&ip).copied().unwrap_or(0)
+        held.get(key).copied().unwrap_or(0)
     }
 }
 
-impl Drop for AddressSlot {
+impl<K: Eq + Hash> Drop for KeyedSlot<K> {
     fn drop(&mut self) {
         let mut held = self.slots.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = held.get_mut(&self.ip) {
+        if let Some(count) = held.get_mut(&self.key) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                held.remove(&self.ip);
+                held.remove(&self.key);
             }
         }
     }
@@ -80,7 +87,7 @@ mod tests {
             "another address is not affected"
         );
         drop(first);
-        assert_eq!(slots.held_by(a), 1);
+        assert_eq!(slots.held_by(&a), 1);
         assert!(
             slots.try_take(a).is_some(),
             "a slot given back is free again"
@@ -92,7 +99,7 @@ mod tests {
         let slots = AddressSlots::new(1);
         let a: IpAddr = [10, 0, 0, 1].into();
         drop(slots.try_take(a));
-        assert_eq!(slots.held_by(a), 0);
+        assert_eq!(slots.held_by(&a), 0);
         assert!(slots.held.lock().expect("lock").is_empty());
     }
 }

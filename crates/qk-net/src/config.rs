@@ -38,6 +38,11 @@ pub struct NetConfig {
     /// `connect_timeout`) hold this many slots at most, never the host's
     /// whole share of the connections.
     pub max_handshakes_per_address: usize,
+    /// Server: most requests one client (by its certificate's name, across
+    /// all its connections) may have in flight; more are refused at once
+    /// ("retry in a moment"). Nodes are not limited here: their traffic is
+    /// the cluster's own.
+    pub max_requests_per_client: usize,
     /// Server: of `max_connections`, this many are kept for the cluster's
     /// nodes; clients together hold at most the rest once their handshake
     /// names them, so clients cannot keep a redialing node out.
@@ -70,6 +75,7 @@ impl Default for NetConfig {
             max_connections: 1024,
             max_connections_per_address: 256,
             max_handshakes_per_address: 16,
+            max_requests_per_client: 256,
             node_reserved_connections: 64,
             max_concurrent_streams: 64,
             max_inflight_request_bytes: 256 * 1024 * 1024,

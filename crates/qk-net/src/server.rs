@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::admission::AddressSlots;
+use crate::admission::{AddressSlots, KeyedSlots};
 use crate::config::NetConfig;
 use crate::error::NetError;
 use crate::frame::{
@@ -82,6 +82,8 @@ struct Shared {
     addresses: Arc<AddressSlots>,
     /// Handshakes in progress per address.
     handshakes: Arc<AddressSlots>,
+    /// Requests in flight per client name.
+    client_requests: Arc<KeyedSlots<String>>,
     /// Bytes of request bodies held now, one budget for the cluster's nodes
     /// (Raft and protocol traffic) and one for clients, so clients can never
     /// hold back the cluster's own traffic.
@@ -217,6 +219,7 @@ impl Server {
             )),
             addresses: AddressSlots::new(cfg.max_connections_per_address),
             handshakes: AddressSlots::new(cfg.max_handshakes_per_address),
+            client_requests: KeyedSlots::new(cfg.max_requests_per_client),
             node_request_bytes: Arc::new(Semaphore::new(half_budget(&cfg))),
             client_request_bytes: Arc::new(Semaphore::new(half_budget(&cfg))),
             cfg,
@@ -409,6 +412,22 @@ async fn refuse(send: &mut SendStream, reason: String) {
 }
 
 async fn serve_stream(peer: Peer, mut send: SendStream, mut recv: RecvStream, shared: &Shared) {
+    let _in_flight = match &peer {
+        Peer::Node(_) => None,
+        Peer::Client(name) => match shared.client_requests.try_take(name.clone()) {
+            Some(slot) => Some(slot),
+            None => {
+                warn!(%peer, max = shared.cfg.max_requests_per_client, "refusing a request: too many in flight for this client");
+                let _ = recv.stop(codes::BUSY);
+                let reason = format!(
+                    "{peer} has {} requests in flight, the most one client may; retry in a moment",
+                    shared.cfg.max_requests_per_client
+                );
+                refuse(&mut send, reason).await;
+                return;
+            }
+        },
+    };
     let timeout = shared.cfg.request_timeout;
     let exchange = exchange(&peer, &mut send, &mut recv, shared);
     if tokio::time::timeout(timeout, exchange).await.is_err() {

@@ -909,3 +909,56 @@ async fn stalled_handshakes_hold_at_most_their_share_of_an_address_and_others_ar
     server.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn one_client_has_only_so_many_requests_in_flight_and_nodes_are_still_served() -> Result<()> {
+    let ca = ClusterCa::generate("qk test")?;
+    let mut cfg = fast_config();
+    cfg.max_requests_per_client = 2;
+    let creds = ca.issue_node(1, &["127.0.0.1"])?;
+    let server = Server::bind(
+        localhost(),
+        ca.cert(),
+        &creds,
+        cfg,
+        Arc::new(TestHandler::default()),
+    )
+    .await?;
+    let addr = server.local_addr();
+    let sleep = frame(&encode(&get_key("sleep"))?);
+    // Two connections of the same client (certificate "raw"): the limit is
+    // the client's, not a connection's.
+    let (_e1, first) = raw_connection(&ca, addr).await?;
+    let (_e2, second) = raw_connection(&ca, addr).await?;
+    let held: Vec<_> = [first.clone(), first.clone()]
+        .into_iter()
+        .map(|conn| {
+            let sleep = sleep.clone();
+            tokio::spawn(async move { send_raw(&conn, &sleep).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = std::time::Instant::now();
+    let third = send_raw(&second, &frame(&encode(&get_key("k"))?)).await?;
+    let why = refusal(&third).context("a third request of the client was served")?;
+    ensure!(why.contains("in flight"), "{why}");
+    ensure!(
+        started.elapsed() < Duration::from_secs(1),
+        "the refusal waited"
+    );
+    let node2 = ca.issue_node(2, &["127.0.0.1"])?;
+    let dialer = Dialer::new(ca.cert(), &node2, fast_config())?;
+    keys(dialer.node(1, &addr.to_string()).call(&get_key("k")).await?)?;
+
+    for h in held {
+        keys(h.await??)?;
+    }
+    let again = send_raw(&second, &frame(&encode(&get_key("k"))?)).await?;
+    ensure!(
+        keys(again)?[1] == "k",
+        "served again once its requests ended"
+    );
+    server.shutdown().await;
+    Ok(())
+}
