@@ -628,6 +628,70 @@ async fn refresh_changes_every_share_but_not_the_key() {
     );
 }
 
+/// A holder whose disk was lost comes back (same id, empty data
+/// directory, `--join`) without its share; a refresh is a reshare by the
+/// holders that still have theirs, so it gets a fresh share of the same
+/// key, and a decryption that needs it works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_lost_its_disk_gets_a_new_share_from_a_refresh() {
+    let mut c = Cluster::start(bin(), 3, 100_000);
+    c.create(1, "k", 2, &[1, 2, 3]).await.expect("create");
+    c.wait_key(1, "k", enabled(1));
+    let (ct, _) = c
+        .encrypt(1, "k", CTX, b"outlives a disk")
+        .await
+        .expect("encrypt");
+    c.kill(3);
+    std::fs::remove_dir_all(c.data_dir(3)).expect("wipe node 3");
+    c.spawn(3, &["--join".into(), c.addr(1)]);
+    c.wait_status(3, |s| s.leader.is_some() && s.voters.contains(&3));
+    assert!(
+        share_files(&c.data_dir(3)).is_empty(),
+        "node 3 lost its share"
+    );
+    // The first attempts may start before node 3 has published the DKG key
+    // of its new disk (its shares would be sealed to the lost one): each
+    // is abandoned at its deadline and tried again.
+    let v1 = KeyVersion(1);
+    let mut refreshed = false;
+    for attempt in 1..=4u32 {
+        let refresh = Operation::Refresh {
+            name: "k".into(),
+            version: v1,
+            // Dealing waits 10 s for the dealer that lost its share.
+            timeout_ms: Some(15_000),
+        };
+        c.op(1, refresh).await.expect("refresh");
+        let k = c.wait_key(1, "k", |k| {
+            k.version(v1).is_some_and(|v| {
+                v.epoch.0 == 1 || (v.refresh.is_none() && v.refresh_attempts == attempt)
+            })
+        });
+        if k.version(v1).is_some_and(|v| v.epoch.0 == 1) {
+            refreshed = true;
+            break;
+        }
+    }
+    assert!(
+        refreshed,
+        "no refresh completed:\nnode 1:\n{}\nnode 3:\n{}",
+        c.log_tail(1),
+        c.log_tail(3)
+    );
+    wait_until("node 3 holds a share of epoch 1", || {
+        let files = share_files(&c.data_dir(3));
+        (files.len() == 1 && files[0].ends_with("-1-1.share")).then_some(())
+    });
+    // Only nodes 1 and 3 answer now: node 3's new share is needed.
+    c.kill(2);
+    assert_eq!(
+        c.decrypt(1, &ct, CTX)
+            .await
+            .expect("server-side with node 3"),
+        b"outlives a disk"
+    );
+}
+
 /// The leader drives the schedule from log time: a key with a 5 s rotation
 /// period gets version 2 by itself (a real DKG), an expiry stops encryption,
 /// and a scheduled destruction is committed and erased without anyone

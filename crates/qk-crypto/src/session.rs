@@ -37,7 +37,10 @@ pub enum SessionKind {
     Generate,
     /// Same holders, same key, new shares: dealers share zero.
     Refresh { old: PublicKeySet },
-    /// New holders and threshold, same key: old holders share their shares.
+    /// New holders and threshold, same key: old holders share their shares
+    /// (Lagrange-weighted over the qualified dealers). A dealer that lost
+    /// its share does not deal and only receives, so a reshare onto the same
+    /// holders also restores a lost share while `old.threshold()` others deal.
     Reshare { old: PublicKeySet },
 }
 
@@ -181,8 +184,9 @@ impl SessionConfig {
 }
 
 impl Participant {
-    /// `old_share` is required for refresh (every participant) and for a
-    /// reshare dealer; it is checked against the old commitments. `dkg_key`
+    /// `old_share` is required for refresh (every participant); a reshare
+    /// dealer without one (its share was lost) only receives. A share given
+    /// is checked against the old commitments. `dkg_key`
     /// is required for a receiver and must match its key in the config.
     pub fn new(
         mut config: SessionConfig,
@@ -210,7 +214,7 @@ impl Participant {
         let needs_old = match &config.kind {
             SessionKind::Generate => false,
             SessionKind::Refresh { .. } => true,
-            SessionKind::Reshare { .. } => config.dealers.contains(&me),
+            SessionKind::Reshare { .. } => config.dealers.contains(&me) && old_share.is_some(),
         };
         if needs_old {
             let (Some(old), Some(share)) = (config.old_keys(), old_share.as_ref()) else {
@@ -274,9 +278,8 @@ impl Participant {
             (SessionKind::Generate, _) => SecretScalar::random(rng),
             (SessionKind::Refresh { .. }, _) => SecretScalar::new(Scalar::ZERO),
             (SessionKind::Reshare { .. }, Some(share)) => share.value().clone(),
-            (SessionKind::Reshare { .. }, None) => {
-                return Err(CryptoError::OutOfOrder("reshare dealer without a share"))
-            }
+            // Its share was lost: it only receives (an absent dealer).
+            (SessionKind::Reshare { .. }, None) => return Ok(None),
         };
         let dealing = deal(
             rng,

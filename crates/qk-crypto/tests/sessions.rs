@@ -364,6 +364,51 @@ fn reshare_moves_the_key_to_new_holders_and_threshold() {
     }
 }
 
+/// How the cluster refreshes: a reshare onto the same holders and
+/// threshold. A holder that lost its share does not deal (it is absent) but
+/// receives a new share of the same key from the others.
+#[test]
+fn a_holder_that_lost_its_share_gets_a_new_one_from_a_reshare_onto_the_same_holders() {
+    let dkg = generate(2, 3, 33);
+    let keys = dkg.keys().clone();
+    let ct = sample_ct(&keys);
+    let old_shares = dkg.shares();
+    let kept: Vec<KeyShare> = old_shares
+        .iter()
+        .filter(|s| s.index() != idx(3))
+        .cloned()
+        .collect();
+    let config = session(
+        9,
+        SessionKind::Reshare { old: keys.clone() },
+        keys.holders().to_vec(),
+        keys.holders().to_vec(),
+        2,
+    );
+    let fresh = run_session(&config, &kept, 34, &mut honest);
+    let out = fresh.outputs.get(&idx(3)).expect("holder 3 took part");
+    assert_eq!(
+        out.absent,
+        vec![idx(3)],
+        "the holder without a share dealt nothing"
+    );
+    let new_keys = fresh.keys().clone();
+    assert_eq!(new_keys.public_key(), keys.public_key(), "same public key");
+    let new_shares = fresh.shares();
+    assert_eq!(new_shares.len(), 3, "every holder has a share again");
+    let pair = [new_shares[0].clone(), new_shares[2].clone()];
+    assert_eq!(pair[1].index(), idx(3));
+    assert!(
+        decrypts(&new_keys, &pair, &ct),
+        "holder 3's new share works"
+    );
+    let mixed = [old_shares[0].clone(), new_shares[2].clone()];
+    assert!(
+        !decrypts(&new_keys, &mixed, &ct),
+        "old shares do not mix with new"
+    );
+}
+
 #[test]
 fn reshare_to_disjoint_holders_with_one_bad_dealer() {
     let dkg = generate(2, 4, 30);

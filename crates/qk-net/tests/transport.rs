@@ -949,7 +949,12 @@ async fn one_client_has_only_so_many_requests_in_flight_and_nodes_are_still_serv
     );
     let node2 = ca.issue_node(2, &["127.0.0.1"])?;
     let dialer = Dialer::new(ca.cert(), &node2, fast_config())?;
-    keys(dialer.node(1, &addr.to_string()).call(&get_key("k")).await?)?;
+    keys(
+        dialer
+            .node(1, &addr.to_string())
+            .call(&get_key("k"))
+            .await?,
+    )?;
 
     for h in held {
         keys(h.await??)?;

@@ -117,8 +117,9 @@ pub(crate) struct StartDkg<'a> {
     pub(crate) key: KeyId,
     pub(crate) record: &'a KeyVersionRecord,
     pub(crate) dkg: DkgSession,
-    /// `Some((current key set, this holder's current share))` for a refresh.
-    pub(crate) refresh: Option<(PublicKeySet, KeyShare)>,
+    /// `Some((current key set, this holder's current share))` for a
+    /// refresh; no share when this holder lost it (it then only receives).
+    pub(crate) refresh: Option<(PublicKeySet, Option<KeyShare>)>,
     /// Leader timestamp of the command that created the version (or
     /// started the refresh).
     pub(crate) started_ms: u64,
@@ -145,11 +146,14 @@ impl Generation {
         let session = session_of(s.key, record.version, s.dkg);
         let (epoch, kind, old_keys, old_share) = match (s.dkg, s.refresh) {
             (DkgSession::Generation, _) => (record.epoch, SessionKind::Generate, None, None),
+            // A reshare onto the same holders and threshold: new shares of
+            // the same key, and a holder that lost its share gets one again
+            // from the others.
             (DkgSession::Refresh { epoch, .. }, Some((old, share))) => (
                 epoch,
-                SessionKind::Refresh { old: old.clone() },
+                SessionKind::Reshare { old: old.clone() },
                 Some(old),
-                Some(share),
+                share,
             ),
             (DkgSession::Refresh { .. }, None) => {
                 return Err("a refresh needs the current key set and share".into())

@@ -503,12 +503,13 @@ impl NodeProtocol {
         if current != Some(waiting.session) || record.epoch != epoch {
             return Vec::new();
         }
-        let Some(share) = share else {
-            return vec![Action::Warning(format!(
-                "cannot refresh key {name:?} {version}: this holder has no share of epoch {}; the refresh will be abandoned at its deadline",
+        let mut actions = Vec::new();
+        if share.is_none() {
+            actions.push(Action::Warning(format!(
+                "this holder has no share of key {name:?} {version} epoch {}: it takes part in the refresh as a receiver only and gets a new share from the other holders",
                 epoch.0
-            ))];
-        };
+            )));
+        }
         let old = match unwrap::version_keys(name, version, record) {
             Ok(k) => k,
             Err(e) => return vec![Action::Warning(format!("cannot refresh: {e}"))],
@@ -525,7 +526,8 @@ impl NodeProtocol {
             receiver_keys: waiting.receiver_keys,
         };
         match Generation::start(start, rng) {
-            Ok((mut g, mut actions)) => {
+            Ok((mut g, started)) => {
+                actions.extend(started);
                 for early in waiting.early_steps {
                     actions.extend(g.on_step(
                         early.from,
@@ -538,9 +540,12 @@ impl NodeProtocol {
                 self.start_part(&vk, Part::Running(Box::new(g)));
                 actions
             }
-            Err(e) => vec![Action::Warning(format!(
-                "cannot start the refresh of key {name:?} {version}: {e}; it will be abandoned at its deadline"
-            ))],
+            Err(e) => {
+                actions.push(Action::Warning(format!(
+                    "cannot start the refresh of key {name:?} {version}: {e}; it will be abandoned at its deadline"
+                )));
+                actions
+            }
         }
     }
 
