@@ -273,11 +273,17 @@ pub enum KeyCommand {
     },
     /// Give every holder a new share of the same key (a new share epoch; waits for the quorum):
     /// shares stolen before it no longer combine with shares taken after.
+    /// With --all: every key that has an enabled version, one after another (after a node
+    /// that lost its disk rejoined, this gives it its shares back).
     #[command(
-        after_help = "Examples:\n  qk key refresh payments\n  qk key refresh payments --version 2"
+        after_help = "Examples:\n  qk key refresh payments\n  qk key refresh payments --version 2\n  qk key refresh --all"
     )]
     Refresh {
-        name: String,
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
+        /// Refresh every key with an enabled version.
+        #[arg(long, conflicts_with_all = ["name", "version"])]
+        all: bool,
         #[command(flatten)]
         version: VersionArg,
     },

@@ -50,6 +50,69 @@ pub async fn cluster(ctx: &Ctx, cmd: ClusterCommand) -> Result<()> {
     }
 }
 
+/// What `qk key refresh --all` did to one key.
+#[derive(serde::Serialize)]
+struct RefreshOutcome {
+    name: String,
+    /// The share epoch of each enabled version afterwards.
+    epochs: Vec<(u32, u64)>,
+    error: Option<String>,
+}
+
+fn refresh_table(outcomes: &[RefreshOutcome]) -> String {
+    let mut t = output::Table::new(&["key", "epochs (version:epoch)", "outcome"]);
+    for o in outcomes {
+        let epochs: Vec<String> = o.epochs.iter().map(|(v, e)| format!("v{v}:{e}")).collect();
+        t.row(vec![
+            o.name.clone(),
+            epochs.join(" "),
+            o.error.clone().unwrap_or_else(|| "refreshed".into()),
+        ]);
+    }
+    t.render()
+}
+
+/// `qk key refresh --all`: every key with an enabled version, one after
+/// another; a key that fails is reported and the others go on.
+async fn refresh_all(ctx: &Ctx) -> Result<()> {
+    let keys = ctx.api.list_keys().await?;
+    let due: Vec<&KeyView> = keys
+        .iter()
+        .filter(|k| k.versions.iter().any(|v| v.state == "enabled"))
+        .collect();
+    let mut outcomes = Vec::with_capacity(due.len());
+    for (i, key) in due.iter().enumerate() {
+        let message = format!("refreshing {} ({} of {})", key.name, i + 1, due.len());
+        let result = with_spinner(&message, ctx.api.refresh_key(&key.name, None)).await;
+        outcomes.push(match result {
+            Ok(k) => RefreshOutcome {
+                name: k.name.clone(),
+                epochs: k
+                    .versions
+                    .iter()
+                    .filter(|v| v.state == "enabled")
+                    .map(|v| (v.version, v.epoch))
+                    .collect(),
+                error: None,
+            },
+            Err(e) => RefreshOutcome {
+                name: key.name.clone(),
+                epochs: Vec::new(),
+                error: Some(e.to_string()),
+            },
+        });
+    }
+    emit(ctx.format, &outcomes, |list| refresh_table(list))?;
+    let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+    if failed > 0 {
+        bail!(
+            "{failed} of {} keys were not refreshed (listed above); retry each with `qk key refresh NAME` once `qk cluster status` shows its holders up",
+            outcomes.len()
+        );
+    }
+    Ok(())
+}
+
 pub async fn key(ctx: &Ctx, cmd: KeyCommand) -> Result<()> {
     let api = &ctx.api;
     let key = match cmd {
@@ -68,7 +131,12 @@ pub async fn key(ctx: &Ctx, cmd: KeyCommand) -> Result<()> {
         }
         KeyCommand::Disable { name, version } => api.disable_key(&name, version.version).await?,
         KeyCommand::Enable { name, version } => api.enable_key(&name, version.version).await?,
-        KeyCommand::Refresh { name, version } => {
+        KeyCommand::Refresh { name: None, .. } => return refresh_all(ctx).await,
+        KeyCommand::Refresh {
+            name: Some(name),
+            version,
+            ..
+        } => {
             with_spinner(
                 "refreshing the shares (every holder takes part)",
                 api.refresh_key(&name, version.version),

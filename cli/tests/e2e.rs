@@ -135,6 +135,25 @@ fn key_lifecycle_and_data_through_the_cli() {
         Some(ct.as_bytes()),
     );
     assert_eq!(after, b"card 4111");
+    // Every key at once: payments' two versions move to epoch 2.
+    let all = text(c.ok(&["key", "refresh", "--all", "-o", "json"], None));
+    let outcomes: serde_json::Value = serde_json::from_str(&all).expect("refresh JSON");
+    let payments = outcomes
+        .as_array()
+        .and_then(|list| list.iter().find(|o| o["name"] == "payments"))
+        .unwrap_or_else(|| panic!("payments refreshed: {all}"));
+    assert!(payments["error"].is_null(), "{all}");
+    assert_eq!(
+        payments["epochs"],
+        serde_json::json!([[1, 2], [2, 2]]),
+        "{all}"
+    );
+    let refused = c.run(None, &["key", "refresh", "--all", "payments"], None);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "--all with a name is a usage error"
+    );
 
     let dk = text(c.ok(&["datakey", "payments", "-o", "json"], None));
     assert!(
