@@ -72,6 +72,37 @@ fn refresh_table(outcomes: &[RefreshOutcome]) -> String {
     t.render()
 }
 
+/// A key's refresh succeeded only if every version enabled before it moved
+/// to a later epoch (the call also returns when a refresh was abandoned).
+fn refresh_outcome(before: &KeyView, after: &KeyView) -> RefreshOutcome {
+    let enabled = |k: &KeyView| -> Vec<(u32, u64)> {
+        k.versions
+            .iter()
+            .filter(|v| v.state == "enabled")
+            .map(|v| (v.version, v.epoch))
+            .collect()
+    };
+    let epochs = enabled(after);
+    let behind: Vec<String> = enabled(before)
+        .iter()
+        .filter(|(v, e)| !epochs.iter().any(|(v2, e2)| v2 == v && e2 > e))
+        .map(|(v, _)| format!("v{v}"))
+        .collect();
+    let error = (!behind.is_empty()).then(|| {
+        let why = after
+            .versions
+            .iter()
+            .find_map(|v| v.failure.clone())
+            .unwrap_or_else(|| "every holder must take part".into());
+        format!("{} kept the old epoch ({why})", behind.join(", "))
+    });
+    RefreshOutcome {
+        name: after.name.clone(),
+        epochs,
+        error,
+    }
+}
+
 /// `qk key refresh --all`: every key with an enabled version, one after
 /// another; a key that fails is reported and the others go on.
 async fn refresh_all(ctx: &Ctx) -> Result<()> {
@@ -85,16 +116,7 @@ async fn refresh_all(ctx: &Ctx) -> Result<()> {
         let message = format!("refreshing {} ({} of {})", key.name, i + 1, due.len());
         let result = with_spinner(&message, ctx.api.refresh_key(&key.name, None)).await;
         outcomes.push(match result {
-            Ok(k) => RefreshOutcome {
-                name: k.name.clone(),
-                epochs: k
-                    .versions
-                    .iter()
-                    .filter(|v| v.state == "enabled")
-                    .map(|v| (v.version, v.epoch))
-                    .collect(),
-                error: None,
-            },
+            Ok(after) => refresh_outcome(key, &after),
             Err(e) => RefreshOutcome {
                 name: key.name.clone(),
                 epochs: Vec::new(),

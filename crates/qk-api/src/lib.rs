@@ -103,55 +103,39 @@ pub struct Caller {
 
 /// Where a request's writes get their request ids: fresh random ones, or,
 /// when the client named its request ([`qk_views::REQUEST_ID_HEADER`]), ids
-/// derived from that name in the order the handler writes. The state
-/// machine remembers ids per principal, so the same request sent again
-/// (to another node, after an answer was lost) has each of its writes
-/// applied once, and one principal's name never answers for another's.
-#[derive(Clone, Debug, Default)]
+/// derived from that name and each write's own operation. The state
+/// machine remembers ids per principal, so the same request sent again (to
+/// another node, after an answer was lost) has each write it already made
+/// answered as applied, while a write it had not made yet (say, the second
+/// version of a key to disable) gets an id of its own and is applied; one
+/// principal's name never answers for another's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestIds {
     named: Option<RequestId>,
-    written: Arc<std::sync::atomic::AtomicU32>,
 }
-
-impl PartialEq for RequestIds {
-    fn eq(&self, other: &Self) -> bool {
-        self.named == other.named
-    }
-}
-
-impl Eq for RequestIds {}
 
 impl RequestIds {
     /// The ids of a request the client named `id`.
     pub fn named(id: RequestId) -> Self {
-        RequestIds {
-            named: Some(id),
-            written: Arc::default(),
-        }
+        RequestIds { named: Some(id) }
     }
 
-    /// The id of the handler's next write.
-    fn next(&self) -> RequestId {
+    /// The id `op` is proposed under.
+    fn of(&self, op: &Operation) -> RequestId {
         use sha2::Digest as _;
         let Some(base) = self.named else {
             return new_request_id();
         };
-        match self
-            .written
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        {
-            0 => base,
-            n => {
-                let digest = sha2::Sha256::new()
-                    .chain_update(b"quorumkey request id step v1\0")
-                    .chain_update(base.0)
-                    .chain_update(n.to_be_bytes())
-                    .finalize();
-                let mut id = [0u8; 16];
-                id.copy_from_slice(&digest[..16]);
-                RequestId(id)
-            }
-        }
+        // JSON of an operation is deterministic (ordered maps only).
+        let encoded = serde_json::to_vec(op).unwrap_or_default();
+        let digest = sha2::Sha256::new()
+            .chain_update(b"quorumkey request id of an operation v1\0")
+            .chain_update(base.0)
+            .chain_update(encoded)
+            .finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        RequestId(id)
     }
 }
 
@@ -343,7 +327,7 @@ fn router(state: AppState) -> Router {
             state.clone(),
             session::read_your_writes,
         ))
-        .layer(axum::middleware::from_fn(read_body_first))
+        .layer(axum::middleware::from_fn(refuse_announced_oversize))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
@@ -575,16 +559,10 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
     })
 }
 
-/// How long a request body may take to arrive once its headers have.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Reads the whole request body before anything answers it. A request that
-/// announces a body over [`MAX_BODY_BYTES`] is refused at once, before any
-/// of it is read. Read first because a refusal sent before the body was
-/// read (a bad credential, say) ends the HTTP/2 stream with a reset that
-/// some clients (curl 7.88) report as a framing error instead of the
-/// answer.
-async fn read_body_first(
+/// A request that announces a body over [`MAX_BODY_BYTES`] is refused at
+/// once, before any of it is read (the body limit alone would read up to the
+/// limit first, as slowly as the client sends it).
+async fn refuse_announced_oversize(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -593,58 +571,18 @@ async fn read_body_first(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let too_large = || {
-        Failure::new(
-            ErrorKind::TooLarge,
-            format!("the request body is over {MAX_BODY_BYTES} bytes; send less per request"),
-        )
-    };
-    let vault = req.uri().path().starts_with("/v1/");
-    let refuse = |refusal: Failure| {
-        if vault {
-            vault::failure_response(refusal)
-        } else {
-            axum::response::IntoResponse::into_response(refusal)
-        }
-    };
-    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return refuse(too_large());
+    if announced.is_none_or(|n| n <= MAX_BODY_BYTES as u64) {
+        return next.run(req).await;
     }
-    let (parts, body) = req.into_parts();
-    match tokio::time::timeout(BODY_READ_TIMEOUT, read_bounded(body, announced)).await {
-        Ok(Ok(Some(bytes))) => {
-            let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
-            next.run(req).await
-        }
-        Ok(Ok(None)) => refuse(too_large()),
-        Ok(Err(e)) => refuse(Failure::invalid(format!(
-            "could not read the request body ({e}); send it again"
-        ))),
-        Err(_) => refuse(Failure::invalid(format!(
-            "the request body did not arrive within {} s of its headers; send it at once",
-            BODY_READ_TIMEOUT.as_secs()
-        ))),
+    let refusal = Failure::new(
+        ErrorKind::TooLarge,
+        format!("the request body is over {MAX_BODY_BYTES} bytes; send less per request"),
+    );
+    if req.uri().path().starts_with("/v1/") {
+        vault::failure_response(refusal)
+    } else {
+        axum::response::IntoResponse::into_response(refusal)
     }
-}
-
-/// The body, or `None` once it passes [`MAX_BODY_BYTES`]. Sized up front
-/// when announced, so a plaintext is not left behind in regrown buffers.
-async fn read_bounded(
-    body: axum::body::Body,
-    announced: Option<u64>,
-) -> Result<Option<Vec<u8>>, axum::Error> {
-    use futures::StreamExt as _;
-    let mut stream = body.into_data_stream();
-    let capacity = announced.map_or(0, |n| n.min(MAX_BODY_BYTES as u64) as usize);
-    let mut bytes = Vec::with_capacity(capacity);
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        if bytes.len() + chunk.len() > MAX_BODY_BYTES {
-            return Ok(None);
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(Some(bytes))
 }
 
 pub(crate) fn body_failure(r: BytesRejection) -> Failure {
@@ -689,7 +627,7 @@ impl AppState {
     /// Proposes one operation; the backend stamps time and principal.
     pub(crate) async fn write(&self, caller: &Caller, op: Operation) -> Result<Applied, Refusal> {
         let command = Command {
-            request_id: caller.request_ids.next(),
+            request_id: caller.request_ids.of(&op),
             time_ms: 0,
             principal: String::new(),
             op,
@@ -744,16 +682,32 @@ impl AppState {
 mod tests {
     use super::*;
 
+    fn disable(version: u32) -> Operation {
+        Operation::Disable {
+            name: "k".into(),
+            version: qk_types::KeyVersion(version),
+        }
+    }
+
     #[test]
-    fn a_named_requests_writes_get_distinct_ids_that_a_resend_repeats() {
-        let base = RequestId([9; 16]);
-        let (first, again) = (RequestIds::named(base), RequestIds::named(base));
-        let ids: Vec<RequestId> = (0..3).map(|_| first.next()).collect();
-        let resent: Vec<RequestId> = (0..3).map(|_| again.next()).collect();
-        assert_eq!(ids, resent);
-        assert_eq!(ids[0], base);
-        assert!(ids[1] != ids[0] && ids[2] != ids[1] && ids[2] != ids[0]);
+    fn a_named_requests_writes_get_ids_of_their_own_that_a_resend_repeats() {
+        let (first, again) = (
+            RequestIds::named(RequestId([9; 16])),
+            RequestIds::named(RequestId([9; 16])),
+        );
+        assert_eq!(first.of(&disable(1)), again.of(&disable(1)), "a resend");
+        assert_ne!(
+            first.of(&disable(1)),
+            first.of(&disable(2)),
+            "another write of the same request"
+        );
+        let other = RequestIds::named(RequestId([8; 16]));
+        assert_ne!(
+            first.of(&disable(1)),
+            other.of(&disable(1)),
+            "another request"
+        );
         let unnamed = RequestIds::default();
-        assert_ne!(unnamed.next(), unnamed.next());
+        assert_ne!(unnamed.of(&disable(1)), unnamed.of(&disable(1)));
     }
 }
