@@ -72,6 +72,13 @@ fn fast_config() -> NetConfig {
     cfg
 }
 
+/// Node 1 serving `cfg` on a free port with a [`TestHandler`].
+async fn node_1(ca: &ClusterCa, cfg: NetConfig) -> Result<Server> {
+    let creds = ca.issue_node(1, &["127.0.0.1"])?;
+    let handler = Arc::new(TestHandler::default());
+    Ok(Server::bind(localhost(), ca.cert(), &creds, cfg, handler).await?)
+}
+
 fn localhost() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
@@ -643,9 +650,7 @@ async fn one_address_holds_at_most_its_connections_while_others_connect() -> Res
     let ca = ClusterCa::generate("qk test")?;
     let mut cfg = fast_config();
     cfg.max_connections_per_address = 2;
-    let creds = ca.issue_node(1, &["127.0.0.1"])?;
-    let handler = Arc::new(TestHandler::default());
-    let server = Server::bind(localhost(), ca.cert(), &creds, cfg, handler).await?;
+    let server = node_1(&ca, cfg).await?;
     let addr = server.local_addr();
     let other = SocketAddr::from(([127, 0, 0, 2], 0));
 
@@ -700,15 +705,7 @@ async fn announced_bytes_reserve_nothing_and_clients_cannot_hold_back_nodes() ->
     let mut cfg = fast_config();
     cfg.max_inflight_request_bytes = 8 * 1024 * 1024; // 4 MiB for nodes, 4 for clients
     cfg.request_timeout = Duration::from_secs(60); // longer than any honest call may wait
-    let creds = ca.issue_node(1, &["127.0.0.1"])?;
-    let server = Server::bind(
-        localhost(),
-        ca.cert(),
-        &creds,
-        cfg,
-        Arc::new(TestHandler::default()),
-    )
-    .await?;
+    let server = node_1(&ca, cfg).await?;
     let addr = server.local_addr();
     let node2 = Dialer::new(ca.cert(), &ca.issue_node(2, &["127.0.0.1"])?, fast_config())?;
     let honest = Dialer::new(ca.cert(), &ca.issue_client("ops")?, fast_config())?;
@@ -771,15 +768,7 @@ async fn clients_cannot_take_the_connections_kept_for_nodes() -> Result<()> {
     let mut cfg = fast_config();
     cfg.max_connections = 3;
     cfg.node_reserved_connections = 1;
-    let creds = ca.issue_node(1, &["127.0.0.1"])?;
-    let server = Server::bind(
-        localhost(),
-        ca.cert(),
-        &creds,
-        cfg,
-        Arc::new(TestHandler::default()),
-    )
-    .await?;
+    let server = node_1(&ca, cfg).await?;
     let addr = server.local_addr();
     let (_e1, c1) = raw_connection(&ca, addr).await?;
     let (_e2, _c2) = raw_connection(&ca, addr).await?;
@@ -876,9 +865,7 @@ async fn stalled_handshakes_hold_at_most_their_share_of_an_address_and_others_ar
     let mut cfg = fast_config();
     cfg.max_handshakes_per_address = 2;
     cfg.connect_timeout = Duration::from_secs(10);
-    let creds = ca.issue_node(1, &["127.0.0.1"])?;
-    let handler = Arc::new(TestHandler::default());
-    let server = Server::bind(localhost(), ca.cert(), &creds, cfg, handler).await?;
+    let server = node_1(&ca, cfg).await?;
     let addr = server.local_addr();
     let stall = Duration::from_secs(4);
     let stallers = [
@@ -915,15 +902,7 @@ async fn one_client_has_only_so_many_requests_in_flight_and_nodes_are_still_serv
     let ca = ClusterCa::generate("qk test")?;
     let mut cfg = fast_config();
     cfg.max_requests_per_client = 2;
-    let creds = ca.issue_node(1, &["127.0.0.1"])?;
-    let server = Server::bind(
-        localhost(),
-        ca.cert(),
-        &creds,
-        cfg,
-        Arc::new(TestHandler::default()),
-    )
-    .await?;
+    let server = node_1(&ca, cfg).await?;
     let addr = server.local_addr();
     let sleep = frame(&encode(&get_key("sleep"))?);
     // Two connections of the same client (certificate "raw"): the limit is
