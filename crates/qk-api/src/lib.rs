@@ -126,8 +126,11 @@ impl RequestIds {
         let Some(base) = self.named else {
             return new_request_id();
         };
-        // JSON of an operation is deterministic (ordered maps only).
-        let encoded = serde_json::to_vec(op).unwrap_or_default();
+        // An operation that cannot be encoded is refused when it is signed;
+        // a fresh id keeps it from sharing one with any other operation.
+        let Ok(encoded) = op.canonical_bytes() else {
+            return new_request_id();
+        };
         let digest = sha2::Sha256::new()
             .chain_update(b"quorumkey request id of an operation v1\0")
             .chain_update(base.0)

@@ -360,6 +360,12 @@ impl DkgStep {
 }
 
 impl Operation {
+    /// The operation's canonical encoding: the bytes a command proof signs,
+    /// the same on every node and release of this format.
+    pub fn canonical_bytes(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_allocvec(self)
+    }
+
     /// Operations that can take a permission or a key away (disable,
     /// compromise, destruction, a minimum version, principal and token
     /// changes, any policy change, and an approval, which may run one of
