@@ -5,18 +5,25 @@
 //! [`IDLE_TIMEOUT`] is closed. Every request ends within
 //! [`crate::REQUEST_TIMEOUT`], shorter than the idle timeout, so a
 //! connection idle that long has no request left to answer.
+//!
+//! When every slot is taken (idle connections from many addresses, each
+//! within its share), a new connection is not refused: the open connection
+//! that has been idle the longest, with no request in progress, is closed to
+//! make room for it. A client whose kept-alive connection is closed that way
+//! connects again; one that is sending a request keeps its connection.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use qk_net::admission::{AddressSlot, AddressSlots};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::{MAX_CONNECTIONS, REQUEST_TIMEOUT};
@@ -29,6 +36,9 @@ pub const MAX_CONNECTIONS_PER_IP: usize = 256;
 pub const MAX_HANDSHAKES_PER_IP: usize = 16;
 /// A connection that has read no byte for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(REQUEST_TIMEOUT.as_secs() + 30);
+/// How long a new connection waits for the connection closed to make room
+/// for it to give its slot back.
+pub const ROOM_WAIT: Duration = Duration::from_secs(2);
 
 /// The listener's connection slots.
 #[derive(Debug)]
@@ -36,20 +46,56 @@ pub struct Admission {
     total: Arc<Semaphore>,
     addresses: Arc<AddressSlots>,
     handshakes: Arc<AddressSlots>,
+    /// The connections holding a slot of `total`, by admission number:
+    /// where one to close is chosen when every slot is taken.
+    open: Mutex<BTreeMap<u64, Arc<Activity>>>,
+    admitted: AtomicU64,
 }
 
 /// One admitted connection; its slots are freed on drop.
 #[derive(Debug)]
 pub struct Slot {
     _address: AddressSlot,
-    _permit: OwnedSemaphorePermit,
+    /// `None` until the connection closed to make room gives its slot back.
+    permit: Option<OwnedSemaphorePermit>,
     handshake: Option<AddressSlot>,
+    activity: Arc<Activity>,
+    admission: Arc<Admission>,
+    number: u64,
 }
 
 impl Slot {
     /// The TLS handshake is over (done or failed): its slot is free.
     pub fn handshake_over(&mut self) {
         self.handshake = None;
+    }
+
+    /// What the connection read and serves, and whether it must close.
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
+    /// `true` once the connection holds one of the listener's slots: at
+    /// once, or when the connection closed to make room for it gave its
+    /// slot back within `wait`.
+    pub async fn room_within(&mut self, wait: Duration) -> bool {
+        if self.permit.is_none() {
+            let freed = self.admission.total.clone().acquire_owned();
+            match tokio::time::timeout(wait, freed).await {
+                Ok(Ok(permit)) => self.permit = Some(permit),
+                _ => return false,
+            }
+            self.admission.register(self.number, &self.activity);
+        }
+        true
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.admission.open.lock() {
+            open.remove(&self.number);
+        }
     }
 }
 
@@ -75,15 +121,16 @@ impl Admission {
             total: Arc::new(Semaphore::new(total)),
             addresses: AddressSlots::new(per_ip),
             handshakes: AddressSlots::new(handshakes_per_ip),
+            open: Mutex::new(BTreeMap::new()),
+            admitted: AtomicU64::new(0),
         })
     }
 
+    /// Admits a connection from `ip`. When every slot is taken, the
+    /// connection idle the longest is told to close and the new one gets
+    /// its slot (see [`Slot::room_within`]); refused only when every open
+    /// connection is serving a request or already closing.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
-        let permit = self
-            .total
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refused::Full)?;
         let address = self
             .addresses
             .try_take(ip)
@@ -92,11 +139,49 @@ impl Admission {
             .handshakes
             .try_take(ip)
             .ok_or(Refused::TooManyHandshakesFrom(ip))?;
+        let permit = self.total.clone().try_acquire_owned().ok();
+        if permit.is_none() && !self.close_longest_idle() {
+            return Err(Refused::Full);
+        }
+        let number = self.admitted.fetch_add(1, Ordering::Relaxed);
+        let activity = Activity::new();
+        if permit.is_some() {
+            self.register(number, &activity);
+        }
         Ok(Slot {
             _address: address,
-            _permit: permit,
+            permit,
             handshake: Some(handshake),
+            activity,
+            admission: self.clone(),
+            number,
         })
+    }
+
+    fn register(&self, number: u64, activity: &Arc<Activity>) {
+        if let Ok(mut open) = self.open.lock() {
+            open.insert(number, activity.clone());
+        }
+    }
+
+    /// Tells the open connection idle the longest (no request in progress,
+    /// not already closing) to close; `false` when there is none. Only runs
+    /// when every slot is taken: a scan of at most `total` connections.
+    fn close_longest_idle(&self) -> bool {
+        let Ok(open) = self.open.lock() else {
+            return false;
+        };
+        let victim = open
+            .values()
+            .filter(|a| a.may_close())
+            .min_by_key(|a| a.idle_since());
+        match victim {
+            Some(activity) => {
+                activity.close();
+                true
+            }
+            None => false,
+        }
     }
 
     #[cfg(test)]
@@ -105,11 +190,26 @@ impl Admission {
     }
 }
 
-/// When a connection last read a byte, in milliseconds since it opened.
+/// When a connection last read a byte (in milliseconds since it opened),
+/// how many requests it is serving, and whether it was told to close to
+/// make room for a new connection.
 #[derive(Debug)]
 pub struct Activity {
     opened: Instant,
     last_read_ms: AtomicU64,
+    requests_in_flight: AtomicU32,
+    closing: AtomicBool,
+    close_told: Notify,
+}
+
+/// A request being served on a connection; ends on drop.
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.requests_in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
+    }
 }
 
 impl Activity {
@@ -117,12 +217,52 @@ impl Activity {
         Arc::new(Activity {
             opened: Instant::now(),
             last_read_ms: AtomicU64::new(0),
+            requests_in_flight: AtomicU32::new(0),
+            closing: AtomicBool::new(false),
+            close_told: Notify::new(),
         })
     }
 
     fn touch(&self) {
         let now = self.opened.elapsed().as_millis() as u64;
         self.last_read_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Counts a request as served until the guard is dropped.
+    pub fn begin_request(self: &Arc<Self>) -> InFlight {
+        self.requests_in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_read_ms.load(Ordering::Relaxed))
+    }
+
+    fn may_close(&self) -> bool {
+        self.requests_in_flight.load(Ordering::Acquire) == 0
+            && !self.closing.load(Ordering::Acquire)
+    }
+
+    fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.close_told.notify_one();
+    }
+
+    /// Resolves when the connection was told to close to make room.
+    pub async fn told_to_close(&self) {
+        self.close_told.notified().await;
+    }
+
+    /// Whether a connection told to close may close now: `false` (and it is
+    /// a candidate again) when a request began since it was chosen, which
+    /// is then served; the new connection it was closing for waits in vain
+    /// and is closed after [`ROOM_WAIT`].
+    pub fn closes_now(&self) -> bool {
+        let idle = self.requests_in_flight.load(Ordering::Acquire) == 0;
+        if !idle {
+            self.closing.store(false, Ordering::Release);
+        }
+        idle
     }
 
     /// When the connection becomes idle unless it reads before then.
@@ -214,12 +354,69 @@ mod tests {
         let _other = admission.admit(b).expect("another address still gets in");
         drop(first);
         assert_eq!(admission.open_from(a), 1);
-        let _again = admission.admit(a).expect("a freed slot is reusable");
-        let _b2 = admission.admit(b).expect("b's second");
+        let again = admission.admit(a).expect("a freed slot is reusable");
+        let b2 = admission.admit(b).expect("b's second");
+        let _busy: Vec<InFlight> = [&again, &_second, &_other, &b2]
+            .iter()
+            .map(|slot| slot.activity().begin_request())
+            .collect();
         assert_eq!(
             admission.admit("10.0.0.3".parse().unwrap()).unwrap_err(),
-            Refused::Full
+            Refused::Full,
+            "every connection is serving a request: none is closed for a new one"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_slot_is_taken_the_longest_idle_connection_makes_room() {
+        let admission = Admission::with_limits(3, 3, 3);
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        let oldest = admission.admit(ip(1)).expect("first");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let busy = admission.admit(ip(2)).expect("second");
+        let _request = busy.activity().begin_request();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let newer = admission.admit(ip(3)).expect("third");
+
+        let mut new = admission.admit(ip(4)).expect("room is made");
+        assert!(oldest.activity().closing.load(Ordering::Acquire));
+        assert!(!busy.activity().closing.load(Ordering::Acquire));
+        assert!(!newer.activity().closing.load(Ordering::Acquire));
+        assert!(oldest.activity().closes_now());
+        let waiting = tokio::spawn(async move { new.room_within(ROOM_WAIT).await.then_some(new) });
+        tokio::task::yield_now().await;
+        drop(oldest);
+        let new = waiting
+            .await
+            .unwrap()
+            .expect("the closed connection's slot");
+
+        // The next one closes `newer`: the new connection is younger, and a
+        // connection with a request in progress is never chosen.
+        let _next = admission.admit(ip(5)).expect("room again");
+        assert!(newer.activity().closing.load(Ordering::Acquire));
+        assert!(!new.activity().closing.load(Ordering::Acquire));
+        assert!(!busy.activity().closing.load(Ordering::Acquire));
+        let _served = new.activity().begin_request();
+        assert_eq!(
+            admission.admit(ip(6)).unwrap_err(),
+            Refused::Full,
+            "one connection is closing already, the others are serving"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_began_a_request_after_it_was_chosen_stays_open() {
+        let admission = Admission::with_limits(1, 1, 1);
+        let chosen = admission.admit(IpAddr::from([10, 0, 0, 1])).expect("first");
+        let mut new = admission
+            .admit(IpAddr::from([10, 0, 0, 2]))
+            .expect("room is made");
+        let request = chosen.activity().begin_request();
+        assert!(!chosen.activity().closes_now(), "a request is in progress");
+        assert!(!new.room_within(ROOM_WAIT).await, "no slot was freed");
+        drop(request);
+        assert!(chosen.activity().may_close(), "a candidate again");
     }
 
     #[test]

@@ -390,7 +390,15 @@ async fn serve_connection(
     watcher: Watcher,
     mut slot: conn::Slot,
 ) {
-    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+    if !slot.room_within(conn::ROOM_WAIT).await {
+        tracing::debug!("HTTPS API connection closed: no slot was freed for it");
+        return;
+    }
+    let activity = slot.activity().clone();
+    let handshake = tokio::select! {
+        h = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => h,
+        () = activity.told_to_close() => return,
+    };
     slot.handshake_over();
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
@@ -404,9 +412,16 @@ async fn serve_connection(
     // The version ALPN agreed on (HTTP/1.1 without ALPN): no wait for a
     // preface that an idle client never sends.
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let service = tower::ServiceExt::map_request(router, move |mut req: Request<Incoming>| {
+    let serving = activity.clone();
+    let service = tower::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(peer.clone());
-        req
+        let in_flight = serving.begin_request();
+        let answer = tower::ServiceExt::oneshot(router.clone(), req);
+        async move {
+            let response = answer.await;
+            drop(in_flight);
+            response
+        }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let mut builder = if h2 {
@@ -423,17 +438,27 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    let activity = conn::Activity::new();
     let io = TokioIo::new(conn::Watched::new(tls, activity.clone()));
     let served = watcher.watch(builder.serve_connection(io, TowerToHyperService::new(service)));
-    tokio::select! {
-        ended = served => {
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "HTTPS API connection ended with an error");
+    tokio::pin!(served);
+    loop {
+        tokio::select! {
+            ended = &mut served => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "HTTPS API connection ended with an error");
+                }
+                return;
             }
-        }
-        () = conn::idle(&activity, IDLE_TIMEOUT) => {
-            tracing::debug!("HTTPS API connection closed after {IDLE_TIMEOUT:?} idle");
+            () = conn::idle(&activity, IDLE_TIMEOUT) => {
+                tracing::debug!("HTTPS API connection closed after {IDLE_TIMEOUT:?} idle");
+                return;
+            }
+            () = activity.told_to_close() => {
+                if activity.closes_now() {
+                    tracing::debug!("HTTPS API connection closed to make room for a new one");
+                    return;
+                }
+            }
         }
     }
 }

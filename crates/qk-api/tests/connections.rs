@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Harness;
-use qk_api::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS_PER_IP, MAX_HANDSHAKES_PER_IP};
+use qk_api::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP, MAX_HANDSHAKES_PER_IP};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpSocket;
 use tokio_rustls::client::TlsStream;
@@ -147,4 +147,46 @@ async fn stalled_handshakes_hold_at_most_their_share_of_an_address() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Idle TLS connections from many addresses (each within its per-address
+/// share) fill every slot of the listener: a new client is still served,
+/// because the connection idle the longest is closed to make room for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_many_addresses_make_room_for_a_new_client() {
+    let h = Harness::start().await;
+    let mut idle = Vec::new();
+    for address in 1..=MAX_CONNECTIONS / MAX_CONNECTIONS_PER_IP {
+        let from = IpAddr::from([127, 0, 1, u8::try_from(address).unwrap()]);
+        for _ in 0..MAX_CONNECTIONS_PER_IP {
+            idle.push(idle_tls(&h, from).await.unwrap());
+        }
+    }
+    let honest: IpAddr = "127.0.0.9".parse().unwrap();
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(h.tls(None))
+        .local_address(honest)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for round in 0..3 {
+        let answer = client.get(h.url("/api/v1/health/live")).send().await;
+        assert!(
+            matches!(&answer, Ok(r) if r.status() == reqwest::StatusCode::OK),
+            "round {round}: a new client was not served while idle connections held every slot: {answer:?}"
+        );
+    }
+    // The oldest idle connection made room; the newest ones are still open.
+    let mut oldest = idle.remove(0);
+    let read = tokio::time::timeout(Duration::from_secs(3), oldest.read(&mut [0u8; 1])).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the oldest idle connection was kept: {read:?}"
+    );
+    let mut newest = idle.pop().unwrap();
+    let read = tokio::time::timeout(Duration::from_millis(300), newest.read(&mut [0u8; 1])).await;
+    assert!(
+        read.is_err(),
+        "the newest idle connection was closed: {read:?}"
+    );
 }

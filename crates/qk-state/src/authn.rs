@@ -42,7 +42,9 @@ pub fn command_message(
     op: &Operation,
     signed_ms: u64,
 ) -> Result<Vec<u8>, ProofError> {
-    let op_bytes = op.canonical_bytes().map_err(|e| ProofError::Malformed(e.to_string()))?;
+    let op_bytes = op
+        .canonical_bytes()
+        .map_err(|e| ProofError::Malformed(e.to_string()))?;
     let mut m = COMMAND_DOMAIN.to_vec();
     let mut field = |bytes: &[u8]| {
         m.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
