@@ -506,3 +506,66 @@ fn a_node_signs_only_while_it_is_a_member_and_principals_whatever_the_membership
     let r = c.sm.apply_from_members(&cmd, &c.roster, &|_| false);
     r.result.expect("the admin's command applies");
 }
+
+/// The attacker holds a real node's credentials (node-2) and floods the log
+/// with commands of its own (audit batches, which every node may send):
+/// before each principal had a share of the request memory, 400,000 of them
+/// made every replica refuse every other principal's writes and every
+/// node's audit of a partial (so no decrypt either) for five minutes.
+#[test]
+fn a_node_flooding_its_own_commands_cannot_stop_other_principals_writes() {
+    let mut c = Cluster::new();
+    let (node1, node2, admin) = (c.node1.clone(), c.node2.clone(), c.admin.clone());
+    let batch = || {
+        Operation::AuditBatch(vec![qk_state::AuditEvent::new(
+            "node-2",
+            "key.decrypt.partial",
+            Some("k"),
+            None,
+            "ok",
+        )])
+    };
+    let mut applied = 0u64;
+    let refusal = loop {
+        let r = c.signed(&node2, "node-2", batch());
+        match r.result {
+            Ok(_) => applied += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            applied < qk_state::MAX_FRESH_REQUESTS as u64,
+            "node-2 filled the request memory"
+        );
+    };
+    // (node-2 published its DKG key before the flood: one command more.)
+    assert_eq!(applied + 1, qk_state::MAX_REQUESTS_PER_PRINCIPAL);
+    assert_eq!(
+        c.sm.request_quotas().used("node-2", c.sm.vouched_ms()),
+        qk_state::MAX_REQUESTS_PER_PRINCIPAL
+    );
+    assert!(
+        refusal.to_string().contains("the most one principal may"),
+        "{refusal}"
+    );
+    assert_eq!(c.last_record().principal, "node-2");
+
+    // Everyone else is served: the admin's write, node-1's audit batch.
+    c.signed(&admin, "admin", mallory())
+        .result
+        .expect("the admin's write applies");
+    c.signed(&node1, "node-1", batch())
+        .result
+        .expect("another node's audit batch applies");
+
+    // The next window of cluster time gives node-2 its share back.
+    c.holders_of_a_key();
+    c.now += INTENT_MAX_AGE_MS + 1;
+    for (credential, name) in [(&node1, "node-1"), (&node2, "node-2")] {
+        c.signed(credential, name, Operation::Attest)
+            .result
+            .expect("attests");
+    }
+    c.signed(&node2, "node-2", batch())
+        .result
+        .expect("node-2 is served again in the next window");
+}
