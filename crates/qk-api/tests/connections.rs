@@ -29,14 +29,18 @@ async fn idle_tls(h: &Harness, from: IpAddr) -> std::io::Result<TlsStream<tokio:
         .map_err(|_| std::io::Error::other("handshake timed out"))?
 }
 
-async fn live_from(h: &Harness, from: IpAddr) -> reqwest::StatusCode {
-    let client = reqwest::Client::builder()
+/// An HTTPS client whose connections come from `from`.
+fn client_from(h: &Harness, from: IpAddr, timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
         .use_preconfigured_tls(h.tls(None))
         .local_address(from)
-        .timeout(Duration::from_secs(10))
+        .timeout(timeout)
         .build()
-        .unwrap();
-    client
+        .unwrap()
+}
+
+async fn live_from(h: &Harness, from: IpAddr) -> reqwest::StatusCode {
+    client_from(h, from, Duration::from_secs(10))
         .get(h.url("/api/v1/health/live"))
         .send()
         .await
@@ -162,13 +166,7 @@ async fn idle_connections_from_many_addresses_make_room_for_a_new_client() {
             idle.push(idle_tls(&h, from).await.unwrap());
         }
     }
-    let honest: IpAddr = "127.0.0.9".parse().unwrap();
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(h.tls(None))
-        .local_address(honest)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let client = client_from(&h, "127.0.0.9".parse().unwrap(), Duration::from_secs(5));
     for round in 0..3 {
         let answer = client.get(h.url("/api/v1/health/live")).send().await;
         assert!(
