@@ -18,7 +18,6 @@ mod limits;
 mod machine;
 mod model;
 pub mod proof;
-mod quotas;
 
 pub use access::{
     default_approval_ttl_ms, ApprovalRule, Decision, KeyPolicy, Permission, PolicyRule,
@@ -47,4 +46,3 @@ pub use model::{
     DkgPhase, DkgRecord, DkgSession, KeyRecord, KeyVersionRecord, RefreshRecord, VersionState,
     ALIASES_TAG,
 };
-pub use quotas::{RequestQuotas, MAX_REQUESTS_PER_PRINCIPAL};

@@ -113,11 +113,6 @@ pub struct StateMachine {
     /// M-of-N approval (`Operation::SetAccessRule`).
     #[serde(default)]
     pub(crate) access_rule: Option<crate::access::ApprovalRule>,
-    /// Each principal's remembered commands in this window of vouched time.
-    /// Encoded after the rest (see [`Self::to_bytes`]) so that a snapshot
-    /// of the release before it still decodes.
-    #[serde(skip)]
-    pub(crate) quotas: crate::quotas::RequestQuotas,
     /// The signing time of the command being applied: not state, only
     /// read while that command runs.
     #[serde(skip)]
@@ -245,7 +240,7 @@ impl StateMachine {
         // of them cannot grow the store, and at the limit one is let
         // through to forget old ids.
         if !matches!(cmd.op, Operation::Attest) {
-            self.remember(key, &cmd.principal, signed_ms, response.clone());
+            self.remember(key, signed_ms, response.clone());
         } else if self.remembers_too_many() {
             self.forget_stale_requests();
         }
@@ -258,8 +253,7 @@ impl StateMachine {
     /// before the time the nodes vouch for), so a signed command cannot be
     /// replayed by flooding the log; past [`MAX_FRESH_REQUESTS`] new
     /// commands are refused instead (see `apply_authenticated`).
-    fn remember(&mut self, key: RequestId, principal: &str, signed_ms: u64, response: Response) {
-        self.quotas.count(principal, self.vouched_ms);
+    fn remember(&mut self, key: RequestId, signed_ms: u64, response: Response) {
         self.requests.insert(key, response);
         let fresh_until_ms = signed_ms.saturating_add(INTENT_MAX_AGE_MS);
         self.requests_seen += 1;
@@ -281,12 +275,6 @@ impl StateMachine {
                 _ => break,
             }
         }
-    }
-
-    /// Whether `cmd`'s request is remembered (a retry of it is answered
-    /// with the remembered outcome).
-    pub(crate) fn requests_contains(&self, cmd: &Command) -> bool {
-        self.requests.contains_key(&dedup_key(cmd))
     }
 
     /// How many request ids are remembered for deduplication.
@@ -1102,27 +1090,11 @@ impl StateMachine {
     /// The whole state encoded (what replicas compare); an encoding failure
     /// is reported, never replaced by empty bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, StateError> {
-        postcard::to_allocvec(&(self, &self.quotas))
-            .map_err(|e| invalid(format!("cannot encode the state: {e}")))
+        postcard::to_allocvec(self).map_err(|e| invalid(format!("cannot encode the state: {e}")))
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateError> {
-        let (mut state, quotas): (StateMachine, crate::quotas::RequestQuotas) =
-            postcard::from_bytes(bytes)
-                .map_err(|e| invalid(format!("corrupt state snapshot: {e}")))?;
-        state.quotas = quotas;
-        Ok(state)
-    }
-
-    /// Each principal's share of the request memory used in this window;
-    /// the snapshot carries it beside the rest of the state.
-    pub fn request_quotas(&self) -> &crate::quotas::RequestQuotas {
-        &self.quotas
-    }
-
-    /// Puts back the shares a snapshot carried beside the state.
-    pub fn restore_request_quotas(&mut self, quotas: crate::quotas::RequestQuotas) {
-        self.quotas = quotas;
+        postcard::from_bytes(bytes).map_err(|e| invalid(format!("corrupt state snapshot: {e}")))
     }
 }
 

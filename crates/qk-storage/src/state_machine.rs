@@ -11,7 +11,7 @@ use openraft::{
 };
 use qk_raft::{BatchResponse, QkNode, TypeConfig};
 use qk_state::authn::GrantCheck;
-use qk_state::{Command, RequestQuotas, Response, StateMachine};
+use qk_state::{Command, Response, StateMachine};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, MAX_META_BYTES, MAX_SNAPSHOT_BYTES};
@@ -25,12 +25,8 @@ const KEY_SNAPSHOT_META: &[u8] = b"meta";
 const KEY_SNAPSHOT_DATA: &[u8] = b"data";
 
 /// First byte of every snapshot payload. Bump on any change of
-/// [`PayloadRef`]/[`Payload`] or of [`StateMachine`]'s encoding, and keep
-/// decoding the format before it.
-const SNAPSHOT_FORMAT: u8 = 2;
-/// The format before the per-principal request shares ([`RequestQuotas`]),
-/// still decoded: its shares start empty.
-const SNAPSHOT_FORMAT_WITHOUT_QUOTAS: u8 = 1;
+/// [`PayloadRef`]/[`Payload`] or of [`StateMachine`]'s encoding.
+const SNAPSHOT_FORMAT: u8 = 1;
 
 pub(crate) type Membership = StoredMembership<NodeId, QkNode>;
 pub(crate) type SnapshotMetadata = SnapshotMeta<NodeId, QkNode>;
@@ -67,22 +63,11 @@ struct PayloadRef<'a> {
     last_applied: &'a Option<LogId<NodeId>>,
     last_membership: &'a Membership,
     machine: &'a StateMachine,
-    quotas: &'a RequestQuotas,
 }
 
 /// Snapshot payload, decoding side. Same fields, same order as [`PayloadRef`].
 #[derive(Deserialize)]
 struct Payload {
-    format: u8,
-    last_applied: Option<LogId<NodeId>>,
-    last_membership: Membership,
-    machine: StateMachine,
-    quotas: RequestQuotas,
-}
-
-/// A payload of [`SNAPSHOT_FORMAT_WITHOUT_QUOTAS`].
-#[derive(Deserialize)]
-struct PayloadWithoutQuotas {
     format: u8,
     last_applied: Option<LogId<NodeId>>,
     last_membership: Membership,
@@ -98,7 +83,6 @@ pub fn encode_payload(state: &AppliedState) -> Result<Vec<u8>, StoreError> {
             last_applied: &state.last_applied,
             last_membership: &state.last_membership,
             machine: &state.machine,
-            quotas: state.machine.request_quotas(),
         },
         MAX_SNAPSHOT_BYTES,
     )
@@ -106,21 +90,9 @@ pub fn encode_payload(state: &AppliedState) -> Result<Vec<u8>, StoreError> {
 
 /// Decodes a snapshot payload strictly; `what` names it in errors.
 pub fn decode_payload(what: &str, bytes: &[u8]) -> Result<AppliedState, StoreError> {
-    let corrupt = |d| StoreError::corrupt(what, d);
-    let p: Payload = match bytes.first() {
+    match bytes.first() {
         None => return Err(StoreError::corrupt(what, "empty")),
-        Some(&SNAPSHOT_FORMAT) => codec::decode(bytes, MAX_SNAPSHOT_BYTES).map_err(corrupt)?,
-        Some(&SNAPSHOT_FORMAT_WITHOUT_QUOTAS) => {
-            let old: PayloadWithoutQuotas =
-                codec::decode(bytes, MAX_SNAPSHOT_BYTES).map_err(corrupt)?;
-            Payload {
-                format: old.format,
-                last_applied: old.last_applied,
-                last_membership: old.last_membership,
-                machine: old.machine,
-                quotas: RequestQuotas::default(),
-            }
-        }
+        Some(&SNAPSHOT_FORMAT) => {}
         Some(other) => {
             return Err(StoreError::UnsupportedFormat {
                 what: what.to_string(),
@@ -128,10 +100,10 @@ pub fn decode_payload(what: &str, bytes: &[u8]) -> Result<AppliedState, StoreErr
                 expected: SNAPSHOT_FORMAT,
             })
         }
-    };
-    debug_assert!([SNAPSHOT_FORMAT, SNAPSHOT_FORMAT_WITHOUT_QUOTAS].contains(&p.format));
-    let mut machine = p.machine;
-    machine.restore_request_quotas(p.quotas);
+    }
+    let p: Payload =
+        codec::decode(bytes, MAX_SNAPSHOT_BYTES).map_err(|d| StoreError::corrupt(what, d))?;
+    debug_assert_eq!(p.format, SNAPSHOT_FORMAT);
     if p.last_membership.log_id() > &p.last_applied {
         return Err(StoreError::corrupt(
             what,
@@ -139,7 +111,7 @@ pub fn decode_payload(what: &str, bytes: &[u8]) -> Result<AppliedState, StoreErr
         ));
     }
     Ok(AppliedState {
-        machine,
+        machine: p.machine,
         last_applied: p.last_applied,
         last_membership: p.last_membership,
     })
@@ -589,61 +561,5 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn machine_with_a_remembered_request() -> StateMachine {
-        let mut machine = StateMachine::default();
-        machine.apply(&Command {
-            request_id: qk_state::RequestId([7; 16]),
-            time_ms: 1,
-            principal: "alice".into(),
-            op: qk_state::Operation::SetTag {
-                name: "k".into(),
-                tag: "t".into(),
-                value: None,
-            },
-            proof: None,
-        });
-        assert_eq!(machine.request_quotas().used("alice", 0), 1);
-        machine
-    }
-
-    #[test]
-    fn a_snapshot_carries_each_principals_request_share() {
-        let machine = machine_with_a_remembered_request();
-        let state = AppliedState {
-            machine: machine.clone(),
-            ..AppliedState::default()
-        };
-        let bytes = encode_payload(&state).expect("encode");
-        assert_eq!(bytes[0], SNAPSHOT_FORMAT);
-        let back = decode_payload("snapshot", &bytes).expect("decode");
-        assert_eq!(back.machine(), &machine);
-        assert_eq!(back.machine().request_quotas().used("alice", 0), 1);
-    }
-
-    #[test]
-    fn a_snapshot_of_the_format_before_request_shares_still_decodes() {
-        let machine = machine_with_a_remembered_request();
-        let membership = Membership::default();
-        let old = postcard::to_allocvec(&(
-            SNAPSHOT_FORMAT_WITHOUT_QUOTAS,
-            None::<LogId<NodeId>>,
-            &membership,
-            &machine,
-        ))
-        .expect("encode");
-        let back = decode_payload("snapshot", &old).expect("a format-1 snapshot decodes");
-        assert_eq!(back.machine().request_quotas().used("alice", 0), 0);
-        assert_eq!(
-            back.machine().remembered_requests(),
-            machine.remembered_requests()
-        );
     }
 }
