@@ -7,17 +7,21 @@
 //! connection idle that long has no request left to answer.
 //!
 //! When every slot is taken (idle connections from many addresses, each
-//! within its share), a new connection is not refused: the open connection
-//! that has been idle the longest, with no request in progress, is closed to
-//! make room for it. A client whose kept-alive connection is closed that way
-//! connects again; one that is sending a request keeps its connection.
+//! within its share), a new connection is not refused: an open connection
+//! with no request in progress is closed to make room for it — one from
+//! the address that holds the most slots, and among those the one that has
+//! gone longest without a request (bytes that are no request, such as
+//! HTTP/2 pings, do not count). A client whose kept-alive connection is
+//! closed that way connects again; one whose request (its answer included)
+//! is in progress keeps its connection.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -48,7 +52,7 @@ pub struct Admission {
     handshakes: Arc<AddressSlots>,
     /// The connections holding a slot of `total`, by admission number:
     /// where one to close is chosen when every slot is taken.
-    open: Mutex<BTreeMap<u64, Arc<Activity>>>,
+    open: Mutex<BTreeMap<u64, (IpAddr, Arc<Activity>)>>,
     admitted: AtomicU64,
 }
 
@@ -62,6 +66,7 @@ pub struct Slot {
     activity: Arc<Activity>,
     admission: Arc<Admission>,
     number: u64,
+    ip: IpAddr,
 }
 
 impl Slot {
@@ -85,7 +90,8 @@ impl Slot {
                 Ok(Ok(permit)) => self.permit = Some(permit),
                 _ => return false,
             }
-            self.admission.register(self.number, &self.activity);
+            self.admission
+                .register(self.number, self.ip, &self.activity);
         }
         true
     }
@@ -93,9 +99,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Ok(mut open) = self.admission.open.lock() {
-            open.remove(&self.number);
-        }
+        self.admission.open().remove(&self.number);
     }
 }
 
@@ -146,7 +150,7 @@ impl Admission {
         let number = self.admitted.fetch_add(1, Ordering::Relaxed);
         let activity = Activity::new();
         if permit.is_some() {
-            self.register(number, &activity);
+            self.register(number, ip, &activity);
         }
         Ok(Slot {
             _address: address,
@@ -155,28 +159,39 @@ impl Admission {
             activity,
             admission: self.clone(),
             number,
+            ip,
         })
     }
 
-    fn register(&self, number: u64, activity: &Arc<Activity>) {
-        if let Ok(mut open) = self.open.lock() {
-            open.insert(number, activity.clone());
-        }
+    /// The registry; a panic elsewhere while it was held leaves it usable
+    /// (every change to it is one insert or remove).
+    fn open(&self) -> MutexGuard<'_, BTreeMap<u64, (IpAddr, Arc<Activity>)>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Tells the open connection idle the longest (no request in progress,
-    /// not already closing) to close; `false` when there is none. Only runs
-    /// when every slot is taken: a scan of at most `total` connections.
+    /// Counts the connection among the open ones; its time without a
+    /// request starts now (not when it began waiting for its slot).
+    fn register(&self, number: u64, ip: IpAddr, activity: &Arc<Activity>) {
+        activity.served();
+        self.open().insert(number, (ip, activity.clone()));
+    }
+
+    /// Tells one open connection with no request in progress (and not
+    /// already closing) to close: from the address holding the most slots,
+    /// the one longest without a request. `false` when there is none. Only
+    /// runs when every slot is taken: a scan of at most `total` connections.
     fn close_longest_idle(&self) -> bool {
-        let Ok(open) = self.open.lock() else {
-            return false;
-        };
+        let open = self.open();
+        let mut held: HashMap<IpAddr, usize> = HashMap::new();
+        for (ip, _) in open.values() {
+            *held.entry(*ip).or_default() += 1;
+        }
         let victim = open
             .values()
-            .filter(|a| a.may_close())
-            .min_by_key(|a| a.idle_since());
+            .filter(|(_, a)| a.may_close())
+            .max_by_key(|(ip, a)| (held.get(ip).copied(), Reverse(a.idle_since())));
         match victim {
-            Some(activity) => {
+            Some((_, activity)) => {
                 activity.close();
                 true
             }
@@ -190,13 +205,14 @@ impl Admission {
     }
 }
 
-/// When a connection last read a byte (in milliseconds since it opened),
-/// how many requests it is serving, and whether it was told to close to
-/// make room for a new connection.
+/// When a connection last read a byte and last finished a request (in
+/// milliseconds since it opened), how many requests it is serving, and
+/// whether it was told to close to make room for a new connection.
 #[derive(Debug)]
 pub struct Activity {
     opened: Instant,
     last_read_ms: AtomicU64,
+    last_served_ms: AtomicU64,
     requests_in_flight: AtomicU32,
     closing: AtomicBool,
     close_told: Notify,
@@ -205,10 +221,47 @@ pub struct Activity {
 /// A request being served on a connection; ends on drop.
 pub struct InFlight(Arc<Activity>);
 
+/// A response body that keeps its request counted as in progress until the
+/// body is written out (or dropped), so a connection still sending an
+/// answer is never closed to make room.
+pub struct CountedBody {
+    body: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl CountedBody {
+    pub fn new(body: axum::body::Body, in_flight: InFlight) -> Self {
+        CountedBody {
+            body,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl axum::body::HttpBody for CountedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.requests_in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.touch();
+        self.0.served();
     }
 }
 
@@ -217,6 +270,7 @@ impl Activity {
         Arc::new(Activity {
             opened: Instant::now(),
             last_read_ms: AtomicU64::new(0),
+            last_served_ms: AtomicU64::new(0),
             requests_in_flight: AtomicU32::new(0),
             closing: AtomicBool::new(false),
             close_told: Notify::new(),
@@ -228,6 +282,12 @@ impl Activity {
         self.last_read_ms.fetch_max(now, Ordering::Relaxed);
     }
 
+    /// A request ended (or the connection just got its slot).
+    fn served(&self) {
+        let now = self.opened.elapsed().as_millis() as u64;
+        self.last_served_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
     /// Counts a request as served until the guard is dropped.
     pub fn begin_request(self: &Arc<Self>) -> InFlight {
         self.requests_in_flight.fetch_add(1, Ordering::AcqRel);
@@ -235,7 +295,7 @@ impl Activity {
     }
 
     fn idle_since(&self) -> Instant {
-        self.opened + Duration::from_millis(self.last_read_ms.load(Ordering::Relaxed))
+        self.opened + Duration::from_millis(self.last_served_ms.load(Ordering::Relaxed))
     }
 
     fn may_close(&self) -> bool {
@@ -377,6 +437,7 @@ mod tests {
         let _request = busy.activity().begin_request();
         tokio::time::advance(Duration::from_secs(1)).await;
         let newer = admission.admit(ip(3)).expect("third");
+        tokio::time::advance(Duration::from_secs(1)).await;
 
         let mut new = admission.admit(ip(4)).expect("room is made");
         assert!(oldest.activity().closing.load(Ordering::Acquire));
@@ -403,6 +464,47 @@ mod tests {
             Refused::Full,
             "one connection is closing already, the others are serving"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn room_is_made_first_on_the_address_that_holds_the_most_slots() {
+        let admission = Admission::with_limits(3, 3, 3);
+        let (lone, crowd) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let oldest = admission.admit(lone).expect("the lone address's");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let first = admission.admit(crowd).expect("the crowd's first");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let second = admission.admit(crowd).expect("the crowd's second");
+        // Reading bytes that are no request (say, HTTP/2 pings) does not
+        // make a connection look busy.
+        first.activity().touch();
+
+        let _new = admission.admit(IpAddr::from([10, 0, 0, 3])).expect("room");
+        assert!(first.activity().closing.load(Ordering::Acquire));
+        assert!(!second.activity().closing.load(Ordering::Acquire));
+        assert!(!oldest.activity().closing.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn a_request_is_in_progress_until_its_answer_is_written_out() {
+        use axum::body::HttpBody as _;
+        let activity = Activity::new();
+        let mut body = CountedBody::new(
+            axum::body::Body::from("the answer"),
+            activity.begin_request(),
+        );
+        assert!(
+            !activity.may_close(),
+            "the handler returned, the body is unsent"
+        );
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        assert!(frame.is_some());
+        assert!(
+            !activity.may_close(),
+            "the body is still held by the connection"
+        );
+        drop(body);
+        assert!(activity.may_close(), "written out and dropped");
     }
 
     #[tokio::test(start_paused = true)]

@@ -132,7 +132,7 @@ impl RequestIds {
             return new_request_id();
         };
         let digest = sha2::Sha256::new()
-            .chain_update(b"quorumkey request id of an operation v1\0")
+            .chain_update(b"quorumkey request id of an operation v2\0")
             .chain_update(base.0)
             .chain_update(encoded)
             .finalize();
@@ -418,9 +418,10 @@ async fn serve_connection(
         let in_flight = serving.begin_request();
         let answer = tower::ServiceExt::oneshot(router.clone(), req);
         async move {
-            let response = answer.await;
-            drop(in_flight);
-            response
+            let response = answer.await?;
+            Ok::<_, std::convert::Infallible>(
+                response.map(|body| axum::body::Body::new(conn::CountedBody::new(body, in_flight))),
+            )
         }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
