@@ -80,6 +80,13 @@ impl Slot {
         &self.activity
     }
 
+    /// This connection was chosen to make room but began a request first:
+    /// another idle connection is told to close in its place, so the new
+    /// connection it was chosen for still gets a slot.
+    pub fn pass_on_closing(&self) {
+        self.admission.close_longest_idle();
+    }
+
     /// `true` once the connection holds one of the listener's slots: at
     /// once, or when the connection closed to make room for it gave its
     /// slot back within `wait`.
@@ -315,8 +322,9 @@ impl Activity {
 
     /// Whether a connection told to close may close now: `false` (and it is
     /// a candidate again) when a request began since it was chosen, which
-    /// is then served; the new connection it was closing for waits in vain
-    /// and is closed after [`ROOM_WAIT`].
+    /// is then served, and another connection is chosen in its place
+    /// ([`Slot::pass_on_closing`]); when there is none, the new connection
+    /// is closed after [`ROOM_WAIT`].
     pub fn closes_now(&self) -> bool {
         let idle = self.requests_in_flight.load(Ordering::Acquire) == 0;
         if !idle {
@@ -519,6 +527,26 @@ mod tests {
         assert!(!new.room_within(ROOM_WAIT).await, "no slot was freed");
         drop(request);
         assert!(chosen.activity().may_close(), "a candidate again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_idle_connection_gives_way_when_the_chosen_one_began_a_request() {
+        let admission = Admission::with_limits(2, 2, 2);
+        let chosen = admission.admit(IpAddr::from([10, 0, 0, 1])).expect("first");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let other = admission
+            .admit(IpAddr::from([10, 0, 0, 2]))
+            .expect("second");
+        let mut new = admission.admit(IpAddr::from([10, 0, 0, 3])).expect("room");
+        assert!(chosen.activity().closing.load(Ordering::Acquire));
+        let _request = chosen.activity().begin_request();
+        assert!(!chosen.activity().closes_now());
+        chosen.pass_on_closing();
+        assert!(other.activity().closing.load(Ordering::Acquire));
+        let waiting = tokio::spawn(async move { new.room_within(ROOM_WAIT).await });
+        tokio::task::yield_now().await;
+        drop(other);
+        assert!(waiting.await.unwrap(), "the other connection's slot");
     }
 
     #[test]

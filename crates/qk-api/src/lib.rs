@@ -459,6 +459,7 @@ async fn serve_connection(
                     tracing::debug!("HTTPS API connection closed to make room for a new one");
                     return;
                 }
+                slot.pass_on_closing();
             }
         }
     }
