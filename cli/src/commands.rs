@@ -83,18 +83,20 @@ fn refresh_outcome(before: &KeyView, after: &KeyView) -> RefreshOutcome {
             .collect()
     };
     let epochs = enabled(after);
-    let behind: Vec<String> = enabled(before)
+    let behind: Vec<u32> = enabled(before)
         .iter()
         .filter(|(v, e)| !epochs.iter().any(|(v2, e2)| v2 == v && e2 > e))
-        .map(|(v, _)| format!("v{v}"))
+        .map(|(v, _)| *v)
         .collect();
     let error = (!behind.is_empty()).then(|| {
         let why = after
             .versions
             .iter()
-            .find_map(|v| v.failure.clone())
+            .filter(|v| behind.contains(&v.version))
+            .find_map(|v| v.refresh_failure.clone())
             .unwrap_or_else(|| "every holder must take part".into());
-        format!("{} kept the old epoch ({why})", behind.join(", "))
+        let names: Vec<String> = behind.iter().map(|v| format!("v{v}")).collect();
+        format!("{} kept the old epoch ({why})", names.join(", "))
     });
     RefreshOutcome {
         name: after.name.clone(),
@@ -820,4 +822,32 @@ async fn audit_export(ctx: &Ctx, out: Option<&Path>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An abandoned refresh is reported with its own reason, not with an
+    /// older version's failed generation.
+    #[test]
+    fn a_refresh_that_kept_the_old_epoch_names_its_own_reason() {
+        let mut before = crate::output::tests::sample_key();
+        let mut failed = before.versions[0].clone();
+        failed.version = 2;
+        failed.state = "failed".into();
+        failed.failure = Some("a dealer timed out in 2028".into());
+        before.versions.push(failed);
+        let mut after = before.clone();
+        after.versions[0].refresh_failure = Some("node 3 dealt nothing".into());
+        let outcome = refresh_outcome(&before, &after);
+        let error = outcome.error.expect("v1 kept its epoch");
+        assert!(error.contains("v1 kept the old epoch"), "{error}");
+        assert!(error.contains("node 3 dealt nothing"), "{error}");
+        assert!(!error.contains("2028"), "{error}");
+
+        after.versions[0].epoch = 1;
+        after.versions[0].refresh_failure = None;
+        assert_eq!(refresh_outcome(&before, &after).error, None);
+    }
 }

@@ -373,7 +373,7 @@ pub fn audit_table(records: &[AuditRecordView]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub fn sample_key() -> KeyView {
@@ -407,6 +407,7 @@ mod tests {
                 public_keys: Some("AAAA".into()),
                 compromised: None,
                 erase_receipts: vec![],
+                refresh_failure: None,
             }],
         }
     }

@@ -178,6 +178,10 @@ pub struct VersionView {
     pub compromised: Option<String>,
     #[serde(default)]
     pub erase_receipts: Vec<u64>,
+    /// Why the last refresh of this version was abandoned (cleared when one
+    /// completes).
+    #[serde(default)]
+    pub refresh_failure: Option<String>,
 }
 
 impl From<&KeyVersionRecord> for VersionView {
@@ -199,6 +203,7 @@ impl From<&KeyVersionRecord> for VersionView {
             public_keys: v.public_keys.as_ref().map(|p| B64.encode(p)),
             compromised: v.compromised.clone(),
             erase_receipts: v.erase_receipts.iter().map(|n| n.0).collect(),
+            refresh_failure: v.last_refresh_failure.clone(),
         }
     }
 }
