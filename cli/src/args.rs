@@ -207,6 +207,13 @@ pub enum ClusterCommand {
         after_help = "Example:\n  qk cluster ready --addr https://127.0.0.1:8200 --ca-cert /pki/ca.pem"
     )]
     Ready,
+    /// Turn on each principal's share of the request memory, so that one
+    /// principal (a compromised node too) flooding commands cannot stop the
+    /// others. New clusters start with it on; a cluster created by an older
+    /// release needs it once every node runs this release (an older node
+    /// cannot read the entry).
+    #[command(after_help = "Example:\n  qk cluster enable-request-shares")]
+    EnableRequestShares,
 }
 
 #[derive(Subcommand, Debug)]

@@ -47,6 +47,10 @@ pub async fn cluster(ctx: &Ctx, cmd: ClusterCommand) -> Result<()> {
                 format!("node {} at {base} is {}\n", h.node_id, h.status)
             })
         }
+        ClusterCommand::EnableRequestShares => {
+            let health = ctx.api.enable_request_shares().await?;
+            emit(ctx.format, &health, output::cluster_text)
+        }
     }
 }
 

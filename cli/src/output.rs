@@ -224,6 +224,18 @@ pub fn versions_table(versions: &[VersionView]) -> String {
     t.render()
 }
 
+fn request_memory_text(m: &RequestMemoryView) -> String {
+    let shares = if m.shares_enabled {
+        format!(
+            "per-principal shares on ({} each while more than {} are remembered)",
+            m.share_per_principal, m.shares_enforced_above
+        )
+    } else {
+        "per-principal shares OFF: once every node runs this release, run `qk cluster enable-request-shares`".to_string()
+    };
+    format!("{} of {} remembered; {shares}", m.remembered, m.fresh_limit)
+}
+
 pub fn cluster_text(c: &ClusterHealth) -> String {
     let mut text = fields(&[
         ("answered by", format!("node {}", c.node_id)),
@@ -236,6 +248,9 @@ pub fn cluster_text(c: &ClusterHealth) -> String {
         ("term", c.term.to_string()),
         ("last applied", c.last_applied.to_string()),
     ]);
+    if let Some(memory) = &c.request_memory {
+        text.push_str(&fields(&[("request memory", request_memory_text(memory))]));
+    }
     let mut members = Table::new(&[
         "node",
         "voter",

@@ -211,6 +211,28 @@ fn tokens_principals_and_whoami() {
     let denied = c.run(None, &["key", "create", "nope", "--token", token], None);
     assert_eq!(denied.status.code(), Some(EXIT_DENIED));
     assert!(String::from_utf8_lossy(&denied.stderr).contains("denied"));
+    // Nor turn the cluster's request shares on or off.
+    let args = ["cluster", "enable-request-shares", "--token", token];
+    let denied = c.run(None, &args, None);
+    assert_eq!(denied.status.code(), Some(EXIT_DENIED));
+}
+
+/// A new cluster counts each principal's share of the request memory from
+/// its bootstrap; turning it on again is harmless and says so.
+#[test]
+fn a_new_cluster_has_request_shares_on() {
+    let c = up(1);
+    let status = text(c.ok(&["cluster", "status", "-o", "json"], None));
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let memory = &status["request_memory"];
+    assert_eq!(memory["shares_enabled"], true, "{status}");
+    assert_eq!(memory["fresh_limit"], 400_000, "{status}");
+    assert!(
+        memory["remembered"].as_u64().is_some_and(|n| n > 0),
+        "{status}"
+    );
+    let again = text(c.ok(&["cluster", "enable-request-shares"], None));
+    assert!(again.contains("per-principal shares on"), "{again}");
 }
 
 /// `POST {node}/api/v1/keys/{key}/rotate` with curl, as `token`, naming the

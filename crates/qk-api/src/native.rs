@@ -24,7 +24,9 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use crate::errors::{ErrorKind, Failure, Refusal};
-use crate::views::{hex, ApprovalView, AuditRecordView, KeyView, PrincipalView, TokenView};
+use crate::views::{
+    hex, ApprovalView, AuditRecordView, KeyView, PrincipalView, RequestMemoryView, TokenView,
+};
 use crate::{authenticate, body_failure, parse_json, AppState, Caller, ConnPeer};
 
 /// How often key creation and rotation poll for the end of generation.
@@ -76,6 +78,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/api/v1/access-rule",
             get(get_access_rule).put(set_access_rule),
+        )
+        .route(
+            "/api/v1/cluster/request-shares",
+            post(enable_request_shares),
         )
         .route("/api/v1/approvals", get(list_approvals))
         .route("/api/v1/approvals/{id}/approve", post(approve))
@@ -177,6 +183,10 @@ async fn cluster(State(state): State<AppState>, Authed(caller): Authed) -> Reply
             "last_applied": h.status.last_applied,
             "members": h.members,
             "versions": h.versions,
+            "request_memory": RequestMemoryView::new(
+                h.request_memory.remembered,
+                h.request_memory.shares_enabled,
+            ),
         })),
         other => Err(unexpected("cluster health", &other)),
     }
@@ -1003,6 +1013,13 @@ async fn set_access_rule(
         .write(&caller, Operation::SetAccessRule { rule })
         .await?;
     get_access_rule(State(state), Authed(caller)).await
+}
+
+/// Turns on each principal's share of the request memory (once every node
+/// runs a release that counts them); answers the cluster's health.
+async fn enable_request_shares(State(state): State<AppState>, Authed(caller): Authed) -> Reply {
+    state.write(&caller, Operation::EnableRequestShares).await?;
+    cluster(State(state), Authed(caller)).await
 }
 
 // ---- approvals and audit ----

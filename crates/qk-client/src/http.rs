@@ -511,6 +511,17 @@ impl ApiClient {
         self.get(&["api", "v1", "cluster"]).await
     }
 
+    /// Turns on each principal's share of the request memory; the cluster's
+    /// health after it.
+    pub async fn enable_request_shares(&self) -> Result<ClusterHealth> {
+        self.write(
+            Method::POST,
+            &["api", "v1", "cluster", "request-shares"],
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
     // ---- keys ----
 
     pub async fn create_key(&self, req: &CreateKeyRequest) -> Result<KeyView> {

@@ -115,7 +115,7 @@ fn permission_of(op: &Operation) -> Option<Permission> {
             P::PrincipalManage
         }
         O::IssueToken { .. } | O::RevokeToken { .. } => P::TokenManage,
-        O::SetAccessRule { .. } => P::PrincipalManage,
+        O::SetAccessRule { .. } | O::EnableRequestShares => P::PrincipalManage,
         O::Approve { .. } | O::Deny { .. } => P::Approve,
         O::RequestApproval { .. } => P::Decrypt,
         _ => return None,
@@ -505,6 +505,10 @@ impl StateMachine {
             }
             Operation::SetPolicy { name, policy } => self.set_policy(name, policy.as_ref()),
             Operation::SetAccessRule { rule } => self.set_access_rule(rule.as_ref()),
+            Operation::EnableRequestShares => {
+                self.shares.activate();
+                Ok(Applied::Done)
+            }
             Operation::SetSchedule {
                 name,
                 rotation_period_ms,
@@ -584,6 +588,10 @@ impl StateMachine {
         }
         if self.principals.len() >= MAX_PRINCIPALS {
             return Err(invalid(format!("at most {MAX_PRINCIPALS} principals")));
+        }
+        if !self.bootstrapped {
+            // A new cluster: every replica runs a release that counts shares.
+            self.shares.activate();
         }
         self.bootstrapped = true;
         self.principals.insert(

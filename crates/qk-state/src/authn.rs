@@ -20,6 +20,7 @@ use crate::proof::{
     check_proof_bounds, check_signer, verify_ed25519, Credential, ProofError, SessionGrant, Signer,
     INTENT_MAX_AGE_MS,
 };
+use crate::request_shares::MAX_REQUESTS_PER_PRINCIPAL;
 use crate::{AuditRecord, StateMachine, GENESIS_HASH};
 
 pub use crate::proof::CommandProof;
@@ -92,7 +93,40 @@ impl StateMachine {
             );
             return self.refuse_unauthenticated(cmd, &e);
         }
+        // A retry of a remembered command is answered as before: it adds
+        // nothing to the memory.
+        if self.shares.is_active() {
+            // Whatever went stale no longer counts against anyone's share.
+            self.forget_stale_requests();
+        }
+        let remembered = self.requests_contains(cmd);
+        if !remembered
+            && !matches!(cmd.op, crate::command::Operation::Attest)
+            && self
+                .shares
+                .refuses(&cmd.principal, self.remembered_requests())
+        {
+            return self.refuse_over_share(cmd);
+        }
         self.apply_signed_at(cmd, signed_ms)
+    }
+
+    /// Refuses an authenticated command of a principal that holds its full
+    /// share of a crowded request memory; not remembered, so the same
+    /// request sent again once its older commands age out is applied.
+    fn refuse_over_share(&mut self, cmd: &Command) -> Response {
+        let principal = bounded(&cmd.principal, MAX_NAME_LEN);
+        let error = StateError::Denied(format!(
+            "{principal} has {MAX_REQUESTS_PER_PRINCIPAL} commands of the last {} minutes remembered, the most one principal may while the cluster's request memory is this full; its next commands are refused until older ones age out (within {} minutes) and other principals are not affected; send fewer writes",
+            INTENT_MAX_AGE_MS / 60_000,
+            INTENT_MAX_AGE_MS / 60_000
+        ));
+        let record = self.refusal_record(cmd, principal, format!("refused: {error}"));
+        Response {
+            result: Err(error),
+            audit_seq: self.push_record(record),
+            duplicate: false,
+        }
     }
 
     /// As [`StateMachine::apply_authenticated`], for a replica that knows
@@ -181,27 +215,33 @@ impl StateMachine {
     /// Refuses `cmd` as unauthenticated: `e` says why, `next` what to do.
     fn refuse_with(&mut self, cmd: &Command, e: &str, next: &str) -> Response {
         let error = StateError::Denied(format!("the command's author is not proven: {e}; {next}"));
-        let record = AuditRecord {
-            seq: 0,
-            time_ms: cmd.time_ms,
-            request_id: cmd.request_id,
-            principal: UNAUTHENTICATED.to_string(),
-            operation: cmd.op.name().to_string(),
-            key: cmd.op.key_name().map(|k| bounded(k, MAX_NAME_LEN)),
-            version: cmd.op.version(),
-            outcome: format!(
-                "refused: claims to come from {}; {e}",
-                bounded(&cmd.principal, MAX_NAME_LEN)
-            ),
-            prev_hash: GENESIS_HASH,
-            hash: [0u8; 32],
-        };
+        let outcome = format!(
+            "refused: claims to come from {}; {e}",
+            bounded(&cmd.principal, MAX_NAME_LEN)
+        );
+        let record = self.refusal_record(cmd, UNAUTHENTICATED.to_string(), outcome);
         // Not remembered as an answer to its request id: a forged command
         // must not occupy the id of the honest command it copies.
         Response {
             result: Err(error),
             audit_seq: self.push_record(record),
             duplicate: false,
+        }
+    }
+
+    /// The audit record of a command refused before it ran.
+    fn refusal_record(&self, cmd: &Command, principal: String, outcome: String) -> AuditRecord {
+        AuditRecord {
+            seq: 0,
+            time_ms: cmd.time_ms,
+            request_id: cmd.request_id,
+            principal,
+            operation: cmd.op.name().to_string(),
+            key: cmd.op.key_name().map(|k| bounded(k, MAX_NAME_LEN)),
+            version: cmd.op.version(),
+            outcome,
+            prev_hash: GENESIS_HASH,
+            hash: [0u8; 32],
         }
     }
 }

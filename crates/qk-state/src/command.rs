@@ -251,6 +251,11 @@ pub enum Operation {
         alias: String,
         change: AliasChange,
     },
+    /// Counts and enforces each principal's share of the request memory
+    /// from this entry on (`RequestShares`); a cluster bootstrapped by a
+    /// release that has them starts with them on. Sent once every node runs
+    /// such a release (an older one cannot decode it).
+    EnableRequestShares,
 }
 
 /// What [`Operation::SetAlias`] does.
@@ -426,6 +431,7 @@ impl Operation {
             Operation::PublishDkgKey { .. } => "node.publish-dkg-key",
             Operation::SetAlias { .. } => "key.set-alias",
             Operation::SetAccessRule { .. } => "cluster.set-access-rule",
+            Operation::EnableRequestShares => "cluster.enable-request-shares",
         }
     }
 

@@ -18,6 +18,7 @@ mod limits;
 mod machine;
 mod model;
 pub mod proof;
+mod request_shares;
 
 pub use access::{
     default_approval_ttl_ms, ApprovalRule, Decision, KeyPolicy, Permission, PolicyRule,
@@ -46,3 +47,4 @@ pub use model::{
     DkgPhase, DkgRecord, DkgSession, KeyRecord, KeyVersionRecord, RefreshRecord, VersionState,
     ALIASES_TAG,
 };
+pub use request_shares::{RequestShares, MAX_REQUESTS_PER_PRINCIPAL};

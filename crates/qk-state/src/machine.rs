@@ -113,6 +113,11 @@ pub struct StateMachine {
     /// M-of-N approval (`Operation::SetAccessRule`).
     #[serde(default)]
     pub(crate) access_rule: Option<crate::access::ApprovalRule>,
+    /// Who sent each remembered command, per principal. Encoded after the
+    /// rest (see [`Self::to_bytes`]) so that a snapshot of the release
+    /// before it still decodes.
+    #[serde(skip)]
+    pub(crate) shares: crate::request_shares::RequestShares,
     /// The signing time of the command being applied: not state, only
     /// read while that command runs.
     #[serde(skip)]
@@ -240,7 +245,7 @@ impl StateMachine {
         // of them cannot grow the store, and at the limit one is let
         // through to forget old ids.
         if !matches!(cmd.op, Operation::Attest) {
-            self.remember(key, signed_ms, response.clone());
+            self.remember(key, &cmd.principal, signed_ms, response.clone());
         } else if self.remembers_too_many() {
             self.forget_stale_requests();
         }
@@ -253,7 +258,8 @@ impl StateMachine {
     /// before the time the nodes vouch for), so a signed command cannot be
     /// replayed by flooding the log; past [`MAX_FRESH_REQUESTS`] new
     /// commands are refused instead (see `apply_authenticated`).
-    fn remember(&mut self, key: RequestId, signed_ms: u64, response: Response) {
+    fn remember(&mut self, key: RequestId, principal: &str, signed_ms: u64, response: Response) {
+        self.shares.remembered(key, principal);
         self.requests.insert(key, response);
         let fresh_until_ms = signed_ms.saturating_add(INTENT_MAX_AGE_MS);
         self.requests_seen += 1;
@@ -271,10 +277,17 @@ impl StateMachine {
                 Some(&(fresh_until_ms, seen, old)) if fresh_until_ms < self.vouched_ms => {
                     self.request_order.remove(&(fresh_until_ms, seen, old));
                     self.requests.remove(&old);
+                    self.shares.forgot(&old);
                 }
                 _ => break,
             }
         }
+    }
+
+    /// Whether `cmd`'s request is remembered (a retry of it is answered
+    /// with the remembered outcome).
+    pub(crate) fn requests_contains(&self, cmd: &Command) -> bool {
+        self.requests.contains_key(&dedup_key(cmd))
     }
 
     /// How many request ids are remembered for deduplication.
@@ -1090,11 +1103,30 @@ impl StateMachine {
     /// The whole state encoded (what replicas compare); an encoding failure
     /// is reported, never replaced by empty bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, StateError> {
-        postcard::to_allocvec(self).map_err(|e| invalid(format!("cannot encode the state: {e}")))
+        postcard::to_allocvec(&(self, &self.shares))
+            .map_err(|e| invalid(format!("cannot encode the state: {e}")))
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateError> {
-        postcard::from_bytes(bytes).map_err(|e| invalid(format!("corrupt state snapshot: {e}")))
+        let (mut state, shares): (StateMachine, crate::request_shares::RequestShares) =
+            postcard::from_bytes(bytes)
+                .map_err(|e| invalid(format!("corrupt state snapshot: {e}")))?;
+        state.restore_request_shares(shares);
+        Ok(state)
+    }
+
+    /// Who sent the remembered commands, per principal; the snapshot
+    /// carries it beside the rest of the state.
+    pub fn request_shares(&self) -> &crate::request_shares::RequestShares {
+        &self.shares
+    }
+
+    /// Puts back the shares a snapshot carried beside the state, keeping
+    /// only the authors of commands the state remembers.
+    pub fn restore_request_shares(&mut self, shares: crate::request_shares::RequestShares) {
+        self.shares = shares;
+        let requests = &self.requests;
+        self.shares.retain(|k| requests.contains_key(k));
     }
 }
 

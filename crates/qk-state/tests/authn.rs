@@ -506,3 +506,126 @@ fn a_node_signs_only_while_it_is_a_member_and_principals_whatever_the_membership
     let r = c.sm.apply_from_members(&cmd, &c.roster, &|_| false);
     r.result.expect("the admin's command applies");
 }
+
+/// Sends `op()` signed by `credential` until it is refused for its share of
+/// the request memory; that refusal.
+fn flood_until_refused(
+    c: &mut Cluster,
+    credential: &Credential,
+    principal: &str,
+    op: impl Fn() -> Operation,
+) -> StateError {
+    loop {
+        let r = c.signed(credential, principal, op());
+        match r.result {
+            Err(e) if e.to_string().contains("the most one principal may") => return e,
+            _ => assert!(
+                c.sm.remembered_requests() < qk_state::MAX_FRESH_REQUESTS,
+                "{principal} filled the request memory alone: {:?}",
+                r.result
+            ),
+        }
+    }
+}
+
+/// The attacker holds a real node's credentials (node-2) and floods the log
+/// with commands of its own (audit batches, which every node may send):
+/// before each principal had a share of the request memory, 400,000 of them
+/// made every replica refuse every other principal's writes and every
+/// node's audit of a partial (so no decrypt either) for five minutes.
+#[test]
+fn a_node_flooding_its_own_commands_cannot_stop_other_principals_writes() {
+    let mut c = Cluster::new();
+    let (node1, node2, admin) = (c.node1.clone(), c.node2.clone(), c.admin.clone());
+    let batch = || {
+        Operation::AuditBatch(vec![qk_state::AuditEvent::new(
+            "node-2",
+            "key.decrypt.partial",
+            Some("k"),
+            None,
+            "ok",
+        )])
+    };
+    let refusal = flood_until_refused(&mut c, &node2, "node-2", batch);
+    assert_shares_held(&c, "node-2", &refusal);
+
+    // Everyone else is served: the admin's write, node-1's audit batch.
+    c.signed(&admin, "admin", mallory())
+        .result
+        .expect("the admin's write applies");
+    c.signed(&node1, "node-1", batch())
+        .result
+        .expect("another node's audit batch applies");
+
+    // Once node-2's commands are stale (five minutes of vouched time) they
+    // are forgotten as new ones come, and it is served again.
+    c.holders_of_a_key();
+    c.now += INTENT_MAX_AGE_MS + 1;
+    for (credential, name) in [(&node1, "node-1"), (&node2, "node-2")] {
+        c.signed(credential, name, Operation::Attest)
+            .result
+            .expect("attests");
+    }
+    for _ in 0..1_000 {
+        c.signed(&node2, "node-2", batch())
+            .result
+            .expect("node-2 is served again once its commands went stale");
+    }
+    assert_eq!(
+        c.sm.remembered_requests(),
+        qk_state::MAX_REMEMBERED_REQUESTS
+    );
+}
+
+/// A key user floods commands it is not allowed (each refusal is
+/// remembered, as a refused break-glass request is): it fills its own share
+/// and nothing more.
+#[test]
+fn a_user_flooding_refused_commands_fills_only_its_own_share() {
+    let mut c = Cluster::new();
+    let admin = c.admin.clone();
+    c.holders_of_a_key();
+    let create = Operation::CreatePrincipal {
+        name: "eve".into(),
+        roles: [Role::KeyUser].into(),
+    };
+    c.signed(&admin, "admin", create).result.expect("eve");
+    let token = issue("00000000000000e1", "eve", "eve secret");
+    c.signed(&admin, "admin", token)
+        .result
+        .expect("eve's token");
+    let eve = Credential::from_token("00000000000000e1", "eve secret");
+    let tag = || Operation::SetTag {
+        name: "held".into(),
+        tag: "owner".into(),
+        value: Some("eve".into()),
+    };
+    let denied = c.signed(&eve, "eve", tag());
+    assert!(
+        matches!(denied.result, Err(StateError::Denied(_))),
+        "{denied:?}"
+    );
+    let refusal = flood_until_refused(&mut c, &eve, "eve", tag);
+    assert_shares_held(&c, "eve", &refusal);
+    c.signed(&admin, "admin", tag())
+        .result
+        .expect("the admin's write applies");
+}
+
+/// `principal` was refused for its share, recorded under its own name, with
+/// the memory no fuller than one principal can make it.
+fn assert_shares_held(c: &Cluster, principal: &str, refusal: &StateError) {
+    assert!(
+        refusal.to_string().contains("the most one principal may"),
+        "{refusal}"
+    );
+    let record = c.last_record();
+    assert_eq!(record.principal, principal);
+    assert!(record.outcome.starts_with("refused:"), "{}", record.outcome);
+    assert_eq!(
+        c.sm.remembered_requests(),
+        qk_state::MAX_REMEMBERED_REQUESTS + 1,
+        "refused as soon as the memory is crowded"
+    );
+    assert!(c.sm.request_shares().remembered_by(principal) >= qk_state::MAX_REQUESTS_PER_PRINCIPAL);
+}

@@ -11,7 +11,7 @@ use openraft::{
 };
 use qk_raft::{BatchResponse, QkNode, TypeConfig};
 use qk_state::authn::GrantCheck;
-use qk_state::{Command, Response, StateMachine};
+use qk_state::{Command, RequestShares, Response, StateMachine};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, MAX_META_BYTES, MAX_SNAPSHOT_BYTES};
@@ -25,8 +25,12 @@ const KEY_SNAPSHOT_META: &[u8] = b"meta";
 const KEY_SNAPSHOT_DATA: &[u8] = b"data";
 
 /// First byte of every snapshot payload. Bump on any change of
-/// [`PayloadRef`]/[`Payload`] or of [`StateMachine`]'s encoding.
-const SNAPSHOT_FORMAT: u8 = 1;
+/// [`PayloadRef`]/[`Payload`] or of [`StateMachine`]'s encoding, and keep
+/// decoding the format before it.
+const SNAPSHOT_FORMAT: u8 = 2;
+/// The format before the per-principal request shares ([`RequestShares`]),
+/// still decoded: its shares are off until `EnableRequestShares`.
+const SNAPSHOT_FORMAT_WITHOUT_SHARES: u8 = 1;
 
 pub(crate) type Membership = StoredMembership<NodeId, QkNode>;
 pub(crate) type SnapshotMetadata = SnapshotMeta<NodeId, QkNode>;
@@ -63,11 +67,22 @@ struct PayloadRef<'a> {
     last_applied: &'a Option<LogId<NodeId>>,
     last_membership: &'a Membership,
     machine: &'a StateMachine,
+    shares: &'a RequestShares,
 }
 
 /// Snapshot payload, decoding side. Same fields, same order as [`PayloadRef`].
 #[derive(Deserialize)]
 struct Payload {
+    format: u8,
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: Membership,
+    machine: StateMachine,
+    shares: RequestShares,
+}
+
+/// A payload of [`SNAPSHOT_FORMAT_WITHOUT_SHARES`].
+#[derive(Deserialize)]
+struct PayloadWithoutShares {
     format: u8,
     last_applied: Option<LogId<NodeId>>,
     last_membership: Membership,
@@ -83,6 +98,7 @@ pub fn encode_payload(state: &AppliedState) -> Result<Vec<u8>, StoreError> {
             last_applied: &state.last_applied,
             last_membership: &state.last_membership,
             machine: &state.machine,
+            shares: state.machine.request_shares(),
         },
         MAX_SNAPSHOT_BYTES,
     )
@@ -90,9 +106,21 @@ pub fn encode_payload(state: &AppliedState) -> Result<Vec<u8>, StoreError> {
 
 /// Decodes a snapshot payload strictly; `what` names it in errors.
 pub fn decode_payload(what: &str, bytes: &[u8]) -> Result<AppliedState, StoreError> {
-    match bytes.first() {
+    let corrupt = |d| StoreError::corrupt(what, d);
+    let p: Payload = match bytes.first() {
         None => return Err(StoreError::corrupt(what, "empty")),
-        Some(&SNAPSHOT_FORMAT) => {}
+        Some(&SNAPSHOT_FORMAT) => codec::decode(bytes, MAX_SNAPSHOT_BYTES).map_err(corrupt)?,
+        Some(&SNAPSHOT_FORMAT_WITHOUT_SHARES) => {
+            let old: PayloadWithoutShares =
+                codec::decode(bytes, MAX_SNAPSHOT_BYTES).map_err(corrupt)?;
+            Payload {
+                format: old.format,
+                last_applied: old.last_applied,
+                last_membership: old.last_membership,
+                machine: old.machine,
+                shares: RequestShares::default(),
+            }
+        }
         Some(other) => {
             return Err(StoreError::UnsupportedFormat {
                 what: what.to_string(),
@@ -100,10 +128,10 @@ pub fn decode_payload(what: &str, bytes: &[u8]) -> Result<AppliedState, StoreErr
                 expected: SNAPSHOT_FORMAT,
             })
         }
-    }
-    let p: Payload =
-        codec::decode(bytes, MAX_SNAPSHOT_BYTES).map_err(|d| StoreError::corrupt(what, d))?;
-    debug_assert_eq!(p.format, SNAPSHOT_FORMAT);
+    };
+    debug_assert!([SNAPSHOT_FORMAT, SNAPSHOT_FORMAT_WITHOUT_SHARES].contains(&p.format));
+    let mut machine = p.machine;
+    machine.restore_request_shares(p.shares);
     if p.last_membership.log_id() > &p.last_applied {
         return Err(StoreError::corrupt(
             what,
@@ -111,7 +139,7 @@ pub fn decode_payload(what: &str, bytes: &[u8]) -> Result<AppliedState, StoreErr
         ));
     }
     Ok(AppliedState {
-        machine: p.machine,
+        machine,
         last_applied: p.last_applied,
         last_membership: p.last_membership,
     })
@@ -561,5 +589,87 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn command(id: u8, principal: &str, op: qk_state::Operation) -> Command {
+        Command {
+            request_id: qk_state::RequestId([id; 16]),
+            time_ms: 1,
+            principal: principal.into(),
+            op,
+            proof: None,
+        }
+    }
+
+    fn tag() -> qk_state::Operation {
+        qk_state::Operation::SetTag {
+            name: "k".into(),
+            tag: "t".into(),
+            value: None,
+        }
+    }
+
+    /// A bootstrapped machine (shares on) that remembers one of alice's
+    /// commands.
+    fn machine_with_a_remembered_request() -> StateMachine {
+        let mut machine = StateMachine::default();
+        let admin = qk_state::Operation::CreatePrincipal {
+            name: "admin".into(),
+            roles: [qk_state::Role::Admin].into(),
+        };
+        machine.apply(&command(1, "node-1", admin));
+        machine.apply(&command(7, "alice", tag()));
+        assert!(machine.request_shares().is_active());
+        assert_eq!(machine.request_shares().remembered_by("alice"), 1);
+        machine
+    }
+
+    #[test]
+    fn a_snapshot_carries_who_sent_each_remembered_request() {
+        let machine = machine_with_a_remembered_request();
+        let state = AppliedState {
+            machine: machine.clone(),
+            ..AppliedState::default()
+        };
+        let bytes = encode_payload(&state).expect("encode");
+        assert_eq!(bytes[0], SNAPSHOT_FORMAT);
+        let back = decode_payload("snapshot", &bytes).expect("decode");
+        assert_eq!(back.machine(), &machine);
+        assert_eq!(back.machine().request_shares().remembered_by("alice"), 1);
+    }
+
+    /// A cluster of the release before shares: they stay off (every
+    /// replica counts nothing) until the log enables them, and from then
+    /// on only what is remembered after that entry counts.
+    #[test]
+    fn a_snapshot_of_the_format_before_request_shares_still_decodes() {
+        let machine = machine_with_a_remembered_request();
+        let membership = Membership::default();
+        let old = postcard::to_allocvec(&(
+            SNAPSHOT_FORMAT_WITHOUT_SHARES,
+            None::<LogId<NodeId>>,
+            &membership,
+            &machine,
+        ))
+        .expect("encode");
+        let back = decode_payload("snapshot", &old).expect("a format-1 snapshot decodes");
+        let mut machine_back = back.machine().clone();
+        assert!(!machine_back.request_shares().is_active());
+        assert_eq!(machine_back.request_shares().remembered_by("alice"), 0);
+        assert_eq!(
+            machine_back.remembered_requests(),
+            machine.remembered_requests()
+        );
+        let enable = command(8, "admin", qk_state::Operation::EnableRequestShares);
+        machine_back.apply(&enable).result.expect("enabled");
+        assert!(machine_back.request_shares().is_active());
+        machine_back.apply(&command(9, "alice", tag()));
+        assert_eq!(machine_back.request_shares().remembered_by("alice"), 1);
     }
 }

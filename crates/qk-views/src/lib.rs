@@ -630,6 +630,36 @@ pub struct ClusterHealth {
     pub members: Vec<MemberView>,
     #[serde(default)]
     pub versions: Vec<VersionHealth>,
+    /// Absent from nodes of a release before request shares.
+    #[serde(default)]
+    pub request_memory: Option<RequestMemoryView>,
+}
+
+/// How full the replicated request memory is: every command is remembered
+/// for deduplication until no proof of it can be fresh, and past
+/// `fresh_limit` every new command is refused. With shares enabled, while
+/// more than `shares_enforced_above` are remembered, a principal holding
+/// `share_per_principal` of them is refused (others are not).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestMemoryView {
+    pub remembered: u64,
+    pub fresh_limit: u64,
+    pub shares_enabled: bool,
+    pub shares_enforced_above: u64,
+    pub share_per_principal: u64,
+}
+
+impl RequestMemoryView {
+    /// The view of `remembered` requests with shares on or off.
+    pub fn new(remembered: u64, shares_enabled: bool) -> Self {
+        Self {
+            remembered,
+            fresh_limit: qk_state::MAX_FRESH_REQUESTS as u64,
+            shares_enabled,
+            shares_enforced_above: qk_state::MAX_REMEMBERED_REQUESTS as u64,
+            share_per_principal: qk_state::MAX_REQUESTS_PER_PRINCIPAL as u64,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

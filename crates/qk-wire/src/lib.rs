@@ -213,6 +213,15 @@ pub struct ClusterHealth {
     pub status: NodeStatus,
     pub members: Vec<MemberHealth>,
     pub versions: Vec<VersionHealth>,
+    pub request_memory: RequestMemory,
+}
+
+/// How full the replicated request memory is (commands remembered for
+/// deduplication), and whether each principal's share of it is enforced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestMemory {
+    pub remembered: u64,
+    pub shares_enabled: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

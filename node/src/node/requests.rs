@@ -17,7 +17,7 @@ use qk_state::{
 use qk_types::{KeyVersion, RequestError};
 use qk_wire::{
     ClientRequest, ClientResponse, ClusterHealth, CredentialKind, MemberHealth, Redacted,
-    VersionHealth,
+    RequestMemory, VersionHealth,
 };
 use sha2::{Digest, Sha256};
 
@@ -640,11 +640,16 @@ impl Node {
             .filter(|m| m.reachable)
             .map(|m| m.node_id)
             .collect();
-        let versions = self
+        let (versions, request_memory) = self
             .state
             .read(|a| {
                 let s = a.machine();
-                self.readable(peer, s)
+                let memory = RequestMemory {
+                    remembered: s.remembered_requests() as u64,
+                    shares_enabled: s.request_shares().is_active(),
+                };
+                let versions = self
+                    .readable(peer, s)
                     .iter()
                     .filter_map(|n| s.key(n))
                     .flat_map(|k| k.versions.iter().map(move |v| (k, v)))
@@ -667,13 +672,15 @@ impl Node {
                             .filter(|h| live.contains(h))
                             .collect(),
                     })
-                    .collect()
+                    .collect();
+                (versions, memory)
             })
-            .unwrap_or_default();
+            .unwrap_or((Vec::new(), RequestMemory::default()));
         ClientResponse::ClusterHealth(ClusterHealth {
             status,
             members,
             versions,
+            request_memory,
         })
     }
 
