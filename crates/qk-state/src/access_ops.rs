@@ -366,7 +366,7 @@ impl StateMachine {
             op if is_node_only(op) => Decision::Allow,
             // The initial admin, once: a cluster whose principals were all
             // deleted is not bootstrapped again by a node.
-            Operation::CreatePrincipal { .. }
+            Operation::CreatePrincipal { .. } | Operation::EnableRequestShares
                 if self.principals.is_empty() && !self.bootstrapped =>
             {
                 Decision::Allow
@@ -588,10 +588,6 @@ impl StateMachine {
         }
         if self.principals.len() >= MAX_PRINCIPALS {
             return Err(invalid(format!("at most {MAX_PRINCIPALS} principals")));
-        }
-        if !self.bootstrapped {
-            // A new cluster: every replica runs a release that counts shares.
-            self.shares.activate();
         }
         self.bootstrapped = true;
         self.principals.insert(

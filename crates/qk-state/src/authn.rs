@@ -85,6 +85,11 @@ impl StateMachine {
             Ok(signed_ms) => signed_ms,
             Err(e) => return self.refuse_unauthenticated(cmd, &e.to_string()),
         };
+        if self.shares.is_active() {
+            // What went stale no longer counts against the memory or anyone's
+            // share (only once shares are on: older replicas forget later).
+            self.forget_stale_requests();
+        }
         // A node's attestation goes through even then: it is what lets old
         // request ids be forgotten again.
         if self.remembers_too_many() && !matches!(cmd.op, crate::command::Operation::Attest) {
@@ -95,10 +100,6 @@ impl StateMachine {
         }
         // A retry of a remembered command is answered as before: it adds
         // nothing to the memory.
-        if self.shares.is_active() {
-            // Whatever went stale no longer counts against anyone's share.
-            self.forget_stale_requests();
-        }
         let remembered = self.requests_contains(cmd);
         if !remembered
             && !matches!(cmd.op, crate::command::Operation::Attest)
@@ -117,8 +118,7 @@ impl StateMachine {
     fn refuse_over_share(&mut self, cmd: &Command) -> Response {
         let principal = bounded(&cmd.principal, MAX_NAME_LEN);
         let error = StateError::Denied(format!(
-            "{principal} has {MAX_REQUESTS_PER_PRINCIPAL} commands of the last {} minutes remembered, the most one principal may while the cluster's request memory is this full; its next commands are refused until older ones age out (within {} minutes) and other principals are not affected; send fewer writes",
-            INTENT_MAX_AGE_MS / 60_000,
+            "{principal} has {MAX_REQUESTS_PER_PRINCIPAL} commands remembered, the most one principal may while the cluster's request memory is this full; its next commands are refused until its older ones go stale ({} minutes of the time the nodes vouch for, which moves while the holders of a live key sign) and other principals are not affected; send fewer writes",
             INTENT_MAX_AGE_MS / 60_000
         ));
         let record = self.refusal_record(cmd, principal, format!("refused: {error}"));

@@ -252,9 +252,11 @@ pub enum Operation {
         change: AliasChange,
     },
     /// Counts and enforces each principal's share of the request memory
-    /// from this entry on (`RequestShares`); a cluster bootstrapped by a
-    /// release that has them starts with them on. Sent once every node runs
-    /// such a release (an older one cannot decode it).
+    /// from this entry on (`RequestShares`). The bootstrap node of a new
+    /// cluster sends it before the initial admin exists (an entry an older
+    /// release never wrote, so every replica counts from it); an
+    /// administrator sends it on a cluster created by an older release,
+    /// once every node runs a release that can decode it.
     EnableRequestShares,
 }
 

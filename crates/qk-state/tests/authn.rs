@@ -39,6 +39,10 @@ impl Cluster {
             now: 1_000,
         };
         common::publish_dkg_keys(&mut c.sm);
+        // As a bootstrap node does: shares on before the initial admin.
+        c.signed(&node1, "node-1", Operation::EnableRequestShares)
+            .result
+            .expect("shares on");
         let create = Operation::CreatePrincipal {
             name: "admin".into(),
             roles: [Role::Admin].into(),
@@ -628,4 +632,43 @@ fn assert_shares_held(c: &Cluster, principal: &str, refusal: &StateError) {
         "refused as soon as the memory is crowded"
     );
     assert!(c.sm.request_shares().remembered_by(principal) >= qk_state::MAX_REQUESTS_PER_PRINCIPAL);
+}
+
+/// Shares are on from an entry an older release never wrote, so replicas
+/// replaying the log and replicas restored from a checkpoint agree: a
+/// bootstrap without that entry (an older release's) leaves them off, a
+/// node may send it only before the initial admin exists, and afterwards
+/// only an administrator turns them on.
+#[test]
+fn request_shares_turn_on_only_by_their_own_entry() {
+    let mut roster = KeyRoster::new();
+    let node1 = roster.enroll("node-1", [1; 32], DAY_MS).expect("node-1");
+    let mut c = Cluster::new();
+    assert!(
+        c.sm.request_shares().is_active(),
+        "a new cluster's bootstrap"
+    );
+
+    let mut old = StateMachine::new();
+    let mut cmd = c.command("node-1", mallory());
+    c.sign(&node1, &mut cmd);
+    old.apply_authenticated(&cmd, &roster)
+        .result
+        .expect("an older release's bootstrap");
+    assert!(!old.request_shares().is_active());
+    let mut cmd = c.command("node-1", Operation::EnableRequestShares);
+    c.sign(&node1, &mut cmd);
+    let r = old.apply_authenticated(&cmd, &roster);
+    assert!(
+        matches!(&r.result, Err(StateError::Denied(m)) if m.contains("a node may not propose it")),
+        "{r:?}"
+    );
+    assert!(!old.request_shares().is_active());
+    let admin = c.node1.clone();
+    let r = c.signed(&admin, "node-1", Operation::EnableRequestShares);
+    assert!(r.result.is_err(), "not after the bootstrap either: {r:?}");
+    let admin = c.admin.clone();
+    c.signed(&admin, "admin", Operation::EnableRequestShares)
+        .result
+        .expect("an administrator may, again");
 }

@@ -615,14 +615,16 @@ mod tests {
         }
     }
 
-    /// A bootstrapped machine (shares on) that remembers one of alice's
-    /// commands.
+    /// A machine bootstrapped as a node of this release does (shares on,
+    /// then the admin) that remembers one of alice's commands.
     fn machine_with_a_remembered_request() -> StateMachine {
         let mut machine = StateMachine::default();
         let admin = qk_state::Operation::CreatePrincipal {
             name: "admin".into(),
             roles: [qk_state::Role::Admin].into(),
         };
+        let shares_on = qk_state::Operation::EnableRequestShares;
+        machine.apply(&command(2, "node-1", shares_on));
         machine.apply(&command(1, "node-1", admin));
         machine.apply(&command(7, "alice", tag()));
         assert!(machine.request_shares().is_active());

@@ -337,6 +337,9 @@ impl Node {
                 .unwrap_or(false)
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        if !has_principals(self) {
+            self.enable_request_shares(deadline).await?;
+        }
         while !has_principals(self) {
             let op = Operation::CreatePrincipal {
                 name: name.to_string(),
@@ -357,6 +360,26 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// A new cluster counts each principal's share of the request memory
+    /// from its first entries: written before the initial admin, the only
+    /// time a node may (and idempotent if the bootstrap is run again).
+    async fn enable_request_shares(&self, deadline: tokio::time::Instant) -> Result<()> {
+        loop {
+            match self.write_own(Operation::EnableRequestShares).await {
+                ClientResponse::Written { response, .. } => {
+                    return match response.result {
+                        Ok(_) => Ok(()),
+                        Err(e) => bail!("cannot turn on request shares: {e}; check the node log"),
+                    }
+                }
+                other if tokio::time::Instant::now() > deadline => {
+                    bail!("cannot turn on request shares: {other:?}; check the node log")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// Asks the node at `seed` (forwarded to the leader) to add us as a voter.
