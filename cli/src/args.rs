@@ -214,6 +214,21 @@ pub enum ClusterCommand {
     /// cannot read the entry).
     #[command(after_help = "Example:\n  qk cluster enable-request-shares")]
     EnableRequestShares,
+    /// Refresh every enabled key version on a schedule: a new share epoch,
+    /// the same public key, the old shares erased (as `qk key refresh`). A
+    /// refresh that cannot finish (a holder down) is tried again after one
+    /// period, at most an hour.
+    #[command(
+        after_help = "Examples:\n  qk cluster refresh-schedule --every 30d\n  qk cluster refresh-schedule --off"
+    )]
+    RefreshSchedule {
+        /// How often, e.g. 30d, 12h (at least 10s).
+        #[arg(long, conflicts_with = "off", required_unless_present = "off")]
+        every: Option<String>,
+        /// Remove the schedule (refresh only by hand).
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

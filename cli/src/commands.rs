@@ -51,6 +51,11 @@ pub async fn cluster(ctx: &Ctx, cmd: ClusterCommand) -> Result<()> {
             let health = ctx.api.enable_request_shares().await?;
             emit(ctx.format, &health, output::cluster_text)
         }
+        ClusterCommand::RefreshSchedule { every, off: _ } => {
+            let every_ms = every.as_deref().map(parse_duration_ms).transpose()?;
+            let health = ctx.api.set_refresh_schedule(every_ms).await?;
+            emit(ctx.format, &health, output::cluster_text)
+        }
     }
 }
 

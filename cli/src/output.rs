@@ -251,6 +251,10 @@ pub fn cluster_text(c: &ClusterHealth) -> String {
     if let Some(memory) = &c.request_memory {
         text.push_str(&fields(&[("request memory", request_memory_text(memory))]));
     }
+    let schedule = c.refresh_every_ms.map_or("by hand only".to_string(), |e| {
+        format!("every {}", format_duration_ms(e))
+    });
+    text.push_str(&fields(&[("key refresh", schedule)]));
     let mut members = Table::new(&[
         "node",
         "voter",

@@ -322,3 +322,60 @@ fn a_write_sent_again_under_its_request_id_is_applied_once() {
     let show = text(c.ok(&["key", "show", "once", "-o", "json"], None));
     assert_eq!(primary_version(&show), 3, "{show}");
 }
+
+/// The epochs of `key`'s versions, from `qk key show -o json`.
+fn epochs(c: &Cluster, key: &str) -> Vec<u64> {
+    let shown = text(c.ok(&["key", "show", key, "-o", "json"], None));
+    let view: serde_json::Value = serde_json::from_str(&shown).expect("key JSON");
+    view["versions"]
+        .as_array()
+        .map(|vs| vs.iter().filter_map(|v| v["epoch"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// With a refresh schedule every enabled version gets new share epochs by
+/// itself (the nodes propose it when due by the time they vouch for), and
+/// what was encrypted before still decrypts, client- and server-side.
+#[test]
+fn a_refresh_schedule_refreshes_every_version_by_itself() {
+    let c = up(3);
+    c.ok(&["key", "create", "ledger", "--threshold", "2"], None);
+    let ct = text(c.ok(
+        &["encrypt", "ledger", "--context", "tenant=acme"],
+        Some(b"entry 1"),
+    ));
+    let too_often = c.run(
+        None,
+        &["cluster", "refresh-schedule", "--every", "1s"],
+        None,
+    );
+    assert_eq!(too_often.status.code(), Some(EXIT_INVALID));
+    assert!(
+        stderr(&too_often).contains("at least 10000 ms"),
+        "{}",
+        stderr(&too_often)
+    );
+    let set = text(c.ok(&["cluster", "refresh-schedule", "--every", "10s"], None));
+    assert!(set.contains("every 10s"), "{set}");
+
+    let start = std::time::Instant::now();
+    while epochs(&c, "ledger").first().copied().unwrap_or(0) < 2 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(90),
+            "no second scheduled refresh within 90 s: epochs {:?}",
+            epochs(&c, "ledger")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    for args in [
+        &["decrypt", "--context", "tenant=acme"][..],
+        &["decrypt", "--server-side", "--context", "tenant=acme"][..],
+    ] {
+        assert_eq!(c.ok(args, Some(ct.as_bytes())), b"entry 1");
+    }
+    let trail = text(c.ok(&["audit", "tail", "--limit", "1000", "-o", "json"], None));
+    assert!(trail.contains("version.scheduled-refresh"), "audited");
+
+    let off = text(c.ok(&["cluster", "refresh-schedule", "--off"], None));
+    assert!(off.contains("by hand only"), "{off}");
+}

@@ -25,7 +25,8 @@ use zeroize::Zeroizing;
 
 use crate::errors::{ErrorKind, Failure, Refusal};
 use crate::views::{
-    hex, ApprovalView, AuditRecordView, KeyView, PrincipalView, RequestMemoryView, TokenView,
+    hex, ApprovalView, AuditRecordView, KeyView, PrincipalView, RefreshScheduleRequest,
+    RequestMemoryView, TokenView,
 };
 use crate::{authenticate, body_failure, parse_json, AppState, Caller, ConnPeer};
 
@@ -82,6 +83,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/api/v1/cluster/request-shares",
             post(enable_request_shares),
+        )
+        .route(
+            "/api/v1/cluster/refresh-schedule",
+            put(set_refresh_schedule),
         )
         .route("/api/v1/approvals", get(list_approvals))
         .route("/api/v1/approvals/{id}/approve", post(approve))
@@ -187,6 +192,7 @@ async fn cluster(State(state): State<AppState>, Authed(caller): Authed) -> Reply
                 h.request_memory.remembered,
                 h.request_memory.shares_enabled,
             ),
+            "refresh_every_ms": h.refresh_every_ms,
         })),
         other => Err(unexpected("cluster health", &other)),
     }
@@ -1019,6 +1025,20 @@ async fn set_access_rule(
 /// runs a release that counts them); answers the cluster's health.
 async fn enable_request_shares(State(state): State<AppState>, Authed(caller): Authed) -> Reply {
     state.write(&caller, Operation::EnableRequestShares).await?;
+    cluster(State(state), Authed(caller)).await
+}
+
+/// Sets or removes the cluster's refresh schedule; answers its health.
+async fn set_refresh_schedule(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    body: Body,
+) -> Reply {
+    let b: RefreshScheduleRequest = parse_json(body)?;
+    let op = Operation::SetRefreshSchedule {
+        every_ms: b.every_ms,
+    };
+    state.write(&caller, op).await?;
     cluster(State(state), Authed(caller)).await
 }
 

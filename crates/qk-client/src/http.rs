@@ -511,6 +511,18 @@ impl ApiClient {
         self.get(&["api", "v1", "cluster"]).await
     }
 
+    /// Sets (or with `None` removes) the cluster's refresh schedule; the
+    /// cluster's health after it.
+    pub async fn set_refresh_schedule(&self, every_ms: Option<u64>) -> Result<ClusterHealth> {
+        let body = RefreshScheduleRequest { every_ms };
+        self.write(
+            Method::PUT,
+            &["api", "v1", "cluster", "refresh-schedule"],
+            &body,
+        )
+        .await
+    }
+
     /// Turns on each principal's share of the request memory; the cluster's
     /// health after it.
     pub async fn enable_request_shares(&self) -> Result<ClusterHealth> {

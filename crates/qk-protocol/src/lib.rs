@@ -286,7 +286,8 @@ impl NodeProtocol {
                 Applied::VersionCreated { version },
             ) => self.on_version_created(state, name, *version, cmd.time_ms, rng),
             (
-                Operation::Refresh { name, version, .. },
+                Operation::Refresh { name, version, .. }
+                | Operation::ScheduledRefresh { name, version },
                 Applied::RefreshStarted { epoch, attempt },
             ) => self.on_refresh_started(state, name, *version, *epoch, *attempt, cmd.time_ms),
             (

@@ -103,7 +103,7 @@ fn permission_of(op: &Operation) -> Option<Permission> {
         O::CreateKey(_) => P::KeyCreate,
         O::SetTag { .. } | O::SetMinDecryptVersion { .. } | O::Refresh { .. } => P::KeyConfigure,
         O::SetAlias { .. } => P::KeyConfigure,
-        O::SetSchedule { .. } => P::KeyConfigure,
+        O::SetSchedule { .. } | O::SetRefreshSchedule { .. } => P::KeyConfigure,
         O::Rotate { .. } => P::KeyRotate,
         O::Disable { .. } => P::KeyDisable,
         O::Enable { .. } => P::KeyEnable,
@@ -133,6 +133,7 @@ fn is_node_only(op: &Operation) -> bool {
             | Operation::Audit { .. }
             | Operation::AuditBatch(_)
             | Operation::ScheduledRotate { .. }
+            | Operation::ScheduledRefresh { .. }
             | Operation::Expire { .. }
             | Operation::ExpireApproval { .. }
             | Operation::PruneRecords
@@ -508,6 +509,15 @@ impl StateMachine {
             Operation::EnableRequestShares => {
                 self.shares.activate();
                 Ok(Applied::Done)
+            }
+            Operation::SetRefreshSchedule { every_ms } => {
+                self.refresh_schedule
+                    .set_every(*every_ms)
+                    .map_err(invalid)?;
+                Ok(Applied::Done)
+            }
+            Operation::ScheduledRefresh { name, version } => {
+                self.scheduled_refresh(name, *version, self.trigger_ms(cmd), now)
             }
             Operation::SetSchedule {
                 name,
@@ -962,6 +972,13 @@ impl StateMachine {
                 });
             }
             for v in &key.versions {
+                let schedule = &self.refresh_schedule;
+                if schedule.due_ms(key.id, v).is_some_and(|d| d <= now_ms) {
+                    ops.push(Operation::ScheduledRefresh {
+                        name: key.name.clone(),
+                        version: v.version,
+                    });
+                }
                 if matches!(v.state, VersionState::PendingDestruction { due_ms } if due_ms <= now_ms)
                 {
                     ops.push(Operation::Destroy {

@@ -258,6 +258,19 @@ pub enum Operation {
     /// administrator sends it on a cluster created by an older release,
     /// once every node runs a release that can decode it.
     EnableRequestShares,
+    /// Sets (or with `None` removes) the cluster's refresh schedule: every
+    /// enabled key version is refreshed once `every_ms` passed since its
+    /// last refresh (`RefreshSchedule`). Sent once every node runs a
+    /// release that can decode it and `ScheduledRefresh`.
+    SetRefreshSchedule {
+        every_ms: Option<u64>,
+    },
+    /// A version's scheduled refresh is due (proposed by a node; refused
+    /// when it is not due by the time the nodes vouch for).
+    ScheduledRefresh {
+        name: String,
+        version: KeyVersion,
+    },
 }
 
 /// What [`Operation::SetAlias`] does.
@@ -434,6 +447,8 @@ impl Operation {
             Operation::SetAlias { .. } => "key.set-alias",
             Operation::SetAccessRule { .. } => "cluster.set-access-rule",
             Operation::EnableRequestShares => "cluster.enable-request-shares",
+            Operation::SetRefreshSchedule { .. } => "cluster.set-refresh-schedule",
+            Operation::ScheduledRefresh { .. } => "version.scheduled-refresh",
         }
     }
 
@@ -459,6 +474,7 @@ impl Operation {
             | Operation::SetSchedule { name, .. }
             | Operation::ScheduledRotate { name, .. }
             | Operation::Expire { name }
+            | Operation::ScheduledRefresh { name, .. }
             | Operation::SetAlias { name, .. } => Some(name),
             Operation::Audit { key, .. } => key.as_deref(),
             Operation::RequestApproval {
@@ -485,6 +501,7 @@ impl Operation {
             | Operation::Destroy { version, .. }
             | Operation::EraseReceipt { version, .. }
             | Operation::Refresh { version, .. }
+            | Operation::ScheduledRefresh { version, .. }
             | Operation::AbandonRefresh { version, .. } => Some(*version),
             Operation::Audit { version, .. } => *version,
             _ => None,

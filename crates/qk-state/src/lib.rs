@@ -18,6 +18,7 @@ mod limits;
 mod machine;
 mod model;
 pub mod proof;
+mod refresh_schedule;
 mod request_shares;
 
 pub use access::{
@@ -47,4 +48,5 @@ pub use model::{
     DkgPhase, DkgRecord, DkgSession, KeyRecord, KeyVersionRecord, RefreshRecord, VersionState,
     ALIASES_TAG,
 };
+pub use refresh_schedule::{RefreshSchedule, MIN_REFRESH_PERIOD_MS, RETRY_AFTER_MS};
 pub use request_shares::{RequestShares, MAX_REQUESTS_PER_PRINCIPAL};

@@ -22,6 +22,8 @@ use crate::model::{
     DkgPhase, DkgRecord, DkgSession, KeyRecord, KeyVersionRecord, RefreshRecord, VersionState,
 };
 use crate::proof::INTENT_MAX_AGE_MS;
+use crate::refresh_schedule::RefreshSchedule;
+use crate::request_shares::RequestShares;
 
 /// How far a node's vouched time may fall behind before it attests.
 pub const ATTEST_EVERY_MS: u64 = 60_000;
@@ -117,7 +119,10 @@ pub struct StateMachine {
     /// rest (see [`Self::to_bytes`]) so that a snapshot of the release
     /// before it still decodes.
     #[serde(skip)]
-    pub(crate) shares: crate::request_shares::RequestShares,
+    pub(crate) shares: RequestShares,
+    /// The cluster's refresh schedule, encoded after the rest too.
+    #[serde(skip)]
+    pub(crate) refresh_schedule: crate::refresh_schedule::RefreshSchedule,
     /// The signing time of the command being applied: not state, only
     /// read while that command runs.
     #[serde(skip)]
@@ -804,6 +809,32 @@ impl StateMachine {
         Ok(Applied::RefreshStarted { epoch, attempt })
     }
 
+    /// Starts the refresh of a version the schedule says is due by
+    /// `trigger_ms` (the time the nodes vouch for).
+    pub(crate) fn scheduled_refresh(
+        &mut self,
+        name: &str,
+        version: KeyVersion,
+        trigger_ms: u64,
+        now: u64,
+    ) -> Outcome {
+        let key = self
+            .key(name)
+            .ok_or_else(|| StateError::NoSuchKey(name.into()))?;
+        let id = key.id;
+        let due = key
+            .version(version)
+            .and_then(|v| self.refresh_schedule.due_ms(id, v));
+        if due.is_none_or(|d| d > trigger_ms) {
+            return Err(invalid(format!(
+                "version {version} of key {name:?} is not due for its scheduled refresh"
+            )));
+        }
+        let started = self.start_refresh(name, version, None, now)?;
+        self.refresh_schedule.attempted(id, version, now);
+        Ok(started)
+    }
+
     fn abandon_refresh(
         &mut self,
         name: &str,
@@ -902,7 +933,14 @@ impl StateMachine {
                         epoch.0
                     )));
                 }
-                apply_refresh_step(name, v, from, step, cmd.time_ms)
+                let outcome = apply_refresh_step(name, v, from, step, cmd.time_ms);
+                if let (Ok(Applied::RefreshCompleted { .. }), Some(key)) =
+                    (&outcome, self.key(name))
+                {
+                    let id = key.id;
+                    self.refresh_schedule.refreshed(id, version, cmd.time_ms);
+                }
+                outcome
             }
         }
     }
@@ -1103,15 +1141,16 @@ impl StateMachine {
     /// The whole state encoded (what replicas compare); an encoding failure
     /// is reported, never replaced by empty bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, StateError> {
-        postcard::to_allocvec(&(self, &self.shares))
+        postcard::to_allocvec(&(self, &self.shares, &self.refresh_schedule))
             .map_err(|e| invalid(format!("cannot encode the state: {e}")))
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateError> {
-        let (mut state, shares): (StateMachine, crate::request_shares::RequestShares) =
+        let (mut state, shares, schedule): (StateMachine, RequestShares, RefreshSchedule) =
             postcard::from_bytes(bytes)
                 .map_err(|e| invalid(format!("corrupt state snapshot: {e}")))?;
         state.restore_request_shares(shares);
+        state.refresh_schedule = schedule;
         Ok(state)
     }
 
@@ -1119,6 +1158,17 @@ impl StateMachine {
     /// carries it beside the rest of the state.
     pub fn request_shares(&self) -> &crate::request_shares::RequestShares {
         &self.shares
+    }
+
+    /// The cluster's refresh schedule; the snapshot carries it beside the
+    /// rest of the state.
+    pub fn refresh_schedule(&self) -> &RefreshSchedule {
+        &self.refresh_schedule
+    }
+
+    /// Puts back the refresh schedule a snapshot carried beside the state.
+    pub fn restore_refresh_schedule(&mut self, schedule: RefreshSchedule) {
+        self.refresh_schedule = schedule;
     }
 
     /// Puts back the shares a snapshot carried beside the state, keeping

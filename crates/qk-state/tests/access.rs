@@ -1678,3 +1678,77 @@ fn aws_access_keys_are_no_bearer_tokens_and_never_carry_admin_or_approver_roles(
     );
     assert!(log.sm.authenticate_token(&bearer, log.now).is_ok());
 }
+
+#[test]
+fn the_refresh_schedule_starts_due_refreshes_and_waits_after_an_abandoned_one() {
+    let mut log = Log::new();
+    log.key("k");
+    let too_short = Operation::SetRefreshSchedule {
+        every_ms: Some(qk_state::MIN_REFRESH_PERIOD_MS - 1),
+    };
+    assert!(log.run("admin", too_short).is_err());
+    assert!(log.sm.refresh_schedule().every_ms().is_none());
+    let every = 20_000;
+    let set = Operation::SetRefreshSchedule {
+        every_ms: Some(every),
+    };
+    log.run("admin", set).expect("schedule set");
+    let refresh = Operation::ScheduledRefresh {
+        name: "k".into(),
+        version: KeyVersion(1),
+    };
+    let created = log.sm.key("k").expect("k").versions[0].created_ms;
+    log.now = created + every - 1;
+    log.vouch();
+    assert!(log.sm.maintenance_due(log.now).is_empty());
+    assert!(log.run("node-1", refresh.clone()).is_err(), "not due yet");
+
+    log.now = created + every;
+    log.vouch();
+    assert_eq!(log.sm.maintenance_due(log.now), vec![refresh.clone()]);
+    assert!(
+        log.run("admin", refresh.clone()).is_err(),
+        "clients cannot propose schedule steps"
+    );
+    let started = log.run("node-1", refresh.clone());
+    assert!(
+        matches!(started, Ok(Applied::RefreshStarted { attempt: 1, .. })),
+        "{started:?}"
+    );
+    assert!(
+        log.sm.maintenance_due(log.now).is_empty(),
+        "not again while it runs"
+    );
+
+    // The refresh is abandoned at its deadline: tried again one period
+    // after the attempt, not at every tick.
+    let deadline = log.sm.key("k").expect("k").versions[0]
+        .refresh
+        .as_ref()
+        .expect("running")
+        .deadline_ms;
+    log.now = deadline;
+    let abandon = Operation::AbandonRefresh {
+        name: "k".into(),
+        version: KeyVersion(1),
+        attempt: 1,
+        reason: "node-3 dealt nothing".into(),
+    };
+    log.run("node-1", abandon).expect("abandoned");
+    let attempted = created + every;
+    let retry = attempted + every;
+    log.now = retry - 1;
+    log.vouch();
+    assert!(log.sm.maintenance_due(log.now).is_empty(), "waits");
+    log.now = retry;
+    log.vouch();
+    assert_eq!(log.sm.maintenance_due(log.now), vec![refresh.clone()]);
+
+    let off = Operation::SetRefreshSchedule { every_ms: None };
+    log.run("admin", off).expect("schedule removed");
+    assert!(log.sm.maintenance_due(log.now).is_empty());
+    assert!(
+        log.run("node-1", refresh).is_err(),
+        "no schedule, nothing due"
+    );
+}

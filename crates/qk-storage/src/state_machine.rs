@@ -11,7 +11,7 @@ use openraft::{
 };
 use qk_raft::{BatchResponse, QkNode, TypeConfig};
 use qk_state::authn::GrantCheck;
-use qk_state::{Command, RequestShares, Response, StateMachine};
+use qk_state::{Command, RefreshSchedule, RequestShares, Response, StateMachine};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, MAX_META_BYTES, MAX_SNAPSHOT_BYTES};
@@ -29,7 +29,8 @@ const KEY_SNAPSHOT_DATA: &[u8] = b"data";
 /// decoding the format before it.
 const SNAPSHOT_FORMAT: u8 = 2;
 /// The format before the per-principal request shares ([`RequestShares`]),
-/// still decoded: its shares are off until `EnableRequestShares`.
+/// and the refresh schedule, still decoded: shares off until
+/// `EnableRequestShares`, no schedule until `SetRefreshSchedule`.
 const SNAPSHOT_FORMAT_WITHOUT_SHARES: u8 = 1;
 
 pub(crate) type Membership = StoredMembership<NodeId, QkNode>;
@@ -68,6 +69,7 @@ struct PayloadRef<'a> {
     last_membership: &'a Membership,
     machine: &'a StateMachine,
     shares: &'a RequestShares,
+    refresh_schedule: &'a RefreshSchedule,
 }
 
 /// Snapshot payload, decoding side. Same fields, same order as [`PayloadRef`].
@@ -78,6 +80,7 @@ struct Payload {
     last_membership: Membership,
     machine: StateMachine,
     shares: RequestShares,
+    refresh_schedule: RefreshSchedule,
 }
 
 /// A payload of [`SNAPSHOT_FORMAT_WITHOUT_SHARES`].
@@ -99,6 +102,7 @@ pub fn encode_payload(state: &AppliedState) -> Result<Vec<u8>, StoreError> {
             last_membership: &state.last_membership,
             machine: &state.machine,
             shares: state.machine.request_shares(),
+            refresh_schedule: state.machine.refresh_schedule(),
         },
         MAX_SNAPSHOT_BYTES,
     )
@@ -119,6 +123,7 @@ pub fn decode_payload(what: &str, bytes: &[u8]) -> Result<AppliedState, StoreErr
                 last_membership: old.last_membership,
                 machine: old.machine,
                 shares: RequestShares::default(),
+                refresh_schedule: RefreshSchedule::default(),
             }
         }
         Some(other) => {
@@ -132,6 +137,7 @@ pub fn decode_payload(what: &str, bytes: &[u8]) -> Result<AppliedState, StoreErr
     debug_assert!([SNAPSHOT_FORMAT, SNAPSHOT_FORMAT_WITHOUT_SHARES].contains(&p.format));
     let mut machine = p.machine;
     machine.restore_request_shares(p.shares);
+    machine.restore_refresh_schedule(p.refresh_schedule);
     if p.last_membership.log_id() > &p.last_applied {
         return Err(StoreError::corrupt(
             what,

@@ -633,6 +633,18 @@ pub struct ClusterHealth {
     /// Absent from nodes of a release before request shares.
     #[serde(default)]
     pub request_memory: Option<RequestMemoryView>,
+    /// Every enabled key version is refreshed this often (absent: only by
+    /// hand, or a node of an older release).
+    #[serde(default)]
+    pub refresh_every_ms: Option<u64>,
+}
+
+/// Body of `PUT /api/v1/cluster/refresh-schedule`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshScheduleRequest {
+    /// `null` removes the schedule.
+    pub every_ms: Option<u64>,
 }
 
 /// How full the replicated request memory is: every command is remembered

@@ -214,6 +214,9 @@ pub struct ClusterHealth {
     pub members: Vec<MemberHealth>,
     pub versions: Vec<VersionHealth>,
     pub request_memory: RequestMemory,
+    /// The cluster's refresh schedule: every enabled key version gets a new
+    /// share epoch this often (`None`: only by hand).
+    pub refresh_every_ms: Option<u64>,
 }
 
 /// How full the replicated request memory is (commands remembered for

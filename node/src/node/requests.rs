@@ -640,7 +640,7 @@ impl Node {
             .filter(|m| m.reachable)
             .map(|m| m.node_id)
             .collect();
-        let (versions, request_memory) = self
+        let (versions, request_memory, refresh_every_ms) = self
             .state
             .read(|a| {
                 let s = a.machine();
@@ -673,14 +673,15 @@ impl Node {
                             .collect(),
                     })
                     .collect();
-                (versions, memory)
+                (versions, memory, s.refresh_schedule().every_ms())
             })
-            .unwrap_or((Vec::new(), RequestMemory::default()));
+            .unwrap_or((Vec::new(), RequestMemory::default(), None));
         ClientResponse::ClusterHealth(ClusterHealth {
             status,
             members,
             versions,
             request_memory,
+            refresh_every_ms,
         })
     }
 
