@@ -1035,9 +1035,8 @@ async fn set_refresh_schedule(
     body: Body,
 ) -> Reply {
     let b: RefreshScheduleRequest = parse_json(body)?;
-    let op = Operation::SetRefreshSchedule {
-        every_ms: b.every_ms,
-    };
+    let every_ms = b.every_ms().map_err(Failure::invalid)?;
+    let op = Operation::SetRefreshSchedule { every_ms };
     state.write(&caller, op).await?;
     cluster(State(state), Authed(caller)).await
 }

@@ -514,7 +514,10 @@ impl ApiClient {
     /// Sets (or with `None` removes) the cluster's refresh schedule; the
     /// cluster's health after it.
     pub async fn set_refresh_schedule(&self, every_ms: Option<u64>) -> Result<ClusterHealth> {
-        let body = RefreshScheduleRequest { every_ms };
+        let body = RefreshScheduleRequest {
+            every_ms,
+            off: every_ms.is_none(),
+        };
         self.write(
             Method::PUT,
             &["api", "v1", "cluster", "refresh-schedule"],

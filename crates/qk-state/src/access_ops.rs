@@ -15,6 +15,7 @@ use crate::approval::{ApprovalRecord, ApprovalStatus};
 use crate::command::{Applied, Command, Operation, PendingAction, StateError, PRUNE_AFTER_MS};
 use crate::machine::{check_rotation_period, invalid, StateMachine};
 use crate::model::VersionState;
+use crate::refresh_schedule::MAX_SCHEDULED_AT_ONCE;
 
 type Outcome = Result<Applied, StateError>;
 
@@ -103,7 +104,9 @@ fn permission_of(op: &Operation) -> Option<Permission> {
         O::CreateKey(_) => P::KeyCreate,
         O::SetTag { .. } | O::SetMinDecryptVersion { .. } | O::Refresh { .. } => P::KeyConfigure,
         O::SetAlias { .. } => P::KeyConfigure,
-        O::SetSchedule { .. } | O::SetRefreshSchedule { .. } => P::KeyConfigure,
+        O::SetSchedule { .. } => P::KeyConfigure,
+        // Cluster-wide (no key's policy applies): administrators only.
+        O::SetRefreshSchedule { .. } => P::PrincipalManage,
         O::Rotate { .. } => P::KeyRotate,
         O::Disable { .. } => P::KeyDisable,
         O::Enable { .. } => P::KeyEnable,
@@ -517,7 +520,7 @@ impl StateMachine {
                 Ok(Applied::Done)
             }
             Operation::ScheduledRefresh { name, version } => {
-                self.scheduled_refresh(name, *version, self.trigger_ms(cmd), now)
+                self.scheduled_refresh(name, *version, self.trigger_ms(cmd))
             }
             Operation::SetSchedule {
                 name,
@@ -955,6 +958,7 @@ impl StateMachine {
     /// ran out. The leader proposes them; apply checks each again.
     pub fn maintenance_due(&self, now_ms: u64) -> Vec<Operation> {
         let mut ops = Vec::new();
+        let mut refresh_slots = MAX_SCHEDULED_AT_ONCE.saturating_sub(self.refreshes_running());
         for key in self.keys() {
             let generating = key
                 .versions
@@ -973,7 +977,8 @@ impl StateMachine {
             }
             for v in &key.versions {
                 let schedule = &self.refresh_schedule;
-                if schedule.due_ms(key.id, v).is_some_and(|d| d <= now_ms) {
+                if refresh_slots > 0 && schedule.due_ms(key.id, v).is_some_and(|d| d <= now_ms) {
+                    refresh_slots -= 1;
                     ops.push(Operation::ScheduledRefresh {
                         name: key.name.clone(),
                         version: v.version,

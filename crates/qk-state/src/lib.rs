@@ -48,5 +48,7 @@ pub use model::{
     DkgPhase, DkgRecord, DkgSession, KeyRecord, KeyVersionRecord, RefreshRecord, VersionState,
     ALIASES_TAG,
 };
-pub use refresh_schedule::{RefreshSchedule, MIN_REFRESH_PERIOD_MS, RETRY_AFTER_MS};
+pub use refresh_schedule::{
+    RefreshSchedule, MAX_SCHEDULED_AT_ONCE, MIN_REFRESH_PERIOD_MS, RETRY_AFTER_MS,
+};
 pub use request_shares::{RequestShares, MAX_REQUESTS_PER_PRINCIPAL};

@@ -22,7 +22,7 @@ use crate::model::{
     DkgPhase, DkgRecord, DkgSession, KeyRecord, KeyVersionRecord, RefreshRecord, VersionState,
 };
 use crate::proof::INTENT_MAX_AGE_MS;
-use crate::refresh_schedule::RefreshSchedule;
+use crate::refresh_schedule::{RefreshSchedule, MAX_SCHEDULED_AT_ONCE};
 use crate::request_shares::RequestShares;
 
 /// How far a node's vouched time may fall behind before it attests.
@@ -810,13 +810,14 @@ impl StateMachine {
     }
 
     /// Starts the refresh of a version the schedule says is due by
-    /// `trigger_ms` (the time the nodes vouch for).
+    /// `trigger_ms` (the time the nodes vouch for), which also times it: a
+    /// leader's far-future stamp can neither wedge its deadline nor hold the
+    /// version off the schedule.
     pub(crate) fn scheduled_refresh(
         &mut self,
         name: &str,
         version: KeyVersion,
         trigger_ms: u64,
-        now: u64,
     ) -> Outcome {
         let key = self
             .key(name)
@@ -830,9 +831,23 @@ impl StateMachine {
                 "version {version} of key {name:?} is not due for its scheduled refresh"
             )));
         }
-        let started = self.start_refresh(name, version, None, now)?;
-        self.refresh_schedule.attempted(id, version, now);
+        let running = self.refreshes_running();
+        if running >= MAX_SCHEDULED_AT_ONCE {
+            return Err(invalid(format!(
+                "{running} refreshes are running, the most the schedule starts at once; version {version} of key {name:?} waits its turn"
+            )));
+        }
+        let started = self.start_refresh(name, version, None, trigger_ms)?;
+        self.refresh_schedule.attempted(id, version, trigger_ms);
         Ok(started)
+    }
+
+    /// Key versions with a refresh in progress.
+    pub(crate) fn refreshes_running(&self) -> usize {
+        self.keys()
+            .flat_map(|k| k.versions.iter())
+            .filter(|v| v.refresh.is_some())
+            .count()
     }
 
     fn abandon_refresh(
@@ -937,8 +952,8 @@ impl StateMachine {
                 if let (Ok(Applied::RefreshCompleted { .. }), Some(key)) =
                     (&outcome, self.key(name))
                 {
-                    let id = key.id;
-                    self.refresh_schedule.refreshed(id, version, cmd.time_ms);
+                    let (id, at) = (key.id, self.trigger_ms(cmd));
+                    self.refresh_schedule.refreshed(id, version, at);
                 }
                 outcome
             }

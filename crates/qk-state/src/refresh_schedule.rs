@@ -5,8 +5,15 @@
 //! [`RETRY_AFTER_MS`] at most, not at every maintenance tick.
 //!
 //! Kept beside the state's other fields (see `StateMachine::to_bytes`) so
-//! that a snapshot of the release before it still decodes; only
-//! `Operation::SetRefreshSchedule`, which no older release writes, sets it.
+//! that a snapshot of the release before it still decodes. Nothing is
+//! recorded while no schedule is set, and only
+//! `Operation::SetRefreshSchedule`, which no older release writes, sets one:
+//! so replicas restored from an older release's checkpoint and replicas
+//! that replayed the log hold the same times.
+//!
+//! At most [`MAX_SCHEDULED_AT_ONCE`] refreshes run at once when the
+//! schedule starts them, so a new or shortened schedule that makes every
+//! version due at once does not start a DKG per version in one tick.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +26,8 @@ use crate::model::{KeyVersionRecord, VersionState};
 pub const MIN_REFRESH_PERIOD_MS: u64 = 10_000;
 /// Longest wait before an abandoned scheduled refresh is tried again.
 pub const RETRY_AFTER_MS: u64 = 60 * 60 * 1000;
+/// Most refreshes running when the schedule starts another.
+pub const MAX_SCHEDULED_AT_ONCE: usize = 4;
 
 /// When a version was last refreshed and last tried.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,16 +86,20 @@ impl RefreshSchedule {
     }
 
     pub(crate) fn attempted(&mut self, key: KeyId, version: KeyVersion, now_ms: u64) {
-        self.versions
-            .entry((key, version))
-            .or_default()
-            .attempted_ms = Some(now_ms);
+        if self.every_ms.is_some() {
+            self.times_mut(key, version).attempted_ms = Some(now_ms);
+        }
     }
 
+    /// A refresh of the version completed (by hand or scheduled); recorded
+    /// only while a schedule is set.
     pub(crate) fn refreshed(&mut self, key: KeyId, version: KeyVersion, now_ms: u64) {
-        self.versions
-            .entry((key, version))
-            .or_default()
-            .refreshed_ms = Some(now_ms);
+        if self.every_ms.is_some() {
+            self.times_mut(key, version).refreshed_ms = Some(now_ms);
+        }
+    }
+
+    fn times_mut(&mut self, key: KeyId, version: KeyVersion) -> &mut RefreshTimes {
+        self.versions.entry((key, version)).or_default()
     }
 }

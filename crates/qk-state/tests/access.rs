@@ -1752,3 +1752,50 @@ fn the_refresh_schedule_starts_due_refreshes_and_waits_after_an_abandoned_one() 
         "no schedule, nothing due"
     );
 }
+
+/// Only an administrator sets the schedule; a schedule that makes many
+/// versions due at once starts at most `MAX_SCHEDULED_AT_ONCE`; a leader's
+/// far-future stamp neither times the refresh it starts nor its deadline.
+#[test]
+fn the_refresh_schedule_is_an_administrators_starts_few_at_once_and_ignores_the_leaders_stamp() {
+    let mut log = Log::new();
+    log.principal("olga", &[Role::Operator]);
+    let names: Vec<String> = (0..6).map(|n| format!("k{n}")).collect();
+    for name in &names {
+        log.key(name);
+    }
+    let every = 20_000;
+    let set = Operation::SetRefreshSchedule {
+        every_ms: Some(every),
+    };
+    assert!(log.run("olga", set.clone()).is_err(), "an operator may not");
+    log.run("admin", set).expect("schedule set");
+    log.now += every;
+    log.vouch();
+    let due = log.sm.maintenance_due(log.now);
+    assert_eq!(due.len(), qk_state::MAX_SCHEDULED_AT_ONCE, "{due:?}");
+
+    // The leader stamps its own command an hour ahead: the refresh is timed
+    // by the vouched time all the same.
+    let vouched = log.sm.vouched_ms();
+    log.now += 3_600_000;
+    for op in due {
+        log.run("node-1", op).expect("started");
+    }
+    log.now -= 3_600_000;
+    for name in &names[..qk_state::MAX_SCHEDULED_AT_ONCE] {
+        let v = &log.sm.key(name).expect("key").versions[0];
+        let started = v.refresh.as_ref().expect("running").started_ms;
+        assert_eq!(started, vouched, "timed by the vouched time");
+    }
+    assert!(log.sm.maintenance_due(log.now).is_empty(), "no slot left");
+    let fifth = Operation::ScheduledRefresh {
+        name: names[qk_state::MAX_SCHEDULED_AT_ONCE].clone(),
+        version: KeyVersion(1),
+    };
+    let refused = log.run("node-1", fifth);
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("waits its turn")),
+        "{refused:?}"
+    );
+}

@@ -639,12 +639,26 @@ pub struct ClusterHealth {
     pub refresh_every_ms: Option<u64>,
 }
 
-/// Body of `PUT /api/v1/cluster/refresh-schedule`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Body of `PUT /api/v1/cluster/refresh-schedule`: `{"every_ms": N}` sets
+/// the schedule, `{"off": true}` removes it (an empty body does neither).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshScheduleRequest {
-    /// `null` removes the schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub off: bool,
+}
+
+impl RefreshScheduleRequest {
+    /// The schedule asked for (`None`: removed), or why the body is wrong.
+    pub fn every_ms(&self) -> Result<Option<u64>, &'static str> {
+        match (self.every_ms, self.off) {
+            (Some(every), false) => Ok(Some(every)),
+            (None, true) => Ok(None),
+            _ => Err("send {\"every_ms\": N} to set the refresh schedule or {\"off\": true} to remove it"),
+        }
+    }
 }
 
 /// How full the replicated request memory is: every command is remembered
