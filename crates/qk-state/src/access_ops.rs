@@ -561,7 +561,10 @@ impl StateMachine {
                         "a scheduled rotation of {name:?} keeps the last version's holders; an administrator rotates to others"
                     )));
                 }
-                self.rotate(name, holders, None, now)
+                // Timed by the vouched time, as the due check: a leader's
+                // far-future stamp cannot give the version a deadline no
+                // honest node reaches.
+                self.rotate(name, holders, None, self.trigger_ms(cmd))
             }
             Operation::Expire { name } => {
                 let trigger = self.trigger_ms(cmd);
