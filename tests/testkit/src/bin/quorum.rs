@@ -1,7 +1,8 @@
 //! `qk-bench-quorum`: unwrap throughput and p50/p99 latency at concurrency 1
 //! and 64 on loopback clusters of 3 nodes (t = 2) and 5 nodes (t = 3), with
 //! server-side and client-side combining; encrypt throughput; key generation
-//! latency. Each figure is set against the in-process crypto cost of the same
+//! latency; a share refresh's latency per key version, one at a time and
+//! many at once. Each figure is set against the in-process crypto cost of the same
 //! operation measured in the same run. Prints one JSON document.
 //!
 //! Run: `cargo build --release -p qk-node -p qk-testkit && target/release/qk-bench-quorum`
@@ -17,7 +18,7 @@ use qk_crypto::{
     PublicKeySet,
 };
 use qk_raft::{PeerRequest, PeerResponse};
-use qk_state::VersionState;
+use qk_state::{Operation, VersionState};
 use qk_testkit::bench::{cores, sibling_binary};
 use qk_testkit::cluster::{ctx, Cluster};
 use qk_testkit::stats::{load, LoadResult};
@@ -126,6 +127,81 @@ async fn generation_ms(c: &Cluster, t: u16, holders: &[u64], name: &str) -> Resu
     }
 }
 
+/// Versions refreshed at once for the batch figure.
+const REFRESH_BATCH: usize = 20;
+
+/// Asks for a refresh of version 1 of each of `names` at once; how long
+/// until every one of them reached a new epoch (ms).
+async fn refresh_ms(c: &Cluster, names: &[String]) -> Result<f64> {
+    let mut before = Vec::new();
+    for name in names {
+        let v = c.key(1, name).await.context("key record")?;
+        before.push(v.version(KeyVersion(1)).context("version 1")?.epoch.0);
+    }
+    let start = Instant::now();
+    let asks = names.iter().map(|name| {
+        let op = Operation::Refresh {
+            name: name.clone(),
+            version: KeyVersion(1),
+            timeout_ms: None,
+        };
+        c.op(1, op)
+    });
+    for asked in futures::future::join_all(asks).await {
+        asked.map_err(anyhow::Error::msg)?;
+    }
+    for (name, epoch) in names.iter().zip(before) {
+        loop {
+            let v = c
+                .key(1, name)
+                .await
+                .and_then(|k| k.version(KeyVersion(1)).cloned());
+            if v.as_ref()
+                .is_some_and(|v| v.epoch.0 > epoch && v.refresh.is_none())
+            {
+                break;
+            }
+            if v.as_ref()
+                .is_some_and(|v| v.refresh.is_none() && v.epoch.0 == epoch)
+                && start.elapsed() > Duration::from_secs(1)
+            {
+                bail!(
+                    "the refresh of {name} was abandoned: {:?}",
+                    v.and_then(|v| v.last_refresh_failure)
+                );
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!("{name} was not refreshed within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    Ok(start.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// One refresh at a time of each of five versions, then `REFRESH_BATCH`
+/// versions at once.
+async fn refresh_figures(c: &Cluster, t: u16, holders: &[u64]) -> Result<serde_json::Value> {
+    let mut one = Vec::new();
+    for i in 0..5 {
+        one.push(refresh_ms(c, &[format!("gen-{i}")]).await?);
+    }
+    one.sort_by(|a, b| a.total_cmp(b));
+    let names: Vec<String> = (0..REFRESH_BATCH).map(|i| format!("refresh-{i}")).collect();
+    for name in &names {
+        generation_ms(c, t, holders, name).await?;
+    }
+    let batch_ms = refresh_ms(c, &names).await?;
+    Ok(json!({
+        "one_at_a_time_ms": { "median": one[one.len() / 2], "all": one },
+        "at_once": {
+            "versions": REFRESH_BATCH,
+            "total_ms": batch_ms,
+            "per_version_ms": batch_ms / REFRESH_BATCH as f64,
+        },
+    }))
+}
+
 async fn bench_cluster(bin: &Path, n: u64, t: u16) -> Result<serde_json::Value> {
     let cluster = Cluster::start(bin, n, 100_000);
     let holders: Vec<u64> = (1..=n).collect();
@@ -186,6 +262,7 @@ async fn bench_cluster(bin: &Path, n: u64, t: u16) -> Result<serde_json::Value> 
             .await,
         );
     }
+    let refresh = refresh_figures(&cluster, t, &holders).await?;
     let (wrap_us, partial_us, combine_us) = crypto_costs(t, n as u16);
     let unwrap_cpu_us = f64::from(t) * partial_us + combine_us;
     let cores = cores().max(1) as f64;
@@ -201,6 +278,7 @@ async fn bench_cluster(bin: &Path, n: u64, t: u16) -> Result<serde_json::Value> 
     Ok(json!({
         "nodes": n, "threshold": t,
         "key_generation_ms": { "median": gen[gen.len() / 2], "all": gen },
+        "refresh": refresh,
         "crypto_in_process_us": {
             "wrap": wrap_us, "partial_with_proof": partial_us, "combine_optimistic": combine_us,
             "unwrap_all_parties": unwrap_cpu_us,
