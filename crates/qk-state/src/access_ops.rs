@@ -561,10 +561,7 @@ impl StateMachine {
                         "a scheduled rotation of {name:?} keeps the last version's holders; an administrator rotates to others"
                     )));
                 }
-                // Timed by the vouched time, as the due check: a leader's
-                // far-future stamp cannot give the version a deadline no
-                // honest node reaches.
-                self.rotate(name, holders, None, self.trigger_ms(cmd))
+                self.rotate(name, holders, None, now)
             }
             Operation::Expire { name } => {
                 let trigger = self.trigger_ms(cmd);
