@@ -221,9 +221,10 @@ pub enum ClusterCommand {
     #[command(
         after_help = "Examples:\n  qk cluster refresh-schedule --every 30d\n  qk cluster refresh-schedule --off"
     )]
+    #[group(required = true, multiple = false)]
     RefreshSchedule {
         /// How often, e.g. 30d, 12h (at least 10s).
-        #[arg(long, conflicts_with = "off", required_unless_present = "off")]
+        #[arg(long)]
         every: Option<String>,
         /// Remove the schedule (refresh only by hand).
         #[arg(long)]

@@ -15,6 +15,7 @@ use crate::approval::{ApprovalRecord, ApprovalStatus};
 use crate::command::{Applied, Command, Operation, PendingAction, StateError, PRUNE_AFTER_MS};
 use crate::machine::{check_rotation_period, invalid, StateMachine};
 use crate::model::VersionState;
+use crate::proof::INTENT_MAX_AGE_MS;
 use crate::refresh_schedule::MAX_SCHEDULED_AT_ONCE;
 
 type Outcome = Result<Applied, StateError>;
@@ -520,7 +521,13 @@ impl StateMachine {
                 Ok(Applied::Done)
             }
             Operation::ScheduledRefresh { name, version } => {
-                self.scheduled_refresh(name, *version, self.trigger_ms(cmd))
+                // Started at the leader's stamp, but never more than a
+                // proof's lifetime past the vouched time: a far-future
+                // stamp cannot give the refresh a deadline no honest node
+                // reaches.
+                let latest = self.vouched_ms().saturating_add(INTENT_MAX_AGE_MS);
+                let start_ms = cmd.time_ms.min(latest);
+                self.scheduled_refresh(name, *version, self.trigger_ms(cmd), start_ms)
             }
             Operation::SetSchedule {
                 name,

@@ -117,8 +117,9 @@ impl StateMachine {
     /// request sent again once its older commands age out is applied.
     fn refuse_over_share(&mut self, cmd: &Command) -> Response {
         let principal = bounded(&cmd.principal, MAX_NAME_LEN);
+        let held = self.shares.remembered_by(&cmd.principal);
         let error = StateError::Denied(format!(
-            "{principal} has {MAX_REQUESTS_PER_PRINCIPAL} commands remembered, the most one principal may while the cluster's request memory is this full; its next commands are refused until its older ones go stale ({} minutes of the time the nodes vouch for, which moves while the holders of a live key sign) and other principals are not affected; send fewer writes",
+            "{principal} has {held} commands remembered, at least the {MAX_REQUESTS_PER_PRINCIPAL} one principal may hold while the cluster's request memory is this full; its next commands are refused until its older ones go stale ({} minutes of the time the nodes vouch for, which moves while the holders of a live key sign) and other principals are not affected; send fewer writes",
             INTENT_MAX_AGE_MS / 60_000
         ));
         let record = self.refusal_record(cmd, principal, format!("refused: {error}"));

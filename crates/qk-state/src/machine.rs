@@ -809,15 +809,14 @@ impl StateMachine {
         Ok(Applied::RefreshStarted { epoch, attempt })
     }
 
-    /// Starts the refresh of a version the schedule says is due by
-    /// `trigger_ms` (the time the nodes vouch for), which also times it: a
-    /// leader's far-future stamp can neither wedge its deadline nor hold the
-    /// version off the schedule.
+    /// Starts, at `start_ms`, the refresh of a version the schedule says is
+    /// due by `trigger_ms` (the time the nodes vouch for).
     pub(crate) fn scheduled_refresh(
         &mut self,
         name: &str,
         version: KeyVersion,
         trigger_ms: u64,
+        start_ms: u64,
     ) -> Outcome {
         let key = self
             .key(name)
@@ -837,8 +836,8 @@ impl StateMachine {
                 "{running} refreshes are running, the most the schedule starts at once; version {version} of key {name:?} waits its turn"
             )));
         }
-        let started = self.start_refresh(name, version, None, trigger_ms)?;
-        self.refresh_schedule.attempted(id, version, trigger_ms);
+        let started = self.start_refresh(name, version, None, start_ms)?;
+        self.refresh_schedule.attempted(id, version, start_ms);
         Ok(started)
     }
 

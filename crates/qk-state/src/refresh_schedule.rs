@@ -53,7 +53,7 @@ impl RefreshSchedule {
     pub(crate) fn set_every(&mut self, every_ms: Option<u64>) -> Result<(), String> {
         if every_ms.is_some_and(|e| e < MIN_REFRESH_PERIOD_MS) {
             return Err(format!(
-                "a refresh period must be at least {MIN_REFRESH_PERIOD_MS} ms (each refresh is a DKG across the holders)"
+                "a refresh period must be at least {MIN_REFRESH_PERIOD_MS} ms (each refresh is a DKG across the holders); pass a longer one, e.g. --every 30d"
             ));
         }
         self.every_ms = every_ms;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use qk_state::proof::INTENT_MAX_AGE_MS;
 use qk_state::{
     Applied, ApprovalRule, ApprovalStatus, Command, CreateKey, Decision, KeyPolicy, Operation,
     PendingAction, Permission, PolicyRule, RequestId, Role, StateError, StateMachine, VersionState,
@@ -1757,7 +1758,7 @@ fn the_refresh_schedule_starts_due_refreshes_and_waits_after_an_abandoned_one() 
 /// versions due at once starts at most `MAX_SCHEDULED_AT_ONCE`; a leader's
 /// far-future stamp neither times the refresh it starts nor its deadline.
 #[test]
-fn the_refresh_schedule_is_an_administrators_starts_few_at_once_and_ignores_the_leaders_stamp() {
+fn the_refresh_schedule_is_an_administrators_starts_few_at_once_and_bounds_the_leaders_stamp() {
     let mut log = Log::new();
     log.principal("olga", &[Role::Operator]);
     let names: Vec<String> = (0..6).map(|n| format!("k{n}")).collect();
@@ -1775,8 +1776,8 @@ fn the_refresh_schedule_is_an_administrators_starts_few_at_once_and_ignores_the_
     let due = log.sm.maintenance_due(log.now);
     assert_eq!(due.len(), qk_state::MAX_SCHEDULED_AT_ONCE, "{due:?}");
 
-    // The leader stamps its own command an hour ahead: the refresh is timed
-    // by the vouched time all the same.
+    // The leader stamps its own command an hour ahead: the refresh starts no
+    // later than a proof's lifetime past the vouched time.
     let vouched = log.sm.vouched_ms();
     log.now += 3_600_000;
     for op in due {
@@ -1786,7 +1787,7 @@ fn the_refresh_schedule_is_an_administrators_starts_few_at_once_and_ignores_the_
     for name in &names[..qk_state::MAX_SCHEDULED_AT_ONCE] {
         let v = &log.sm.key(name).expect("key").versions[0];
         let started = v.refresh.as_ref().expect("running").started_ms;
-        assert_eq!(started, vouched, "timed by the vouched time");
+        assert_eq!(started, vouched + INTENT_MAX_AGE_MS, "the stamp is bounded");
     }
     assert!(log.sm.maintenance_due(log.now).is_empty(), "no slot left");
     let fifth = Operation::ScheduledRefresh {

@@ -522,7 +522,7 @@ fn flood_until_refused(
     loop {
         let r = c.signed(credential, principal, op());
         match r.result {
-            Err(e) if e.to_string().contains("the most one principal may") => return e,
+            Err(e) if e.to_string().contains("one principal may hold while") => return e,
             _ => assert!(
                 c.sm.remembered_requests() < qk_state::MAX_FRESH_REQUESTS,
                 "{principal} filled the request memory alone: {:?}",
@@ -620,7 +620,7 @@ fn a_user_flooding_refused_commands_fills_only_its_own_share() {
 /// the memory no fuller than one principal can make it.
 fn assert_shares_held(c: &Cluster, principal: &str, refusal: &StateError) {
     assert!(
-        refusal.to_string().contains("the most one principal may"),
+        refusal.to_string().contains("one principal may hold while"),
         "{refusal}"
     );
     let record = c.last_record();
