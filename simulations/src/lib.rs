@@ -373,13 +373,18 @@ impl Driver {
         d
     }
 
-    /// As a bootstrapping node does: node 1 proposes the initial admin until
-    /// the log has it (the first proposals may precede the election). Then
-    /// the admin creates the workload's caller, "app", a key user, and
-    /// "guest", an auditor whose unwraps every holder must refuse.
+    /// As a bootstrapping node does: node 1 turns request shares on and
+    /// then proposes the initial admin, each until the log has it (the first
+    /// proposals may precede the election). Then the admin creates the
+    /// workload's caller, "app", a key user, and "guest", an auditor whose
+    /// unwraps every holder must refuse.
     async fn create_admin(&self) {
         self.with(|w| w.schedule(50, Ev::Tick));
         let node_1 = ("node-1", Some(NodeId(1)));
+        let shares_on = |w: &World| w.oracle.truth.request_shares().is_active();
+        let enable = || Operation::EnableRequestShares;
+        self.propose_until(node_1, enable, shares_on, "request shares")
+            .await;
         self.create_principal(node_1, "admin", qk_state::Role::Admin)
             .await;
         self.create_principal(("admin", None), "app", qk_state::Role::KeyUser)
@@ -392,21 +397,33 @@ impl Driver {
     /// principal `name` with `role`, retrying until the log has it.
     async fn create_principal(
         &self,
-        (author, at): (&str, Option<NodeId>),
+        author: (&str, Option<NodeId>),
         name: &str,
         role: qk_state::Role,
     ) {
+        let op = || Operation::CreatePrincipal {
+            name: name.into(),
+            roles: [role].into(),
+        };
+        let created = |w: &World| w.oracle.truth.principal(name).is_some();
+        self.propose_until(author, op, created, &format!("principal {name}"))
+            .await;
+    }
+
+    /// `author` (proposing at a node, or at any for a client) proposes
+    /// `op()` until `done` holds, or fails the run naming `what`.
+    async fn propose_until(
+        &self,
+        (author, at): (&str, Option<NodeId>),
+        op: impl Fn() -> Operation,
+        done: impl Fn(&World) -> bool,
+        what: &str,
+    ) {
         for _attempt in 0..50 {
-            self.with(|w| {
-                let op = Operation::CreatePrincipal {
-                    name: name.into(),
-                    roles: [role].into(),
-                };
-                w.propose(author.into(), op, at);
-            });
+            self.with(|w| w.propose(author.into(), op(), at));
             let until = self.with(|w| w.now()) + 200;
             while self.with(|w| w.now()) < until && !self.violated() {
-                if self.with(|w| w.oracle.truth.principal(name).is_some()) {
+                if self.with(|w| done(w)) {
                     return;
                 }
                 if !self.step().await {
@@ -414,7 +431,7 @@ impl Driver {
                 }
             }
         }
-        self.with(|w| w.fail(format!("principal {name} was never committed")));
+        self.with(|w| w.fail(format!("{what} was never committed")));
     }
 
     /// As every node does at start-up: each proposes its DKG key until the
